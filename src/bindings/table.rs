@@ -1,0 +1,251 @@
+//! Bindings of subset tables, placements and their costs.
+
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::{as_array, ids_2d, weights_1d};
+use crate::cost;
+use crate::placement::Placement;
+use crate::table::SubsetTable;
+
+/// The frequency table of co-activated expert subsets of one layer.
+#[pyclass(name = "SubsetTable", module = "moefast", frozen)]
+pub struct PySubsetTable {
+    pub inner: Arc<SubsetTable>,
+}
+
+impl PySubsetTable {
+    fn wrap(t: SubsetTable) -> Self {
+        PySubsetTable { inner: Arc::new(t) }
+    }
+
+    fn build(
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        name: &str,
+        num_experts: usize,
+        weights: Option<&Bound<'_, PyAny>>,
+        counted: bool,
+    ) -> PyResult<Self> {
+        let ids = ids_2d(ids, name)?;
+        let k = ids.shape()[1];
+        if k == 0 {
+            return Err(PyValueError::new_err(format!("{name} has 0 columns: k must be at least 1")));
+        }
+        let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
+        let ids = ids.as_slice()?;
+        let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+        let table = py.detach(|| match (counted, weights) {
+            (false, Some(w)) => SubsetTable::from_subsets(ids, k, num_experts, w),
+            _ => SubsetTable::from_topk(ids, k, num_experts, weights),
+        })?;
+        Ok(Self::wrap(table))
+    }
+}
+
+#[pymethods]
+impl PySubsetTable {
+    /// Counts the subsets of a [tokens, k] array of expert ids (any integer dtype,
+    /// rows in any order). A subset's weight is its token count, or the sum of the
+    /// optional per-token `weights`.
+    #[staticmethod]
+    #[pyo3(signature = (topk, num_experts, weights=None))]
+    fn from_topk(
+        py: Python<'_>,
+        topk: &Bound<'_, PyAny>,
+        num_experts: usize,
+        weights: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Self::build(py, topk, "topk", num_experts, weights, true)
+    }
+
+    /// A table from subsets [n, k] and their weights [n]; repeated rows add up.
+    #[staticmethod]
+    #[pyo3(signature = (subsets, weights, num_experts))]
+    fn from_subsets(
+        py: Python<'_>,
+        subsets: &Bound<'_, PyAny>,
+        weights: &Bound<'_, PyAny>,
+        num_experts: usize,
+    ) -> PyResult<Self> {
+        Self::build(py, subsets, "subsets", num_experts, Some(weights), false)
+    }
+
+    #[getter]
+    fn subsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let flat: Vec<i64> = self.inner.subsets().iter().map(|&e| e as i64).collect();
+        Ok(PyArray1::from_vec(py, flat).reshape([self.inner.len(), self.inner.k()])?.into_any())
+    }
+
+    #[getter]
+    fn weights<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, self.inner.weights())
+    }
+
+    #[getter]
+    fn num_experts(&self) -> usize {
+        self.inner.num_experts()
+    }
+
+    #[getter]
+    fn k(&self) -> usize {
+        self.inner.k()
+    }
+
+    #[getter]
+    fn total_weight(&self) -> f64 {
+        self.inner.total_weight()
+    }
+
+    /// Share of the unpruned table's weight kept (1.0 unless pruned).
+    #[getter]
+    fn coverage(&self) -> f64 {
+        self.inner.coverage()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// A new table: the shortest prefix of rows whose weight share reaches `coverage`,
+    /// and/or at most `max_subsets` rows.
+    #[pyo3(signature = (coverage=None, max_subsets=None))]
+    fn prune(&self, coverage: Option<f64>, max_subsets: Option<i64>) -> PyResult<Self> {
+        let max_subsets = match max_subsets {
+            Some(n) if n < 1 => {
+                return Err(PyValueError::new_err(format!("max_subsets must be at least 1, got {n}")))
+            }
+            other => other.map(|n| n as usize),
+        };
+        Ok(Self::wrap(self.inner.prune(coverage, max_subsets)?))
+    }
+
+    /// Weight of the rows holding each expert (token load per expert), float [E].
+    fn expert_load<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_vec(py, self.inner.expert_load())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SubsetTable(subsets={}, num_experts={}, k={}, total_weight={}, coverage={:.4})",
+            self.inner.len(),
+            self.inner.num_experts(),
+            self.inner.k(),
+            self.inner.total_weight(),
+            self.inner.coverage()
+        )
+    }
+}
+
+/// Which GPUs hold a replica of each expert.
+#[pyclass(name = "Placement", module = "moefast", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyPlacement {
+    pub inner: Arc<Placement>,
+}
+
+#[pymethods]
+impl PyPlacement {
+    /// A placement from a bool array [num_experts, num_gpus]: True where GPU g holds expert e.
+    #[new]
+    fn new(replicas: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let arr = as_array(replicas, "replicas", 2, "b", "bool", "bool values")?;
+        let arr: PyReadonlyArray2<'_, bool> = arr.extract()?;
+        let (e, g) = (arr.shape()[0], arr.shape()[1]);
+        Ok(PyPlacement { inner: Arc::new(Placement::from_matrix(arr.as_slice()?, e, g)?) })
+    }
+
+    /// A placement from one list of GPU ids per expert.
+    #[staticmethod]
+    fn from_lists(lists: Vec<Vec<i64>>, num_gpus: usize) -> PyResult<Self> {
+        let mut converted = Vec::with_capacity(lists.len());
+        for (e, list) in lists.iter().enumerate() {
+            let mut gpus = Vec::with_capacity(list.len());
+            for &g in list {
+                if g < 0 {
+                    return Err(PyValueError::new_err(format!(
+                        "expert {e} is placed on GPU {g}, out of range [0, {num_gpus})"
+                    )));
+                }
+                gpus.push(g as usize);
+            }
+            converted.push(gpus);
+        }
+        Ok(PyPlacement { inner: Arc::new(Placement::from_lists(&converted, num_gpus)?) })
+    }
+
+    /// bool array [num_experts, num_gpus].
+    #[getter]
+    fn replicas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let m = self.inner.to_matrix();
+        Ok(PyArray1::from_vec(py, m).reshape([self.inner.num_experts(), self.inner.num_gpus()])?.into_any())
+    }
+
+    #[getter]
+    fn num_experts(&self) -> usize {
+        self.inner.num_experts()
+    }
+
+    #[getter]
+    fn num_gpus(&self) -> usize {
+        self.inner.num_gpus()
+    }
+
+    /// Experts held by each GPU, int [num_gpus].
+    #[getter]
+    fn slots_used<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        PyArray1::from_vec(py, self.inner.slots_used().into_iter().map(|x| x as i64).collect())
+    }
+
+    /// One ascending list of GPU ids per expert.
+    fn to_lists(&self) -> Vec<Vec<usize>> {
+        self.inner.to_lists()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Placement(num_experts={}, num_gpus={}, replicas={})",
+            self.inner.num_experts(),
+            self.inner.num_gpus(),
+            self.inner.num_replicas()
+        )
+    }
+}
+
+/// The exact cost (expert rounds of the busiest GPU) of every subset of the table, int [n].
+#[pyfunction]
+fn subset_costs<'py>(
+    py: Python<'py>,
+    table: &PySubsetTable,
+    placement: &PyPlacement,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let costs = py.detach(|| cost::subset_costs(&table.inner, &placement.inner))?;
+    Ok(PyArray1::from_vec(py, costs.into_iter().map(|c| c as i64).collect()))
+}
+
+/// The weighted mean subset cost (expert rounds per token) of the table under the placement.
+#[pyfunction]
+fn expected_cost(py: Python<'_>, table: &PySubsetTable, placement: &PyPlacement) -> PyResult<f64> {
+    Ok(py.detach(|| cost::expected_cost(&table.inner, &placement.inner))?)
+}
+
+/// The cost no placement on `num_gpus` GPUs can beat: weighted mean of ceil(k / G).
+#[pyfunction]
+fn lower_bound(table: &PySubsetTable, num_gpus: i64) -> PyResult<f64> {
+    if num_gpus < 1 {
+        return Err(PyValueError::new_err(format!("num_gpus must be at least 1, got {num_gpus}")));
+    }
+    Ok(cost::lower_bound(&table.inner, num_gpus as usize)?)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySubsetTable>()?;
+    m.add_class::<PyPlacement>()?;
+    m.add_function(wrap_pyfunction!(subset_costs, m)?)?;
+    m.add_function(wrap_pyfunction!(expected_cost, m)?)?;
+    m.add_function(wrap_pyfunction!(lower_bound, m)?)?;
+    Ok(())
+}

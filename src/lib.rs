@@ -1,0 +1,14 @@
+//! moefast's core: subset tables, placements and their exact costs, with no Python in
+//! it. The `python` feature adds the one binding module (`bindings`).
+
+pub mod cost;
+pub mod error;
+pub mod placement;
+pub mod table;
+
+#[cfg(feature = "python")]
+mod bindings;
+
+pub use error::{MoeError, Result};
+pub use placement::Placement;
+pub use table::SubsetTable;
