@@ -1,0 +1,93 @@
+"""Placements of whole models: one `Placement` per MoE layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from moefast._core import Placement
+
+
+@dataclass
+class ModelPlacement:
+    """One placement per MoE layer of a model, with what produced it.
+
+    ``layer_costs`` holds each layer's expected cost (expert rounds per token,
+    evaluated on the full subset table), ``lower_bounds`` the matching bounds;
+    ``settings`` records the options that produced the placement (method, coverage, ...).
+    """
+
+    placements: list[Placement]
+    slots_per_gpu: int
+    layer_ids: list[int] = field(default_factory=list)
+    layer_costs: np.ndarray | None = None
+    lower_bounds: np.ndarray | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.placements:
+            raise ValueError("a ModelPlacement needs at least one layer")
+        gpus = {p.num_gpus for p in self.placements}
+        experts = {p.num_experts for p in self.placements}
+        if len(gpus) != 1 or len(experts) != 1:
+            raise ValueError(
+                f"all layers must have the same experts and GPUs, got num_experts {sorted(experts)}"
+                f" and num_gpus {sorted(gpus)}"
+            )
+        if not self.layer_ids:
+            self.layer_ids = list(range(len(self.placements)))
+        if len(self.layer_ids) != len(self.placements):
+            raise ValueError(
+                f"layer_ids has {len(self.layer_ids)} entries for {len(self.placements)} layers"
+            )
+        for i, p in enumerate(self.placements):
+            most = int(p.slots_used.max())
+            if most > self.slots_per_gpu:
+                raise ValueError(
+                    f"layer {self.layer_ids[i]} puts {most} experts on one GPU,"
+                    f" more than slots_per_gpu = {self.slots_per_gpu}"
+                )
+        for name in ("layer_costs", "lower_bounds"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float64)
+                if value.shape != (len(self.placements),):
+                    raise ValueError(f"{name} must have one entry per layer")
+                setattr(self, name, value)
+
+    def __len__(self) -> int:
+        return len(self.placements)
+
+    def __getitem__(self, index: int) -> Placement:
+        return self.placements[index]
+
+    def __iter__(self) -> Iterator[Placement]:
+        return iter(self.placements)
+
+    @property
+    def num_experts(self) -> int:
+        return self.placements[0].num_experts
+
+    @property
+    def num_gpus(self) -> int:
+        return self.placements[0].num_gpus
+
+    @property
+    def expected_cost(self) -> float:
+        """The model's expected decode cost: the sum of its layers' (expert rounds per token)."""
+        if self.layer_costs is None:
+            raise ValueError("this ModelPlacement carries no layer costs")
+        return float(self.layer_costs.sum())
+
+    def replicas(self) -> np.ndarray:
+        """bool array [layers, num_experts, num_gpus]."""
+        return np.stack([p.replicas for p in self.placements])
+
+    @classmethod
+    def from_replicas(
+        cls, replicas: np.ndarray | Sequence[np.ndarray], slots_per_gpu: int, **kwargs: Any
+    ) -> ModelPlacement:
+        """From a bool array [layers, num_experts, num_gpus]."""
+        return cls([Placement(np.asarray(r, dtype=bool)) for r in replicas], slots_per_gpu, **kwargs)
