@@ -12,7 +12,17 @@ from moefast._core import (
     subset_costs,
 )
 
+from moefast.model import ModelPlacement
+from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
+from moefast.plan import plan
+from moefast import milp
+
 __all__ = [
+    "METHODS",
+    "ModelPlacement",
+    "NotProvenOptimalWarning",
+    "optimize",
+    "plan",
     "Placement",
     "SubsetTable",
     "expected_cost",
