@@ -15,7 +15,7 @@ from moefast._core import (
 from moefast.model import ModelPlacement
 from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
 from moefast.plan import plan
-from moefast import milp
+from moefast import fill, milp
 
 __all__ = [
     "METHODS",
