@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod error;
+pub mod optimize;
 pub mod placement;
 pub mod table;
 
@@ -10,5 +11,6 @@ pub mod table;
 mod bindings;
 
 pub use error::{MoeError, Result};
+pub use optimize::optimize;
 pub use placement::Placement;
 pub use table::SubsetTable;

@@ -1,0 +1,83 @@
+"""Optimizer benchmarks on skewed, correlated synthetic traces (benches/traces.py).
+
+Run: pytest benches/bench_optimize.py -s   (after `maturin develop --release`)
+
+Each benchmark times the greedy, asserts its quality against the three baselines
+(expected cost on the full, unpruned table) and prints the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from traces import skewed_topk  # noqa: E402
+
+from moefast import _core  # noqa: E402
+
+BASELINES = ["contiguous", "round_robin", "eplb"]
+
+
+def layer(num_tokens: int, num_experts: int, k: int, seed: int = 0):
+    topk = skewed_topk(num_tokens, num_experts, k, seed=seed)
+    full = _core.SubsetTable.from_topk(topk, num_experts=num_experts)
+    return full, full.prune(coverage=0.99)
+
+
+@pytest.fixture(scope="module")
+def deepseek_v2_lite_layer():
+    return layer(1_000_000, 64, 6)
+
+
+@pytest.fixture(scope="module")
+def deepseek_v3_layer():
+    return layer(200_000, 256, 8)
+
+
+def compare(benchmark, full, pruned, num_gpus: int, slots: int, name: str) -> tuple[float, float]:
+    placement = benchmark.pedantic(
+        _core.optimize_placement, args=(pruned, num_gpus, slots), rounds=3, iterations=1, warmup_rounds=0
+    )
+    seconds = benchmark.stats.stats.median
+    greedy = _core.expected_cost(full, placement)
+    baselines = {m: _core.expected_cost(full, _core.optimize_placement(pruned, num_gpus, slots, m)) for m in BASELINES}
+    best_name = min(baselines, key=baselines.get)
+    bound = _core.lower_bound(full, num_gpus)
+    print(
+        f"\n{name}: {len(pruned)} subsets (99% of {len(full)}), G={num_gpus}, {slots} slots/GPU, "
+        f"{os.cpu_count()} cores\n"
+        f"  greedy {greedy:.4f} expert rounds/token in {seconds:.3f} s (median of 3)\n"
+        + "".join(f"  {m:<12} {c:.4f}\n" for m, c in baselines.items())
+        + f"  greedy is {100 * (1 - greedy / baselines[best_name]):.1f}% below the best baseline ({best_name}); "
+        f"gap to the lower bound {bound:.0f}: {100 * (greedy / bound - 1):.1f}%"
+    )
+    return greedy / baselines[best_name], seconds
+
+
+def test_deepseek_v2_lite_layer(benchmark, deepseek_v2_lite_layer):
+    full, pruned = deepseek_v2_lite_layer
+    ratio, seconds = compare(benchmark, full, pruned, 8, 9, "E=64 k=6 (DeepSeek-V2-Lite), 1M tokens")
+    assert ratio <= 0.75, f"greedy only {100 * (1 - ratio):.1f}% below the best baseline"
+    assert seconds <= 2.0
+
+
+def test_deepseek_v3_layer(benchmark, deepseek_v3_layer):
+    full, pruned = deepseek_v3_layer
+    ratio, seconds = compare(benchmark, full, pruned, 32, 9, "E=256 k=8 (DeepSeek-V3), 200k tokens")
+    assert ratio < 1.0
+    assert seconds <= 1.5, "58 layers would not fit in 60 s"
+
+
+def test_table_and_prune_time(deepseek_v3_layer):
+    """The rest of a layer's pipeline, for the whole-model budget."""
+    topk = skewed_topk(200_000, 256, 8, seed=1)
+    start = time.perf_counter()
+    table = _core.SubsetTable.from_topk(topk, num_experts=256).prune(coverage=0.99)
+    seconds = time.perf_counter() - start
+    print(f"\nE=256 k=8: table + prune of 200k tokens in {seconds:.3f} s ({len(table)} subsets)")
+    assert len(table) > 0

@@ -1,0 +1,186 @@
+//! The default optimizer. From a balanced one-replica placement refined by
+//! Kernighan-Lin swaps, slots are opened one level at a time (every GPU gets one more
+//! slot); each level is filled with the replicas of largest exact gain, refined by
+//! swaps, and replaced by a baseline if one is better at that level.
+//!
+//! Building level by level makes the result for s slots the start of the result for
+//! s + 1, and a level only adds replicas or makes improving swaps: more slots never
+//! give a worse placement, and no baseline is ever better.
+
+use super::baselines;
+use super::gains::GainTable;
+use super::initial;
+use super::layout::Layout;
+use super::problem::Problem;
+use super::state::{total_cost, State};
+use super::swaps::{self, Limits};
+
+/// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
+/// times, so that the result is the same on every machine.
+const START_SEARCH: Limits = Limits { candidates: 24, max_rows: 30_000_000 };
+const LEVEL_SEARCH: Limits = Limits { candidates: 24, max_rows: 15_000_000 };
+
+pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
+    let num_experts = problem.num_experts();
+    let num_gpus = problem.num_gpus;
+    let mut state = State::new(problem, initial::assign(problem, seed));
+    swaps::improve(&mut state, START_SEARCH);
+    // The same loads as the public baselines, so that they are the same placements.
+    let load = problem.table.expert_load();
+    let mut layout = state.layout;
+    for level in num_experts.div_ceil(num_gpus)..=slots {
+        let mut state = State::new(problem, layout);
+        fill(&mut state, level);
+        swaps::improve(&mut state, LEVEL_SEARCH);
+        let mut best = (state.total, state.layout);
+        for candidate in [
+            baselines::eplb(&load, num_gpus, level),
+            baselines::round_robin(&load, num_gpus, level),
+            baselines::contiguous(&load, num_gpus, level),
+        ] {
+            let total = total_cost(problem, &candidate);
+            if total < best.0 {
+                best = (total, candidate);
+            }
+        }
+        layout = best.1;
+    }
+    layout
+}
+
+/// Fills every GPU up to `capacity` experts: the replica of largest exact gain first;
+/// when no replica gains (a row may need two), the expert of highest load per replica
+/// goes where it is least co-activated, which keeps gains of later replicas possible.
+fn fill(state: &mut State, capacity: usize) {
+    let mut gains = GainTable::new(state);
+    let num_gpus = state.layout.num_gpus();
+    loop {
+        let open: Vec<usize> = (0..num_gpus).filter(|&g| state.layout.used(g) < capacity).collect();
+        if open.is_empty() {
+            return;
+        }
+        let choice = best_gain(state, &gains, &open).or_else(|| most_loaded(state, &open));
+        let Some((e, g)) = choice else { return };
+        gains.add_replica(state, e, g);
+    }
+}
+
+/// Largest gain; ties to the GPU least co-activated with the expert, then the emptier
+/// GPU, then the lowest ids.
+fn best_gain(state: &State, gains: &GainTable, open: &[usize]) -> Option<(usize, usize)> {
+    let layout = &state.layout;
+    let mut best: Option<((i64, i64, usize, usize, usize), (usize, usize))> = None;
+    for e in 0..layout.num_experts() {
+        if !gains.may_gain(e) {
+            continue;
+        }
+        for &g in open {
+            let gain = gains.gain(e, g);
+            if gain <= 0 || layout.holds(e, g) {
+                continue;
+            }
+            let key = (-gain, state.conn(e, g), layout.used(g), e, g);
+            if best.as_ref().is_none_or(|b| key < b.0) {
+                best = Some((key, (e, g)));
+            }
+        }
+    }
+    best.map(|b| b.1)
+}
+
+fn most_loaded(state: &State, open: &[usize]) -> Option<(usize, usize)> {
+    let layout = &state.layout;
+    let load = &state.problem.load;
+    let mut expert: Option<usize> = None;
+    for e in 0..layout.num_experts() {
+        if open.iter().all(|&g| layout.holds(e, g)) {
+            continue;
+        }
+        let heavier = |b: usize| (load[e] as i128) * (layout.replicas(b) as i128) > (load[b] as i128) * (layout.replicas(e) as i128);
+        if expert.is_none_or(heavier) {
+            expert = Some(e);
+        }
+    }
+    let e = expert?;
+    let g = open.iter().copied().filter(|&g| !layout.holds(e, g)).min_by_key(|&g| (state.conn(e, g), layout.used(g), g))?;
+    Some((e, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::SubsetTable;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Skewed rows: experts drawn with weights ~ 1/(rank+1), some pairs boosted.
+    fn skewed_table(rng: &mut SmallRng, num_experts: usize, k: usize, tokens: usize) -> SubsetTable {
+        let mut ids = Vec::new();
+        for _ in 0..tokens {
+            let mut row: Vec<i64> = Vec::new();
+            let anchor = rng.random_range(0..num_experts.min(4)) as i64;
+            row.push(anchor);
+            if rng.random_bool(0.7) {
+                row.push((anchor + 1) % num_experts as i64);
+            }
+            while row.len() < k {
+                // Log-uniform ranks skew towards low ids; some uniform draws reach all.
+                let e = if rng.random_bool(0.7) {
+                    ((num_experts as f64).powf(rng.random_range(0.0f64..1.0)) - 1.0) as i64
+                } else {
+                    rng.random_range(0..num_experts as i64)
+                };
+                if !row.contains(&e) {
+                    row.push(e);
+                }
+            }
+            ids.extend(row);
+        }
+        SubsetTable::from_topk(&ids, k, num_experts, None).unwrap()
+    }
+
+    fn check_full(l: &Layout, slots: usize) {
+        for g in 0..l.num_gpus() {
+            assert_eq!(l.used(g), slots);
+        }
+        assert!((0..l.num_experts()).all(|e| l.replicas(e) >= 1));
+    }
+
+    #[test]
+    fn never_worse_than_baselines_and_monotone_in_slots() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for case in 0..30 {
+            let num_experts = rng.random_range(4..=12);
+            let k = rng.random_range(2..=4.min(num_experts));
+            let num_gpus = rng.random_range(2..=4);
+            let table = skewed_table(&mut rng, num_experts, k, 200);
+            let problem = Problem::new(&table, num_gpus);
+            let load = table.expert_load();
+            let mut previous = i64::MAX;
+            for slots in num_experts.div_ceil(num_gpus)..=num_experts.min(num_experts.div_ceil(num_gpus) + 3) {
+                let layout = greedy(&problem, slots, case);
+                check_full(&layout, slots);
+                let cost = total_cost(&problem, &layout);
+                for base in [
+                    baselines::eplb(&load, num_gpus, slots),
+                    baselines::round_robin(&load, num_gpus, slots),
+                    baselines::contiguous(&load, num_gpus, slots),
+                ] {
+                    assert!(cost <= total_cost(&problem, &base), "case {case} slots {slots}");
+                }
+                assert!(cost <= previous, "case {case}: {slots} slots cost more than {}", slots - 1);
+                previous = cost;
+            }
+        }
+    }
+
+    #[test]
+    fn wide_placements_are_full() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let table = skewed_table(&mut rng, 150, 6, 3000);
+        let problem = Problem::new(&table, 100);
+        let layout = greedy(&problem, 3, 0);
+        check_full(&layout, 3);
+        assert!(total_cost(&problem, &layout) <= total_cost(&problem, &baselines::eplb(&table.expert_load(), 100, 3)));
+    }
+}

@@ -1,0 +1,100 @@
+//! Optimizers: placements of expert replicas on GPUs that lower the expected decode
+//! cost of a subset table (DESIGN 2.1), and the baselines engines ship.
+//!
+//! Results depend only on the inputs and the seed, never on the thread count: every
+//! sum is over integer weights and every tie is broken by ids.
+
+mod baselines;
+mod gains;
+mod greedy;
+mod initial;
+mod layout;
+mod problem;
+mod state;
+mod swaps;
+
+use crate::error::{MoeError, Result};
+use crate::placement::{Placement, MAX_GPUS};
+use crate::table::SubsetTable;
+
+/// The methods `optimize` accepts.
+pub const METHODS: [&str; 4] = ["greedy", "contiguous", "round_robin", "eplb"];
+
+/// A placement of the table's experts on `num_gpus` GPUs with `slots_per_gpu` distinct
+/// experts each (every slot used, every expert at least once).
+///
+/// `method`: "greedy" (co-activation aware, exact gains; the default), or a baseline:
+/// "contiguous", "round_robin", "eplb". `seed` perturbs the greedy's start.
+pub fn optimize(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usize, method: &str, seed: u64) -> Result<Placement> {
+    if !METHODS.contains(&method) {
+        return Err(MoeError::value(format!(
+            "unknown method {method:?}: expected one of {}",
+            METHODS.map(|m| format!("{m:?}")).join(", ")
+        )));
+    }
+    check_sizes(table.num_experts(), num_gpus, slots_per_gpu)?;
+    let layout = match method {
+        "greedy" => {
+            let problem = problem::Problem::new(table, num_gpus);
+            greedy::greedy(&problem, slots_per_gpu, seed)
+        }
+        "contiguous" => baselines::contiguous(&table.expert_load(), num_gpus, slots_per_gpu),
+        "round_robin" => baselines::round_robin(&table.expert_load(), num_gpus, slots_per_gpu),
+        _ => baselines::eplb(&table.expert_load(), num_gpus, slots_per_gpu),
+    };
+    layout.to_placement()
+}
+
+fn check_sizes(num_experts: usize, num_gpus: usize, slots: usize) -> Result<()> {
+    if num_gpus == 0 || num_gpus > MAX_GPUS {
+        return Err(MoeError::value(format!("num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}")));
+    }
+    if slots == 0 {
+        return Err(MoeError::value("slots_per_gpu must be at least 1, got 0"));
+    }
+    if slots > num_experts {
+        return Err(MoeError::value(format!(
+            "slots_per_gpu = {slots} is more than num_experts = {num_experts}: a GPU holds distinct experts"
+        )));
+    }
+    if num_gpus.saturating_mul(slots) < num_experts {
+        return Err(MoeError::value(format!(
+            "num_gpus * slots_per_gpu = {num_gpus} * {slots} = {} is less than num_experts = {num_experts}: \
+             every expert needs a slot",
+            num_gpus * slots
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> SubsetTable {
+        SubsetTable::from_subsets(&[0, 1, 2, 3, 1, 2, 4, 5], 2, 6, &[5.0, 3.0, 2.0, 1.0]).unwrap()
+    }
+
+    #[test]
+    fn every_method_fills_every_slot() {
+        let t = table();
+        for method in METHODS {
+            for (g, s) in [(2, 3), (3, 2), (3, 4), (1, 6), (6, 6), (70, 1), (70, 3)] {
+                let p = optimize(&t, g, s, method, 0).unwrap();
+                assert_eq!(p.slots_used(), vec![s; g], "{method} G={g} s={s}");
+                assert!((0..6).all(|e| !p.gpus_of(e).is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_methods() {
+        let t = table();
+        let msg = |r: Result<Placement>| r.unwrap_err().to_string();
+        assert!(msg(optimize(&t, 2, 2, "greedy", 0)).contains("less than num_experts"));
+        assert!(msg(optimize(&t, 2, 7, "greedy", 0)).contains("more than num_experts"));
+        assert!(msg(optimize(&t, 0, 3, "greedy", 0)).contains("num_gpus"));
+        assert!(msg(optimize(&t, 2, 0, "greedy", 0)).contains("at least 1"));
+        assert!(msg(optimize(&t, 2, 3, "best", 0)).contains("unknown method \"best\""));
+    }
+}
