@@ -128,6 +128,16 @@ impl PySubsetTable {
         PyArray1::from_vec(py, self.inner.expert_load())
     }
 
+    /// The rows holding each expert, as CSR arrays `(offsets [E+1], rows)`: the rows of
+    /// expert e are `rows[offsets[e]:offsets[e+1]]`, ascending.
+    fn expert_index<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>) {
+        let index = self.inner.expert_index();
+        (
+            PyArray1::from_vec(py, index.offsets.iter().map(|&o| o as i64).collect()),
+            PyArray1::from_vec(py, index.rows.iter().map(|&r| r as i64).collect()),
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "SubsetTable(subsets={}, num_experts={}, k={}, total_weight={}, coverage={:.4})",

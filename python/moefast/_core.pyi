@@ -1,0 +1,68 @@
+"""Type stubs of moefast's compiled core (`moefast._core`)."""
+
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+class SubsetTable:
+    """The frequency table of co-activated expert subsets of one layer."""
+
+    @staticmethod
+    def from_topk(
+        topk: npt.ArrayLike, num_experts: int, weights: npt.ArrayLike | None = None
+    ) -> SubsetTable:
+        """Counts the subsets of an int array [tokens, k] (any integer dtype, rows in any order)."""
+    @staticmethod
+    def from_subsets(subsets: npt.ArrayLike, weights: npt.ArrayLike, num_experts: int) -> SubsetTable:
+        """A table from subsets [n, k] and weights [n]; repeated rows add their weights."""
+    @property
+    def subsets(self) -> npt.NDArray[np.int64]:
+        """int64 [n, k]: ids ascending in a row, rows by weight descending, ties by ids."""
+    @property
+    def weights(self) -> npt.NDArray[np.float64]:
+        """float64 [n]: token count (or summed token weights) of each subset."""
+    @property
+    def num_experts(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def total_weight(self) -> float: ...
+    @property
+    def coverage(self) -> float:
+        """Share of the unpruned table's weight this table keeps (1.0 unless pruned)."""
+    def __len__(self) -> int: ...
+    def prune(self, coverage: float | None = None, max_subsets: int | None = None) -> SubsetTable:
+        """The shortest prefix reaching `coverage` of the weight and/or at most `max_subsets` rows."""
+    def expert_load(self) -> npt.NDArray[np.float64]:
+        """float64 [E]: weight of the rows holding each expert."""
+    def expert_index(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """CSR `(offsets [E+1], rows)`: rows of expert e are rows[offsets[e]:offsets[e+1]]."""
+
+class Placement:
+    """Which GPUs hold a replica of each expert."""
+
+    def __init__(self, replicas: npt.ArrayLike) -> None:
+        """From a bool array [num_experts, num_gpus]."""
+    @staticmethod
+    def from_lists(lists: Sequence[Sequence[int]], num_gpus: int) -> Placement: ...
+    @property
+    def replicas(self) -> npt.NDArray[np.bool_]:
+        """bool [num_experts, num_gpus]."""
+    @property
+    def num_experts(self) -> int: ...
+    @property
+    def num_gpus(self) -> int: ...
+    @property
+    def slots_used(self) -> npt.NDArray[np.int64]:
+        """int64 [num_gpus]: experts held by each GPU."""
+    def to_lists(self) -> list[list[int]]: ...
+
+def subset_costs(table: SubsetTable, placement: Placement) -> npt.NDArray[np.int64]:
+    """Exact cost of each subset: expert rounds run by the busiest GPU, int64 [n]."""
+
+def expected_cost(table: SubsetTable, placement: Placement) -> float:
+    """Weighted mean subset cost (expert rounds per token)."""
+
+def lower_bound(table: SubsetTable, num_gpus: int) -> float:
+    """Weighted mean of ceil(k / num_gpus): no placement on num_gpus GPUs costs less."""
