@@ -11,13 +11,26 @@ from moefast._core import (
     lower_bound,
     subset_costs,
 )
+from moefast.formats import load_placement
+from moefast.model import ModelPlacement
+from moefast.readers import load_expert_load
+from moefast.recorder import RoutingRecorder
+from moefast.synthetic import synthetic_trace
+from moefast.trace import Trace, load_trace
 
 __all__ = [
+    "ModelPlacement",
     "Placement",
+    "RoutingRecorder",
+    "Trace",
     "SubsetTable",
     "expected_cost",
+    "load_expert_load",
+    "load_placement",
+    "load_trace",
     "lower_bound",
     "subset_costs",
+    "synthetic_trace",
 ]
 
 __version__ = "0.1.0"

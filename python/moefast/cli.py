@@ -106,8 +106,8 @@ def cmd_evaluate(args) -> int:
         tables, trace.layer_ids, model.num_gpus, model.slots_per_gpu, main={"placement": placements},
         methods=methods,
     )
-    if not methods:
-        print("(baselines left out: moefast.optimize is not available)" if not args.no_baselines else "")
+    if not methods and not args.no_baselines:
+        print("(baselines left out: moefast.optimize is not available)")
     header, rows = report.comparison_rows(comparison)
     print(f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:")
     print(report.format_table(header, rows))

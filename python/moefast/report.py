@@ -62,8 +62,8 @@ class Comparison:
 
     @property
     def best_baseline(self) -> np.ndarray:
-        """Per layer, the lowest cost among the baselines present."""
-        names = [m for m in BASELINES if m in self.costs]
+        """Per layer, the lowest cost among the baselines present (the main method left out)."""
+        names = [m for m in BASELINES if m in self.costs and m != self.main_method]
         return np.min([self.costs[m] for m in names], axis=0)
 
     def gain(self) -> np.ndarray:
@@ -155,6 +155,9 @@ def top_pairs(table: SubsetTable, count: int = 5) -> list[tuple[int, int, float,
     return pairs
 
 
+_STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+
+
 def _pyplot():
     import matplotlib
 
@@ -176,7 +179,7 @@ def plot_coactivation(table: SubsetTable, layer_id: int, path: Path) -> None:
     ax.set_ylabel("expert")
     fig.colorbar(image, ax=ax, label="share of tokens choosing both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -185,16 +188,17 @@ def plot_slot_sweep(
 ) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, values in costs.items():
-        ax.plot(slots, values, marker="o", label=METHOD_LABELS.get(method, method))
-    ax.plot(slots, bound, linestyle="--", color="black", label="lower bound")
+    # Distinct markers and dashes keep methods with equal costs visible on top of each other.
+    for (method, values), (marker, dash) in zip(costs.items(), _STYLES):
+        ax.plot(slots, values, marker=marker, linestyle=dash, label=METHOD_LABELS.get(method, method))
+    ax.plot(slots, bound, linestyle=(0, (1, 3)), color="black", label="lower bound")
     ax.set_xlabel(f"slots per GPU ({num_gpus} GPUs)")
     ax.set_ylabel("expected cost (expert rounds per token per layer)")
     ax.set_title("Expected cost against GPU memory")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -202,16 +206,17 @@ def plot_layer_costs(comparison: Comparison, path: Path) -> None:
     plt = _pyplot()
     layers = np.array(comparison.layer_ids)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * len(layers) + 3), 4.5))
-    for method, values in comparison.costs.items():
-        ax.plot(layers, values, marker="o", markersize=4, label=METHOD_LABELS.get(method, method))
-    ax.plot(layers, comparison.lower_bounds, linestyle="--", color="black", label="lower bound")
+    for (method, values), (marker, dash) in zip(comparison.costs.items(), _STYLES):
+        ax.plot(layers, values, marker=marker, markersize=4, linestyle=dash, label=METHOD_LABELS.get(method, method))
+    ax.plot(layers, comparison.lower_bounds, linestyle=(0, (1, 3)), color="black", label="lower bound")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer")
     ax.set_ylabel("expected cost (expert rounds per token)")
     ax.set_title("Expected cost per layer")
     ax.grid(alpha=0.3)
-    ax.legend(ncols=2, fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -220,20 +225,22 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     methods = [m for m in BASELINES if m in comparison.costs] + [
         m for m in comparison.costs if m not in BASELINES
     ]
-    header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "lower bound", "gain"]
+    header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
     rows = []
-    gains = comparison.gain() if comparison.main_method in comparison.costs else None
+    has_baseline = any(m in comparison.costs for m in BASELINES if m != comparison.main_method)
+    gains = comparison.gain() if has_baseline and comparison.main_method in comparison.costs else None
     for i, layer in enumerate(comparison.layer_ids):
         row = [str(layer), *(f"{comparison.costs[m][i]:.3f}" for m in methods), f"{comparison.lower_bounds[i]:.3f}"]
-        row.append("" if gains is None else f"{100 * gains[i]:.1f}%")
+        if gains is not None:
+            row.append(f"{100 * gains[i]:.1f}%")
         rows.append(row)
     total = ["total", *(f"{comparison.costs[m].sum():.3f}" for m in methods), f"{comparison.lower_bounds.sum():.3f}"]
     if gains is not None:
         best = comparison.best_baseline.sum()
         total.append(f"{100 * (best - comparison.costs[comparison.main_method].sum()) / best:.1f}%")
-    else:
-        total.append("")
     rows.append(total)
+    if gains is not None:
+        header.append("gain")
     return header, rows
 
 
