@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load", type=Path, default=None,
                    help="per-expert loads to match (SGLang logical_count JSON, .npy, TensorRT-LLM folder, trace)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--topic-strength", type=float, default=2.0, help="co-activation strength (2.0)")
+    p.add_argument("--topic-strength", type=float, default=3.0, help="co-activation strength (3.0)")
     p.add_argument("--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)")
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(run=cmd_synth)

@@ -75,7 +75,7 @@ def synthetic_trace(
     *,
     num_topics: int | None = None,
     topic_zipf: float = 1.1,
-    topic_strength: float = 2.0,
+    topic_strength: float = 3.0,
     popularity_skew: float = 0.5,
     noise: float = 1.0,
     match_iterations: int = 100,
@@ -96,10 +96,14 @@ def synthetic_trace(
     N(0, ``topic_strength``^2), so layers differ.
 
     Knobs: ``topic_strength`` sets co-activation (0: experts independent given popularity;
-    2-3: tokens of a topic share most experts); ``topic_zipf`` sets how much a few topics
+    3: tokens of a topic share most experts); ``topic_zipf`` sets how much a few topics
     dominate (and so how concentrated the subset table is); ``popularity_skew`` sets
     per-expert load imbalance; ``noise`` the randomness of each choice. ``num_topics``
-    defaults to 4 * num_experts / k.
+    defaults to 4 * num_experts / k. The defaults were set against the bundled gpt-oss-20b
+    decode trace (E=32, k=4, 645 tokens): per layer on average, the top pair is chosen ~17x
+    as often as under uniform routing (real: 16x), the top subset holds ~5% of tokens (real:
+    5%) and the hottest expert ~2.8x the mean load (real: 3.0x); real decode repeats more
+    subsets (~280 distinct against ~400 here), as consecutive tokens of a text correlate.
 
     ``expert_load`` (float [E] or [layers, E], any scale, e.g. SGLang's ``logical_count``)
     makes each layer's per-expert top-k frequency match that load: a per-expert bias is added
