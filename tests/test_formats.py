@@ -187,3 +187,10 @@ def test_bad_yaml_names_the_line(tmp_path):
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown placement format"):
         model().save(tmp_path / "x.json", "onnx")
+
+
+def test_numpy_settings_stay_numbers(tmp_path):
+    mp = model()
+    mp.settings = {"coverage": np.float64(0.99), "seeds": np.arange(2)}
+    mp.save(tmp_path / "p.json")
+    assert load_placement(tmp_path / "p.json").settings == {"coverage": 0.99, "seeds": [0, 1]}

@@ -14,6 +14,7 @@ import moefast
 from moefast import report
 from moefast.formats import PLACEMENT_FORMATS, load_placement, save_placement
 from moefast.model import ModelPlacement
+from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
@@ -121,7 +122,7 @@ def cmd_inspect(args) -> int:
           + (", weighted" if trace.weights is not None else ""))
     header = ["layer", "subsets", "80%", "90%", "99%", "load max/mean"]
     rows, pairs = [], []
-    for layer, table in zip(trace.layer_ids, report.progress(trace.tables(), trace.num_layers, "layers")):
+    for layer, table in zip(trace.layer_ids, progress(trace.tables(), trace.num_layers, "layers")):
         load = table.expert_load()
         rows.append([
             str(layer), str(len(table)),

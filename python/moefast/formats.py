@@ -6,13 +6,14 @@ in ascending id order; a GPU with free slots repeats its first expert there (sam
 replica sets, and every cost, stay the same). Loading any written file gives back the same
 replica sets. Formats:
 
-- ``"sglang"``: ``{"physical_to_logical_map": [layers][P]}`` for ``--init-expert-location``.
+- ``"sglang"``: ``{"physical_to_logical_map": [layers][P]}`` for ``--init-expert-location``
+  (launch SGLang with ``--ep-num-redundant-experts P - E``).
   SGLang passes every key of that file to its loader, so nothing else may be in it, and its rows
   are the model's layers 0..num_layers-1: layers without a placement (dense ones) get the
   trivial map p -> p % E. Reading needs ``num_gpus``.
 - ``"eplb"``: ``phy2log`` [L, P], ``log2phy`` [L, E, X] (-1 padded), ``logcnt`` [L, E] as
   DeepSeek's EPLB returns them and vLLM keeps them, plus ``num_gpus`` and ``layer_ids``.
-- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML: ``num_slots``,
+- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML (the ``moe_config.load_balancer`` section): ``num_slots``,
   ``initial_global_assignments: {layer: [expert per slot]}``, ``layer_updates_per_iter: 0``
   (static). Reading needs ``num_gpus``.
 - ``"vllm-ascend"``: the expert-map JSON (``moe_layer_count``, ``layer_list`` of
@@ -186,7 +187,14 @@ def save_placement(
         data = _vllm_ascend(model)
     else:
         raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
-    path.write_text(json.dumps(data, default=str) + "\n")
+    path.write_text(json.dumps(data, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """numpy values in settings as JSON numbers and lists; anything else as its text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
 
 
 def _guess(path: Path, data: Any) -> str:

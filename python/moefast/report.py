@@ -8,7 +8,6 @@ Agg backend, so no display is needed.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 
 import moefast
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast.progress import progress
 
 BASELINES = ("contiguous", "round_robin", "eplb")
 METHOD_LABELS = {
@@ -26,15 +26,6 @@ METHOD_LABELS = {
     "greedy": "greedy",
     "milp": "MILP",
 }
-
-
-def progress(iterable, total: int | None = None, desc: str = ""):
-    """A tqdm bar on a terminal, the bare iterable otherwise (logs and pipes stay clean)."""
-    if not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def optimize_layer(table: SubsetTable, num_gpus: int, slots_per_gpu: int, method: str, seed: int = 0) -> Placement:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moefast.progress import progress
 from moefast.trace import Trace
 
 
@@ -126,7 +127,7 @@ def synthetic_trace(
     topic_weight = 1.0 / np.arange(1, num_topics + 1) ** topic_zipf
     topics = rng.choice(num_topics, size=num_tokens, p=topic_weight / topic_weight.sum())
     topk = np.empty((num_tokens, num_layers, k), dtype=np.int32)
-    for layer in range(num_layers):
+    for layer in progress(range(num_layers), num_layers, "synthetic layers"):
         popularity = rng.normal(0.0, popularity_skew, num_experts)
         topic_logits = rng.normal(0.0, topic_strength, (num_topics, num_experts))
         scores = (popularity + topic_logits[topics]).astype(np.float32)

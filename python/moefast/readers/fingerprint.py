@@ -49,8 +49,10 @@ def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, li
 def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise malformed(path, f"not readable JSON ({err})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise malformed(path, f"cannot read ({err})") from err
+    except json.JSONDecodeError as err:
+        raise malformed(path, f"not JSON ({err.msg})", err.lineno) from err
     answers = data if isinstance(data, list) else [data]
     parts, layer_ids = [], None
     for answer in answers:
