@@ -35,6 +35,7 @@ impl<'a> MaskMatching<'a> {
         MaskMatching { masks, assign: [NONE; MAX_K], load: [0; 64], full: 0, used: 0, t: 1, added: 0 }
     }
 
+    #[inline]
     fn place(&mut self, i: usize, g: u32) {
         self.assign[i] = g as u8;
         self.load[g as usize] += 1;
@@ -79,7 +80,16 @@ impl<'a> MaskMatching<'a> {
         false
     }
 
+    #[inline]
     fn add(&mut self, i: usize) {
+        // Most experts find a free GPU at once: skip the path search for them.
+        let free = self.masks[i] & !self.full;
+        if free != 0 {
+            let empty = free & !self.used;
+            self.place(i, if empty != 0 { empty } else { free }.trailing_zeros());
+            self.added += 1;
+            return;
+        }
         let mut visited = 0u64;
         if !self.augment(i, &mut visited) {
             // No matching of makespan t covers the experts so far: t + 1 does, and then
