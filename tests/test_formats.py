@@ -194,3 +194,10 @@ def test_numpy_settings_stay_numbers(tmp_path):
     mp.settings = {"coverage": np.float64(0.99), "seeds": np.arange(2)}
     mp.save(tmp_path / "p.json")
     assert load_placement(tmp_path / "p.json").settings == {"coverage": 0.99, "seeds": [0, 1]}
+
+
+def test_trtllm_yaml_under_any_name(tmp_path):
+    original = model()
+    original.save(tmp_path / "eplb_config.txt", "trtllm")
+    back = load_placement(tmp_path / "eplb_config.txt", num_gpus=G)
+    np.testing.assert_array_equal(back.replicas(), original.replicas())

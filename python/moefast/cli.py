@@ -12,7 +12,7 @@ import numpy as np
 
 import moefast
 from moefast import report
-from moefast.formats import PLACEMENT_FORMATS, load_placement, save_placement
+from moefast.formats import PLACEMENT_FORMATS, load_placement
 from moefast.model import ModelPlacement
 from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
@@ -50,7 +50,8 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
     print(report.format_table(header, rows))
     if report_dir is not None:
         sweep = None if args.no_sweep else report.slot_sweep(
-            tables, args.gpus, (args.method, *report.BASELINES), coverage=args.coverage, seed=args.seed
+            tables, args.gpus, tuple(dict.fromkeys((args.method, *report.BASELINES))),
+            coverage=args.coverage, seed=args.seed,
         )
         hottest = report.hottest_layer(tables)
         facts = {

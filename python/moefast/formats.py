@@ -198,8 +198,6 @@ def _plain(value: Any) -> Any:
 
 
 def _guess(path: Path, data: Any) -> str:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return "trtllm"
     if isinstance(data, dict):
         if data.get("format") == _NATIVE_TAG:
             return "json"
@@ -219,7 +217,8 @@ def _read(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"{path}: cannot read ({err})") from err
-    if path.suffix.lower() in (".yaml", ".yml"):
+    # A TensorRT-LLM YAML may carry any name: text that is not JSON-shaped is read as YAML.
+    if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[:1] not in ("{", "["):
         import yaml
 
         try:

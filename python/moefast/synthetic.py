@@ -56,7 +56,7 @@ def _match_share(scores: np.ndarray, share: np.ndarray, k: int, iterations: int,
     bias = np.where(share > 0, 0.0, -np.inf)
     eps = 0.5 / n
     for _ in range(iterations):
-        counts = np.bincount(_top_k(scores + bias, k).ravel(), minlength=e) / n
+        counts = np.bincount(_top_k(scores + bias.astype(np.float32), k).ravel(), minlength=e) / n
         error = np.abs(counts - share).sum() / k
         if error < tolerance:
             break
@@ -111,6 +111,9 @@ def synthetic_trace(
     to the logits and adjusted (log-ratio steps, at most ``match_iterations``) until the
     total variation sum|freq - target| / k is below ``match_tolerance`` (0.5%) or the
     iterations run out; with few tokens the reachable accuracy is about E / num_tokens.
+
+    Memory: one layer's scores at a time, num_tokens * num_experts * 4 bytes (1M tokens of
+    256 experts: 1 GB); generate larger traces in parts with different seeds.
     """
     if num_tokens < 1 or num_layers < 1:
         raise ValueError(f"num_tokens and num_layers must be at least 1, got {num_tokens}, {num_layers}")
