@@ -325,3 +325,42 @@ def test_trace_from_router_logits():
     for layer, l in enumerate(logits):
         expected = np.argsort(-l, axis=1)[:, :2]
         np.testing.assert_array_equal(trace.topk[:, layer], expected)
+
+
+# ---- with torch installed (moefast[torch]); skipped otherwise ------------------------------
+
+def test_sglang_pt_files_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    ids = torch.tensor([[[-1, -1], [-1, -1]], [[0, 1], [2, 3]]], dtype=torch.int32)
+    dump = {"records": [{"forward_pass_id": 0, "topk_ids_of_layer": ids, "input_ids": [5, 6]}],
+            "last_physical_to_logical_map": torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])}
+    torch.save(dump, tmp_path / "expert_distribution_recorder_0.pt")
+    trace = load_trace(tmp_path)
+    assert trace.layer_ids == [1]
+    np.testing.assert_array_equal(trace.topk[:, 0], [[3, 2], [1, 0]])
+    stat = tmp_path / "stat"
+    stat.mkdir()
+    torch.save({"rank": 0, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r0.pt")
+    torch.save({"rank": 1, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r1.pt")
+    np.testing.assert_array_equal(load_expert_load(stat), np.full((2, 4), 6.0))
+
+
+def test_routing_recorder_on_a_tiny_transformers_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).eval()
+    inputs = torch.randint(0, 64, (1, 10))
+    with torch.no_grad(), RoutingRecorder(model) as recorder:
+        model(inputs)
+        model(inputs[:, :7])
+    trace = recorder.trace()
+    assert trace.topk.shape == (17, 3, 2) and trace.num_experts == 6 and trace.layer_ids == [0, 1, 2]
+    with torch.no_grad():
+        logits = model(inputs, output_router_logits=True).router_logits
+    reference = trace_from_router_logits(list(logits), k=2)
+    np.testing.assert_array_equal(np.sort(trace.topk[:10], axis=2), np.sort(reference.topk, axis=2))

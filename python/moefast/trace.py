@@ -19,7 +19,7 @@ from moefast._core import SubsetTable
 PathLike = str | os.PathLike
 
 
-@dataclass
+@dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields
 class Trace:
     """Top-k expert ids of every token in every MoE layer.
 
