@@ -59,3 +59,16 @@ def brute_force_cost(subset, replicas) -> int:
 def reference_expected_cost(table: dict, replicas) -> float:
     total = sum(table.values())
     return sum(w * reference_cost(s, replicas) for s, w in table.items()) / total
+
+
+def all_full_placements(num_experts: int, num_gpus: int, slots_per_gpu: int):
+    """Every placement filling all slots with distinct experts per GPU and holding every
+    expert: enough for the optimum, since an extra replica never raises a cost."""
+    columns = list(itertools.combinations(range(num_experts), slots_per_gpu))
+    # GPUs are interchangeable: non-decreasing column indices suffice.
+    for choice in itertools.combinations_with_replacement(range(len(columns)), num_gpus):
+        replicas = np.zeros((num_experts, num_gpus), dtype=bool)
+        for g, c in enumerate(choice):
+            replicas[list(columns[c]), g] = True
+        if replicas.any(axis=1).all():
+            yield replicas

@@ -13,22 +13,29 @@ from moefast._core import (
 )
 from moefast.formats import load_placement
 from moefast.model import ModelPlacement
+from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
+from moefast.plan import plan
+from moefast import milp
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
 
 __all__ = [
+    "METHODS",
     "ModelPlacement",
+    "NotProvenOptimalWarning",
     "Placement",
     "RoutingRecorder",
-    "Trace",
     "SubsetTable",
+    "Trace",
     "expected_cost",
     "load_expert_load",
     "load_placement",
     "load_trace",
     "lower_bound",
+    "optimize",
+    "plan",
     "subset_costs",
     "synthetic_trace",
 ]
