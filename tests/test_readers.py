@@ -364,3 +364,29 @@ def test_routing_recorder_on_a_tiny_transformers_model():
         logits = model(inputs, output_router_logits=True).router_logits
     reference = trace_from_router_logits(list(logits), k=2)
     np.testing.assert_array_equal(np.sort(trace.topk[:10], axis=2), np.sort(reference.topk, axis=2))
+
+
+def test_recorder_warns_when_a_bias_corrected_router_gives_only_logits():
+    model = FakeModel({0: np.zeros((2, 4), np.float32)})
+    model.routers["model.layers.0.mlp.gate"].e_score_correction_bias = np.zeros(4)
+    with pytest.warns(UserWarning, match="correction bias"), HookRecorder(model, 2, 4):
+        model.forward()
+
+
+def test_recorder_skips_dense_layers_of_a_tiny_deepseek_v3():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "DeepseekV3ForCausalLM"):
+        pytest.skip("this transformers has no DeepSeek-V3")
+    config = transformers.DeepseekV3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        max_position_embeddings=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+        first_k_dense_replace=1, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, rope_scaling=None,
+    )
+    torch.manual_seed(0)
+    model = transformers.DeepseekV3ForCausalLM(config).eval()
+    with torch.no_grad(), RoutingRecorder(model) as recorder:
+        model(torch.randint(0, 64, (1, 9)))
+    trace = recorder.trace()
+    assert trace.layer_ids == [1, 2] and trace.topk.shape == (9, 2, 2) and trace.num_experts == 8

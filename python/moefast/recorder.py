@@ -14,12 +14,15 @@ holding the chosen ids (used as they are). `trace_from_router_logits` does the s
 ``router_logits`` a model returns with ``output_router_logits=True``.
 
 Every token the model sees is recorded, padding included: run unpadded inputs (or batch size 1)
-to keep padding out of the trace.
+to keep padding out of the trace. Checked with transformers 5.x on small randomly initialized
+Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, gpt-oss and DeepSeek-V3 models (the recorded ids equal the
+top-k of the model's own ``router_logits``); not yet on released weights.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -120,9 +123,24 @@ class HookRecorder:
             )
         self._chunks: dict[int, list[np.ndarray]] = {layer: [] for layer, _, _ in self.routers}
         self._handles: list[Any] = []
+        self._warned_bias = False
 
     def _hook(self, layer: int) -> Callable:
         def record(module, inputs, output):
+            if (
+                not isinstance(output, (tuple, list))
+                and hasattr(module, "e_score_correction_bias")
+                and not self._warned_bias
+            ):
+                # DeepSeek-V3-style routing adds this bias (and group limits) after the gate:
+                # the top-k of bare logits is then not what the model chose.
+                self._warned_bias = True
+                warnings.warn(
+                    f"the router of layer {layer} returns only logits but routes with a correction"
+                    " bias: the recorded top-k of logits may differ from the model's choice; use a"
+                    " transformers version whose router returns the chosen ids",
+                    stacklevel=2,
+                )
             self._chunks[layer].append(topk_from_router_output(output, self.k, self.num_experts))
 
         return record
