@@ -74,3 +74,16 @@ def test_bad_optimize_arguments():
         mf.optimize(np.zeros((3, 2)), 2, 4)
     with pytest.raises(TypeError, match="num_gpus must be an int"):
         mf.optimize(table, 2.0, 4)
+
+
+def test_milp_never_returns_worse_than_its_start():
+    table = skewed_table(6, 16, 4, tokens=3000)
+    start = mf.fill.fill_free_slots(np.eye(16, 4, dtype=bool) | np.eye(16, 4, k=-4, dtype=bool)
+                                    | np.eye(16, 4, k=-8, dtype=bool) | np.eye(16, 4, k=-12, dtype=bool),
+                                    5, table.expert_load())
+    with pytest.warns(mf.NotProvenOptimalWarning):
+        placement = mf.optimize(table, 4, 5, method="milp", time_limit=0.3)
+    result = mf.milp.solve_milp(table, 4, 5, time_limit=0.3, start=start)
+    assert result.cost <= mf.expected_cost(table, start) + 1e-12
+    assert result.bound <= result.cost
+    assert placement.slots_used.tolist() == [5] * 4

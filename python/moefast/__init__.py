@@ -15,7 +15,7 @@ from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
 from moefast.plan import plan
-from moefast import milp
+from moefast import fill, milp
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
 from moefast.synthetic import synthetic_trace

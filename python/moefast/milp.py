@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, expected_cost
+from moefast._core import Placement, SubsetTable, expected_cost, subset_costs
 from moefast.fill import fill_free_slots
 
 #: Above this many assignment variables the MILP is refused unless a time limit is given.
@@ -58,9 +58,14 @@ class _Rows:
 
 
 def solve_milp(
-    table: SubsetTable, num_gpus: int, slots_per_gpu: int, time_limit: float | None = None
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    time_limit: float | None = None,
+    start: Placement | None = None,
 ) -> MilpResult:
-    """The exact optimal placement of `table` (or the best found within `time_limit` seconds)."""
+    """The exact optimal placement of `table` (or the best found within `time_limit` seconds).
+    `start`, a placement to begin from (say the greedy's), gives HiGHS a first incumbent."""
     import highspy
 
     subsets, weights = table.subsets, table.weights
@@ -72,7 +77,7 @@ def solve_milp(
             f" x {num_gpus} GPUs), more than {MAX_ASSIGNMENT_VARIABLES:,}: prune the table, use"
             " method='greedy', or pass time_limit to accept a result that may not be optimal"
         )
-    start = time.perf_counter()
+    began = time.perf_counter()
     num_x = num_experts * num_gpus
     x = np.arange(num_x).reshape(num_experts, num_gpus)
     a = num_x + np.arange(assignment_vars).reshape(n, k, num_gpus)
@@ -129,6 +134,15 @@ def solve_milp(
     if time_limit is not None:
         solver.setOptionValue("time_limit", float(time_limit))
     solver.passModel(lp)
+    if start is not None:
+        # HiGHS completes the continuous assignment variables of a start given by x and c.
+        values = np.zeros(num_cols)
+        values[:num_x] = start.replicas.ravel()
+        values[c] = subset_costs(table, start)
+        solution = highspy.HighsSolution()
+        solution.col_value = list(values)
+        solution.value_valid = True
+        solver.setSolution(solution)
     solver.run()
     status = solver.getModelStatus()
     values = np.asarray(solver.getSolution().col_value)
@@ -144,4 +158,4 @@ def solve_milp(
     optimal = status == highspy.HighsModelStatus.kOptimal
     achieved = expected_cost(table, placement)
     bound = achieved if optimal else min(achieved, float(info.mip_dual_bound))
-    return MilpResult(placement, achieved, bound, optimal, time.perf_counter() - start)
+    return MilpResult(placement, achieved, bound, optimal, time.perf_counter() - began)
