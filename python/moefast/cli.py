@@ -134,7 +134,7 @@ def cmd_inspect(args) -> int:
     print("distinct subsets, and the most frequent ones needed to cover 80/90/99% of tokens:")
     print(report.format_table(header, rows))
     pairs.sort(key=lambda p: -p[3])
-    print(f"most co-activated pairs (share of a layer's tokens; x: against uniform routing):")
+    print("most co-activated pairs (share of a layer's tokens; x: against uniform routing):")
     print(report.format_table(
         ["layer", "experts", "share", "x uniform"],
         [[str(l), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"] for l, i, j, s, x in pairs[: args.pairs]],

@@ -6,7 +6,6 @@ by the file's name and first bytes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
