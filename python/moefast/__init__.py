@@ -11,23 +11,33 @@ from moefast._core import (
     lower_bound,
     subset_costs,
 )
-
+from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
 from moefast.plan import plan
 from moefast import fill, milp
+from moefast.readers import load_expert_load
+from moefast.recorder import RoutingRecorder
+from moefast.synthetic import synthetic_trace
+from moefast.trace import Trace, load_trace
 
 __all__ = [
     "METHODS",
     "ModelPlacement",
     "NotProvenOptimalWarning",
+    "Placement",
+    "RoutingRecorder",
+    "SubsetTable",
+    "Trace",
+    "expected_cost",
+    "load_expert_load",
+    "load_placement",
+    "load_trace",
+    "lower_bound",
     "optimize",
     "plan",
-    "Placement",
-    "SubsetTable",
-    "expected_cost",
-    "lower_bound",
     "subset_costs",
+    "synthetic_trace",
 ]
 
 __version__ = "0.1.0"

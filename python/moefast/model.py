@@ -91,3 +91,16 @@ class ModelPlacement:
     ) -> ModelPlacement:
         """From a bool array [layers, num_experts, num_gpus]."""
         return cls([Placement(np.asarray(r, dtype=bool)) for r in replicas], slots_per_gpu, **kwargs)
+
+    def save(self, path, format: str = "json", **options: Any) -> None:
+        """Write this placement for an engine: see `moefast.formats` for the formats."""
+        from moefast.formats import save_placement
+
+        save_placement(self, path, format, **options)
+
+    @classmethod
+    def load(cls, path, format: str | None = None, **options: Any) -> ModelPlacement:
+        """Read a placement file: see `moefast.formats.load_placement`."""
+        from moefast.formats import load_placement
+
+        return load_placement(path, format, **options)

@@ -1,0 +1,249 @@
+"""The ``moefast`` command: demo, plan, evaluate, inspect and synth subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import moefast
+from moefast import report
+from moefast.formats import PLACEMENT_FORMATS, load_placement
+from moefast.model import ModelPlacement
+from moefast.progress import progress
+from moefast.readers import TRACE_FORMATS, load_expert_load
+from moefast.synthetic import synthetic_trace
+from moefast.trace import Trace, load_trace
+
+
+def _plan(trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int) -> ModelPlacement:
+    plan = getattr(moefast, "plan", None)
+    if plan is None:
+        raise RuntimeError("moefast.plan is not available in this build of moefast")
+    return plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed)
+
+
+def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
+    if gpus < 1 or slots < 1:
+        raise ValueError(f"--gpus and --slots must be at least 1, got {gpus} and {slots}")
+    if gpus * slots < trace.num_experts:
+        raise ValueError(
+            f"{gpus} GPUs x {slots} slots = {gpus * slots} cannot hold {trace.num_experts} experts:"
+            f" use --slots {math.ceil(trace.num_experts / gpus)} or more"
+        )
+
+
+def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:
+    """Plan, print the per-layer comparison with the baselines, write the report if asked."""
+    _check_memory(trace, args.gpus, args.slots)
+    model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed)
+    tables = trace.tables()
+    comparison = report.compare_methods(
+        tables, trace.layer_ids, args.gpus, args.slots, main={args.method: model.placements}, seed=args.seed
+    )
+    header, rows = report.comparison_rows(comparison)
+    print(f"expected cost per layer (expert rounds per token), {args.gpus} GPUs x {args.slots} slots:")
+    print(report.format_table(header, rows))
+    if report_dir is not None:
+        sweep = None if args.no_sweep else report.slot_sweep(
+            tables, args.gpus, tuple(dict.fromkeys((args.method, *report.BASELINES))),
+            coverage=args.coverage, seed=args.seed,
+        )
+        hottest = report.hottest_layer(tables)
+        facts = {
+            "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers, top-{trace.k} of {trace.num_experts} experts",
+            "GPUs": args.gpus,
+            "slots per GPU": args.slots,
+            "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens, seed {args.seed})",
+        }
+        path = report.write_report(
+            report_dir, title, facts, comparison, (tables[hottest], trace.layer_ids[hottest]), sweep, args.gpus
+        )
+        print(f"report: {path}")
+    return model
+
+
+def cmd_demo(args) -> int:
+    from moefast.data import GPTOSS20B_DECODE
+
+    trace = load_trace(GPTOSS20B_DECODE)
+    if args.slots is None:
+        args.slots = report.default_slots(trace.num_experts, args.gpus)
+    print(f"bundled trace: gpt-oss-20b decode, {trace.num_tokens} tokens, {trace.num_layers} layers,"
+          f" top-{trace.k} of {trace.num_experts} experts")
+    out = Path(args.out)
+    model = _run_plan(trace, args, "moefast demo: gpt-oss-20b decode routing", out)
+    model.save(out / "placement.json", "json")
+    model.save(out / "placement_sglang.json", "sglang")
+    print(f"placements: {out / 'placement.json'}, {out / 'placement_sglang.json'}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    trace = load_trace(args.trace, args.trace_format)
+    model = _run_plan(trace, args, f"moefast plan: {Path(args.trace).name}", args.report)
+    options = {"num_layers": args.num_layers} if args.format == "sglang" and args.num_layers else {}
+    model.save(args.out, args.format, **options)
+    print(f"placement ({args.format}): {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    trace = load_trace(args.trace, args.trace_format)
+    model = load_placement(
+        args.placement, args.placement_format, num_gpus=args.gpus, num_experts=trace.num_experts
+    )
+    index = {layer: i for i, layer in enumerate(model.layer_ids)}
+    absent = [layer for layer in trace.layer_ids if layer not in index]
+    if absent:
+        raise ValueError(f"{args.placement}: no placement for trace layer {absent[0]} (has {model.layer_ids})")
+    placements = [model.placements[index[layer]] for layer in trace.layer_ids]
+    tables = trace.tables()
+    methods = report.BASELINES if hasattr(moefast, "optimize") and not args.no_baselines else ()
+    comparison = report.compare_methods(
+        tables, trace.layer_ids, model.num_gpus, model.slots_per_gpu, main={"placement": placements},
+        methods=methods,
+    )
+    if not methods and not args.no_baselines:
+        print("(baselines left out: moefast.optimize is not available)")
+    header, rows = report.comparison_rows(comparison)
+    print(f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:")
+    print(report.format_table(header, rows))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    trace = load_trace(args.trace, args.trace_format)
+    print(f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers (ids {trace.layer_ids[0]}"
+          f"..{trace.layer_ids[-1]}), {trace.num_experts} experts, k = {trace.k}"
+          + (", weighted" if trace.weights is not None else ""))
+    header = ["layer", "subsets", "80%", "90%", "99%", "load max/mean"]
+    rows, pairs = [], []
+    for layer, table in zip(trace.layer_ids, progress(trace.tables(), trace.num_layers, "layers")):
+        load = table.expert_load()
+        rows.append([
+            str(layer), str(len(table)),
+            *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
+            f"{load.max() / load.mean():.2f}",
+        ])
+        pairs += [(layer, *p) for p in report.top_pairs(table, args.pairs)]
+    print("distinct subsets, and the most frequent ones needed to cover 80/90/99% of tokens:")
+    print(report.format_table(header, rows))
+    pairs.sort(key=lambda p: -p[3])
+    print("most co-activated pairs (share of a layer's tokens; x: against uniform routing):")
+    print(report.format_table(
+        ["layer", "experts", "share", "x uniform"],
+        [[str(l), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"] for l, i, j, s, x in pairs[: args.pairs]],
+    ))
+    return 0
+
+
+def cmd_synth(args) -> int:
+    load = None
+    if args.load is not None:
+        load = load_expert_load(args.load)
+        if load.shape[1] != args.experts:
+            raise ValueError(f"{args.load}: loads of {load.shape[1]} experts, not --experts {args.experts}")
+        if load.shape[0] != args.layers:
+            # Cycle the recorded layers so any --layers count keeps real per-layer shapes.
+            load = load[np.arange(args.layers) % load.shape[0]]
+    trace = synthetic_trace(args.tokens, args.experts, args.k, args.layers, seed=args.seed, expert_load=load,
+                            topic_strength=args.topic_strength, topic_zipf=args.topic_zipf)
+    trace.save(args.out)
+    print(f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.k} of {trace.num_experts}")
+    return 0
+
+
+def _placement_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
+    p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
+    p.add_argument("--method", default="greedy", help="greedy (default), milp, contiguous, round_robin, eplb")
+    p.add_argument("--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover (0.99)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moefast", description="Co-activation-aware placement of MoE experts on GPUs."
+    )
+    parser.add_argument("--version", action="version", version=f"moefast {moefast.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    trace_format = {"choices": TRACE_FORMATS, "default": None, "help": "trace format (guessed when left out)"}
+
+    p = sub.add_parser("demo", help="plan the bundled gpt-oss-20b trace and write a report",
+                       description="Plans the bundled gpt-oss-20b decode trace, prints the cost of every"
+                       " layer against the baselines and writes a Markdown report with plots.")
+    p.add_argument("--out", default="moefast-demo", help="report folder (moefast-demo)")
+    p.add_argument("--gpus", type=int, default=4, help="number of GPUs (4)")
+    p.add_argument("--slots", type=int, default=None, help="experts per GPU (default: 1.25 x experts / GPUs)")
+    p.add_argument("--method", default="greedy", help=argparse.SUPPRESS)
+    p.add_argument("--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("plan", help="compute a placement from a trace",
+                       description="Computes a placement of every MoE layer and writes it for an engine.")
+    p.add_argument("trace", help="routing trace (.npz, .jsonl, SGLang per_token .pt or folder, ...)")
+    _placement_options(p)
+    p.add_argument("--format", default="sglang", choices=PLACEMENT_FORMATS, help="placement file format (sglang)")
+    p.add_argument("--num-layers", type=int, default=None,
+                   help="sglang: the model's total layer count, when it has layers after the last MoE layer")
+    p.add_argument("--out", required=True, help="placement file to write")
+    p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
+    p.add_argument("--trace-format", **trace_format)
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("evaluate", help="expected cost of a placement on a trace",
+                       description="Prints the expected cost per layer of a placement file, the lower"
+                       " bound and the baselines with the same memory.")
+    p.add_argument("trace")
+    p.add_argument("placement", help="placement file (any format moefast writes)")
+    p.add_argument("--gpus", type=int, default=None, help="number of GPUs (needed for sglang and trtllm files)")
+    p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
+    p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
+    p.add_argument("--trace-format", **trace_format)
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("inspect", help="statistics of a trace",
+                       description="Tokens, layers, experts, k; subsets needed for 80/90/99%% coverage,"
+                       " expert load skew and the most co-activated pairs.")
+    p.add_argument("trace")
+    p.add_argument("--pairs", type=int, default=5, help="how many pairs to list (5)")
+    p.add_argument("--trace-format", **trace_format)
+    p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("synth", help="write a realistic synthetic trace",
+                       description="Writes a synthetic trace with skewed, co-activated expert choices"
+                       " (see moefast.synthetic.synthetic_trace).")
+    p.add_argument("--experts", type=int, required=True)
+    p.add_argument("--k", type=int, required=True, help="experts per token")
+    p.add_argument("--layers", type=int, required=True)
+    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--load", type=Path, default=None,
+                   help="per-expert loads to match (SGLang logical_count JSON, .npy, TensorRT-LLM folder, trace)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--topic-strength", type=float, default=3.0, help="co-activation strength (3.0)")
+    p.add_argument("--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)")
+    p.add_argument("--out", required=True, help="trace file to write (.npz)")
+    p.set_defaults(run=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as err:
+        print(f"moefast {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Readers of routing traces and per-expert loads, one module per input format.
+
+`read_trace` and `read_expert_load` pick the reader by the ``format`` name or, without one,
+by the file's name and first bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moefast.readers._errors import malformed
+from moefast.trace import Trace
+
+TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint")
+LOAD_FORMATS = ("logical_count", "sglang-stat", "trtllm", "npy", "trace")
+
+
+def _json_head(path: Path, size: int = 4096) -> str:
+    with open(path, "rb") as f:
+        return f.read(size).decode("utf-8", errors="replace").lstrip()
+
+
+def guess_trace_format(path: Path) -> str:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "meta_info.json").exists():
+            raise ValueError(f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace; use load_expert_load")
+        return "sglang"
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".pt":
+        return "sglang"
+    if suffix == ".json":
+        head = _json_head(path)
+        if '"logical_count"' in head:
+            raise ValueError(f"{path}: holds per-expert loads (logical_count), not a trace; use load_expert_load")
+        if '"router_data"' in head or '"row_index"' in head:
+            return "fingerprint"
+        if head.startswith("{") and '"layer"' in head.split("\n", 1)[0]:
+            return "jsonl"
+        return "fingerprint"
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"PK":
+        return "npz"
+    if magic[:1] == b"{":
+        return "jsonl"
+    raise ValueError(f"{path}: cannot tell the trace format from the name; pass format= one of {TRACE_FORMATS}")
+
+
+def read_trace(path: Path, format: str | None = None, **options) -> Trace:
+    fmt = format or guess_trace_format(path)
+    if fmt == "npz":
+        from moefast.readers.npz import read_npz_trace
+
+        if options:
+            raise TypeError(f"the npz reader takes no options, got {sorted(options)}")
+        return read_npz_trace(path)
+    if fmt == "jsonl":
+        from moefast.readers.jsonl import read_jsonl_trace
+
+        return read_jsonl_trace(path, **options)
+    if fmt == "sglang":
+        from moefast.readers.sglang import read_sglang_trace
+
+        return read_sglang_trace(path, **options)
+    if fmt == "fingerprint":
+        from moefast.readers.fingerprint import read_fingerprint_trace
+
+        return read_fingerprint_trace(path, **options)
+    raise ValueError(f"unknown trace format {fmt!r}; known: {TRACE_FORMATS}")
+
+
+def guess_load_format(path: Path) -> str:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "meta_info.json").exists():
+            return "trtllm"
+        return "sglang-stat"
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        if '"logical_count"' in _json_head(path):
+            return "logical_count"
+        return "trace"
+    if suffix == ".npy":
+        return "npy"
+    if suffix == ".pt":
+        return "sglang-stat"
+    return "trace"
+
+
+def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray, list[int]]:
+    """float [layers, E] and the layer ids of its rows."""
+    fmt = format or guess_load_format(path)
+    if fmt == "logical_count":
+        from moefast.readers.sglang import read_logical_count_json
+
+        load = read_logical_count_json(path)
+        return load, list(range(load.shape[0]))
+    if fmt == "sglang-stat":
+        from moefast.readers.sglang import read_sglang_stat_load
+
+        load = read_sglang_stat_load(path)
+        return load, list(range(load.shape[0]))
+    if fmt == "trtllm":
+        from moefast.readers.trtllm import read_trtllm_load
+
+        return read_trtllm_load(path)
+    if fmt == "npy":
+        try:
+            load = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise malformed(path, f"not a readable .npy file ({err})") from err
+        if load.ndim == 1:
+            load = load[None, :]
+        if load.ndim != 2 or load.dtype.kind not in "iuf":
+            raise malformed(path, f"expected numbers [layers, E] or [E], got {load.dtype} {load.shape}")
+        return load.astype(np.float64), list(range(load.shape[0]))
+    if fmt == "trace":
+        trace = read_trace(path)
+        return trace.expert_load(), list(trace.layer_ids)
+    raise ValueError(f"unknown expert-load format {fmt!r}; known: {LOAD_FORMATS}")
+
+
+def load_expert_load(path, format: str | None = None, drop_empty: bool = True, return_layer_ids: bool = False):
+    """Per-expert loads (token-expert assignments, no co-activation) as float [layers, E].
+
+    Reads SGLang ``logical_count`` JSON (``format="logical_count"``), SGLang ``stat`` ``.pt``
+    dumps (``"sglang-stat"``, needs torch), TensorRT-LLM statistics folders (``"trtllm"``),
+    ``.npy`` arrays [layers, E] or [E] (``"npy"``), or any trace (``"trace"``, counted).
+    ``drop_empty`` drops rows without any load (the dense layers SGLang records as zeros);
+    ``return_layer_ids`` also returns the layer id of each row.
+    """
+    path = Path(path)
+    load, layer_ids = read_expert_load(path, format)
+    if not np.all(np.isfinite(load)) or (load < 0).any():
+        raise malformed(path, "loads must be finite and non-negative")
+    if drop_empty:
+        rows = np.nonzero(load.sum(axis=1) > 0)[0]
+        if rows.size == 0:
+            raise malformed(path, "every layer has zero load")
+        load, layer_ids = load[rows], [layer_ids[i] for i in rows]
+    return (load, layer_ids) if return_layer_ids else load

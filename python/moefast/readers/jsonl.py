@@ -1,0 +1,87 @@
+"""JSON Lines traces as research patches log them: one record per (token, layer),
+``{"layer": l, "experts": [ids], "token_idx": i, ...}``.
+
+Records may come in any order; other fields (``gating_probs``, ...) are ignored. An optional
+``request_id`` separates tokens of different requests that share a ``token_idx``. Tokens that
+lack some layer are dropped with a warning that counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from moefast.readers._errors import malformed
+from moefast.trace import Trace
+
+
+def _int_field(record: dict, name: str, path: Path, line: int) -> int:
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise malformed(path, f"'{name}' must be an integer, got {value!r}", line)
+    return value
+
+
+def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
+    """``num_experts`` defaults to the largest id seen plus one."""
+    rows: dict[tuple, dict[int, list[int]]] = {}
+    k = None
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as err:
+        raise malformed(path, f"cannot open ({err})") from err
+    with handle:
+        for line_no, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise malformed(path, f"not JSON ({err.msg})", line_no) from err
+            if not isinstance(record, dict):
+                raise malformed(path, "a record must be a JSON object", line_no)
+            layer = _int_field(record, "layer", path, line_no)
+            token = _int_field(record, "token_idx", path, line_no)
+            experts = record.get("experts")
+            if (
+                not isinstance(experts, list)
+                or not experts
+                or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
+            ):
+                raise malformed(path, f"'experts' must be a list of integer ids, got {experts!r}", line_no)
+            if k is None:
+                k = len(experts)
+            elif len(experts) != k:
+                raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
+            if min(experts) < 0:
+                raise malformed(path, f"negative expert id in {experts}", line_no)
+            if len(set(experts)) != len(experts):
+                raise malformed(path, f"an expert appears twice in {experts}", line_no)
+            key = (str(record.get("request_id", "")), token)
+            layers = rows.setdefault(key, {})
+            if layer in layers:
+                raise malformed(path, f"a second record for token {token} at layer {layer}", line_no)
+            layers[layer] = experts
+    if not rows:
+        raise malformed(path, "no records")
+    layer_ids = sorted({layer for layers in rows.values() for layer in layers})
+    complete = [key for key in sorted(rows) if len(rows[key]) == len(layer_ids)]
+    dropped = len(rows) - len(complete)
+    if dropped:
+        warnings.warn(
+            f"{path}: dropped {dropped} of {len(rows)} tokens that lack records for some of"
+            f" the {len(layer_ids)} layers",
+            stacklevel=3,
+        )
+    if not complete:
+        raise malformed(path, f"no token has records for all layers {layer_ids}")
+    topk = np.array([[rows[key][layer] for layer in layer_ids] for key in complete], dtype=np.int64)
+    seen = int(topk.max()) + 1
+    if num_experts is None:
+        num_experts = seen
+    elif seen > num_experts:
+        raise malformed(path, f"expert id {seen - 1} out of range for num_experts = {num_experts}")
+    return Trace(topk, num_experts, layer_ids)

@@ -1,0 +1,63 @@
+"""TensorRT-LLM expert statistics: a folder with ``meta_info.json`` (``num_experts``,
+``num_experts_per_token``) and ``rank<r>.safetensors`` whose keys ``"<iter>_<layer>"`` hold
+per-expert token counts [E]. Counts are summed over iterations and ranks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from moefast.readers._errors import malformed, require, to_numpy
+
+_KEY = re.compile(r"^(\d+)_(\d+)$")
+
+
+def expert_load_from_trtllm(
+    meta: Mapping, ranks: list[Mapping[str, np.ndarray]], source: Path | str = "<trtllm statistics>"
+) -> tuple[np.ndarray, list[int]]:
+    """float [layers, E] and the layer ids, from ``meta_info`` and each rank's tensors."""
+    path = Path(str(source))
+    num_experts = meta.get("num_experts")
+    if not isinstance(num_experts, int) or num_experts < 1:
+        raise malformed(path, f"meta_info.json: 'num_experts' must be a positive integer, got {num_experts!r}")
+    totals: dict[int, np.ndarray] = {}
+    for r, tensors in enumerate(ranks):
+        for key, value in tensors.items():
+            match = _KEY.match(key)
+            if not match:
+                raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
+            counts = to_numpy(value, path, key).astype(np.float64).ravel()
+            if counts.shape != (num_experts,):
+                raise malformed(path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts")
+            layer = int(match.group(2))
+            totals[layer] = totals.get(layer, 0) + counts
+    if not totals:
+        raise malformed(path, "no statistics in any rank file")
+    layers = sorted(totals)
+    return np.stack([totals[layer] for layer in layers]), layers
+
+
+def read_trtllm_load(path: Path) -> tuple[np.ndarray, list[int]]:
+    meta_path = path / "meta_info.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise malformed(path, f"no readable meta_info.json ({err})") from err
+    except json.JSONDecodeError as err:
+        raise malformed(meta_path, f"not JSON ({err.msg})", err.lineno) from err
+    files = sorted(path.glob("rank*.safetensors"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not files:
+        raise malformed(path, "no rank<r>.safetensors file")
+    st = require("safetensors", "reading TensorRT-LLM statistics")
+    require("safetensors.numpy", "reading TensorRT-LLM statistics")
+    ranks = []
+    for f in files:
+        try:
+            ranks.append(st.numpy.load_file(str(f)))
+        except Exception as err:  # safetensors raises its own error types
+            raise malformed(f, f"not a readable safetensors file ({err})") from err
+    return expert_load_from_trtllm(meta, ranks, path)

@@ -1,0 +1,158 @@
+"""Routing traces: which experts each token picked in each MoE layer.
+
+A `Trace` is the common form every reader produces and every planner consumes; it turns
+into one `SubsetTable` per layer. `load_trace` reads any supported format, `Trace.save`
+writes the native ``.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from moefast._core import SubsetTable
+
+PathLike = str | os.PathLike
+
+
+@dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields
+class Trace:
+    """Top-k expert ids of every token in every MoE layer.
+
+    ``topk`` is int [tokens, layers, k]; ``layer_ids`` are the model's layer numbers of
+    the ``layers`` axis (DeepSeek-V3's first MoE layer is 3); ``weights`` optionally give
+    each token a weight (say, how many times a request repeats), float [tokens].
+    Layers are addressed by their position on the ``layers`` axis in `table`;
+    `layer_ids` tells which model layer a position is.
+    """
+
+    topk: np.ndarray
+    num_experts: int
+    layer_ids: list[int] = field(default_factory=list)
+    weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        topk = np.asarray(self.topk)
+        if topk.ndim != 3:
+            raise ValueError(f"topk must be int [tokens, layers, k], got shape {topk.shape}")
+        if topk.size and topk.dtype.kind not in "iu":
+            raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
+        self.topk = topk.astype(np.int32 if self.num_experts < 2**31 else np.int64, copy=False)
+        self.num_experts = int(self.num_experts)
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be at least 1, got {self.num_experts}")
+        tokens, layers, k = self.topk.shape
+        if k < 1:
+            raise ValueError("topk has k = 0: every token needs at least one expert")
+        if self.topk.size:
+            low, high = int(self.topk.min()), int(self.topk.max())
+            if low < 0 or high >= self.num_experts:
+                bad = low if low < 0 else high
+                raise ValueError(f"topk holds expert id {bad}, out of range [0, {self.num_experts})")
+            ordered = np.sort(self.topk, axis=2)
+            dup = np.nonzero((ordered[:, :, 1:] == ordered[:, :, :-1]).any(axis=2))
+            if dup[0].size:
+                t, l = int(dup[0][0]), int(dup[1][0])
+                raise ValueError(
+                    f"token {t} picks expert {self.topk[t, l].tolist()} at layer position {l}:"
+                    " an expert appears twice"
+                )
+        if not self.layer_ids:
+            self.layer_ids = list(range(layers))
+        self.layer_ids = [int(x) for x in self.layer_ids]
+        if len(self.layer_ids) != layers:
+            raise ValueError(f"layer_ids has {len(self.layer_ids)} entries for {layers} layers")
+        if len(set(self.layer_ids)) != layers:
+            raise ValueError(f"layer_ids repeat a layer: {self.layer_ids}")
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (tokens,):
+                raise ValueError(f"weights must be float [tokens] = [{tokens}], got shape {w.shape}")
+            if not np.all(np.isfinite(w)) or (w < 0).any():
+                raise ValueError("weights must be finite and non-negative")
+            self.weights = w
+
+    @property
+    def num_tokens(self) -> int:
+        return self.topk.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return self.topk.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.topk.shape[2]
+
+    def __repr__(self) -> str:
+        return (
+            f"Trace(tokens={self.num_tokens}, layers={self.num_layers}, k={self.k},"
+            f" num_experts={self.num_experts}, layer_ids={self.layer_ids[0]}..{self.layer_ids[-1]},"
+            f" weighted={self.weights is not None})"
+        )
+
+    def table(self, layer: int) -> SubsetTable:
+        """The subset-frequency table of the layer at position ``layer`` (0 <= layer < num_layers)."""
+        if not -self.num_layers <= layer < self.num_layers:
+            raise IndexError(f"layer position {layer} out of range for {self.num_layers} layers")
+        return SubsetTable.from_topk(
+            np.ascontiguousarray(self.topk[:, layer, :]), self.num_experts, self.weights
+        )
+
+    def tables(self) -> list[SubsetTable]:
+        """One `SubsetTable` per layer, in the order of `layer_ids`."""
+        return [self.table(i) for i in range(self.num_layers)]
+
+    def expert_load(self) -> np.ndarray:
+        """Token-expert assignments per expert (weighted if the trace is), float [layers, E]."""
+        load = np.zeros((self.num_layers, self.num_experts))
+        w = np.ones(self.num_tokens) if self.weights is None else self.weights
+        for layer in range(self.num_layers):
+            ids = self.topk[:, layer, :]
+            load[layer] = np.bincount(
+                ids.ravel(), weights=np.repeat(w, self.k), minlength=self.num_experts
+            )
+        return load
+
+    def select_layers(self, positions: Sequence[int]) -> Trace:
+        """A trace of the layers at ``positions`` only."""
+        positions = list(positions)
+        return Trace(
+            self.topk[:, positions, :],
+            self.num_experts,
+            [self.layer_ids[p] for p in positions],
+            self.weights,
+        )
+
+    def save(self, path: PathLike) -> None:
+        """Write the native ``.npz`` (``topk``, ``num_experts``, ``layer_ids``, ``weights``)."""
+        arrays = {
+            "topk": self.topk,
+            "num_experts": np.int64(self.num_experts),
+            "layer_ids": np.asarray(self.layer_ids, dtype=np.int64),
+        }
+        if self.weights is not None:
+            arrays["weights"] = self.weights
+        path = Path(path)
+        # np.savez appends ".npz" to other names, which would surprise the caller.
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def load_trace(path: PathLike, format: str | None = None, **options) -> Trace:
+    """Read a routing trace from ``path``.
+
+    ``format`` is one of ``"npz"``, ``"jsonl"``, ``"sglang"`` (SGLang ``per_token`` dumps:
+    one ``.pt`` file or a folder of them, one per rank; needs torch), ``"fingerprint"``
+    (per-token ``router_data`` JSON of the gpt-oss expert-fingerprinting recorder), or None
+    to guess it from the name and content. ``options`` go to the format's reader (for
+    ``"jsonl"``: ``num_experts``). Raises ValueError naming the file (and line) for
+    malformed input.
+    """
+    from moefast.readers import read_trace
+
+    return read_trace(Path(path), format, **options)

@@ -1,0 +1,94 @@
+"""Synthetic traces: shape, determinism, skew, co-activation, and matching a requested load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moefast.readers import load_expert_load
+from moefast.report import top_pairs
+from moefast.synthetic import synthetic_trace
+
+DEEPSEEK = Path("/work/shared/data/deepseek_v3_sglang_expert_distribution/decode_in1000out1000.json")
+
+
+def test_shape_ids_and_determinism():
+    a = synthetic_trace(500, 16, 2, 3, seed=4)
+    b = synthetic_trace(500, 16, 2, 3, seed=4)
+    c = synthetic_trace(500, 16, 2, 3, seed=5)
+    assert a.topk.shape == (500, 3, 2) and a.num_experts == 16
+    np.testing.assert_array_equal(a.topk, b.topk)
+    assert not np.array_equal(a.topk, c.topk)
+
+
+def test_routing_is_skewed_and_correlated():
+    e, k, tokens = 32, 4, 4000
+    trace = synthetic_trace(tokens, e, k, 2, seed=0)
+    table = trace.table(0)
+    load = table.expert_load()
+    assert load.max() / load.mean() > 1.5
+    # Under uniform routing each pair holds k(k-1)/(E(E-1)) = 1.2% of tokens.
+    _, _, share, lift = top_pairs(table, 1)[0]
+    assert lift > 5
+    # A few subsets carry much of the traffic: far fewer than the C(32, 4) = 35,960 possible.
+    assert len(table.prune(coverage=0.5)) < 0.25 * len(table)
+    # Layers differ.
+    assert not np.array_equal(trace.expert_load()[0], trace.expert_load()[1])
+
+
+def test_no_topic_strength_means_little_co_activation():
+    trace = synthetic_trace(4000, 32, 4, 1, seed=0, topic_strength=0.0, popularity_skew=0.0)
+    assert top_pairs(trace.table(0), 1)[0][3] < 2.0
+
+
+def relative_error(trace, target):
+    got = trace.expert_load()
+    want = trace.k * trace.num_tokens * target / target.sum(axis=1, keepdims=True)
+    return np.abs(got - want).sum(axis=1) / got.sum(axis=1)
+
+
+def test_matches_a_per_expert_load():
+    rng = np.random.default_rng(1)
+    target = rng.lognormal(0.0, 0.6, size=(2, 24))
+    target[1, 5] = 0.0  # an expert nobody uses stays unused
+    trace = synthetic_trace(6000, 24, 3, 2, seed=2, expert_load=target)
+    assert (relative_error(trace, target) < 0.02).all()
+    assert trace.expert_load()[1, 5] == 0
+
+
+def test_one_dimensional_load_applies_to_every_layer():
+    target = np.linspace(1.0, 4.0, 16)
+    trace = synthetic_trace(4000, 16, 2, 3, seed=0, expert_load=target)
+    assert (relative_error(trace, np.tile(target, (3, 1))) < 0.02).all()
+
+
+@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
+def test_matches_deepseek_v3_loads_within_one_percent():
+    target = load_expert_load(DEEPSEEK)[[0, 20, 57]]
+    trace = synthetic_trace(20000, 256, 8, 3, seed=0, expert_load=target)
+    assert (relative_error(trace, target) < 0.01).all()
+    hot = trace.expert_load().max(axis=1) / trace.expert_load().mean(axis=1)
+    want = target.max(axis=1) / target.mean(axis=1)
+    np.testing.assert_allclose(hot, want, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"expert_load": np.ones(5)}, "expert_load must be"),
+        ({"expert_load": np.r_[100.0, np.ones(15)]}, "1/k"),
+        ({"expert_load": np.r_[1.0, np.zeros(15)]}, "fewer than k"),
+        ({"expert_load": -np.ones(16)}, "non-negative"),
+        ({"noise": 0.0}, "noise"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic_trace(100, 16, 2, 1, **kwargs)
+
+
+def test_k_out_of_range():
+    with pytest.raises(ValueError, match="k must be"):
+        synthetic_trace(10, 4, 5, 1)
