@@ -11,12 +11,17 @@ from moefast._core import (
     lower_bound,
     subset_costs,
 )
+from moefast.batch import batch_time, simulate
+from moefast.cost_model import CostModel
 
 __all__ = [
+    "CostModel",
     "Placement",
     "SubsetTable",
+    "batch_time",
     "expected_cost",
     "lower_bound",
+    "simulate",
     "subset_costs",
 ]
 

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use crate::error::MoeError;
 
+mod batch;
 mod table;
 
 impl From<MoeError> for PyErr {
@@ -66,5 +67,6 @@ pub fn weights_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadon
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
+    batch::register(m)?;
     Ok(())
 }
