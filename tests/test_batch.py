@@ -191,3 +191,35 @@ def test_simulate_rejects_mismatched_layers_and_experts():
         mf.simulate(_trace(), small, 4, cm, steps=10)
     with pytest.raises(ValueError, match="shape"):
         mf.simulate(np.zeros((2, 2, 2, 2), dtype=int), p, 4, cm, steps=10)
+
+
+def test_optimize_batch_lowers_the_sampled_step_time():
+    from moefast.batch import optimize_batch
+
+    # Tokens pick {0, 1} or {2, 3}: the start puts each co-activated pair on one GPU.
+    topk = np.array([[0, 1], [2, 3]] * 50)
+    start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+    cm = mf.CostModel(10.0, 0.1)
+    p = optimize_batch(topk, start, 2, cm, batch_size=1, seed=0)
+    assert p.slots_used.max() <= 2
+    before = mf.simulate(topk, start, 1, cm, steps=200)[0]["mean_step_time"]
+    after = mf.simulate(topk, p, 1, cm, steps=200)[0]["mean_step_time"]
+    assert after == pytest.approx(cm.expert_time(1)) and before == pytest.approx(2 * cm.expert_time(1))
+    table = mf.SubsetTable.from_topk(topk, num_experts=4)
+    assert optimize_batch(table, start, 2, cm, batch_size=1, seed=0) == p
+
+
+def test_optimize_batch_rejects_bad_arguments():
+    from moefast.batch import optimize_batch
+
+    start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+    topk = np.array([[0, 1]])
+    cm = mf.CostModel(1, 1)
+    with pytest.raises(ValueError, match="slots_per_gpu"):
+        optimize_batch(topk, start, 1, cm, batch_size=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        optimize_batch(topk, start, 2, cm, batch_size=0)
+    with pytest.raises(ValueError, match="out of range"):
+        optimize_batch(np.array([[0, 4]]), start, 2, cm, batch_size=1)
+    with pytest.raises(TypeError, match="start_placement"):
+        optimize_batch(topk, None, 2, cm, batch_size=1)

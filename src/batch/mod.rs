@@ -11,3 +11,4 @@ pub use cost_model::CostModel;
 pub use step_time::{batch_time, StepTimeSolver};
 pub mod rng;
 pub mod simulate;
+pub mod optimize;

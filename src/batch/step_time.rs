@@ -12,8 +12,10 @@
 use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
 use super::semi_matching::SemiMatching;
+use crate::cost::matching_cost_masks;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;
+use crate::table::MAX_K;
 
 /// Relative slack under which a move does not count as an improvement.
 const REL_TOL: f64 = 1e-12;
@@ -89,6 +91,23 @@ impl<'p> StepTimeSolver<'p> {
             self.counts.push(std::mem::take(&mut self.count_of[e as usize]));
         }
         self.prepare();
+    }
+
+    /// Step time of a batch of at most 16 distinct experts with one token each (a single
+    /// token, say) on a placement over at most 64 GPUs: the subset cost of DESIGN 2.1
+    /// times f(1), without building the per-replica state. None when it does not apply.
+    pub fn unit_time(&mut self, experts: &[u32]) -> Option<f64> {
+        let masks = self.placement.masks()?;
+        if experts.len() > MAX_K {
+            return None;
+        }
+        let mut local = [0u64; MAX_K];
+        for (m, &e) in local.iter_mut().zip(experts) {
+            *m = masks[e as usize];
+        }
+        let rounds = matching_cost_masks(&local[..experts.len()]);
+        self.times.reserve(1);
+        Some(self.times.get(1) * rounds as f64)
     }
 
     /// Loads a batch given as (expert, token count) pairs with distinct experts.

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 
 use super::table::PyPlacement;
 use super::{as_array, ids_2d, weights_1d};
+use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
 use crate::batch::{step_time, CostModel};
 use crate::placement::Placement;
@@ -83,8 +84,52 @@ fn simulate_steps<'py>(
     Ok(PyArray1::from_vec(py, flat).reshape([batch_sizes.len(), steps])?.into_any())
 }
 
+/// A placement lowering the mean step time of sampled batches of `batch_size` tokens
+/// drawn from `topk` [tokens, k] (rows weighted by `weights` if given), by local search
+/// from `start` within `slots_per_gpu` experts per GPU.
+#[pyfunction]
+#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations))]
+#[allow(clippy::too_many_arguments)]
+fn optimize_batch(
+    py: Python<'_>,
+    topk: &Bound<'_, PyAny>,
+    weights: Option<&Bound<'_, PyAny>>,
+    start: &PyPlacement,
+    slots_per_gpu: i64,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    batch_size: i64,
+    seed: i64,
+    num_batches: Option<i64>,
+    max_evaluations: i64,
+) -> PyResult<PyPlacement> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let slots = non_negative("slots_per_gpu", slots_per_gpu)? as usize;
+    let batch_size = non_negative("batch_size", batch_size)? as usize;
+    let seed = non_negative("seed", seed)?;
+    let max_evaluations = non_negative("max_evaluations", max_evaluations)? as usize;
+    let num_batches = match num_batches {
+        Some(n) => non_negative("num_batches", n)? as usize,
+        None => BatchSearchOptions::default_num_batches(batch_size),
+    };
+    let ids = ids_2d(topk, "topk")?;
+    let k = ids.shape()[1];
+    let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
+    let ids = ids.as_slice()?;
+    let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+    let start = start.inner.clone();
+    let options = BatchSearchOptions { batch_size, num_batches, seed, max_evaluations };
+    let placement = py.detach(|| -> crate::Result<Placement> {
+        let trace = Trace::new(ids, 1, k, &[start.num_experts()], weights)?;
+        optimize::optimize_batch(&trace, &start, slots, model, options)
+    })?;
+    Ok(PyPlacement { inner: std::sync::Arc::new(placement) })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch_time, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_steps, m)?)?;
+    m.add_function(wrap_pyfunction!(optimize_batch, m)?)?;
     Ok(())
 }
