@@ -223,3 +223,31 @@ def test_optimize_batch_rejects_bad_arguments():
         optimize_batch(np.array([[0, 4]]), start, 2, cm, batch_size=1)
     with pytest.raises(TypeError, match="start_placement"):
         optimize_batch(topk, None, 2, cm, batch_size=1)
+
+
+def test_plot_throughput_latency(tmp_path):
+    from moefast.batch_plots import plot_throughput_latency
+
+    topk = _trace()
+    cm = mf.CostModel(130, 0.5, 2.0)
+    one = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
+    two = mf.Placement.from_lists([[e % 4, (e + 1) % 4] for e in range(8)], 4)
+    results = {name: mf.simulate(topk, p, [1, 16, 256], cm, steps=50) for name, p in (("single", one), ("replicated", two))}
+    out = plot_throughput_latency(results, tmp_path / "curve.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="empty"):
+        plot_throughput_latency({}, tmp_path / "none.png")
+
+
+def test_gpu_calibrate_is_import_safe_without_a_gpu(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benches" / "gpu_calibrate.py"
+    spec = importlib.util.spec_from_file_location("gpu_calibrate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.torch is not None and module.torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would measure")
+    assert module.main(["--out", str(tmp_path / "c.json")]) == 0
+    assert not (tmp_path / "c.json").exists()

@@ -41,7 +41,7 @@ def batch_time(
     (time, lower_bound): no assignment is faster than lower_bound.
     """
     cm = _cost_model(cost_model)
-    time, bound = _core.batch_time(topk_batch, _placement(placement), cm.alpha, cm.beta, cm.p)
+    time, bound = _core.batch_time(topk_batch, _placement(placement), cm.alpha, cm.beta, cm.p, return_bound)
     return (time, bound) if return_bound else time
 
 

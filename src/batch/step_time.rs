@@ -225,6 +225,7 @@ impl<'p> StepTimeSolver<'p> {
             return best;
         }
         if m.alpha > 0.0 {
+            bound = bound.max(self.simple_bound());
             self.local_search();
             self.keep_if_better(&mut best);
             if best <= bound * (1.0 + 1e-9) {
@@ -233,6 +234,9 @@ impl<'p> StepTimeSolver<'p> {
             self.largest_first();
             self.local_search();
             self.keep_if_better(&mut best);
+            if best <= bound * (1.0 + 1e-9) {
+                return best;
+            }
         }
         let level = self.token_flow();
         bound = bound.max(m.beta * level);
@@ -241,6 +245,25 @@ impl<'p> StepTimeSolver<'p> {
         }
         self.keep_if_better(&mut best);
         best
+    }
+
+    /// Two bounds that cost one pass: an expert held by one GPU runs there whatever the
+    /// assignment (pinned load per GPU), and an expert's largest part is at least its
+    /// tokens spread evenly over its replicas.
+    fn simple_bound(&mut self) -> f64 {
+        for &g in &self.active_gpus {
+            self.load[g as usize] = 0.0;
+        }
+        let mut spread: f64 = 0.0;
+        for i in 0..self.experts.len() {
+            let gpus = self.gpus_of(i);
+            let c = self.counts[i];
+            if gpus.len() == 1 {
+                self.load[gpus[0] as usize] += self.f(c);
+            }
+            spread = spread.max(self.f(c.div_ceil(gpus.len() as u32)));
+        }
+        self.active_gpus.iter().map(|&g| self.load[g as usize]).fold(spread, f64::max)
     }
 
     /// Largest-first list scheduling of whole experts, each on its least-loaded replica.
@@ -441,7 +464,8 @@ impl<'p> StepTimeSolver<'p> {
     /// A time no assignment of the loaded batch beats: the largest of
     /// f(1) x (semi-matching rounds), beta x ceil(T*) (whole-token max-flow),
     /// max over expert sets A of sum f(count) / |N(A)| (splitting never saves work,
-    /// f is subadditive) and, per expert, f(its tokens spread evenly over its replicas).
+    /// f is subadditive), the load pinned to a GPU by experts it alone holds and, per
+    /// expert, f(its tokens spread evenly over its replicas).
     pub fn lower_bound(&mut self) -> f64 {
         if self.experts.is_empty() {
             return 0.0;
@@ -455,11 +479,9 @@ impl<'p> StepTimeSolver<'p> {
         self.weights.extend(self.counts.iter().map(|&c| self.times.get(c)));
         let work = self.flow.min_makespan(&experts, &self.weights, self.placement, false);
         self.experts = experts;
-        let spread = (0..self.experts.len())
-            .map(|i| self.f(self.counts[i].div_ceil(self.gpus_of(i).len() as u32)))
-            .fold(0.0, f64::max);
+        let simple = self.simple_bound();
         let m = self.model();
-        (self.f(1) * rounds as f64).max(m.beta * tokens).max(work * (1.0 - 1e-12)).max(spread)
+        (self.f(1) * rounds as f64).max(m.beta * tokens).max(work * (1.0 - 1e-12)).max(simple)
     }
 }
 
@@ -484,13 +506,14 @@ pub fn check_batch(ids: &[i64], k: usize, num_experts: usize) -> Result<()> {
     Ok(())
 }
 
-/// Step time of one layer for a [tokens, k] batch, with a lower bound on the optimum.
-pub fn batch_time(ids: &[i64], k: usize, placement: &Placement, model: CostModel) -> Result<(f64, f64)> {
+/// Step time of one layer for a [tokens, k] batch, and, if asked, a lower bound on the
+/// optimal step time (it costs a few max-flows more).
+pub fn batch_time(ids: &[i64], k: usize, placement: &Placement, model: CostModel, with_bound: bool) -> Result<(f64, Option<f64>)> {
     check_batch(ids, k, placement.num_experts())?;
     let mut solver = StepTimeSolver::new(placement, model);
     solver.set_batch(ids.iter().map(|&e| e as u32));
     let time = solver.solve();
-    let bound = solver.lower_bound().min(time);
+    let bound = with_bound.then(|| solver.lower_bound().min(time));
     Ok((time, bound))
 }
 

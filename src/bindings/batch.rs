@@ -15,10 +15,10 @@ fn non_negative(name: &str, v: i64) -> PyResult<u64> {
     u64::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
 }
 
-/// (step time, lower bound on the optimal step time) of one layer for a batch
+/// (step time, lower bound on the optimal step time or None) of one layer for a batch
 /// [tokens, k] of expert ids, in the units of alpha and beta.
 #[pyfunction]
-#[pyo3(signature = (topk, placement, alpha, beta, p))]
+#[pyo3(signature = (topk, placement, alpha, beta, p, with_bound))]
 fn batch_time(
     py: Python<'_>,
     topk: &Bound<'_, PyAny>,
@@ -26,16 +26,17 @@ fn batch_time(
     alpha: f64,
     beta: f64,
     p: f64,
-) -> PyResult<(f64, f64)> {
+    with_bound: bool,
+) -> PyResult<(f64, Option<f64>)> {
     let model = CostModel::new(alpha, beta, p)?;
     let ids = ids_2d(topk, "topk_batch")?;
     let k = ids.shape()[1];
     if ids.shape()[0] == 0 {
-        return Ok((0.0, 0.0));
+        return Ok((0.0, with_bound.then_some(0.0)));
     }
     let ids = ids.as_slice()?;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| step_time::batch_time(ids, k, &placement, model))?)
+    Ok(py.detach(|| step_time::batch_time(ids, k, &placement, model, with_bound))?)
 }
 
 /// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens
