@@ -23,7 +23,7 @@ def plot_throughput_latency(
     if not results_by_placement:
         raise ValueError("results_by_placement is empty: nothing to plot")
     fig, ax = plt.subplots(figsize=(7.5, 5.0), layout="constrained")
-    for name, results in results_by_placement.items():
+    for index, (name, results) in enumerate(results_by_placement.items()):
         rows = sorted(results, key=lambda r: r["batch_size"])
         if not rows:
             raise ValueError(f"placement {name!r} has no results")
@@ -32,7 +32,9 @@ def plot_throughput_latency(
         (line,) = ax.plot(x, y, marker="o", label=name)
         for r, xi, yi in zip(rows, x, y):
             ax.annotate(
-                f"B={r['batch_size']}", (xi, yi), textcoords="offset points", xytext=(5, -11),
+                # Alternate sides per curve so labels of nearby points do not overlap.
+                f"B={r['batch_size']}", (xi, yi), textcoords="offset points",
+                xytext=(5, -11) if index % 2 == 0 else (-8, 6), ha="left" if index % 2 == 0 else "right",
                 fontsize=7, color=line.get_color(),
             )
     ax.set_xscale("log")
