@@ -169,6 +169,8 @@ def test_simulate_whole_model_sums_layers():
         (dict(batch_sizes=[0]), ValueError, "at least 1"),
         (dict(batch_sizes=[1.5]), TypeError, "ints"),
         (dict(steps=0), ValueError, "steps"),
+        (dict(steps=2**40), ValueError, "step times"),
+        (dict(batch_sizes=[2**30]), ValueError, "batch sizes"),
         (dict(seed=-1), ValueError, "seed"),
         (dict(cost_model=None), TypeError, "CostModel"),
     ],

@@ -83,6 +83,15 @@ fn time_batch(solver: &mut StepTimeSolver<'_>, sample: &Sample, b: usize) -> f64
     solver.solve()
 }
 
+/// A scored move: the change of the weighted step-time sum, the placement after it and
+/// the new times of the batches it touches.
+struct Scored {
+    delta: f64,
+    lists: Vec<Vec<usize>>,
+    batches: Vec<u32>,
+    new_times: Vec<f64>,
+}
+
 struct Search<'a> {
     sample: &'a Sample,
     model: CostModel,
@@ -164,7 +173,7 @@ impl Search<'_> {
 
     /// Change of the weighted sum of step times if `mv` were applied (None: invalid),
     /// with the new times of the affected batches.
-    fn score(&self, mv: Move, used: &[usize]) -> Option<(f64, Vec<Vec<usize>>, Vec<u32>, Vec<f64>)> {
+    fn score(&self, mv: Move, used: &[usize]) -> Option<Scored> {
         let (lists, experts) = self.apply_to(mv, used)?;
         let placement = Placement::from_lists(&lists, self.num_gpus).ok()?;
         let mut solver = StepTimeSolver::new(&placement, self.model);
@@ -176,7 +185,7 @@ impl Search<'_> {
             delta += self.sample.weights[b as usize] * (t - self.times[b as usize]);
             new_times.push(t);
         }
-        Some((delta, lists, batches, new_times))
+        Some(Scored { delta, lists, batches, new_times })
     }
 
     fn candidates(&self, rng: &mut SplitMix64) -> Vec<Move> {
@@ -265,6 +274,14 @@ pub fn optimize_batch(
     if options.batch_size == 0 || options.num_batches == 0 {
         return Err(MoeError::value("batch_size and num_batches must be at least 1"));
     }
+    if options.batch_size > super::simulate::MAX_BATCH || options.num_batches > 1 << 20 {
+        return Err(MoeError::value(format!(
+            "batch_size must be at most {} and num_batches at most 2^20, got {} and {}",
+            super::simulate::MAX_BATCH,
+            options.batch_size,
+            options.num_batches
+        )));
+    }
     let used = start.slots_used();
     if let Some((g, &n)) = used.iter().enumerate().find(|(_, &n)| n > slots_per_gpu) {
         return Err(MoeError::value(format!(
@@ -293,9 +310,9 @@ pub fn optimize_batch(
             let best = scored
                 .into_iter()
                 .flatten()
-                .filter(|s| s.0 < -tol)
-                .min_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some((_, lists, batches, new_times)) = best {
+                .filter(|s| s.delta < -tol)
+                .min_by(|a, b| a.delta.total_cmp(&b.delta));
+            if let Some(Scored { lists, batches, new_times, .. }) = best {
                 search.lists = lists;
                 for (b, t) in batches.into_iter().zip(new_times) {
                     search.times[b as usize] = t;

@@ -118,6 +118,11 @@ impl Trace {
     }
 }
 
+/// Tokens in one step: the drawn indices of a step are held in memory at once.
+pub const MAX_BATCH: usize = 1 << 24;
+/// Step times returned in all (8 bytes each).
+pub const MAX_STEP_TIMES: usize = 100_000_000;
+
 pub fn check_placements(placements: &[Placement]) -> Result<()> {
     if placements.is_empty() {
         return Err(MoeError::value("at least one placement (one per layer) is needed"));
@@ -146,8 +151,14 @@ pub fn simulate(
     if steps == 0 {
         return Err(MoeError::value("steps must be at least 1"));
     }
-    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > u32::MAX as usize / 2) {
-        return Err(MoeError::value(format!("batch sizes must be in [1, 2^31), got {b}")));
+    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
+        return Err(MoeError::value(format!("batch sizes must be in [1, {MAX_BATCH}], got {b}")));
+    }
+    if steps.saturating_mul(batch_sizes.len()) > MAX_STEP_TIMES {
+        return Err(MoeError::value(format!(
+            "{steps} steps x {} batch sizes is more than {MAX_STEP_TIMES} step times to keep",
+            batch_sizes.len()
+        )));
     }
     let result = batch_sizes
         .iter()
