@@ -11,6 +11,7 @@
 
 use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
+use super::rng::SplitMix64;
 use super::semi_matching::SemiMatching;
 use crate::cost::matching_cost_masks;
 use crate::error::{MoeError, Result};
@@ -19,6 +20,8 @@ use crate::table::MAX_K;
 
 /// Relative slack under which a move does not count as an improvement.
 const REL_TOL: f64 = 1e-12;
+/// Random restarts of the local search when the bounds do not prove the best optimal.
+const KICKS: usize = 8;
 
 #[derive(Clone, Copy)]
 enum Move {
@@ -244,7 +247,44 @@ impl<'p> StepTimeSolver<'p> {
             self.local_search();
         }
         self.keep_if_better(&mut best);
+        if m.alpha > 0.0 && best > bound * (1.0 + 1e-9) {
+            self.perturb_from_best(&mut best, bound);
+        }
         best
+    }
+
+    /// Iterated local search: descents stop where only a move of two experts at once
+    /// (through a GPU that is not the busiest) helps. A few seeded random kicks of the
+    /// best assignment, each followed by a descent, get past most of those.
+    fn perturb_from_best(&mut self, best: &mut f64, bound: f64) {
+        let mut seed = self.experts.len() as u64;
+        for (&e, &c) in self.experts.iter().zip(&self.counts) {
+            seed = seed.wrapping_mul(0x100_0000_01b3) ^ ((e as u64) << 32 | c as u64);
+        }
+        let mut rng = SplitMix64::new(seed);
+        let movable: Vec<usize> = (0..self.experts.len()).filter(|&i| self.gpus_of(i).len() > 1).collect();
+        if movable.is_empty() {
+            return;
+        }
+        for _ in 0..KICKS {
+            self.parts.clone_from(&self.best_parts);
+            self.recompute_loads();
+            for _ in 0..2 {
+                let i = movable[rng.below(movable.len())];
+                let reps = self.gpus_of(i).len();
+                let off = self.part_off[i];
+                let from = (0..reps).find(|&r| self.parts[off + r] > 0).unwrap();
+                let to = (from + 1 + rng.below(reps - 1)) % reps;
+                let x = self.parts[off + from];
+                let y = if rng.below(2) == 0 { x } else { x.div_ceil(2) };
+                self.shift(i, from, to, y);
+            }
+            self.local_search();
+            self.keep_if_better(best);
+            if *best <= bound * (1.0 + 1e-9) {
+                return;
+            }
+        }
     }
 
     /// Two bounds that cost one pass: an expert held by one GPU runs there whatever the
@@ -580,6 +620,40 @@ mod tests {
             }
         }
         (p, experts, counts)
+    }
+
+    #[test]
+    fn harder_mixed_cases_stay_close() {
+        // Up to 5 experts with up to 8 tokens each on up to 4 GPUs: splits matter more.
+        let mut rng = SmallRng::seed_from_u64(17);
+        let (mut worst, mut over, mut total_ratio) = (1.0f64, 0, 0.0);
+        let cases = 3000;
+        for case in 0..cases {
+            let g = rng.random_range(1..=4);
+            let e = rng.random_range(1..=5);
+            let lists: Vec<Vec<usize>> = (0..e)
+                .map(|_| {
+                    let extra = rng.random_range(0..g);
+                    (0..g).filter(|&x| x == extra || rng.random_bool(0.4)).collect()
+                })
+                .collect();
+            let p = Placement::from_lists(&lists, g).unwrap();
+            let experts: Vec<u32> = (0..e as u32).collect();
+            let counts: Vec<u32> = (0..e).map(|_| rng.random_range(0..=8)).collect();
+            let shape = [1.0, 1.5, 2.0, f64::INFINITY][case % 4];
+            let m = CostModel::new(rng.random_range(0.2..6.0), 1.0, shape).unwrap();
+            let mut s = StepTimeSolver::new(&p, m);
+            s.set_counts(&experts, &counts);
+            let got = s.solve();
+            let opt = brute_force(&experts, &counts, &p, &m);
+            assert!(got >= opt - 1e-9);
+            let r = if opt > 0.0 { got / opt } else { 1.0 };
+            worst = worst.max(r);
+            total_ratio += r;
+            over += (r > 1.05) as usize;
+        }
+        eprintln!("harder cases: worst {worst:.3}, {over} of {cases} above 5%, mean {:.4}", total_ratio / cases as f64);
+        assert!(worst < 1.25 && over * 100 <= cases, "worst {worst}, {over} above 5%");
     }
 
     #[test]
