@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 
@@ -103,7 +104,8 @@ def calibrate(models: list[str], experts: list[int], tokens: list[int], replays:
             "fit": {
                 "alpha_us": fit.model.alpha,
                 "beta_us_per_token": fit.model.beta,
-                "p": fit.model.p,
+                # Strict JSON has no infinity: the hard maximum is written as the string "inf".
+                "p": fit.model.p if math.isfinite(fit.model.p) else "inf",
                 "max_rel_err": fit.max_rel_err,
                 "mean_rel_err": fit.mean_rel_err,
             },
@@ -125,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if torch is None or not torch.cuda.is_available():
         print("gpu_calibrate: torch with a CUDA GPU is needed; nothing measured", file=sys.stderr)
         return 0
-    torch.backends.cuda.matmul.allow_tf32 = False
     result = calibrate(args.models, args.experts, args.tokens, args.replays, args.repeats)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
