@@ -6,8 +6,10 @@
 //! Exact when beta = 0 or every expert has one token (a semi-matching of the batch's
 //! experts) and when alpha = 0 (max-flow: whole token-expert pairs reach ceil(T*)).
 //! Otherwise the best of three starts (semi-matching, largest-first, max-flow split),
-//! each improved by shifting tokens between replicas and swapping whole parts, is
-//! returned; it is always the time of an actual assignment, never below the optimum.
+//! each improved by shifting tokens between replicas and exchanging tokens of two
+//! experts, then a few seeded random restarts, unless a lower bound proves a start
+//! optimal first. The result is always the time of an actual assignment, never below
+//! the optimum.
 
 use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
