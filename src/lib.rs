@@ -1,6 +1,7 @@
 //! moefast's core: subset tables, placements and their exact costs, with no Python in
 //! it. The `python` feature adds the one binding module (`bindings`).
 
+pub mod batch;
 pub mod cost;
 pub mod error;
 pub mod optimize;

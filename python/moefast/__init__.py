@@ -15,20 +15,25 @@ from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
 from moefast.plan import plan
-from moefast import fill, milp
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
+from moefast import fill, milp  # noqa: E402  (submodules used as mf.milp, mf.fill)
+
+from moefast.batch import batch_time, simulate
+from moefast.cost_model import CostModel
 
 __all__ = [
     "METHODS",
+    "CostModel",
     "ModelPlacement",
     "NotProvenOptimalWarning",
     "Placement",
     "RoutingRecorder",
     "SubsetTable",
     "Trace",
+    "batch_time",
     "expected_cost",
     "load_expert_load",
     "load_placement",
@@ -36,6 +41,7 @@ __all__ = [
     "lower_bound",
     "optimize",
     "plan",
+    "simulate",
     "subset_costs",
     "synthetic_trace",
 ]

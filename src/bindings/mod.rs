@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use crate::error::MoeError;
 
 mod optimize;
+mod batch;
 mod table;
 
 impl From<MoeError> for PyErr {
@@ -68,5 +69,6 @@ pub fn weights_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadon
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
+    batch::register(m)?;
     Ok(())
 }

@@ -1,0 +1,129 @@
+"""Benchmarks of the batch cost model (issue 5). Each asserts its result and prints a
+ratio against a plain reference measured in the same run.
+
+    pytest benches/bench_batch.py -s --benchmark-disable-gc    (after maturin develop --release)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import moefast as mf
+from moefast.batch import optimize_batch
+from moefast.model import ModelPlacement
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from batch_reference import reference_layer_time  # noqa: E402
+from tiny_eplb import eplb_placement  # noqa: E402
+from workloads import skewed_topk  # noqa: E402
+
+#: DeepSeek-V3 expert on an H100, fitted from shared/calibration (CUDA graphs).
+DEEPSEEK_V3 = mf.CostModel(47.26, 0.110, 1.4)
+#: The issue's placement target: Mixtral-like expert, additive form.
+TARGET_MODEL = mf.CostModel(130.0, 0.5)
+
+
+def _deepseek_layer(num_tokens: int, seed: int) -> tuple[np.ndarray, mf.Placement]:
+    topk = skewed_topk(num_tokens, 256, 8, seed=seed, num_topics=256)
+    placement = eplb_placement(np.bincount(topk.ravel(), minlength=256), 32, 9)
+    return topk, placement
+
+
+def test_batch_time_speed(benchmark):
+    """4,096 tokens x top-8 over 256 experts and 32 GPUs (EPLB placement, 9 slots)."""
+    topk, placement = _deepseek_layer(4096, seed=0)
+    lists = placement.to_lists()
+    for cm in (DEEPSEEK_V3, TARGET_MODEL):
+        time_us, bound = mf.batch_time(topk, placement, cm, return_bound=True)
+        greedy = reference_layer_time(topk, lists, cm.alpha, cm.beta, cm.p)
+        assert bound <= time_us <= greedy * (1 + 1e-9)
+        print(f"\n{cm}: step {time_us:.1f} us, lower bound {bound:.1f} (gap {time_us / bound - 1:.2%}),"
+              f" largest-first greedy {greedy:.1f}")
+    got = benchmark(mf.batch_time, topk, placement, DEEPSEEK_V3)
+    assert got == pytest.approx(mf.batch_time(topk, placement, DEEPSEEK_V3))
+    start = time.perf_counter()
+    reference_layer_time(topk, lists, DEEPSEEK_V3.alpha, DEEPSEEK_V3.beta, DEEPSEEK_V3.p)
+    reference_s = time.perf_counter() - start
+    mean_s = benchmark.stats.stats.mean
+    print(f"batch_time {mean_s * 1e6:.0f} us per call; Python largest-first greedy {reference_s * 1e6:.0f} us"
+          f" ({reference_s / mean_s:.1f}x)")
+    assert mean_s < 1e-3
+
+
+def _numpy_simulate(topk: np.ndarray, model: ModelPlacement, batch: int, cm: mf.CostModel, steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lists = [p.to_lists() for p in model]
+    out = np.empty(steps)
+    for s in range(steps):
+        tokens = rng.integers(0, topk.shape[0], size=batch)
+        out[s] = sum(reference_layer_time(topk[tokens, l], lists[l], cm.alpha, cm.beta, cm.p) for l in range(len(lists)))
+    return out
+
+
+def test_simulate_speed(benchmark):
+    """1,000 steps of B = 256 on a DeepSeek-V3-size model: 58 layers, 256 experts, top-8, 32 GPUs."""
+    layers = 58
+    topk = np.stack([skewed_topk(4096, 256, 8, seed=l, num_topics=256) for l in range(layers)], axis=1)
+    model = ModelPlacement(
+        [eplb_placement(np.bincount(topk[:, l].ravel(), minlength=256), 32, 9) for l in range(layers)], 9
+    )
+    result = benchmark.pedantic(mf.simulate, args=(topk, model, 256, DEEPSEEK_V3), kwargs=dict(steps=1000), rounds=1)
+    rust_s = benchmark.stats.stats.mean
+    ref_steps = 10
+    start = time.perf_counter()
+    ref = _numpy_simulate(topk, model, 256, DEEPSEEK_V3, ref_steps, seed=0)
+    ref_s = (time.perf_counter() - start) / ref_steps * 1000
+    (r,) = result
+    print(f"\nsimulate: 1,000 steps in {rust_s:.2f} s (mean step {r['mean_step_time']:.0f} us);"
+          f" Python greedy reference {ref_s:.1f} s per 1,000 steps ({ref_s / rust_s:.1f}x slower),"
+          f" its mean step {ref.mean():.0f} us (not optimal: {ref.mean() / r['mean_step_time']:.3f}x)")
+    assert rust_s <= 10.0
+    assert r["mean_step_time"] <= ref.mean() * 1.02
+
+
+@pytest.fixture(scope="module")
+def target_trace():
+    topk = skewed_topk(200_000, 64, 6, seed=0)
+    table = mf.SubsetTable.from_topk(topk, num_experts=64)
+    return topk, eplb_placement(table.expert_load(), 8, 9)
+
+
+def _gain(topk, eplb, batch, seed=0):
+    start = time.perf_counter()
+    placed = optimize_batch(topk, eplb, 9, TARGET_MODEL, batch_size=batch, seed=seed)
+    seconds = time.perf_counter() - start
+    # Held-out batches: the search saw other draws (common random numbers of its own).
+    steps = 20_000 if batch == 1 else max(200, 4096 // batch)
+    base = mf.simulate(topk, eplb, batch, TARGET_MODEL, seed=12345, steps=steps)[0]["mean_step_time"]
+    ours = mf.simulate(topk, placed, batch, TARGET_MODEL, seed=12345, steps=steps)[0]["mean_step_time"]
+    assert placed.slots_used.max() <= 9
+    return base, ours, seconds
+
+
+def test_batch_placement_targets(target_trace):
+    """200,000 skewed tokens, 64 experts, top-6, 8 GPUs x 9 slots, alpha 130, beta 0.5."""
+    topk, eplb = target_trace
+    base, ours, seconds = _gain(topk, eplb, 1)
+    print(f"\nB=1: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {1 - ours / base:.1%} lower ({seconds:.1f} s search)")
+    assert ours <= 0.85 * base
+    base, ours, seconds = _gain(topk, eplb, 4096)
+    print(f"B=4096: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {ours / base - 1:+.1%} ({seconds:.1f} s search)")
+    assert ours <= 1.02 * base
+
+
+def test_gain_over_eplb_curve(target_trace):
+    topk, eplb = target_trace
+    rows = ["| B | EPLB step (us) | batch-aware step (us) | gain | search (s) |", "| --- | --- | --- | --- | --- |"]
+    gains = []
+    for batch in (1, 4, 16, 64, 256, 1024, 4096):
+        base, ours, seconds = _gain(topk, eplb, batch)
+        gains.append(1 - ours / base)
+        rows.append(f"| {batch} | {base:.1f} | {ours:.1f} | {1 - ours / base:.1%} | {seconds:.1f} |")
+    print("\n" + "\n".join(rows))
+    assert min(gains) > -0.02

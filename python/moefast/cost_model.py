@@ -1,0 +1,266 @@
+"""The batch cost model (DESIGN 2.2): one expert serving n tokens on one GPU takes
+f(n) = (alpha^p + (beta*n)^p)^(1/p) microseconds (0 if n = 0); a GPU's time in a layer
+is the sum of f over the experts it runs, and the layer takes as long as its busiest GPU.
+
+alpha is the time to read an expert's weights, beta the compute time per token, p the
+shape of the smooth maximum (p = 1: additive alpha + beta*n; p = inf: max(alpha, beta*n)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from numbers import Real
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Peak figures of one GPU: HBM bandwidth (bytes/s) and dense bf16 tensor FLOP/s."""
+
+    name: str
+    bandwidth: float
+    flops: float
+
+
+#: Datasheet peaks (SXM parts, dense bf16). Measured experts reach ~75-80% of the
+#: bandwidth and ~70% of the FLOP/s (see `fit_calibration`), so presets are optimistic.
+GPUS = {
+    "h100": GpuSpec("H100 SXM 80GB", bandwidth=3.35e12, flops=989.4e12),
+    "h200": GpuSpec("H200 SXM 141GB", bandwidth=4.8e12, flops=989.4e12),
+}
+
+#: (hidden, intermediate) of one routed expert of the models of DESIGN section 1.
+EXPERT_SHAPES = {
+    "mixtral-8x7b": (4096, 14336),
+    "dbrx": (6144, 10752),
+    "deepseek-v2-lite": (2048, 1408),
+    "olmoe-1b-7b": (2048, 1024),
+    "qwen3-30b-a3b": (2048, 768),
+    "deepseek-v3": (7168, 2048),
+    "gpt-oss-20b": (2880, 2880),
+}
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-expert time f(n) = (alpha^p + (beta*n)^p)^(1/p) in microseconds.
+
+    alpha: us to run an expert at all (weight read); beta: us per token it serves;
+    p >= 1 (float('inf') for the hard maximum).
+    """
+
+    alpha: float
+    beta: float
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "p"):
+            object.__setattr__(self, name, _number(name, getattr(self, name)))
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and non-negative, got {value}")
+        if not self.p >= 1:
+            raise ValueError(f"p must be at least 1 (or inf), got {self.p}")
+
+    def expert_time(self, tokens: int | np.ndarray) -> np.ndarray:
+        """Time (us) of one expert serving `tokens` tokens (0 tokens: not run, 0 us)."""
+        n = np.asarray(tokens, dtype=np.float64)
+        work = self.beta * n
+        if self.p == 1:
+            t = self.alpha + work
+        elif math.isinf(self.p):
+            t = np.maximum(self.alpha, work)
+        elif self.alpha == 0 or self.beta == 0:
+            t = self.alpha + work
+        else:
+            t = (self.alpha**self.p + work**self.p) ** (1 / self.p)
+        return np.where(n > 0, t, 0.0)
+
+    @classmethod
+    def for_expert(
+        cls,
+        hidden: int,
+        intermediate: int,
+        dtype_bytes: float = 2,
+        bandwidth: float = GPUS["h100"].bandwidth,
+        flops: float = GPUS["h100"].flops,
+        overhead: float = 0.0,
+        p: float = 1.0,
+    ) -> CostModel:
+        """From a SwiGLU expert's shape: alpha = 3*hidden*intermediate*dtype_bytes / bandwidth
+        (+ overhead, us), beta = 6*hidden*intermediate FLOP / flops (bandwidth in bytes/s,
+        flops in FLOP/s, results in us)."""
+        for name, v in (("hidden", hidden), ("intermediate", intermediate)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"{name} must be at least 1, got {v}")
+        for name, v in (("dtype_bytes", dtype_bytes), ("bandwidth", bandwidth), ("flops", flops)):
+            if not _number(name, v) > 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+        weight_bytes = 3 * hidden * intermediate * dtype_bytes
+        alpha = weight_bytes / bandwidth * 1e6 + _number("overhead", overhead)
+        beta = 6 * hidden * intermediate / flops * 1e6
+        return cls(alpha, beta, p)
+
+    @classmethod
+    def preset(cls, model: str, gpu: str = "h100", p: float = 1.0, dtype_bytes: float = 2) -> CostModel:
+        """`for_expert` with the expert shape of `model` (keys of EXPERT_SHAPES) and the
+        datasheet peaks of `gpu` ("h100" or "h200")."""
+        if model not in EXPERT_SHAPES:
+            raise ValueError(f"unknown model {model!r}; known: {sorted(EXPERT_SHAPES)}")
+        if gpu not in GPUS:
+            raise ValueError(f"unknown gpu {gpu!r}; known: {sorted(GPUS)}")
+        hidden, intermediate = EXPERT_SHAPES[model]
+        spec = GPUS[gpu]
+        return cls.for_expert(hidden, intermediate, dtype_bytes, spec.bandwidth, spec.flops, p=p)
+
+    @classmethod
+    def fit(
+        cls,
+        tokens: Sequence[int] | np.ndarray,
+        times: Sequence[float] | np.ndarray,
+        experts: Sequence[int] | np.ndarray | None = None,
+        p: float | None = None,
+    ) -> CostModelFit:
+        """Fits alpha, beta (and p unless given) to measured times (us) of `experts[i]`
+        distinct experts run one after the other with `tokens[i]` tokens each (1 expert
+        if `experts` is None), minimizing the squared relative errors. p is searched over
+        [1, 8] and inf."""
+        n = np.asarray(tokens, dtype=np.float64)
+        y = np.asarray(times, dtype=np.float64)
+        t = np.ones_like(n) if experts is None else np.asarray(experts, dtype=np.float64)
+        if not (n.ndim == y.ndim == t.ndim == 1 and n.shape == y.shape == t.shape):
+            raise ValueError(f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}")
+        if len(n) < 2:
+            raise ValueError("fitting needs at least 2 points")
+        if not (np.all(n >= 1) and np.all(t >= 1) and np.all(y > 0) and np.all(np.isfinite(y))):
+            raise ValueError("tokens and experts must be >= 1 and times positive and finite")
+        per_expert = y / t
+        if p is not None:
+            alpha, beta = _fit_alpha_beta(n, per_expert, _number("p", p))
+            model = cls(alpha, beta, p)
+        else:
+            candidates = [*np.round(np.arange(1.0, 8.0001, 0.05), 2), math.inf]
+            best = None
+            for q in candidates:
+                a, b = _fit_alpha_beta(n, per_expert, float(q))
+                err = _sq_rel_err(n, per_expert, a, b, float(q))
+                if best is None or err < best[0]:
+                    best = (err, a, b, float(q))
+            _, alpha, beta, q = best
+            model = cls(alpha, beta, q)
+        predicted = t * model.expert_time(n)
+        return CostModelFit(model, n.astype(np.int64), t.astype(np.int64), y, predicted)
+
+
+def _f(n: np.ndarray, a: float, b: float, p: float) -> np.ndarray:
+    if math.isinf(p):
+        return np.maximum(a, b * n)
+    return (a**p + (b * n) ** p) ** (1 / p)
+
+
+def _sq_rel_err(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> float:
+    return float(np.sum((_f(n, a, b, p) / y - 1) ** 2))
+
+
+def _fit_alpha_beta(n: np.ndarray, y: np.ndarray, p: float) -> tuple[float, float]:
+    """For a fixed p, f^p = alpha^p + beta^p n^p is linear in (alpha^p, beta^p): a
+    weighted least-squares start (weights 1/y^p approximate relative errors), then a
+    multiplicative coordinate search on the true relative errors."""
+    q = 8.0 if math.isinf(p) else p
+    design = np.stack([np.ones_like(n), n**q], axis=1) / (y**q)[:, None]
+    coef, *_ = np.linalg.lstsq(design, np.ones_like(n), rcond=None)
+    # The physical reading of the points is a second start: the fewest-token time is
+    # about alpha, the most-token time per token about beta.
+    starts = [(float(np.min(y)), float(y[np.argmax(n)] / np.max(n)))]
+    if coef[0] > 0 and coef[1] > 0:
+        starts.append((float(coef[0] ** (1 / q)), float(coef[1] ** (1 / q))))
+    best = None
+    for a, b in starts:
+        a, b = _descend(n, y, a, b, p)
+        err = _sq_rel_err(n, y, a, b, p)
+        if best is None or err < best[0]:
+            best = (err, a, b)
+    return best[1], best[2]
+
+
+def _descend(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> tuple[float, float]:
+    err = _sq_rel_err(n, y, a, b, p)
+    step = 0.25
+    while step > 1e-7:
+        improved = False
+        for da, db in ((1 + step, 1), (1 / (1 + step), 1), (1, 1 + step), (1, 1 / (1 + step))):
+            e = _sq_rel_err(n, y, a * da, b * db, p)
+            if e < err:
+                a, b, err, improved = a * da, b * db, e, True
+        if not improved:
+            step /= 2
+    return a, b
+
+
+@dataclass(frozen=True)
+class CostModelFit:
+    """A fitted model with its measured points and the relative error at each."""
+
+    model: CostModel
+    tokens: np.ndarray
+    experts: np.ndarray
+    measured: np.ndarray
+    predicted: np.ndarray
+
+    @property
+    def rel_errors(self) -> np.ndarray:
+        """(predicted - measured) / measured per point."""
+        return self.predicted / self.measured - 1
+
+    @property
+    def max_rel_err(self) -> float:
+        return float(np.max(np.abs(self.rel_errors)))
+
+    @property
+    def mean_rel_err(self) -> float:
+        return float(np.mean(np.abs(self.rel_errors)))
+
+    def points_table(self) -> str:
+        """Markdown table of the points: experts, tokens, measured, predicted, error."""
+        rows = ["| experts | tokens | measured (us) | model (us) | error |", "| --- | --- | --- | --- | --- |"]
+        for t, n, y, f, e in zip(self.experts, self.tokens, self.measured, self.predicted, self.rel_errors):
+            rows.append(f"| {t} | {n} | {y:.1f} | {f:.1f} | {e:+.1%} |")
+        return "\n".join(rows)
+
+
+def load_calibration(path: str | Path | None = None) -> dict:
+    """The JSON written by benches/gpu_calibrate.py (default: the bundled H100 CUDA-graph
+    measurements)."""
+    if path is None:
+        text = resources.files("moefast").joinpath("data/h100_expert_ffn_graphs.json").read_text()
+        return json.loads(text)
+    return json.loads(Path(path).read_text())
+
+
+def fit_calibration(path: str | Path | dict | None = None, p: float | None = None) -> dict[str, CostModelFit]:
+    """Fits every model of a calibration file ({"models": {name: {"points": [{"experts",
+    "tokens", "us"}, ...]}}}): name -> CostModelFit."""
+    data = path if isinstance(path, dict) else load_calibration(path)
+    fits = {}
+    for name, entry in data["models"].items():
+        points: Iterable[dict] = entry["points"]
+        pts = list(points)
+        fits[name] = CostModel.fit(
+            [q["tokens"] for q in pts], [q["us"] for q in pts], [q["experts"] for q in pts], p=p
+        )
+    return fits

@@ -1,0 +1,136 @@
+//! Bindings of the batch cost model: step times, simulation and batch-aware placement.
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray3, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::table::PyPlacement;
+use super::{as_array, ids_2d, weights_1d};
+use crate::batch::optimize::{self, BatchSearchOptions};
+use crate::batch::simulate::{self, Trace};
+use crate::batch::{step_time, CostModel};
+use crate::placement::Placement;
+
+fn non_negative(name: &str, v: i64) -> PyResult<u64> {
+    u64::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
+}
+
+/// (step time, lower bound on the optimal step time or None) of one layer for a batch
+/// [tokens, k] of expert ids, in the units of alpha and beta.
+#[pyfunction]
+#[pyo3(signature = (topk, placement, alpha, beta, p, with_bound))]
+fn batch_time(
+    py: Python<'_>,
+    topk: &Bound<'_, PyAny>,
+    placement: &PyPlacement,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    with_bound: bool,
+) -> PyResult<(f64, Option<f64>)> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let ids = ids_2d(topk, "topk_batch")?;
+    let k = ids.shape()[1];
+    if ids.shape()[0] == 0 {
+        return Ok((0.0, with_bound.then_some(0.0)));
+    }
+    let ids = ids.as_slice()?;
+    let placement = placement.inner.clone();
+    Ok(py.detach(|| step_time::batch_time(ids, k, &placement, model, with_bound))?)
+}
+
+/// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens
+/// (rows of `topk` [tokens, layers, k], with probability proportional to `weights` if
+/// given) and sums the layer times over the layers.
+#[pyfunction]
+#[pyo3(signature = (topk, weights, placements, batch_sizes, alpha, beta, p, seed, steps))]
+#[allow(clippy::too_many_arguments)]
+fn simulate_steps<'py>(
+    py: Python<'py>,
+    topk: &Bound<'py, PyAny>,
+    weights: Option<&Bound<'py, PyAny>>,
+    placements: Vec<PyRef<'py, PyPlacement>>,
+    batch_sizes: Vec<i64>,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    seed: i64,
+    steps: i64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let seed = non_negative("seed", seed)?;
+    let steps = non_negative("steps", steps)? as usize;
+    let batch_sizes = batch_sizes
+        .iter()
+        .map(|&b| non_negative("batch_sizes", b).map(|b| b as usize))
+        .collect::<PyResult<Vec<_>>>()?;
+    let arr: PyReadonlyArray3<'py, i64> = as_array(topk, "topk", 3, "iu", "int64", "integer expert ids")?.extract()?;
+    let (layers, k) = (arr.shape()[1], arr.shape()[2]);
+    let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
+    let ids = arr.as_slice()?;
+    let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+    let placements: Vec<Placement> = placements.iter().map(|p| (*p.inner).clone()).collect();
+    let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
+    if num_experts.len() != layers {
+        return Err(PyValueError::new_err(format!(
+            "the trace has {layers} layers but {} placements were given",
+            num_experts.len()
+        )));
+    }
+    let times = py.detach(|| -> crate::Result<Vec<Vec<f64>>> {
+        let trace = Trace::new(ids, layers, k, &num_experts, weights)?;
+        simulate::simulate(&trace, &placements, &batch_sizes, model, seed, steps)
+    })?;
+    let flat: Vec<f64> = times.into_iter().flatten().collect();
+    Ok(PyArray1::from_vec(py, flat).reshape([batch_sizes.len(), steps])?.into_any())
+}
+
+/// A placement lowering the mean step time of sampled batches of `batch_size` tokens
+/// drawn from `topk` [tokens, k] (rows weighted by `weights` if given), by local search
+/// from `start` within `slots_per_gpu` experts per GPU.
+#[pyfunction]
+#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations))]
+#[allow(clippy::too_many_arguments)]
+fn optimize_batch(
+    py: Python<'_>,
+    topk: &Bound<'_, PyAny>,
+    weights: Option<&Bound<'_, PyAny>>,
+    start: &PyPlacement,
+    slots_per_gpu: i64,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    batch_size: i64,
+    seed: i64,
+    num_batches: Option<i64>,
+    max_evaluations: i64,
+) -> PyResult<PyPlacement> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let slots = non_negative("slots_per_gpu", slots_per_gpu)? as usize;
+    let batch_size = non_negative("batch_size", batch_size)? as usize;
+    let seed = non_negative("seed", seed)?;
+    let max_evaluations = non_negative("max_evaluations", max_evaluations)? as usize;
+    let num_batches = match num_batches {
+        Some(n) => non_negative("num_batches", n)? as usize,
+        None => BatchSearchOptions::default_num_batches(batch_size),
+    };
+    let ids = ids_2d(topk, "topk")?;
+    let k = ids.shape()[1];
+    let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
+    let ids = ids.as_slice()?;
+    let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+    let start = start.inner.clone();
+    let options = BatchSearchOptions { batch_size, num_batches, seed, max_evaluations };
+    let placement = py.detach(|| -> crate::Result<Placement> {
+        let trace = Trace::new(ids, 1, k, &[start.num_experts()], weights)?;
+        optimize::optimize_batch(&trace, &start, slots, model, options)
+    })?;
+    Ok(PyPlacement { inner: std::sync::Arc::new(placement) })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(batch_time, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate_steps, m)?)?;
+    m.add_function(wrap_pyfunction!(optimize_batch, m)?)?;
+    Ok(())
+}
