@@ -60,9 +60,7 @@ def optimize(
     check_memory(table.num_experts, num_gpus, slots_per_gpu)
     objective = batch.pop("objective", "decode")
     if objective == "batch":
-        from moefast.batch import optimize_for_batches
-
-        return optimize_for_batches(table, num_gpus, slots_per_gpu, method=method, seed=seed, **batch)
+        return _optimize_for_batches(table, num_gpus, slots_per_gpu, method, seed, **batch)
     if objective != "decode" or batch:
         raise ValueError(f"unknown options {sorted(batch) or [objective]}: objective is 'decode' or 'batch'")
     if method == "milp":
@@ -78,3 +76,30 @@ def optimize(
             )
         return result.placement
     return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
+
+
+def _optimize_for_batches(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+    batch_size: int | None = None,
+    cost_model: Any = None,
+    **search: Any,
+) -> Placement:
+    """Lowest mean step time at `batch_size`: a local search on sampled batches
+    (moefast.batch.optimize_batch) from the better of the greedy and EPLB placements
+    (or from `method`'s placement when another method is named)."""
+    from moefast.batch import optimize_batch, simulate
+
+    if batch_size is None or cost_model is None:
+        raise ValueError("objective='batch' needs batch_size and cost_model")
+    starts = ("greedy", "eplb") if method == "greedy" else (method,)
+    candidates = [optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed) for m in starts]
+
+    def mean_step(placement: Placement) -> float:
+        return simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)[0]["mean_step_time"]
+
+    start = min(candidates, key=mean_step) if len(candidates) > 1 else candidates[0]
+    return optimize_batch(table, start, slots_per_gpu, cost_model, batch_size, seed=seed, **search)

@@ -75,5 +75,12 @@ def plan(
         layer_ids=layer_ids,
         layer_costs=np.array([r[1] for r in results]),
         lower_bounds=np.array([r[2] for r in results]),
-        settings={"method": method, "coverage": coverage, "seed": seed, "num_gpus": num_gpus, **options},
+        settings={
+            "method": method,
+            "coverage": coverage,
+            "seed": seed,
+            "num_gpus": num_gpus,
+            # Files keep settings as JSON: a cost model is recorded by its repr.
+            **{k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in options.items()},
+        },
     )
