@@ -120,6 +120,23 @@ impl GainTable {
     }
 }
 
+impl GainTable {
+    /// Removes replica (expert, gpu) from the state and updates the gains it changes.
+    pub fn remove_replica(&mut self, state: &mut State, expert: usize, gpu: usize) {
+        let rows: Vec<u32> =
+            state.problem.index.rows_of(expert).iter().copied().filter(|&r| state.costs[r as usize] >= 2).collect();
+        for g in row_gains(state, &rows) {
+            self.apply(state, &g, -1);
+        }
+        // Any row of the expert may get dearer.
+        let changed = state.remove_replica(expert, gpu);
+        let now: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
+        for g in row_gains(state, &now) {
+            self.apply(state, &g, 1);
+        }
+    }
+}
+
 /// The gains of `rows` (each of cost >= 2), in row order.
 fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
     let problem = state.problem;
@@ -238,6 +255,12 @@ mod tests {
                     continue;
                 }
                 gains.add_replica(&mut state, e, g);
+                assert_eq!(state.total, total_cost(&problem, &state.layout));
+                let fresh = GainTable::new(&state);
+                assert_eq!(gains.base, fresh.base, "case {case}");
+                assert_eq!(gains.minus, fresh.minus, "case {case}");
+                let f = state.layout.gpus_of(e)[0] as usize;
+                gains.remove_replica(&mut state, e, f);
                 assert_eq!(state.total, total_cost(&problem, &state.layout));
                 let fresh = GainTable::new(&state);
                 assert_eq!(gains.base, fresh.base, "case {case}");

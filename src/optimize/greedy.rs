@@ -12,13 +12,22 @@ use super::gains::GainTable;
 use super::initial;
 use super::layout::Layout;
 use super::problem::Problem;
+use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
 
 /// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
 /// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits { candidates: 24, max_rows: 30_000_000 };
-const LEVEL_SEARCH: Limits = Limits { candidates: 24, max_rows: 15_000_000 };
+const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_000_000 };
+const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
+const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 8_000_000 };
+
+/// The search budget of a level shrinks with its distance from the first level, so
+/// many slots (up to E) stay affordable. It depends on the level alone, never on the
+/// final slot count, so that a run for s slots is the start of the run for s + 1.
+fn level_search(level: usize, first: usize) -> Limits {
+    Limits { max_rows: LEVEL_SEARCH.max_rows * 2 / (1 + level - first), ..LEVEL_SEARCH }
+}
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_experts = problem.num_experts();
@@ -28,10 +37,13 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
-    for level in num_experts.div_ceil(num_gpus)..=slots {
+    let first = num_experts.div_ceil(num_gpus);
+    for level in first..=slots {
         let mut state = State::new(problem, layout);
-        fill(&mut state, level);
-        swaps::improve(&mut state, LEVEL_SEARCH);
+        // Where no slot opens, the layout is the one the previous search left.
+        if fill(&mut state, level) {
+            swaps::improve(&mut state, level_search(level, first));
+        }
         let mut best = (state.total, state.layout);
         for candidate in [
             baselines::eplb(&load, num_gpus, level),
@@ -51,16 +63,21 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
 /// Fills every GPU up to `capacity` experts: the replica of largest exact gain first;
 /// when no replica gains (a row may need two), the expert of highest load per replica
 /// goes where it is least co-activated, which keeps gains of later replicas possible.
-fn fill(state: &mut State, capacity: usize) {
-    let mut gains = GainTable::new(state);
+/// Then slots are handed to other experts while that lowers the cost.
+fn fill(state: &mut State, capacity: usize) -> bool {
     let num_gpus = state.layout.num_gpus();
+    if (0..num_gpus).all(|g| state.layout.used(g) >= capacity) {
+        return false;
+    }
+    let mut gains = GainTable::new(state);
     loop {
         let open: Vec<usize> = (0..num_gpus).filter(|&g| state.layout.used(g) < capacity).collect();
         if open.is_empty() {
-            return;
+            reassign::improve(state, &mut gains, REASSIGN);
+            return true;
         }
         let choice = best_gain(state, &gains, &open).or_else(|| most_loaded(state, &open));
-        let Some((e, g)) = choice else { return };
+        let Some((e, g)) = choice else { return true };
         gains.add_replica(state, e, g);
     }
 }

@@ -10,6 +10,7 @@ mod greedy;
 mod initial;
 mod layout;
 mod problem;
+mod reassign;
 mod state;
 mod swaps;
 
