@@ -21,7 +21,9 @@ use crate::table::MAX_K;
 pub struct RowGain {
     pub row: u32,
     pub experts: u16,
-    /// U as GPU ids.
+    /// U as a GPU mask when G <= 64 (no allocation on the fast path) ...
+    pub mask: u64,
+    /// ... else as GPU ids.
     pub gpus: Vec<u16>,
 }
 
@@ -99,8 +101,14 @@ impl GainTable {
             let e = row[experts.trailing_zeros() as usize] as usize;
             experts &= experts - 1;
             self.base[e] += w;
+            let minus = &mut self.minus[e * self.num_gpus..(e + 1) * self.num_gpus];
+            let mut mask = gain.mask;
+            while mask != 0 {
+                minus[mask.trailing_zeros() as usize] += w;
+                mask &= mask - 1;
+            }
             for &g in &gain.gpus {
-                self.minus[e * self.num_gpus + g as usize] += w;
+                minus[g as usize] += w;
             }
         }
     }
@@ -156,12 +164,13 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                     }
                     let t = state.costs[r as usize] as u32;
                     if let Some((experts, bits)) = violating_core(masks, t, &mut buf.unions) {
-                        let gpus = if layout.num_gpus() <= 64 {
-                            (0..64).filter(|b| bits >> b & 1 == 1).collect()
+                        let gain = if layout.num_gpus() <= 64 {
+                            RowGain { row: r, experts, mask: bits, gpus: Vec::new() }
                         } else {
-                            (0..64).filter(|b| bits >> b & 1 == 1).map(|b| buf.rows.bit_gpu[b as usize]).collect()
+                            let gpus = (0..64).filter(|b| bits >> b & 1 == 1).map(|b| buf.rows.bit_gpu[b as usize]).collect();
+                            RowGain { row: r, experts, mask: 0, gpus }
                         };
-                        out.push(RowGain { row: r, experts, gpus });
+                        out.push(gain);
                     }
                 }
                 out

@@ -1,10 +1,11 @@
 //! The default optimizer. From a balanced one-replica placement refined by
 //! Kernighan-Lin swaps, slots are opened one level at a time (every GPU gets one more
-//! slot); each level is filled with the replicas of largest exact gain, refined by
-//! swaps, and replaced by a baseline if one is better at that level.
+//! slot); each level is filled with the replicas of largest exact gain, then refined by
+//! swaps and by handing replica slots to other experts (`reassign`), and replaced by a
+//! baseline if one is better at that level.
 //!
 //! Building level by level makes the result for s slots the start of the result for
-//! s + 1, and a level only adds replicas or makes improving swaps: more slots never
+//! s + 1, and a level only adds replicas or makes improving moves: more slots never
 //! give a worse placement, and no baseline is ever better.
 
 use super::baselines;
@@ -18,9 +19,10 @@ use super::swaps::{self, Limits};
 
 /// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
 /// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_000_000 };
+const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_000_000, patience: 4_000_000 };
 const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
-const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 8_000_000 };
+const ALTERNATIONS: usize = 3;
+const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 10_000_000, patience: 2_500_000 };
 
 /// The search budget of a level shrinks with its distance from the first level, so
 /// many slots (up to E) stay affordable. It depends on the level alone, never on the
@@ -42,7 +44,17 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
         let mut state = State::new(problem, layout);
         // Where no slot opens, the layout is the one the previous search left.
         if fill(&mut state, level) {
-            swaps::improve(&mut state, level_search(level, first));
+            // Swaps change which slots are worth reassigning and back: alternate while
+            // both find something, a few rounds at most.
+            for _ in 0..ALTERNATIONS {
+                if swaps::improve(&mut state, level_search(level, first)) == 0 {
+                    break;
+                }
+                let mut gains = GainTable::new(&state);
+                if reassign::improve(&mut state, &mut gains, REASSIGN) == 0 {
+                    break;
+                }
+            }
         }
         let mut best = (state.total, state.layout);
         for candidate in [

@@ -89,6 +89,32 @@ mod tests {
     }
 
     #[test]
+    fn same_result_for_any_thread_count() {
+        // Enough rows for several parallel tasks.
+        let mut ids = Vec::new();
+        let mut x = 12345u64;
+        for _ in 0..20_000 {
+            let mut row = Vec::new();
+            while row.len() < 4 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let e = ((x >> 33) % 24) as i64 % (4 + (x >> 60) as i64 * 2);
+                if !row.contains(&e) {
+                    row.push(e);
+                }
+            }
+            ids.extend(row);
+        }
+        let t = SubsetTable::from_topk(&ids, 4, 24, None).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| optimize(&t, 4, 7, "greedy", 3).unwrap())
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+
+    #[test]
     fn rejects_bad_sizes_and_methods() {
         let t = table();
         let msg = |r: Result<Placement>| r.unwrap_err().to_string();

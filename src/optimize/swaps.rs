@@ -11,6 +11,9 @@ use rayon::prelude::*;
 use super::layout::RowScratch;
 use super::state::{State, Swap};
 
+/// Share of the total cost a search must gain per `Limits::patience` rows to go on.
+const MIN_PROGRESS: f64 = 0.001;
+
 /// GPUs tried as a destination for each replica.
 const TARGETS_PER_REPLICA: usize = 3;
 
@@ -22,6 +25,10 @@ pub struct Limits {
     pub batches: usize,
     /// Rows read by exact evaluations before the search stops.
     pub max_rows: usize,
+    /// Every `patience` rows read, the search stops unless the total fell by
+    /// MIN_PROGRESS of itself meanwhile: where improvements are rare and small, the
+    /// rest of the budget is not worth its time.
+    pub patience: usize,
 }
 
 /// Makes improving swaps until no candidate improves or the budget is spent.
@@ -30,8 +37,15 @@ pub fn improve(state: &mut State, limits: Limits) -> usize {
     let floor = state.problem.lower_bound_total();
     let mut spent = 0usize;
     let mut made = 0usize;
+    let mut checkpoint = (0usize, state.total);
     let mut scratch = RowScratch::new(state.layout.num_gpus());
     'search: while spent < limits.max_rows && state.total > floor {
+        if spent - checkpoint.0 >= limits.patience {
+            if ((checkpoint.1 - state.total) as f64) < MIN_PROGRESS * checkpoint.1 as f64 {
+                break;
+            }
+            checkpoint = (spent, state.total);
+        }
         let candidates = candidates(state, limits.candidates * limits.batches);
         let mut improved = false;
         // The cheap score is a poor guide near a local optimum: when a batch holds no
@@ -164,7 +178,7 @@ mod tests {
         }
         let mut s = State::new(&p, l);
         assert_eq!(s.total, 2 * p.weights.iter().sum::<i64>());
-        let made = improve(&mut s, Limits { candidates: 8, batches: 2, max_rows: 1000 });
+        let made = improve(&mut s, Limits { candidates: 8, batches: 2, max_rows: 1000, patience: 1000 });
         assert!(made >= 1);
         assert_eq!(s.total, p.lower_bound_total());
         assert_eq!(s.total, total_cost(&p, &s.layout));
