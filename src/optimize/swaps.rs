@@ -15,7 +15,7 @@ use super::state::{State, Swap};
 const MIN_PROGRESS: f64 = 0.001;
 
 /// GPUs tried as a destination for each replica.
-const TARGETS_PER_REPLICA: usize = 3;
+const TARGETS_PER_REPLICA: usize = 12;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
