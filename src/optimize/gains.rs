@@ -8,6 +8,9 @@
 //! = sum of w over those rows with g in U, so a row costs |C| * |U| updates, not |C| * G.
 //! Adding replica (i, g) changes only rows holding i: they are taken out with their
 //! old contribution and put back with the new one.
+//!
+//! The 2^k pass is cheap for k <= 8 (256 sets); at k = 16 it is 65,536 sets per row,
+//! exact but practical only for tables of a few thousand rows (prune them first).
 
 use rayon::prelude::*;
 

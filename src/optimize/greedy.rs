@@ -24,11 +24,14 @@ const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves:
 const ALTERNATIONS: usize = 3;
 const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 10_000_000, patience: 2_500_000 };
 
-/// The search budget of a level shrinks with its distance from the first level, so
-/// many slots (up to E) stay affordable. It depends on the level alone, never on the
-/// final slot count, so that a run for s slots is the start of the run for s + 1.
+/// The search budget of a level shrinks with the square of its distance from the first
+/// level with a replica, so that many slots (up to E) cost about 2.6 full budgets. It
+/// depends on the level alone, never on the final slot count, so that a run for s
+/// slots is the start of the run for s + 1.
 fn level_search(level: usize, first: usize) -> Limits {
-    Limits { max_rows: LEVEL_SEARCH.max_rows * 2 / (1 + level - first), ..LEVEL_SEARCH }
+    let distance = (level - first).max(1);
+    let max_rows = LEVEL_SEARCH.max_rows / (distance * distance);
+    Limits { max_rows, patience: LEVEL_SEARCH.patience.min(max_rows), ..LEVEL_SEARCH }
 }
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {

@@ -3,6 +3,12 @@
 //!
 //! Results depend only on the inputs and the seed, never on the thread count: every
 //! sum is over integer weights and every tie is broken by ids.
+//!
+//! Modules: `problem` (what is read from the table), `layout` (a placement being built,
+//! row costs with tentative changes), `state` (layout + row costs + co-activation per
+//! GPU), `gains` (exact gain of every new replica), `initial` (balanced one-replica
+//! start), `swaps` and `reassign` (local searches), `greedy` (the default method) and
+//! `baselines` (contiguous, round robin, EPLB).
 
 mod baselines;
 mod gains;
