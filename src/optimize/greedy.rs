@@ -101,7 +101,9 @@ fn fill(state: &mut State, capacity: usize) -> bool {
 /// GPU, then the lowest ids.
 fn best_gain(state: &State, gains: &GainTable, open: &[usize]) -> Option<(usize, usize)> {
     let layout = &state.layout;
-    let mut best: Option<((i64, i64, usize, usize, usize), (usize, usize))> = None;
+    // Key: (-gain, co-activation, slots used, expert, GPU); the smallest wins.
+    type Key = (i64, i64, usize, usize, usize);
+    let mut best: Option<(Key, (usize, usize))> = None;
     for e in 0..layout.num_experts() {
         if !gains.may_gain(e) {
             continue;

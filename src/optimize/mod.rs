@@ -49,6 +49,13 @@ pub fn optimize(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usize, meth
         "round_robin" => baselines::round_robin(&table.expert_load(), num_gpus, slots_per_gpu),
         _ => baselines::eplb(&table.expert_load(), num_gpus, slots_per_gpu),
     };
+    // The optimizers fill every slot by construction; a bug must not pass silently.
+    if let Some(g) = (0..num_gpus).find(|&g| layout.used(g) != slots_per_gpu) {
+        return Err(MoeError::value(format!(
+            "internal error: method {method:?} left GPU {g} with {} experts instead of {slots_per_gpu}",
+            layout.used(g)
+        )));
+    }
     layout.to_placement()
 }
 

@@ -1,10 +1,10 @@
 //! Local search by swapping two replicas between two GPUs. A swap keeps every GPU's
 //! number of experts, so the same search refines the balanced one-replica placement
 //! (Kernighan-Lin) and the full replicated one. Candidates are ranked by how much
-//! pairwise co-activation on a GPU they remove (cheap), the best few are evaluated
-//! exactly on the rows of their two experts (in parallel), and improvements are made
-//! best first. The work is bounded by rows read, not by time, so the result does not
-//! depend on the machine or the thread count.
+//! pairwise co-activation on a GPU they remove (cheap), evaluated exactly on the rows
+//! of their two experts in batches (in parallel) down the ranking until a batch holds
+//! an improvement, and improvements are made best first. The work is bounded by rows
+//! read, not by time, so the result does not depend on the machine or thread count.
 
 use rayon::prelude::*;
 
