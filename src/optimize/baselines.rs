@@ -1,7 +1,7 @@
 //! The placements engines ship, to compare against (they ignore co-activation):
-//! - contiguous: experts 0..E/G-1 on GPU 0 and so on (vLLM's and SGLang's default);
-//! - round robin: expert e on GPU e mod G;
-//! both with extra slots holding replicas of the most loaded experts; and
+//! - contiguous: experts 0..E/G-1 on GPU 0 and so on (vLLM's and SGLang's default),
+//!   extra slots holding replicas of the most loaded experts;
+//! - round robin: expert e on GPU e mod G, extra slots likewise;
 //! - EPLB (DeepSeek, non-hierarchical): replicas to the expert of highest load per
 //!   replica, then packed heaviest first onto the lightest GPU with a free slot.
 //!

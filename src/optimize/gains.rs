@@ -8,6 +8,9 @@
 //! = sum of w over those rows with g in U, so a row costs |C| * |U| updates, not |C| * G.
 //! Adding replica (i, g) changes only rows holding i: they are taken out with their
 //! old contribution and put back with the new one.
+//!
+//! The 2^k pass is cheap for k <= 8 (256 sets); at k = 16 it is 65,536 sets per row,
+//! exact but practical only for tables of a few thousand rows (prune them first).
 
 use rayon::prelude::*;
 
@@ -21,7 +24,9 @@ use crate::table::MAX_K;
 pub struct RowGain {
     pub row: u32,
     pub experts: u16,
-    /// U as GPU ids.
+    /// U as a GPU mask when G <= 64 (no allocation on the fast path) ...
+    pub mask: u64,
+    /// ... else as GPU ids.
     pub gpus: Vec<u16>,
 }
 
@@ -99,8 +104,14 @@ impl GainTable {
             let e = row[experts.trailing_zeros() as usize] as usize;
             experts &= experts - 1;
             self.base[e] += w;
+            let minus = &mut self.minus[e * self.num_gpus..(e + 1) * self.num_gpus];
+            let mut mask = gain.mask;
+            while mask != 0 {
+                minus[mask.trailing_zeros() as usize] += w;
+                mask &= mask - 1;
+            }
             for &g in &gain.gpus {
-                self.minus[e * self.num_gpus + g as usize] += w;
+                minus[g as usize] += w;
             }
         }
     }
@@ -115,6 +126,23 @@ impl GainTable {
         let changed = state.add_replica(expert, gpu);
         let still: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
         for g in row_gains(state, &still) {
+            self.apply(state, &g, 1);
+        }
+    }
+}
+
+impl GainTable {
+    /// Removes replica (expert, gpu) from the state and updates the gains it changes.
+    pub fn remove_replica(&mut self, state: &mut State, expert: usize, gpu: usize) {
+        let rows: Vec<u32> =
+            state.problem.index.rows_of(expert).iter().copied().filter(|&r| state.costs[r as usize] >= 2).collect();
+        for g in row_gains(state, &rows) {
+            self.apply(state, &g, -1);
+        }
+        // Any row of the expert may get dearer.
+        let changed = state.remove_replica(expert, gpu);
+        let now: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
+        for g in row_gains(state, &now) {
             self.apply(state, &g, 1);
         }
     }
@@ -139,12 +167,13 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                     }
                     let t = state.costs[r as usize] as u32;
                     if let Some((experts, bits)) = violating_core(masks, t, &mut buf.unions) {
-                        let gpus = if layout.num_gpus() <= 64 {
-                            (0..64).filter(|b| bits >> b & 1 == 1).collect()
+                        let gain = if layout.num_gpus() <= 64 {
+                            RowGain { row: r, experts, mask: bits, gpus: Vec::new() }
                         } else {
-                            (0..64).filter(|b| bits >> b & 1 == 1).map(|b| buf.rows.bit_gpu[b as usize]).collect()
+                            let gpus = (0..64).filter(|b| bits >> b & 1 == 1).map(|b| buf.rows.bit_gpu[b as usize]).collect();
+                            RowGain { row: r, experts, mask: 0, gpus }
                         };
-                        out.push(RowGain { row: r, experts, gpus });
+                        out.push(gain);
                     }
                 }
                 out
@@ -238,6 +267,12 @@ mod tests {
                     continue;
                 }
                 gains.add_replica(&mut state, e, g);
+                assert_eq!(state.total, total_cost(&problem, &state.layout));
+                let fresh = GainTable::new(&state);
+                assert_eq!(gains.base, fresh.base, "case {case}");
+                assert_eq!(gains.minus, fresh.minus, "case {case}");
+                let f = state.layout.gpus_of(e)[0] as usize;
+                gains.remove_replica(&mut state, e, f);
                 assert_eq!(state.total, total_cost(&problem, &state.layout));
                 let fresh = GainTable::new(&state);
                 assert_eq!(gains.base, fresh.base, "case {case}");

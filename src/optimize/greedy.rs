@@ -1,10 +1,11 @@
 //! The default optimizer. From a balanced one-replica placement refined by
 //! Kernighan-Lin swaps, slots are opened one level at a time (every GPU gets one more
-//! slot); each level is filled with the replicas of largest exact gain, refined by
-//! swaps, and replaced by a baseline if one is better at that level.
+//! slot); each level is filled with the replicas of largest exact gain, then refined by
+//! swaps and by handing replica slots to other experts (`reassign`), and replaced by a
+//! baseline if one is better at that level.
 //!
 //! Building level by level makes the result for s slots the start of the result for
-//! s + 1, and a level only adds replicas or makes improving swaps: more slots never
+//! s + 1, and a level only adds replicas or makes improving moves: more slots never
 //! give a worse placement, and no baseline is ever better.
 
 use super::baselines;
@@ -12,13 +13,26 @@ use super::gains::GainTable;
 use super::initial;
 use super::layout::Layout;
 use super::problem::Problem;
+use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
 
 /// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
 /// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits { candidates: 24, max_rows: 30_000_000 };
-const LEVEL_SEARCH: Limits = Limits { candidates: 24, max_rows: 15_000_000 };
+const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_000_000, patience: 4_000_000 };
+const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
+const ALTERNATIONS: usize = 3;
+const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 10_000_000, patience: 2_500_000 };
+
+/// The search budget of a level shrinks with the square of its distance from the first
+/// level with a replica, so that many slots (up to E) cost about 2.6 full budgets. It
+/// depends on the level alone, never on the final slot count, so that a run for s
+/// slots is the start of the run for s + 1.
+fn level_search(level: usize, first: usize) -> Limits {
+    let distance = (level - first).max(1);
+    let max_rows = LEVEL_SEARCH.max_rows / (distance * distance);
+    Limits { max_rows, patience: LEVEL_SEARCH.patience.min(max_rows), ..LEVEL_SEARCH }
+}
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_experts = problem.num_experts();
@@ -28,10 +42,23 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
-    for level in num_experts.div_ceil(num_gpus)..=slots {
+    let first = num_experts.div_ceil(num_gpus);
+    for level in first..=slots {
         let mut state = State::new(problem, layout);
-        fill(&mut state, level);
-        swaps::improve(&mut state, LEVEL_SEARCH);
+        // Where no slot opens, the layout is the one the previous search left.
+        if fill(&mut state, level) {
+            // Swaps change which slots are worth reassigning and back: alternate while
+            // both find something, a few rounds at most.
+            for _ in 0..ALTERNATIONS {
+                if swaps::improve(&mut state, level_search(level, first)) == 0 {
+                    break;
+                }
+                let mut gains = GainTable::new(&state);
+                if reassign::improve(&mut state, &mut gains, REASSIGN) == 0 {
+                    break;
+                }
+            }
+        }
         let mut best = (state.total, state.layout);
         for candidate in [
             baselines::eplb(&load, num_gpus, level),
@@ -51,16 +78,21 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
 /// Fills every GPU up to `capacity` experts: the replica of largest exact gain first;
 /// when no replica gains (a row may need two), the expert of highest load per replica
 /// goes where it is least co-activated, which keeps gains of later replicas possible.
-fn fill(state: &mut State, capacity: usize) {
-    let mut gains = GainTable::new(state);
+/// Then slots are handed to other experts while that lowers the cost.
+fn fill(state: &mut State, capacity: usize) -> bool {
     let num_gpus = state.layout.num_gpus();
+    if (0..num_gpus).all(|g| state.layout.used(g) >= capacity) {
+        return false;
+    }
+    let mut gains = GainTable::new(state);
     loop {
         let open: Vec<usize> = (0..num_gpus).filter(|&g| state.layout.used(g) < capacity).collect();
         if open.is_empty() {
-            return;
+            reassign::improve(state, &mut gains, REASSIGN);
+            return true;
         }
         let choice = best_gain(state, &gains, &open).or_else(|| most_loaded(state, &open));
-        let Some((e, g)) = choice else { return };
+        let Some((e, g)) = choice else { return true };
         gains.add_replica(state, e, g);
     }
 }
@@ -69,7 +101,9 @@ fn fill(state: &mut State, capacity: usize) {
 /// GPU, then the lowest ids.
 fn best_gain(state: &State, gains: &GainTable, open: &[usize]) -> Option<(usize, usize)> {
     let layout = &state.layout;
-    let mut best: Option<((i64, i64, usize, usize, usize), (usize, usize))> = None;
+    // Key: (-gain, co-activation, slots used, expert, GPU); the smallest wins.
+    type Key = (i64, i64, usize, usize, usize);
+    let mut best: Option<(Key, (usize, usize))> = None;
     for e in 0..layout.num_experts() {
         if !gains.may_gain(e) {
             continue;

@@ -3,6 +3,12 @@
 //!
 //! Results depend only on the inputs and the seed, never on the thread count: every
 //! sum is over integer weights and every tie is broken by ids.
+//!
+//! Modules: `problem` (what is read from the table), `layout` (a placement being built,
+//! row costs with tentative changes), `state` (layout + row costs + co-activation per
+//! GPU), `gains` (exact gain of every new replica), `initial` (balanced one-replica
+//! start), `swaps` and `reassign` (local searches), `greedy` (the default method) and
+//! `baselines` (contiguous, round robin, EPLB).
 
 mod baselines;
 mod gains;
@@ -10,6 +16,7 @@ mod greedy;
 mod initial;
 mod layout;
 mod problem;
+mod reassign;
 mod state;
 mod swaps;
 
@@ -42,6 +49,13 @@ pub fn optimize(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usize, meth
         "round_robin" => baselines::round_robin(&table.expert_load(), num_gpus, slots_per_gpu),
         _ => baselines::eplb(&table.expert_load(), num_gpus, slots_per_gpu),
     };
+    // The optimizers fill every slot by construction; a bug must not pass silently.
+    if let Some(g) = (0..num_gpus).find(|&g| layout.used(g) != slots_per_gpu) {
+        return Err(MoeError::value(format!(
+            "internal error: method {method:?} left GPU {g} with {} experts instead of {slots_per_gpu}",
+            layout.used(g)
+        )));
+    }
     layout.to_placement()
 }
 
@@ -85,6 +99,32 @@ mod tests {
                 assert!((0..6).all(|e| !p.gpus_of(e).is_empty()));
             }
         }
+    }
+
+    #[test]
+    fn same_result_for_any_thread_count() {
+        // Enough rows for several parallel tasks.
+        let mut ids = Vec::new();
+        let mut x = 12345u64;
+        for _ in 0..20_000 {
+            let mut row = Vec::new();
+            while row.len() < 4 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let e = ((x >> 33) % 24) as i64 % (4 + (x >> 60) as i64 * 2);
+                if !row.contains(&e) {
+                    row.push(e);
+                }
+            }
+            ids.extend(row);
+        }
+        let t = SubsetTable::from_topk(&ids, 4, 24, None).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| optimize(&t, 4, 7, "greedy", 3).unwrap())
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct State<'p> {
     pub costs: Vec<u8>,
     /// Sum of weight * cost over the rows.
     pub total: i64,
-    /// [E * G]: co-activation weight of expert e with the experts of GPU g (e excluded).
+    /// [E * G]: co-activation weight of expert e with the experts of GPU g (e excluded),
+    /// each partner's weight divided by its number of replicas.
     conn: Vec<i64>,
 }
 
@@ -83,11 +84,27 @@ impl<'p> State<'p> {
         self.conn[expert * self.layout.num_gpus() + gpu]
     }
 
+    /// A replicated expert blocks a partner on one GPU only when its other replicas
+    /// are busy too: its co-activation is split over its replicas.
     fn shift_conn(&mut self, expert: usize, gpu: usize, sign: i64) {
         let g_count = self.layout.num_gpus();
+        let replicas = self.layout.replicas(expert).max(1) as i64;
         let (partners, weights) = self.problem.coactivation.partners_of(expert);
         for (&p, &w) in partners.iter().zip(weights) {
-            self.conn[p as usize * g_count + gpu] += sign * w;
+            self.conn[p as usize * g_count + gpu] += sign * (w / replicas);
+        }
+    }
+
+    /// Changes the replicas of `expert` by `change`, re-splitting its co-activation.
+    fn change_replicas(&mut self, expert: usize, change: impl FnOnce(&mut Layout)) {
+        for i in 0..self.layout.replicas(expert) {
+            let g = self.layout.gpus_of(expert)[i] as usize;
+            self.shift_conn(expert, g, -1);
+        }
+        change(&mut self.layout);
+        for i in 0..self.layout.replicas(expert) {
+            let g = self.layout.gpus_of(expert)[i] as usize;
+            self.shift_conn(expert, g, 1);
         }
     }
 
@@ -113,8 +130,7 @@ impl<'p> State<'p> {
 
     /// Adds replica (expert, gpu); returns the rows whose cost may have changed.
     pub fn add_replica(&mut self, expert: usize, gpu: usize) -> Vec<u32> {
-        self.layout.add(expert, gpu);
-        self.shift_conn(expert, gpu, 1);
+        self.change_replicas(expert, |l| l.add(expert, gpu));
         // A row of cost 1 cannot get cheaper.
         let rows: Vec<u32> =
             self.problem.index.rows_of(expert).iter().copied().filter(|&r| self.costs[r as usize] >= 2).collect();
@@ -142,24 +158,37 @@ impl<'p> State<'p> {
 
     /// Exact change of the total if `swap` were made, and the number of rows it read.
     pub fn swap_delta(&self, swap: Swap, scratch: &mut RowScratch) -> (i64, usize) {
-        let changes = swap.changes();
+        self.delta(&swap.changes(), scratch)
+    }
+
+    /// Exact change of the total if `changes` (of one or two distinct experts) were
+    /// made, and the number of rows it read.
+    pub fn delta(&self, changes: &[Change], scratch: &mut RowScratch) -> (i64, usize) {
         let problem = self.problem;
         let mut delta = 0i64;
-        let mut eval = |r: u32| {
-            let c = self.layout.row_cost(problem.row(r as usize), &changes, scratch) as i64;
-            delta += (c - self.costs[r as usize] as i64) * problem.weights[r as usize];
-        };
-        let first_rows = problem.index.rows_of(swap.first as usize);
-        let second_rows = problem.index.rows_of(swap.second as usize);
-        for &r in first_rows {
-            eval(r);
-        }
-        for &r in second_rows {
-            if !problem.row(r as usize).contains(&swap.first) {
-                eval(r);
+        let mut read = 0usize;
+        for (n, change) in changes.iter().enumerate() {
+            let rows = problem.index.rows_of(change.expert as usize);
+            read += rows.len();
+            for &r in rows {
+                let row = problem.row(r as usize);
+                // A row of several changed experts is counted with the first of them.
+                if changes[..n].iter().any(|c| row.contains(&c.expert)) {
+                    continue;
+                }
+                let c = self.layout.row_cost(row, changes, scratch) as i64;
+                delta += (c - self.costs[r as usize] as i64) * problem.weights[r as usize];
             }
         }
-        (delta, first_rows.len() + second_rows.len())
+        (delta, read)
+    }
+
+    /// Removes replica (expert, gpu); returns the rows whose cost may have changed.
+    pub fn remove_replica(&mut self, expert: usize, gpu: usize) -> Vec<u32> {
+        self.change_replicas(expert, |l| l.remove(expert, gpu));
+        let rows = self.problem.index.rows_of(expert).to_vec();
+        self.recost(&rows);
+        rows
     }
 }
 
@@ -194,7 +223,8 @@ mod tests {
             for e in 0..6 {
                 for g in 0..num_gpus {
                     let on_g = s.layout.experts_on(g).iter().filter(|&&x| x as usize != e);
-                    let expected: i64 = on_g.map(|&x| p.coactivation.weight(e, x as usize)).sum();
+                    let split = |x: usize| p.coactivation.weight(e, x) / s.layout.replicas(x) as i64;
+                    let expected: i64 = on_g.map(|&x| split(x as usize)).sum();
                     assert_eq!(s.conn(e, g), expected, "expert {e} GPU {g}");
                 }
             }

@@ -1,74 +1,113 @@
 //! Local search by swapping two replicas between two GPUs. A swap keeps every GPU's
 //! number of experts, so the same search refines the balanced one-replica placement
 //! (Kernighan-Lin) and the full replicated one. Candidates are ranked by how much
-//! pairwise co-activation on a GPU they remove (cheap), the best few are evaluated
-//! exactly on the rows of their two experts (in parallel), and improvements are made
-//! best first. The work is bounded by rows read, not by time, so the result does not
-//! depend on the machine or the thread count.
+//! pairwise co-activation on a GPU they remove (cheap), evaluated exactly on the rows
+//! of their two experts in batches (in parallel) down the ranking until a batch holds
+//! an improvement, and improvements are made best first. The work is bounded by rows
+//! read, not by time, so the result does not depend on the machine or thread count.
 
 use rayon::prelude::*;
 
 use super::layout::RowScratch;
 use super::state::{State, Swap};
 
+/// Share of the total cost a search must gain per `Limits::patience` rows to go on.
+const MIN_PROGRESS: f64 = 0.001;
+
 /// GPUs tried as a destination for each replica.
-const TARGETS_PER_REPLICA: usize = 3;
+const TARGETS_PER_REPLICA: usize = 12;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Candidates evaluated exactly per round.
+    /// Candidates evaluated exactly at once.
     pub candidates: usize,
+    /// Batches of candidates tried before the search gives up.
+    pub batches: usize,
     /// Rows read by exact evaluations before the search stops.
     pub max_rows: usize,
+    /// Every `patience` rows read, the search stops unless the total fell by
+    /// MIN_PROGRESS of itself meanwhile: where improvements are rare and small, the
+    /// rest of the budget is not worth its time.
+    pub patience: usize,
 }
 
-/// Makes improving swaps until none of the candidates improves or the budget is
-/// spent. Returns the number of swaps made.
+/// Makes improving swaps until no candidate improves or the budget is spent.
+/// Returns the number of swaps made.
 pub fn improve(state: &mut State, limits: Limits) -> usize {
     let floor = state.problem.lower_bound_total();
     let mut spent = 0usize;
     let mut made = 0usize;
+    let mut checkpoint = (0usize, state.total);
     let mut scratch = RowScratch::new(state.layout.num_gpus());
-    while spent < limits.max_rows && state.total > floor {
-        let candidates = candidates(state, limits.candidates);
-        if candidates.is_empty() {
-            break;
-        }
-        let evaluated: Vec<(i64, usize)> = candidates
-            .par_iter()
-            .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, &c| state.swap_delta(c, s))
-            .collect();
-        spent += evaluated.iter().map(|x| x.1).sum::<usize>();
-        let mut improving: Vec<(i64, usize)> =
-            evaluated.iter().enumerate().filter(|(_, d)| d.0 < 0).map(|(i, d)| (d.0, i)).collect();
-        if improving.is_empty() {
-            break;
-        }
-        improving.sort_unstable();
-        // The best is made as evaluated; the others moved no expert in common with a
-        // swap made before them, but may share rows: they are evaluated again.
-        let mut moved: Vec<u16> = Vec::new();
-        for (rank, &(_, i)) in improving.iter().enumerate() {
-            let swap = candidates[i];
-            if moved.contains(&swap.first) || moved.contains(&swap.second) {
-                continue;
+    'search: while spent < limits.max_rows && state.total > floor {
+        if spent - checkpoint.0 >= limits.patience {
+            if ((checkpoint.1 - state.total) as f64) < MIN_PROGRESS * checkpoint.1 as f64 {
+                break;
             }
-            if rank > 0 {
-                let (delta, rows) = state.swap_delta(swap, &mut scratch);
-                spent += rows;
-                if delta >= 0 {
-                    continue;
-                }
+            checkpoint = (spent, state.total);
+        }
+        let candidates = candidates(state, limits.candidates * limits.batches);
+        let mut improved = false;
+        // The cheap score is a poor guide near a local optimum: when a batch holds no
+        // improving swap, the next one is tried before giving up.
+        for batch in candidates.chunks(limits.candidates) {
+            let evaluated: Vec<(i64, usize)> = batch
+                .par_iter()
+                .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, &c| state.swap_delta(c, s))
+                .collect();
+            spent += evaluated.iter().map(|x| x.1).sum::<usize>();
+            let mut improving: Vec<(i64, usize)> =
+                evaluated.iter().enumerate().filter(|(_, d)| d.0 < 0).map(|(i, d)| (d.0, i)).collect();
+            if !improving.is_empty() {
+                improving.sort_unstable();
+                made += apply_best_first(state, batch, &improving, &mut scratch, &mut spent);
+                improved = true;
+                break;
             }
-            state.apply_swap(swap);
-            moved.extend([swap.first, swap.second]);
-            made += 1;
+            if spent >= limits.max_rows {
+                break 'search;
+            }
+        }
+        if !improved {
+            break;
         }
     }
     made
 }
 
-/// Up to `width` swaps that lower the co-activation on shared GPUs the most.
+/// The best swap is made as evaluated; the others moved no expert in common with a
+/// swap made before them, but may share rows: they are evaluated again.
+fn apply_best_first(
+    state: &mut State,
+    batch: &[Swap],
+    improving: &[(i64, usize)],
+    scratch: &mut RowScratch,
+    spent: &mut usize,
+) -> usize {
+    let mut moved: Vec<u16> = Vec::new();
+    let mut made = 0;
+    for (rank, &(_, i)) in improving.iter().enumerate() {
+        let swap = batch[i];
+        if moved.contains(&swap.first) || moved.contains(&swap.second) {
+            continue;
+        }
+        if rank > 0 {
+            let (delta, rows) = state.swap_delta(swap, scratch);
+            *spent += rows;
+            if delta >= 0 {
+                continue;
+            }
+        }
+        state.apply_swap(swap);
+        moved.extend([swap.first, swap.second]);
+        made += 1;
+    }
+    made
+}
+
+/// Up to `width` swaps, those that lower the co-activation on shared GPUs the most
+/// first. Swaps the score calls neutral or worse are kept at the end of the list: near a
+/// local optimum the score is a poor guide and the exact evaluation has the last word.
 fn candidates(state: &State, width: usize) -> Vec<Swap> {
     let layout = &state.layout;
     let num_gpus = layout.num_gpus();
@@ -80,6 +119,7 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
             let mut targets: Vec<(i64, u16)> = Vec::with_capacity(num_gpus);
             for &a in layout.gpus_of(i) {
                 let here = state.conn(i, a as usize);
+                let ri = layout.replicas(i) as i64;
                 targets.clear();
                 targets.extend(
                     (0..num_gpus).filter(|&b| !layout.holds(i, b)).map(|b| (state.conn(i, b) - here, b as u16)),
@@ -94,16 +134,18 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
                         if j as usize == i || layout.holds(j as usize, a as usize) {
                             continue;
                         }
+                        // The change of co-activation on shared GPUs, each side split over
+                        // the replicas of the expert that moves.
+                        let rj = layout.replicas(j as usize) as i64;
                         let pair = coactivation.weight(i, j as usize);
-                        let score = leave + state.conn(j as usize, a as usize) - state.conn(j as usize, b as usize) - 2 * pair;
-                        if score < 0 {
-                            let swap = if (i as u16) < j {
-                                Swap { first: i as u16, from: a, second: j, to: b }
-                            } else {
-                                Swap { first: j, from: b, second: i as u16, to: a }
-                            };
-                            found.push((score, swap));
-                        }
+                        let first = (leave - pair / rj) / ri;
+                        let second = (state.conn(j as usize, a as usize) - pair / ri - state.conn(j as usize, b as usize)) / rj;
+                        let swap = if (i as u16) < j {
+                            Swap { first: i as u16, from: a, second: j, to: b }
+                        } else {
+                            Swap { first: j, from: b, second: i as u16, to: a }
+                        };
+                        found.push((first + second, swap));
                     }
                 }
             }
@@ -136,7 +178,7 @@ mod tests {
         }
         let mut s = State::new(&p, l);
         assert_eq!(s.total, 2 * p.weights.iter().sum::<i64>());
-        let made = improve(&mut s, Limits { candidates: 8, max_rows: 1000 });
+        let made = improve(&mut s, Limits { candidates: 8, batches: 2, max_rows: 1000, patience: 1000 });
         assert!(made >= 1);
         assert_eq!(s.total, p.lower_bound_total());
         assert_eq!(s.total, total_cost(&p, &s.layout));
