@@ -12,14 +12,13 @@
 from __future__ import annotations
 
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
 import moefast as mf
 from moefast.data import GPTOSS20B_DECODE
+from shared_data import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIXTRAL_FRACTIONS = SHARED_DATA / "mixtral_mmlu_expert_fractions" / "frac_vecs"
 
 

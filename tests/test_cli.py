@@ -14,16 +14,11 @@ from moefast.data import GPTOSS20B_DECODE
 from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.trace import load_trace
-
-DEEPSEEK = Path("/work/shared/data/deepseek_v3_sglang_expert_distribution/decode_in1000out1000.json")
-# plan() and optimize() run the Rust optimizers; skip only while those are not in the build.
-needs_plan = pytest.mark.skipif(
-    not hasattr(moefast, "plan") or not hasattr(moefast._core, "optimize_placement"),
-    reason="moefast.plan or the Rust optimizers (moefast._core.optimize_placement) have not landed yet",
-)
+from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
 
-@pytest.mark.parametrize("command", ["demo", "plan", "evaluate", "inspect", "synth"])
+
+@pytest.mark.parametrize("command", ["demo", "plan", "evaluate", "inspect", "synth", "simulate"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -105,7 +100,6 @@ def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
     assert "bad.jsonl, line 1" in err
 
 
-@needs_plan
 def test_plan_end_to_end(tmp_path, capsys):
     out = tmp_path / "placement.json"
     report_dir = tmp_path / "report"
@@ -125,7 +119,6 @@ def test_plan_end_to_end(tmp_path, capsys):
     assert float(row[4]) == pytest.approx(moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4)
 
 
-@needs_plan
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
@@ -142,3 +135,21 @@ def test_demo_end_to_end(tmp_path, capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["plan", "t.npz", "--gpus", "8", "--slots", "5", "--out", "p.json"])
     assert (args.method, args.coverage, args.format) == ("greedy", 0.99, "sglang")
+
+
+def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
+    small = tmp_path / "small.npz"
+    trace = load_trace(GPTOSS20B_DECODE)
+    moefast.Trace(trace.topk[:, :2, :], trace.num_experts).save(small)
+    args = ["simulate", str(small), "--gpus", "4", "--slots", "9", "--batch-sizes", "1,8", "--steps", "20",
+            "--batch-aware", "4", "--out", str(tmp_path / "sim")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for name in ("greedy", "contiguous", "EPLB", "batch-aware (B=4)"):
+        assert sum(line.strip().startswith(name) for line in out.splitlines()) == 2, name
+    assert (tmp_path / "sim" / "throughput_latency.png").stat().st_size > 10_000
+
+
+def test_simulate_refuses_infeasible_memory(capsys):
+    assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 1
+    assert "cannot hold 32 experts" in capsys.readouterr().err

@@ -14,8 +14,8 @@ from moefast.readers.sglang import expert_load_from_logical_count, trace_from_sg
 from moefast.readers.trtllm import expert_load_from_trtllm
 from moefast.recorder import HookRecorder, RoutingRecorder, topk_from_router_output, trace_from_router_logits
 from moefast.trace import load_trace
+from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
-DEEPSEEK = Path("/work/shared/data/deepseek_v3_sglang_expert_distribution/decode_in1000out1000.json")
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 

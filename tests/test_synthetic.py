@@ -10,8 +10,8 @@ import pytest
 from moefast.readers import load_expert_load
 from moefast.report import top_pairs
 from moefast.synthetic import synthetic_trace
+from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
-DEEPSEEK = Path("/work/shared/data/deepseek_v3_sglang_expert_distribution/decode_in1000out1000.json")
 
 
 def test_shape_ids_and_determinism():

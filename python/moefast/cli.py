@@ -1,4 +1,4 @@
-"""The ``moefast`` command: demo, plan, evaluate, inspect and synth subcommands."""
+"""The ``moefast`` command: demo, plan, evaluate, inspect, synth and simulate subcommands."""
 
 from __future__ import annotations
 
@@ -21,10 +21,7 @@ from moefast.trace import Trace, load_trace
 
 
 def _plan(trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int) -> ModelPlacement:
-    plan = getattr(moefast, "plan", None)
-    if plan is None:
-        raise RuntimeError("moefast.plan is not available in this build of moefast")
-    return plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed)
+    return moefast.plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed)
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
@@ -158,6 +155,47 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _cost_model(args) -> "moefast.CostModel":
+    if args.preset is not None:
+        return moefast.CostModel.preset(args.preset, gpu=args.gpu, p=args.p)
+    return moefast.CostModel(args.alpha, args.beta, p=args.p)
+
+
+def cmd_simulate(args) -> int:
+    from moefast.batch_plots import plot_throughput_latency
+
+    trace = load_trace(args.trace, format=args.trace_format)
+    _check_memory(trace, args.gpus, args.slots)
+    cm = _cost_model(args)
+    sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
+    placements = {
+        "greedy": _plan(trace, args.gpus, args.slots, "greedy", args.coverage, args.seed),
+        "contiguous": _plan(trace, args.gpus, args.slots, "contiguous", args.coverage, args.seed),
+        "EPLB": _plan(trace, args.gpus, args.slots, "eplb", args.coverage, args.seed),
+    }
+    if args.batch_aware > 0:
+        placements[f"batch-aware (B={args.batch_aware})"] = moefast.plan(
+            trace, args.gpus, args.slots, coverage=args.coverage, seed=args.seed,
+            objective="batch", batch_size=args.batch_aware, cost_model=cm, progress=sys.stderr.isatty(),
+        )
+    print(f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots, {args.steps} steps per batch size")
+    header = ["placement", "batch", "mean step", "p50 step", "p99 step", "tokens per ms", "latency per token"]
+    rows, results = [], {}
+    for name, model in placements.items():
+        results[name] = moefast.simulate(trace, model, sizes, cm, seed=args.seed, steps=args.steps)
+        for r in results[name]:
+            rows.append([name, str(r["batch_size"]), f"{r['mean_step_time']:.1f}", f"{r['p50_step_time']:.1f}",
+                         f"{r['p99_step_time']:.1f}", f"{r['throughput'] * 1e3:.1f}", f"{r['latency_per_token']:.1f}"])
+    print("step times and latency in the cost model's unit (us):")
+    print(report.format_table(header, rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_throughput_latency(results, out / "throughput_latency.png",
+                                   title=f"Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots")
+    print(f"plot: {plot}")
+    return 0
+
+
 def _placement_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
     p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
@@ -232,6 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)")
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("simulate", help="throughput and latency of batches for several placements",
+                       description="Simulates decode steps of several batch sizes for the greedy, batch-aware,"
+                       " contiguous and EPLB placements of a trace (cost model of DESIGN 2.2), prints step"
+                       " times, throughput and latency, and plots the throughput/latency curve.")
+    p.add_argument("trace")
+    _placement_options(p)
+    p.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated (1,4,16,64,256,1024)")
+    p.add_argument("--steps", type=int, default=300, help="simulated steps per batch size (300)")
+    p.add_argument("--batch-aware", type=int, default=64, metavar="B",
+                   help="also plan batch-aware placements for batch size B (64; 0 to skip)")
+    p.add_argument("--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)")
+    p.add_argument("--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)")
+    p.add_argument("--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)")
+    p.add_argument("--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b")
+    p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200")
+    p.add_argument("--out", default="moefast-simulate", help="folder for the plot (moefast-simulate)")
+    p.add_argument("--trace-format", **trace_format)
+    p.set_defaults(run=cmd_simulate)
     return parser
 
 
