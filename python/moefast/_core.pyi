@@ -66,3 +66,41 @@ def expected_cost(table: SubsetTable, placement: Placement) -> float:
 
 def lower_bound(table: SubsetTable, num_gpus: int) -> float:
     """Weighted mean of ceil(k / num_gpus): no placement on num_gpus GPUs costs less."""
+
+def optimize_placement(
+    table: SubsetTable, num_gpus: int, slots_per_gpu: int, method: str = "greedy", seed: int = 0
+) -> Placement:
+    """Greedy or a baseline ("contiguous", "round_robin", "eplb") placement filling every slot."""
+
+def batch_time(
+    topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool
+) -> tuple[float, float | None]:
+    """Step time (cost model units) of one layer for a batch [B, k], and optionally a lower bound."""
+
+def simulate_steps(
+    topk: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    placements: Sequence[Placement],
+    batch_sizes: Sequence[int],
+    alpha: float,
+    beta: float,
+    p: float,
+    seed: int,
+    steps: int,
+) -> npt.NDArray[np.float64]:
+    """Step times [batch sizes, steps] of drawn batches, summed over the layers' placements."""
+
+def optimize_batch(
+    topk: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    start: Placement,
+    slots_per_gpu: int,
+    alpha: float,
+    beta: float,
+    p: float,
+    batch_size: int,
+    seed: int,
+    num_batches: int | None,
+    max_evaluations: int,
+) -> Placement:
+    """Local search of the mean step time at `batch_size` from `start`."""
