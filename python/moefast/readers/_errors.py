@@ -23,6 +23,18 @@ def malformed(path: Path, problem: str, line: int | None = None) -> ValueError:
     return ValueError(f"{where}: {problem}")
 
 
+def read_json(path: Path):
+    """The JSON document in `path`; ValueError naming the file (and line) if it is not one."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise malformed(path, f"cannot read ({err})") from err
+    except json.JSONDecodeError as err:
+        raise malformed(path, f"not JSON ({err.msg})", err.lineno) from err
+
+
 def to_numpy(value, path: Path, name: str):
     """A torch tensor, numpy array or nested list as a numpy array."""
     import numpy as np

@@ -4,13 +4,12 @@ a single answer object or a list of them; each answer's tokens are appended in o
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from moefast.readers._errors import malformed
+from moefast.readers._errors import malformed, read_json
 from moefast.trace import Trace
 
 _LAYER = re.compile(r"layer_(\d+)$")
@@ -47,12 +46,7 @@ def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, li
 
 
 def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise malformed(path, f"cannot read ({err})") from err
-    except json.JSONDecodeError as err:
-        raise malformed(path, f"not JSON ({err.msg})", err.lineno) from err
+    data = read_json(path)
     answers = data if isinstance(data, list) else [data]
     parts, layer_ids = [], None
     for answer in answers:

@@ -13,14 +13,13 @@ they run without torch; only opening a ``.pt`` file needs it.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from moefast.readers._errors import malformed, require, to_numpy
+from moefast.readers._errors import malformed, read_json, require, to_numpy
 from moefast.trace import Trace
 
 
@@ -157,12 +156,7 @@ def read_sglang_stat_load(path: Path) -> np.ndarray:
 
 
 def read_logical_count_json(path: Path) -> np.ndarray:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise malformed(path, f"cannot read ({err})") from err
-    except json.JSONDecodeError as err:
-        raise malformed(path, f"not JSON ({err.msg})", err.lineno) from err
+    data = read_json(path)
     if not isinstance(data, dict) or "logical_count" not in data:
         raise malformed(path, "no 'logical_count' key")
     try:

@@ -4,14 +4,13 @@ per-expert token counts [E]. Counts are summed over iterations and ranks."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from moefast.readers._errors import malformed, require, to_numpy
+from moefast.readers._errors import malformed, read_json, require, to_numpy
 
 _KEY = re.compile(r"^(\d+)_(\d+)$")
 
@@ -42,13 +41,7 @@ def expert_load_from_trtllm(
 
 
 def read_trtllm_load(path: Path) -> tuple[np.ndarray, list[int]]:
-    meta_path = path / "meta_info.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise malformed(path, f"no readable meta_info.json ({err})") from err
-    except json.JSONDecodeError as err:
-        raise malformed(meta_path, f"not JSON ({err.msg})", err.lineno) from err
+    meta = read_json(path / "meta_info.json")
     files = sorted(path.glob("rank*.safetensors"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
     if not files:
         raise malformed(path, "no rank<r>.safetensors file")
