@@ -19,7 +19,7 @@ from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
-from moefast import fill, milp  # noqa: E402  (submodules used as mf.milp, mf.fill)
+from moefast import data, fill, milp  # submodules used as mf.data, mf.milp, mf.fill
 
 from moefast.batch import batch_time, simulate
 from moefast.cost_model import CostModel
