@@ -22,22 +22,24 @@ struct MaskMatching<'a> {
     masks: &'a [u64],
     assign: [u8; MAX_K],
     load: [u8; 64],
+    /// Experts placed on each GPU, as bit masks over the subset's positions.
+    on_gpu: [u16; 64],
     /// GPUs whose load equals `t`.
     full: u64,
     /// GPUs that serve anything (new experts prefer the others).
     used: u64,
     t: u8,
-    added: usize,
 }
 
 impl<'a> MaskMatching<'a> {
     fn new(masks: &'a [u64]) -> Self {
-        MaskMatching { masks, assign: [NONE; MAX_K], load: [0; 64], full: 0, used: 0, t: 1, added: 0 }
+        MaskMatching { masks, assign: [NONE; MAX_K], load: [0; 64], on_gpu: [0; 64], full: 0, used: 0, t: 1 }
     }
 
     #[inline]
     fn place(&mut self, i: usize, g: u32) {
         self.assign[i] = g as u8;
+        self.on_gpu[g as usize] |= 1 << i;
         self.load[g as usize] += 1;
         self.used |= 1 << g;
         if self.load[g as usize] == self.t {
@@ -45,39 +47,74 @@ impl<'a> MaskMatching<'a> {
         }
     }
 
-    fn unplace(&mut self, i: usize) {
-        let g = self.assign[i];
-        self.assign[i] = NONE;
-        self.load[g as usize] -= 1;
-        self.full &= !(1u64 << g);
+    /// Moves expert `j` from its GPU to `g` (which is below `t`).
+    #[inline]
+    fn shift(&mut self, j: usize, g: u32) {
+        let from = self.assign[j] as usize;
+        self.on_gpu[from] &= !(1u16 << j);
+        self.load[from] -= 1;
+        self.full &= !(1u64 << from);
+        self.place(j, g);
     }
 
     /// Places expert `i` on a non-full GPU, moving others along an alternating path.
-    fn augment(&mut self, i: usize, visited: &mut u64) -> bool {
-        let mut candidates = self.masks[i] & !*visited;
-        let free = candidates & !self.full;
-        if free != 0 {
-            let empty = free & !self.used;
-            self.place(i, if empty != 0 { empty } else { free }.trailing_zeros());
-            return true;
+    /// A breadth-first search over GPU masks: GPU g is reached through expert via[g],
+    /// which may move there; the experts on a reached GPU may move on.
+    fn augment(&mut self, i: usize) -> bool {
+        let mut via = [NONE; 64];
+        let mut reached = 0u64;
+        let mut frontier = self.masks[i];
+        let mut seen_experts: u16 = 1 << i;
+        // The GPUs first reached from expert i.
+        let mut from_i = frontier;
+        while from_i != 0 {
+            via[from_i.trailing_zeros() as usize] = i as u8;
+            from_i &= from_i - 1;
         }
-        *visited |= candidates;
-        while candidates != 0 {
-            let g = candidates.trailing_zeros();
-            candidates &= candidates - 1;
-            for j in 0..self.added {
-                if self.assign[j] as u32 != g {
-                    continue;
+        loop {
+            let free = frontier & !self.full;
+            if free != 0 {
+                // Walk back: each expert moves to the GPU it reached, freeing its own.
+                let mut g = free.trailing_zeros();
+                loop {
+                    let j = via[g as usize] as usize;
+                    if j == i {
+                        self.place(i, g);
+                        return true;
+                    }
+                    let from = self.assign[j] as u32;
+                    self.shift(j, g);
+                    g = from;
                 }
-                self.unplace(j);
-                if self.augment(j, visited) {
-                    self.place(i, g);
-                    return true;
-                }
-                self.place(j, g);
             }
+            reached |= frontier;
+            let mut experts: u16 = 0;
+            let mut f = frontier;
+            while f != 0 {
+                experts |= self.on_gpu[f.trailing_zeros() as usize];
+                f &= f - 1;
+            }
+            experts &= !seen_experts;
+            if experts == 0 {
+                return false;
+            }
+            seen_experts |= experts;
+            let mut next = 0u64;
+            while experts != 0 {
+                let j = experts.trailing_zeros() as usize;
+                experts &= experts - 1;
+                let mut new = self.masks[j] & !reached & !next;
+                next |= new;
+                while new != 0 {
+                    via[new.trailing_zeros() as usize] = j as u8;
+                    new &= new - 1;
+                }
+            }
+            if next == 0 {
+                return false;
+            }
+            frontier = next;
         }
-        false
     }
 
     #[inline]
@@ -87,18 +124,15 @@ impl<'a> MaskMatching<'a> {
         if free != 0 {
             let empty = free & !self.used;
             self.place(i, if empty != 0 { empty } else { free }.trailing_zeros());
-            self.added += 1;
             return;
         }
-        let mut visited = 0u64;
-        if !self.augment(i, &mut visited) {
+        if !self.augment(i) {
             // No matching of makespan t covers the experts so far: t + 1 does, and then
             // every GPU of expert i is below the new t.
             self.t += 1;
             self.full = 0;
             self.place(i, self.masks[i].trailing_zeros());
         }
-        self.added += 1;
     }
 }
 
