@@ -160,8 +160,7 @@ mod tests {
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;
 
-    #[test]
-    fn kicks_keep_the_best_and_exact_costs() {
+    fn table() -> SubsetTable {
         let mut ids = Vec::new();
         let mut x = 7u64;
         for _ in 0..300 {
@@ -175,7 +174,29 @@ mod tests {
             }
             ids.extend(row);
         }
-        let t = SubsetTable::from_topk(&ids, 4, 16, None).unwrap();
+        SubsetTable::from_topk(&ids, 4, 16, None).unwrap()
+    }
+
+    #[test]
+    fn same_kicks_for_any_thread_count() {
+        let t = table();
+        let p = Problem::new(&t, 4);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut s = State::new(&p, initial::assign(&p, 0));
+                search(&mut s, Budget { rows: 2_000_000, kicks: 40, stall: 40 }, 5);
+                s.layout
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+
+    #[test]
+    fn kicks_keep_the_best_and_exact_costs() {
+        let t = table();
         let p = Problem::new(&t, 4);
         for replicate in [false, true] {
             let mut layout = initial::assign(&p, 0);
