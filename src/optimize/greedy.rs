@@ -2,7 +2,9 @@
 //! Kernighan-Lin swaps, slots are opened one level at a time (every GPU gets one more
 //! slot); each level is filled with the replicas of largest exact gain, then refined by
 //! swaps and by handing replica slots to other experts (`reassign`), and replaced by a
-//! baseline if one is better at that level.
+//! baseline if one is better at that level. After the start's search and each level's,
+//! an iterated local search (`kicks`) escapes local optima where the table is small
+//! enough for its row budget.
 //!
 //! Building level by level makes the result for s slots the start of the result for
 //! s + 1, and a level only adds replicas or makes improving moves: more slots never
@@ -11,6 +13,7 @@
 use super::baselines;
 use super::gains::GainTable;
 use super::initial;
+use super::kicks::{self, Budget};
 use super::layout::Layout;
 use super::problem::Problem;
 use super::reassign;
@@ -23,6 +26,20 @@ const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_
 const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
 const ALTERNATIONS: usize = 3;
 const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 10_000_000, patience: 2_500_000 };
+/// Iterated local search after the start's search and after each level's.
+const START_KICKS: Budget = Budget { rows: 400_000, kicks: 200, stall: 48 };
+const LEVEL_KICKS: Budget = Budget { rows: 400_000, kicks: 200, stall: 48 };
+
+/// Kicks shrink with the level's distance from the first like the level search.
+fn level_kicks(level: usize, first: usize) -> Budget {
+    let distance = (level - first).max(1);
+    Budget { rows: LEVEL_KICKS.rows / (distance * distance), ..LEVEL_KICKS }
+}
+
+/// A seed per stage of the search, from the caller's seed.
+fn stage_seed(seed: u64, stage: usize) -> u64 {
+    initial::SplitMix::new(seed ^ (stage as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}
 
 /// The search budget of a level shrinks with the square of its distance from the first
 /// level with a replica, so that many slots (up to E) cost about 2.6 full budgets. It
@@ -35,10 +52,17 @@ fn level_search(level: usize, first: usize) -> Limits {
 }
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
+    // On a worker thread of the pool, the many small parallel loops of a small table run
+    // inline instead of waking other threads for every one of them.
+    rayon::scope(|_| build(problem, slots, seed))
+}
+
+fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_experts = problem.num_experts();
     let num_gpus = problem.num_gpus;
     let mut state = State::new(problem, initial::assign(problem, seed));
     swaps::improve(&mut state, START_SEARCH);
+    kicks::search(&mut state, START_KICKS, stage_seed(seed, 0));
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
@@ -58,6 +82,7 @@ pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
                     break;
                 }
             }
+            kicks::search(&mut state, level_kicks(level, first), stage_seed(seed, level));
         }
         let mut best = (state.total, state.layout);
         for candidate in [
@@ -130,7 +155,8 @@ fn most_loaded(state: &State, open: &[usize]) -> Option<(usize, usize)> {
         if open.iter().all(|&g| layout.holds(e, g)) {
             continue;
         }
-        let heavier = |b: usize| (load[e] as i128) * (layout.replicas(b) as i128) > (load[b] as i128) * (layout.replicas(e) as i128);
+        let heavier =
+            |b: usize| (load[e] as i128) * (layout.replicas(b) as i128) > (load[b] as i128) * (layout.replicas(e) as i128);
         if expert.is_none_or(heavier) {
             expert = Some(e);
         }

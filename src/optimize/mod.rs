@@ -7,13 +7,14 @@
 //! Modules: `problem` (what is read from the table), `layout` (a placement being built,
 //! row costs with tentative changes), `state` (layout + row costs + co-activation per
 //! GPU), `gains` (exact gain of every new replica), `initial` (balanced one-replica
-//! start), `swaps` and `reassign` (local searches), `greedy` (the default method) and
+//! start), `swaps` and `reassign` (local searches), `kicks` (iterated local search), `greedy` (the default method) and
 //! `baselines` (contiguous, round robin, EPLB).
 
 mod baselines;
 mod gains;
 mod greedy;
 mod initial;
+mod kicks;
 mod layout;
 mod problem;
 mod reassign;

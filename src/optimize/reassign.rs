@@ -47,7 +47,13 @@ fn candidates(state: &State, gains: &GainTable, width: usize) -> Vec<(i64, usize
 
 /// Returns the number of moves made.
 pub fn improve(state: &mut State, gains: &mut GainTable, limits: Limits) -> usize {
+    improve_counted(state, gains, limits).0
+}
+
+/// `improve`, also returning the rows read by exact evaluations.
+pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits) -> (usize, usize) {
     let mut made = 0;
+    let mut spent = 0usize;
     while made < limits.max_moves {
         let candidates = candidates(state, gains, limits.candidates);
         let changes = |&(_, old, gpu, new): &(i64, usize, usize, usize)| {
@@ -56,10 +62,12 @@ pub fn improve(state: &mut State, gains: &mut GainTable, limits: Limits) -> usiz
                 Change { expert: new as u16, remove: None, add: Some(gpu as u16) },
             ]
         };
-        let deltas: Vec<i64> = candidates
+        let evaluated: Vec<(i64, usize)> = candidates
             .par_iter()
-            .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, c| state.delta(&changes(c), s).0)
+            .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, c| state.delta(&changes(c), s))
             .collect();
+        spent += evaluated.iter().map(|x| x.1).sum::<usize>();
+        let deltas: Vec<i64> = evaluated.into_iter().map(|x| x.0).collect();
         let best = deltas.iter().enumerate().filter(|x| *x.1 < 0).min_by_key(|x| (*x.1, x.0));
         let Some((i, _)) = best else { break };
         let (_, old, gpu, new) = candidates[i];
@@ -67,7 +75,7 @@ pub fn improve(state: &mut State, gains: &mut GainTable, limits: Limits) -> usiz
         gains.add_replica(state, new, gpu);
         made += 1;
     }
-    made
+    (made, spent)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ impl Swap {
     }
 }
 
+#[derive(Clone)]
 pub struct State<'p> {
     pub problem: &'p Problem<'p>,
     pub layout: Layout,

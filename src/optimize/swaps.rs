@@ -34,6 +34,11 @@ pub struct Limits {
 /// Makes improving swaps until no candidate improves or the budget is spent.
 /// Returns the number of swaps made.
 pub fn improve(state: &mut State, limits: Limits) -> usize {
+    improve_counted(state, limits).0
+}
+
+/// `improve`, also returning the rows read.
+pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let floor = state.problem.lower_bound_total();
     let mut spent = 0usize;
     let mut made = 0usize;
@@ -51,10 +56,8 @@ pub fn improve(state: &mut State, limits: Limits) -> usize {
         // The cheap score is a poor guide near a local optimum: when a batch holds no
         // improving swap, the next one is tried before giving up.
         for batch in candidates.chunks(limits.candidates) {
-            let evaluated: Vec<(i64, usize)> = batch
-                .par_iter()
-                .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, &c| state.swap_delta(c, s))
-                .collect();
+            let evaluated: Vec<(i64, usize)> =
+                batch.par_iter().map_init(|| RowScratch::new(state.layout.num_gpus()), |s, &c| state.swap_delta(c, s)).collect();
             spent += evaluated.iter().map(|x| x.1).sum::<usize>();
             let mut improving: Vec<(i64, usize)> =
                 evaluated.iter().enumerate().filter(|(_, d)| d.0 < 0).map(|(i, d)| (d.0, i)).collect();
@@ -72,7 +75,7 @@ pub fn improve(state: &mut State, limits: Limits) -> usize {
             break;
         }
     }
-    made
+    (made, spent)
 }
 
 /// The best swap is made as evaluated; the others moved no expert in common with a
@@ -121,9 +124,7 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
                 let here = state.conn(i, a as usize);
                 let ri = layout.replicas(i) as i64;
                 targets.clear();
-                targets.extend(
-                    (0..num_gpus).filter(|&b| !layout.holds(i, b)).map(|b| (state.conn(i, b) - here, b as u16)),
-                );
+                targets.extend((0..num_gpus).filter(|&b| !layout.holds(i, b)).map(|b| (state.conn(i, b) - here, b as u16)));
                 let keep = TARGETS_PER_REPLICA.min(targets.len());
                 if keep == 0 {
                     continue;
