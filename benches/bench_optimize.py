@@ -1,4 +1,4 @@
-"""Optimizer benchmarks on skewed, correlated synthetic traces (benches/traces.py).
+"""Optimizer benchmarks on skewed, correlated synthetic traces (benches/workloads.py).
 
 Run: pytest benches/bench_optimize.py -s   (after `maturin develop --release`)
 
@@ -8,26 +8,21 @@ Each benchmark times the greedy, asserts its quality against the three baselines
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from traces import skewed_topk  # noqa: E402
-
-from moefast import _core  # noqa: E402
+from moefast import _core, load_trace
+from shared_data import SHARED_DATA
+from workloads import topic_topk
 
 BASELINES = ["contiguous", "round_robin", "eplb"]
 
 
 def layer(num_tokens: int, num_experts: int, k: int, seed: int = 0):
-    topk = skewed_topk(num_tokens, num_experts, k, seed=seed)
+    topk = topic_topk(num_tokens, num_experts, k, seed=seed)
     full = _core.SubsetTable.from_topk(topk, num_experts=num_experts)
     return full, full.prune(coverage=0.99)
 
@@ -108,7 +103,7 @@ def test_deepseek_v3_layer(benchmark, deepseek_v3_layer):
 
 def test_table_and_prune_time(deepseek_v3_layer):
     """The rest of a layer's pipeline, for the whole-model budget."""
-    topk = skewed_topk(200_000, 256, 8, seed=1)
+    topk = topic_topk(200_000, 256, 8, seed=1)
     start = time.perf_counter()
     table = _core.SubsetTable.from_topk(topk, num_experts=256).prune(coverage=0.99)
     seconds = time.perf_counter() - start
@@ -118,22 +113,14 @@ def test_table_and_prune_time(deepseek_v3_layer):
 
 def gpt_oss_layers() -> dict[int, list[np.ndarray]] | None:
     """Real gpt-oss-20b decode traces (shared/data), per layer one top-4 array per answer."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[1] / "shared", here.parents[2] / "shared"):
-        folder = root / "data" / "gptoss20b_expert_fingerprinting" / "examples"
-        if folder.is_dir():
-            break
-    else:
+    folder = SHARED_DATA / "gptoss20b_expert_fingerprinting" / "examples"
+    if not folder.is_dir():
         return None
     layers: dict[int, list[np.ndarray]] = {}
     for path in sorted(folder.glob("*.json")):
-        per_layer: dict[int, list[list[int]]] = {}
-        for token in json.loads(path.read_text())["router_data"]:
-            for layers_of_token in token.values():
-                for name, record in layers_of_token.items():
-                    per_layer.setdefault(int(name.split("_")[1]), []).append(record["selected_experts"])
-        for layer, rows in per_layer.items():
-            layers.setdefault(layer, []).append(np.array(rows))
+        trace = load_trace(path, format="fingerprint")
+        for position, layer in enumerate(trace.layer_ids):
+            layers.setdefault(int(layer), []).append(trace.topk[:, position, :])
     return layers
 
 

@@ -6,6 +6,7 @@ pub mod cost;
 pub mod error;
 pub mod optimize;
 pub mod placement;
+pub mod rng;
 pub mod table;
 
 #[cfg(feature = "python")]

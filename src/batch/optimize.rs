@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 use super::cost_model::CostModel;
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::cost_model::CostModel;
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;

@@ -13,7 +13,7 @@
 
 use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
-use super::rng::SplitMix64;
+use crate::rng::SplitMix64;
 use super::semi_matching::SemiMatching;
 use crate::cost::matching_cost_masks;
 use crate::error::{MoeError, Result};
@@ -706,7 +706,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
-    use crate::batch::rng::SplitMix64;
+    use crate::rng::SplitMix64;
 
     /// `cargo test --release timing -- --ignored --nocapture`
     #[test]

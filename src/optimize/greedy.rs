@@ -38,7 +38,7 @@ fn level_kicks(level: usize, first: usize) -> Budget {
 
 /// A seed per stage of the search, from the caller's seed.
 fn stage_seed(seed: u64, stage: usize) -> u64 {
-    initial::SplitMix::new(seed ^ (stage as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+    crate::rng::SplitMix64::new(seed ^ (stage as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ initial::SEED_MIX).next_u64()
 }
 
 /// The search budget of a level shrinks with the square of its distance from the first

@@ -7,22 +7,10 @@
 
 use super::layout::Layout;
 use super::problem::Problem;
+use crate::rng::SplitMix64;
 
-/// splitmix64: a tiny deterministic generator, so the core needs no rand crate.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+/// Mixed into the optimizer's seeds so that seed 0 does not start the generator at 0.
+pub const SEED_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Experts per GPU: the first E mod G GPUs hold one more.
 pub fn balanced_counts(num_experts: usize, num_gpus: usize) -> Vec<usize> {
@@ -32,7 +20,7 @@ pub fn balanced_counts(num_experts: usize, num_gpus: usize) -> Vec<usize> {
 /// Heaviest first, each expert's load scaled by a seeded factor in [1, 1.25) so that
 /// seeds explore different orders of experts of similar load.
 fn placement_order(problem: &Problem, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix::new(seed);
+    let mut rng = SplitMix64::new(seed ^ SEED_MIX);
     let mut keyed: Vec<(i128, usize)> = problem
         .load
         .iter()

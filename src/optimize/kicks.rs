@@ -11,7 +11,7 @@
 //! ones few or none.
 
 use super::gains::GainTable;
-use super::initial::SplitMix;
+use crate::rng::SplitMix64;
 use super::reassign;
 use super::state::{State, Swap};
 use super::swaps::{self, Limits};
@@ -50,7 +50,7 @@ pub fn search(state: &mut State, budget: Budget, seed: u64) -> usize {
     if budget.rows < MIN_BATCHES * batch_rows {
         return 0;
     }
-    let mut rng = SplitMix::new(seed);
+    let mut rng = SplitMix64::new(seed ^ super::initial::SEED_MIX);
     let mut best = state.clone();
     let mut spent = 0usize;
     let mut last_gain = 0usize;
@@ -102,13 +102,13 @@ fn local_search(state: &mut State, replicated: bool, max_rows: usize) -> usize {
     spent
 }
 
-fn below(rng: &mut SplitMix, n: usize) -> usize {
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
     (rng.next_u64() % n as u64) as usize
 }
 
 /// Swaps a random replica with a random replica of another GPU (where that keeps the
 /// experts of each GPU distinct).
-fn random_swap(state: &mut State, rng: &mut SplitMix) {
+fn random_swap(state: &mut State, rng: &mut SplitMix64) {
     let layout = &state.layout;
     let num_experts = layout.num_experts();
     let num_gpus = layout.num_gpus();
@@ -134,7 +134,7 @@ fn random_swap(state: &mut State, rng: &mut SplitMix) {
 }
 
 /// Hands a random slot of a replicated expert to a random expert not on that GPU.
-fn random_reassign(state: &mut State, rng: &mut SplitMix) {
+fn random_reassign(state: &mut State, rng: &mut SplitMix64) {
     let num_experts = state.layout.num_experts();
     for _ in 0..16 {
         let old = below(rng, num_experts);

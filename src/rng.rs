@@ -1,6 +1,6 @@
-//! A tiny deterministic generator (SplitMix64): simulations and sampled batches must be
-//! reproducible per seed whatever the number of threads, so every step derives its own
-//! stream from (seed, batch size index, step) instead of sharing one.
+//! A tiny deterministic generator (SplitMix64), so the core needs no rand crate. Results
+//! must be reproducible per seed whatever the number of threads: parallel work derives
+//! its own stream from (seed, a, b) instead of sharing one.
 
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
