@@ -153,3 +153,17 @@ def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
 def test_simulate_refuses_infeasible_memory(capsys):
     assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 1
     assert "cannot hold 32 experts" in capsys.readouterr().err
+
+
+def test_plan_for_batches_writes_a_batch_aware_placement(tmp_path, capsys):
+    small = tmp_path / "small.npz"
+    trace = load_trace(GPTOSS20B_DECODE)
+    moefast.Trace(trace.topk[:, :2, :], trace.num_experts).save(small)
+    out = tmp_path / "p.json"
+    args = ["plan", str(small), "--gpus", "4", "--slots", "9", "--format", "json", "--out", str(out),
+            "--batch-size", "16", "--alpha", "100", "--beta", "1"]
+    assert main(args) == 0
+    saved = json.loads(out.read_text())
+    assert "batch" in json.dumps(saved)
+    model = load_placement(out)
+    assert [p.slots_used.tolist() for p in model] == [[9] * 4] * 2

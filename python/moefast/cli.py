@@ -20,8 +20,8 @@ from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
 
 
-def _plan(trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int) -> ModelPlacement:
-    return moefast.plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed)
+def _plan(trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int, **options) -> ModelPlacement:
+    return moefast.plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed, **options)
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
@@ -37,7 +37,10 @@ def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
 def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:
     """Plan, print the per-layer comparison with the baselines, write the report if asked."""
     _check_memory(trace, args.gpus, args.slots)
-    model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed)
+    batch = {}
+    if getattr(args, "batch_size", None):
+        batch = {"objective": "batch", "batch_size": args.batch_size, "cost_model": _cost_model(args)}
+    model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, **batch)
     tables = trace.tables()
     comparison = report.compare_methods(
         tables, trace.layer_ids, args.gpus, args.slots, main={args.method: model.placements}, seed=args.seed
@@ -196,6 +199,14 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _cost_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)")
+    p.add_argument("--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)")
+    p.add_argument("--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)")
+    p.add_argument("--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b")
+    p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200")
+
+
 def _placement_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
     p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
@@ -234,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sglang: the model's total layer count, when it has layers after the last MoE layer")
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="optimize the mean step time of batches of B tokens (cost model below) instead of decode")
+    _cost_model_options(p)
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_plan)
 
@@ -281,11 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300, help="simulated steps per batch size (300)")
     p.add_argument("--batch-aware", type=int, default=64, metavar="B",
                    help="also plan batch-aware placements for batch size B (64; 0 to skip)")
-    p.add_argument("--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)")
-    p.add_argument("--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)")
-    p.add_argument("--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)")
-    p.add_argument("--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b")
-    p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200")
+    _cost_model_options(p)
     p.add_argument("--out", default="moefast-simulate", help="folder for the plot (moefast-simulate)")
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_simulate)
