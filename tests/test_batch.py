@@ -268,3 +268,13 @@ def test_sharp_cost_model_times_are_finite():
     # GPU 0 runs expert 0 (3 tokens, ~3 us) and expert 1 (1 token, ~2 us) at best.
     assert time == pytest.approx(5.0, rel=1e-3)
     assert cm.expert_time(1000) == pytest.approx(1000.0)
+
+
+def test_optimize_batch_refuses_an_endless_sample():
+    # 2^24 x 2^20 tokens passed each limit alone and then drew tokens for hours.
+    from moefast.batch import optimize_batch
+
+    table = mf.SubsetTable.from_topk(np.array([[0, 1], [2, 3]]), num_experts=4)
+    start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+    with pytest.raises(ValueError, match="sampled tokens"):
+        optimize_batch(table, start, 2, mf.CostModel(1, 1), 2**24, num_batches=2**20)
