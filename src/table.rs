@@ -70,6 +70,11 @@ fn check_weights(weights: Option<&[f64]>, rows: usize, what: &str) -> Result<()>
             "weights[{i}] = {x}: weights must be finite and non-negative"
         )));
     }
+    // Finite weights can still sum to infinity, and every expected cost would be inf/inf = NaN.
+    let total: f64 = w.iter().sum();
+    if !total.is_finite() {
+        return Err(MoeError::value(format!("weights sum to {total}: scale them down")));
+    }
     Ok(())
 }
 
@@ -357,6 +362,8 @@ mod tests {
         assert!(err.to_string().contains("repeats expert 1"), "{err}");
         let err = SubsetTable::from_topk(&[0, 1], 2, 4, Some(&[-1.0])).unwrap_err();
         assert!(err.to_string().contains("non-negative"), "{err}");
+        let err = SubsetTable::from_topk(&[0, 1, 0, 1], 2, 4, Some(&[1e308, 1e308])).unwrap_err();
+        assert!(err.to_string().contains("weights sum to inf"), "{err}");
     }
 
     #[test]

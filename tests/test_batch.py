@@ -172,6 +172,10 @@ def test_simulate_whole_model_sums_layers():
         (dict(steps=2**40), ValueError, "step times"),
         (dict(batch_sizes=[2**30]), ValueError, "batch sizes"),
         (dict(seed=-1), ValueError, "seed"),
+        # Beyond int64 these were pyo3 OverflowErrors.
+        (dict(seed=2**64), ValueError, "seed = 18446744073709551616 is out of range"),
+        (dict(batch_sizes=[2**70]), ValueError, "batch_sizes = 1180591620717411303424 is out of range"),
+        (dict(steps=2**70), ValueError, "steps = 1180591620717411303424 is out of range"),
         (dict(cost_model=None), TypeError, "CostModel"),
     ],
 )
@@ -253,3 +257,24 @@ def test_gpu_calibrate_is_import_safe_without_a_gpu(tmp_path):
         pytest.skip("a GPU is present: the script would measure")
     assert module.main(["--out", str(tmp_path / "c.json")]) == 0
     assert not (tmp_path / "c.json").exists()
+
+
+def test_sharp_cost_model_times_are_finite():
+    # alpha^p overflowed to inf for p of a few hundred: every step time came out inf.
+    p = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+    cm = mf.CostModel(2.0, 1.0, 1000.0)
+    time, bound = mf.batch_time(np.array([[0, 1], [0, 2], [0, 3]]), p, cm, return_bound=True)
+    assert math.isfinite(time) and math.isfinite(bound)
+    # GPU 0 runs expert 0 (3 tokens, ~3 us) and expert 1 (1 token, ~2 us) at best.
+    assert time == pytest.approx(5.0, rel=1e-3)
+    assert cm.expert_time(1000) == pytest.approx(1000.0)
+
+
+def test_optimize_batch_refuses_an_endless_sample():
+    # 2^24 x 2^20 tokens passed each limit alone and then drew tokens for hours.
+    from moefast.batch import optimize_batch
+
+    table = mf.SubsetTable.from_topk(np.array([[0, 1], [2, 3]]), num_experts=4)
+    start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+    with pytest.raises(ValueError, match="sampled tokens"):
+        optimize_batch(table, start, 2, mf.CostModel(1, 1), 2**24, num_batches=2**20)

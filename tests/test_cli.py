@@ -119,6 +119,23 @@ def test_plan_end_to_end(tmp_path, capsys):
     assert float(row[4]) == pytest.approx(moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        # Coverage 2 or nan planned on the full table, silently.
+        (["--coverage", "2"], "coverage must be in (0, 1], got 2.0"),
+        (["--coverage", "nan"], "coverage must be in (0, 1], got nan"),
+        # A traceback with OverflowError before.
+        (["--gpus", "99999999999999999999"], "num_gpus must be at most 1024"),
+    ],
+)
+def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
+    args = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--out", str(tmp_path / "p.json")]
+    assert main(args + extra) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out

@@ -90,3 +90,32 @@ def test_calibration_fit_beats_additive_model():
     # DESIGN 2.2: the smooth maximum fits Mixtral within ~7%, the additive form does not.
     assert fits["mixtral-8x7b"].max_rel_err < 0.10
     assert fits["mixtral-8x7b"].model.p > 1.2
+
+
+def test_extreme_numbers_give_value_errors_or_finite_results():
+    with pytest.raises(ValueError, match="alpha = 1000.* is out of range"):
+        mf.CostModel(10**400, 1.0)
+    with pytest.raises(ValueError, match="tokens must be finite and non-negative"):
+        mf.CostModel(1.0, 1.0).expert_time(-3)
+    assert mf.CostModel(130.0, 0.5, 400.0).expert_time([1, 1000]) == pytest.approx([130.0, 500.0])
+    with pytest.raises(ValueError, match="overhead must be finite and non-negative"):
+        mf.CostModel.for_expert(4096, 14336, overhead=-1e9)
+    with pytest.raises(ValueError, match="bandwidth must be positive and finite"):
+        mf.CostModel.for_expert(4096, 14336, bandwidth=math.inf)
+
+
+def test_fit_of_extreme_points():
+    # Flat times (best beta = 0) made the coordinate search crawl towards 0 for ever.
+    flat = mf.CostModel.fit([1, 16], [20.0, 20.0]).model
+    assert flat.alpha == pytest.approx(20.0, rel=1e-3) and flat.beta * 16 < 1e-3
+    # Raw y^p overflowed (OverflowError) or underflowed (LinAlgError).
+    huge = mf.CostModel.fit([1, 16, 128], [2e300, 2.5e300, 6e300]).model
+    small = mf.CostModel.fit([1, 16, 128], [2e-300, 2.5e-300, 6e-300]).model
+    assert huge.alpha / 1e300 == pytest.approx(small.alpha * 1e300, rel=1e-6) and huge.p == small.p
+    for args, match in [
+        (([1, math.inf], [20, 21]), "finite"),
+        (([1, 2], [20, 21], [1, math.inf]), "finite"),
+        (([1, 2], [20, 21], None, math.nan), "p must be at least 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            mf.CostModel.fit(*args)

@@ -158,6 +158,11 @@ def test_formats_without_gpu_count_ask_for_it(tmp_path):
         ('{"something": 1}', "not a placement file"),
         ('{"format": "moefast-placement", "num_gpus": 2}', "missing key"),
         ('{"physical_to_logical_map": [[0, 1,\n 2, 3]', "line 2"),
+        # Read as int64 these were truncated to experts 1 and 1, 0 (or an OverflowError).
+        ('{"physical_to_logical_map": [[0, 1.5, 2, 1]]}', "not a list of integers"),
+        ('{"physical_to_logical_map": [[true, false, true, false]]}', "not a list of integers"),
+        ('{"physical_to_logical_map": [[0, 100000000000000000000000, 2, 1]]}', "not a list of integers"),
+        ('{"physical_to_logical_map": [[]]}', "map is empty"),
     ],
 )
 def test_malformed_placement_files(tmp_path, text, match):
@@ -201,3 +206,24 @@ def test_trtllm_yaml_under_any_name(tmp_path):
     original.save(tmp_path / "eplb_config.txt", "trtllm")
     back = load_placement(tmp_path / "eplb_config.txt", num_gpus=G)
     np.testing.assert_array_equal(back.replicas(), original.replicas())
+
+
+def test_binary_file_as_placement_names_the_file(tmp_path):
+    path = tmp_path / "trace.npz"
+    path.write_bytes(b"PK\x03\x04\xb6\xff\x00")
+    with pytest.raises(ValueError, match="not UTF-8 text") as info:
+        load_placement(path)
+    assert str(path) in str(info.value)
+
+
+def test_model_placement_checks_its_fields():
+    p = full_placement(0)
+    with pytest.raises(TypeError, match=r"placements\[1\] must be a moefast.Placement, got int"):
+        ModelPlacement([p, 3], 9)
+    with pytest.raises(TypeError, match="slots_per_gpu must be an int, got float"):
+        ModelPlacement([p], 9.5)
+    with pytest.raises(ValueError, match="layer_ids repeat a layer"):
+        ModelPlacement([p, p], 9, layer_ids=[3, 3])
+    with pytest.raises(TypeError, match="layer_ids must hold ints"):
+        ModelPlacement([p, p], 9, layer_ids=["a", "b"])
+    assert ModelPlacement([p, p], 9, layer_ids=np.array([3, 4])).layer_ids == [3, 4]

@@ -76,6 +76,27 @@ def test_bad_optimize_arguments():
         mf.optimize(table, 2.0, 4)
 
 
+@pytest.mark.parametrize("method", ["milp", "greedy", "eplb"])
+def test_out_of_range_integers_and_limits(method):
+    table = skewed_table(5, 8, 2)
+    # The MILP path reported 10^20 assignment variables, the others an OverflowError.
+    with pytest.raises(ValueError, match="num_gpus must be at most 1024, got 18446744073709551616"):
+        mf.optimize(table, 2**64, 4, method=method)
+    with pytest.raises(ValueError, match="seed must be at least 0, got -1"):
+        mf.optimize(table, 2, 4, method=method, seed=-1)
+    with pytest.raises(ValueError, match="seed must be at most"):
+        mf.optimize(table, 2, 4, method=method, seed=2**64)
+    # numpy ints (say from an array of sizes) are ints.
+    assert mf.optimize(table, np.int64(2), np.int32(4), method=method, seed=np.uint8(1)).num_gpus == 2
+
+
+@pytest.mark.parametrize("limit", [-1.0, float("nan"), 0])
+def test_milp_time_limit_must_be_positive(limit):
+    # HiGHS ignored an invalid limit and ran without one.
+    with pytest.raises(ValueError, match="time_limit must be a positive number of seconds"):
+        mf.optimize(skewed_table(5, 8, 2), 2, 4, method="milp", time_limit=limit)
+
+
 def test_milp_never_returns_worse_than_its_start():
     table = skewed_table(6, 16, 4, tokens=3000)
     start = mf.fill.fill_free_slots(np.eye(16, 4, dtype=bool) | np.eye(16, 4, k=-4, dtype=bool)

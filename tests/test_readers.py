@@ -76,6 +76,13 @@ def test_jsonl_malformed_lines_are_named(tmp_path, bad, match):
     assert str(path) in str(info.value)
 
 
+def test_jsonl_id_beyond_int64_is_named(tmp_path):
+    # numpy raised a bare OverflowError for it.
+    path = write_lines(tmp_path / "t.jsonl", [{"layer": 0, "experts": [0, 10**20], "token_idx": 0}])
+    with pytest.raises(ValueError, match=r"line 1: expert id 100000000000000000000 out of range"):
+        load_trace(path)
+
+
 def test_jsonl_ids_beyond_num_experts(tmp_path):
     path = write_lines(tmp_path / "t.jsonl", [{"layer": 0, "experts": [0, 7], "token_idx": 0}])
     with pytest.raises(ValueError, match="out of range"):

@@ -92,3 +92,24 @@ def test_bad_arguments(kwargs, match):
 def test_k_out_of_range():
     with pytest.raises(ValueError, match="k must be"):
         synthetic_trace(10, 4, 5, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        # NaN knobs gave NaN logits: every token picked the same experts, silently.
+        (dict(noise=float("nan")), ValueError, "noise must be finite and positive"),
+        (dict(noise=float("inf")), ValueError, "noise must be finite and positive"),
+        (dict(topic_strength=float("nan")), ValueError, "topic_strength must be finite"),
+        (dict(popularity_skew=-1.0), ValueError, "popularity_skew must be finite and non-negative"),
+        (dict(topic_zipf=-5.0), ValueError, "topic_zipf must be finite and non-negative"),
+        (dict(seed=-1), ValueError, "seed must be non-negative"),
+        (dict(num_topics=2.5), TypeError, "num_topics must be an int"),
+        (dict(num_experts=70_000), ValueError, r"num_experts must be in \[1, 65535\]"),
+        (dict(k=2.0), TypeError, "k must be an int"),
+    ],
+)
+def test_bad_knobs_are_refused(kwargs, exc, match):
+    args = dict(num_tokens=20, num_experts=8, k=2, num_layers=1) | kwargs
+    with pytest.raises(exc, match=match):
+        synthetic_trace(**args)

@@ -121,8 +121,13 @@ def test_bad_arguments():
         mf.SubsetTable.from_topk(np.zeros((2, 17), dtype=int), num_experts=100)
     with pytest.raises(ValueError, match="0 columns"):
         mf.SubsetTable.from_topk(np.zeros((2, 0), dtype=int), num_experts=4)
-    with pytest.raises(OverflowError):
+    # pyo3 alone would raise OverflowError, which `except ValueError` misses.
+    with pytest.raises(ValueError, match="num_experts must be at least 1, got -3"):
         mf.SubsetTable.from_topk(topk, num_experts=-3)
+    with pytest.raises(ValueError, match="num_experts = 18446744073709551616 is out of range"):
+        mf.SubsetTable.from_topk(topk, num_experts=2**64)
+    with pytest.raises(TypeError, match="num_experts must be an int, got bool"):
+        mf.SubsetTable.from_topk(topk, num_experts=True)
 
 
 def test_bad_prune_arguments():
@@ -147,3 +152,16 @@ def test_expert_index_lists_rows_of_each_expert():
 def test_expert_load_sums_row_weights():
     table = mf.SubsetTable.from_subsets([[0, 1], [0, 2]], [3, 2], 3)
     assert table.expert_load().tolist() == [5.0, 3.0, 2.0]
+
+
+def test_weights_that_sum_to_infinity_are_refused():
+    # Each weight is finite, the sum is not: expected_cost returned inf / inf = NaN.
+    with pytest.raises(ValueError, match="weights sum to inf"):
+        mf.SubsetTable.from_subsets([[0, 1], [2, 3]], [1e308, 1e308], num_experts=4)
+
+
+def test_prune_limit_beyond_int64_is_a_value_error():
+    table = mf.SubsetTable.from_topk(np.array([[0, 1], [1, 2]]), num_experts=4)
+    with pytest.raises(ValueError, match="max_subsets = 18446744073709551616 is out of range"):
+        table.prune(max_subsets=2**64)
+    assert len(table.prune(max_subsets=np.int64(1))) == 1

@@ -66,6 +66,11 @@ def test_select_layers():
         (np.array([[[0, 4]]]), 4, "out of range"),
         (np.array([[[1, 1]]]), 4, "appears twice"),
         (np.array([[[-1, 2]]]), 4, "out of range"),
+        # The int32 cast wrapped 2^32 + 1 onto expert 1 and the trace was accepted.
+        (np.array([[[0, 2**32 + 1]]]), 4, "expert id 4294967297, out of range"),
+        (np.full((1, 1, 2), 2**64 - 1, dtype=np.uint64), 4, "expert id 18446744073709551615, out of range"),
+        (np.zeros((3, 0, 2), dtype=int), 4, "0 layers"),
+        (np.array([[[0, 1]]]), 70_000, r"num_experts must be in \[1, 65535\]"),
     ],
 )
 def test_bad_topk_is_refused(topk, num_experts, match):
@@ -113,3 +118,16 @@ def test_bundled_trace_loads():
     trace = load_trace(GPTOSS20B_DECODE)
     assert (trace.num_experts, trace.k, trace.num_layers) == (32, 4, 24)
     assert isinstance(trace.table(0), moefast.SubsetTable)
+
+
+def test_trace_field_types():
+    topk = np.array([[[0, 1], [1, 2]]])
+    with pytest.raises(TypeError, match="num_experts must be an int, got float"):
+        Trace(topk, 4.5)
+    with pytest.raises(TypeError, match="layer_ids must hold ints"):
+        Trace(topk, 4, [1.7, 2.2])
+    assert Trace(topk, np.int64(4), np.array([3, 5])).layer_ids == [3, 5]
+    with pytest.raises(TypeError, match="weights must hold real numbers"):
+        Trace(topk, 4, weights=np.ones(1, dtype=complex))
+    with pytest.raises(ValueError, match="weights sum to inf"):
+        Trace(np.array([[[0, 1]], [[1, 2]]]), 4, weights=[1e308, 1e308])

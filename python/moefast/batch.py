@@ -81,6 +81,8 @@ def _ints(name: str, values: Any) -> list[int]:
     for v in seq:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must hold ints, got {v!r}")
+        if not -(2**63) <= int(v) < 2**63:  # the core takes int64: say so, not OverflowError
+            raise ValueError(f"{name} = {int(v)} is out of range")
         out.append(int(v))
     if not out:
         raise ValueError(f"{name} is empty")

@@ -50,7 +50,10 @@ EXPERT_SHAPES = {
 def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range: a ValueError like every bad value
+        raise ValueError(f"{name} = {value} is out of range") from None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class CostModel:
     def expert_time(self, tokens: int | np.ndarray) -> np.ndarray:
         """Time (us) of one expert serving `tokens` tokens (0 tokens: not run, 0 us)."""
         n = np.asarray(tokens, dtype=np.float64)
+        if not (np.all(np.isfinite(n)) and np.all(n >= 0)):
+            raise ValueError(f"tokens must be finite and non-negative, got {tokens!r}")
         work = self.beta * n
         if self.p == 1:
             t = self.alpha + work
@@ -86,7 +91,7 @@ class CostModel:
         elif self.alpha == 0 or self.beta == 0:
             t = self.alpha + work
         else:
-            t = (self.alpha**self.p + work**self.p) ** (1 / self.p)
+            t = _f(n, self.alpha, self.beta, self.p)
         return np.where(n > 0, t, 0.0)
 
     @classmethod
@@ -109,8 +114,10 @@ class CostModel:
             if v < 1:
                 raise ValueError(f"{name} must be at least 1, got {v}")
         for name, v in (("dtype_bytes", dtype_bytes), ("bandwidth", bandwidth), ("flops", flops)):
-            if not _number(name, v) > 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+            if not 0 < _number(name, v) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {v}")
+        if not 0 <= _number("overhead", overhead) < math.inf:
+            raise ValueError(f"overhead must be finite and non-negative, got {overhead}")
         weight_bytes = 3 * hidden * intermediate * dtype_bytes
         alpha = weight_bytes / bandwidth * 1e6 + _number("overhead", overhead)
         beta = 6 * hidden * intermediate / flops * 1e6
@@ -147,30 +154,43 @@ class CostModel:
             raise ValueError(f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}")
         if len(n) < 2:
             raise ValueError("fitting needs at least 2 points")
-        if not (np.all(n >= 1) and np.all(t >= 1) and np.all(y > 0) and np.all(np.isfinite(y))):
-            raise ValueError("tokens and experts must be >= 1 and times positive and finite")
-        per_expert = y / t
+        finite = np.all(np.isfinite(n)) and np.all(np.isfinite(t)) and np.all(np.isfinite(y))
+        if not (finite and np.all(n >= 1) and np.all(t >= 1) and np.all(y > 0)):
+            raise ValueError("tokens and experts must be finite and >= 1 and times positive and finite")
+        if p is not None and not _number("p", p) >= 1:
+            raise ValueError(f"p must be at least 1 (or inf), got {p}")
+        # The fit is scale-free (relative errors; f scales with alpha and beta, and n only
+        # multiplies beta), so it runs on times and tokens of order 1: n^p and y^p of raw
+        # values overflow or underflow (times of 1e300 or 1e-300 us, tokens of 1e300).
+        y_scale, n_scale = float(np.max(y)), float(np.max(n))
+        scale = lambda ab: (ab[0] * y_scale, ab[1] * y_scale / n_scale)  # noqa: E731
+        n_unit, per_expert = n / n_scale, y / t / y_scale
         if p is not None:
-            alpha, beta = _fit_alpha_beta(n, per_expert, _number("p", p))
+            alpha, beta = scale(_fit_alpha_beta(n_unit, per_expert, _number("p", p)))
             model = cls(alpha, beta, p)
         else:
             candidates = [*np.round(np.arange(1.0, 8.0001, 0.05), 2), math.inf]
             best = None
             for q in candidates:
-                a, b = _fit_alpha_beta(n, per_expert, float(q))
-                err = _sq_rel_err(n, per_expert, a, b, float(q))
+                a, b = _fit_alpha_beta(n_unit, per_expert, float(q))
+                err = _sq_rel_err(n_unit, per_expert, a, b, float(q))
                 if best is None or err < best[0]:
                     best = (err, a, b, float(q))
             _, alpha, beta, q = best
-            model = cls(alpha, beta, q)
+            model = cls(*scale((alpha, beta)), q)
         predicted = t * model.expert_time(n)
         return CostModelFit(model, n.astype(np.int64), t.astype(np.int64), y, predicted)
 
 
 def _f(n: np.ndarray, a: float, b: float, p: float) -> np.ndarray:
+    work = b * n
     if math.isinf(p):
-        return np.maximum(a, b * n)
-    return (a**p + (b * n) ** p) ** (1 / p)
+        return np.maximum(a, work)
+    # Scaled by the larger term: a**p alone overflows for p of a few hundred.
+    big = np.maximum(a, work)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        small = np.where(big > 0, np.minimum(a, work) / big, 0.0)
+    return big * (1 + small**p) ** (1 / p)
 
 
 def _sq_rel_err(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> float:
@@ -201,15 +221,22 @@ def _fit_alpha_beta(n: np.ndarray, y: np.ndarray, p: float) -> tuple[float, floa
 def _descend(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> tuple[float, float]:
     err = _sq_rel_err(n, y, a, b, p)
     step = 0.25
-    while step > 1e-7:
+    # When the best fit has alpha or beta = 0 (flat or proportional times) the search
+    # crawls towards 0 forever: improvements let the step grow back, and the rounds are
+    # capped.
+    for _ in range(_MAX_DESCENT_ROUNDS):
+        if step <= 1e-7:
+            break
         improved = False
         for da, db in ((1 + step, 1), (1 / (1 + step), 1), (1, 1 + step), (1, 1 / (1 + step))):
             e = _sq_rel_err(n, y, a * da, b * db, p)
             if e < err:
                 a, b, err, improved = a * da, b * db, e, True
-        if not improved:
-            step /= 2
+        step = min(2 * step, 0.25) if improved else step / 2
     return a, b
+
+
+_MAX_DESCENT_ROUNDS = 5000
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,8 @@ def _read(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"{path}: cannot read ({err})") from err
+    except UnicodeDecodeError as err:  # a binary file (say a trace) given as the placement
+        raise ValueError(f"{path}: not a placement file (not UTF-8 text: {err.reason})") from err
     # A TensorRT-LLM YAML may carry any name: text that is not JSON-shaped is read as YAML.
     if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[:1] not in ("{", "["):
         import yaml
@@ -242,14 +244,23 @@ def _need(value: Any, name: str, path: Path, fmt: str) -> Any:
 def _from_maps(
     rows: Sequence[Sequence[int]], layer_ids: list[int], num_gpus: int, num_experts: int | None, path: Path
 ) -> ModelPlacement:
-    try:
-        arrays = [np.asarray(r, dtype=np.int64) for r in rows]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: a layer's map is not a list of integers ({err})") from err
+    arrays = []
+    for layer, r in zip(layer_ids, rows):
+        # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond
+        # int64 come out as dtype object.
+        try:
+            a = np.asarray(r)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: layer {layer}: the map is not a list of integers ({err})") from err
+        if a.size and a.dtype.kind not in "iu":
+            raise ValueError(f"{path}: layer {layer}: the map is not a list of integers (holds {a.dtype} values)")
+        arrays.append(a.astype(np.int64))
     if not arrays:
         raise ValueError(f"{path}: no layer in the file")
+    if not all(a.size for a in arrays):
+        raise ValueError(f"{path}: a layer's map is empty")
     if num_experts is None:
-        num_experts = int(max(a.max() for a in arrays if a.size)) + 1
+        num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
         placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
         for a, layer in zip(arrays, layer_ids)

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from moefast._core import Placement
+from moefast.trace import _layer_ids
 
 
 @dataclass
@@ -27,8 +28,15 @@ class ModelPlacement:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.placements:
+        if self.placements is None or len(self.placements) == 0:
             raise ValueError("a ModelPlacement needs at least one layer")
+        self.placements = list(self.placements)
+        for i, p in enumerate(self.placements):
+            if not isinstance(p, Placement):
+                raise TypeError(f"placements[{i}] must be a moefast.Placement, got {type(p).__name__}")
+        if isinstance(self.slots_per_gpu, (bool, np.bool_)) or not isinstance(self.slots_per_gpu, (int, np.integer)):
+            raise TypeError(f"slots_per_gpu must be an int, got {type(self.slots_per_gpu).__name__}")
+        self.slots_per_gpu = int(self.slots_per_gpu)
         gpus = {p.num_gpus for p in self.placements}
         experts = {p.num_experts for p in self.placements}
         if len(gpus) != 1 or len(experts) != 1:
@@ -36,8 +44,11 @@ class ModelPlacement:
                 f"all layers must have the same experts and GPUs, got num_experts {sorted(experts)}"
                 f" and num_gpus {sorted(gpus)}"
             )
-        if not self.layer_ids:
+        if self.layer_ids is None or len(self.layer_ids) == 0:  # an array has no truth value
             self.layer_ids = list(range(len(self.placements)))
+        self.layer_ids = _layer_ids(self.layer_ids)
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"layer_ids repeat a layer: {self.layer_ids}")
         if len(self.layer_ids) != len(self.placements):
             raise ValueError(
                 f"layer_ids has {len(self.layer_ids)} entries for {len(self.placements)} layers"

@@ -51,6 +51,11 @@ def plan(
     layer (default: when stderr is a terminal). Other options go to `optimize`."""
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
+    # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float, np.integer, np.floating)):
+        raise TypeError(f"coverage must be a number, got {type(coverage).__name__}")
+    if not 0 < coverage <= 1:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
     if {t.num_experts for t in tables} != {tables[0].num_experts}:
         raise ValueError("all layers must have the same number of experts")
 

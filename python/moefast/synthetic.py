@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from moefast.progress import progress
-from moefast.trace import Trace
+from moefast.trace import MAX_EXPERTS, Trace
 
 
 def _target_share(expert_load: np.ndarray | None, num_layers: int, num_experts: int, k: int) -> np.ndarray | None:
@@ -115,16 +115,32 @@ def synthetic_trace(
     Memory: one layer's scores at a time, num_tokens * num_experts * 4 bytes (1M tokens of
     256 experts: 1 GB); generate larger traces in parts with different seeds.
     """
+    for name, value in (("num_tokens", num_tokens), ("num_experts", num_experts), ("k", k),
+                        ("num_layers", num_layers), ("num_topics", num_topics), ("seed", seed),
+                        ("match_iterations", match_iterations)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if num_tokens < 1 or num_layers < 1:
         raise ValueError(f"num_tokens and num_layers must be at least 1, got {num_tokens}, {num_layers}")
+    if not 1 <= num_experts <= MAX_EXPERTS:
+        raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
     if not 1 <= k <= num_experts:
         raise ValueError(f"k must be in [1, num_experts = {num_experts}], got {k}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
     if num_topics is None:
         num_topics = max(4, 4 * num_experts // k)
     if num_topics < 1:
         raise ValueError(f"num_topics must be at least 1, got {num_topics}")
-    if noise <= 0:
-        raise ValueError(f"noise must be positive, got {noise}")
+    # NaN or inf knobs give NaN logits, and top-k of NaN picks the same experts for every
+    # token: a trace that looks valid and is not.
+    for name, value, low in (("topic_zipf", topic_zipf, 0.0), ("topic_strength", topic_strength, 0.0),
+                             ("popularity_skew", popularity_skew, 0.0), ("noise", noise, None)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not np.isfinite(value) or (value < low if low is not None else value <= 0):
+            need = "positive" if low is None else "non-negative"
+            raise ValueError(f"{name} must be finite and {need}, got {value}")
     share = _target_share(expert_load, num_layers, num_experts, k)
     rng = np.random.default_rng(seed)
     topic_weight = 1.0 / np.arange(1, num_topics + 1) ** topic_zipf

@@ -19,6 +19,20 @@ from moefast._core import SubsetTable
 PathLike = str | os.PathLike
 
 
+#: Largest number of experts a layer may have (the core stores ids as u16).
+MAX_EXPERTS = 65_535
+
+
+def _layer_ids(values) -> list[int]:
+    """Model layer numbers as ints; 2.7 or "a" are refused, not truncated."""
+    out = []
+    for x in values:
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            raise TypeError(f"layer_ids must hold ints, got {x!r}")
+        out.append(int(x))
+    return out
+
+
 @dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields
 class Trace:
     """Top-k expert ids of every token in every MoE layer.
@@ -41,18 +55,24 @@ class Trace:
             raise ValueError(f"topk must be int [tokens, layers, k], got shape {topk.shape}")
         if topk.size and topk.dtype.kind not in "iu":
             raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
-        self.topk = topk.astype(np.int32 if self.num_experts < 2**31 else np.int64, copy=False)
+        if isinstance(self.num_experts, (bool, np.bool_)) or not isinstance(self.num_experts, (int, np.integer)):
+            raise TypeError(f"num_experts must be an int, got {type(self.num_experts).__name__}")
         self.num_experts = int(self.num_experts)
-        if self.num_experts < 1:
-            raise ValueError(f"num_experts must be at least 1, got {self.num_experts}")
-        tokens, layers, k = self.topk.shape
+        if not 1 <= self.num_experts <= MAX_EXPERTS:
+            raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {self.num_experts}")
+        tokens, layers, k = topk.shape
+        if layers < 1:
+            raise ValueError("topk has 0 layers: a trace needs at least one")
         if k < 1:
             raise ValueError("topk has k = 0: every token needs at least one expert")
-        if self.topk.size:
-            low, high = int(self.topk.min()), int(self.topk.max())
+        if topk.size:
+            # Checked before the cast to int32, which would wrap ids of 2^32 + e onto e.
+            low, high = int(topk.min()), int(topk.max())
             if low < 0 or high >= self.num_experts:
                 bad = low if low < 0 else high
                 raise ValueError(f"topk holds expert id {bad}, out of range [0, {self.num_experts})")
+        self.topk = topk.astype(np.int32, copy=False)
+        if self.topk.size:
             ordered = np.sort(self.topk, axis=2)
             dup = np.nonzero((ordered[:, :, 1:] == ordered[:, :, :-1]).any(axis=2))
             if dup[0].size:
@@ -61,19 +81,26 @@ class Trace:
                     f"token {t} picks expert {self.topk[t, l].tolist()} at layer position {l}:"
                     " an expert appears twice"
                 )
-        if not self.layer_ids:
+        if self.layer_ids is None or len(self.layer_ids) == 0:  # an array has no truth value
             self.layer_ids = list(range(layers))
-        self.layer_ids = [int(x) for x in self.layer_ids]
+        self.layer_ids = _layer_ids(self.layer_ids)
         if len(self.layer_ids) != layers:
             raise ValueError(f"layer_ids has {len(self.layer_ids)} entries for {layers} layers")
         if len(set(self.layer_ids)) != layers:
             raise ValueError(f"layer_ids repeat a layer: {self.layer_ids}")
         if self.weights is not None:
-            w = np.asarray(self.weights, dtype=np.float64)
+            w = np.asarray(self.weights)
+            if w.size and w.dtype.kind not in "iuf":
+                raise TypeError(f"weights must hold real numbers, got dtype {w.dtype}")
+            w = w.astype(np.float64)
             if w.shape != (tokens,):
                 raise ValueError(f"weights must be float [tokens] = [{tokens}], got shape {w.shape}")
             if not np.all(np.isfinite(w)) or (w < 0).any():
                 raise ValueError("weights must be finite and non-negative")
+            with np.errstate(over="ignore"):
+                total = w.sum()
+            if not np.isfinite(total):
+                raise ValueError("weights sum to inf: scale them down")
             self.weights = w
 
     @property

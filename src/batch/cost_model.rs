@@ -43,7 +43,11 @@ impl CostModel {
             // Exactly the surviving term, so the alpha = 0 / beta = 0 special cases stay exact.
             self.alpha + work
         } else {
-            (self.alpha.powf(self.p) + work.powf(self.p)).powf(1.0 / self.p)
+            // Scaled by the larger term: alpha^p alone overflows to inf for p of a few
+            // hundred, while the result is close to max(alpha, work).
+            let big = self.alpha.max(work);
+            let small = self.alpha.min(work) / big;
+            big * (1.0 + small.powf(self.p)).powf(1.0 / self.p)
         }
     }
 }
@@ -97,6 +101,10 @@ mod tests {
         assert_eq!(memory_bound.expert_time(1000), 7.0);
         let compute_bound = CostModel::new(0.0, 0.25, 1.7).unwrap();
         assert_eq!(compute_bound.expert_time(8), 2.0);
+        // Large p: the hard maximum, not inf.
+        let sharp = CostModel::new(130.0, 0.5, 400.0).unwrap();
+        assert!((sharp.expert_time(1000) - 500.0).abs() < 1e-9, "{}", sharp.expert_time(1000));
+        assert!((sharp.expert_time(1) - 130.0).abs() < 1e-9);
     }
 
     #[test]

@@ -258,6 +258,9 @@ impl BatchSearchOptions {
     }
 }
 
+/// Tokens drawn for the sample in all (the default sample of the largest batch is 2^28).
+pub const MAX_SAMPLED_TOKENS: usize = 1 << 28;
+
 /// A placement within `slots_per_gpu` that lowers the mean step time of sampled batches
 /// of `batch_size` tokens of the (one-layer) trace, starting from `start`. Never worse
 /// than `start` on the sample.
@@ -280,6 +283,13 @@ pub fn optimize_batch(
             super::simulate::MAX_BATCH,
             options.batch_size,
             options.num_batches
+        )));
+    }
+    // Each limit alone still allows 2^44 sampled tokens: hours of drawing before the search.
+    if options.batch_size.saturating_mul(options.num_batches) > MAX_SAMPLED_TOKENS {
+        return Err(MoeError::value(format!(
+            "batch_size x num_batches = {} x {} is more than {MAX_SAMPLED_TOKENS} sampled tokens",
+            options.batch_size, options.num_batches
         )));
     }
     let used = start.slots_used();
@@ -379,5 +389,8 @@ mod tests {
         let m = CostModel::new(1.0, 1.0, 1.0).unwrap();
         let opts = BatchSearchOptions { batch_size: 1, num_batches: 4, seed: 0, max_evaluations: 10 };
         assert!(optimize_batch(&trace, &start, 1, m, opts).unwrap_err().to_string().contains("slots_per_gpu"));
+        let huge = BatchSearchOptions { batch_size: 1 << 24, num_batches: 1 << 20, seed: 0, max_evaluations: 1 };
+        let err = optimize_batch(&trace, &start, 2, m, huge).unwrap_err();
+        assert!(err.to_string().contains("sampled tokens"), "{err}");
     }
 }

@@ -80,6 +80,10 @@ impl Trace {
                 if !(acc > 0.0) {
                     return Err(MoeError::value("the weights sum to 0: nothing to draw"));
                 }
+                // An infinite sum would make every draw land on the last row.
+                if !acc.is_finite() {
+                    return Err(MoeError::value(format!("the weights sum to {acc}: scale them down")));
+                }
                 Some(cum)
             }
         };
@@ -223,6 +227,8 @@ mod tests {
         let p = Placement::from_lists(&[vec![0], vec![1]], 2).unwrap();
         assert!(Trace::new(&[0, 2], 1, 2, &[2], None).unwrap_err().to_string().contains("out of range"));
         assert!(Trace::new(&[1, 1], 1, 2, &[2], None).unwrap_err().to_string().contains("twice"));
+        let err = Trace::new(&[0, 1, 0, 1], 1, 2, &[2], Some(&[1e308, 1e308])).unwrap_err();
+        assert!(err.to_string().contains("sum to inf"), "{err}");
         let t = Trace::new(&[0, 1], 1, 2, &[2], None).unwrap();
         let m = CostModel::new(1.0, 1.0, 1.0).unwrap();
         assert!(simulate(&t, &[p.clone(), p.clone()], &[1], m, 0, 1).is_err());

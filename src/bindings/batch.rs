@@ -5,13 +5,14 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::table::PyPlacement;
-use super::{as_array, ids_2d, weights_1d};
+use super::{as_array, ids_2d, int_arg, weights_1d};
 use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
 use crate::batch::{step_time, CostModel};
 use crate::placement::Placement;
 
-fn non_negative(name: &str, v: i64) -> PyResult<u64> {
+fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let v = int_arg(v, name)?;
     u64::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
 }
 
@@ -50,19 +51,19 @@ fn simulate_steps<'py>(
     topk: &Bound<'py, PyAny>,
     weights: Option<&Bound<'py, PyAny>>,
     placements: Vec<PyRef<'py, PyPlacement>>,
-    batch_sizes: Vec<i64>,
+    batch_sizes: Vec<Bound<'py, PyAny>>,
     alpha: f64,
     beta: f64,
     p: f64,
-    seed: i64,
-    steps: i64,
+    seed: &Bound<'py, PyAny>,
+    steps: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let model = CostModel::new(alpha, beta, p)?;
     let seed = non_negative("seed", seed)?;
     let steps = non_negative("steps", steps)? as usize;
     let batch_sizes = batch_sizes
         .iter()
-        .map(|&b| non_negative("batch_sizes", b).map(|b| b as usize))
+        .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
         .collect::<PyResult<Vec<_>>>()?;
     let arr: PyReadonlyArray3<'py, i64> = as_array(topk, "topk", 3, "iu", "int64", "integer expert ids")?.extract()?;
     let (layers, k) = (arr.shape()[1], arr.shape()[2]);
@@ -96,14 +97,14 @@ fn optimize_batch(
     topk: &Bound<'_, PyAny>,
     weights: Option<&Bound<'_, PyAny>>,
     start: &PyPlacement,
-    slots_per_gpu: i64,
+    slots_per_gpu: &Bound<'_, PyAny>,
     alpha: f64,
     beta: f64,
     p: f64,
-    batch_size: i64,
-    seed: i64,
-    num_batches: Option<i64>,
-    max_evaluations: i64,
+    batch_size: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    num_batches: Option<&Bound<'_, PyAny>>,
+    max_evaluations: &Bound<'_, PyAny>,
 ) -> PyResult<PyPlacement> {
     let model = CostModel::new(alpha, beta, p)?;
     let slots = non_negative("slots_per_gpu", slots_per_gpu)? as usize;

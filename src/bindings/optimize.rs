@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::count_arg;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::optimize;
 
@@ -16,28 +16,20 @@ use crate::optimize;
 /// depends only on the inputs and `seed`, not on the number of threads
 /// (RAYON_NUM_THREADS). Raises ValueError for an unknown method or sizes that do not fit.
 #[pyfunction]
-#[pyo3(signature = (table, num_gpus, slots_per_gpu, method="greedy", seed=0))]
+#[pyo3(signature = (table, num_gpus, slots_per_gpu, method="greedy", seed=None))]
 fn optimize_placement(
     py: Python<'_>,
     table: &PySubsetTable,
-    num_gpus: i64,
-    slots_per_gpu: i64,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: &Bound<'_, PyAny>,
     method: &str,
-    seed: i64,
+    seed: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyPlacement> {
-    if num_gpus < 1 {
-        return Err(PyValueError::new_err(format!("num_gpus must be at least 1, got {num_gpus}")));
-    }
-    if slots_per_gpu < 1 {
-        return Err(PyValueError::new_err(format!("slots_per_gpu must be at least 1, got {slots_per_gpu}")));
-    }
-    if seed < 0 {
-        return Err(PyValueError::new_err(format!("seed must be non-negative, got {seed}")));
-    }
+    let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
+    let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let seed = seed.map(|s| count_arg(s, "seed", 0)).transpose()?.unwrap_or(0) as u64;
     let table = table.inner.clone();
-    let placement = py.detach(|| {
-        optimize::optimize(&table, num_gpus as usize, slots_per_gpu as usize, method, seed as u64)
-    })?;
+    let placement = py.detach(|| optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed))?;
     Ok(PyPlacement { inner: Arc::new(placement) })
 }
 

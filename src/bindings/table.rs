@@ -6,7 +6,7 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{as_array, ids_2d, weights_1d};
+use super::{as_array, count_arg, ids_2d, int_arg, weights_1d};
 use crate::cost;
 use crate::placement::Placement;
 use crate::table::SubsetTable;
@@ -26,10 +26,11 @@ impl PySubsetTable {
         py: Python<'_>,
         ids: &Bound<'_, PyAny>,
         name: &str,
-        num_experts: usize,
+        num_experts: &Bound<'_, PyAny>,
         weights: Option<&Bound<'_, PyAny>>,
         counted: bool,
     ) -> PyResult<Self> {
+        let num_experts = count_arg(num_experts, "num_experts", 1)?;
         let ids = ids_2d(ids, name)?;
         let k = ids.shape()[1];
         if k == 0 {
@@ -56,7 +57,7 @@ impl PySubsetTable {
     fn from_topk(
         py: Python<'_>,
         topk: &Bound<'_, PyAny>,
-        num_experts: usize,
+        num_experts: &Bound<'_, PyAny>,
         weights: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         Self::build(py, topk, "topk", num_experts, weights, true)
@@ -69,7 +70,7 @@ impl PySubsetTable {
         py: Python<'_>,
         subsets: &Bound<'_, PyAny>,
         weights: &Bound<'_, PyAny>,
-        num_experts: usize,
+        num_experts: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         Self::build(py, subsets, "subsets", num_experts, Some(weights), false)
     }
@@ -113,13 +114,8 @@ impl PySubsetTable {
     /// A new table: the shortest prefix of rows whose weight share reaches `coverage`,
     /// and/or at most `max_subsets` rows.
     #[pyo3(signature = (coverage=None, max_subsets=None))]
-    fn prune(&self, coverage: Option<f64>, max_subsets: Option<i64>) -> PyResult<Self> {
-        let max_subsets = match max_subsets {
-            Some(n) if n < 1 => {
-                return Err(PyValueError::new_err(format!("max_subsets must be at least 1, got {n}")))
-            }
-            other => other.map(|n| n as usize),
-        };
+    fn prune(&self, coverage: Option<f64>, max_subsets: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let max_subsets = max_subsets.map(|n| count_arg(n, "max_subsets", 1)).transpose()?;
         Ok(Self::wrap(self.inner.prune(coverage, max_subsets)?))
     }
 
@@ -170,11 +166,14 @@ impl PyPlacement {
 
     /// A placement from one list of GPU ids per expert.
     #[staticmethod]
-    fn from_lists(lists: Vec<Vec<i64>>, num_gpus: usize) -> PyResult<Self> {
+    fn from_lists(lists: Vec<Vec<Bound<'_, PyAny>>>, num_gpus: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
         let mut converted = Vec::with_capacity(lists.len());
         for (e, list) in lists.iter().enumerate() {
             let mut gpus = Vec::with_capacity(list.len());
-            for &g in list {
+            for g in list {
+                // True would pass as GPU 1: ids must be ints.
+                let g = int_arg(g, &format!("the GPU id of expert {e}"))?;
                 if g < 0 {
                     return Err(PyValueError::new_err(format!(
                         "expert {e} is placed on GPU {g}, out of range [0, {num_gpus})"
@@ -244,11 +243,9 @@ fn expected_cost(py: Python<'_>, table: &PySubsetTable, placement: &PyPlacement)
 
 /// The cost no placement on `num_gpus` GPUs can beat: weighted mean of ceil(k / G).
 #[pyfunction]
-fn lower_bound(table: &PySubsetTable, num_gpus: i64) -> PyResult<f64> {
-    if num_gpus < 1 {
-        return Err(PyValueError::new_err(format!("num_gpus must be at least 1, got {num_gpus}")));
-    }
-    Ok(cost::lower_bound(&table.inner, num_gpus as usize)?)
+fn lower_bound(table: &PySubsetTable, num_gpus: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
+    Ok(cost::lower_bound(&table.inner, num_gpus)?)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

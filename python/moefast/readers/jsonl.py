@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from moefast.readers._errors import malformed
-from moefast.trace import Trace
+from moefast.trace import MAX_EXPERTS, Trace
 
 
 def _int_field(record: dict, name: str, path: Path, line: int) -> int:
@@ -58,6 +58,8 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
                 raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
             if min(experts) < 0:
                 raise malformed(path, f"negative expert id in {experts}", line_no)
+            if max(experts) >= MAX_EXPERTS:  # and so beyond int64 ids fail here, not in numpy
+                raise malformed(path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no)
             if len(set(experts)) != len(experts):
                 raise malformed(path, f"an expert appears twice in {experts}", line_no)
             key = (str(record.get("request_id", "")), token)
