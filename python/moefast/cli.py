@@ -103,7 +103,7 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.placement}: no placement for trace layer {absent[0]} (has {model.layer_ids})")
     placements = [model.placements[index[layer]] for layer in trace.layer_ids]
     tables = trace.tables()
-    methods = report.BASELINES if hasattr(moefast, "optimize") and not args.no_baselines else ()
+    methods = () if args.no_baselines else report.BASELINES
     comparison = report.compare_methods(
         tables, trace.layer_ids, model.num_gpus, model.slots_per_gpu, main={"placement": placements},
         methods=methods,
