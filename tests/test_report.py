@@ -73,12 +73,6 @@ def test_write_report_makes_markdown_and_plots(tmp_path):
     assert "- GPUs: 4" in text
 
 
-def test_optimize_missing_is_a_clear_error(monkeypatch):
-    monkeypatch.delattr(moefast, "optimize", raising=False)
-    with pytest.raises(RuntimeError, match="moefast.optimize is not available"):
-        report.optimize_layer(table(), 2, 3, "greedy")
-
-
 def test_default_slots_leave_room_for_replicas():
     assert report.default_slots(32, 4) == 10
     assert report.default_slots(256, 32) == 10

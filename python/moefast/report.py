@@ -28,14 +28,6 @@ METHOD_LABELS = {
 }
 
 
-def optimize_layer(table: SubsetTable, num_gpus: int, slots_per_gpu: int, method: str, seed: int = 0) -> Placement:
-    """`moefast.optimize`, with a clear error while it is not available."""
-    optimize = getattr(moefast, "optimize", None)
-    if optimize is None:
-        raise RuntimeError("moefast.optimize is not available in this build of moefast")
-    return optimize(table, num_gpus=num_gpus, slots_per_gpu=slots_per_gpu, method=method, seed=seed)
-
-
 def default_slots(num_experts: int, num_gpus: int) -> int:
     """A quarter more memory than one copy of every expert needs: room for hot replicas."""
     return math.ceil(1.25 * num_experts / num_gpus)
@@ -79,7 +71,7 @@ def compare_methods(
         if method in placed:
             continue
         placed[method] = [
-            optimize_layer(t, num_gpus, slots_per_gpu, method, seed)
+            moefast.optimize(t, num_gpus, slots_per_gpu, method=method, seed=seed)
             for t in progress(tables, len(tables), method)
         ]
     costs = {m: np.array([expected_cost(t, p) for t, p in zip(tables, ps)]) for m, ps in placed.items()}
@@ -108,7 +100,7 @@ def slot_sweep(
     planned = tables if coverage >= 1 else [t.prune(coverage=coverage) for t in tables]
     for i, s, m in progress(work, len(work), "slot sweep"):
         costs[m][i] = np.mean(
-            [expected_cost(t, optimize_layer(p, num_gpus, int(s), m, seed)) for t, p in zip(tables, planned)]
+            [expected_cost(t, moefast.optimize(p, num_gpus, int(s), method=m, seed=seed)) for t, p in zip(tables, planned)]
         )
     bound = np.full(len(slots), np.mean([lower_bound(t, num_gpus) for t in tables]))
     return slots, costs, bound
@@ -174,6 +166,15 @@ def plot_coactivation(table: SubsetTable, layer_id: int, path: Path) -> None:
     plt.close(fig)
 
 
+def _finish(plt, fig, ax, path: Path) -> None:
+    """Grid, legend outside the data, saved without clipping."""
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_slot_sweep(
     slots: np.ndarray, costs: dict[str, np.ndarray], bound: np.ndarray, num_gpus: int, path: Path
 ) -> None:
@@ -186,11 +187,7 @@ def plot_slot_sweep(
     ax.set_xlabel(f"slots per GPU ({num_gpus} GPUs)")
     ax.set_ylabel("expected cost (expert rounds per token per layer)")
     ax.set_title("Expected cost against GPU memory")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _finish(plt, fig, ax, path)
 
 
 def plot_layer_costs(comparison: Comparison, path: Path) -> None:
@@ -204,11 +201,7 @@ def plot_layer_costs(comparison: Comparison, path: Path) -> None:
     ax.set_xlabel("layer")
     ax.set_ylabel("expected cost (expert rounds per token)")
     ax.set_title("Expected cost per layer")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _finish(plt, fig, ax, path)
 
 
 def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
