@@ -600,16 +600,21 @@ mod tests {
         rec(0, experts, counts, p, m, &mut vec![0.0; p.num_gpus()])
     }
 
-    fn random_case(rng: &mut SmallRng) -> (Placement, Vec<u32>, Vec<u32>) {
-        let g = rng.random_range(1..=3);
-        let e = rng.random_range(1..=4);
+    /// Every expert on one GPU drawn at random, and on each other GPU with probability `p`.
+    fn random_placement(rng: &mut SmallRng, e: usize, g: usize, p: f64) -> Placement {
         let lists: Vec<Vec<usize>> = (0..e)
             .map(|_| {
                 let extra = rng.random_range(0..g);
-                (0..g).filter(|&x| x == extra || rng.random_bool(0.5)).collect()
+                (0..g).filter(|&x| x == extra || rng.random_bool(p)).collect()
             })
             .collect();
-        let p = Placement::from_lists(&lists, g).unwrap();
+        Placement::from_lists(&lists, g).unwrap()
+    }
+
+    fn random_case(rng: &mut SmallRng) -> (Placement, Vec<u32>, Vec<u32>) {
+        let g = rng.random_range(1..=3);
+        let e = rng.random_range(1..=4);
+        let p = random_placement(rng, e, g, 0.5);
         let experts: Vec<u32> = (0..e as u32).collect();
         // B <= 4 tokens of k <= 2 distinct experts each, as the Python tests draw them.
         let mut counts = vec![0u32; e];
@@ -633,13 +638,7 @@ mod tests {
         for case in 0..cases {
             let g = rng.random_range(1..=4);
             let e = rng.random_range(1..=5);
-            let lists: Vec<Vec<usize>> = (0..e)
-                .map(|_| {
-                    let extra = rng.random_range(0..g);
-                    (0..g).filter(|&x| x == extra || rng.random_bool(0.4)).collect()
-                })
-                .collect();
-            let p = Placement::from_lists(&lists, g).unwrap();
+            let p = random_placement(&mut rng, e, g, 0.4);
             let experts: Vec<u32> = (0..e as u32).collect();
             let counts: Vec<u32> = (0..e).map(|_| rng.random_range(0..=8)).collect();
             let shape = [1.0, 1.5, 2.0, f64::INFINITY][case % 4];

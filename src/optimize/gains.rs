@@ -118,31 +118,26 @@ impl GainTable {
 
     /// Adds replica (expert, gpu) to the state and updates the gains it changes.
     pub fn add_replica(&mut self, state: &mut State, expert: usize, gpu: usize) {
+        self.update(state, expert, |state| state.add_replica(expert, gpu));
+    }
+
+    /// Removes replica (expert, gpu) from the state and updates the gains it changes
+    /// (any row of the expert may get dearer).
+    pub fn remove_replica(&mut self, state: &mut State, expert: usize, gpu: usize) {
+        self.update(state, expert, |state| state.remove_replica(expert, gpu));
+    }
+
+    /// Takes out the gains of the expert's rows, applies `change` (which returns the rows
+    /// whose cost it changed), and puts back the gains of the rows still above one round.
+    fn update(&mut self, state: &mut State, expert: usize, change: impl FnOnce(&mut State) -> Vec<u32>) {
         let rows: Vec<u32> =
             state.problem.index.rows_of(expert).iter().copied().filter(|&r| state.costs[r as usize] >= 2).collect();
         for g in row_gains(state, &rows) {
             self.apply(state, &g, -1);
         }
-        let changed = state.add_replica(expert, gpu);
+        let changed = change(state);
         let still: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
         for g in row_gains(state, &still) {
-            self.apply(state, &g, 1);
-        }
-    }
-}
-
-impl GainTable {
-    /// Removes replica (expert, gpu) from the state and updates the gains it changes.
-    pub fn remove_replica(&mut self, state: &mut State, expert: usize, gpu: usize) {
-        let rows: Vec<u32> =
-            state.problem.index.rows_of(expert).iter().copied().filter(|&r| state.costs[r as usize] >= 2).collect();
-        for g in row_gains(state, &rows) {
-            self.apply(state, &g, -1);
-        }
-        // Any row of the expert may get dearer.
-        let changed = state.remove_replica(expert, gpu);
-        let now: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
-        for g in row_gains(state, &now) {
             self.apply(state, &g, 1);
         }
     }

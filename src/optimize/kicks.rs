@@ -161,20 +161,7 @@ mod tests {
     use crate::table::SubsetTable;
 
     fn table() -> SubsetTable {
-        let mut ids = Vec::new();
-        let mut x = 7u64;
-        for _ in 0..300 {
-            let mut row = Vec::new();
-            while row.len() < 4 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let e = ((x >> 33) % 16) as i64 % (3 + (x >> 61) as i64 * 2);
-                if !row.contains(&e) {
-                    row.push(e);
-                }
-            }
-            ids.extend(row);
-        }
-        SubsetTable::from_topk(&ids, 4, 16, None).unwrap()
+        crate::optimize::skewed_table(7, 300, 16, 3, 61)
     }
 
     #[test]

@@ -82,6 +82,26 @@ fn check_sizes(num_experts: usize, num_gpus: usize, slots: usize) -> Result<()> 
     Ok(())
 }
 
+/// A skewed top-4 table from a fixed linear congruential generator, for the optimizers'
+/// tests: ids fall among the first `hot + 2 * (x >> shift)` experts, so low ids are hot.
+#[cfg(test)]
+pub(crate) fn skewed_table(seed: u64, rows: usize, experts: u64, hot: i64, shift: u32) -> SubsetTable {
+    let mut ids = Vec::new();
+    let mut x = seed;
+    for _ in 0..rows {
+        let mut row = Vec::new();
+        while row.len() < 4 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let e = ((x >> 33) % experts) as i64 % (hot + (x >> shift) as i64 * 2);
+            if !row.contains(&e) {
+                row.push(e);
+            }
+        }
+        ids.extend(row);
+    }
+    SubsetTable::from_topk(&ids, 4, experts as usize, None).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,20 +125,7 @@ mod tests {
     #[test]
     fn same_result_for_any_thread_count() {
         // Enough rows for several parallel tasks.
-        let mut ids = Vec::new();
-        let mut x = 12345u64;
-        for _ in 0..20_000 {
-            let mut row = Vec::new();
-            while row.len() < 4 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let e = ((x >> 33) % 24) as i64 % (4 + (x >> 60) as i64 * 2);
-                if !row.contains(&e) {
-                    row.push(e);
-                }
-            }
-            ids.extend(row);
-        }
-        let t = SubsetTable::from_topk(&ids, 4, 24, None).unwrap();
+        let t = skewed_table(12345, 20_000, 24, 4, 60);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| optimize(&t, 4, 7, "greedy", 3).unwrap())
