@@ -37,46 +37,65 @@ def test_batch_time_speed(benchmark):
         time_us, bound = mf.batch_time(topk, placement, cm, return_bound=True)
         greedy = reference_layer_time(topk, lists, cm.alpha, cm.beta, cm.p)
         assert bound <= time_us <= greedy * (1 + 1e-9)
-        print(f"\n{cm}: step {time_us:.1f} us, lower bound {bound:.1f} (gap {time_us / bound - 1:.2%}),"
-              f" largest-first greedy {greedy:.1f}")
+        print(
+            f"\n{cm}: step {time_us:.1f} us, lower bound {bound:.1f} (gap {time_us / bound - 1:.2%}),"
+            f" largest-first greedy {greedy:.1f}"
+        )
     got = benchmark(mf.batch_time, topk, placement, DEEPSEEK_V3)
     assert got == pytest.approx(mf.batch_time(topk, placement, DEEPSEEK_V3))
     start = time.perf_counter()
     reference_layer_time(topk, lists, DEEPSEEK_V3.alpha, DEEPSEEK_V3.beta, DEEPSEEK_V3.p)
     reference_s = time.perf_counter() - start
     mean_s = benchmark.stats.stats.mean
-    print(f"batch_time {mean_s * 1e6:.0f} us per call; Python largest-first greedy {reference_s * 1e6:.0f} us"
-          f" ({reference_s / mean_s:.1f}x)")
+    print(
+        f"batch_time {mean_s * 1e6:.0f} us per call; Python largest-first greedy {reference_s * 1e6:.0f} us"
+        f" ({reference_s / mean_s:.1f}x)"
+    )
     assert mean_s < 1e-3
 
 
-def _numpy_simulate(topk: np.ndarray, model: ModelPlacement, batch: int, cm: mf.CostModel, steps: int, seed: int) -> np.ndarray:
+def _numpy_simulate(
+    topk: np.ndarray, model: ModelPlacement, batch: int, cm: mf.CostModel, steps: int, seed: int
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lists = [p.to_lists() for p in model]
     out = np.empty(steps)
     for s in range(steps):
         tokens = rng.integers(0, topk.shape[0], size=batch)
-        out[s] = sum(reference_layer_time(topk[tokens, l], lists[l], cm.alpha, cm.beta, cm.p) for l in range(len(lists)))
+        out[s] = sum(
+            reference_layer_time(topk[tokens, l], lists[l], cm.alpha, cm.beta, cm.p)
+            for l in range(len(lists))
+        )
     return out
 
 
 def test_simulate_speed(benchmark):
     """1,000 steps of B = 256 on a DeepSeek-V3-size model: 58 layers, 256 experts, top-8, 32 GPUs."""
     layers = 58
-    topk = np.stack([skewed_topk(4096, 256, 8, seed=l, num_topics=256) for l in range(layers)], axis=1)
-    model = ModelPlacement(
-        [mf.optimize(mf.SubsetTable.from_topk(topk[:, l], 256), 32, 9, method="eplb") for l in range(layers)], 9
+    topk = np.stack(
+        [skewed_topk(4096, 256, 8, seed=l, num_topics=256) for l in range(layers)], axis=1
     )
-    result = benchmark.pedantic(mf.simulate, args=(topk, model, 256, DEEPSEEK_V3), kwargs=dict(steps=1000), rounds=1)
+    model = ModelPlacement(
+        [
+            mf.optimize(mf.SubsetTable.from_topk(topk[:, l], 256), 32, 9, method="eplb")
+            for l in range(layers)
+        ],
+        9,
+    )
+    result = benchmark.pedantic(
+        mf.simulate, args=(topk, model, 256, DEEPSEEK_V3), kwargs=dict(steps=1000), rounds=1
+    )
     rust_s = benchmark.stats.stats.mean
     ref_steps = 10
     start = time.perf_counter()
     ref = _numpy_simulate(topk, model, 256, DEEPSEEK_V3, ref_steps, seed=0)
     ref_s = (time.perf_counter() - start) / ref_steps * 1000
     (r,) = result
-    print(f"\nsimulate: 1,000 steps in {rust_s:.2f} s (mean step {r['mean_step_time']:.0f} us);"
-          f" Python greedy reference {ref_s:.1f} s per 1,000 steps ({ref_s / rust_s:.1f}x slower),"
-          f" its mean step {ref.mean():.0f} us (not optimal: {ref.mean() / r['mean_step_time']:.3f}x)")
+    print(
+        f"\nsimulate: 1,000 steps in {rust_s:.2f} s (mean step {r['mean_step_time']:.0f} us);"
+        f" Python greedy reference {ref_s:.1f} s per 1,000 steps ({ref_s / rust_s:.1f}x slower),"
+        f" its mean step {ref.mean():.0f} us (not optimal: {ref.mean() / r['mean_step_time']:.3f}x)"
+    )
     assert rust_s <= 10.0
     assert r["mean_step_time"] <= ref.mean() * 1.02
 
@@ -91,7 +110,9 @@ def target_trace():
 def _mean_step(topk, placement, batch):
     # Held-out batches: the search drew its own sample with another seed.
     steps = 20_000 if batch == 1 else max(200, 4096 // batch)
-    return mf.simulate(topk, placement, batch, TARGET_MODEL, seed=12345, steps=steps)[0]["mean_step_time"]
+    return mf.simulate(topk, placement, batch, TARGET_MODEL, seed=12345, steps=steps)[0][
+        "mean_step_time"
+    ]
 
 
 def _compare(target, batch):
@@ -101,16 +122,25 @@ def _compare(target, batch):
     placed = mf.optimize(table, 8, 9, objective="batch", batch_size=batch, cost_model=TARGET_MODEL)
     seconds = time.perf_counter() - start
     assert placed.slots_used.tolist() == [9] * 8
-    return _mean_step(topk, eplb, batch), _mean_step(topk, greedy, batch), _mean_step(topk, placed, batch), seconds
+    return (
+        _mean_step(topk, eplb, batch),
+        _mean_step(topk, greedy, batch),
+        _mean_step(topk, placed, batch),
+        seconds,
+    )
 
 
 def test_batch_placement_targets(target_trace):
     """200,000 skewed tokens, 64 experts, top-6, 8 GPUs x 9 slots, alpha 130, beta 0.5."""
     base, _, ours, seconds = _compare(target_trace, 1)
-    print(f"\nB=1: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {1 - ours / base:.1%} lower ({seconds:.1f} s search)")
+    print(
+        f"\nB=1: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {1 - ours / base:.1%} lower ({seconds:.1f} s search)"
+    )
     assert ours <= 0.85 * base
     base, _, ours, seconds = _compare(target_trace, 4096)
-    print(f"B=4096: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {ours / base - 1:+.1%} ({seconds:.1f} s search)")
+    print(
+        f"B=4096: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {ours / base - 1:+.1%} ({seconds:.1f} s search)"
+    )
     assert ours <= 1.02 * base
 
 

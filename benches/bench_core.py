@@ -1,7 +1,7 @@
 """Speed of the core engine (issue 2): subset costs and table building.
 
-    RAYON_NUM_THREADS=1 pytest benches/bench_core.py   # the one-core figures
-    pytest benches/bench_core.py                        # both cores
+RAYON_NUM_THREADS=1 pytest benches/bench_core.py   # the one-core figures
+pytest benches/bench_core.py                        # both cores
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def test_expected_cost_on_150k_subsets(benchmark, num_experts, k, num_gpus, toke
     ref_seconds = median_seconds(lambda: [reference_cost(s, replicas) for s in sample], repeat=3)
     ref_per_subset = ref_seconds / len(sample)
     costs = mf.subset_costs(table, placement)
-    assert costs[:: len(table) // 300][:300].tolist() == [reference_cost(s, replicas) for s in sample]
+    assert costs[:: len(table) // 300][:300].tolist() == [
+        reference_cost(s, replicas) for s in sample
+    ]
     assert cost == pytest.approx(np.dot(costs, table.weights) / table.total_weight)
 
     ratio = ref_per_subset / fast_per_subset

@@ -52,14 +52,21 @@ def check_time(seconds: float, limit: float, busy: bool) -> None:
 def compare(benchmark, full, pruned, num_gpus: int, slots: int, name: str) -> tuple[float, float]:
     cpu = time.process_time()
     placement = benchmark.pedantic(
-        _core.optimize_placement, args=(pruned, num_gpus, slots), rounds=3, iterations=1, warmup_rounds=0
+        _core.optimize_placement,
+        args=(pruned, num_gpus, slots),
+        rounds=3,
+        iterations=1,
+        warmup_rounds=0,
     )
     cpu = (time.process_time() - cpu) / 3
     # The fastest of 3 runs: the machine is shared, and others' load only adds time.
     seconds = benchmark.stats.stats.min
     median = benchmark.stats.stats.median
     greedy = _core.expected_cost(full, placement)
-    baselines = {m: _core.expected_cost(full, _core.optimize_placement(pruned, num_gpus, slots, m)) for m in BASELINES}
+    baselines = {
+        m: _core.expected_cost(full, _core.optimize_placement(pruned, num_gpus, slots, m))
+        for m in BASELINES
+    }
     best_name = min(baselines, key=baselines.get)
     bound = _core.lower_bound(full, num_gpus)
     print(
@@ -85,10 +92,14 @@ GUARD_BELOW_BEST_BASELINE = 0.22
 def test_deepseek_v2_lite_layer(benchmark, deepseek_v2_lite_layer):
     full, pruned = deepseek_v2_lite_layer
     busy = machine_busy()
-    ratio, seconds = compare(benchmark, full, pruned, 8, 9, "E=64 k=6 (DeepSeek-V2-Lite), 1M tokens")
+    ratio, seconds = compare(
+        benchmark, full, pruned, 8, 9, "E=64 k=6 (DeepSeek-V2-Lite), 1M tokens"
+    )
     met = "met" if 1 - ratio >= GOAL_BELOW_BEST_BASELINE else "NOT met"
     print(f"  goal of {100 * GOAL_BELOW_BEST_BASELINE:.0f}% below the best baseline: {met}")
-    assert 1 - ratio >= GUARD_BELOW_BEST_BASELINE, f"greedy only {100 * (1 - ratio):.1f}% below the best baseline"
+    assert 1 - ratio >= GUARD_BELOW_BEST_BASELINE, (
+        f"greedy only {100 * (1 - ratio):.1f}% below the best baseline"
+    )
     check_time(seconds, 2.0, busy or machine_busy())
 
 
@@ -133,19 +144,28 @@ def test_gpt_oss_real_traces():
     for parts in layers.values():
         table = _core.SubsetTable.from_topk(np.concatenate(parts), num_experts=32)
         greedy = _core.expected_cost(table, _core.optimize_placement(table, 8, 5))
-        base = min(_core.expected_cost(table, _core.optimize_placement(table, 8, 5, m)) for m in BASELINES)
+        base = min(
+            _core.expected_cost(table, _core.optimize_placement(table, 8, 5, m)) for m in BASELINES
+        )
         assert greedy <= base + 1e-12
         in_sample.append((greedy, base))
         for i in range(len(parts)):
-            train = _core.SubsetTable.from_topk(np.concatenate(parts[:i] + parts[i + 1 :]), num_experts=32)
+            train = _core.SubsetTable.from_topk(
+                np.concatenate(parts[:i] + parts[i + 1 :]), num_experts=32
+            )
             test = _core.SubsetTable.from_topk(parts[i], num_experts=32)
             held_out.append(
                 (
                     _core.expected_cost(test, _core.optimize_placement(train, 8, 5)),
-                    min(_core.expected_cost(test, _core.optimize_placement(train, 8, 5, m)) for m in BASELINES),
+                    min(
+                        _core.expected_cost(test, _core.optimize_placement(train, 8, 5, m))
+                        for m in BASELINES
+                    ),
                 )
             )
     for name, pairs in (("in-sample", in_sample), ("held-out answer", held_out)):
         g, b = np.mean(pairs, axis=0)
-        print(f"\ngpt-oss-20b, {len(layers)} layers, G=8, 5 slots, {name}: greedy {g:.4f}, best baseline {b:.4f} "
-              f"({100 * (1 - g / b):.1f}% below)")
+        print(
+            f"\ngpt-oss-20b, {len(layers)} layers, G=8, 5 slots, {name}: greedy {g:.4f}, best baseline {b:.4f} "
+            f"({100 * (1 - g / b):.1f}% below)"
+        )

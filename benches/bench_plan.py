@@ -23,8 +23,12 @@ def deepseek_v3_trace() -> SimpleNamespace:
     every layer has its own hot experts and groups at the cost of generating one."""
     base = skewed_topk(TOKENS, EXPERTS, K, seed=7)
     rng = np.random.default_rng(8)
-    topk = np.stack([rng.permutation(EXPERTS)[base] for _ in range(LAYERS)], axis=1).astype(np.int16)
-    return SimpleNamespace(topk=topk, num_experts=EXPERTS, layer_ids=list(range(3, 3 + LAYERS)), weights=None)
+    topk = np.stack([rng.permutation(EXPERTS)[base] for _ in range(LAYERS)], axis=1).astype(
+        np.int16
+    )
+    return SimpleNamespace(
+        topk=topk, num_experts=EXPERTS, layer_ids=list(range(3, 3 + LAYERS)), weights=None
+    )
 
 
 def test_plan_deepseek_v3_model(benchmark):
@@ -34,7 +38,9 @@ def test_plan_deepseek_v3_model(benchmark):
     )
     seconds = benchmark.stats.stats.median
     table = mf.SubsetTable.from_topk(trace.topk[:, 0, :], EXPERTS)
-    eplb = mf.expected_cost(table, mf.optimize(table.prune(coverage=0.99), GPUS, SLOTS, method="eplb"))
+    eplb = mf.expected_cost(
+        table, mf.optimize(table.prune(coverage=0.99), GPUS, SLOTS, method="eplb")
+    )
     print(
         f"\nplan: {LAYERS} layers x {TOKENS:,} tokens, E={EXPERTS} k={K}, {GPUS} GPUs x {SLOTS} slots:"
         f" {seconds:.1f} s; model cost {model.expected_cost:.2f} rounds/token (lower bound"

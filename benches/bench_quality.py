@@ -40,16 +40,22 @@ def test_greedy_matches_milp_on_mixtral_layers():
             gap = greedy / exact.cost - 1
             worst = max(worst, gap)
             rows.append((layer, slots, greedy, exact.cost, gap))
-    print(f"\nMixtral-size (E=8, k=2, G=2, slots 4-8), {len(rows)} cases: worst greedy gap to the optimum {worst:.3%}")
+    print(
+        f"\nMixtral-size (E=8, k=2, G=2, slots 4-8), {len(rows)} cases: worst greedy gap to the optimum {worst:.3%}"
+    )
     for layer, slots, greedy, optimum, gap in rows:
         if gap > 0:
-            print(f"  layer {layer:2d} slots {slots}: greedy {greedy:.4f} optimum {optimum:.4f} gap {gap:.3%}")
+            print(
+                f"  layer {layer:2d} slots {slots}: greedy {greedy:.4f} optimum {optimum:.4f} gap {gap:.3%}"
+            )
     assert worst <= 0.01
 
 
 def test_greedy_against_milp_on_dbrx_size_layers():
     tables = gptoss_dbrx_size_tables()
-    print(f"\nDBRX-size (E=16, k=4, G=4) from the gpt-oss trace, MILP limit {DBRX_TIME_LIMIT:.0f} s:")
+    print(
+        f"\nDBRX-size (E=16, k=4, G=4) from the gpt-oss trace, MILP limit {DBRX_TIME_LIMIT:.0f} s:"
+    )
     print("  layer slots subsets  greedy   MILP   bound  proven  gap-to-MILP gap-to-bound")
     worst = 0.0
     for layer in DBRX_LAYERS:

@@ -70,7 +70,9 @@ def time_workload(weights, tokens: int, hidden: int, replays: int, repeats: int)
     return statistics.median(samples)
 
 
-def calibrate(models: list[str], experts: list[int], tokens: list[int], replays: int, repeats: int) -> dict:
+def calibrate(
+    models: list[str], experts: list[int], tokens: list[int], replays: int, repeats: int
+) -> dict:
     out = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -83,7 +85,11 @@ def calibrate(models: list[str], experts: list[int], tokens: list[int], replays:
         weights = [
             tuple(
                 torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 0.02
-                for shape in ((intermediate, hidden), (intermediate, hidden), (hidden, intermediate))
+                for shape in (
+                    (intermediate, hidden),
+                    (intermediate, hidden),
+                    (hidden, intermediate),
+                )
             )
             for _ in range(max(experts))
         ]
@@ -93,7 +99,9 @@ def calibrate(models: list[str], experts: list[int], tokens: list[int], replays:
                 us = time_workload(weights[:t], n, hidden, replays, repeats)
                 points.append({"experts": t, "tokens": n, "us": round(us, 2)})
                 print(f"{name}: {t} experts x {n} tokens: {us:.1f} us", file=sys.stderr)
-        fit = CostModel.fit([q["tokens"] for q in points], [q["us"] for q in points], [q["experts"] for q in points])
+        fit = CostModel.fit(
+            [q["tokens"] for q in points], [q["us"] for q in points], [q["experts"] for q in points]
+        )
         for q, err in zip(points, fit.rel_errors):
             q["fit_rel_err"] = round(float(err), 4)
         out["models"][name] = {
@@ -118,7 +126,9 @@ def calibrate(models: list[str], experts: list[int], tokens: list[int], replays:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_calibration.json", help="JSON file to write")
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=sorted(EXPERT_SHAPES))
+    parser.add_argument(
+        "--models", nargs="+", default=DEFAULT_MODELS, choices=sorted(EXPERT_SHAPES)
+    )
     parser.add_argument("--experts", nargs="+", type=int, default=EXPERTS)
     parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--replays", type=int, default=20, help="graph replays per timing")
@@ -132,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(result, f, indent=1)
     for name, entry in result["models"].items():
         fit = entry["fit"]
-        print(f"{name}: alpha {fit['alpha_us']:.2f} us, beta {fit['beta_us_per_token']:.5f} us/token,"
-              f" p {fit['p']}, max error {fit['max_rel_err']:.1%}")
+        print(
+            f"{name}: alpha {fit['alpha_us']:.2f} us, beta {fit['beta_us_per_token']:.5f} us/token,"
+            f" p {fit['p']}, max error {fit['max_rel_err']:.1%}"
+        )
     return 0
 
 

@@ -23,7 +23,9 @@ MIXTRAL_FRACTIONS = SHARED_DATA / "mixtral_mmlu_expert_fractions" / "frac_vecs"
 
 
 def mixtral_tables() -> list[mf.SubsetTable]:
-    fractions = np.concatenate([np.load(p) for p in sorted(MIXTRAL_FRACTIONS.glob("*.npy"))]).astype(np.float64)
+    fractions = np.concatenate(
+        [np.load(p) for p in sorted(MIXTRAL_FRACTIONS.glob("*.npy"))]
+    ).astype(np.float64)
     pairs = np.array(list(combinations(range(8), 2)))
     tables = []
     for layer in range(fractions.shape[1]):

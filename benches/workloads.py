@@ -7,7 +7,12 @@ import numpy as np
 
 
 def skewed_topk(
-    num_tokens: int, num_experts: int, k: int, seed: int = 0, num_topics: int = 512, noise: float = 0.4,
+    num_tokens: int,
+    num_experts: int,
+    k: int,
+    seed: int = 0,
+    num_topics: int = 512,
+    noise: float = 0.4,
     chunk: int = 65_536,
 ) -> np.ndarray:
     """int32 [num_tokens, k]: each token has a Zipf-distributed topic; a topic favours a
@@ -31,7 +36,9 @@ def skewed_topk(
     return out
 
 
-def random_replicated_placement(num_experts: int, num_gpus: int, max_replicas: int, seed: int = 0) -> np.ndarray:
+def random_replicated_placement(
+    num_experts: int, num_gpus: int, max_replicas: int, seed: int = 0
+) -> np.ndarray:
     """bool [E, G]: every expert on 1..max_replicas distinct GPUs."""
     rng = np.random.default_rng(seed)
     replicas = np.zeros((num_experts, num_gpus), dtype=bool)
@@ -59,7 +66,7 @@ def topic_topk(
     """Expert ids [num_tokens, k] (int64), each row distinct experts.
 
     Skewed, correlated synthetic routing traces for the optimizer benchmarks.
-    
+
     Each token draws a latent topic from a Zipf-like distribution; each topic prefers a
     random set of experts. A token's k experts are the top-k of Gumbel-perturbed logits:
     a global popularity skew plus a boost on its topic's preferred experts. So a few

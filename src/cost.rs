@@ -33,7 +33,15 @@ struct MaskMatching<'a> {
 
 impl<'a> MaskMatching<'a> {
     fn new(masks: &'a [u64]) -> Self {
-        MaskMatching { masks, assign: [NONE; MAX_K], load: [0; 64], on_gpu: [0; 64], full: 0, used: 0, t: 1 }
+        MaskMatching {
+            masks,
+            assign: [NONE; MAX_K],
+            load: [0; 64],
+            on_gpu: [0; 64],
+            full: 0,
+            used: 0,
+            t: 1,
+        }
     }
 
     #[inline]
@@ -167,7 +175,14 @@ pub fn hall_cost(masks: &[u64]) -> u32 {
 
 /// Cost by plain augmenting paths over GPU lists, for subsets spanning more than 64 GPUs.
 pub fn matching_cost_lists(gpus: &[&[u16]]) -> u32 {
-    fn augment(i: usize, gpus: &[&[u16]], t: u32, assign: &mut [usize], load: &mut Vec<(u16, u32)>, visited: &mut Vec<u16>) -> bool {
+    fn augment(
+        i: usize,
+        gpus: &[&[u16]],
+        t: u32,
+        assign: &mut [usize],
+        load: &mut Vec<(u16, u32)>,
+        visited: &mut Vec<u16>,
+    ) -> bool {
         for &g in gpus[i] {
             if visited.contains(&g) {
                 continue;
@@ -224,13 +239,21 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(num_gpus: usize) -> Self {
-        Scratch { local: vec![u16::MAX; num_gpus], touched: Vec::new() }
+        Scratch {
+            local: vec![u16::MAX; num_gpus],
+            touched: Vec::new(),
+        }
     }
 }
 
 /// The subset's GPU masks over local GPU ids (the GPUs of N(S), numbered in order of
 /// first appearance). Returns the number of local GPUs, or None if more than 64.
-pub fn local_masks(subset: &[u16], placement: &Placement, scratch: &mut Scratch, out: &mut [u64]) -> Option<usize> {
+pub fn local_masks(
+    subset: &[u16],
+    placement: &Placement,
+    scratch: &mut Scratch,
+    out: &mut [u64],
+) -> Option<usize> {
     if let Some(masks) = placement.masks() {
         for (o, &e) in out.iter_mut().zip(subset) {
             *o = masks[e as usize];
@@ -269,7 +292,10 @@ pub fn subset_cost(subset: &[u16], placement: &Placement, scratch: &mut Scratch)
     if local_masks(subset, placement, scratch, &mut masks[..k]).is_some() {
         matching_cost_masks(&masks[..k])
     } else {
-        let lists: Vec<&[u16]> = subset.iter().map(|&e| placement.gpus_of(e as usize)).collect();
+        let lists: Vec<&[u16]> = subset
+            .iter()
+            .map(|&e| placement.gpus_of(e as usize))
+            .collect();
         matching_cost_lists(&lists)
     }
 }
@@ -313,9 +339,15 @@ pub fn expected_cost(table: &SubsetTable, placement: &Placement) -> Result<f64> 
 pub fn weighted_mean(table: &SubsetTable, costs: &[u32]) -> Result<f64> {
     let total = table.total_weight();
     if !(total > 0.0) {
-        return Err(MoeError::value("the table is empty (total weight 0): no expected cost"));
+        return Err(MoeError::value(
+            "the table is empty (total weight 0): no expected cost",
+        ));
     }
-    let sum: f64 = costs.iter().zip(table.weights()).map(|(&c, &w)| c as f64 * w).sum();
+    let sum: f64 = costs
+        .iter()
+        .zip(table.weights())
+        .map(|(&c, &w)| c as f64 * w)
+        .sum();
     Ok(sum / total)
 }
 
@@ -363,8 +395,10 @@ mod tests {
         for _ in 0..5_000 {
             let k = rng.random_range(1..=8);
             let masks = random_masks(&mut rng, k, 10, 4);
-            let lists: Vec<Vec<u16>> =
-                masks.iter().map(|&m| (0..64).filter(|g| m >> g & 1 == 1).collect()).collect();
+            let lists: Vec<Vec<u16>> = masks
+                .iter()
+                .map(|&m| (0..64).filter(|g| m >> g & 1 == 1).collect())
+                .collect();
             let refs: Vec<&[u16]> = lists.iter().map(|l| &l[..]).collect();
             assert_eq!(matching_cost_lists(&refs), matching_cost_masks(&masks));
         }

@@ -20,7 +20,9 @@ impl Placement {
     /// A placement from per-expert GPU lists; each expert needs at least one replica.
     pub fn from_lists(lists: &[Vec<usize>], num_gpus: usize) -> Result<Self> {
         if num_gpus == 0 || num_gpus > MAX_GPUS {
-            return Err(MoeError::value(format!("num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}")));
+            return Err(MoeError::value(format!(
+                "num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}"
+            )));
         }
         if lists.is_empty() || lists.len() > crate::table::MAX_EXPERTS {
             return Err(MoeError::value(format!(
@@ -37,7 +39,9 @@ impl Placement {
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.is_empty() {
-                return Err(MoeError::value(format!("expert {e} has no replica: every expert needs one")));
+                return Err(MoeError::value(format!(
+                    "expert {e} has no replica: every expert needs one"
+                )));
             }
             if let Some(&g) = sorted.iter().find(|&&g| g >= num_gpus) {
                 return Err(MoeError::value(format!(
@@ -49,12 +53,22 @@ impl Placement {
         }
         let masks = if num_gpus <= 64 {
             (0..lists.len())
-                .map(|e| gpus[offsets[e]..offsets[e + 1]].iter().fold(0u64, |m, &g| m | 1 << g))
+                .map(|e| {
+                    gpus[offsets[e]..offsets[e + 1]]
+                        .iter()
+                        .fold(0u64, |m, &g| m | 1 << g)
+                })
                 .collect()
         } else {
             Vec::new()
         };
-        Ok(Placement { num_experts: lists.len(), num_gpus, offsets, gpus, masks })
+        Ok(Placement {
+            num_experts: lists.len(),
+            num_gpus,
+            offsets,
+            gpus,
+            masks,
+        })
     }
 
     /// A placement from a row-major bool matrix [num_experts, num_gpus].
@@ -70,7 +84,13 @@ impl Placement {
         }
         let lists: Vec<Vec<usize>> = replicas
             .chunks_exact(num_gpus)
-            .map(|row| row.iter().enumerate().filter(|(_, &x)| x).map(|(g, _)| g).collect())
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|(_, &x)| x)
+                    .map(|(g, _)| g)
+                    .collect()
+            })
             .collect();
         Self::from_lists(&lists, num_gpus)
     }

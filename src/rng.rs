@@ -44,14 +44,22 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4).map(|_| SplitMix64::stream(1, 2, 3).next_u64()).collect();
+        let a: Vec<u64> = (0..4)
+            .map(|_| SplitMix64::stream(1, 2, 3).next_u64())
+            .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(SplitMix64::stream(1, 2, 3).next_u64(), SplitMix64::stream(1, 2, 4).next_u64());
+        assert_ne!(
+            SplitMix64::stream(1, 2, 3).next_u64(),
+            SplitMix64::stream(1, 2, 4).next_u64()
+        );
         let mut r = SplitMix64::new(9);
         let mut hist = [0usize; 4];
         for _ in 0..40_000 {
             hist[r.below(4)] += 1;
         }
-        assert!(hist.iter().all(|&h| (9_000..11_000).contains(&h)), "{hist:?}");
+        assert!(
+            hist.iter().all(|&h| (9_000..11_000).contains(&h)),
+            "{hist:?}"
+        );
     }
 }

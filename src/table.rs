@@ -47,7 +47,9 @@ fn check_shape(num_experts: usize, k: usize) -> Result<()> {
         )));
     }
     if k == 0 || k > MAX_K {
-        return Err(MoeError::value(format!("k (experts per token) must be in [1, {MAX_K}], got {k}")));
+        return Err(MoeError::value(format!(
+            "k (experts per token) must be in [1, {MAX_K}], got {k}"
+        )));
     }
     if k > num_experts {
         return Err(MoeError::value(format!(
@@ -65,7 +67,11 @@ fn check_weights(weights: Option<&[f64]>, rows: usize, what: &str) -> Result<()>
             w.len()
         )));
     }
-    if let Some((i, x)) = w.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x >= 0.0)) {
+    if let Some((i, x)) = w
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !(x.is_finite() && **x >= 0.0))
+    {
         return Err(MoeError::value(format!(
             "weights[{i}] = {x}: weights must be finite and non-negative"
         )));
@@ -73,13 +79,21 @@ fn check_weights(weights: Option<&[f64]>, rows: usize, what: &str) -> Result<()>
     // Finite weights can still sum to infinity, and every expected cost would be inf/inf = NaN.
     let total: f64 = w.iter().sum();
     if !total.is_finite() {
-        return Err(MoeError::value(format!("weights sum to {total}: scale them down")));
+        return Err(MoeError::value(format!(
+            "weights sum to {total}: scale them down"
+        )));
     }
     Ok(())
 }
 
 /// Sorts one row of ids into `out`, checking range and repeats.
-fn canonical_row(row: &[i64], num_experts: usize, row_index: usize, what: &str, out: &mut [u16]) -> Result<()> {
+fn canonical_row(
+    row: &[i64],
+    num_experts: usize,
+    row_index: usize,
+    what: &str,
+    out: &mut [u16],
+) -> Result<()> {
     for (slot, &id) in out.iter_mut().zip(row) {
         if id < 0 || id as u64 >= num_experts as u64 {
             return Err(MoeError::value(format!(
@@ -134,19 +148,38 @@ impl RowKey for [u16; MAX_K] {
 impl SubsetTable {
     /// Counts the subsets of a [tokens, k] array of expert ids (rows in any order).
     /// A subset's weight is its number of tokens, or the sum of the tokens' `weights`.
-    pub fn from_topk(ids: &[i64], k: usize, num_experts: usize, weights: Option<&[f64]>) -> Result<Self> {
+    pub fn from_topk(
+        ids: &[i64],
+        k: usize,
+        num_experts: usize,
+        weights: Option<&[f64]>,
+    ) -> Result<Self> {
         Self::build(ids, k, num_experts, weights, "topk")
     }
 
     /// A table from given subsets and weights; repeated rows add their weights.
-    pub fn from_subsets(ids: &[i64], k: usize, num_experts: usize, weights: &[f64]) -> Result<Self> {
+    pub fn from_subsets(
+        ids: &[i64],
+        k: usize,
+        num_experts: usize,
+        weights: &[f64],
+    ) -> Result<Self> {
         Self::build(ids, k, num_experts, Some(weights), "subsets")
     }
 
-    fn build(ids: &[i64], k: usize, num_experts: usize, weights: Option<&[f64]>, what: &str) -> Result<Self> {
+    fn build(
+        ids: &[i64],
+        k: usize,
+        num_experts: usize,
+        weights: Option<&[f64]>,
+        what: &str,
+    ) -> Result<Self> {
         check_shape(num_experts, k)?;
         if ids.len() % k != 0 {
-            return Err(MoeError::value(format!("{what} has {} ids, not a multiple of k = {k}", ids.len())));
+            return Err(MoeError::value(format!(
+                "{what} has {} ids, not a multiple of k = {k}",
+                ids.len()
+            )));
         }
         let rows = ids.len() / k;
         check_weights(weights, rows, what)?;
@@ -206,7 +239,13 @@ impl SubsetTable {
             .for_each(|(out, (key, _))| key.decode(bits, out));
         let weights: Vec<f64> = unique.iter().map(|u| u.1).collect();
         let original_weight = weights.iter().sum();
-        Ok(SubsetTable { num_experts, k, subsets, weights, original_weight })
+        Ok(SubsetTable {
+            num_experts,
+            k,
+            subsets,
+            weights,
+            original_weight,
+        })
     }
 
     pub fn num_experts(&self) -> usize {
@@ -263,7 +302,9 @@ impl SubsetTable {
         let mut rows = self.len();
         if let Some(q) = coverage {
             if !(q > 0.0 && q <= 1.0) {
-                return Err(MoeError::value(format!("coverage must be in (0, 1], got {q}")));
+                return Err(MoeError::value(format!(
+                    "coverage must be in (0, 1], got {q}"
+                )));
             }
             let target = q * self.total_weight();
             let mut acc = 0.0;

@@ -32,7 +32,9 @@ def layer_time(pair_gpus: dict[tuple[int, int], int], alpha: float, beta: float,
     return max(load.values(), default=0.0)
 
 
-def brute_force_batch_time(topk: np.ndarray, lists: list[list[int]], alpha: float, beta: float, p: float) -> float:
+def brute_force_batch_time(
+    topk: np.ndarray, lists: list[list[int]], alpha: float, beta: float, p: float
+) -> float:
     pairs = [(t, int(e)) for t, row in enumerate(topk) for e in row]
     best = math.inf
     for choice in itertools.product(*(lists[e] for _, e in pairs)):
@@ -40,7 +42,9 @@ def brute_force_batch_time(topk: np.ndarray, lists: list[list[int]], alpha: floa
     return 0.0 if not pairs else best
 
 
-def reference_layer_time(topk: np.ndarray, lists: list[list[int]], alpha: float, beta: float, p: float) -> float:
+def reference_layer_time(
+    topk: np.ndarray, lists: list[list[int]], alpha: float, beta: float, p: float
+) -> float:
     """A simple, not optimal, assignment for the speed reference: each expert's tokens
     all go to the least-loaded of its replicas, largest experts first."""
     experts, counts = np.unique(topk, return_counts=True)

@@ -3,4 +3,6 @@
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEEPSEEK_DECODE_LOAD = SHARED_DATA / "deepseek_v3_sglang_expert_distribution" / "decode_in1000out1000.json"
+DEEPSEEK_DECODE_LOAD = (
+    SHARED_DATA / "deepseek_v3_sglang_expert_distribution" / "decode_in1000out1000.json"
+)

@@ -69,11 +69,15 @@ def test_union_of_many_experts_with_beta_zero():
 def test_batch_of_one_is_the_subset_cost():
     lists = [[0], [0], [1], [0, 1]]
     p = mf.Placement.from_lists(lists, 2)
-    table = mf.SubsetTable.from_subsets(np.array([[0, 1], [0, 2], [0, 1]]), np.ones(3), num_experts=4)
+    table = mf.SubsetTable.from_subsets(
+        np.array([[0, 1], [0, 2], [0, 1]]), np.ones(3), num_experts=4
+    )
     costs = mf.subset_costs(table, p)
     cm = mf.CostModel(10.0, 1.0, 2.0)
     for row, c in zip(table.subsets, costs):
-        assert mf.batch_time(row[None, :], p, cm) == pytest.approx(c * expert_time(1, 10.0, 1.0, 2.0))
+        assert mf.batch_time(row[None, :], p, cm) == pytest.approx(
+            c * expert_time(1, 10.0, 1.0, 2.0)
+        )
 
 
 def test_bound_is_close_on_a_large_batch():
@@ -126,7 +130,14 @@ def test_simulate_shapes_and_determinism():
     assert a == b and a != c
     assert [r["batch_size"] for r in a] == [1, 8, 64]
     for r in a:
-        assert set(r) == {"batch_size", "mean_step_time", "p50_step_time", "p99_step_time", "throughput", "latency_per_token"}
+        assert set(r) == {
+            "batch_size",
+            "mean_step_time",
+            "p50_step_time",
+            "p99_step_time",
+            "throughput",
+            "latency_per_token",
+        }
         assert r["p50_step_time"] <= r["p99_step_time"]
         assert r["throughput"] == pytest.approx(r["batch_size"] / r["mean_step_time"])
         assert r["latency_per_token"] == r["mean_step_time"]
@@ -151,7 +162,10 @@ def test_simulate_whole_model_sums_layers():
     mp = ModelPlacement([mf.Placement.from_lists(lists, 4)] * 3, slots_per_gpu=2)
     cm = mf.CostModel(10.0, 0.0)
     (model,) = mf.simulate(topk, mp, 1, cm, steps=500, seed=1)
-    per_layer = [mf.simulate(topk[:, l, :], mp[l], 1, cm, steps=500, seed=1)[0]["mean_step_time"] for l in range(3)]
+    per_layer = [
+        mf.simulate(topk[:, l, :], mp[l], 1, cm, steps=500, seed=1)[0]["mean_step_time"]
+        for l in range(3)
+    ]
     # The same tokens are drawn for every layer, so the model's steps sum the layers'.
     assert model["mean_step_time"] == pytest.approx(sum(per_layer))
 
@@ -174,7 +188,11 @@ def test_simulate_whole_model_sums_layers():
         (dict(seed=-1), ValueError, "seed"),
         # Beyond int64 these were pyo3 OverflowErrors.
         (dict(seed=2**64), ValueError, "seed = 18446744073709551616 is out of range"),
-        (dict(batch_sizes=[2**70]), ValueError, "batch_sizes = 1180591620717411303424 is out of range"),
+        (
+            dict(batch_sizes=[2**70]),
+            ValueError,
+            "batch_sizes = 1180591620717411303424 is out of range",
+        ),
         (dict(steps=2**70), ValueError, "steps = 1180591620717411303424 is out of range"),
         (dict(cost_model=None), TypeError, "CostModel"),
     ],
@@ -210,7 +228,9 @@ def test_optimize_batch_lowers_the_sampled_step_time():
     assert p.slots_used.max() <= 2
     before = mf.simulate(topk, start, 1, cm, steps=200)[0]["mean_step_time"]
     after = mf.simulate(topk, p, 1, cm, steps=200)[0]["mean_step_time"]
-    assert after == pytest.approx(cm.expert_time(1)) and before == pytest.approx(2 * cm.expert_time(1))
+    assert after == pytest.approx(cm.expert_time(1)) and before == pytest.approx(
+        2 * cm.expert_time(1)
+    )
     table = mf.SubsetTable.from_topk(topk, num_experts=4)
     assert optimize_batch(table, start, 2, cm, batch_size=1, seed=0) == p
 
@@ -238,7 +258,10 @@ def test_plot_throughput_latency(tmp_path):
     cm = mf.CostModel(130, 0.5, 2.0)
     one = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
     two = mf.Placement.from_lists([[e % 4, (e + 1) % 4] for e in range(8)], 4)
-    results = {name: mf.simulate(topk, p, [1, 16, 256], cm, steps=50) for name, p in (("single", one), ("replicated", two))}
+    results = {
+        name: mf.simulate(topk, p, [1, 16, 256], cm, steps=50)
+        for name, p in (("single", one), ("replicated", two))
+    }
     out = plot_throughput_latency(results, tmp_path / "curve.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="empty"):

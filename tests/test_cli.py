@@ -16,7 +16,6 @@ from moefast.trace import load_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
 
-
 @pytest.mark.parametrize("command", ["demo", "plan", "evaluate", "inspect", "synth", "simulate"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
@@ -38,14 +37,34 @@ def test_inspect_bundled_trace(capsys):
     trace = load_trace(GPTOSS20B_DECODE)
     table = trace.table(0)
     line = next(l for l in out.splitlines() if l.split()[:1] == ["0"])
-    assert line.split()[1:5] == [str(len(table)), *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99))]
+    assert line.split()[1:5] == [
+        str(len(table)),
+        *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
+    ]
     pairs = out.split("most co-activated pairs")[1].strip().splitlines()[2:]
     assert len(pairs) == 3
 
 
 def test_synth_writes_a_trace(tmp_path, capsys):
     out = tmp_path / "s.npz"
-    assert main(["synth", "--experts", "16", "--k", "2", "--layers", "3", "--tokens", "300", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--experts",
+                "16",
+                "--k",
+                "2",
+                "--layers",
+                "3",
+                "--tokens",
+                "300",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     trace = load_trace(out)
     assert trace.topk.shape == (300, 3, 2) and trace.num_experts == 16
 
@@ -53,7 +72,19 @@ def test_synth_writes_a_trace(tmp_path, capsys):
 @pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
 def test_synth_matches_a_recorded_load(tmp_path):
     out = tmp_path / "ds.npz"
-    args = ["synth", "--experts", "256", "--k", "8", "--layers", "2", "--tokens", "5000", "--load", str(DEEPSEEK)]
+    args = [
+        "synth",
+        "--experts",
+        "256",
+        "--k",
+        "8",
+        "--layers",
+        "2",
+        "--tokens",
+        "5000",
+        "--load",
+        str(DEEPSEEK),
+    ]
     assert main([*args, "--out", str(out)]) == 0
     from moefast.readers import load_expert_load
 
@@ -65,8 +96,23 @@ def test_synth_matches_a_recorded_load(tmp_path):
 
 def test_synth_load_of_other_expert_count_is_refused(tmp_path, capsys):
     np.save(tmp_path / "l.npy", np.ones(8))
-    code = main(["synth", "--experts", "16", "--k", "2", "--layers", "1", "--tokens", "10",
-                 "--load", str(tmp_path / "l.npy"), "--out", str(tmp_path / "x.npz")])
+    code = main(
+        [
+            "synth",
+            "--experts",
+            "16",
+            "--k",
+            "2",
+            "--layers",
+            "1",
+            "--tokens",
+            "10",
+            "--load",
+            str(tmp_path / "l.npy"),
+            "--out",
+            str(tmp_path / "x.npz"),
+        ]
+    )
     assert code == 1 and "loads of 8 experts" in capsys.readouterr().err
 
 
@@ -76,7 +122,19 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
     replicas[np.arange(32), np.arange(32) // 8] = True  # contiguous, 8 experts per GPU
     model = ModelPlacement([moefast.Placement(replicas)] * trace.num_layers, 8, trace.layer_ids)
     model.save(tmp_path / "p.json", "sglang")
-    assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json"), "--gpus", "4", "--no-baselines"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(GPTOSS20B_DECODE),
+                str(tmp_path / "p.json"),
+                "--gpus",
+                "4",
+                "--no-baselines",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     row = next(l for l in out.splitlines() if l.split()[:1] == ["5"]).split()
     assert float(row[1]) == pytest.approx(moefast.expected_cost(trace.table(5), model[5]), abs=5e-4)
@@ -102,8 +160,22 @@ def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
 def test_plan_end_to_end(tmp_path, capsys):
     out = tmp_path / "placement.json"
     report_dir = tmp_path / "report"
-    code = main(["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--format", "sglang",
-                 "--out", str(out), "--report", str(report_dir)])
+    code = main(
+        [
+            "plan",
+            str(GPTOSS20B_DECODE),
+            "--gpus",
+            "4",
+            "--slots",
+            "10",
+            "--format",
+            "sglang",
+            "--out",
+            str(out),
+            "--report",
+            str(report_dir),
+        ]
+    )
     assert code == 0
     placement = load_placement(out, num_gpus=4)
     assert len(placement) == 24 and placement.slots_per_gpu == 10
@@ -115,7 +187,9 @@ def test_plan_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     trace = load_trace(GPTOSS20B_DECODE)
     row = next(l for l in printed.splitlines() if l.split()[:1] == ["0"]).split()
-    assert float(row[4]) == pytest.approx(moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4)
+    assert float(row[4]) == pytest.approx(
+        moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,7 +203,16 @@ def test_plan_end_to_end(tmp_path, capsys):
     ],
 )
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
-    args = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--out", str(tmp_path / "p.json")]
+    args = [
+        "plan",
+        str(GPTOSS20B_DECODE),
+        "--gpus",
+        "4",
+        "--slots",
+        "10",
+        "--out",
+        str(tmp_path / "p.json"),
+    ]
     assert main(args + extra) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
@@ -149,7 +232,9 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_parser_defaults():
-    args = build_parser().parse_args(["plan", "t.npz", "--gpus", "8", "--slots", "5", "--out", "p.json"])
+    args = build_parser().parse_args(
+        ["plan", "t.npz", "--gpus", "8", "--slots", "5", "--out", "p.json"]
+    )
     assert (args.method, args.coverage, args.format) == ("greedy", 0.99, "sglang")
 
 
@@ -157,8 +242,22 @@ def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
     small = tmp_path / "small.npz"
     trace = load_trace(GPTOSS20B_DECODE)
     moefast.Trace(trace.topk[:, :2, :], trace.num_experts).save(small)
-    args = ["simulate", str(small), "--gpus", "4", "--slots", "9", "--batch-sizes", "1,8", "--steps", "20",
-            "--batch-aware", "4", "--out", str(tmp_path / "sim")]
+    args = [
+        "simulate",
+        str(small),
+        "--gpus",
+        "4",
+        "--slots",
+        "9",
+        "--batch-sizes",
+        "1,8",
+        "--steps",
+        "20",
+        "--batch-aware",
+        "4",
+        "--out",
+        str(tmp_path / "sim"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     for name in ("greedy", "contiguous", "EPLB", "batch-aware (B=4)"):
@@ -176,8 +275,24 @@ def test_plan_for_batches_writes_a_batch_aware_placement(tmp_path, capsys):
     trace = load_trace(GPTOSS20B_DECODE)
     moefast.Trace(trace.topk[:, :2, :], trace.num_experts).save(small)
     out = tmp_path / "p.json"
-    args = ["plan", str(small), "--gpus", "4", "--slots", "9", "--format", "json", "--out", str(out),
-            "--batch-size", "16", "--alpha", "100", "--beta", "1"]
+    args = [
+        "plan",
+        str(small),
+        "--gpus",
+        "4",
+        "--slots",
+        "9",
+        "--format",
+        "json",
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--alpha",
+        "100",
+        "--beta",
+        "1",
+    ]
     assert main(args) == 0
     saved = json.loads(out.read_text())
     assert "batch" in json.dumps(saved)

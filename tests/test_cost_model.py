@@ -15,7 +15,9 @@ def test_expert_time_forms():
 
 
 def test_for_expert_arithmetic():
-    cm = mf.CostModel.for_expert(4096, 14336, dtype_bytes=2, bandwidth=3.35e12, flops=989.4e12, overhead=5)
+    cm = mf.CostModel.for_expert(
+        4096, 14336, dtype_bytes=2, bandwidth=3.35e12, flops=989.4e12, overhead=5
+    )
     weight_bytes = 3 * 4096 * 14336 * 2
     assert weight_bytes == 352_321_536  # the calibration file's bytes_per_expert
     assert cm.alpha == pytest.approx(weight_bytes / 3.35e12 * 1e6 + 5)
@@ -24,9 +26,15 @@ def test_for_expert_arithmetic():
 
 
 def test_presets_cover_the_models_and_gpus():
-    assert {"mixtral-8x7b", "dbrx", "deepseek-v2-lite", "olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b"} <= set(
-        EXPERT_SHAPES
-    )
+    assert {
+        "mixtral-8x7b",
+        "dbrx",
+        "deepseek-v2-lite",
+        "olmoe-1b-7b",
+        "qwen3-30b-a3b",
+        "deepseek-v3",
+        "gpt-oss-20b",
+    } <= set(EXPERT_SHAPES)
     h100 = mf.CostModel.preset("mixtral-8x7b", "h100")
     h200 = mf.CostModel.preset("mixtral-8x7b", "h200")
     # Same FLOP/s, more bandwidth: H200 reads weights faster.

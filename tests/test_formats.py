@@ -99,7 +99,7 @@ def test_eplb_arrays_agree(tmp_path):
     for layer in range(3):
         for e in range(E):
             slots = log2phy[layer, e, : logcnt[layer, e]]
-            assert (log2phy[layer, e, logcnt[layer, e]:] == -1).all()
+            assert (log2phy[layer, e, logcnt[layer, e] :] == -1).all()
             assert (phy2log[layer, slots] == e).all()
 
 
@@ -161,7 +161,10 @@ def test_formats_without_gpu_count_ask_for_it(tmp_path):
         # Read as int64 these were truncated to experts 1 and 1, 0 (or an OverflowError).
         ('{"physical_to_logical_map": [[0, 1.5, 2, 1]]}', "not a list of integers"),
         ('{"physical_to_logical_map": [[true, false, true, false]]}', "not a list of integers"),
-        ('{"physical_to_logical_map": [[0, 100000000000000000000000, 2, 1]]}', "not a list of integers"),
+        (
+            '{"physical_to_logical_map": [[0, 100000000000000000000000, 2, 1]]}',
+            "not a list of integers",
+        ),
         ('{"physical_to_logical_map": [[]]}', "map is empty"),
     ],
 )

@@ -17,21 +17,27 @@ def brute_force_optimum(table, num_gpus, slots_per_gpu) -> float:
 def skewed_table(seed: int, num_experts: int, k: int, tokens: int = 200) -> mf.SubsetTable:
     rng = np.random.default_rng(seed)
     popularity = rng.dirichlet(np.full(num_experts, 0.5))
-    topk = np.stack([rng.choice(num_experts, size=k, replace=False, p=popularity) for _ in range(tokens)])
+    topk = np.stack(
+        [rng.choice(num_experts, size=k, replace=False, p=popularity) for _ in range(tokens)]
+    )
     return mf.SubsetTable.from_topk(topk, num_experts=num_experts)
 
 
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
-    shape=st.sampled_from([(4, 2, 2, 2), (5, 2, 2, 3), (6, 2, 3, 2), (6, 3, 2, 4), (5, 3, 2, 3), (6, 2, 3, 3)]),
+    shape=st.sampled_from(
+        [(4, 2, 2, 2), (5, 2, 2, 3), (6, 2, 3, 2), (6, 3, 2, 4), (5, 3, 2, 3), (6, 2, 3, 3)]
+    ),
 )
 def test_milp_equals_brute_force(seed, shape):
     num_experts, k, num_gpus, slots = shape
     table = skewed_table(seed, num_experts, k)
     placement = mf.optimize(table, num_gpus, slots, method="milp")
     assert placement.slots_used.tolist() == [slots] * num_gpus
-    assert mf.expected_cost(table, placement) == pytest.approx(brute_force_optimum(table, num_gpus, slots))
+    assert mf.expected_cost(table, placement) == pytest.approx(
+        brute_force_optimum(table, num_gpus, slots)
+    )
 
 
 def test_milp_on_a_mixtral_size_layer_meets_its_bound():
@@ -57,8 +63,12 @@ def test_milp_time_limit_warns_when_not_proven():
 
 @pytest.mark.parametrize(
     "num_gpus, slots, message",
-    [(2, 3, "cannot hold 8 experts"), (2, 9, "more than the 8 experts"), (0, 4, "num_gpus must be at least 1"),
-     (2, 0, "slots_per_gpu must be at least 1")],
+    [
+        (2, 3, "cannot hold 8 experts"),
+        (2, 9, "more than the 8 experts"),
+        (0, 4, "num_gpus must be at least 1"),
+        (2, 0, "slots_per_gpu must be at least 1"),
+    ],
 )
 def test_infeasible_memory_is_refused(num_gpus, slots, message):
     table = skewed_table(4, 8, 2)
@@ -87,7 +97,9 @@ def test_out_of_range_integers_and_limits(method):
     with pytest.raises(ValueError, match="seed must be at most"):
         mf.optimize(table, 2, 4, method=method, seed=2**64)
     # numpy ints (say from an array of sizes) are ints.
-    assert mf.optimize(table, np.int64(2), np.int32(4), method=method, seed=np.uint8(1)).num_gpus == 2
+    assert (
+        mf.optimize(table, np.int64(2), np.int32(4), method=method, seed=np.uint8(1)).num_gpus == 2
+    )
 
 
 @pytest.mark.parametrize("limit", [-1.0, float("nan"), 0])
@@ -99,9 +111,14 @@ def test_milp_time_limit_must_be_positive(limit):
 
 def test_milp_never_returns_worse_than_its_start():
     table = skewed_table(6, 16, 4, tokens=3000)
-    start = mf.fill.fill_free_slots(np.eye(16, 4, dtype=bool) | np.eye(16, 4, k=-4, dtype=bool)
-                                    | np.eye(16, 4, k=-8, dtype=bool) | np.eye(16, 4, k=-12, dtype=bool),
-                                    5, table.expert_load())
+    start = mf.fill.fill_free_slots(
+        np.eye(16, 4, dtype=bool)
+        | np.eye(16, 4, k=-4, dtype=bool)
+        | np.eye(16, 4, k=-8, dtype=bool)
+        | np.eye(16, 4, k=-12, dtype=bool),
+        5,
+        table.expert_load(),
+    )
     with pytest.warns(mf.NotProvenOptimalWarning):
         placement = mf.optimize(table, 4, 5, method="milp", time_limit=0.3)
     result = mf.milp.solve_milp(table, 4, 5, time_limit=0.3, start=start)

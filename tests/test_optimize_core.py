@@ -57,9 +57,13 @@ def brute_force_optimum(subsets, weights, num_experts: int, num_gpus: int, slots
 # --- helpers -----------------------------------------------------------------------------
 
 
-def skewed_table(rng: np.random.Generator, num_experts: int, k: int, tokens: int) -> _core.SubsetTable:
+def skewed_table(
+    rng: np.random.Generator, num_experts: int, k: int, tokens: int
+) -> _core.SubsetTable:
     """Tokens from a few topics, each preferring a random group of experts."""
-    topics = [rng.choice(num_experts, size=min(num_experts, k + 1), replace=False) for _ in range(3)]
+    topics = [
+        rng.choice(num_experts, size=min(num_experts, k + 1), replace=False) for _ in range(3)
+    ]
     popularity = -0.7 * np.log1p(rng.permutation(num_experts))
     rows = []
     for _ in range(tokens):
@@ -107,7 +111,9 @@ def test_every_method_fills_every_slot(instance):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize(("num_experts", "num_gpus", "slots"), [(100, 80, 2), (160, 130, 3), (1100, 1024, 2)])
+@pytest.mark.parametrize(
+    ("num_experts", "num_gpus", "slots"), [(100, 80, 2), (160, 130, 3), (1100, 1024, 2)]
+)
 def test_many_gpus(method, num_experts, num_gpus, slots):
     table = skewed_table(np.random.default_rng(num_gpus), num_experts, 6, 400)
     p = _core.optimize_placement(table, num_gpus, slots, method)
@@ -174,7 +180,9 @@ def test_result_does_not_depend_on_thread_count():
     results = []
     for threads in ("1", "2", "3"):
         env = dict(os.environ, RAYON_NUM_THREADS=threads)
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
         results.append(json.loads(done.stdout))
     assert results[0] == results[1] == results[2]
 

@@ -45,11 +45,16 @@ def test_gpu_ids_and_counts_out_of_int_range():
         mf.Placement.from_lists([[0], [1]], num_gpus=-2)
     with pytest.raises(ValueError, match="num_gpus = 18446744073709551616 is out of range"):
         mf.Placement.from_lists([[0], [1]], num_gpus=2**64)
-    with pytest.raises(ValueError, match="GPU id of expert 0 = 9223372036854775808 is out of range"):
+    with pytest.raises(
+        ValueError, match="GPU id of expert 0 = 9223372036854775808 is out of range"
+    ):
         mf.Placement.from_lists([[2**63], [1]], num_gpus=2)
     with pytest.raises(TypeError, match="GPU id of expert 0 must be an int, got bool"):
         mf.Placement.from_lists([[True], [False]], num_gpus=2)
-    assert mf.Placement.from_lists([[np.int64(1)], [0]], num_gpus=np.int32(2)).to_lists() == [[1], [0]]
+    assert mf.Placement.from_lists([[np.int64(1)], [0]], num_gpus=np.int32(2)).to_lists() == [
+        [1],
+        [0],
+    ]
     table = mf.SubsetTable.from_topk(np.array([[0, 1]]), num_experts=2)
     with pytest.raises(ValueError, match="num_gpus = 18446744073709551616 is out of range"):
         mf.lower_bound(table, 2**64)

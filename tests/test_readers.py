@@ -12,7 +12,12 @@ import pytest
 from moefast.readers import load_expert_load
 from moefast.readers.sglang import expert_load_from_logical_count, trace_from_sglang_per_token
 from moefast.readers.trtllm import expert_load_from_trtllm
-from moefast.recorder import HookRecorder, RoutingRecorder, topk_from_router_output, trace_from_router_logits
+from moefast.recorder import (
+    HookRecorder,
+    RoutingRecorder,
+    topk_from_router_output,
+    trace_from_router_logits,
+)
 from moefast.trace import load_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
@@ -20,6 +25,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
 # ---- JSON Lines -------------------------------------------------------------------------
+
 
 def write_lines(path: Path, records) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
@@ -48,7 +54,9 @@ def test_jsonl_request_ids_keep_tokens_apart(tmp_path):
 
 
 def test_jsonl_drops_incomplete_tokens_with_a_count(tmp_path):
-    records = [{"layer": l, "experts": [l, l + 1], "token_idx": t} for t in range(4) for l in range(3)]
+    records = [
+        {"layer": l, "experts": [l, l + 1], "token_idx": t} for t in range(4) for l in range(3)
+    ]
     records = [r for r in records if not (r["token_idx"] in (1, 3) and r["layer"] == 2)]
     with pytest.warns(UserWarning, match="dropped 2 of 4 tokens"):
         trace = load_trace(write_lines(tmp_path / "t.jsonl", records))
@@ -59,7 +67,10 @@ def test_jsonl_drops_incomplete_tokens_with_a_count(tmp_path):
     "bad, match",
     [
         ("not json", "line 2: not JSON"),
-        ('{"layer": 0, "experts": [1], "token_idx": 1}', "line 2: 1 experts where earlier records have 2"),
+        (
+            '{"layer": 0, "experts": [1], "token_idx": 1}',
+            "line 2: 1 experts where earlier records have 2",
+        ),
         ('{"layer": 0, "experts": [1, 1], "token_idx": 1}', "line 2: an expert appears twice"),
         ('{"layer": "0", "experts": [1, 2], "token_idx": 1}', "line 2: 'layer' must be an integer"),
         ('{"layer": 0, "experts": [1, 2]}', "line 2: 'token_idx'"),
@@ -91,9 +102,17 @@ def test_jsonl_ids_beyond_num_experts(tmp_path):
 
 # ---- SGLang per_token and stat ----------------------------------------------------------
 
+
 def per_token_dump(ids, p2l=None, forward_pass_id=0):
-    dump = {"records": [{"forward_pass_id": forward_pass_id, "topk_ids_of_layer": np.asarray(ids, np.int32),
-                         "input_ids": [1] * np.asarray(ids).shape[1]}]}
+    dump = {
+        "records": [
+            {
+                "forward_pass_id": forward_pass_id,
+                "topk_ids_of_layer": np.asarray(ids, np.int32),
+                "input_ids": [1] * np.asarray(ids).shape[1],
+            }
+        ]
+    }
     if p2l is not None:
         dump["last_physical_to_logical_map"] = np.asarray(p2l)
     return dump
@@ -133,7 +152,10 @@ def test_sglang_ranks_concatenate_and_tp_twins_count_once():
         ({"logical_count": [[1]]}, "no 'records'"),
         ({"records": [{"forward_pass_id": 0}]}, "no 'topk_ids_of_layer'"),
         (per_token_dump([[0, 1]]), "must be \\[layers, tokens, k\\]"),
-        (per_token_dump([[[0, 1]]], p2l=[[0, 1], [1, 0]]), "last_physical_to_logical_map has shape"),
+        (
+            per_token_dump([[[0, 1]]], p2l=[[0, 1], [1, 0]]),
+            "last_physical_to_logical_map has shape",
+        ),
         ({"records": []}, "no record holds any token"),
     ],
 )
@@ -180,25 +202,40 @@ def test_malformed_logical_count(tmp_path, text, match):
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
-        load_expert_load(path, format="logical_count" if "line" in match or "rect" in match else None)
+        load_expert_load(
+            path, format="logical_count" if "line" in match or "rect" in match else None
+        )
 
 
 @pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
 def test_real_deepseek_statistics():
     load, layers = load_expert_load(DEEPSEEK, return_layer_ids=True)
     assert load.shape == (58, 256) and layers == list(range(3, 61))
-    np.testing.assert_allclose(load.sum(axis=1) / 8, load.sum(axis=1)[0] / 8)  # same tokens in every layer
+    np.testing.assert_allclose(
+        load.sum(axis=1) / 8, load.sum(axis=1)[0] / 8
+    )  # same tokens in every layer
 
 
 # ---- TensorRT-LLM statistics ------------------------------------------------------------
 
+
 def test_trtllm_statistics_folder(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    (tmp_path / "meta_info.json").write_text(json.dumps({"num_experts": 4, "num_experts_per_token": 2}))
-    safetensors_numpy.save_file({"0_3": np.array([1, 2, 3, 4], np.int32), "1_3": np.array([1, 1, 1, 1], np.int32),
-                                 "0_5": np.array([0, 0, 2, 2], np.int32)}, str(tmp_path / "rank0.safetensors"))
-    safetensors_numpy.save_file({"0_3": np.array([4, 0, 0, 0], np.int32), "0_5": np.array([1, 1, 0, 0], np.int32)},
-                                str(tmp_path / "rank1.safetensors"))
+    (tmp_path / "meta_info.json").write_text(
+        json.dumps({"num_experts": 4, "num_experts_per_token": 2})
+    )
+    safetensors_numpy.save_file(
+        {
+            "0_3": np.array([1, 2, 3, 4], np.int32),
+            "1_3": np.array([1, 1, 1, 1], np.int32),
+            "0_5": np.array([0, 0, 2, 2], np.int32),
+        },
+        str(tmp_path / "rank0.safetensors"),
+    )
+    safetensors_numpy.save_file(
+        {"0_3": np.array([4, 0, 0, 0], np.int32), "0_5": np.array([1, 1, 0, 0], np.int32)},
+        str(tmp_path / "rank1.safetensors"),
+    )
     load, layers = load_expert_load(tmp_path, return_layer_ids=True)
     assert layers == [3, 5]
     np.testing.assert_array_equal(load, [[6, 3, 4, 5], [1, 1, 2, 2]])
@@ -221,6 +258,7 @@ def test_trtllm_folder_without_meta(tmp_path):
 
 # ---- other loads and the fingerprinting JSON ---------------------------------------------
 
+
 def test_npy_and_trace_loads(tmp_path):
     np.save(tmp_path / "l.npy", np.array([1.0, 0.0, 3.0]))
     np.testing.assert_array_equal(load_expert_load(tmp_path / "l.npy"), [[1.0, 0.0, 3.0]])
@@ -231,11 +269,23 @@ def test_npy_and_trace_loads(tmp_path):
 
 
 def test_fingerprint_json(tmp_path):
-    answer = {"row_index": 0, "router_data": [
-        {"token_5": {"layer_0": {"selected_experts": [3, 1], "selected_probs": [0.6, 0.4]},
-                     "layer_1": {"selected_experts": [0, 2], "selected_probs": [0.5, 0.5]}}},
-        {"token_6": {"layer_1": {"selected_experts": [1, 2]}, "layer_0": {"selected_experts": [0, 3]}}},
-    ]}
+    answer = {
+        "row_index": 0,
+        "router_data": [
+            {
+                "token_5": {
+                    "layer_0": {"selected_experts": [3, 1], "selected_probs": [0.6, 0.4]},
+                    "layer_1": {"selected_experts": [0, 2], "selected_probs": [0.5, 0.5]},
+                }
+            },
+            {
+                "token_6": {
+                    "layer_1": {"selected_experts": [1, 2]},
+                    "layer_0": {"selected_experts": [0, 3]},
+                }
+            },
+        ],
+    }
     path = tmp_path / "example.json"
     path.write_text(json.dumps(answer))
     trace = load_trace(path, num_experts=4)
@@ -257,6 +307,7 @@ def test_malformed_npz(tmp_path):
 
 
 # ---- transformers recorder (no torch: fake modules of the same interface) -------------------
+
 
 class FakeHandle:
     def __init__(self, hooks, hook):
@@ -311,7 +362,9 @@ def test_recorder_takes_top_k_of_logits_and_ids_of_tuples():
 
 def test_recorder_errors():
     with pytest.raises(ValueError, match="no router module"):
-        HookRecorder(type("M", (), {"named_modules": lambda self: iter([("lm_head", None)])})(), 2, 4)
+        HookRecorder(
+            type("M", (), {"named_modules": lambda self: iter([("lm_head", None)])})(), 2, 4
+        )
     recorder = HookRecorder(FakeModel({0: np.zeros((1, 4), np.float32)}), 2, 4)
     with pytest.raises(ValueError, match="nothing recorded"):
         recorder.trace()
@@ -336,19 +389,26 @@ def test_trace_from_router_logits():
 
 # ---- with torch installed (moefast[torch]); skipped otherwise ------------------------------
 
+
 def test_sglang_pt_files_with_torch(tmp_path):
     torch = pytest.importorskip("torch")
     ids = torch.tensor([[[-1, -1], [-1, -1]], [[0, 1], [2, 3]]], dtype=torch.int32)
-    dump = {"records": [{"forward_pass_id": 0, "topk_ids_of_layer": ids, "input_ids": [5, 6]}],
-            "last_physical_to_logical_map": torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])}
+    dump = {
+        "records": [{"forward_pass_id": 0, "topk_ids_of_layer": ids, "input_ids": [5, 6]}],
+        "last_physical_to_logical_map": torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]),
+    }
     torch.save(dump, tmp_path / "expert_distribution_recorder_0.pt")
     trace = load_trace(tmp_path)
     assert trace.layer_ids == [1]
     np.testing.assert_array_equal(trace.topk[:, 0], [[3, 2], [1, 0]])
     stat = tmp_path / "stat"
     stat.mkdir()
-    torch.save({"rank": 0, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r0.pt")
-    torch.save({"rank": 1, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r1.pt")
+    torch.save(
+        {"rank": 0, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r0.pt"
+    )
+    torch.save(
+        {"rank": 1, "logical_count": torch.ones((3, 2, 4), dtype=torch.int32)}, stat / "r1.pt"
+    )
     np.testing.assert_array_equal(load_expert_load(stat), np.full((2, 4), 6.0))
 
 
@@ -356,8 +416,15 @@ def test_routing_recorder_on_a_tiny_transformers_model():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = transformers.MixtralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=6,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     model = transformers.MixtralForCausalLM(config).eval()
@@ -366,7 +433,9 @@ def test_routing_recorder_on_a_tiny_transformers_model():
         model(inputs)
         model(inputs[:, :7])
     trace = recorder.trace()
-    assert trace.topk.shape == (17, 3, 2) and trace.num_experts == 6 and trace.layer_ids == [0, 1, 2]
+    assert (
+        trace.topk.shape == (17, 3, 2) and trace.num_experts == 6 and trace.layer_ids == [0, 1, 2]
+    )
     with torch.no_grad():
         logits = model(inputs, output_router_logits=True).router_logits
     reference = trace_from_router_logits(list(logits), k=2)
@@ -386,10 +455,24 @@ def test_recorder_skips_dense_layers_of_a_tiny_deepseek_v3():
     if not hasattr(transformers, "DeepseekV3ForCausalLM"):
         pytest.skip("this transformers has no DeepSeek-V3")
     config = transformers.DeepseekV3Config(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        max_position_embeddings=64, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
-        first_k_dense_replace=1, n_group=2, topk_group=1, kv_lora_rank=16, q_lora_rank=16,
-        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, rope_scaling=None,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        first_k_dense_replace=1,
+        n_group=2,
+        topk_group=1,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        rope_scaling=None,
     )
     torch.manual_seed(0)
     model = transformers.DeepseekV3ForCausalLM(config).eval()

@@ -47,7 +47,9 @@ def comparison():
     packed[np.arange(8), np.arange(8) // 2] = True
     main = {"greedy": [moefast.Placement(spread)] * 2}
     comp = report.compare_methods(tables, trace.layer_ids, 4, 2, main=main, methods=())
-    comp.costs["contiguous"] = np.array([moefast.expected_cost(t, moefast.Placement(packed)) for t in tables])
+    comp.costs["contiguous"] = np.array(
+        [moefast.expected_cost(t, moefast.Placement(packed)) for t in tables]
+    )
     return tables, comp
 
 

@@ -12,7 +12,6 @@ from moefast.synthetic import synthetic_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 
 
-
 def test_shape_ids_and_determinism():
     a = synthetic_trace(500, 16, 2, 3, seed=4)
     b = synthetic_trace(500, 16, 2, 3, seed=4)

@@ -47,7 +47,9 @@ def test_rows_are_sorted_by_weight_then_ids(case):
     assert keys == sorted(keys)
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+)
 def test_any_integer_dtype(dtype):
     topk = np.array([[2, 0], [0, 2], [1, 3]], dtype=dtype)
     table = mf.SubsetTable.from_topk(topk, num_experts=4)

@@ -68,7 +68,11 @@ def test_select_layers():
         (np.array([[[-1, 2]]]), 4, "out of range"),
         # The int32 cast wrapped 2^32 + 1 onto expert 1 and the trace was accepted.
         (np.array([[[0, 2**32 + 1]]]), 4, "expert id 4294967297, out of range"),
-        (np.full((1, 1, 2), 2**64 - 1, dtype=np.uint64), 4, "expert id 18446744073709551615, out of range"),
+        (
+            np.full((1, 1, 2), 2**64 - 1, dtype=np.uint64),
+            4,
+            "expert id 18446744073709551615, out of range",
+        ),
         (np.zeros((3, 0, 2), dtype=int), 4, "0 layers"),
         (np.array([[[0, 1]]]), 70_000, r"num_experts must be in \[1, 65535\]"),
     ],

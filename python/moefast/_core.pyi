@@ -14,7 +14,9 @@ class SubsetTable:
     ) -> SubsetTable:
         """Counts the subsets of an int array [tokens, k] (any integer dtype, rows in any order)."""
     @staticmethod
-    def from_subsets(subsets: npt.ArrayLike, weights: npt.ArrayLike, num_experts: int) -> SubsetTable:
+    def from_subsets(
+        subsets: npt.ArrayLike, weights: npt.ArrayLike, num_experts: int
+    ) -> SubsetTable:
         """A table from subsets [n, k] and weights [n]; repeated rows add their weights."""
     @property
     def subsets(self) -> npt.NDArray[np.int64]:

@@ -41,11 +41,15 @@ def batch_time(
     (time, lower_bound): no assignment is faster than lower_bound.
     """
     cm = _cost_model(cost_model)
-    time, bound = _core.batch_time(topk_batch, _placement(placement), cm.alpha, cm.beta, cm.p, return_bound)
+    time, bound = _core.batch_time(
+        topk_batch, _placement(placement), cm.alpha, cm.beta, cm.p, return_bound
+    )
     return (time, bound) if return_bound else time
 
 
-def _layers(trace_or_topk: Any, placement: Any) -> tuple[np.ndarray, np.ndarray | None, list[Placement]]:
+def _layers(
+    trace_or_topk: Any, placement: Any
+) -> tuple[np.ndarray, np.ndarray | None, list[Placement]]:
     """(topk [tokens, layers, k], row weights or None, one placement per layer)."""
     weights = None
     if isinstance(trace_or_topk, SubsetTable):
@@ -67,9 +71,13 @@ def _layers(trace_or_topk: Any, placement: Any) -> tuple[np.ndarray, np.ndarray 
     elif isinstance(placement, (list, tuple)):
         placements = [_placement(p, "each placement") for p in placement]
     else:
-        raise TypeError(f"placement must be a Placement or a ModelPlacement, got {type(placement).__name__}")
+        raise TypeError(
+            f"placement must be a Placement or a ModelPlacement, got {type(placement).__name__}"
+        )
     if topk.shape[1] != len(placements):
-        raise ValueError(f"the trace has {topk.shape[1]} layers but the placement has {len(placements)}")
+        raise ValueError(
+            f"the trace has {topk.shape[1]} layers but the placement has {len(placements)}"
+        )
     if topk.shape[0] == 0:
         raise ValueError("the trace has no tokens to draw from")
     return topk, weights, placements
@@ -119,7 +127,9 @@ def simulate(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     (seed,) = _ints("seed", seed)
-    times = _core.simulate_steps(topk, weights, placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps)
+    times = _core.simulate_steps(
+        topk, weights, placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps
+    )
     results = []
     for b, row in zip(sizes, times):
         mean = float(row.mean())
@@ -174,5 +184,15 @@ def optimize_batch(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return _core.optimize_batch(
-        topk, weights, start, slots_per_gpu, cm.alpha, cm.beta, cm.p, batch_size, seed, num_batches, max_evaluations
+        topk,
+        weights,
+        start,
+        slots_per_gpu,
+        cm.alpha,
+        cm.beta,
+        cm.p,
+        batch_size,
+        seed,
+        num_batches,
+        max_evaluations,
     )

@@ -33,9 +33,13 @@ def plot_throughput_latency(
         for r, xi, yi in zip(rows, x, y):
             ax.annotate(
                 # Alternate sides per curve so labels of nearby points do not overlap.
-                f"B={r['batch_size']}", (xi, yi), textcoords="offset points",
-                xytext=(5, -11) if index % 2 == 0 else (-8, 6), ha="left" if index % 2 == 0 else "right",
-                fontsize=7, color=line.get_color(),
+                f"B={r['batch_size']}",
+                (xi, yi),
+                textcoords="offset points",
+                xytext=(5, -11) if index % 2 == 0 else (-8, 6),
+                ha="left" if index % 2 == 0 else "right",
+                fontsize=7,
+                color=line.get_color(),
             )
     ax.set_xscale("log")
     ax.set_yscale("log")

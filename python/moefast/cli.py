@@ -20,7 +20,9 @@ from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
 
 
-def _plan(trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int, **options) -> ModelPlacement:
+def _plan(
+    trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int, **options
+) -> ModelPlacement:
     return moefast.plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed, **options)
 
 
@@ -39,19 +41,37 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
     _check_memory(trace, args.gpus, args.slots)
     batch = {}
     if getattr(args, "batch_size", None):
-        batch = {"objective": "batch", "batch_size": args.batch_size, "cost_model": _cost_model(args)}
+        batch = {
+            "objective": "batch",
+            "batch_size": args.batch_size,
+            "cost_model": _cost_model(args),
+        }
     model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, **batch)
     tables = trace.tables()
     comparison = report.compare_methods(
-        tables, trace.layer_ids, args.gpus, args.slots, main={args.method: model.placements}, seed=args.seed
+        tables,
+        trace.layer_ids,
+        args.gpus,
+        args.slots,
+        main={args.method: model.placements},
+        seed=args.seed,
     )
     header, rows = report.comparison_rows(comparison)
-    print(f"expected cost per layer (expert rounds per token), {args.gpus} GPUs x {args.slots} slots:")
+    print(
+        f"expected cost per layer (expert rounds per token), {args.gpus} GPUs x {args.slots} slots:"
+    )
     print(report.format_table(header, rows))
     if report_dir is not None:
-        sweep = None if args.no_sweep else report.slot_sweep(
-            tables, args.gpus, tuple(dict.fromkeys((args.method, *report.BASELINES))),
-            coverage=args.coverage, seed=args.seed,
+        sweep = (
+            None
+            if args.no_sweep
+            else report.slot_sweep(
+                tables,
+                args.gpus,
+                tuple(dict.fromkeys((args.method, *report.BASELINES))),
+                coverage=args.coverage,
+                seed=args.seed,
+            )
         )
         hottest = report.hottest_layer(tables)
         facts = {
@@ -61,7 +81,13 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
             "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens, seed {args.seed})",
         }
         path = report.write_report(
-            report_dir, title, facts, comparison, (tables[hottest], trace.layer_ids[hottest]), sweep, args.gpus
+            report_dir,
+            title,
+            facts,
+            comparison,
+            (tables[hottest], trace.layer_ids[hottest]),
+            sweep,
+            args.gpus,
         )
         print(f"report: {path}")
     return model
@@ -73,8 +99,10 @@ def cmd_demo(args) -> int:
     trace = load_trace(GPTOSS20B_DECODE)
     if args.slots is None:
         args.slots = report.default_slots(trace.num_experts, args.gpus)
-    print(f"bundled trace: gpt-oss-20b decode, {trace.num_tokens} tokens, {trace.num_layers} layers,"
-          f" top-{trace.k} of {trace.num_experts} experts")
+    print(
+        f"bundled trace: gpt-oss-20b decode, {trace.num_tokens} tokens, {trace.num_layers} layers,"
+        f" top-{trace.k} of {trace.num_experts} experts"
+    )
     out = Path(args.out)
     model = _run_plan(trace, args, "moefast demo: gpt-oss-20b decode routing", out)
     model.save(out / "placement.json", "json")
@@ -100,45 +128,60 @@ def cmd_evaluate(args) -> int:
     index = {layer: i for i, layer in enumerate(model.layer_ids)}
     absent = [layer for layer in trace.layer_ids if layer not in index]
     if absent:
-        raise ValueError(f"{args.placement}: no placement for trace layer {absent[0]} (has {model.layer_ids})")
+        raise ValueError(
+            f"{args.placement}: no placement for trace layer {absent[0]} (has {model.layer_ids})"
+        )
     placements = [model.placements[index[layer]] for layer in trace.layer_ids]
     tables = trace.tables()
     methods = () if args.no_baselines else report.BASELINES
     comparison = report.compare_methods(
-        tables, trace.layer_ids, model.num_gpus, model.slots_per_gpu, main={"placement": placements},
+        tables,
+        trace.layer_ids,
+        model.num_gpus,
+        model.slots_per_gpu,
+        main={"placement": placements},
         methods=methods,
     )
     if not methods and not args.no_baselines:
         print("(baselines left out: moefast.optimize is not available)")
     header, rows = report.comparison_rows(comparison)
-    print(f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:")
+    print(
+        f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:"
+    )
     print(report.format_table(header, rows))
     return 0
 
 
 def cmd_inspect(args) -> int:
     trace = load_trace(args.trace, args.trace_format)
-    print(f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers (ids {trace.layer_ids[0]}"
-          f"..{trace.layer_ids[-1]}), {trace.num_experts} experts, k = {trace.k}"
-          + (", weighted" if trace.weights is not None else ""))
+    print(
+        f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers (ids {trace.layer_ids[0]}"
+        f"..{trace.layer_ids[-1]}), {trace.num_experts} experts, k = {trace.k}"
+        + (", weighted" if trace.weights is not None else "")
+    )
     header = ["layer", "subsets", "80%", "90%", "99%", "load max/mean"]
     rows, pairs = [], []
     for layer, table in zip(trace.layer_ids, progress(trace.tables(), trace.num_layers, "layers")):
         load = table.expert_load()
-        rows.append([
-            str(layer), str(len(table)),
-            *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
-            f"{load.max() / load.mean():.2f}",
-        ])
+        rows.append(
+            [
+                str(layer),
+                str(len(table)),
+                *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
+                f"{load.max() / load.mean():.2f}",
+            ]
+        )
         pairs += [(layer, *p) for p in report.top_pairs(table, args.pairs)]
     print("distinct subsets, and the most frequent ones needed to cover 80/90/99% of tokens:")
     print(report.format_table(header, rows))
     pairs.sort(key=lambda p: -p[3])
     print("most co-activated pairs (share of a layer's tokens; x: against uniform routing):")
-    print(report.format_table(
-        ["layer", "experts", "share", "x uniform"],
-        [[str(l), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"] for l, i, j, s, x in pairs[: args.pairs]],
-    ))
+    print(
+        report.format_table(
+            ["layer", "experts", "share", "x uniform"],
+            [[str(l), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"] for l, i, j, s, x in pairs[: args.pairs]],
+        )
+    )
     return 0
 
 
@@ -147,14 +190,26 @@ def cmd_synth(args) -> int:
     if args.load is not None:
         load = load_expert_load(args.load)
         if load.shape[1] != args.experts:
-            raise ValueError(f"{args.load}: loads of {load.shape[1]} experts, not --experts {args.experts}")
+            raise ValueError(
+                f"{args.load}: loads of {load.shape[1]} experts, not --experts {args.experts}"
+            )
         if load.shape[0] != args.layers:
             # Cycle the recorded layers so any --layers count keeps real per-layer shapes.
             load = load[np.arange(args.layers) % load.shape[0]]
-    trace = synthetic_trace(args.tokens, args.experts, args.k, args.layers, seed=args.seed, expert_load=load,
-                            topic_strength=args.topic_strength, topic_zipf=args.topic_zipf)
+    trace = synthetic_trace(
+        args.tokens,
+        args.experts,
+        args.k,
+        args.layers,
+        seed=args.seed,
+        expert_load=load,
+        topic_strength=args.topic_strength,
+        topic_zipf=args.topic_zipf,
+    )
     trace.save(args.out)
-    print(f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.k} of {trace.num_experts}")
+    print(
+        f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.k} of {trace.num_experts}"
+    )
     return 0
 
 
@@ -178,42 +233,88 @@ def cmd_simulate(args) -> int:
     }
     if args.batch_aware > 0:
         placements[f"batch-aware (B={args.batch_aware})"] = moefast.plan(
-            trace, args.gpus, args.slots, coverage=args.coverage, seed=args.seed,
-            objective="batch", batch_size=args.batch_aware, cost_model=cm, progress=sys.stderr.isatty(),
+            trace,
+            args.gpus,
+            args.slots,
+            coverage=args.coverage,
+            seed=args.seed,
+            objective="batch",
+            batch_size=args.batch_aware,
+            cost_model=cm,
+            progress=sys.stderr.isatty(),
         )
-    print(f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots, {args.steps} steps per batch size")
-    header = ["placement", "batch", "mean step", "p50 step", "p99 step", "tokens per ms", "latency per token"]
+    print(
+        f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots, {args.steps} steps per batch size"
+    )
+    header = [
+        "placement",
+        "batch",
+        "mean step",
+        "p50 step",
+        "p99 step",
+        "tokens per ms",
+        "latency per token",
+    ]
     rows, results = [], {}
     for name, model in placements.items():
         results[name] = moefast.simulate(trace, model, sizes, cm, seed=args.seed, steps=args.steps)
         for r in results[name]:
-            rows.append([name, str(r["batch_size"]), f"{r['mean_step_time']:.1f}", f"{r['p50_step_time']:.1f}",
-                         f"{r['p99_step_time']:.1f}", f"{r['throughput'] * 1e3:.1f}", f"{r['latency_per_token']:.1f}"])
+            rows.append(
+                [
+                    name,
+                    str(r["batch_size"]),
+                    f"{r['mean_step_time']:.1f}",
+                    f"{r['p50_step_time']:.1f}",
+                    f"{r['p99_step_time']:.1f}",
+                    f"{r['throughput'] * 1e3:.1f}",
+                    f"{r['latency_per_token']:.1f}",
+                ]
+            )
     print("step times and latency in the cost model's unit (us):")
     print(report.format_table(header, rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plot = plot_throughput_latency(results, out / "throughput_latency.png",
-                                   title=f"Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots")
+    plot = plot_throughput_latency(
+        results,
+        out / "throughput_latency.png",
+        title=f"Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots",
+    )
     print(f"plot: {plot}")
     return 0
 
 
 def _cost_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)")
-    p.add_argument("--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)")
-    p.add_argument("--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)")
-    p.add_argument("--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b")
+    p.add_argument(
+        "--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)"
+    )
+    p.add_argument(
+        "--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)"
+    )
+    p.add_argument(
+        "--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)"
+    )
+    p.add_argument(
+        "--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b"
+    )
     p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200")
 
 
 def _placement_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
     p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
-    p.add_argument("--method", default="greedy", help="greedy (default), milp, contiguous, round_robin, eplb")
-    p.add_argument("--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover (0.99)")
+    p.add_argument(
+        "--method", default="greedy", help="greedy (default), milp, contiguous, round_robin, eplb"
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        default=0.99,
+        help="share of tokens the planned subsets cover (0.99)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report")
+    p.add_argument(
+        "--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,81 +323,142 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moefast {moefast.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    trace_format = {"choices": TRACE_FORMATS, "default": None, "help": "trace format (guessed when left out)"}
+    trace_format = {
+        "choices": TRACE_FORMATS,
+        "default": None,
+        "help": "trace format (guessed when left out)",
+    }
 
-    p = sub.add_parser("demo", help="plan the bundled gpt-oss-20b trace and write a report",
-                       description="Plans the bundled gpt-oss-20b decode trace, prints the cost of every"
-                       " layer against the baselines and writes a Markdown report with plots.")
+    p = sub.add_parser(
+        "demo",
+        help="plan the bundled gpt-oss-20b trace and write a report",
+        description="Plans the bundled gpt-oss-20b decode trace, prints the cost of every"
+        " layer against the baselines and writes a Markdown report with plots.",
+    )
     p.add_argument("--out", default="moefast-demo", help="report folder (moefast-demo)")
     p.add_argument("--gpus", type=int, default=4, help="number of GPUs (4)")
-    p.add_argument("--slots", type=int, default=None, help="experts per GPU (default: 1.25 x experts / GPUs)")
+    p.add_argument(
+        "--slots", type=int, default=None, help="experts per GPU (default: 1.25 x experts / GPUs)"
+    )
     p.add_argument("--method", default="greedy", help=argparse.SUPPRESS)
-    p.add_argument("--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover")
+    p.add_argument(
+        "--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report")
+    p.add_argument(
+        "--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report"
+    )
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("plan", help="compute a placement from a trace",
-                       description="Computes a placement of every MoE layer and writes it for an engine.")
-    p.add_argument("trace", help="routing trace (.npz, .jsonl, SGLang per_token .pt or folder, ...)")
+    p = sub.add_parser(
+        "plan",
+        help="compute a placement from a trace",
+        description="Computes a placement of every MoE layer and writes it for an engine.",
+    )
+    p.add_argument(
+        "trace", help="routing trace (.npz, .jsonl, SGLang per_token .pt or folder, ...)"
+    )
     _placement_options(p)
-    p.add_argument("--format", default="sglang", choices=PLACEMENT_FORMATS, help="placement file format (sglang)")
-    p.add_argument("--num-layers", type=int, default=None,
-                   help="sglang: the model's total layer count, when it has layers after the last MoE layer")
+    p.add_argument(
+        "--format",
+        default="sglang",
+        choices=PLACEMENT_FORMATS,
+        help="placement file format (sglang)",
+    )
+    p.add_argument(
+        "--num-layers",
+        type=int,
+        default=None,
+        help="sglang: the model's total layer count, when it has layers after the last MoE layer",
+    )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="optimize the mean step time of batches of B tokens (cost model below) instead of decode")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="optimize the mean step time of batches of B tokens (cost model below) instead of decode",
+    )
     _cost_model_options(p)
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_plan)
 
-    p = sub.add_parser("evaluate", help="expected cost of a placement on a trace",
-                       description="Prints the expected cost per layer of a placement file, the lower"
-                       " bound and the baselines with the same memory.")
+    p = sub.add_parser(
+        "evaluate",
+        help="expected cost of a placement on a trace",
+        description="Prints the expected cost per layer of a placement file, the lower"
+        " bound and the baselines with the same memory.",
+    )
     p.add_argument("trace")
     p.add_argument("placement", help="placement file (any format moefast writes)")
-    p.add_argument("--gpus", type=int, default=None, help="number of GPUs (needed for sglang and trtllm files)")
+    p.add_argument(
+        "--gpus", type=int, default=None, help="number of GPUs (needed for sglang and trtllm files)"
+    )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("inspect", help="statistics of a trace",
-                       description="Tokens, layers, experts, k; subsets needed for 80/90/99%% coverage,"
-                       " expert load skew and the most co-activated pairs.")
+    p = sub.add_parser(
+        "inspect",
+        help="statistics of a trace",
+        description="Tokens, layers, experts, k; subsets needed for 80/90/99%% coverage,"
+        " expert load skew and the most co-activated pairs.",
+    )
     p.add_argument("trace")
     p.add_argument("--pairs", type=int, default=5, help="how many pairs to list (5)")
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_inspect)
 
-    p = sub.add_parser("synth", help="write a realistic synthetic trace",
-                       description="Writes a synthetic trace with skewed, co-activated expert choices"
-                       " (see moefast.synthetic.synthetic_trace).")
+    p = sub.add_parser(
+        "synth",
+        help="write a realistic synthetic trace",
+        description="Writes a synthetic trace with skewed, co-activated expert choices"
+        " (see moefast.synthetic.synthetic_trace).",
+    )
     p.add_argument("--experts", type=int, required=True)
     p.add_argument("--k", type=int, required=True, help="experts per token")
     p.add_argument("--layers", type=int, required=True)
     p.add_argument("--tokens", type=int, required=True)
-    p.add_argument("--load", type=Path, default=None,
-                   help="per-expert loads to match (SGLang logical_count JSON, .npy, TensorRT-LLM folder, trace)")
+    p.add_argument(
+        "--load",
+        type=Path,
+        default=None,
+        help="per-expert loads to match (SGLang logical_count JSON, .npy, TensorRT-LLM folder, trace)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--topic-strength", type=float, default=3.0, help="co-activation strength (3.0)")
-    p.add_argument("--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)")
+    p.add_argument(
+        "--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)"
+    )
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(run=cmd_synth)
 
-    p = sub.add_parser("simulate", help="throughput and latency of batches for several placements",
-                       description="Simulates decode steps of several batch sizes for the greedy, batch-aware,"
-                       " contiguous and EPLB placements of a trace (cost model of DESIGN 2.2), prints step"
-                       " times, throughput and latency, and plots the throughput/latency curve.")
+    p = sub.add_parser(
+        "simulate",
+        help="throughput and latency of batches for several placements",
+        description="Simulates decode steps of several batch sizes for the greedy, batch-aware,"
+        " contiguous and EPLB placements of a trace (cost model of DESIGN 2.2), prints step"
+        " times, throughput and latency, and plots the throughput/latency curve.",
+    )
     p.add_argument("trace")
     _placement_options(p)
-    p.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated (1,4,16,64,256,1024)")
+    p.add_argument(
+        "--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated (1,4,16,64,256,1024)"
+    )
     p.add_argument("--steps", type=int, default=300, help="simulated steps per batch size (300)")
-    p.add_argument("--batch-aware", type=int, default=64, metavar="B",
-                   help="also plan batch-aware placements for batch size B (64; 0 to skip)")
+    p.add_argument(
+        "--batch-aware",
+        type=int,
+        default=64,
+        metavar="B",
+        help="also plan batch-aware placements for batch size B (64; 0 to skip)",
+    )
     _cost_model_options(p)
-    p.add_argument("--out", default="moefast-simulate", help="folder for the plot (moefast-simulate)")
+    p.add_argument(
+        "--out", default="moefast-simulate", help="folder for the plot (moefast-simulate)"
+    )
     p.add_argument("--trace-format", **trace_format)
     p.set_defaults(run=cmd_simulate)
     return parser

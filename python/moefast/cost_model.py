@@ -124,7 +124,9 @@ class CostModel:
         return cls(alpha, beta, p)
 
     @classmethod
-    def preset(cls, model: str, gpu: str = "h100", p: float = 1.0, dtype_bytes: float = 2) -> CostModel:
+    def preset(
+        cls, model: str, gpu: str = "h100", p: float = 1.0, dtype_bytes: float = 2
+    ) -> CostModel:
         """`for_expert` with the expert shape of `model` (keys of EXPERT_SHAPES) and the
         datasheet peaks of `gpu` ("h100" or "h200")."""
         if model not in EXPERT_SHAPES:
@@ -151,12 +153,16 @@ class CostModel:
         y = np.asarray(times, dtype=np.float64)
         t = np.ones_like(n) if experts is None else np.asarray(experts, dtype=np.float64)
         if not (n.ndim == y.ndim == t.ndim == 1 and n.shape == y.shape == t.shape):
-            raise ValueError(f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}")
+            raise ValueError(
+                f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}"
+            )
         if len(n) < 2:
             raise ValueError("fitting needs at least 2 points")
         finite = np.all(np.isfinite(n)) and np.all(np.isfinite(t)) and np.all(np.isfinite(y))
         if not (finite and np.all(n >= 1) and np.all(t >= 1) and np.all(y > 0)):
-            raise ValueError("tokens and experts must be finite and >= 1 and times positive and finite")
+            raise ValueError(
+                "tokens and experts must be finite and >= 1 and times positive and finite"
+            )
         if p is not None and not _number("p", p) >= 1:
             raise ValueError(f"p must be at least 1 (or inf), got {p}")
         # The fit is scale-free (relative errors; f scales with alpha and beta, and n only
@@ -264,8 +270,13 @@ class CostModelFit:
 
     def points_table(self) -> str:
         """Markdown table of the points: experts, tokens, measured, predicted, error."""
-        rows = ["| experts | tokens | measured (us) | model (us) | error |", "| --- | --- | --- | --- | --- |"]
-        for t, n, y, f, e in zip(self.experts, self.tokens, self.measured, self.predicted, self.rel_errors):
+        rows = [
+            "| experts | tokens | measured (us) | model (us) | error |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for t, n, y, f, e in zip(
+            self.experts, self.tokens, self.measured, self.predicted, self.rel_errors
+        ):
             rows.append(f"| {t} | {n} | {y:.1f} | {f:.1f} | {e:+.1%} |")
         return "\n".join(rows)
 
@@ -279,7 +290,9 @@ def load_calibration(path: str | Path | None = None) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def fit_calibration(path: str | Path | dict | None = None, p: float | None = None) -> dict[str, CostModelFit]:
+def fit_calibration(
+    path: str | Path | dict | None = None, p: float | None = None
+) -> dict[str, CostModelFit]:
     """Fits every model of a calibration file ({"models": {name: {"points": [{"experts",
     "tokens", "us"}, ...]}}}): name -> CostModelFit."""
     data = path if isinstance(path, dict) else load_calibration(path)

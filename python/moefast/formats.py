@@ -50,7 +50,9 @@ def gpu_slots(placement: Placement, slots_per_gpu: int) -> np.ndarray:
                 " already on that GPU can fill them without changing the replica sets"
             )
         if experts.size > slots_per_gpu:
-            raise ValueError(f"GPU {g} holds {experts.size} experts, more than {slots_per_gpu} slots")
+            raise ValueError(
+                f"GPU {g} holds {experts.size} experts, more than {slots_per_gpu} slots"
+            )
         fill = np.full(slots_per_gpu - experts.size, experts[0])
         rows.append(np.concatenate([experts, fill]))
     return np.stack(rows).astype(np.int64)
@@ -61,7 +63,9 @@ def physical_to_logical(model: ModelPlacement) -> np.ndarray:
     return np.stack([gpu_slots(p, model.slots_per_gpu).ravel() for p in model.placements])
 
 
-def placement_from_slots(slots: Sequence[int], num_gpus: int, num_experts: int, where: str) -> Placement:
+def placement_from_slots(
+    slots: Sequence[int], num_gpus: int, num_experts: int, where: str
+) -> Placement:
     """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus))."""
     slots = np.asarray(slots)
     if slots.ndim != 1 or slots.dtype.kind not in "iu":
@@ -140,7 +144,9 @@ def _trtllm(model: ModelPlacement) -> dict[str, Any]:
     p2l = physical_to_logical(model)
     return {
         "num_slots": int(p2l.shape[1]),
-        "initial_global_assignments": {int(l): row.tolist() for l, row in zip(model.layer_ids, p2l)},
+        "initial_global_assignments": {
+            int(l): row.tolist() for l, row in zip(model.layer_ids, p2l)
+        },
         "layer_updates_per_iter": 0,
     }
 
@@ -154,7 +160,8 @@ def _vllm_ascend(model: ModelPlacement) -> dict[str, Any]:
                 "layer_id": int(layer),
                 "device_count": model.num_gpus,
                 "device_list": [
-                    {"device_id": g, "device_expert": slots[g].tolist()} for g in range(model.num_gpus)
+                    {"device_id": g, "device_expert": slots[g].tolist()}
+                    for g in range(model.num_gpus)
                 ],
             }
         )
@@ -162,7 +169,10 @@ def _vllm_ascend(model: ModelPlacement) -> dict[str, Any]:
 
 
 def save_placement(
-    model: ModelPlacement, path: str | os.PathLike, format: str = "json", num_layers: int | None = None
+    model: ModelPlacement,
+    path: str | os.PathLike,
+    format: str = "json",
+    num_layers: int | None = None,
 ) -> None:
     """Write ``model`` to ``path`` in ``format`` (one of `PLACEMENT_FORMATS`).
 
@@ -242,7 +252,11 @@ def _need(value: Any, name: str, path: Path, fmt: str) -> Any:
 
 
 def _from_maps(
-    rows: Sequence[Sequence[int]], layer_ids: list[int], num_gpus: int, num_experts: int | None, path: Path
+    rows: Sequence[Sequence[int]],
+    layer_ids: list[int],
+    num_gpus: int,
+    num_experts: int | None,
+    path: Path,
 ) -> ModelPlacement:
     arrays = []
     for layer, r in zip(layer_ids, rows):
@@ -251,9 +265,13 @@ def _from_maps(
         try:
             a = np.asarray(r)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: layer {layer}: the map is not a list of integers ({err})") from err
+            raise ValueError(
+                f"{path}: layer {layer}: the map is not a list of integers ({err})"
+            ) from err
         if a.size and a.dtype.kind not in "iu":
-            raise ValueError(f"{path}: layer {layer}: the map is not a list of integers (holds {a.dtype} values)")
+            raise ValueError(
+                f"{path}: layer {layer}: the map is not a list of integers (holds {a.dtype} values)"
+            )
         arrays.append(a.astype(np.int64))
     if not arrays:
         raise ValueError(f"{path}: no layer in the file")
@@ -312,10 +330,12 @@ def load_placement(
     return model
 
 
-def _load(path: Path, data: dict, fmt: str, num_gpus: int | None, num_experts: int | None) -> ModelPlacement:
+def _load(
+    path: Path, data: dict, fmt: str, num_gpus: int | None, num_experts: int | None
+) -> ModelPlacement:
     if fmt == "json":
         if data.get("format") != _NATIVE_TAG:
-            raise ValueError(f"{path}: not a moefast placement (no \"format\": \"{_NATIVE_TAG}\")")
+            raise ValueError(f'{path}: not a moefast placement (no "format": "{_NATIVE_TAG}")')
         g = int(data["num_gpus"])
         placements = [Placement.from_lists(lists, g) for lists in data["replicas"]]
         return ModelPlacement(
@@ -348,7 +368,9 @@ def _load(path: Path, data: dict, fmt: str, num_gpus: int | None, num_experts: i
         rows = [assignments.get(l, assignments.get(str(l))) for l in layers]
         model = _from_maps(rows, layers, g, num_experts, path)
         if "num_slots" in data and int(data["num_slots"]) != model.num_gpus * model.slots_per_gpu:
-            raise ValueError(f"{path}: num_slots = {data['num_slots']} but layers hold {model.num_gpus * model.slots_per_gpu} slots")
+            raise ValueError(
+                f"{path}: num_slots = {data['num_slots']} but layers hold {model.num_gpus * model.slots_per_gpu} slots"
+            )
         return model
     if fmt == "vllm-ascend":
         layers = data["layer_list"]
@@ -357,11 +379,15 @@ def _load(path: Path, data: dict, fmt: str, num_gpus: int | None, num_experts: i
         for i, layer in enumerate(layers):
             devs = layer["device_list"]
             if devices is not None and len(devs) != devices:
-                raise ValueError(f"{path}: layer_list[{i}] has {len(devs)} devices, others {devices}")
+                raise ValueError(
+                    f"{path}: layer_list[{i}] has {len(devs)} devices, others {devices}"
+                )
             devices = len(devs)
             counts = {len(d["device_expert"]) for d in devs}
             if len(counts) != 1:
-                raise ValueError(f"{path}: layer_list[{i}] devices hold different numbers of experts {sorted(counts)}")
+                raise ValueError(
+                    f"{path}: layer_list[{i}] devices hold different numbers of experts {sorted(counts)}"
+                )
             rows.append([e for d in devs for e in d["device_expert"]])
             ids.append(int(layer.get("layer_id", i)))
         if num_gpus is not None and num_gpus != devices:

@@ -100,7 +100,12 @@ def solve_milp(
         # Columns of x in non-increasing lexicographic order (GPUs are interchangeable).
         place_value = 2.0 ** np.arange(num_experts - 1, -1, -1)
         for g in range(num_gpus - 1):
-            rows.add(np.concatenate([x[:, g], x[:, g + 1]]), np.concatenate([place_value, -place_value]), 0.0, np.inf)
+            rows.add(
+                np.concatenate([x[:, g], x[:, g + 1]]),
+                np.concatenate([place_value, -place_value]),
+                0.0,
+                np.inf,
+            )
     else:
         rows.add([x[0, 0]], 1.0, 1.0, 1.0)
 

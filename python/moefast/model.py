@@ -33,9 +33,15 @@ class ModelPlacement:
         self.placements = list(self.placements)
         for i, p in enumerate(self.placements):
             if not isinstance(p, Placement):
-                raise TypeError(f"placements[{i}] must be a moefast.Placement, got {type(p).__name__}")
-        if isinstance(self.slots_per_gpu, (bool, np.bool_)) or not isinstance(self.slots_per_gpu, (int, np.integer)):
-            raise TypeError(f"slots_per_gpu must be an int, got {type(self.slots_per_gpu).__name__}")
+                raise TypeError(
+                    f"placements[{i}] must be a moefast.Placement, got {type(p).__name__}"
+                )
+        if isinstance(self.slots_per_gpu, (bool, np.bool_)) or not isinstance(
+            self.slots_per_gpu, (int, np.integer)
+        ):
+            raise TypeError(
+                f"slots_per_gpu must be an int, got {type(self.slots_per_gpu).__name__}"
+            )
         self.slots_per_gpu = int(self.slots_per_gpu)
         gpus = {p.num_gpus for p in self.placements}
         experts = {p.num_experts for p in self.placements}
@@ -101,7 +107,9 @@ class ModelPlacement:
         cls, replicas: np.ndarray | Sequence[np.ndarray], slots_per_gpu: int, **kwargs: Any
     ) -> ModelPlacement:
         """From a bool array [layers, num_experts, num_gpus]."""
-        return cls([Placement(np.asarray(r, dtype=bool)) for r in replicas], slots_per_gpu, **kwargs)
+        return cls(
+            [Placement(np.asarray(r, dtype=bool)) for r in replicas], slots_per_gpu, **kwargs
+        )
 
     def save(self, path, format: str = "json", **options: Any) -> None:
         """Write this placement for an engine: see `moefast.formats` for the formats."""

@@ -76,8 +76,12 @@ def optimize(
     # Checked for every method, so that "milp" (which has no use for it) refuses what the others do.
     seed = check_int("seed", seed, 0, 2**63 - 1)
     if time_limit is not None:
-        if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float, np.integer, np.floating)):
-            raise TypeError(f"time_limit must be a number of seconds, got {type(time_limit).__name__}")
+        if isinstance(time_limit, bool) or not isinstance(
+            time_limit, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                f"time_limit must be a number of seconds, got {type(time_limit).__name__}"
+            )
         if not 0 < time_limit < float("inf"):
             # HiGHS ignores an invalid limit and would run without one.
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
@@ -85,7 +89,9 @@ def optimize(
     if objective == "batch":
         return _optimize_for_batches(table, num_gpus, slots_per_gpu, method, seed, **batch)
     if objective != "decode" or batch:
-        raise ValueError(f"unknown options {sorted(batch) or [objective]}: objective is 'decode' or 'batch'")
+        raise ValueError(
+            f"unknown options {sorted(batch) or [objective]}: objective is 'decode' or 'batch'"
+        )
     if method == "milp":
         from moefast.milp import solve_milp
 
@@ -122,7 +128,9 @@ def _optimize_for_batches(
     candidates = [optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed) for m in starts]
 
     def mean_step(placement: Placement) -> float:
-        return simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)[0]["mean_step_time"]
+        return simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)[0][
+            "mean_step_time"
+        ]
 
     start = min(candidates, key=mean_step) if len(candidates) > 1 else candidates[0]
     return optimize_batch(table, start, slots_per_gpu, cost_model, batch_size, seed=seed, **search)

@@ -52,7 +52,9 @@ def plan(
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float, np.integer, np.floating)):
+    if isinstance(coverage, bool) or not isinstance(
+        coverage, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"coverage must be a number, got {type(coverage).__name__}")
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
@@ -86,6 +88,9 @@ def plan(
             "seed": seed,
             "num_gpus": num_gpus,
             # Files keep settings as JSON: a cost model is recorded by its repr.
-            **{k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v) for k, v in options.items()},
+            **{
+                k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+                for k, v in options.items()
+            },
         },
     )

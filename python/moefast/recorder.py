@@ -75,7 +75,10 @@ def topk_from_router_output(output: Any, k: int, num_experts: int) -> np.ndarray
 
 
 def trace_from_router_logits(
-    router_logits: Sequence[Any], k: int, num_experts: int | None = None, layer_ids: Sequence[int] | None = None
+    router_logits: Sequence[Any],
+    k: int,
+    num_experts: int | None = None,
+    layer_ids: Sequence[int] | None = None,
 ) -> Trace:
     """A trace from per-layer router logits [tokens, E] (``output_router_logits=True``)."""
     if not router_logits:
@@ -89,7 +92,9 @@ def trace_from_router_logits(
     return Trace(np.stack(per_layer, axis=1), num_experts, list(layer_ids or range(len(per_layer))))
 
 
-def find_routers(named_modules: Iterable[tuple[str, Any]], names: Sequence[str] = ROUTER_NAMES) -> list[tuple[int, str, Any]]:
+def find_routers(
+    named_modules: Iterable[tuple[str, Any]], names: Sequence[str] = ROUTER_NAMES
+) -> list[tuple[int, str, Any]]:
     """(layer number, module name, module) of each router, by layer number.
 
     A router is a module whose own name is one of ``names`` inside a numbered layer
@@ -111,9 +116,13 @@ class HookRecorder:
     """The recording logic, for any module tree with ``named_modules`` and
     ``register_forward_hook`` (torch's interface); `RoutingRecorder` is the public face."""
 
-    def __init__(self, model: Any, k: int, num_experts: int, router_names: Sequence[str] = ROUTER_NAMES):
+    def __init__(
+        self, model: Any, k: int, num_experts: int, router_names: Sequence[str] = ROUTER_NAMES
+    ):
         if k < 1 or num_experts < k:
-            raise ValueError(f"need 1 <= k <= num_experts, got k = {k}, num_experts = {num_experts}")
+            raise ValueError(
+                f"need 1 <= k <= num_experts, got k = {k}, num_experts = {num_experts}"
+            )
         self.k, self.num_experts = k, num_experts
         self.routers = find_routers(model.named_modules(), router_names)
         if not self.routers:
@@ -195,8 +204,13 @@ class RoutingRecorder(HookRecorder):
     ``num_local_experts`` / ``num_experts`` / ``n_routed_experts``.
     """
 
-    def __init__(self, model: Any, k: int | None = None, num_experts: int | None = None,
-                 router_names: Sequence[str] = ROUTER_NAMES):
+    def __init__(
+        self,
+        model: Any,
+        k: int | None = None,
+        num_experts: int | None = None,
+        router_names: Sequence[str] = ROUTER_NAMES,
+    ):
         require("torch", "recording transformers models")
         config = getattr(model, "config", None)
         k = k or _config_value(config, ("num_experts_per_tok", "moe_topk", "top_k"))
@@ -204,5 +218,7 @@ class RoutingRecorder(HookRecorder):
             config, ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
         )
         if k is None or num_experts is None:
-            raise ValueError("cannot read k and num_experts from the model config: pass k= and num_experts=")
+            raise ValueError(
+                "cannot read k and num_experts from the model config: pass k= and num_experts="
+            )
         super().__init__(model, k, num_experts, router_names)

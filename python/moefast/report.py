@@ -74,7 +74,9 @@ def compare_methods(
             moefast.optimize(t, num_gpus, slots_per_gpu, method=method, seed=seed)
             for t in progress(tables, len(tables), method)
         ]
-    costs = {m: np.array([expected_cost(t, p) for t, p in zip(tables, ps)]) for m, ps in placed.items()}
+    costs = {
+        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps)]) for m, ps in placed.items()
+    }
     bounds = np.array([lower_bound(t, num_gpus) for t in tables])
     main_method = next(iter(main)) if main else methods[0]
     return Comparison(list(layer_ids), costs, bounds, main_method, placed)
@@ -100,7 +102,10 @@ def slot_sweep(
     planned = tables if coverage >= 1 else [t.prune(coverage=coverage) for t in tables]
     for i, s, m in progress(work, len(work), "slot sweep"):
         costs[m][i] = np.mean(
-            [expected_cost(t, moefast.optimize(p, num_gpus, int(s), method=m, seed=seed)) for t, p in zip(tables, planned)]
+            [
+                expected_cost(t, moefast.optimize(p, num_gpus, int(s), method=m, seed=seed))
+                for t, p in zip(tables, planned)
+            ]
         )
     bound = np.full(len(slots), np.mean([lower_bound(t, num_gpus) for t in tables]))
     return slots, costs, bound
@@ -153,7 +158,9 @@ def _pyplot():
 def plot_coactivation(table: SubsetTable, layer_id: int, path: Path) -> None:
     plt = _pyplot()
     matrix = coactivation(table) / table.total_weight
-    np.fill_diagonal(matrix, np.nan)  # the diagonal is load, not co-activation: it would drown the scale
+    np.fill_diagonal(
+        matrix, np.nan
+    )  # the diagonal is load, not co-activation: it would drown the scale
     size = min(9.0, 3.5 + 0.12 * table.num_experts)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     image = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
@@ -182,7 +189,9 @@ def plot_slot_sweep(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # Distinct markers and dashes keep methods with equal costs visible on top of each other.
     for (method, values), (marker, dash) in zip(costs.items(), _STYLES):
-        ax.plot(slots, values, marker=marker, linestyle=dash, label=METHOD_LABELS.get(method, method))
+        ax.plot(
+            slots, values, marker=marker, linestyle=dash, label=METHOD_LABELS.get(method, method)
+        )
     ax.plot(slots, bound, linestyle=(0, (1, 3)), color="black", label="lower bound")
     ax.set_xlabel(f"slots per GPU ({num_gpus} GPUs)")
     ax.set_ylabel("expected cost (expert rounds per token per layer)")
@@ -195,8 +204,17 @@ def plot_layer_costs(comparison: Comparison, path: Path) -> None:
     layers = np.array(comparison.layer_ids)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * len(layers) + 3), 4.5))
     for (method, values), (marker, dash) in zip(comparison.costs.items(), _STYLES):
-        ax.plot(layers, values, marker=marker, markersize=4, linestyle=dash, label=METHOD_LABELS.get(method, method))
-    ax.plot(layers, comparison.lower_bounds, linestyle=(0, (1, 3)), color="black", label="lower bound")
+        ax.plot(
+            layers,
+            values,
+            marker=marker,
+            markersize=4,
+            linestyle=dash,
+            label=METHOD_LABELS.get(method, method),
+        )
+    ax.plot(
+        layers, comparison.lower_bounds, linestyle=(0, (1, 3)), color="black", label="lower bound"
+    )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("layer")
     ax.set_ylabel("expected cost (expert rounds per token)")
@@ -212,13 +230,23 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
     rows = []
     has_baseline = any(m in comparison.costs for m in BASELINES if m != comparison.main_method)
-    gains = comparison.gain() if has_baseline and comparison.main_method in comparison.costs else None
+    gains = (
+        comparison.gain() if has_baseline and comparison.main_method in comparison.costs else None
+    )
     for i, layer in enumerate(comparison.layer_ids):
-        row = [str(layer), *(f"{comparison.costs[m][i]:.3f}" for m in methods), f"{comparison.lower_bounds[i]:.3f}"]
+        row = [
+            str(layer),
+            *(f"{comparison.costs[m][i]:.3f}" for m in methods),
+            f"{comparison.lower_bounds[i]:.3f}",
+        ]
         if gains is not None:
             row.append(f"{100 * gains[i]:.1f}%")
         rows.append(row)
-    total = ["total", *(f"{comparison.costs[m].sum():.3f}" for m in methods), f"{comparison.lower_bounds.sum():.3f}"]
+    total = [
+        "total",
+        *(f"{comparison.costs[m].sum():.3f}" for m in methods),
+        f"{comparison.lower_bounds.sum():.3f}",
+    ]
     if gains is not None:
         best = comparison.best_baseline.sum()
         total.append(f"{100 * (best - comparison.costs[comparison.main_method].sum()) / best:.1f}%")

@@ -12,7 +12,9 @@ from moefast.progress import progress
 from moefast.trace import MAX_EXPERTS, Trace
 
 
-def _target_share(expert_load: np.ndarray | None, num_layers: int, num_experts: int, k: int) -> np.ndarray | None:
+def _target_share(
+    expert_load: np.ndarray | None, num_layers: int, num_experts: int, k: int
+) -> np.ndarray | None:
     """Per layer, the fraction of tokens that should pick each expert, float [L, E]."""
     if expert_load is None:
         return None
@@ -28,7 +30,9 @@ def _target_share(expert_load: np.ndarray | None, num_layers: int, num_experts: 
         raise ValueError("expert_load must be finite and non-negative")
     totals = load.sum(axis=1, keepdims=True)
     if (totals <= 0).any():
-        raise ValueError(f"expert_load has a layer with zero total load (layer {int(np.argmin(totals))})")
+        raise ValueError(
+            f"expert_load has a layer with zero total load (layer {int(np.argmin(totals))})"
+        )
     used = (load > 0).sum(axis=1)
     if (used < k).any():
         raise ValueError(f"expert_load gives fewer than k = {k} experts a load in some layer")
@@ -46,7 +50,9 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-logits, k - 1, axis=1)[:, :k]
 
 
-def _match_share(scores: np.ndarray, share: np.ndarray, k: int, iterations: int, tolerance: float) -> np.ndarray:
+def _match_share(
+    scores: np.ndarray, share: np.ndarray, k: int, iterations: int, tolerance: float
+) -> np.ndarray:
     """A per-expert bias so that top-k of ``scores + bias`` picks each expert ``share`` of the time.
 
     The noise in ``scores`` stays fixed while the bias moves, so the frequencies reached here
@@ -115,13 +121,23 @@ def synthetic_trace(
     Memory: one layer's scores at a time, num_tokens * num_experts * 4 bytes (1M tokens of
     256 experts: 1 GB); generate larger traces in parts with different seeds.
     """
-    for name, value in (("num_tokens", num_tokens), ("num_experts", num_experts), ("k", k),
-                        ("num_layers", num_layers), ("num_topics", num_topics), ("seed", seed),
-                        ("match_iterations", match_iterations)):
-        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))):
+    for name, value in (
+        ("num_tokens", num_tokens),
+        ("num_experts", num_experts),
+        ("k", k),
+        ("num_layers", num_layers),
+        ("num_topics", num_topics),
+        ("seed", seed),
+        ("match_iterations", match_iterations),
+    ):
+        if value is not None and (
+            isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+        ):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if num_tokens < 1 or num_layers < 1:
-        raise ValueError(f"num_tokens and num_layers must be at least 1, got {num_tokens}, {num_layers}")
+        raise ValueError(
+            f"num_tokens and num_layers must be at least 1, got {num_tokens}, {num_layers}"
+        )
     if not 1 <= num_experts <= MAX_EXPERTS:
         raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
     if not 1 <= k <= num_experts:
@@ -134,8 +150,12 @@ def synthetic_trace(
         raise ValueError(f"num_topics must be at least 1, got {num_topics}")
     # NaN or inf knobs give NaN logits, and top-k of NaN picks the same experts for every
     # token: a trace that looks valid and is not.
-    for name, value, low in (("topic_zipf", topic_zipf, 0.0), ("topic_strength", topic_strength, 0.0),
-                             ("popularity_skew", popularity_skew, 0.0), ("noise", noise, None)):
+    for name, value, low in (
+        ("topic_zipf", topic_zipf, 0.0),
+        ("topic_strength", topic_strength, 0.0),
+        ("popularity_skew", popularity_skew, 0.0),
+        ("noise", noise, None),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
         if not np.isfinite(value) or (value < low if low is not None else value <= 0):
@@ -152,6 +172,8 @@ def synthetic_trace(
         scores = (popularity + topic_logits[topics]).astype(np.float32)
         scores += noise * rng.gumbel(size=scores.shape).astype(np.float32)
         if share is not None:
-            scores += _match_share(scores, share[layer], k, match_iterations, match_tolerance).astype(np.float32)
+            scores += _match_share(
+                scores, share[layer], k, match_iterations, match_tolerance
+            ).astype(np.float32)
         topk[:, layer, :] = _top_k(scores, k)
     return Trace(topk, num_experts, layer_ids or list(range(num_layers)))

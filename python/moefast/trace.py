@@ -55,7 +55,9 @@ class Trace:
             raise ValueError(f"topk must be int [tokens, layers, k], got shape {topk.shape}")
         if topk.size and topk.dtype.kind not in "iu":
             raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
-        if isinstance(self.num_experts, (bool, np.bool_)) or not isinstance(self.num_experts, (int, np.integer)):
+        if isinstance(self.num_experts, (bool, np.bool_)) or not isinstance(
+            self.num_experts, (int, np.integer)
+        ):
             raise TypeError(f"num_experts must be an int, got {type(self.num_experts).__name__}")
         self.num_experts = int(self.num_experts)
         if not 1 <= self.num_experts <= MAX_EXPERTS:
@@ -70,7 +72,9 @@ class Trace:
             low, high = int(topk.min()), int(topk.max())
             if low < 0 or high >= self.num_experts:
                 bad = low if low < 0 else high
-                raise ValueError(f"topk holds expert id {bad}, out of range [0, {self.num_experts})")
+                raise ValueError(
+                    f"topk holds expert id {bad}, out of range [0, {self.num_experts})"
+                )
         self.topk = topk.astype(np.int32, copy=False)
         if self.topk.size:
             ordered = np.sort(self.topk, axis=2)
@@ -94,7 +98,9 @@ class Trace:
                 raise TypeError(f"weights must hold real numbers, got dtype {w.dtype}")
             w = w.astype(np.float64)
             if w.shape != (tokens,):
-                raise ValueError(f"weights must be float [tokens] = [{tokens}], got shape {w.shape}")
+                raise ValueError(
+                    f"weights must be float [tokens] = [{tokens}], got shape {w.shape}"
+                )
             if not np.all(np.isfinite(w)) or (w < 0).any():
                 raise ValueError("weights must be finite and non-negative")
             with np.errstate(over="ignore"):

@@ -19,11 +19,15 @@ impl CostModel {
     pub fn new(alpha: f64, beta: f64, p: f64) -> Result<Self> {
         for (name, v) in [("alpha", alpha), ("beta", beta)] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(MoeError::value(format!("{name} must be finite and non-negative, got {v}")));
+                return Err(MoeError::value(format!(
+                    "{name} must be finite and non-negative, got {v}"
+                )));
             }
         }
         if !(p >= 1.0) {
-            return Err(MoeError::value(format!("p must be at least 1 (or infinity), got {p}")));
+            return Err(MoeError::value(format!(
+                "p must be at least 1 (or infinity), got {p}"
+            )));
         }
         Ok(CostModel { alpha, beta, p })
     }
@@ -62,7 +66,10 @@ pub struct ExpertTimes {
 
 impl ExpertTimes {
     pub fn new(model: CostModel) -> Self {
-        ExpertTimes { model, table: vec![0.0] }
+        ExpertTimes {
+            model,
+            table: vec![0.0],
+        }
     }
 
     pub fn model(&self) -> &CostModel {
@@ -103,15 +110,28 @@ mod tests {
         assert_eq!(compute_bound.expert_time(8), 2.0);
         // Large p: the hard maximum, not inf.
         let sharp = CostModel::new(130.0, 0.5, 400.0).unwrap();
-        assert!((sharp.expert_time(1000) - 500.0).abs() < 1e-9, "{}", sharp.expert_time(1000));
+        assert!(
+            (sharp.expert_time(1000) - 500.0).abs() < 1e-9,
+            "{}",
+            sharp.expert_time(1000)
+        );
         assert!((sharp.expert_time(1) - 130.0).abs() < 1e-9);
     }
 
     #[test]
     fn rejects_bad_parameters() {
-        assert!(CostModel::new(-1.0, 0.5, 1.0).unwrap_err().to_string().contains("alpha"));
-        assert!(CostModel::new(1.0, f64::NAN, 1.0).unwrap_err().to_string().contains("beta"));
-        assert!(CostModel::new(1.0, 0.5, 0.5).unwrap_err().to_string().contains("p must"));
+        assert!(CostModel::new(-1.0, 0.5, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("alpha"));
+        assert!(CostModel::new(1.0, f64::NAN, 1.0)
+            .unwrap_err()
+            .to_string()
+            .contains("beta"));
+        assert!(CostModel::new(1.0, 0.5, 0.5)
+            .unwrap_err()
+            .to_string()
+            .contains("p must"));
     }
 
     #[test]

@@ -18,7 +18,14 @@ struct Dinic {
 
 impl Dinic {
     fn new() -> Self {
-        Dinic { adj: Vec::new(), to: Vec::new(), cap: Vec::new(), level: Vec::new(), next: Vec::new(), queue: Vec::new() }
+        Dinic {
+            adj: Vec::new(),
+            to: Vec::new(),
+            cap: Vec::new(),
+            level: Vec::new(),
+            next: Vec::new(),
+            queue: Vec::new(),
+        }
     }
 
     fn reset(&mut self, nodes: usize) {
@@ -136,7 +143,13 @@ impl LoadFlow {
     /// with at most T per GPU. `integral` rounds T up to whole tokens at every step, which
     /// gives the optimum with whole token-expert pairs (flows are integral).
     /// Returns T; the flow stays readable with `split`.
-    pub fn min_makespan(&mut self, experts: &[u32], weights: &[f64], placement: &Placement, integral: bool) -> f64 {
+    pub fn min_makespan(
+        &mut self,
+        experts: &[u32],
+        weights: &[f64],
+        placement: &Placement,
+        integral: bool,
+    ) -> f64 {
         for &g in &self.gpus {
             self.gpu_local[g as usize] = NO_GPU;
         }
@@ -162,10 +175,18 @@ impl LoadFlow {
         for (i, &e) in experts.iter().enumerate() {
             self.dinic.add_edge(s, 1 + i, weights[i]);
             let gpus = placement.gpus_of(e as usize);
-            let first = self.dinic.add_edge(1 + i, 1 + u + self.gpu_local[gpus[0] as usize] as usize, f64::INFINITY);
+            let first = self.dinic.add_edge(
+                1 + i,
+                1 + u + self.gpu_local[gpus[0] as usize] as usize,
+                f64::INFINITY,
+            );
             self.expert_edges.push(first);
             for &g in &gpus[1..] {
-                self.dinic.add_edge(1 + i, 1 + u + self.gpu_local[g as usize] as usize, f64::INFINITY);
+                self.dinic.add_edge(
+                    1 + i,
+                    1 + u + self.gpu_local[g as usize] as usize,
+                    f64::INFINITY,
+                );
             }
         }
         let round = |x: f64| if integral { (x - 1e-9).ceil() } else { x };
@@ -193,8 +214,12 @@ impl LoadFlow {
                     continue;
                 }
                 let source_edge = self.expert_edges[i] - 2;
-                let sink_of = |d: &Dinic, r: usize| self.sink_edges[d.to[self.expert_edges[i] + 2 * r] as usize - 1 - u];
-                let total_room: f64 = (0..reps).map(|r| self.dinic.cap[sink_of(&self.dinic, r)]).sum();
+                let sink_of = |d: &Dinic, r: usize| {
+                    self.sink_edges[d.to[self.expert_edges[i] + 2 * r] as usize - 1 - u]
+                };
+                let total_room: f64 = (0..reps)
+                    .map(|r| self.dinic.cap[sink_of(&self.dinic, r)])
+                    .sum();
                 if total_room <= eps {
                     continue;
                 }
@@ -269,11 +294,17 @@ mod tests {
         // Experts 0, 1 only on GPU 0 (loads 5, 4); expert 2 on GPUs 0, 1 (load 10).
         let p = Placement::from_lists(&[vec![0], vec![0], vec![0, 1]], 2).unwrap();
         let mut f = LoadFlow::new(2);
-        assert_eq!(f.min_makespan(&[0, 1, 2], &[5.0, 4.0, 10.0], &p, true), 10.0);
+        assert_eq!(
+            f.min_makespan(&[0, 1, 2], &[5.0, 4.0, 10.0], &p, true),
+            10.0
+        );
         assert_eq!(f.split(2, 0) + f.split(2, 1), 10.0);
         assert!(f.split(2, 0) <= 1.0);
         // Loads 5, 4, 12: total 21 over 2 GPUs = 10.5 -> 11 whole tokens.
-        assert_eq!(f.min_makespan(&[0, 1, 2], &[5.0, 4.0, 12.0], &p, true), 11.0);
+        assert_eq!(
+            f.min_makespan(&[0, 1, 2], &[5.0, 4.0, 12.0], &p, true),
+            11.0
+        );
         assert!((f.min_makespan(&[0, 1, 2], &[5.0, 4.0, 12.0], &p, false) - 10.5).abs() < 1e-9);
         // A single expert with 9 tokens on 2 replicas: ceil(4.5).
         assert_eq!(f.min_makespan(&[2], &[9.0], &p, true), 5.0);

@@ -9,5 +9,5 @@ pub mod step_time;
 
 pub use cost_model::CostModel;
 pub use step_time::{batch_time, StepTimeSolver};
-pub mod simulate;
 pub mod optimize;
+pub mod simulate;

@@ -10,11 +10,11 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 use super::cost_model::CostModel;
-use crate::rng::SplitMix64;
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;
+use crate::rng::SplitMix64;
 
 /// Candidate moves scored per parallel round (a few per thread keeps threads busy).
 const CHUNK: usize = 32;
@@ -40,7 +40,13 @@ struct Sample {
     by_expert: Vec<Vec<u32>>,
 }
 
-fn sample_batches(trace: &Trace, num_experts: usize, batch_size: usize, num_batches: usize, seed: u64) -> Sample {
+fn sample_batches(
+    trace: &Trace,
+    num_experts: usize,
+    batch_size: usize,
+    num_batches: usize,
+    seed: u64,
+) -> Sample {
     let mut merged: BTreeMap<Vec<(u32, u32)>, f64> = BTreeMap::new();
     let mut tokens = Vec::new();
     let mut count = vec![0u32; num_experts];
@@ -57,10 +63,18 @@ fn sample_batches(trace: &Trace, num_experts: usize, batch_size: usize, num_batc
             }
         }
         touched.sort_unstable();
-        let key: Vec<(u32, u32)> = touched.iter().map(|&e| (e, std::mem::take(&mut count[e as usize]))).collect();
+        let key: Vec<(u32, u32)> = touched
+            .iter()
+            .map(|&e| (e, std::mem::take(&mut count[e as usize])))
+            .collect();
         *merged.entry(key).or_insert(0.0) += 1.0;
     }
-    let mut s = Sample { experts: Vec::new(), counts: Vec::new(), weights: Vec::new(), by_expert: vec![Vec::new(); num_experts] };
+    let mut s = Sample {
+        experts: Vec::new(),
+        counts: Vec::new(),
+        weights: Vec::new(),
+        by_expert: vec![Vec::new(); num_experts],
+    };
     for (b, (key, w)) in merged.into_iter().enumerate() {
         for &(e, _) in &key {
             s.by_expert[e as usize].push(b as u32);
@@ -127,7 +141,13 @@ impl Search<'_> {
         };
         match mv {
             Move::Swap { e, g, f, h } => {
-                if e == f || g == h || !self.holds(e, g) || !self.holds(f, h) || self.holds(e, h) || self.holds(f, g) {
+                if e == f
+                    || g == h
+                    || !self.holds(e, g)
+                    || !self.holds(f, h)
+                    || self.holds(e, h)
+                    || self.holds(f, g)
+                {
                     return None;
                 }
                 replace(&mut lists[e as usize], g as usize, h as usize);
@@ -135,7 +155,11 @@ impl Search<'_> {
                 Some((lists, [e, f]))
             }
             Move::Replace { e, g, f } => {
-                if e == f || !self.holds(e, g) || self.lists[e as usize].len() < 2 || self.holds(f, g) {
+                if e == f
+                    || !self.holds(e, g)
+                    || self.lists[e as usize].len() < 2
+                    || self.holds(f, g)
+                {
                     return None;
                 }
                 lists[e as usize].retain(|&x| x != g as usize);
@@ -185,7 +209,12 @@ impl Search<'_> {
             delta += self.sample.weights[b as usize] * (t - self.times[b as usize]);
             new_times.push(t);
         }
-        Some(Scored { delta, lists, batches, new_times })
+        Some(Scored {
+            delta,
+            lists,
+            batches,
+            new_times,
+        })
     }
 
     fn candidates(&self, rng: &mut SplitMix64) -> Vec<Move> {
@@ -272,10 +301,15 @@ pub fn optimize_batch(
     options: BatchSearchOptions,
 ) -> Result<Placement> {
     if trace.num_layers() != 1 {
-        return Err(MoeError::value(format!("optimize_batch takes one layer, the trace has {}", trace.num_layers())));
+        return Err(MoeError::value(format!(
+            "optimize_batch takes one layer, the trace has {}",
+            trace.num_layers()
+        )));
     }
     if options.batch_size == 0 || options.num_batches == 0 {
-        return Err(MoeError::value("batch_size and num_batches must be at least 1"));
+        return Err(MoeError::value(
+            "batch_size and num_batches must be at least 1",
+        ));
     }
     if options.batch_size > super::simulate::MAX_BATCH || options.num_batches > 1 << 20 {
         return Err(MoeError::value(format!(
@@ -298,11 +332,25 @@ pub fn optimize_batch(
             "the start placement puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
         )));
     }
-    let sample = sample_batches(trace, start.num_experts(), options.batch_size, options.num_batches, options.seed);
+    let sample = sample_batches(
+        trace,
+        start.num_experts(),
+        options.batch_size,
+        options.num_batches,
+        options.seed,
+    );
     let mut solver = StepTimeSolver::new(start, model);
-    let times: Vec<f64> = (0..sample.weights.len()).map(|b| time_batch(&mut solver, &sample, b)).collect();
-    let mut search =
-        Search { sample: &sample, model, slots: slots_per_gpu, lists: start.to_lists(), num_gpus: start.num_gpus(), times };
+    let times: Vec<f64> = (0..sample.weights.len())
+        .map(|b| time_batch(&mut solver, &sample, b))
+        .collect();
+    let mut search = Search {
+        sample: &sample,
+        model,
+        slots: slots_per_gpu,
+        lists: start.to_lists(),
+        num_gpus: start.num_gpus(),
+        times,
+    };
     let mut evaluations = 0;
     for pass in 0u64.. {
         let mut rng = SplitMix64::stream(options.seed, pass, 0x5eed);
@@ -314,15 +362,29 @@ pub fn optimize_batch(
             }
             evaluations += chunk.len();
             let used = search.slots_used();
-            let scored: Vec<_> = chunk.par_iter().map(|&mv| search.score(mv, &used)).collect();
-            let objective: f64 = search.times.iter().zip(&sample.weights).map(|(t, w)| t * w).sum();
+            let scored: Vec<_> = chunk
+                .par_iter()
+                .map(|&mv| search.score(mv, &used))
+                .collect();
+            let objective: f64 = search
+                .times
+                .iter()
+                .zip(&sample.weights)
+                .map(|(t, w)| t * w)
+                .sum();
             let tol = 1e-9 * objective.max(1e-300);
             let best = scored
                 .into_iter()
                 .flatten()
                 .filter(|s| s.delta < -tol)
                 .min_by(|a, b| a.delta.total_cmp(&b.delta));
-            if let Some(Scored { lists, batches, new_times, .. }) = best {
+            if let Some(Scored {
+                lists,
+                batches,
+                new_times,
+                ..
+            }) = best
+            {
                 search.lists = lists;
                 for (b, t) in batches.into_iter().zip(new_times) {
                     search.times[b as usize] = t;
@@ -344,18 +406,27 @@ mod tests {
     fn mean_time(trace: &Trace, p: &Placement, m: CostModel, batch: usize) -> f64 {
         let s = sample_batches(trace, p.num_experts(), batch, 2000, 99);
         let mut solver = StepTimeSolver::new(p, m);
-        let sum: f64 = (0..s.weights.len()).map(|b| s.weights[b] * time_batch(&mut solver, &s, b)).sum();
+        let sum: f64 = (0..s.weights.len())
+            .map(|b| s.weights[b] * time_batch(&mut solver, &s, b))
+            .sum();
         sum / s.weights.iter().sum::<f64>()
     }
 
     #[test]
     fn separates_co_activated_experts() {
         // Tokens pick {0, 1} or {2, 3}; the start puts each pair on one GPU.
-        let ids: Vec<i64> = (0..100).flat_map(|i| if i % 2 == 0 { [0, 1] } else { [2, 3] }).collect();
+        let ids: Vec<i64> = (0..100)
+            .flat_map(|i| if i % 2 == 0 { [0, 1] } else { [2, 3] })
+            .collect();
         let trace = Trace::new(&ids, 1, 2, &[4], None).unwrap();
         let start = Placement::from_lists(&[vec![0], vec![0], vec![1], vec![1]], 2).unwrap();
         let m = CostModel::new(10.0, 0.1, 1.0).unwrap();
-        let opts = BatchSearchOptions { batch_size: 1, num_batches: 64, seed: 0, max_evaluations: 10_000 };
+        let opts = BatchSearchOptions {
+            batch_size: 1,
+            num_batches: 64,
+            seed: 0,
+            max_evaluations: 10_000,
+        };
         let p = optimize_batch(&trace, &start, 2, m, opts).unwrap();
         assert!(!p.holds(0, p.gpus_of(1)[0] as usize) || p.gpus_of(0).len() > 1);
         assert!((mean_time(&trace, &p, m, 1) - m.expert_time(1)).abs() < 1e-9);
@@ -364,19 +435,28 @@ mod tests {
 
     #[test]
     fn never_worse_on_its_sample_and_keeps_slots() {
-        let ids: Vec<i64> = (0..3000).flat_map(|i: i64| [(i * i) % 7, (i * i) % 7 + 1 + (i % 3)]).collect();
+        let ids: Vec<i64> = (0..3000)
+            .flat_map(|i: i64| [(i * i) % 7, (i * i) % 7 + 1 + (i % 3)])
+            .collect();
         let trace = Trace::new(&ids, 1, 2, &[10], None).unwrap();
         let lists: Vec<Vec<usize>> = (0..10).map(|e| vec![e % 4]).collect();
         let start = Placement::from_lists(&lists, 4).unwrap();
         let m = CostModel::new(5.0, 0.2, 2.0).unwrap();
         for batch in [1, 16, 256] {
-            let opts = BatchSearchOptions { batch_size: batch, num_batches: 64, seed: 1, max_evaluations: 3000 };
+            let opts = BatchSearchOptions {
+                batch_size: batch,
+                num_batches: 64,
+                seed: 1,
+                max_evaluations: 3000,
+            };
             let p = optimize_batch(&trace, &start, 3, m, opts).unwrap();
             assert!(p.slots_used().iter().all(|&n| n <= 3));
             let s = sample_batches(&trace, 10, batch, 64, 1);
             let eval = |pl: &Placement| {
                 let mut solver = StepTimeSolver::new(pl, m);
-                (0..s.weights.len()).map(|b| s.weights[b] * time_batch(&mut solver, &s, b)).sum::<f64>()
+                (0..s.weights.len())
+                    .map(|b| s.weights[b] * time_batch(&mut solver, &s, b))
+                    .sum::<f64>()
             };
             assert!(eval(&p) <= eval(&start) + 1e-9);
         }
@@ -387,9 +467,22 @@ mod tests {
         let trace = Trace::new(&[0, 1], 1, 2, &[2], None).unwrap();
         let start = Placement::from_lists(&[vec![0], vec![0]], 1).unwrap();
         let m = CostModel::new(1.0, 1.0, 1.0).unwrap();
-        let opts = BatchSearchOptions { batch_size: 1, num_batches: 4, seed: 0, max_evaluations: 10 };
-        assert!(optimize_batch(&trace, &start, 1, m, opts).unwrap_err().to_string().contains("slots_per_gpu"));
-        let huge = BatchSearchOptions { batch_size: 1 << 24, num_batches: 1 << 20, seed: 0, max_evaluations: 1 };
+        let opts = BatchSearchOptions {
+            batch_size: 1,
+            num_batches: 4,
+            seed: 0,
+            max_evaluations: 10,
+        };
+        assert!(optimize_batch(&trace, &start, 1, m, opts)
+            .unwrap_err()
+            .to_string()
+            .contains("slots_per_gpu"));
+        let huge = BatchSearchOptions {
+            batch_size: 1 << 24,
+            num_batches: 1 << 20,
+            seed: 0,
+            max_evaluations: 1,
+        };
         let err = optimize_batch(&trace, &start, 2, m, huge).unwrap_err();
         assert!(err.to_string().contains("sampled tokens"), "{err}");
     }

@@ -72,7 +72,9 @@ impl SemiMatching {
                 }
             }
         }
-        let mut t = (experts.len() as u32).div_ceil(self.touched.len() as u32).max(1);
+        let mut t = (experts.len() as u32)
+            .div_ceil(self.touched.len() as u32)
+            .max(1);
         // Experts with fewer replicas first: they have the fewest choices.
         let mut order = std::mem::take(&mut self.order);
         order.clear();
@@ -146,7 +148,10 @@ impl SemiMatching {
                 return;
             }
             let list = &mut self.on_gpu[prev as usize];
-            let pos = list.iter().position(|&x| x == j).expect("expert on its GPU");
+            let pos = list
+                .iter()
+                .position(|&x| x == j)
+                .expect("expert on its GPU");
             list.swap_remove(pos);
             self.on_gpu[cur as usize].push(j);
             self.assign[j as usize] = cur;
@@ -179,7 +184,10 @@ mod tests {
                 .collect();
             let p = Placement::from_lists(&lists, g).unwrap();
             let experts: Vec<u32> = (0..e as u32).filter(|_| rng.random_bool(0.7)).collect();
-            let masks: Vec<u64> = experts.iter().map(|&x| p.masks().unwrap()[x as usize]).collect();
+            let masks: Vec<u64> = experts
+                .iter()
+                .map(|&x| p.masks().unwrap()[x as usize])
+                .collect();
             let mut sm = SemiMatching::new(g);
             let t = sm.solve(&experts, &p);
             assert_eq!(t, matching_cost_masks(&masks));
@@ -201,7 +209,12 @@ mod tests {
         let experts: Vec<u32> = (0..256).collect();
         let mut sm = SemiMatching::new(32);
         assert_eq!(sm.solve(&experts, &p), 8);
-        let one: Vec<u32> = (0..40).map(|i| i * 32).collect::<Vec<_>>().into_iter().filter(|&e| e < 256).collect();
+        let one: Vec<u32> = (0..40)
+            .map(|i| i * 32)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter(|&e| e < 256)
+            .collect();
         // Experts 0, 32, ..., 224 all live on GPU 0 and on GPU 3 + 0 = 3.
         assert_eq!(sm.solve(&one, &p), 4);
     }

@@ -5,10 +5,10 @@
 use rayon::prelude::*;
 
 use super::cost_model::CostModel;
-use crate::rng::SplitMix64;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;
+use crate::rng::SplitMix64;
 
 /// Routing of a set of tokens through every MoE layer: ids [tokens, layers, k].
 /// With `weights`, token t is drawn with probability weights[t] / sum (a subset table),
@@ -25,7 +25,13 @@ pub struct Trace {
 impl Trace {
     /// Checks every id against `num_experts[layer]` and that no token picks an expert
     /// twice in a layer.
-    pub fn new(ids: &[i64], num_layers: usize, k: usize, num_experts: &[usize], weights: Option<&[f64]>) -> Result<Self> {
+    pub fn new(
+        ids: &[i64],
+        num_layers: usize,
+        k: usize,
+        num_experts: &[usize],
+        weights: Option<&[f64]>,
+    ) -> Result<Self> {
         if num_layers == 0 || k == 0 {
             return Err(MoeError::value(format!(
                 "a trace needs at least one layer and one expert per token, got {num_layers} layers and k = {k}"
@@ -39,7 +45,10 @@ impl Trace {
         }
         let row = num_layers * k;
         if ids.len() % row != 0 {
-            return Err(MoeError::value(format!("the trace has {} ids, not a multiple of layers x k = {row}", ids.len())));
+            return Err(MoeError::value(format!(
+                "the trace has {} ids, not a multiple of layers x k = {row}",
+                ids.len()
+            )));
         }
         let num_tokens = ids.len() / row;
         if num_tokens == 0 {
@@ -56,7 +65,9 @@ impl Trace {
                         )));
                     }
                     if experts[..c].contains(&e) {
-                        return Err(MoeError::value(format!("token {t} picks expert {e} twice in layer {l}")));
+                        return Err(MoeError::value(format!(
+                            "token {t} picks expert {e} twice in layer {l}"
+                        )));
                     }
                     out.push(e as u16);
                 }
@@ -66,13 +77,18 @@ impl Trace {
             None => None,
             Some(w) => {
                 if w.len() != num_tokens {
-                    return Err(MoeError::value(format!("{} weights for {num_tokens} rows", w.len())));
+                    return Err(MoeError::value(format!(
+                        "{} weights for {num_tokens} rows",
+                        w.len()
+                    )));
                 }
                 let mut acc = 0.0;
                 let mut cum = Vec::with_capacity(w.len());
                 for (i, &x) in w.iter().enumerate() {
                     if !(x.is_finite() && x >= 0.0) {
-                        return Err(MoeError::value(format!("weights[{i}] = {x}: weights must be finite and non-negative")));
+                        return Err(MoeError::value(format!(
+                            "weights[{i}] = {x}: weights must be finite and non-negative"
+                        )));
                     }
                     acc += x;
                     cum.push(acc);
@@ -82,12 +98,20 @@ impl Trace {
                 }
                 // An infinite sum would make every draw land on the last row.
                 if !acc.is_finite() {
-                    return Err(MoeError::value(format!("the weights sum to {acc}: scale them down")));
+                    return Err(MoeError::value(format!(
+                        "the weights sum to {acc}: scale them down"
+                    )));
                 }
                 Some(cum)
             }
         };
-        Ok(Trace { ids: out, num_tokens, num_layers, k, cumulative })
+        Ok(Trace {
+            ids: out,
+            num_tokens,
+            num_layers,
+            k,
+            cumulative,
+        })
     }
 
     pub fn num_layers(&self) -> usize {
@@ -129,7 +153,9 @@ pub const MAX_STEP_TIMES: usize = 100_000_000;
 
 pub fn check_placements(placements: &[Placement]) -> Result<()> {
     if placements.is_empty() {
-        return Err(MoeError::value("at least one placement (one per layer) is needed"));
+        return Err(MoeError::value(
+            "at least one placement (one per layer) is needed",
+        ));
     }
     Ok(())
 }
@@ -156,7 +182,9 @@ pub fn simulate(
         return Err(MoeError::value("steps must be at least 1"));
     }
     if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
-        return Err(MoeError::value(format!("batch sizes must be in [1, {MAX_BATCH}], got {b}")));
+        return Err(MoeError::value(format!(
+            "batch sizes must be in [1, {MAX_BATCH}], got {b}"
+        )));
     }
     if steps.saturating_mul(batch_sizes.len()) > MAX_STEP_TIMES {
         return Err(MoeError::value(format!(
@@ -171,13 +199,26 @@ pub fn simulate(
             (0..steps)
                 .into_par_iter()
                 .map_init(
-                    || (placements.iter().map(|p| StepTimeSolver::new(p, model)).collect::<Vec<_>>(), Vec::new()),
+                    || {
+                        (
+                            placements
+                                .iter()
+                                .map(|p| StepTimeSolver::new(p, model))
+                                .collect::<Vec<_>>(),
+                            Vec::new(),
+                        )
+                    },
                     |(solvers, tokens), s| {
                         let mut rng = SplitMix64::stream(seed, bi as u64, s as u64);
                         trace.draw(&mut rng, batch, tokens);
                         let mut time = 0.0;
                         for (layer, solver) in solvers.iter_mut().enumerate() {
-                            solver.set_batch(tokens.iter().flat_map(|&t| trace.experts(t, layer)).map(|&e| e as u32));
+                            solver.set_batch(
+                                tokens
+                                    .iter()
+                                    .flat_map(|&t| trace.experts(t, layer))
+                                    .map(|&e| e as u32),
+                            );
                             time += solver.solve();
                         }
                         time
@@ -225,13 +266,22 @@ mod tests {
     #[test]
     fn rejects_mismatched_inputs() {
         let p = Placement::from_lists(&[vec![0], vec![1]], 2).unwrap();
-        assert!(Trace::new(&[0, 2], 1, 2, &[2], None).unwrap_err().to_string().contains("out of range"));
-        assert!(Trace::new(&[1, 1], 1, 2, &[2], None).unwrap_err().to_string().contains("twice"));
+        assert!(Trace::new(&[0, 2], 1, 2, &[2], None)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        assert!(Trace::new(&[1, 1], 1, 2, &[2], None)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         let err = Trace::new(&[0, 1, 0, 1], 1, 2, &[2], Some(&[1e308, 1e308])).unwrap_err();
         assert!(err.to_string().contains("sum to inf"), "{err}");
         let t = Trace::new(&[0, 1], 1, 2, &[2], None).unwrap();
         let m = CostModel::new(1.0, 1.0, 1.0).unwrap();
         assert!(simulate(&t, &[p.clone(), p.clone()], &[1], m, 0, 1).is_err());
-        assert!(simulate(&t, &[p], &[0], m, 0, 1).unwrap_err().to_string().contains("batch sizes"));
+        assert!(simulate(&t, &[p], &[0], m, 0, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("batch sizes"));
     }
 }

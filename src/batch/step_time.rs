@@ -13,11 +13,11 @@
 
 use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
-use crate::rng::SplitMix64;
 use super::semi_matching::SemiMatching;
 use crate::cost::matching_cost_masks;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;
+use crate::rng::SplitMix64;
 use crate::table::MAX_K;
 
 /// Relative slack under which a move does not count as an improvement.
@@ -28,10 +28,24 @@ const KICKS: usize = 8;
 #[derive(Clone, Copy)]
 enum Move {
     /// Shift `y` tokens of local expert i from its replica `from` to its replica `to`.
-    Shift { i: usize, from: usize, to: usize, y: u32 },
+    Shift {
+        i: usize,
+        from: usize,
+        to: usize,
+        y: u32,
+    },
     /// Shift `yi` tokens of i from `from` to `to`, and `yj` tokens of j from `to`'s GPU
     /// (its replica `j_from`) back to `from`'s GPU (its replica `j_to`).
-    Exchange { i: usize, from: usize, to: usize, yi: u32, j: usize, j_from: usize, j_to: usize, yj: u32 },
+    Exchange {
+        i: usize,
+        from: usize,
+        to: usize,
+        yi: u32,
+        j: usize,
+        j_from: usize,
+        j_to: usize,
+        yj: u32,
+    },
 }
 
 /// Reusable state for step times of batches over one placement.
@@ -93,7 +107,8 @@ impl<'p> StepTimeSolver<'p> {
         self.experts.sort_unstable();
         self.counts.clear();
         for &e in &self.experts {
-            self.counts.push(std::mem::take(&mut self.count_of[e as usize]));
+            self.counts
+                .push(std::mem::take(&mut self.count_of[e as usize]));
         }
         self.prepare();
     }
@@ -182,7 +197,10 @@ impl<'p> StepTimeSolver<'p> {
                 self.load[g as usize] += self.times.get(parts[self.part_off[i] + r]);
             }
         }
-        self.active_gpus.iter().map(|&g| self.load[g as usize]).fold(0.0, f64::max)
+        self.active_gpus
+            .iter()
+            .map(|&g| self.load[g as usize])
+            .fold(0.0, f64::max)
     }
 
     /// Every expert's tokens on the replica `choice(i)` picks.
@@ -264,7 +282,9 @@ impl<'p> StepTimeSolver<'p> {
             seed = seed.wrapping_mul(0x100_0000_01b3) ^ ((e as u64) << 32 | c as u64);
         }
         let mut rng = SplitMix64::new(seed);
-        let movable: Vec<usize> = (0..self.experts.len()).filter(|&i| self.gpus_of(i).len() > 1).collect();
+        let movable: Vec<usize> = (0..self.experts.len())
+            .filter(|&i| self.gpus_of(i).len() > 1)
+            .collect();
         if movable.is_empty() {
             return;
         }
@@ -305,7 +325,10 @@ impl<'p> StepTimeSolver<'p> {
             }
             spread = spread.max(self.f(c.div_ceil(gpus.len() as u32)));
         }
-        self.active_gpus.iter().map(|&g| self.load[g as usize]).fold(spread, f64::max)
+        self.active_gpus
+            .iter()
+            .map(|&g| self.load[g as usize])
+            .fold(spread, f64::max)
     }
 
     /// Largest-first list scheduling of whole experts, each on its least-loaded replica.
@@ -318,7 +341,11 @@ impl<'p> StepTimeSolver<'p> {
         self.parts.iter_mut().for_each(|x| *x = 0);
         for i in order {
             let gpus = self.gpus_of(i);
-            let r = (0..gpus.len()).min_by(|&a, &b| self.load[gpus[a] as usize].total_cmp(&self.load[gpus[b] as usize])).unwrap();
+            let r = (0..gpus.len())
+                .min_by(|&a, &b| {
+                    self.load[gpus[a] as usize].total_cmp(&self.load[gpus[b] as usize])
+                })
+                .unwrap();
             self.parts[self.part_off[i] + r] = self.counts[i];
             self.load[gpus[r] as usize] += self.f(self.counts[i]);
         }
@@ -330,7 +357,9 @@ impl<'p> StepTimeSolver<'p> {
         self.weights.clear();
         self.weights.extend(self.counts.iter().map(|&c| c as f64));
         let experts = std::mem::take(&mut self.experts);
-        let level = self.flow.min_makespan(&experts, &self.weights, self.placement, true);
+        let level = self
+            .flow
+            .min_makespan(&experts, &self.weights, self.placement, true);
         self.experts = experts;
         for i in 0..self.experts.len() {
             let reps = self.gpus_of(i).len();
@@ -364,9 +393,14 @@ impl<'p> StepTimeSolver<'p> {
                 .active_gpus
                 .iter()
                 .map(|&g| (g, self.load[g as usize]))
-                .fold((0u16, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+                .fold(
+                    (0u16, f64::NEG_INFINITY),
+                    |a, b| if b.1 > a.1 { b } else { a },
+                );
             let limit = top - REL_TOL * top.abs().max(1e-300);
-            let found = self.best_shift(gstar, top, limit).or_else(|| self.best_exchange(gstar, top, limit));
+            let found = self
+                .best_shift(gstar, top, limit)
+                .or_else(|| self.best_exchange(gstar, top, limit));
             match found {
                 Some(mv) => self.apply(mv),
                 None => break,
@@ -407,7 +441,12 @@ impl<'p> StepTimeSolver<'p> {
                     let val = here(y).max(there(y));
                     if val < best_val {
                         best_val = val;
-                        best = Some(Move::Shift { i, from: r, to: r2, y });
+                        best = Some(Move::Shift {
+                            i,
+                            from: r,
+                            to: r2,
+                            y,
+                        });
                     }
                 }
             }
@@ -431,7 +470,11 @@ impl<'p> StepTimeSolver<'p> {
             // A few amounts for i (all of it, and eighths): the search over j's amount is exact.
             let mut amounts = [0u32; 8];
             for (q, a) in amounts.iter_mut().enumerate() {
-                *a = if q == 0 { x } else { (x as u64 * q as u64).div_ceil(8) as u32 };
+                *a = if q == 0 {
+                    x
+                } else {
+                    (x as u64 * q as u64).div_ceil(8) as u32
+                };
             }
             for (r2, &h) in self.gpus_of(i).iter().enumerate() {
                 if r2 == r {
@@ -444,7 +487,9 @@ impl<'p> StepTimeSolver<'p> {
                     if j == i || xj == 0 {
                         continue;
                     }
-                    let Ok(jg) = self.gpus_of(j).binary_search(&gstar) else { continue };
+                    let Ok(jg) = self.gpus_of(j).binary_search(&gstar) else {
+                        continue;
+                    };
                     let xjg = self.parts[self.part_off[j] + jg];
                     let base_g = top - self.f(x) - self.f(xjg);
                     let base_h = self.load[h as usize] - self.f(xh) - self.f(xj);
@@ -467,7 +512,16 @@ impl<'p> StepTimeSolver<'p> {
                             let val = g_at(yj).max(h_at(yj));
                             if yj > 0 && val < best_val {
                                 best_val = val;
-                                best = Some(Move::Exchange { i, from: r, to: r2, yi, j, j_from: rj, j_to: jg, yj });
+                                best = Some(Move::Exchange {
+                                    i,
+                                    from: r,
+                                    to: r2,
+                                    yi,
+                                    j,
+                                    j_from: rj,
+                                    j_to: jg,
+                                    yj,
+                                });
                             }
                         }
                     }
@@ -490,7 +544,16 @@ impl<'p> StepTimeSolver<'p> {
     fn apply(&mut self, mv: Move) {
         match mv {
             Move::Shift { i, from, to, y } => self.shift(i, from, to, y),
-            Move::Exchange { i, from, to, yi, j, j_from, j_to, yj } => {
+            Move::Exchange {
+                i,
+                from,
+                to,
+                yi,
+                j,
+                j_from,
+                j_to,
+                yj,
+            } => {
                 self.shift(i, from, to, yi);
                 self.shift(j, j_from, j_to, yj);
             }
@@ -516,14 +579,22 @@ impl<'p> StepTimeSolver<'p> {
         let rounds = self.matching.solve(&experts, self.placement);
         self.weights.clear();
         self.weights.extend(self.counts.iter().map(|&c| c as f64));
-        let tokens = self.flow.min_makespan(&experts, &self.weights, self.placement, true);
+        let tokens = self
+            .flow
+            .min_makespan(&experts, &self.weights, self.placement, true);
         self.weights.clear();
-        self.weights.extend(self.counts.iter().map(|&c| self.times.get(c)));
-        let work = self.flow.min_makespan(&experts, &self.weights, self.placement, false);
+        self.weights
+            .extend(self.counts.iter().map(|&c| self.times.get(c)));
+        let work = self
+            .flow
+            .min_makespan(&experts, &self.weights, self.placement, false);
         self.experts = experts;
         let simple = self.simple_bound();
         let m = self.model();
-        (self.f(1) * rounds as f64).max(m.beta * tokens).max(work * (1.0 - 1e-12)).max(simple)
+        (self.f(1) * rounds as f64)
+            .max(m.beta * tokens)
+            .max(work * (1.0 - 1e-12))
+            .max(simple)
     }
 }
 
@@ -531,7 +602,9 @@ impl<'p> StepTimeSolver<'p> {
 /// expert twice in one token.
 pub fn check_batch(ids: &[i64], k: usize, num_experts: usize) -> Result<()> {
     if k == 0 {
-        return Err(MoeError::value("the batch has 0 columns: each token needs at least one expert"));
+        return Err(MoeError::value(
+            "the batch has 0 columns: each token needs at least one expert",
+        ));
     }
     for (t, row) in ids.chunks_exact(k).enumerate() {
         for (c, &e) in row.iter().enumerate() {
@@ -550,7 +623,13 @@ pub fn check_batch(ids: &[i64], k: usize, num_experts: usize) -> Result<()> {
 
 /// Step time of one layer for a [tokens, k] batch, and, if asked, a lower bound on the
 /// optimal step time (it costs a few max-flows more).
-pub fn batch_time(ids: &[i64], k: usize, placement: &Placement, model: CostModel, with_bound: bool) -> Result<(f64, Option<f64>)> {
+pub fn batch_time(
+    ids: &[i64],
+    k: usize,
+    placement: &Placement,
+    model: CostModel,
+    with_bound: bool,
+) -> Result<(f64, Option<f64>)> {
     check_batch(ids, k, placement.num_experts())?;
     let mut solver = StepTimeSolver::new(placement, model);
     solver.set_batch(ids.iter().map(|&e| e as u32));
@@ -567,7 +646,14 @@ mod tests {
 
     /// Optimum over every split of every expert's tokens over its replicas.
     fn brute_force(experts: &[u32], counts: &[u32], p: &Placement, m: &CostModel) -> f64 {
-        fn rec(i: usize, experts: &[u32], counts: &[u32], p: &Placement, m: &CostModel, load: &mut Vec<f64>) -> f64 {
+        fn rec(
+            i: usize,
+            experts: &[u32],
+            counts: &[u32],
+            p: &Placement,
+            m: &CostModel,
+            load: &mut Vec<f64>,
+        ) -> f64 {
             if i == experts.len() {
                 return load.iter().cloned().fold(0.0, f64::max);
             }
@@ -605,7 +691,9 @@ mod tests {
         let lists: Vec<Vec<usize>> = (0..e)
             .map(|_| {
                 let extra = rng.random_range(0..g);
-                (0..g).filter(|&x| x == extra || rng.random_bool(p)).collect()
+                (0..g)
+                    .filter(|&x| x == extra || rng.random_bool(p))
+                    .collect()
             })
             .collect();
         Placement::from_lists(&lists, g).unwrap()
@@ -653,8 +741,14 @@ mod tests {
             total_ratio += r;
             over += (r > 1.05) as usize;
         }
-        eprintln!("harder cases: worst {worst:.3}, {over} of {cases} above 5%, mean {:.4}", total_ratio / cases as f64);
-        assert!(worst < 1.25 && over * 100 <= cases, "worst {worst}, {over} above 5%");
+        eprintln!(
+            "harder cases: worst {worst:.3}, {over} of {cases} above 5%, mean {:.4}",
+            total_ratio / cases as f64
+        );
+        assert!(
+            worst < 1.25 && over * 100 <= cases,
+            "worst {worst}, {over} above 5%"
+        );
     }
 
     #[test]
@@ -666,7 +760,12 @@ mod tests {
             let models = [
                 CostModel::new(1.0, 0.0, 1.0).unwrap(),
                 CostModel::new(0.0, 1.0, 2.0).unwrap(),
-                CostModel::new(rng.random_range(0.1..5.0), 1.0, [1.0, 1.5, 2.0, f64::INFINITY][case % 4]).unwrap(),
+                CostModel::new(
+                    rng.random_range(0.1..5.0),
+                    1.0,
+                    [1.0, 1.5, 2.0, f64::INFINITY][case % 4],
+                )
+                .unwrap(),
             ];
             for (which, m) in models.iter().enumerate() {
                 let mut s = StepTimeSolver::new(&p, *m);
@@ -681,14 +780,21 @@ mod tests {
                 let mut load = vec![0.0; p.num_gpus()];
                 for (i, &e) in s.experts().iter().enumerate() {
                     let gpus = p.gpus_of(e as usize);
-                    assert_eq!(parts[off[i]..off[i] + gpus.len()].iter().sum::<u32>(), s.counts()[i]);
+                    assert_eq!(
+                        parts[off[i]..off[i] + gpus.len()].iter().sum::<u32>(),
+                        s.counts()[i]
+                    );
                     for (r, &g) in gpus.iter().enumerate() {
                         load[g as usize] += m.expert_time(parts[off[i] + r]);
                     }
                 }
                 assert!((load.iter().cloned().fold(0.0, f64::max) - got).abs() < 1e-9);
                 if which < 2 {
-                    assert!((got - opt).abs() < 1e-9, "{which}: {got} vs {opt} {counts:?} {:?}", p.to_lists());
+                    assert!(
+                        (got - opt).abs() < 1e-9,
+                        "{which}: {got} vs {opt} {counts:?} {:?}",
+                        p.to_lists()
+                    );
                 } else {
                     if got / opt > 1.05 {
                         eprintln!("{got} vs {opt} {m:?} {counts:?} {:?}", p.to_lists());
@@ -712,7 +818,15 @@ mod timing {
     #[ignore]
     fn deepseek_size_batch() {
         let (e, g, k, b) = (256usize, 32usize, 8usize, 4096usize);
-        let lists: Vec<Vec<usize>> = (0..e).map(|x| if x < 64 { vec![x % g, (x * 7 + 3) % g] } else { vec![x % g] }).collect();
+        let lists: Vec<Vec<usize>> = (0..e)
+            .map(|x| {
+                if x < 64 {
+                    vec![x % g, (x * 7 + 3) % g]
+                } else {
+                    vec![x % g]
+                }
+            })
+            .collect();
         let p = Placement::from_lists(&lists, g).unwrap();
         let mut rng = SplitMix64::new(1);
         let mut ids = Vec::new();
@@ -727,7 +841,12 @@ mod timing {
             }
             ids.extend(row);
         }
-        for m in [(130.0, 0.5, 1.0), (130.0, 0.5, 2.0), (0.0, 0.5, 1.0), (130.0, 0.0, 1.0)] {
+        for m in [
+            (130.0, 0.5, 1.0),
+            (130.0, 0.5, 2.0),
+            (0.0, 0.5, 1.0),
+            (130.0, 0.0, 1.0),
+        ] {
             let model = CostModel::new(m.0, m.1, m.2).unwrap();
             let mut s = StepTimeSolver::new(&p, model);
             let reps = 200;
@@ -741,7 +860,11 @@ mod timing {
             let t0 = std::time::Instant::now();
             let lb = s.lower_bound();
             let bound = t0.elapsed().as_secs_f64();
-            eprintln!("{m:?}: time {t:.1} bound {lb:.1} solve {:.0} us, bound {:.0} us", solve * 1e6, bound * 1e6);
+            eprintln!(
+                "{m:?}: time {t:.1} bound {lb:.1} solve {:.0} us, bound {:.0} us",
+                solve * 1e6,
+                bound * 1e6
+            );
         }
     }
 }

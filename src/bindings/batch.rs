@@ -13,7 +13,8 @@ use crate::placement::Placement;
 
 fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
     let v = int_arg(v, name)?;
-    u64::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
+    u64::try_from(v)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
 }
 
 /// (step time, lower bound on the optimal step time or None) of one layer for a batch
@@ -65,7 +66,8 @@ fn simulate_steps<'py>(
         .iter()
         .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
         .collect::<PyResult<Vec<_>>>()?;
-    let arr: PyReadonlyArray3<'py, i64> = as_array(topk, "topk", 3, "iu", "int64", "integer expert ids")?.extract()?;
+    let arr: PyReadonlyArray3<'py, i64> =
+        as_array(topk, "topk", 3, "iu", "int64", "integer expert ids")?.extract()?;
     let (layers, k) = (arr.shape()[1], arr.shape()[2]);
     let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
     let ids = arr.as_slice()?;
@@ -83,7 +85,9 @@ fn simulate_steps<'py>(
         simulate::simulate(&trace, &placements, &batch_sizes, model, seed, steps)
     })?;
     let flat: Vec<f64> = times.into_iter().flatten().collect();
-    Ok(PyArray1::from_vec(py, flat).reshape([batch_sizes.len(), steps])?.into_any())
+    Ok(PyArray1::from_vec(py, flat)
+        .reshape([batch_sizes.len(), steps])?
+        .into_any())
 }
 
 /// A placement lowering the mean step time of sampled batches of `batch_size` tokens
@@ -121,12 +125,19 @@ fn optimize_batch(
     let ids = ids.as_slice()?;
     let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
     let start = start.inner.clone();
-    let options = BatchSearchOptions { batch_size, num_batches, seed, max_evaluations };
+    let options = BatchSearchOptions {
+        batch_size,
+        num_batches,
+        seed,
+        max_evaluations,
+    };
     let placement = py.detach(|| -> crate::Result<Placement> {
         let trace = Trace::new(ids, 1, k, &[start.num_experts()], weights)?;
         optimize::optimize_batch(&trace, &start, slots, model, options)
     })?;
-    Ok(PyPlacement { inner: std::sync::Arc::new(placement) })
+    Ok(PyPlacement {
+        inner: std::sync::Arc::new(placement),
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -8,8 +8,8 @@ use pyo3::types::PyBool;
 
 use crate::error::MoeError;
 
-mod optimize;
 mod batch;
+mod optimize;
 mod table;
 
 impl From<MoeError> for PyErr {
@@ -45,13 +45,17 @@ pub fn as_array<'py>(
     let size: usize = arr.getattr("size")?.extract()?;
     if !kinds.contains(kind.as_str()) && size > 0 {
         let dt = arr.getattr("dtype")?.str()?;
-        return Err(PyTypeError::new_err(format!("{name} must hold {what}, got dtype {dt}")));
+        return Err(PyTypeError::new_err(format!(
+            "{name} must hold {what}, got dtype {dt}"
+        )));
     }
     if kind == "u" && size > 0 {
         // uint64 ids above i64::MAX would wrap on conversion: compare before it.
         let max: u64 = arr.call_method0("max")?.extract()?;
         if max > i64::MAX as u64 {
-            return Err(PyValueError::new_err(format!("{name} holds id {max}, out of range")));
+            return Err(PyValueError::new_err(format!(
+                "{name} holds id {max}, out of range"
+            )));
         }
     }
     np.call_method1("ascontiguousarray", (arr, dtype))
@@ -62,13 +66,19 @@ pub fn as_array<'py>(
 /// here those are a ValueError and a TypeError naming the argument.
 pub fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
     if obj.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!("{name} must be an int, got bool")));
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got bool"
+        )));
     }
     obj.extract::<i64>().map_err(|err| {
         if err.is_instance_of::<PyOverflowError>(obj.py()) {
             PyValueError::new_err(format!("{name} = {obj} is out of range"))
         } else {
-            let ty = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            let ty = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
             PyTypeError::new_err(format!("{name} must be an int, got {ty}"))
         }
     })
@@ -78,7 +88,9 @@ pub fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
 pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize> {
     let v = int_arg(obj, name)?;
     if v < min {
-        return Err(PyValueError::new_err(format!("{name} must be at least {min}, got {v}")));
+        return Err(PyValueError::new_err(format!(
+            "{name} must be at least {min}, got {v}"
+        )));
     }
     Ok(v as usize)
 }
@@ -87,7 +99,10 @@ pub fn ids_2d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyAr
     Ok(as_array(obj, name, 2, "iu", "int64", "integer expert ids")?.extract()?)
 }
 
-pub fn weights_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray1<'py, f64>> {
+pub fn weights_1d<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray1<'py, f64>> {
     Ok(as_array(obj, name, 1, "iuf", "float64", "real numbers")?.extract()?)
 }
 

@@ -27,10 +27,16 @@ fn optimize_placement(
 ) -> PyResult<PyPlacement> {
     let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
     let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
-    let seed = seed.map(|s| count_arg(s, "seed", 0)).transpose()?.unwrap_or(0) as u64;
+    let seed = seed
+        .map(|s| count_arg(s, "seed", 0))
+        .transpose()?
+        .unwrap_or(0) as u64;
     let table = table.inner.clone();
-    let placement = py.detach(|| optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed))?;
-    Ok(PyPlacement { inner: Arc::new(placement) })
+    let placement =
+        py.detach(|| optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed))?;
+    Ok(PyPlacement {
+        inner: Arc::new(placement),
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -34,7 +34,9 @@ impl PySubsetTable {
         let ids = ids_2d(ids, name)?;
         let k = ids.shape()[1];
         if k == 0 {
-            return Err(PyValueError::new_err(format!("{name} has 0 columns: k must be at least 1")));
+            return Err(PyValueError::new_err(format!(
+                "{name} has 0 columns: k must be at least 1"
+            )));
         }
         let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
         let ids = ids.as_slice()?;
@@ -78,7 +80,9 @@ impl PySubsetTable {
     #[getter]
     fn subsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let flat: Vec<i64> = self.inner.subsets().iter().map(|&e| e as i64).collect();
-        Ok(PyArray1::from_vec(py, flat).reshape([self.inner.len(), self.inner.k()])?.into_any())
+        Ok(PyArray1::from_vec(py, flat)
+            .reshape([self.inner.len(), self.inner.k()])?
+            .into_any())
     }
 
     #[getter]
@@ -114,8 +118,14 @@ impl PySubsetTable {
     /// A new table: the shortest prefix of rows whose weight share reaches `coverage`,
     /// and/or at most `max_subsets` rows.
     #[pyo3(signature = (coverage=None, max_subsets=None))]
-    fn prune(&self, coverage: Option<f64>, max_subsets: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let max_subsets = max_subsets.map(|n| count_arg(n, "max_subsets", 1)).transpose()?;
+    fn prune(
+        &self,
+        coverage: Option<f64>,
+        max_subsets: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let max_subsets = max_subsets
+            .map(|n| count_arg(n, "max_subsets", 1))
+            .transpose()?;
         Ok(Self::wrap(self.inner.prune(coverage, max_subsets)?))
     }
 
@@ -126,7 +136,10 @@ impl PySubsetTable {
 
     /// The rows holding each expert, as CSR arrays `(offsets [E+1], rows)`: the rows of
     /// expert e are `rows[offsets[e]:offsets[e+1]]`, ascending.
-    fn expert_index<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>) {
+    fn expert_index<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>) {
         let index = self.inner.expert_index();
         (
             PyArray1::from_vec(py, index.offsets.iter().map(|&o| o as i64).collect()),
@@ -161,12 +174,17 @@ impl PyPlacement {
         let arr = as_array(replicas, "replicas", 2, "b", "bool", "bool values")?;
         let arr: PyReadonlyArray2<'_, bool> = arr.extract()?;
         let (e, g) = (arr.shape()[0], arr.shape()[1]);
-        Ok(PyPlacement { inner: Arc::new(Placement::from_matrix(arr.as_slice()?, e, g)?) })
+        Ok(PyPlacement {
+            inner: Arc::new(Placement::from_matrix(arr.as_slice()?, e, g)?),
+        })
     }
 
     /// A placement from one list of GPU ids per expert.
     #[staticmethod]
-    fn from_lists(lists: Vec<Vec<Bound<'_, PyAny>>>, num_gpus: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn from_lists(
+        lists: Vec<Vec<Bound<'_, PyAny>>>,
+        num_gpus: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
         let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
         let mut converted = Vec::with_capacity(lists.len());
         for (e, list) in lists.iter().enumerate() {
@@ -183,14 +201,18 @@ impl PyPlacement {
             }
             converted.push(gpus);
         }
-        Ok(PyPlacement { inner: Arc::new(Placement::from_lists(&converted, num_gpus)?) })
+        Ok(PyPlacement {
+            inner: Arc::new(Placement::from_lists(&converted, num_gpus)?),
+        })
     }
 
     /// bool array [num_experts, num_gpus].
     #[getter]
     fn replicas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let m = self.inner.to_matrix();
-        Ok(PyArray1::from_vec(py, m).reshape([self.inner.num_experts(), self.inner.num_gpus()])?.into_any())
+        Ok(PyArray1::from_vec(py, m)
+            .reshape([self.inner.num_experts(), self.inner.num_gpus()])?
+            .into_any())
     }
 
     #[getter]
@@ -206,7 +228,14 @@ impl PyPlacement {
     /// Experts held by each GPU, int [num_gpus].
     #[getter]
     fn slots_used<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        PyArray1::from_vec(py, self.inner.slots_used().into_iter().map(|x| x as i64).collect())
+        PyArray1::from_vec(
+            py,
+            self.inner
+                .slots_used()
+                .into_iter()
+                .map(|x| x as i64)
+                .collect(),
+        )
     }
 
     /// One ascending list of GPU ids per expert.
@@ -232,7 +261,10 @@ fn subset_costs<'py>(
     placement: &PyPlacement,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let costs = py.detach(|| cost::subset_costs(&table.inner, &placement.inner))?;
-    Ok(PyArray1::from_vec(py, costs.into_iter().map(|c| c as i64).collect()))
+    Ok(PyArray1::from_vec(
+        py,
+        costs.into_iter().map(|c| c as i64).collect(),
+    ))
 }
 
 /// The weighted mean subset cost (expert rounds per token) of the table under the placement.

@@ -20,7 +20,10 @@ fn heavier(load: &[f64], a: usize, reps_a: usize, b: usize, reps_b: usize) -> bo
 pub fn contiguous(load: &[f64], num_gpus: usize, slots: usize) -> Layout {
     let mut layout = Layout::new(load.len(), num_gpus);
     let mut e = 0;
-    for (g, count) in balanced_counts(load.len(), num_gpus).into_iter().enumerate() {
+    for (g, count) in balanced_counts(load.len(), num_gpus)
+        .into_iter()
+        .enumerate()
+    {
         for _ in 0..count {
             layout.add(e, g);
             e += 1;
@@ -53,7 +56,8 @@ pub fn fill_with_loaded(layout: &mut Layout, load: &[f64], slots: usize) {
                 if layout.holds(e, g) {
                     continue;
                 }
-                if best.is_none_or(|b| heavier(load, e, layout.replicas(e), b, layout.replicas(b))) {
+                if best.is_none_or(|b| heavier(load, e, layout.replicas(e), b, layout.replicas(b)))
+                {
                     best = Some(e);
                 }
             }
@@ -89,8 +93,11 @@ fn eplb_replicas(load: &[f64], num_gpus: usize, total: usize) -> Vec<usize> {
 
 pub fn eplb(load: &[f64], num_gpus: usize, slots: usize) -> Layout {
     let reps = eplb_replicas(load, num_gpus, num_gpus * slots);
-    let mut items: Vec<(f64, usize)> =
-        reps.iter().enumerate().flat_map(|(e, &r)| std::iter::repeat_n((load[e] / r as f64, e), r)).collect();
+    let mut items: Vec<(f64, usize)> = reps
+        .iter()
+        .enumerate()
+        .flat_map(|(e, &r)| std::iter::repeat_n((load[e] / r as f64, e), r))
+        .collect();
     items.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut layout = Layout::new(load.len(), num_gpus);
     let mut gpu_load = vec![0.0f64; num_gpus];
@@ -110,14 +117,28 @@ pub fn eplb(load: &[f64], num_gpus: usize, slots: usize) -> Layout {
 
 /// Every GPU with a free slot already holds `expert`: move another expert from a full
 /// GPU without `expert` to a GPU with a free slot, and return the freed GPU.
-fn make_room(layout: &mut Layout, gpu_load: &mut [f64], load: &[f64], reps: &[usize], expert: usize, slots: usize) -> usize {
-    let open = (0..layout.num_gpus()).find(|&g| layout.used(g) < slots).expect("an item is left, so a slot is free");
+fn make_room(
+    layout: &mut Layout,
+    gpu_load: &mut [f64],
+    load: &[f64],
+    reps: &[usize],
+    expert: usize,
+    slots: usize,
+) -> usize {
+    let open = (0..layout.num_gpus())
+        .find(|&g| layout.used(g) < slots)
+        .expect("an item is left, so a slot is free");
     let full = (0..layout.num_gpus())
         .filter(|&g| !layout.holds(expert, g))
         .min_by(|&a, &b| gpu_load[a].total_cmp(&gpu_load[b]).then(a.cmp(&b)))
         .expect("the expert has fewer than G replicas placed");
     // `full` holds more experts than `open`, so one of them is missing on `open`.
-    let mover = layout.experts_on(full).iter().map(|&x| x as usize).find(|&x| !layout.holds(x, open)).expect("pigeonhole");
+    let mover = layout
+        .experts_on(full)
+        .iter()
+        .map(|&x| x as usize)
+        .find(|&x| !layout.holds(x, open))
+        .expect("pigeonhole");
     let share = load[mover] / reps[mover] as f64;
     layout.remove(mover, full);
     layout.add(mover, open);

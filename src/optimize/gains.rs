@@ -77,9 +77,14 @@ impl GainTable {
     pub fn new(state: &State) -> Self {
         let problem = state.problem;
         let num_gpus = state.layout.num_gpus();
-        let mut table =
-            GainTable { num_gpus, base: vec![0; problem.num_experts()], minus: vec![0; problem.num_experts() * num_gpus] };
-        let rows: Vec<u32> = (0..state.costs.len() as u32).filter(|&r| state.costs[r as usize] >= 2).collect();
+        let mut table = GainTable {
+            num_gpus,
+            base: vec![0; problem.num_experts()],
+            minus: vec![0; problem.num_experts() * num_gpus],
+        };
+        let rows: Vec<u32> = (0..state.costs.len() as u32)
+            .filter(|&r| state.costs[r as usize] >= 2)
+            .collect();
         for g in row_gains(state, &rows) {
             table.apply(state, &g, 1);
         }
@@ -129,14 +134,28 @@ impl GainTable {
 
     /// Takes out the gains of the expert's rows, applies `change` (which returns the rows
     /// whose cost it changed), and puts back the gains of the rows still above one round.
-    fn update(&mut self, state: &mut State, expert: usize, change: impl FnOnce(&mut State) -> Vec<u32>) {
-        let rows: Vec<u32> =
-            state.problem.index.rows_of(expert).iter().copied().filter(|&r| state.costs[r as usize] >= 2).collect();
+    fn update(
+        &mut self,
+        state: &mut State,
+        expert: usize,
+        change: impl FnOnce(&mut State) -> Vec<u32>,
+    ) {
+        let rows: Vec<u32> = state
+            .problem
+            .index
+            .rows_of(expert)
+            .iter()
+            .copied()
+            .filter(|&r| state.costs[r as usize] >= 2)
+            .collect();
         for g in row_gains(state, &rows) {
             self.apply(state, &g, -1);
         }
         let changed = change(state);
-        let still: Vec<u32> = changed.into_iter().filter(|&r| state.costs[r as usize] >= 2).collect();
+        let still: Vec<u32> = changed
+            .into_iter()
+            .filter(|&r| state.costs[r as usize] >= 2)
+            .collect();
         for g in row_gains(state, &still) {
             self.apply(state, &g, 1);
         }
@@ -149,7 +168,10 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
     let layout = &state.layout;
     rows.par_chunks(ROWS_PER_TASK)
         .map_init(
-            || Buffers { rows: RowScratch::new(layout.num_gpus()), unions: vec![0; 1 << problem.k()] },
+            || Buffers {
+                rows: RowScratch::new(layout.num_gpus()),
+                unions: vec![0; 1 << problem.k()],
+            },
             |buf, chunk| {
                 let mut out = Vec::new();
                 let mut masks = [0u64; MAX_K];
@@ -163,10 +185,23 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                     let t = state.costs[r as usize] as u32;
                     if let Some((experts, bits)) = violating_core(masks, t, &mut buf.unions) {
                         let gain = if layout.num_gpus() <= 64 {
-                            RowGain { row: r, experts, mask: bits, gpus: Vec::new() }
+                            RowGain {
+                                row: r,
+                                experts,
+                                mask: bits,
+                                gpus: Vec::new(),
+                            }
                         } else {
-                            let gpus = (0..64).filter(|b| bits >> b & 1 == 1).map(|b| buf.rows.bit_gpu[b as usize]).collect();
-                            RowGain { row: r, experts, mask: 0, gpus }
+                            let gpus = (0..64)
+                                .filter(|b| bits >> b & 1 == 1)
+                                .map(|b| buf.rows.bit_gpu[b as usize])
+                                .collect();
+                            RowGain {
+                                row: r,
+                                experts,
+                                mask: 0,
+                                gpus,
+                            }
                         };
                         out.push(gain);
                     }
@@ -224,13 +259,21 @@ mod tests {
     fn gains_equal_brute_force() {
         let mut rng = SmallRng::seed_from_u64(3);
         for case in 0..400 {
-            let num_gpus = if case % 4 == 0 { 70 } else { rng.random_range(2..=5) };
+            let num_gpus = if case % 4 == 0 {
+                70
+            } else {
+                rng.random_range(2..=5)
+            };
             let (table, layout) = random_case(&mut rng, num_gpus);
             let problem = Problem::new(&table, num_gpus);
             let state = State::new(&problem, layout.clone());
             let gains = GainTable::new(&state);
             // For G > 64 check GPUs near the used ones and a few far away.
-            let gpus: Vec<usize> = if num_gpus <= 64 { (0..num_gpus).collect() } else { vec![0, 1, 2, 3, 40, 69] };
+            let gpus: Vec<usize> = if num_gpus <= 64 {
+                (0..num_gpus).collect()
+            } else {
+                vec![0, 1, 2, 3, 40, 69]
+            };
             for e in 0..table.num_experts() {
                 for &g in &gpus {
                     if layout.holds(e, g) {
@@ -250,7 +293,11 @@ mod tests {
     fn incremental_gains_equal_rebuilt() {
         let mut rng = SmallRng::seed_from_u64(5);
         for case in 0..200 {
-            let num_gpus = if case % 4 == 0 { 66 } else { rng.random_range(2..=5) };
+            let num_gpus = if case % 4 == 0 {
+                66
+            } else {
+                rng.random_range(2..=5)
+            };
             let (table, layout) = random_case(&mut rng, num_gpus);
             let problem = Problem::new(&table, num_gpus);
             let mut state = State::new(&problem, layout);

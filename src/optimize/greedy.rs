@@ -22,23 +22,50 @@ use super::swaps::{self, Limits};
 
 /// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
 /// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits { candidates: 16, batches: 16, max_rows: 20_000_000, patience: 4_000_000 };
-const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
+const START_SEARCH: Limits = Limits {
+    candidates: 16,
+    batches: 16,
+    max_rows: 20_000_000,
+    patience: 4_000_000,
+};
+const REASSIGN: reassign::Limits = reassign::Limits {
+    candidates: 32,
+    max_moves: 64,
+};
 const ALTERNATIONS: usize = 3;
-const LEVEL_SEARCH: Limits = Limits { candidates: 16, batches: 32, max_rows: 10_000_000, patience: 2_500_000 };
+const LEVEL_SEARCH: Limits = Limits {
+    candidates: 16,
+    batches: 32,
+    max_rows: 10_000_000,
+    patience: 2_500_000,
+};
 /// Iterated local search after the start's search and after each level's.
-const START_KICKS: Budget = Budget { rows: 400_000, kicks: 200, stall: 48 };
-const LEVEL_KICKS: Budget = Budget { rows: 400_000, kicks: 200, stall: 48 };
+const START_KICKS: Budget = Budget {
+    rows: 400_000,
+    kicks: 200,
+    stall: 48,
+};
+const LEVEL_KICKS: Budget = Budget {
+    rows: 400_000,
+    kicks: 200,
+    stall: 48,
+};
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {
     let distance = (level - first).max(1);
-    Budget { rows: LEVEL_KICKS.rows / (distance * distance), ..LEVEL_KICKS }
+    Budget {
+        rows: LEVEL_KICKS.rows / (distance * distance),
+        ..LEVEL_KICKS
+    }
 }
 
 /// A seed per stage of the search, from the caller's seed.
 fn stage_seed(seed: u64, stage: usize) -> u64 {
-    crate::rng::SplitMix64::new(seed ^ (stage as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ initial::SEED_MIX).next_u64()
+    crate::rng::SplitMix64::new(
+        seed ^ (stage as u64).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ initial::SEED_MIX,
+    )
+    .next_u64()
 }
 
 /// The search budget of a level shrinks with the square of its distance from the first
@@ -48,7 +75,11 @@ fn stage_seed(seed: u64, stage: usize) -> u64 {
 fn level_search(level: usize, first: usize) -> Limits {
     let distance = (level - first).max(1);
     let max_rows = LEVEL_SEARCH.max_rows / (distance * distance);
-    Limits { max_rows, patience: LEVEL_SEARCH.patience.min(max_rows), ..LEVEL_SEARCH }
+    Limits {
+        max_rows,
+        patience: LEVEL_SEARCH.patience.min(max_rows),
+        ..LEVEL_SEARCH
+    }
 }
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
@@ -82,7 +113,11 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
                     break;
                 }
             }
-            kicks::search(&mut state, level_kicks(level, first), stage_seed(seed, level));
+            kicks::search(
+                &mut state,
+                level_kicks(level, first),
+                stage_seed(seed, level),
+            );
         }
         let mut best = (state.total, state.layout);
         for candidate in [
@@ -111,7 +146,9 @@ fn fill(state: &mut State, capacity: usize) -> bool {
     }
     let mut gains = GainTable::new(state);
     loop {
-        let open: Vec<usize> = (0..num_gpus).filter(|&g| state.layout.used(g) < capacity).collect();
+        let open: Vec<usize> = (0..num_gpus)
+            .filter(|&g| state.layout.used(g) < capacity)
+            .collect();
         if open.is_empty() {
             reassign::improve(state, &mut gains, REASSIGN);
             return true;
@@ -155,14 +192,20 @@ fn most_loaded(state: &State, open: &[usize]) -> Option<(usize, usize)> {
         if open.iter().all(|&g| layout.holds(e, g)) {
             continue;
         }
-        let heavier =
-            |b: usize| (load[e] as i128) * (layout.replicas(b) as i128) > (load[b] as i128) * (layout.replicas(e) as i128);
+        let heavier = |b: usize| {
+            (load[e] as i128) * (layout.replicas(b) as i128)
+                > (load[b] as i128) * (layout.replicas(e) as i128)
+        };
         if expert.is_none_or(heavier) {
             expert = Some(e);
         }
     }
     let e = expert?;
-    let g = open.iter().copied().filter(|&g| !layout.holds(e, g)).min_by_key(|&g| (state.conn(e, g), layout.used(g), g))?;
+    let g = open
+        .iter()
+        .copied()
+        .filter(|&g| !layout.holds(e, g))
+        .min_by_key(|&g| (state.conn(e, g), layout.used(g), g))?;
     Some((e, g))
 }
 
@@ -174,7 +217,12 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Skewed rows: experts drawn with weights ~ 1/(rank+1), some pairs boosted.
-    fn skewed_table(rng: &mut SmallRng, num_experts: usize, k: usize, tokens: usize) -> SubsetTable {
+    fn skewed_table(
+        rng: &mut SmallRng,
+        num_experts: usize,
+        k: usize,
+        tokens: usize,
+    ) -> SubsetTable {
         let mut ids = Vec::new();
         for _ in 0..tokens {
             let mut row: Vec<i64> = Vec::new();
@@ -217,7 +265,9 @@ mod tests {
             let problem = Problem::new(&table, num_gpus);
             let load = table.expert_load();
             let mut previous = i64::MAX;
-            for slots in num_experts.div_ceil(num_gpus)..=num_experts.min(num_experts.div_ceil(num_gpus) + 3) {
+            for slots in
+                num_experts.div_ceil(num_gpus)..=num_experts.min(num_experts.div_ceil(num_gpus) + 3)
+            {
                 let layout = greedy(&problem, slots, case);
                 check_full(&layout, slots);
                 let cost = total_cost(&problem, &layout);
@@ -226,9 +276,16 @@ mod tests {
                     baselines::round_robin(&load, num_gpus, slots),
                     baselines::contiguous(&load, num_gpus, slots),
                 ] {
-                    assert!(cost <= total_cost(&problem, &base), "case {case} slots {slots}");
+                    assert!(
+                        cost <= total_cost(&problem, &base),
+                        "case {case} slots {slots}"
+                    );
                 }
-                assert!(cost <= previous, "case {case}: {slots} slots cost more than {}", slots - 1);
+                assert!(
+                    cost <= previous,
+                    "case {case}: {slots} slots cost more than {}",
+                    slots - 1
+                );
                 previous = cost;
             }
         }
@@ -241,6 +298,9 @@ mod tests {
         let problem = Problem::new(&table, 100);
         let layout = greedy(&problem, 3, 0);
         check_full(&layout, 3);
-        assert!(total_cost(&problem, &layout) <= total_cost(&problem, &baselines::eplb(&table.expert_load(), 100, 3)));
+        assert!(
+            total_cost(&problem, &layout)
+                <= total_cost(&problem, &baselines::eplb(&table.expert_load(), 100, 3))
+        );
     }
 }

@@ -14,7 +14,9 @@ pub const SEED_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Experts per GPU: the first E mod G GPUs hold one more.
 pub fn balanced_counts(num_experts: usize, num_gpus: usize) -> Vec<usize> {
-    (0..num_gpus).map(|g| num_experts / num_gpus + usize::from(g < num_experts % num_gpus)).collect()
+    (0..num_gpus)
+        .map(|g| num_experts / num_gpus + usize::from(g < num_experts % num_gpus))
+        .collect()
 }
 
 /// Heaviest first, each expert's load scaled by a seeded factor in [1, 1.25) so that
@@ -69,7 +71,8 @@ mod tests {
     #[test]
     fn balanced_and_spread() {
         // Pairs {0,1}, {2,3}, {4,5} are co-activated; 3 GPUs.
-        let t = SubsetTable::from_subsets(&[0, 1, 2, 3, 4, 5, 0, 6], 2, 7, &[9.0, 8.0, 7.0, 1.0]).unwrap();
+        let t = SubsetTable::from_subsets(&[0, 1, 2, 3, 4, 5, 0, 6], 2, 7, &[9.0, 8.0, 7.0, 1.0])
+            .unwrap();
         let p = Problem::new(&t, 3);
         let l = assign(&p, 0);
         let used: Vec<usize> = (0..3).map(|g| l.used(g)).collect();

@@ -11,10 +11,10 @@
 //! ones few or none.
 
 use super::gains::GainTable;
-use crate::rng::SplitMix64;
 use super::reassign;
 use super::state::{State, Swap};
 use super::swaps::{self, Limits};
+use crate::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
@@ -28,8 +28,16 @@ pub struct Budget {
 
 /// Local search after a kick: the swaps of the level search, with reassignments where
 /// experts are replicated, alternating a few rounds at most.
-const SEARCH: Limits = Limits { candidates: 16, batches: 4, max_rows: usize::MAX, patience: usize::MAX };
-const REASSIGN: reassign::Limits = reassign::Limits { candidates: 32, max_moves: 64 };
+const SEARCH: Limits = Limits {
+    candidates: 16,
+    batches: 4,
+    max_rows: usize::MAX,
+    patience: usize::MAX,
+};
+const REASSIGN: reassign::Limits = reassign::Limits {
+    candidates: 32,
+    max_moves: 64,
+};
 const ALTERNATIONS: usize = 3;
 /// Batches of exact evaluations the budget must pay for before kicks are tried.
 const MIN_BATCHES: usize = 64;
@@ -86,7 +94,10 @@ pub fn search(state: &mut State, budget: Budget, seed: u64) -> usize {
 fn local_search(state: &mut State, replicated: bool, max_rows: usize) -> usize {
     let mut spent = 0usize;
     for _ in 0..ALTERNATIONS {
-        let limits = Limits { max_rows: max_rows.saturating_sub(spent).max(1), ..SEARCH };
+        let limits = Limits {
+            max_rows: max_rows.saturating_sub(spent).max(1),
+            ..SEARCH
+        };
         let (made, rows) = swaps::improve_counted(state, limits);
         spent += rows;
         if !replicated || spent >= max_rows {
@@ -124,9 +135,19 @@ fn random_swap(state: &mut State, rng: &mut SplitMix64) {
             continue;
         }
         let swap = if i < j {
-            Swap { first: i as u16, from: a as u16, second: j as u16, to: b as u16 }
+            Swap {
+                first: i as u16,
+                from: a as u16,
+                second: j as u16,
+                to: b as u16,
+            }
         } else {
-            Swap { first: j as u16, from: b as u16, second: i as u16, to: a as u16 }
+            Swap {
+                first: j as u16,
+                from: b as u16,
+                second: i as u16,
+                to: a as u16,
+            }
         };
         state.apply_swap(swap);
         return;
@@ -169,10 +190,21 @@ mod tests {
         let t = table();
         let p = Problem::new(&t, 4);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 let mut s = State::new(&p, initial::assign(&p, 0));
-                search(&mut s, Budget { rows: 2_000_000, kicks: 40, stall: 40 }, 5);
+                search(
+                    &mut s,
+                    Budget {
+                        rows: 2_000_000,
+                        kicks: 40,
+                        stall: 40,
+                    },
+                    5,
+                );
                 s.layout
             })
         };
@@ -197,7 +229,15 @@ mod tests {
             let used: Vec<usize> = (0..4).map(|g| layout.used(g)).collect();
             let mut s = State::new(&p, layout);
             let before = s.total;
-            search(&mut s, Budget { rows: 2_000_000, kicks: 50, stall: 50 }, 1);
+            search(
+                &mut s,
+                Budget {
+                    rows: 2_000_000,
+                    kicks: 50,
+                    stall: 50,
+                },
+                1,
+            );
             assert!(s.total <= before);
             assert_eq!(s.total, total_cost(&p, &s.layout));
             assert_eq!((0..4).map(|g| s.layout.used(g)).collect::<Vec<_>>(), used);

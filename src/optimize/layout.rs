@@ -35,7 +35,14 @@ pub struct RowScratch {
 
 impl RowScratch {
     pub fn new(num_gpus: usize) -> Self {
-        RowScratch { local: if num_gpus > 64 { vec![u16::MAX; num_gpus] } else { Vec::new() }, bit_gpu: Vec::new() }
+        RowScratch {
+            local: if num_gpus > 64 {
+                vec![u16::MAX; num_gpus]
+            } else {
+                Vec::new()
+            },
+            bit_gpu: Vec::new(),
+        }
     }
 
     fn clear(&mut self) {
@@ -65,7 +72,11 @@ impl Layout {
             num_gpus,
             gpus: vec![Vec::new(); num_experts],
             experts: vec![Vec::new(); num_gpus],
-            masks: if num_gpus <= 64 { vec![0; num_experts] } else { Vec::new() },
+            masks: if num_gpus <= 64 {
+                vec![0; num_experts]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -121,8 +132,11 @@ impl Layout {
     }
 
     pub fn to_placement(&self) -> Result<Placement> {
-        let lists: Vec<Vec<usize>> =
-            self.gpus.iter().map(|l| l.iter().map(|&g| g as usize).collect()).collect();
+        let lists: Vec<Vec<usize>> = self
+            .gpus
+            .iter()
+            .map(|l| l.iter().map(|&g| g as usize).collect())
+            .collect();
         Placement::from_lists(&lists, self.num_gpus)
     }
 
@@ -138,7 +152,13 @@ impl Layout {
 
     /// The row's GPU sets after `changes` as masks. Bits are GPU ids when G <= 64, else
     /// bit b stands for GPU `scratch.bit_gpu[b]`. False if the row spans over 64 GPUs.
-    pub fn row_masks(&self, row: &[u16], changes: &[Change], scratch: &mut RowScratch, out: &mut [u64]) -> bool {
+    pub fn row_masks(
+        &self,
+        row: &[u16],
+        changes: &[Change],
+        scratch: &mut RowScratch,
+        out: &mut [u64],
+    ) -> bool {
         if !self.masks.is_empty() {
             for (o, &e) in out.iter_mut().zip(row) {
                 let mut m = self.masks[e as usize];
@@ -161,7 +181,11 @@ impl Layout {
             let removed = change.and_then(|c| c.remove);
             let added = change.and_then(|c| c.add);
             let mut m = 0u64;
-            for &g in self.gpus[e as usize].iter().filter(|&&g| Some(g) != removed).chain(added.iter()) {
+            for &g in self.gpus[e as usize]
+                .iter()
+                .filter(|&&g| Some(g) != removed)
+                .chain(added.iter())
+            {
                 match scratch.bit(g) {
                     Some(b) => m |= 1 << b,
                     None => fits = false,
@@ -209,7 +233,12 @@ mod tests {
 
     #[test]
     fn single_replica_cost_is_the_matching_cost() {
-        for masks in [&[1u64, 1, 2][..], &[4, 8, 4, 4], &[1, 3], &[1 << 63, 1 << 63]] {
+        for masks in [
+            &[1u64, 1, 2][..],
+            &[4, 8, 4, 4],
+            &[1, 3],
+            &[1 << 63, 1 << 63],
+        ] {
             let fast = single_replica_cost(masks);
             if masks.iter().all(|m| m.is_power_of_two()) {
                 assert_eq!(fast, Some(matching_cost_masks(masks)));
@@ -228,9 +257,17 @@ mod tests {
             l.add(2, 3);
             let mut s = RowScratch::new(num_gpus);
             assert_eq!(l.row_cost(&[0, 1, 2], &[], &mut s), 2);
-            let mv = Change { expert: 1, remove: Some(1), add: Some(2) };
+            let mv = Change {
+                expert: 1,
+                remove: Some(1),
+                add: Some(2),
+            };
             assert_eq!(l.row_cost(&[0, 1, 2], &[mv], &mut s), 1);
-            let extra = Change { expert: 0, remove: None, add: Some(0) };
+            let extra = Change {
+                expert: 0,
+                remove: None,
+                add: Some(0),
+            };
             assert_eq!(l.row_cost(&[0, 1, 2], &[extra], &mut s), 1);
             assert_eq!(l.row_cost(&[0, 1, 2], &[], &mut s), 2);
             l.remove(1, 1);

@@ -33,7 +33,13 @@ pub const METHODS: [&str; 4] = ["greedy", "contiguous", "round_robin", "eplb"];
 ///
 /// `method`: "greedy" (co-activation aware, exact gains; the default), or a baseline:
 /// "contiguous", "round_robin", "eplb". `seed` perturbs the greedy's start.
-pub fn optimize(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usize, method: &str, seed: u64) -> Result<Placement> {
+pub fn optimize(
+    table: &SubsetTable,
+    num_gpus: usize,
+    slots_per_gpu: usize,
+    method: &str,
+    seed: u64,
+) -> Result<Placement> {
     if !METHODS.contains(&method) {
         return Err(MoeError::value(format!(
             "unknown method {method:?}: expected one of {}",
@@ -62,7 +68,9 @@ pub fn optimize(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usize, meth
 
 fn check_sizes(num_experts: usize, num_gpus: usize, slots: usize) -> Result<()> {
     if num_gpus == 0 || num_gpus > MAX_GPUS {
-        return Err(MoeError::value(format!("num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}")));
+        return Err(MoeError::value(format!(
+            "num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}"
+        )));
     }
     if slots == 0 {
         return Err(MoeError::value("slots_per_gpu must be at least 1, got 0"));
@@ -85,13 +93,21 @@ fn check_sizes(num_experts: usize, num_gpus: usize, slots: usize) -> Result<()> 
 /// A skewed top-4 table from a fixed linear congruential generator, for the optimizers'
 /// tests: ids fall among the first `hot + 2 * (x >> shift)` experts, so low ids are hot.
 #[cfg(test)]
-pub(crate) fn skewed_table(seed: u64, rows: usize, experts: u64, hot: i64, shift: u32) -> SubsetTable {
+pub(crate) fn skewed_table(
+    seed: u64,
+    rows: usize,
+    experts: u64,
+    hot: i64,
+    shift: u32,
+) -> SubsetTable {
     let mut ids = Vec::new();
     let mut x = seed;
     for _ in 0..rows {
         let mut row = Vec::new();
         while row.len() < 4 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let e = ((x >> 33) % experts) as i64 % (hot + (x >> shift) as i64 * 2);
             if !row.contains(&e) {
                 row.push(e);
@@ -127,7 +143,10 @@ mod tests {
         // Enough rows for several parallel tasks.
         let t = skewed_table(12345, 20_000, 24, 4, 60);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| optimize(&t, 4, 7, "greedy", 3).unwrap())
         };
         let one = run(1);

@@ -29,7 +29,9 @@ impl CoActivation {
 
     pub fn weight(&self, a: usize, b: usize) -> i64 {
         let (partners, weights) = self.partners_of(a);
-        partners.binary_search(&(b as u16)).map_or(0, |i| weights[i])
+        partners
+            .binary_search(&(b as u16))
+            .map_or(0, |i| weights[i])
     }
 }
 
@@ -46,15 +48,30 @@ pub struct Problem<'a> {
 impl<'a> Problem<'a> {
     pub fn new(table: &'a SubsetTable, num_gpus: usize) -> Self {
         let total = table.total_weight();
-        let scale = if total > 0.0 { WEIGHT_SCALE / total } else { 0.0 };
-        let weights: Vec<i64> = table.weights().iter().map(|&w| (w * scale).round() as i64).collect();
+        let scale = if total > 0.0 {
+            WEIGHT_SCALE / total
+        } else {
+            0.0
+        };
+        let weights: Vec<i64> = table
+            .weights()
+            .iter()
+            .map(|&w| (w * scale).round() as i64)
+            .collect();
         let index = table.expert_index();
         let num_experts = table.num_experts();
         let load = (0..num_experts)
             .map(|e| index.rows_of(e).iter().map(|&r| weights[r as usize]).sum())
             .collect();
         let coactivation = coactivation(table, &index, &weights);
-        Problem { table, num_gpus, index, weights, load, coactivation }
+        Problem {
+            table,
+            num_gpus,
+            index,
+            weights,
+            load,
+            coactivation,
+        }
     }
 
     pub fn num_experts(&self) -> usize {
@@ -97,7 +114,11 @@ fn coactivation(table: &SubsetTable, index: &ExpertIndex, weights: &[i64]) -> Co
                     }
                 }
                 touched.sort_unstable();
-                let list = touched.iter().map(|&o| (o, acc[o as usize])).filter(|x| x.1 != 0).collect();
+                let list = touched
+                    .iter()
+                    .map(|&o| (o, acc[o as usize]))
+                    .filter(|x| x.1 != 0)
+                    .collect();
                 for &o in &touched {
                     acc[o as usize] = 0;
                 }
@@ -116,7 +137,11 @@ fn coactivation(table: &SubsetTable, index: &ExpertIndex, weights: &[i64]) -> Co
         }
         offsets.push(partners.len());
     }
-    CoActivation { offsets, partners, weights: pair_weights }
+    CoActivation {
+        offsets,
+        partners,
+        weights: pair_weights,
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,11 @@ fn candidates(state: &State, gains: &GainTable, width: usize) -> Vec<(i64, usize
                 .filter(|x| x.0 < 0)
                 .collect();
             best.sort_unstable();
-            found.extend(best.into_iter().take(EXPERTS_PER_SLOT).map(|(g, new)| (g, old, gpu, new)));
+            found.extend(
+                best.into_iter()
+                    .take(EXPERTS_PER_SLOT)
+                    .map(|(g, new)| (g, old, gpu, new)),
+            );
         }
     }
     found.sort_unstable();
@@ -58,17 +62,32 @@ pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits)
         let candidates = candidates(state, gains, limits.candidates);
         let changes = |&(_, old, gpu, new): &(i64, usize, usize, usize)| {
             [
-                Change { expert: old as u16, remove: Some(gpu as u16), add: None },
-                Change { expert: new as u16, remove: None, add: Some(gpu as u16) },
+                Change {
+                    expert: old as u16,
+                    remove: Some(gpu as u16),
+                    add: None,
+                },
+                Change {
+                    expert: new as u16,
+                    remove: None,
+                    add: Some(gpu as u16),
+                },
             ]
         };
         let evaluated: Vec<(i64, usize)> = candidates
             .par_iter()
-            .map_init(|| RowScratch::new(state.layout.num_gpus()), |s, c| state.delta(&changes(c), s))
+            .map_init(
+                || RowScratch::new(state.layout.num_gpus()),
+                |s, c| state.delta(&changes(c), s),
+            )
             .collect();
         spent += evaluated.iter().map(|x| x.1).sum::<usize>();
         let deltas: Vec<i64> = evaluated.into_iter().map(|x| x.0).collect();
-        let best = deltas.iter().enumerate().filter(|x| *x.1 < 0).min_by_key(|x| (*x.1, x.0));
+        let best = deltas
+            .iter()
+            .enumerate()
+            .filter(|x| *x.1 < 0)
+            .min_by_key(|x| (*x.1, x.0));
         let Some((i, _)) = best else { break };
         let (_, old, gpu, new) = candidates[i];
         gains.remove_replica(state, old, gpu);
@@ -98,7 +117,17 @@ mod tests {
         let mut s = State::new(&p, l);
         let mut gains = GainTable::new(&s);
         let before = s.total;
-        assert_eq!(improve(&mut s, &mut gains, Limits { candidates: 8, max_moves: 4 }), 1);
+        assert_eq!(
+            improve(
+                &mut s,
+                &mut gains,
+                Limits {
+                    candidates: 8,
+                    max_moves: 4
+                }
+            ),
+            1
+        );
         assert!(s.total < before);
         assert_eq!(s.total, total_cost(&p, &s.layout));
         assert_eq!(s.layout.replicas(3), 1);

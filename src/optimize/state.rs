@@ -22,8 +22,16 @@ pub struct Swap {
 impl Swap {
     fn changes(&self) -> [Change; 2] {
         [
-            Change { expert: self.first, remove: Some(self.from), add: Some(self.to) },
-            Change { expert: self.second, remove: Some(self.to), add: Some(self.from) },
+            Change {
+                expert: self.first,
+                remove: Some(self.from),
+                add: Some(self.to),
+            },
+            Change {
+                expert: self.second,
+                remove: Some(self.to),
+                add: Some(self.from),
+            },
         ]
     }
 }
@@ -51,7 +59,10 @@ pub fn total_cost(problem: &Problem, layout: &Layout) -> i64 {
         .map_init(
             || RowScratch::new(layout.num_gpus()),
             |scratch, (rows, weights)| {
-                rows.chunks_exact(k).zip(weights).map(|(row, &w)| w * layout.row_cost(row, &[], scratch) as i64).sum::<i64>()
+                rows.chunks_exact(k)
+                    .zip(weights)
+                    .map(|(row, &w)| w * layout.row_cost(row, &[], scratch) as i64)
+                    .sum::<i64>()
             },
         )
         .sum()
@@ -61,17 +72,30 @@ impl<'p> State<'p> {
     pub fn new(problem: &'p Problem<'p>, layout: Layout) -> Self {
         let k = problem.k();
         let mut costs = vec![0u8; problem.weights.len()];
-        costs.par_chunks_mut(ROWS_PER_TASK).zip(problem.table.subsets().par_chunks(ROWS_PER_TASK * k)).for_each_init(
-            || RowScratch::new(layout.num_gpus()),
-            |scratch, (out, rows)| {
-                for (c, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
-                    *c = layout.row_cost(row, &[], scratch) as u8;
-                }
-            },
-        );
-        let total = costs.iter().zip(&problem.weights).map(|(&c, &w)| c as i64 * w).sum();
+        costs
+            .par_chunks_mut(ROWS_PER_TASK)
+            .zip(problem.table.subsets().par_chunks(ROWS_PER_TASK * k))
+            .for_each_init(
+                || RowScratch::new(layout.num_gpus()),
+                |scratch, (out, rows)| {
+                    for (c, row) in out.iter_mut().zip(rows.chunks_exact(k)) {
+                        *c = layout.row_cost(row, &[], scratch) as u8;
+                    }
+                },
+            );
+        let total = costs
+            .iter()
+            .zip(&problem.weights)
+            .map(|(&c, &w)| c as i64 * w)
+            .sum();
         let num_gpus = layout.num_gpus();
-        let mut state = State { problem, layout, costs, total, conn: vec![0; problem.num_experts() * num_gpus] };
+        let mut state = State {
+            problem,
+            layout,
+            costs,
+            total,
+            conn: vec![0; problem.num_experts() * num_gpus],
+        };
         for g in 0..num_gpus {
             for i in 0..state.layout.used(g) {
                 let e = state.layout.experts_on(g)[i];
@@ -118,7 +142,15 @@ impl<'p> State<'p> {
             .map_init(
                 || RowScratch::new(layout.num_gpus()),
                 |scratch, chunk| {
-                    chunk.iter().map(|&r| (r, layout.row_cost(problem.row(r as usize), &[], scratch) as u8)).collect::<Vec<_>>()
+                    chunk
+                        .iter()
+                        .map(|&r| {
+                            (
+                                r,
+                                layout.row_cost(problem.row(r as usize), &[], scratch) as u8,
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 },
             )
             .flatten_iter()
@@ -133,8 +165,14 @@ impl<'p> State<'p> {
     pub fn add_replica(&mut self, expert: usize, gpu: usize) -> Vec<u32> {
         self.change_replicas(expert, |l| l.add(expert, gpu));
         // A row of cost 1 cannot get cheaper.
-        let rows: Vec<u32> =
-            self.problem.index.rows_of(expert).iter().copied().filter(|&r| self.costs[r as usize] >= 2).collect();
+        let rows: Vec<u32> = self
+            .problem
+            .index
+            .rows_of(expert)
+            .iter()
+            .copied()
+            .filter(|&r| self.costs[r as usize] >= 2)
+            .collect();
         self.recost(&rows);
         rows
     }
@@ -200,7 +238,13 @@ mod tests {
 
     #[test]
     fn swap_delta_matches_recomputed_total() {
-        let t = SubsetTable::from_subsets(&[0, 1, 2, 0, 2, 3, 1, 3, 4, 0, 4, 5], 3, 6, &[5.0, 3.0, 2.0, 1.0]).unwrap();
+        let t = SubsetTable::from_subsets(
+            &[0, 1, 2, 0, 2, 3, 1, 3, 4, 0, 4, 5],
+            3,
+            6,
+            &[5.0, 3.0, 2.0, 1.0],
+        )
+        .unwrap();
         for num_gpus in [3, 100] {
             let p = Problem::new(&t, num_gpus);
             let mut l = Layout::new(6, num_gpus);
@@ -210,7 +254,20 @@ mod tests {
             l.add(0, 2);
             let mut s = State::new(&p, l);
             let mut scratch = RowScratch::new(num_gpus);
-            for swap in [Swap { first: 1, from: 0, second: 3, to: 1 }, Swap { first: 2, from: 1, second: 4, to: 2 }] {
+            for swap in [
+                Swap {
+                    first: 1,
+                    from: 0,
+                    second: 3,
+                    to: 1,
+                },
+                Swap {
+                    first: 2,
+                    from: 1,
+                    second: 4,
+                    to: 2,
+                },
+            ] {
                 let (delta, _) = s.swap_delta(swap, &mut scratch);
                 let before = s.total;
                 s.apply_swap(swap);
@@ -224,7 +281,8 @@ mod tests {
             for e in 0..6 {
                 for g in 0..num_gpus {
                     let on_g = s.layout.experts_on(g).iter().filter(|&&x| x as usize != e);
-                    let split = |x: usize| p.coactivation.weight(e, x) / s.layout.replicas(x) as i64;
+                    let split =
+                        |x: usize| p.coactivation.weight(e, x) / s.layout.replicas(x) as i64;
                     let expected: i64 = on_g.map(|&x| split(x as usize)).sum();
                     assert_eq!(s.conn(e, g), expected, "expert {e} GPU {g}");
                 }

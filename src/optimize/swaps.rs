@@ -56,11 +56,20 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
         // The cheap score is a poor guide near a local optimum: when a batch holds no
         // improving swap, the next one is tried before giving up.
         for batch in candidates.chunks(limits.candidates) {
-            let evaluated: Vec<(i64, usize)> =
-                batch.par_iter().map_init(|| RowScratch::new(state.layout.num_gpus()), |s, &c| state.swap_delta(c, s)).collect();
+            let evaluated: Vec<(i64, usize)> = batch
+                .par_iter()
+                .map_init(
+                    || RowScratch::new(state.layout.num_gpus()),
+                    |s, &c| state.swap_delta(c, s),
+                )
+                .collect();
             spent += evaluated.iter().map(|x| x.1).sum::<usize>();
-            let mut improving: Vec<(i64, usize)> =
-                evaluated.iter().enumerate().filter(|(_, d)| d.0 < 0).map(|(i, d)| (d.0, i)).collect();
+            let mut improving: Vec<(i64, usize)> = evaluated
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.0 < 0)
+                .map(|(i, d)| (d.0, i))
+                .collect();
             if !improving.is_empty() {
                 improving.sort_unstable();
                 made += apply_best_first(state, batch, &improving, &mut scratch, &mut spent);
@@ -124,7 +133,11 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
                 let here = state.conn(i, a as usize);
                 let ri = layout.replicas(i) as i64;
                 targets.clear();
-                targets.extend((0..num_gpus).filter(|&b| !layout.holds(i, b)).map(|b| (state.conn(i, b) - here, b as u16)));
+                targets.extend(
+                    (0..num_gpus)
+                        .filter(|&b| !layout.holds(i, b))
+                        .map(|b| (state.conn(i, b) - here, b as u16)),
+                );
                 let keep = TARGETS_PER_REPLICA.min(targets.len());
                 if keep == 0 {
                     continue;
@@ -140,11 +153,24 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
                         let rj = layout.replicas(j as usize) as i64;
                         let pair = coactivation.weight(i, j as usize);
                         let first = (leave - pair / rj) / ri;
-                        let second = (state.conn(j as usize, a as usize) - pair / ri - state.conn(j as usize, b as usize)) / rj;
+                        let second = (state.conn(j as usize, a as usize)
+                            - pair / ri
+                            - state.conn(j as usize, b as usize))
+                            / rj;
                         let swap = if (i as u16) < j {
-                            Swap { first: i as u16, from: a, second: j, to: b }
+                            Swap {
+                                first: i as u16,
+                                from: a,
+                                second: j,
+                                to: b,
+                            }
                         } else {
-                            Swap { first: j, from: b, second: i as u16, to: a }
+                            Swap {
+                                first: j,
+                                from: b,
+                                second: i as u16,
+                                to: a,
+                            }
                         };
                         found.push((first + second, swap));
                     }
@@ -179,7 +205,15 @@ mod tests {
         }
         let mut s = State::new(&p, l);
         assert_eq!(s.total, 2 * p.weights.iter().sum::<i64>());
-        let made = improve(&mut s, Limits { candidates: 8, batches: 2, max_rows: 1000, patience: 1000 });
+        let made = improve(
+            &mut s,
+            Limits {
+                candidates: 8,
+                batches: 2,
+                max_rows: 1000,
+                patience: 1000,
+            },
+        );
         assert!(made >= 1);
         assert_eq!(s.total, p.lower_bound_total());
         assert_eq!(s.total, total_cost(&p, &s.layout));

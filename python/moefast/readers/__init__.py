@@ -27,7 +27,9 @@ def guess_trace_format(path: Path) -> str:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "meta_info.json").exists():
-            raise ValueError(f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace; use load_expert_load")
+            raise ValueError(
+                f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace; use load_expert_load"
+            )
         return "sglang"
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -39,7 +41,9 @@ def guess_trace_format(path: Path) -> str:
     if suffix == ".json":
         head = _json_head(path)
         if '"logical_count"' in head:
-            raise ValueError(f"{path}: holds per-expert loads (logical_count), not a trace; use load_expert_load")
+            raise ValueError(
+                f"{path}: holds per-expert loads (logical_count), not a trace; use load_expert_load"
+            )
         if '"router_data"' in head or '"row_index"' in head:
             return "fingerprint"
         if head.startswith("{") and '"layer"' in head.split("\n", 1)[0]:
@@ -51,7 +55,9 @@ def guess_trace_format(path: Path) -> str:
         return "npz"
     if magic[:1] == b"{":
         return "jsonl"
-    raise ValueError(f"{path}: cannot tell the trace format from the name; pass format= one of {TRACE_FORMATS}")
+    raise ValueError(
+        f"{path}: cannot tell the trace format from the name; pass format= one of {TRACE_FORMATS}"
+    )
 
 
 def read_trace(path: Path, format: str | None = None, **options) -> Trace:
@@ -121,7 +127,9 @@ def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray,
         if load.ndim == 1:
             load = load[None, :]
         if load.ndim != 2 or load.dtype.kind not in "iuf":
-            raise malformed(path, f"expected numbers [layers, E] or [E], got {load.dtype} {load.shape}")
+            raise malformed(
+                path, f"expected numbers [layers, E] or [E], got {load.dtype} {load.shape}"
+            )
         return load.astype(np.float64), list(range(load.shape[0]))
     if fmt == "trace":
         trace = read_trace(path)
@@ -129,7 +137,9 @@ def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray,
     raise ValueError(f"unknown expert-load format {fmt!r}; known: {LOAD_FORMATS}")
 
 
-def load_expert_load(path, format: str | None = None, drop_empty: bool = True, return_layer_ids: bool = False):
+def load_expert_load(
+    path, format: str | None = None, drop_empty: bool = True, return_layer_ids: bool = False
+):
     """Per-expert loads (token-expert assignments, no co-activation) as float [layers, E].
 
     Reads SGLang ``logical_count`` JSON (``format="logical_count"``), SGLang ``stat`` ``.pt``

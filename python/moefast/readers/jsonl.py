@@ -51,21 +51,29 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
                 or not experts
                 or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
             ):
-                raise malformed(path, f"'experts' must be a list of integer ids, got {experts!r}", line_no)
+                raise malformed(
+                    path, f"'experts' must be a list of integer ids, got {experts!r}", line_no
+                )
             if k is None:
                 k = len(experts)
             elif len(experts) != k:
-                raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
+                raise malformed(
+                    path, f"{len(experts)} experts where earlier records have {k}", line_no
+                )
             if min(experts) < 0:
                 raise malformed(path, f"negative expert id in {experts}", line_no)
             if max(experts) >= MAX_EXPERTS:  # and so beyond int64 ids fail here, not in numpy
-                raise malformed(path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no)
+                raise malformed(
+                    path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no
+                )
             if len(set(experts)) != len(experts):
                 raise malformed(path, f"an expert appears twice in {experts}", line_no)
             key = (str(record.get("request_id", "")), token)
             layers = rows.setdefault(key, {})
             if layer in layers:
-                raise malformed(path, f"a second record for token {token} at layer {layer}", line_no)
+                raise malformed(
+                    path, f"a second record for token {token} at layer {layer}", line_no
+                )
             layers[layer] = experts
     if not rows:
         raise malformed(path, "no records")

@@ -48,25 +48,34 @@ def trace_from_sglang_per_token(
         if not isinstance(dump, Mapping) or "records" not in dump:
             raise malformed(path, f"dump {d} has no 'records': is it a per_token dump?")
         p2l = dump.get("last_physical_to_logical_map")
-        p2l = None if p2l is None else to_numpy(p2l, path, "last_physical_to_logical_map").astype(np.int64)
+        p2l = (
+            None
+            if p2l is None
+            else to_numpy(p2l, path, "last_physical_to_logical_map").astype(np.int64)
+        )
         for r, record in enumerate(dump["records"]):
             if "topk_ids_of_layer" not in record:
                 raise malformed(path, f"dump {d} record {r} has no 'topk_ids_of_layer'")
             ids = to_numpy(record["topk_ids_of_layer"], path, "topk_ids_of_layer").astype(np.int64)
             if ids.ndim != 3:
                 raise malformed(
-                    path, f"dump {d} record {r}: topk_ids_of_layer must be [layers, tokens, k], got shape {ids.shape}"
+                    path,
+                    f"dump {d} record {r}: topk_ids_of_layer must be [layers, tokens, k], got shape {ids.shape}",
                 )
             if ids.shape[1] == 0:
                 continue
             if p2l is not None:
                 if p2l.ndim != 2 or p2l.shape[0] != ids.shape[0]:
                     raise malformed(
-                        path, f"dump {d}: last_physical_to_logical_map has shape {p2l.shape}"
-                        f" for {ids.shape[0]} layers"
+                        path,
+                        f"dump {d}: last_physical_to_logical_map has shape {p2l.shape}"
+                        f" for {ids.shape[0]} layers",
                     )
                 if ids.max() >= p2l.shape[1]:
-                    raise malformed(path, f"dump {d} record {r}: physical id {ids.max()} >= {p2l.shape[1]} slots")
+                    raise malformed(
+                        path,
+                        f"dump {d} record {r}: physical id {ids.max()} >= {p2l.shape[1]} slots",
+                    )
                 layer_index = np.arange(ids.shape[0])[:, None, None]
                 ids = np.where(ids >= 0, p2l[layer_index, np.maximum(ids, 0)], -1)
             key = record.get("forward_pass_id")
@@ -100,16 +109,23 @@ def trace_from_sglang_per_token(
     if num_experts is None:
         num_experts = int(p2l.max()) + 1 if p2l is not None else highest
     if highest > num_experts:
-        raise malformed(path, f"expert id {highest - 1} out of range for num_experts = {num_experts}")
+        raise malformed(
+            path, f"expert id {highest - 1} out of range for num_experts = {num_experts}"
+        )
     return Trace(topk, num_experts, [int(x) for x in moe_layers])
 
 
-def expert_load_from_logical_count(count: Any, source: Path | str = "<logical_count>") -> np.ndarray:
+def expert_load_from_logical_count(
+    count: Any, source: Path | str = "<logical_count>"
+) -> np.ndarray:
     """float [layers, E] from ``logical_count`` [layers, E] or [steps, layers, E] (summed over steps)."""
     path = Path(str(source))
     count = to_numpy(count, path, "logical_count")
     if count.dtype.kind not in "iuf" or count.ndim not in (2, 3):
-        raise malformed(path, f"logical_count must be numbers [layers, E] or [steps, layers, E], got {count.dtype} {count.shape}")
+        raise malformed(
+            path,
+            f"logical_count must be numbers [layers, E] or [steps, layers, E], got {count.dtype} {count.shape}",
+        )
     count = count.astype(np.float64)
     if count.ndim == 3:
         count = count.sum(axis=0)
@@ -150,7 +166,9 @@ def read_sglang_stat_load(path: Path) -> np.ndarray:
             raise malformed(f, "no 'logical_count': is it a stat dump?")
         load = expert_load_from_logical_count(dump["logical_count"], f)
         if total is not None and total.shape != load.shape:
-            raise malformed(f, f"logical_count shape {load.shape} differs from other ranks' {total.shape}")
+            raise malformed(
+                f, f"logical_count shape {load.shape} differs from other ranks' {total.shape}"
+            )
         total = load if total is None else total + load
     return total
 
@@ -162,5 +180,7 @@ def read_logical_count_json(path: Path) -> np.ndarray:
     try:
         count = np.asarray(data["logical_count"], dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise malformed(path, f"'logical_count' is not a rectangular array of numbers ({err})") from err
+        raise malformed(
+            path, f"'logical_count' is not a rectangular array of numbers ({err})"
+        ) from err
     return expert_load_from_logical_count(count, path)

@@ -22,7 +22,9 @@ def expert_load_from_trtllm(
     path = Path(str(source))
     num_experts = meta.get("num_experts")
     if not isinstance(num_experts, int) or num_experts < 1:
-        raise malformed(path, f"meta_info.json: 'num_experts' must be a positive integer, got {num_experts!r}")
+        raise malformed(
+            path, f"meta_info.json: 'num_experts' must be a positive integer, got {num_experts!r}"
+        )
     totals: dict[int, np.ndarray] = {}
     for r, tensors in enumerate(ranks):
         for key, value in tensors.items():
@@ -31,7 +33,9 @@ def expert_load_from_trtllm(
                 raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
             counts = to_numpy(value, path, key).astype(np.float64).ravel()
             if counts.shape != (num_experts,):
-                raise malformed(path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts")
+                raise malformed(
+                    path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts"
+                )
             layer = int(match.group(2))
             totals[layer] = totals.get(layer, 0) + counts
     if not totals:
@@ -42,7 +46,9 @@ def expert_load_from_trtllm(
 
 def read_trtllm_load(path: Path) -> tuple[np.ndarray, list[int]]:
     meta = read_json(path / "meta_info.json")
-    files = sorted(path.glob("rank*.safetensors"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    files = sorted(
+        path.glob("rank*.safetensors"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0)
+    )
     if not files:
         raise malformed(path, "no rank<r>.safetensors file")
     st = require("safetensors", "reading TensorRT-LLM statistics")
