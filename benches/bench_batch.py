@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 
+import moefast as mf
 import numpy as np
 import pytest
-
-import moefast as mf
-from moefast.model import ModelPlacement
-
 from batch_reference import reference_layer_time
+from moefast.model import ModelPlacement
 from workloads import skewed_topk
 
 #: DeepSeek-V3 expert on an H100, fitted from shared/calibration (CUDA graphs).

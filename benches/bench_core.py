@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import time
 
+import moefast as mf
 import numpy as np
 import pytest
-
-import moefast as mf
 from reference import reference_cost
 from workloads import random_replicated_placement, skewed_topk
 

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from moefast import _core, load_trace
 from shared_data import SHARED_DATA
 from workloads import topic_topk

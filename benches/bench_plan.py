@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
-
 import moefast as mf
+import numpy as np
 from workloads import skewed_topk
 
 LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9

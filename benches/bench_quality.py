@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import moefast as mf
+import pytest
 from real_tables import MIXTRAL_FRACTIONS, gptoss_dbrx_size_tables, mixtral_tables
 
 DBRX_LAYERS = (0, 6, 12, 18)

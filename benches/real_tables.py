@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from itertools import combinations
 
-import numpy as np
-
 import moefast as mf
+import numpy as np
 from moefast.data import GPTOSS20B_DECODE
 from shared_data import SHARED_DATA
 

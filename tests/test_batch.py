@@ -1,14 +1,12 @@
 import math
 
+import moefast as mf
 import numpy as np
 import pytest
+from batch_reference import brute_force_batch_time, expert_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import moefast as mf
 from moefast.model import ModelPlacement
-
-from batch_reference import brute_force_batch_time, expert_time
 
 
 @st.composite

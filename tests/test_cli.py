@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+import moefast
 import numpy as np
 import pytest
-
-import moefast
 from moefast.cli import build_parser, main
 from moefast.data import GPTOSS20B_DECODE
 from moefast.formats import load_placement

@@ -1,9 +1,8 @@
+import moefast as mf
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import moefast as mf
 from reference import brute_force_cost, reference_cost, reference_expected_cost, reference_table
 from strategies import placements, random_replicas, topk_arrays
 

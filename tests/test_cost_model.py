@@ -1,9 +1,8 @@
 import math
 
+import moefast as mf
 import numpy as np
 import pytest
-
-import moefast as mf
 from moefast.cost_model import EXPERT_SHAPES, GPUS, fit_calibration
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+import moefast
 import numpy as np
 import pytest
 import yaml
-
-import moefast
 from moefast.formats import PLACEMENT_FORMATS, gpu_slots, load_placement, physical_to_logical
 from moefast.model import ModelPlacement
 

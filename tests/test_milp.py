@@ -1,9 +1,8 @@
+import moefast as mf
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import moefast as mf
 from reference import all_full_placements
 
 

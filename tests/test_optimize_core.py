@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from moefast import _core
 
 METHODS = ["greedy", "contiguous", "round_robin", "eplb"]

@@ -1,7 +1,6 @@
+import moefast as mf
 import numpy as np
 import pytest
-
-import moefast as mf
 
 
 def test_matrix_and_lists_agree():

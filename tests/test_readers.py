@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from moefast.readers import load_expert_load
 from moefast.readers.sglang import expert_load_from_logical_count, trace_from_sglang_per_token
 from moefast.readers.trtllm import expert_load_from_trtllm

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import moefast
 import numpy as np
 import pytest
-
-import moefast
 from moefast import report
 from moefast.trace import Trace
 

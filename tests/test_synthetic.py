@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from moefast.readers import load_expert_load
 from moefast.report import top_pairs
 from moefast.synthetic import synthetic_trace

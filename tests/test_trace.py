@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import moefast
 import numpy as np
 import pytest
-
-import moefast
 from moefast.trace import Trace, load_trace
 from reference import reference_table
 

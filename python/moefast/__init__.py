@@ -4,6 +4,7 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
+from moefast import data, fill, milp  # submodules used as mf.data, mf.milp, mf.fill
 from moefast._core import (
     Placement,
     SubsetTable,
@@ -11,18 +12,16 @@ from moefast._core import (
     lower_bound,
     subset_costs,
 )
+from moefast.batch import batch_time, simulate
+from moefast.cost_model import CostModel
 from moefast.formats import load_placement
 from moefast.model import ModelPlacement
-from moefast.optimize import METHODS, NotProvenOptimalWarning, optimize
-from moefast.plan import plan
+from moefast.optimizers import METHODS, NotProvenOptimalWarning, optimize
+from moefast.planner import plan
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
-from moefast import data, fill, milp  # submodules used as mf.data, mf.milp, mf.fill
-
-from moefast.batch import batch_time, simulate
-from moefast.cost_model import CostModel
 
 __all__ = [
     "METHODS",

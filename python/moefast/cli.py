@@ -142,8 +142,6 @@ def cmd_evaluate(args) -> int:
         main={"placement": placements},
         methods=methods,
     )
-    if not methods and not args.no_baselines:
-        print("(baselines left out: moefast.optimize is not available)")
     header, rows = report.comparison_rows(comparison)
     print(
         f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:"

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-import moefast
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast.optimizers import optimize
 from moefast.progress import progress
 
 BASELINES = ("contiguous", "round_robin", "eplb")
@@ -71,7 +71,7 @@ def compare_methods(
         if method in placed:
             continue
         placed[method] = [
-            moefast.optimize(t, num_gpus, slots_per_gpu, method=method, seed=seed)
+            optimize(t, num_gpus, slots_per_gpu, method=method, seed=seed)
             for t in progress(tables, len(tables), method)
         ]
     costs = {
@@ -103,7 +103,7 @@ def slot_sweep(
     for i, s, m in progress(work, len(work), "slot sweep"):
         costs[m][i] = np.mean(
             [
-                expected_cost(t, moefast.optimize(p, num_gpus, int(s), method=m, seed=seed))
+                expected_cost(t, optimize(p, num_gpus, int(s), method=m, seed=seed))
                 for t, p in zip(tables, planned)
             ]
         )

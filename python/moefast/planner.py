@@ -11,7 +11,7 @@ import numpy as np
 
 from moefast._core import SubsetTable, expected_cost, lower_bound
 from moefast.model import ModelPlacement
-from moefast.optimize import check_memory, optimize
+from moefast.optimizers import check_memory, optimize
 
 
 def layer_tables(trace_or_tables: Any) -> tuple[list[SubsetTable], list[int]]:
