@@ -74,6 +74,11 @@ def optimize_placement(
 ) -> Placement:
     """Greedy or a baseline ("contiguous", "round_robin", "eplb") placement filling every slot."""
 
+def rebalance_experts(
+    weight: npt.ArrayLike, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """DeepSeek EPLB on float32 loads [L, E]: phy2log [L, P], phyrank [L, P], logcnt [L, E]."""
+
 def batch_time(
     topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool
 ) -> tuple[float, float | None]:

@@ -9,6 +9,7 @@ use pyo3::types::PyBool;
 use crate::error::MoeError;
 
 mod batch;
+mod eplb;
 mod optimize;
 mod table;
 
@@ -112,5 +113,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;
+    eplb::register(m)?;
     Ok(())
 }
