@@ -120,7 +120,7 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
     replicas = np.zeros((32, 4), dtype=bool)
     replicas[np.arange(32), np.arange(32) // 8] = True  # contiguous, 8 experts per GPU
     model = ModelPlacement([moefast.Placement(replicas)] * trace.num_layers, 8, trace.layer_ids)
-    model.save(tmp_path / "p.json", "sglang")
+    model.save(tmp_path / "p.json", "sglang", model="gpt-oss-20b")
     assert (
         main(
             [
@@ -143,7 +143,9 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
 def test_evaluate_needs_the_gpu_count_for_sglang(tmp_path, capsys):
     replicas = np.zeros((32, 4), dtype=bool)
     replicas[np.arange(32), np.arange(32) % 4] = True
-    ModelPlacement([moefast.Placement(replicas)], 8).save(tmp_path / "p.json", "sglang")
+    ModelPlacement([moefast.Placement(replicas)], 8).save(
+        tmp_path / "p.json", "sglang", num_layers=1
+    )
     assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 1
     assert "num_gpus" in capsys.readouterr().err
 
@@ -169,6 +171,8 @@ def test_plan_end_to_end(tmp_path, capsys):
             "10",
             "--format",
             "sglang",
+            "--model",
+            "gpt-oss-20b",
             "--out",
             str(out),
             "--report",
@@ -184,6 +188,9 @@ def test_plan_end_to_end(tmp_path, capsys):
     for name in ("report.md", "coactivation.png", "layer_costs.png", "slot_sweep.png"):
         assert (report_dir / name).stat().st_size > 0
     printed = capsys.readouterr().out
+    flags = f"--ep-size 4 --ep-num-redundant-experts 8 --init-expert-location {out}"
+    assert flags in printed
+    assert flags in (report_dir / "report.md").read_text()
     trace = load_trace(GPTOSS20B_DECODE)
     row = next(l for l in printed.splitlines() if l.split()[:1] == ["0"]).split()
     assert float(row[4]) == pytest.approx(
@@ -209,6 +216,8 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
         "4",
         "--slots",
         "10",
+        "--model",
+        "gpt-oss-20b",
         "--out",
         str(tmp_path / "p.json"),
     ]
