@@ -8,7 +8,7 @@ import moefast
 import numpy as np
 import pytest
 import yaml
-from moefast.formats import PLACEMENT_FORMATS, gpu_slots, load_placement, physical_to_logical
+from moefast.formats import PLACEMENT_FORMATS, gpu_slots, load_placement
 from moefast.model import ModelPlacement
 from moefast.models import model_layout
 

@@ -150,7 +150,7 @@ def cmd_plan(args) -> int:
 
 
 def _int_list(text: str, name: str) -> list[int]:
-    """"3-60" or "1,3,5-9" as a list of ints."""
+    """ "3-60" or "1,3,5-9" as a list of ints."""
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -410,12 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="model preset giving its layers (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b, ...;"
         " see moefast.models.PRESETS)",
     )
-    p.add_argument(
-        "--num-layers", type=int, default=None, help="the model's decoder layer count"
-    )
-    p.add_argument(
-        "--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60"
-    )
+    p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layer count")
+    p.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
     p.add_argument(
         "--layers-are-positions",
         action="store_true",

@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,7 +208,9 @@ def launch_settings(
     g, slots, e = num_gpus, num_gpus * slots_per_gpu, num_experts
     redundant = slots - e
     if format == "sglang":
-        flags = f"--ep-size {g} --ep-num-redundant-experts {redundant} --init-expert-location {path}"
+        flags = (
+            f"--ep-size {g} --ep-num-redundant-experts {redundant} --init-expert-location {path}"
+        )
         return {"engine": "SGLang", "command_line": flags}
     if format == "trtllm":
         return {
@@ -222,7 +224,7 @@ def launch_settings(
             "engine": "vLLM-Ascend",
             "command_line": (
                 f"--enable-expert-parallel (EP size {g})"
-                f" --additional-config '{{\"expert_map_path\": \"{path}\"}}'"
+                f' --additional-config \'{{"expert_map_path": "{path}"}}\''
             ),
             "num_redundant_experts": redundant,
         }
@@ -280,8 +282,8 @@ def save_placement(
         )
         path.write_text(text)
         return launch_settings(
-        format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
-    )
+            format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
+        )
     if format == "json":
         if layout is not None:
             layout.check_layers(placement.layer_ids, placement.num_experts)

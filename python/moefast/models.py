@@ -47,12 +47,11 @@ class ModelLayout:
 
     def check_layers(self, layer_ids: Sequence[int], num_experts: int | None = None) -> None:
         """ValueError unless ``layer_ids`` are MoE layers of this model (and the experts match)."""
-        if num_experts is not None and self.num_experts is not None:
-            if num_experts != self.num_experts:
-                raise ValueError(
-                    f"the placement has {num_experts} experts per layer; {self.name} has"
-                    f" {self.num_experts}"
-                )
+        if None not in (num_experts, self.num_experts) and num_experts != self.num_experts:
+            raise ValueError(
+                f"the placement has {num_experts} experts per layer; {self.name} has"
+                f" {self.num_experts}"
+            )
         allowed = set(self.moe_layers) | set(self.mtp_layers)
         wrong = [x for x in layer_ids if x not in allowed]
         if not wrong:
