@@ -14,6 +14,7 @@ from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
+from moefast.validation import check_count, check_ints, check_seed
 
 __all__ = ["CostModel", "batch_time", "optimize_batch", "simulate"]
 
@@ -83,20 +84,6 @@ def _layers(
     return topk, weights, placements
 
 
-def _ints(name: str, values: Any) -> list[int]:
-    seq = [values] if np.ndim(values) == 0 else list(np.asarray(values).ravel())
-    out = []
-    for v in seq:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must hold ints, got {v!r}")
-        if not -(2**63) <= int(v) < 2**63:  # the core takes int64: say so, not OverflowError
-            raise ValueError(f"{name} = {int(v)} is out of range")
-        out.append(int(v))
-    if not out:
-        raise ValueError(f"{name} is empty")
-    return out
-
-
 def simulate(
     trace_or_topk: Any,
     placement: Placement | ModelPlacement,
@@ -120,13 +107,9 @@ def simulate(
     """
     cm = _cost_model(cost_model)
     topk, weights, placements = _layers(trace_or_topk, placement)
-    sizes = _ints("batch_sizes", batch_sizes)
-    if any(b < 1 for b in sizes):
-        raise ValueError(f"batch sizes must be at least 1, got {sizes}")
-    (steps,) = _ints("steps", steps)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    (seed,) = _ints("seed", seed)
+    sizes = check_ints("batch_sizes", batch_sizes, low=1)
+    steps = check_count("steps", steps)
+    seed = check_seed("seed", seed)
     times = _core.simulate_steps(
         topk, weights, placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps
     )
@@ -173,16 +156,12 @@ def optimize_batch(
         topk, weights = table_or_topk.subsets, table_or_topk.weights
     else:
         topk = np.asarray(getattr(table_or_topk, "topk", table_or_topk))
-    (slots_per_gpu,) = _ints("slots_per_gpu", slots_per_gpu)
-    (batch_size,) = _ints("batch_size", batch_size)
-    (seed,) = _ints("seed", seed)
-    (max_evaluations,) = _ints("max_evaluations", max_evaluations)
+    slots_per_gpu = check_count("slots_per_gpu", slots_per_gpu)
+    batch_size = check_count("batch_size", batch_size)
+    seed = check_seed("seed", seed)
+    max_evaluations = check_count("max_evaluations", max_evaluations, low=0)
     if num_batches is not None:
-        (num_batches,) = _ints("num_batches", num_batches)
-        if num_batches < 1:
-            raise ValueError(f"num_batches must be at least 1, got {num_batches}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        num_batches = check_count("num_batches", num_batches)
     return _core.optimize_batch(
         topk,
         weights,

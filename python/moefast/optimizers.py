@@ -5,10 +5,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import numpy as np
-
 from moefast import _core
 from moefast._core import Placement, SubsetTable
+from moefast.validation import check_int, check_positive, check_seed
 
 #: Largest number of GPUs a placement spans (the core's limit).
 MAX_GPUS = 1024
@@ -20,18 +19,6 @@ METHODS = ("greedy", "milp", "contiguous", "round_robin", "eplb")
 
 class NotProvenOptimalWarning(UserWarning):
     """The MILP stopped at its time limit before proving its placement optimal."""
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """`value` as an int in [low, high]; numpy ints count, bools and floats do not."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be at most {high}, got {value}")
-    return value
 
 
 def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
@@ -74,17 +61,10 @@ def optimize(
     check_memory(table.num_experts, num_gpus, slots_per_gpu)
     num_gpus, slots_per_gpu = int(num_gpus), int(slots_per_gpu)
     # Checked for every method, so that "milp" (which has no use for it) refuses what the others do.
-    seed = check_int("seed", seed, 0, 2**63 - 1)
+    seed = check_seed("seed", seed)
     if time_limit is not None:
-        if isinstance(time_limit, bool) or not isinstance(
-            time_limit, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(
-                f"time_limit must be a number of seconds, got {type(time_limit).__name__}"
-            )
-        if not 0 < time_limit < float("inf"):
-            # HiGHS ignores an invalid limit and would run without one.
-            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+        # HiGHS ignores an invalid limit and would run without one.
+        time_limit = check_positive("time_limit", time_limit)
     objective = batch.pop("objective", "decode")
     if objective == "batch":
         return _optimize_for_batches(table, num_gpus, slots_per_gpu, method, seed, **batch)

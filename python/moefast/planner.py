@@ -12,6 +12,7 @@ import numpy as np
 from moefast._core import SubsetTable, expected_cost, lower_bound
 from moefast.model import ModelPlacement
 from moefast.optimizers import check_memory, optimize
+from moefast.validation import check_number
 
 
 def layer_tables(trace_or_tables: Any) -> tuple[list[SubsetTable], list[int]]:
@@ -52,10 +53,7 @@ def plan(
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
-    if isinstance(coverage, bool) or not isinstance(
-        coverage, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"coverage must be a number, got {type(coverage).__name__}")
+    coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
     if {t.num_experts for t in tables} != {tables[0].num_experts}:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json
+from moefast.readers._errors import malformed
+from moefast.readers._loading import read_json
 from moefast.trace import Trace
 
 _LAYER = re.compile(r"layer_(\d+)$")

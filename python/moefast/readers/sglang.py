@@ -14,12 +14,14 @@ they run without torch; only opening a ``.pt`` file needs it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json, require, to_numpy
+from moefast.readers._errors import malformed, require
+from moefast.readers._loading import read_json, to_numpy
 from moefast.trace import Trace
 
 
