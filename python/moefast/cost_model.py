@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -138,7 +138,8 @@ class CostModel:
         t = np.ones_like(n) if experts is None else np.asarray(experts, dtype=np.float64)
         if not (n.ndim == y.ndim == t.ndim == 1 and n.shape == y.shape == t.shape):
             raise ValueError(
-                f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}"
+                "tokens, times and experts must be 1-D of one length,"
+                f" got {n.shape}, {y.shape}, {t.shape}"
             )
         if len(n) < 2:
             raise ValueError("fitting needs at least 2 points")
@@ -160,13 +161,11 @@ class CostModel:
             model = cls(alpha, beta, p)
         else:
             candidates = [*np.round(np.arange(1.0, 8.0001, 0.05), 2), math.inf]
-            best = None
-            for q in candidates:
-                a, b = _fit_alpha_beta(n_unit, per_expert, float(q))
-                err = _sq_rel_err(n_unit, per_expert, a, b, float(q))
-                if best is None or err < best[0]:
-                    best = (err, a, b, float(q))
-            _, alpha, beta, q = best
+            fits = []
+            for q in map(float, candidates):
+                a, b = _fit_alpha_beta(n_unit, per_expert, q)
+                fits.append((_sq_rel_err(n_unit, per_expert, a, b, q), a, b, q))
+            _, alpha, beta, q = min(fits, key=lambda fit: fit[0])  # the first of equals
             model = cls(*scale((alpha, beta)), q)
         predicted = t * model.expert_time(n)
         return CostModelFit(model, n.astype(np.int64), t.astype(np.int64), y, predicted)
@@ -199,13 +198,12 @@ def _fit_alpha_beta(n: np.ndarray, y: np.ndarray, p: float) -> tuple[float, floa
     starts = [(float(np.min(y)), float(y[np.argmax(n)] / np.max(n)))]
     if coef[0] > 0 and coef[1] > 0:
         starts.append((float(coef[0] ** (1 / q)), float(coef[1] ** (1 / q))))
-    best = None
+    fits = []
     for a, b in starts:
         a, b = _descend(n, y, a, b, p)
-        err = _sq_rel_err(n, y, a, b, p)
-        if best is None or err < best[0]:
-            best = (err, a, b)
-    return best[1], best[2]
+        fits.append((_sq_rel_err(n, y, a, b, p), a, b))
+    _, alpha, beta = min(fits, key=lambda fit: fit[0])  # the first of equals
+    return alpha, beta
 
 
 def _descend(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> tuple[float, float]:
@@ -259,7 +257,7 @@ class CostModelFit:
             "| --- | --- | --- | --- | --- |",
         ]
         for t, n, y, f, e in zip(
-            self.experts, self.tokens, self.measured, self.predicted, self.rel_errors
+            self.experts, self.tokens, self.measured, self.predicted, self.rel_errors, strict=True
         ):
             rows.append(f"| {t} | {n} | {y:.1f} | {f:.1f} | {e:+.1%} |")
         return "\n".join(rows)

@@ -30,8 +30,8 @@ def _target_share(
         load = np.broadcast_to(load, (num_layers, load.size))
     if load.shape != (num_layers, num_experts):
         raise ValueError(
-            f"expert_load must be [E] = [{num_experts}] or [layers, E] = [{num_layers}, {num_experts}],"
-            f" got shape {np.shape(expert_load)}"
+            f"expert_load must be [E] = [{num_experts}] or"
+            f" [layers, E] = [{num_layers}, {num_experts}], got shape {np.shape(expert_load)}"
         )
     if not np.all(np.isfinite(load)) or (load < 0).any():
         raise ValueError("expert_load must be finite and non-negative")

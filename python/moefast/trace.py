@@ -8,9 +8,9 @@ writes the native ``.npz``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -65,9 +65,9 @@ class Trace:
             ordered = np.sort(self.topk, axis=2)
             dup = np.nonzero((ordered[:, :, 1:] == ordered[:, :, :-1]).any(axis=2))
             if dup[0].size:
-                t, l = int(dup[0][0]), int(dup[1][0])
+                t, pos = int(dup[0][0]), int(dup[1][0])
                 raise ValueError(
-                    f"token {t} picks expert {self.topk[t, l].tolist()} at layer position {l}:"
+                    f"token {t} picks expert {self.topk[t, pos].tolist()} at layer position {pos}:"
                     " an expert appears twice"
                 )
         if self.layer_ids is None or len(self.layer_ids) == 0:  # an array has no truth value
@@ -114,7 +114,8 @@ class Trace:
         )
 
     def table(self, layer: int) -> SubsetTable:
-        """The subset-frequency table of the layer at position ``layer`` (0 <= layer < num_layers)."""
+        """The subset-frequency table of the layer at position ``layer``
+        (0 <= layer < num_layers)."""
         if not -self.num_layers <= layer < self.num_layers:
             raise IndexError(f"layer position {layer} out of range for {self.num_layers} layers")
         return SubsetTable.from_topk(
