@@ -80,7 +80,8 @@ def solve_milp(
         raise ValueError(
             f"the exact MILP would have {assignment_vars:,} assignment variables"
             f" ({n:,} subsets x k={k} x {num_gpus} GPUs),"
-            f" more than {MAX_ASSIGNMENT_VARIABLES:,}: prune the table, use method='greedy', or pass time_limit to accept a result that may not be optimal"
+            f" more than {MAX_ASSIGNMENT_VARIABLES:,}: prune the table, use method='greedy',"
+            " or pass time_limit to accept a result that may not be optimal"
         )
     began = time.perf_counter()
     num_x = num_experts * num_gpus
