@@ -1,4 +1,4 @@
-"""Optimizer benchmarks on skewed, correlated synthetic traces (benches/workloads.py).
+"""Optimizer benchmarks on skewed, correlated synthetic traces (moefast.synthetic).
 
 Run: pytest benches/bench_optimize.py -s   (after `maturin develop --release`)
 
@@ -14,14 +14,14 @@ import time
 import numpy as np
 import pytest
 from moefast import _core, load_trace
+from moefast.synthetic import synthetic_topk
 from shared_data import SHARED_DATA
-from workloads import topic_topk
 
 BASELINES = ["contiguous", "round_robin", "eplb"]
 
 
 def layer(num_tokens: int, num_experts: int, k: int, seed: int = 0):
-    topk = topic_topk(num_tokens, num_experts, k, seed=seed)
+    topk = synthetic_topk(num_tokens, num_experts, k, seed=seed)
     full = _core.SubsetTable.from_topk(topk, num_experts=num_experts)
     return full, full.prune(coverage=0.99)
 

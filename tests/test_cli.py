@@ -12,7 +12,7 @@ from moefast.data import GPTOSS20B_DECODE
 from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.trace import load_trace
-from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
+from shared_data import OLMOE_C4_LOAD
 
 
 @pytest.mark.parametrize("command", ["demo", "plan", "evaluate", "inspect", "synth", "simulate"])
@@ -68,13 +68,12 @@ def test_synth_writes_a_trace(tmp_path, capsys):
     assert trace.topk.shape == (300, 3, 2) and trace.num_experts == 16
 
 
-@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
 def test_synth_matches_a_recorded_load(tmp_path):
-    out = tmp_path / "ds.npz"
+    out = tmp_path / "olmoe.npz"
     args = [
         "synth",
         "--experts",
-        "256",
+        "64",
         "--k",
         "8",
         "--layers",
@@ -82,12 +81,12 @@ def test_synth_matches_a_recorded_load(tmp_path):
         "--tokens",
         "5000",
         "--load",
-        str(DEEPSEEK),
+        str(OLMOE_C4_LOAD),
     ]
     assert main([*args, "--out", str(out)]) == 0
     from moefast.readers import load_expert_load
 
-    target = load_expert_load(DEEPSEEK)[:2]
+    target = load_expert_load(OLMOE_C4_LOAD)[:2]
     got = load_trace(out).expert_load()
     want = 8 * 5000 * target / target.sum(axis=1, keepdims=True)
     assert (np.abs(got - want).sum(axis=1) / got.sum(axis=1) < 0.03).all()

@@ -216,16 +216,3 @@ def test_binary_file_as_placement_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="not UTF-8 text") as info:
         load_placement(path)
     assert str(path) in str(info.value)
-
-
-def test_model_placement_checks_its_fields():
-    p = full_placement(0)
-    with pytest.raises(TypeError, match=r"placements\[1\] must be a moefast.Placement, got int"):
-        ModelPlacement([p, 3], 9)
-    with pytest.raises(TypeError, match="slots_per_gpu must be an int, got float"):
-        ModelPlacement([p], 9.5)
-    with pytest.raises(ValueError, match="layer_ids repeat a layer"):
-        ModelPlacement([p, p], 9, layer_ids=[3, 3])
-    with pytest.raises(TypeError, match="layer_ids must hold ints"):
-        ModelPlacement([p, p], 9, layer_ids=["a", "b"])
-    assert ModelPlacement([p, p], 9, layer_ids=np.array([3, 4])).layer_ids == [3, 4]

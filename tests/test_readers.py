@@ -19,6 +19,7 @@ from moefast.recorder import (
 )
 from moefast.trace import load_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
+from shared_data import OLMOE_C4_LOAD, needs_deepseek_statistics
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -206,7 +207,14 @@ def test_malformed_logical_count(tmp_path, text, match):
         )
 
 
-@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
+def test_real_olmoe_counts_in_logical_count_form():
+    load, layers = load_expert_load(OLMOE_C4_LOAD, return_layer_ids=True)
+    assert load.shape == (3, 64) and layers == [0, 1, 2]
+    # Every token picks 8 experts in every layer: each row sums to 8 x 208,896 tokens.
+    np.testing.assert_array_equal(load.sum(axis=1), [8 * 208_896] * 3)
+
+
+@needs_deepseek_statistics
 def test_real_deepseek_statistics():
     load, layers = load_expert_load(DEEPSEEK, return_layer_ids=True)
     assert load.shape == (58, 256) and layers == list(range(3, 61))
