@@ -55,7 +55,8 @@ def test_expected_cost_on_150k_subsets(benchmark, num_experts, k, num_gpus, toke
     ratio = ref_per_subset / fast_per_subset
     print(
         f"\nexpected_cost E={num_experts} k={k} G={num_gpus}, 150,000 subsets, threads={THREADS}:"
-        f" median {benchmark.stats.stats.median * 1e3:.2f} ms ({fast_per_subset * 1e9:.0f} ns/subset);"
+        f" median {benchmark.stats.stats.median * 1e3:.2f} ms"
+        f" ({fast_per_subset * 1e9:.0f} ns/subset);"
         f" pure-Python reference {ref_per_subset * 1e6:.0f} us/subset; {ratio:,.0f}x faster"
     )
     # The target is 1,000x; measured 450-700x against this reference (README).

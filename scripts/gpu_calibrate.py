@@ -102,7 +102,7 @@ def calibrate(
         fit = CostModel.fit(
             [q["tokens"] for q in points], [q["us"] for q in points], [q["experts"] for q in points]
         )
-        for q, err in zip(points, fit.rel_errors):
+        for q, err in zip(points, fit.rel_errors, strict=True):
             q["fit_rel_err"] = round(float(err), 4)
         out["models"][name] = {
             "hidden": hidden,

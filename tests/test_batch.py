@@ -72,7 +72,7 @@ def test_batch_of_one_is_the_subset_cost():
     )
     costs = mf.subset_costs(table, p)
     cm = mf.CostModel(10.0, 1.0, 2.0)
-    for row, c in zip(table.subsets, costs):
+    for row, c in zip(table.subsets, costs, strict=True):
         assert mf.batch_time(row[None, :], p, cm) == pytest.approx(
             c * expert_time(1, 10.0, 1.0, 2.0)
         )
@@ -185,7 +185,7 @@ def test_simulate_refuses_what_is_not_a_trace_by_type():
         topk = _trace(layers=1)
 
     p = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
-    with pytest.raises(TypeError, match="expected a moefast.Trace.*got LooksLikeATrace"):
+    with pytest.raises(TypeError, match=r"expected a moefast\.Trace.*got LooksLikeATrace"):
         mf.simulate(LooksLikeATrace(), p, 1, mf.CostModel(1, 1))
     with pytest.raises(TypeError, match="table 1 must be a SubsetTable, got str"):
         mf.simulate([mf.SubsetTable.from_topk(_trace(), 8), "x"], [p, p], 1, mf.CostModel(1, 1))

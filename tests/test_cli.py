@@ -35,7 +35,7 @@ def test_inspect_bundled_trace(capsys):
     assert "645 tokens, 24 layers" in out and "32 experts, k = 4" in out
     trace = load_trace(GPTOSS20B_DECODE)
     table = trace.table(0)
-    line = next(l for l in out.splitlines() if l.split()[:1] == ["0"])
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["0"])
     assert line.split()[1:5] == [
         str(len(table)),
         *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
@@ -134,7 +134,7 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    row = next(l for l in out.splitlines() if l.split()[:1] == ["5"]).split()
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["5"]).split()
     assert float(row[1]) == pytest.approx(moefast.expected_cost(trace.table(5), model[5]), abs=5e-4)
     assert float(row[2]) == pytest.approx(moefast.lower_bound(trace.table(5), 4), abs=5e-4)
 
@@ -184,7 +184,7 @@ def test_plan_end_to_end(tmp_path, capsys):
         assert (report_dir / name).stat().st_size > 0
     printed = capsys.readouterr().out
     trace = load_trace(GPTOSS20B_DECODE)
-    row = next(l for l in printed.splitlines() if l.split()[:1] == ["0"]).split()
+    row = next(line for line in printed.splitlines() if line.split()[:1] == ["0"]).split()
     assert float(row[4]) == pytest.approx(
         moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4
     )
@@ -219,9 +219,9 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
-    header = next(l for l in out.splitlines() if l.split()[:1] == ["layer"]).split()
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["layer"]).split()
     assert header[1:6] == ["contiguous", "round-robin", "EPLB", "greedy", "lower"]
-    total = next(l for l in out.splitlines() if l.startswith("total")).split()
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
     costs = [float(x) for x in total[1:6]]
     assert costs[4] <= min(costs[:4]) + 1e-9  # the lower bound is below every method
     assert (tmp_path / "demo" / "report.md").exists()

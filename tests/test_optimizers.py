@@ -36,7 +36,7 @@ def subset_cost_ref(subset, gpus_of) -> int:
 
 def expected_cost_ref(subsets, weights, replicas: np.ndarray) -> float:
     gpus_of = [set(np.flatnonzero(row)) for row in replicas]
-    total = sum(w * subset_cost_ref(s, gpus_of) for s, w in zip(subsets, weights))
+    total = sum(w * subset_cost_ref(s, gpus_of) for s, w in zip(subsets, weights, strict=True))
     return total / sum(weights)
 
 
@@ -290,7 +290,7 @@ def test_objective_and_batch_options_are_checked():
         mf.optimize(table, 2, 4, batch_size=8, cost_model=cm)
     with pytest.raises(ValueError, match="objective='batch' needs batch_size and cost_model"):
         mf.optimize(table, 2, 4, objective="batch", batch_size=8)
-    with pytest.raises(TypeError, match="cost_model must be a moefast.CostModel"):
+    with pytest.raises(TypeError, match=r"cost_model must be a moefast\.CostModel"):
         mf.optimize(table, 2, 4, objective="batch", batch_size=8, cost_model=(130.0, 0.5))
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
         mf.optimize(table, 2, 4, objective="batch", batch_size=0, cost_model=cm)

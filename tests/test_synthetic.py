@@ -29,7 +29,7 @@ def test_routing_is_skewed_and_correlated():
     load = table.expert_load()
     assert load.max() / load.mean() > 1.5
     # Under uniform routing each pair holds k(k-1)/(E(E-1)) = 1.2% of tokens.
-    _, _, share, lift = top_pairs(table, 1)[0]
+    _, _, _share, lift = top_pairs(table, 1)[0]
     assert lift > 5
     # A few subsets carry much of the traffic: far fewer than the C(32, 4) = 35,960 possible.
     assert len(table.prune(coverage=0.5)) < 0.25 * len(table)
