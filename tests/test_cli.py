@@ -44,46 +44,21 @@ def test_inspect_bundled_trace(capsys):
     assert len(pairs) == 3
 
 
+def synth_args(experts: int, k: int, layers: int, tokens: int, out, *extra: str) -> list[str]:
+    sizes = {"--experts": experts, "--k": k, "--layers": layers, "--tokens": tokens}
+    return ["synth", *(f"{a}={v}" for a, v in sizes.items()), "--out", str(out), *extra]
+
+
 def test_synth_writes_a_trace(tmp_path, capsys):
     out = tmp_path / "s.npz"
-    assert (
-        main(
-            [
-                "synth",
-                "--experts",
-                "16",
-                "--k",
-                "2",
-                "--layers",
-                "3",
-                "--tokens",
-                "300",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(synth_args(16, 2, 3, 300, out)) == 0
     trace = load_trace(out)
     assert trace.topk.shape == (300, 3, 2) and trace.num_experts == 16
 
 
 def test_synth_matches_a_recorded_load(tmp_path):
     out = tmp_path / "olmoe.npz"
-    args = [
-        "synth",
-        "--experts",
-        "64",
-        "--k",
-        "8",
-        "--layers",
-        "2",
-        "--tokens",
-        "5000",
-        "--load",
-        str(OLMOE_C4_LOAD),
-    ]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main(synth_args(64, 8, 2, 5000, out, "--load", str(OLMOE_C4_LOAD))) == 0
     from moefast.readers import load_expert_load
 
     target = load_expert_load(OLMOE_C4_LOAD)[:2]
@@ -94,23 +69,7 @@ def test_synth_matches_a_recorded_load(tmp_path):
 
 def test_synth_load_of_other_expert_count_is_refused(tmp_path, capsys):
     np.save(tmp_path / "l.npy", np.ones(8))
-    code = main(
-        [
-            "synth",
-            "--experts",
-            "16",
-            "--k",
-            "2",
-            "--layers",
-            "1",
-            "--tokens",
-            "10",
-            "--load",
-            str(tmp_path / "l.npy"),
-            "--out",
-            str(tmp_path / "x.npz"),
-        ]
-    )
+    code = main(synth_args(16, 2, 1, 10, tmp_path / "x.npz", "--load", str(tmp_path / "l.npy")))
     assert code == 1 and "loads of 8 experts" in capsys.readouterr().err
 
 
@@ -155,17 +114,16 @@ def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
     assert "bad.jsonl, line 1" in err
 
 
+#: `moefast plan` of the bundled trace on 4 GPUs x 10 slots.
+PLAN_GPTOSS = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10"]
+
+
 def test_plan_end_to_end(tmp_path, capsys):
     out = tmp_path / "placement.json"
     report_dir = tmp_path / "report"
     code = main(
         [
-            "plan",
-            str(GPTOSS20B_DECODE),
-            "--gpus",
-            "4",
-            "--slots",
-            "10",
+            *PLAN_GPTOSS,
             "--format",
             "sglang",
             "--out",
@@ -202,12 +160,7 @@ def test_plan_end_to_end(tmp_path, capsys):
 )
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
     args = [
-        "plan",
-        str(GPTOSS20B_DECODE),
-        "--gpus",
-        "4",
-        "--slots",
-        "10",
+        *PLAN_GPTOSS,
         "--out",
         str(tmp_path / "p.json"),
     ]
