@@ -76,10 +76,10 @@ def default_map(num_slots: int, num_experts: int) -> np.ndarray:
 
 
 def placement_from_slots(
-    slots: Sequence[int], num_gpus: int, num_experts: int, where: str
+    layer_slots: Sequence[int] | np.ndarray, num_gpus: int, num_experts: int, where: str
 ) -> Placement:
     """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus))."""
-    slots = np.asarray(slots)
+    slots = np.asarray(layer_slots)
     if slots.ndim != 1 or slots.dtype.kind not in "iu":
         raise ValueError(f"{where}: a layer's map must be a list of integer expert ids")
     if num_gpus < 1 or slots.size % num_gpus:
@@ -361,7 +361,7 @@ def _from_maps(
     path: Path,
 ) -> ModelPlacement:
     arrays = []
-    for layer, r in zip(layer_ids, rows):
+    for layer, r in zip(layer_ids, rows, strict=True):
         # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond
         # int64 come out as dtype object.
         try:
@@ -383,7 +383,7 @@ def _from_maps(
         num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
         placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
-        for a, layer in zip(arrays, layer_ids)
+        for a, layer in zip(arrays, layer_ids, strict=True)
     ]
     sizes = {a.size for a in arrays}
     if len(sizes) != 1:
@@ -470,8 +470,8 @@ def _load(
         g = num_gpus if num_gpus is not None else _need(data.get("num_gpus"), "num_gpus", path, fmt)
         ids = data.get("layer_ids") or list(range(len(rows)))
         model = _from_maps(rows, [int(x) for x in ids], int(g), num_experts, path)
-        counts = np.asarray(data.get("logcnt", []))
-        if counts.size and not np.array_equal(counts, model.replicas().sum(axis=2)):
+        logcnt = np.asarray(data.get("logcnt", []))
+        if logcnt.size and not np.array_equal(logcnt, model.replicas().sum(axis=2)):
             raise ValueError(f"{path}: logcnt disagrees with phy2log")
         return model
     if fmt == "trtllm":
@@ -479,12 +479,13 @@ def _load(
         if not isinstance(assignments, dict):
             raise ValueError(f"{path}: initial_global_assignments must map layer -> slots")
         g = _need(num_gpus, "num_gpus", path, fmt)
-        layers = sorted(int(l) for l in assignments)
-        rows = [assignments.get(l, assignments.get(str(l))) for l in layers]
+        layers = sorted(int(layer) for layer in assignments)
+        rows = [assignments.get(layer, assignments.get(str(layer))) for layer in layers]
         model = _from_maps(rows, layers, g, num_experts, path)
         if "num_slots" in data and int(data["num_slots"]) != model.num_gpus * model.slots_per_gpu:
             raise ValueError(
-                f"{path}: num_slots = {data['num_slots']} but layers hold {model.num_gpus * model.slots_per_gpu} slots"
+                f"{path}: num_slots = {data['num_slots']} but layers hold"
+                f" {model.num_gpus * model.slots_per_gpu} slots"
             )
         return model
     if fmt == "vllm-ascend":
@@ -501,7 +502,8 @@ def _load(
             counts = {len(d["device_expert"]) for d in devs}
             if len(counts) != 1:
                 raise ValueError(
-                    f"{path}: layer_list[{i}] devices hold different numbers of experts {sorted(counts)}"
+                    f"{path}: layer_list[{i}] devices hold different numbers of experts"
+                    f" {sorted(counts)}"
                 )
             rows.append([e for d in devs for e in d["device_expert"]])
             ids.append(i)  # vLLM-Ascend reads layers by position, never layer_id

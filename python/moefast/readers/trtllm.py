@@ -9,12 +9,13 @@ With the MoE load balancer on while recording, ids and counts are per *slot* and
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json, require, to_numpy
+from moefast.readers._errors import malformed, require
+from moefast.readers._loading import read_json, to_numpy
 from moefast.trace import Trace
 
 _KEY = re.compile(r"^(\d+)_(\d+)$")
