@@ -258,3 +258,23 @@ def test_plan_for_batches_writes_a_batch_aware_placement(tmp_path, capsys):
     assert "batch" in json.dumps(saved)
     model = load_placement(out)
     assert [p.slots_used.tolist() for p in model] == [[9] * 4] * 2
+
+
+def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    layout = ["--num-layers", "30", "--moe-layers", "5-28", "--method", "round_robin"]
+    args = [*PLAN_GPTOSS, *layout, "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "layer ids 0-4 are not MoE layers" in err and "--layers-are-positions" in err
+    assert not out.exists()
+    assert main([*args, "--layers-are-positions"]) == 0
+    rows = json.loads(out.read_text())["physical_to_logical_map"]
+    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(40)]
+    assert "--ep-num-redundant-experts 8 --init-expert-location" in capsys.readouterr().out
+
+
+def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):
+    args = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--out", str(tmp_path / "p.yaml")]
+    assert main(args) == 1
+    assert "the sglang engine loads only .json files; name it p.json" in capsys.readouterr().err

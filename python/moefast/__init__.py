@@ -4,7 +4,7 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
-from moefast import data, fill, milp  # submodules, as mf.data, mf.milp, mf.fill
+from moefast import data, eplb, fill, milp, models  # submodules, as mf.data, mf.eplb, ...
 from moefast._core import (
     Placement,
     SubsetTable,
@@ -35,6 +35,7 @@ __all__ = [
     "Trace",
     "batch_time",
     "data",
+    "eplb",
     "expected_cost",
     "fill",
     "load_expert_load",
@@ -42,6 +43,7 @@ __all__ = [
     "load_trace",
     "lower_bound",
     "milp",
+    "models",
     "optimize",
     "plan",
     "simulate",

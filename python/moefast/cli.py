@@ -132,9 +132,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from moefast.formats import launch_settings
+    from moefast.formats import check_file_name, launch_settings
     from moefast.models import map_positions, model_layout
 
+    check_file_name(args.out, args.format)
     trace = load_trace(args.trace, args.trace_format)
     moe_layers = None if args.moe_layers is None else _int_list(args.moe_layers, "--moe-layers")
     layout = model_layout(args.model, args.num_layers, moe_layers)

@@ -201,6 +201,19 @@ def _vllm_ascend(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[
 _SUFFIXES = {"sglang": (".json",), "vllm-ascend": (".json",)}
 
 
+def check_file_name(path: str | os.PathLike, format: str) -> None:
+    """ValueError for an unknown format or a file name the engine would not load."""
+    path = Path(path)
+    if format not in PLACEMENT_FORMATS:
+        raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
+    suffixes = _SUFFIXES.get(format)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{path}: the {format} engine loads only {' or '.join(suffixes)} files; name it"
+            f" {path.with_suffix(suffixes[0]).name}"
+        )
+
+
 def launch_settings(
     format: str, path: str | os.PathLike, num_gpus: int, slots_per_gpu: int, num_experts: int
 ) -> dict[str, Any]:
@@ -256,14 +269,7 @@ def save_placement(
     after the main layers, vLLM-Ascend counts them after the MoE layers).
     """
     path = Path(path)
-    if format not in PLACEMENT_FORMATS:
-        raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
-    suffixes = _SUFFIXES.get(format)
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise ValueError(
-            f"{path}: the {format} engine loads only {' or '.join(suffixes)} files; name it"
-            f" {path.with_suffix(suffixes[0]).name}"
-        )
+    check_file_name(path, format)
     if model is None and num_layers is None and moe_layers is None:
         model = placement.settings.get("model")
     layout = model_layout(model, num_layers, moe_layers)
