@@ -302,3 +302,16 @@ def test_trtllm_slot_counts_are_detected():
     with pytest.raises(ValueError, match="num_experts = 20 but the model has 16"):
         trace_from_trtllm_raw({"num_experts": 20}, raw, num_experts=16)
     assert trace_from_trtllm_raw({"num_experts": 16}, raw).num_experts == 16
+
+
+def test_plan_with_a_model_refuses_early_and_save_uses_it(tmp_path):
+    trace = moefast.synthetic_trace(300, 256, 8, 3, seed=2)  # layer ids 0, 1, 2: dense in V3
+    with pytest.raises(ValueError, match="layer ids 0-2 are not MoE layers of deepseek-v3"):
+        moefast.plan(trace, 32, 9, method="round_robin", model="deepseek-v3")
+    mapped = map_positions(trace, "deepseek-v3")
+    planned = moefast.plan(mapped, 32, 9, method="round_robin", model="deepseek-v3")
+    assert planned.settings["model"] == "deepseek-v3"
+    with pytest.warns(UserWarning, match=r"layers \[6, 7,"):
+        planned.save(tmp_path / "t.yaml", "trtllm")  # the recorded model, no model= needed
+    keys = yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
+    assert list(keys) == list(range(3, 61))

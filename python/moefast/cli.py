@@ -156,8 +156,8 @@ def cmd_plan(args) -> int:
             args.format, args.out, args.gpus, args.slots, trace.num_experts
         )
     model = _run_plan(trace, args, f"moefast plan: {Path(args.trace).name}", args.report)
-    if layout is not None:
-        model.settings["model"] = layout.name if args.model else None
+    if layout is not None and args.model:
+        model.settings["model"] = layout.name
     model.settings["launch"] = getattr(args, "launch", None)
     launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
     print(f"placement ({args.format}): {args.out}")

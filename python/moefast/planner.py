@@ -13,6 +13,7 @@ import numpy as np
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
 from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
+from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_memory, optimize
 from moefast.trace import Trace
 from moefast.validation import check_number
@@ -48,8 +49,13 @@ def plan(
     objective: Literal["decode", "batch"] = "decode",
     batch_size: int | None = None,
     cost_model: CostModel | None = None,
+    model: str | ModelLayout | None = None,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer).
+
+    ``model`` (a `moefast.models` preset name or layout) refuses, before any work, layer ids
+    that are not the model's MoE layers, and is recorded so that `ModelPlacement.save` writes
+    engine files for it.
 
     Tables are pruned to `coverage` for optimizing and each result is evaluated on the
     full table. Layers run in parallel; `progress` shows a bar per layer (default: when
@@ -58,6 +64,9 @@ def plan(
     """
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
+    layout = model_layout(model)
+    if layout is not None:
+        layout.check_layers(layer_ids, tables[0].num_experts)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
@@ -98,6 +107,8 @@ def plan(
     }
     if time_limit is not None:
         settings["time_limit"] = time_limit
+    if layout is not None and PRESETS.get(layout.name) == layout:
+        settings["model"] = layout.name  # save() writes engine files for it
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
