@@ -61,6 +61,18 @@ impl Topology {
                 "num_groups, num_nodes and num_gpus must be at least 1, got {num_groups}, {num_nodes}, {num_gpus}"
             ));
         }
+        if num_experts > crate::table::MAX_EXPERTS || num_gpus > crate::placement::MAX_GPUS {
+            return fail(format!(
+                "at most {} experts and {} GPUs, got {num_experts} and {num_gpus}",
+                crate::table::MAX_EXPERTS,
+                crate::placement::MAX_GPUS
+            ));
+        }
+        if num_replicas / num_gpus > num_experts {
+            return fail(format!(
+                "num_replicas = {num_replicas} gives each of the {num_gpus} GPUs more slots than the {num_experts} experts"
+            ));
+        }
         if num_replicas < num_experts {
             return fail(format!(
                 "num_replicas = {num_replicas} is less than the {num_experts} experts: every expert needs a slot"
@@ -375,7 +387,9 @@ mod tests {
         assert!(msg(rebalance_experts(&w, 8, topo(9, 1, 1, 2))).contains("multiple of num_gpus"));
         assert!(msg(rebalance_experts(&w, 8, topo(8, 3, 3, 2))).contains("equal groups"));
         assert!(msg(rebalance_experts(&w, 8, topo(8, 2, 2, 3))).contains("multiple"));
-        assert!(msg(rebalance_experts(&w, 3, topo(8, 1, 1, 2))).contains("whole number"));
+        assert!(msg(rebalance_experts(&w, 3, topo(6, 1, 1, 2))).contains("whole number"));
+        assert!(msg(rebalance_experts(&w, 4, topo(1 << 40, 1, 1, 2))).contains("more slots"));
+        assert!(msg(rebalance_experts(&w, 4, topo(4096, 1, 1, 2048))).contains("at most"));
         let bad = [1.0, f32::NAN, 1.0, 1.0];
         assert!(msg(rebalance_experts(&bad, 4, topo(4, 1, 1, 2))).contains("weight[0, 1]"));
     }

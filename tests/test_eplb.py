@@ -88,6 +88,8 @@ def test_refuses_what_the_reference_refuses():
         rebalance_experts(w, 8, 3, 3, 2)
     with pytest.raises(ValueError, match="finite non-negative"):
         rebalance_experts(-w, 8, 1, 1, 2)
+    with pytest.raises(ValueError, match="more slots than the 8 experts"):
+        rebalance_experts(w, 1 << 40, 1, 1, 2)  # refused before any allocation
     with pytest.raises(ValueError, match="layers, num_experts"):
         rebalance_experts(np.ones(8), 8, 1, 1, 2)
 
