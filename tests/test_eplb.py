@@ -69,7 +69,8 @@ def test_equals_reference_on_random_loads_with_ties():
         groups, nodes = [(4, 2), (4, 4), (2, 1), (3, 2), (1, 1)][trial % 5]
         experts = groups * int(rng.integers(1, 5))
         gpus = nodes * int(rng.integers(1, 4))
-        replicas = gpus * int(rng.integers(-(-experts // gpus), -(-experts // gpus) + 3))
+        least = -(-experts // gpus)
+        replicas = gpus * int(rng.integers(least, min(experts, least + 2) + 1))
         # Few distinct values: many exact ties, between experts and between replicas.
         weight = rng.integers(0, 4, size=(3, experts)) * int(rng.choice([1, 6, 1000]))
         mine = rebalance_experts(weight, replicas, groups, nodes, gpus)
