@@ -278,3 +278,12 @@ def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):
     args = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--out", str(tmp_path / "p.yaml")]
     assert main(args) == 1
     assert "the sglang engine loads only .json files; name it p.json" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_vllm_ascend_file_by_position_with_the_model(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    plan = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--method", "round_robin"]
+    assert main([*plan, "--format", "vllm-ascend", "--out", str(out)]) == 0
+    assert "expert_map_path" in capsys.readouterr().out
+    evaluate = ["evaluate", str(GPTOSS20B_DECODE), str(out), "--no-baselines"]
+    assert main([*evaluate, "--model", "gpt-oss-20b"]) == 0

@@ -182,7 +182,11 @@ def _int_list(text: str, name: str) -> list[int]:
 def cmd_evaluate(args) -> int:
     trace = load_trace(args.trace, args.trace_format)
     model = load_placement(
-        args.placement, args.placement_format, num_gpus=args.gpus, num_experts=trace.num_experts
+        args.placement,
+        args.placement_format,
+        num_gpus=args.gpus,
+        num_experts=trace.num_experts,
+        model=args.model,
     )
     index = {layer: i for i, layer in enumerate(model.layer_ids)}
     absent = [layer for layer in trace.layer_ids if layer not in index]
@@ -464,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus", type=int, default=None, help="number of GPUs (needed for sglang and trtllm files)"
     )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model preset naming the file's layers (vLLM-Ascend files number them by position)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
     _trace_format_option(p)
     p.set_defaults(run=cmd_evaluate)
