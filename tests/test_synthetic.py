@@ -63,19 +63,16 @@ def test_one_dimensional_load_applies_to_every_layer():
     assert (relative_error(trace, np.tile(target, (3, 1))) < 0.02).all()
 
 
-def test_matches_olmoe_loads_within_one_percent():
-    target = load_expert_load(OLMOE_C4_LOAD)
-    trace = synthetic_trace(20000, 64, 8, 3, seed=0, expert_load=target)
-    assert (relative_error(trace, target) < 0.01).all()
-    hot = trace.expert_load().max(axis=1) / trace.expert_load().mean(axis=1)
-    want = target.max(axis=1) / target.mean(axis=1)
-    np.testing.assert_allclose(hot, want, rtol=0.05)
-
-
-@needs_deepseek_statistics
-def test_matches_deepseek_v3_loads_within_one_percent():
-    target = load_expert_load(DEEPSEEK)[[0, 20, 57]]
-    trace = synthetic_trace(20000, 256, 8, 3, seed=0, expert_load=target)
+@pytest.mark.parametrize(
+    "source, experts, layers",
+    [
+        pytest.param(OLMOE_C4_LOAD, 64, [0, 1, 2], id="olmoe"),
+        pytest.param(DEEPSEEK, 256, [0, 20, 57], id="deepseek-v3", marks=needs_deepseek_statistics),
+    ],
+)
+def test_matches_real_loads_within_one_percent(source, experts, layers):
+    target = load_expert_load(source)[layers]
+    trace = synthetic_trace(20000, experts, 8, 3, seed=0, expert_load=target)
     assert (relative_error(trace, target) < 0.01).all()
     hot = trace.expert_load().max(axis=1) / trace.expert_load().mean(axis=1)
     want = target.max(axis=1) / target.mean(axis=1)

@@ -134,7 +134,7 @@ def synthetic_topk(
     topic_logits = np.tile(popularity, (num_topics, 1))
     for t in range(num_topics):
         favoured = rng.choice(num_experts, size=preferred, replace=False)
-        # A fixed boost draws nothing, so its traces do not depend on how ranges are drawn.
+        # A fixed boost takes nothing from the random stream; a range draws each boost.
         topic_logits[t, favoured] += low if low == high else rng.uniform(low, high, preferred)
     topics = _zipf_topics(rng, num_topics, topic_zipf, num_tokens)
     out = np.empty((num_tokens, k), dtype=np.int32)
@@ -174,9 +174,9 @@ def synthetic_trace(
     num_experts: int,
     k: int,
     num_layers: int,
+    *,
     seed: int = 0,
     expert_load: np.ndarray | None = None,
-    *,
     num_topics: int | None = None,
     topic_zipf: float = 1.1,
     topic_strength: float = 3.0,
