@@ -1,6 +1,7 @@
 """Per-token JSON of the gpt-oss expert-fingerprinting recorder
 (``{"router_data": [{"token_<i>": {"layer_<l>": {"selected_experts": [ids], ...}}}]}``),
-a single answer object or a list of them; each answer's tokens are appended in order."""
+a single answer object or a list of them; each answer's tokens are appended in order, and the
+answer's position in the file is the request id of its tokens."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, li
 def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
     data = read_json(path)
     answers = data if isinstance(data, list) else [data]
-    parts, layer_ids = [], None
+    parts, layer_ids, requests = [], None, []
     for answer in answers:
         if not isinstance(answer, dict) or "router_data" not in answer:
             raise malformed(path, "an answer without 'router_data'")
@@ -56,11 +57,12 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
         if layer_ids is not None and ids != layer_ids:
             raise malformed(path, f"answers have different layers: {ids} and {layer_ids}")
         layer_ids = ids
+        requests.append(np.full(len(topk), len(parts), dtype=np.int64))
         parts.append(topk)
     topk = np.concatenate(parts)
     if num_experts is None:
         num_experts = int(topk.max()) + 1
     try:
-        return Trace(topk, num_experts, layer_ids)
+        return Trace(topk, num_experts, layer_ids, request_ids=np.concatenate(requests))
     except ValueError as err:
         raise malformed(path, str(err)) from err
