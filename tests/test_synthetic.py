@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from moefast.readers import load_expert_load
-from moefast.report import top_pairs
+from moefast.coactivation import top_pairs
 from moefast.synthetic import synthetic_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 

@@ -187,9 +187,7 @@ class Trace:
             None if self.request_ids is None else self.request_ids[index],
         )
 
-    def split(
-        self, test_fraction: float, by: str = "time", seed: int = 0
-    ) -> tuple[Trace, Trace]:
+    def split(self, test_fraction: float, by: str = "time", seed: int = 0) -> tuple[Trace, Trace]:
         """(train, test): ``test_fraction`` of the tokens held out for scoring.
 
         ``by="time"``: the first tokens train, the last ``test_fraction`` test (what a user
