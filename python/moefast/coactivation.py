@@ -19,7 +19,8 @@ def coactivation(table: SubsetTable) -> np.ndarray:
 
 
 def top_pairs(table: SubsetTable, count: int = 5) -> list[tuple[int, int, float, float]]:
-    """The ``count`` most co-activated pairs: (expert, expert, share of tokens, share / uniform share)."""
+    """The ``count`` most co-activated pairs: (expert, expert, share of tokens,
+    share / uniform share)."""
     matrix = coactivation(table)
     e, k = table.num_experts, table.k
     upper = np.triu(matrix, 1)

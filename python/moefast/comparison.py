@@ -7,8 +7,8 @@ scored token by token, the bootstrap 95% interval of the gain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,7 +109,8 @@ def compare_methods(
             for t in progress(planned, len(planned), method)
         ]
     costs = {
-        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps)]) for m, ps in placed.items()
+        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps, strict=True)])
+        for m, ps in placed.items()
     }
     bounds = np.array([lower_bound(t, num_gpus) for t in tables])
     main_method = next(iter(main)) if main else methods[0]

@@ -63,11 +63,11 @@ def drift_windows(
             Window(
                 int(start),
                 int(stop - start),
-                float(sum(expected_cost(t, p) for t, p in zip(tables, fixed))),
+                float(sum(expected_cost(t, p) for t, p in zip(tables, fixed, strict=True))),
                 None
                 if previous is None
-                else float(sum(expected_cost(t, p) for t, p in zip(tables, previous))),
-                float(sum(expected_cost(t, p) for t, p in zip(tables, here))),
+                else float(sum(expected_cost(t, p) for t, p in zip(tables, previous, strict=True))),
+                float(sum(expected_cost(t, p) for t, p in zip(tables, here, strict=True))),
             )
         )
         previous = here

@@ -8,8 +8,8 @@ results, every figure labelled held-out or in-sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -118,6 +118,30 @@ def score_methods(
     )
 
 
+def pooled_held_out(
+    trace: Trace,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    plan_train: Callable[[Trace], list[Placement]],
+    num_gpus: int,
+    slots_per_gpu: int,
+    main: str,
+    note: str,
+    seed: int = 0,
+) -> Comparison:
+    """Held-out costs pooled over folds (train positions, test positions): each fold's test
+    tokens are scored by ``plan_train(train part)`` and by baselines planned on that part."""
+    units, count, what = _units(trace)
+    methods = [main, *(m for m in BASELINES if m != main)]
+    sums = UnitSums(count, trace.num_layers, methods)
+    for train_at, test_at in folds:
+        train, test = trace.select_tokens(train_at), trace.select_tokens(test_at)
+        placed = baseline_placements(train.tables(), num_gpus, slots_per_gpu, methods[1:], seed)
+        placed[main] = plan_train(train)
+        sums.add(test, units[test_at], placed)
+    bounds = np.array([lower_bound(t, num_gpus) for t in trace.tables()])
+    return sums.comparison(trace.layer_ids, bounds, main, "held-out", note, what, seed=seed)
+
+
 def cross_validated(
     trace: Trace,
     planner: Planner,
@@ -130,25 +154,21 @@ def cross_validated(
 ) -> Comparison:
     """Held-out costs pooled over ``folds`` folds: each token is scored by the placements (the
     main method's from ``planner``, and the baselines) planned on the other folds."""
-    units, count, what = _units(trace)
-    methods = [main, *(m for m in BASELINES if m != main)]
-    sums = UnitSums(count, trace.num_layers, methods)
     from moefast.splits import fold_positions
 
-    for train_at, test_at in fold_positions(trace, folds, by, seed):
-        train, test = trace.select_tokens(train_at), trace.select_tokens(test_at)
-        tables = train.tables()
-        placed = baseline_placements(tables, num_gpus, slots_per_gpu, methods[1:], seed)
-        placed[main] = planner(tables)
-        sums.add(test, units[test_at], placed)
-    bounds = np.array([lower_bound(t, num_gpus) for t in trace.tables()])
-    if (
-        by == "request"
-        and trace.request_ids is not None
-        and folds == len(requests_in_order(trace.request_ids))
+    if by == "request" and trace.request_ids is not None and folds == len(
+        requests_in_order(trace.request_ids)
     ):
         how = "each request scored by placements planned on the other requests"
     else:
         how = f"{folds} folds by {by}, each scored by placements planned on the others"
-    note = f"{trace.num_tokens} tokens, {how}"
-    return sums.comparison(trace.layer_ids, bounds, main, "held-out", note, what, seed=seed)
+    return pooled_held_out(
+        trace,
+        fold_positions(trace, folds, by, seed),
+        lambda train: planner(train.tables()),
+        num_gpus,
+        slots_per_gpu,
+        main,
+        f"{trace.num_tokens} tokens, {how}",
+        seed,
+    )

@@ -8,8 +8,8 @@ by at least `RISING_POINTS` (recording more would likely pay), "flat" otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 

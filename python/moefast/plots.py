@@ -3,6 +3,7 @@ backend, so no display is needed)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def plot_slot_sweep(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # Distinct markers and dashes keep methods with equal costs visible on top of each other.
-    for (method, values), (marker, dash) in zip(costs.items(), _STYLES):
+    for (method, values), (marker, dash) in zip(costs.items(), itertools.cycle(_STYLES)):
         ax.plot(
             slots, values, marker=marker, linestyle=dash, label=METHOD_LABELS.get(method, method)
         )
@@ -77,7 +78,7 @@ def plot_layer_costs(comparison: Comparison, path: Path) -> None:
     plt = _pyplot()
     layers = np.array(comparison.layer_ids)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * len(layers) + 3), 4.5))
-    for (method, values), (marker, dash) in zip(comparison.costs.items(), _STYLES):
+    for (method, values), (marker, dash) in zip(comparison.costs.items(), itertools.cycle(_STYLES)):
         ax.plot(
             layers,
             values,

@@ -23,7 +23,9 @@ Sweep = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
 
 def _curve_section(curve: LearningCurve) -> list[str]:
     rows = []
-    for tokens, gain, interval in zip(curve.train_tokens, curve.gains, curve.intervals):
+    for tokens, gain, interval in zip(
+        curve.train_tokens, curve.gains, curve.intervals, strict=True
+    ):
         span = "-" if interval is None else f"{100 * interval[0]:.1f}% to {100 * interval[1]:.1f}%"
         rows.append([str(tokens), f"{100 * gain:.1f}%", span])
     return [
@@ -91,7 +93,8 @@ def write_report(
         lines += [
             f"## Expected cost against slots per GPU ({basis})",
             "",
-            f"Mean over layers, from one copy of every expert to every GPU holding all of them; {note}.",
+            "Mean over layers, from one copy of every expert to every GPU holding all of them;"
+            f" {note}.",
             "",
             "![expected cost against slots per GPU](slot_sweep.png)",
             "",

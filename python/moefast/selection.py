@@ -4,25 +4,26 @@ Candidates are the plain empirical table (pruned to the user's coverage), the ta
 toward the pair model of `moefast.estimators` with a few strengths, and the plain table at
 other coverages. Each is planned on k-1 folds of the train part and scored on the last;
 the plain table is kept unless a candidate is cheaper by more than `MARGIN`. When the train
-part already covers its subsets well (Good-Turing: tokens whose subset occurs once carry
-less than `SETTLED_SINGLETON_MASS` of the mass), the plain table is kept without any search,
-so large stationary traces pay nothing.
+part already pins down the co-activation the optimizer acts on (the counts of expert pairs
+have a mean relative sampling error below `SETTLED_PAIR_ERROR`), the plain table is kept
+without any search, so large traces pay only for counting pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from moefast._core import Placement, SubsetTable, expected_cost
+from moefast.coactivation import coactivation
 from moefast.trace import Trace
 
 #: Relative cross-validated saving a candidate needs over the plain table to be chosen.
 MARGIN = 0.01
-#: Below this Good-Turing estimate of unseen-subset mass the empirical table is kept as is.
-SETTLED_SINGLETON_MASS = 0.05
+#: Below this mean relative sampling error of pair counts the empirical table is kept as is.
+SETTLED_PAIR_ERROR = 0.05
 #: Folds of the cross-validation.
 FOLDS = 3
 #: Fewest train tokens for a cross-validation (fewer leave folds of a handful of tokens).
@@ -57,14 +58,17 @@ class Selection:
 LayerPlanner = Callable[[Sequence[SubsetTable], Estimator], list[Placement]]
 
 
-def singleton_mass(trace: Trace) -> float:
-    """Mean over layers of the share of tokens whose subset occurs exactly once
-    (Good-Turing's estimate of the mass of subsets not seen yet)."""
-    shares = []
-    for table in trace.tables():
-        weights = table.weights
-        shares.append(float(weights[weights <= 1.0].sum() / table.total_weight))
-    return float(np.mean(shares))
+def pair_count_error(trace: Trace) -> float:
+    """Mean over layers of the relative sampling error of expert-pair counts, weighted by
+    the pairs' counts: sum(sqrt(c)) / sum(c) over pairs (a Poisson count c has relative
+    error 1/sqrt(c)). Tokens count once each, whatever their weights."""
+    errors = []
+    for position in range(trace.num_layers):
+        table = SubsetTable.from_topk(trace.topk[:, position, :], trace.num_experts)
+        counts = np.triu(coactivation(table), 1)
+        counts = counts[counts > 0]
+        errors.append(float(np.sqrt(counts).sum() / counts.sum()) if counts.size else 1.0)
+    return float(np.mean(errors))
 
 
 def candidates(coverage: float) -> list[Estimator]:
@@ -81,15 +85,14 @@ def select_estimator(
     plain = Estimator(0.0, coverage)
     if train.num_tokens < MIN_SELECTION_TOKENS:
         return Selection(plain, f"{plain.name}: too few train tokens to cross-validate", {})
-    if train.weights is None:  # Good-Turing counts need whole tokens
-        mass = singleton_mass(train)
-        if mass < SETTLED_SINGLETON_MASS:
-            return Selection(
-                plain,
-                f"{plain.name}: tokens with a once-seen subset carry {100 * mass:.1f}% of the"
-                f" train part (< {100 * SETTLED_SINGLETON_MASS:.0f}%), no search needed",
-                {},
-            )
+    error = pair_count_error(train)
+    if error < SETTLED_PAIR_ERROR:
+        return Selection(
+            plain,
+            f"{plain.name}: pair counts of the train part have a {100 * error:.1f}% sampling"
+            f" error (< {100 * SETTLED_PAIR_ERROR:.0f}%), no search needed",
+            {},
+        )
     if by == "request" and (train.request_ids is None or len(np.unique(train.request_ids)) < FOLDS):
         by = "time"
     folds = train.folds(FOLDS, by=by, seed=seed)
@@ -101,7 +104,9 @@ def select_estimator(
         plan_tables = fold_train.tables()
         for e in options:
             placements = planner(plan_tables, e)
-            cost[e] += share * sum(expected_cost(t, p) for t, p in zip(tests, placements))
+            cost[e] += share * sum(
+                expected_cost(t, p) for t, p in zip(tests, placements, strict=True)
+            )
     best = min(options, key=lambda e: cost[e])
     if cost[best] > (1 - MARGIN) * cost[plain]:
         best = plain

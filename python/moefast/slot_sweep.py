@@ -43,7 +43,7 @@ def slot_sweep(
         costs[m][i] = np.mean(
             [
                 expected_cost(t, optimize(p, num_gpus, int(s), method=m, seed=seed))
-                for t, p in zip(scored, planned)
+                for t, p in zip(scored, planned, strict=True)
             ]
         )
     bound = np.full(len(slots), np.mean([lower_bound(t, num_gpus) for t in scored]))

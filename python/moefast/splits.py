@@ -64,7 +64,7 @@ def split_positions(
     if len(requests) < 2:
         raise ValueError("by='request' needs at least 2 requests, the trace has 1")
     order = np.random.default_rng(seed).permutation(requests)
-    sizes = dict(zip(*np.unique(trace.request_ids, return_counts=True)))
+    sizes = dict(zip(*np.unique(trace.request_ids, return_counts=True), strict=True))
     test, held = [], 0
     for r in order[:-1]:  # the last request always trains
         if held >= fraction * n:
@@ -92,7 +92,7 @@ def fold_positions(
         requests = requests_in_order(trace.request_ids)
         if not 2 <= k <= len(requests):
             raise ValueError(f"k must be in [2, requests = {len(requests)}], got {k}")
-        sizes = dict(zip(*np.unique(trace.request_ids, return_counts=True)))
+        sizes = dict(zip(*np.unique(trace.request_ids, return_counts=True), strict=True))
         load = np.zeros(k)
         assigned = {}
         # Random order, each request to the fold with the fewest tokens so far: equal-sized
