@@ -247,3 +247,59 @@ def test_drift_windows():
     part = trace.select_tokens(slice(100, 200))
     assert windows[1].fixed == pytest.approx(model.evaluate(part).sum())
     assert windows[0].replanned_previous is None and windows[1].replanned_previous is not None
+
+
+def test_estimator_selection_keeps_plain_unless_a_candidate_wins_on_held_out_folds():
+    from moefast.selection import Estimator, pair_count_error, select_estimator
+
+    rng = np.random.default_rng(0)
+    pairs = 2 * rng.integers(0, 4, size=300)  # tokens pick experts (2i, 2i + 1)
+    trace = Trace(np.stack([pairs, pairs + 1], axis=1)[:, None, :], 8)
+    calls = []
+
+    def planner(tables, estimator):
+        calls.append(estimator)
+        # The plain table gets contiguous (each pair on one GPU: 2 rounds); every other
+        # candidate greedy (1 round).
+        table = tables[0]
+        best = moefast.optimize(table, 4, 2)
+        worst = moefast.optimize(table, 4, 2, method="contiguous")
+        return [worst if estimator == Estimator(0.0, 0.99) else best]
+
+    chosen = select_estimator(trace, planner, 0.99)
+    assert chosen.estimator != Estimator(0.0, 0.99)
+    assert "cross-validation on the train part" in chosen.note
+    assert len(calls) == 3 * len(chosen.cv_costs)
+
+    # Pair counts: sum(sqrt(c)) / sum(c) over co-activated pairs.
+    table = trace.table(0)
+    counts = {}
+    for row, w in zip(table.subsets.tolist(), table.weights, strict=True):
+        counts[tuple(row)] = counts.get(tuple(row), 0) + w
+    c = np.array(list(counts.values()))
+    assert pair_count_error(trace) == pytest.approx(np.sqrt(c).sum() / c.sum())
+
+
+def test_estimator_selection_is_skipped_when_pair_counts_are_settled():
+    from moefast.selection import select_estimator
+
+    trace = topic_trace(20_000, layers=1, experts=8, k=2)
+
+    def planner(tables, estimator):
+        raise AssertionError("no search expected")
+
+    chosen = select_estimator(trace, planner, 0.99)
+    assert "no search needed" in chosen.note and chosen.cv_costs == {}
+
+
+def test_shrunk_table_mixes_the_pair_model_in():
+    from moefast.estimators import pair_model_sample, shrunk_table
+
+    table = topic_trace(400, layers=1).table(0)
+    sample = pair_model_sample(table, 500, seed=1)
+    assert sample.shape == (500, 3) and (np.diff(sample, axis=1) > 0).all()
+    mixed = shrunk_table(table, 0.25, samples=500, seed=1)
+    assert mixed.total_weight == pytest.approx(table.total_weight)
+    empirical = dict(zip(map(tuple, table.subsets.tolist()), table.weights, strict=True))
+    for row, w in zip(mixed.subsets.tolist(), mixed.weights, strict=True):
+        assert w >= 0.75 * empirical.get(tuple(row), 0.0) - 1e-9

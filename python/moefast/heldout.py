@@ -156,8 +156,10 @@ def cross_validated(
     main method's from ``planner``, and the baselines) planned on the other folds."""
     from moefast.splits import fold_positions
 
-    if by == "request" and trace.request_ids is not None and folds == len(
-        requests_in_order(trace.request_ids)
+    if (
+        by == "request"
+        and trace.request_ids is not None
+        and folds == len(requests_in_order(trace.request_ids))
     ):
         how = "each request scored by placements planned on the other requests"
     else:
