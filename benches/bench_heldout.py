@@ -169,12 +169,15 @@ def test_heldout_gains_on_real_traces():
         f"learning curves: {verdicts.count('still rising')} still rising,"
         f" {verdicts.count('flat')} flat"
     )
-    assert len(results) == 5 * 6
+    assert len(results) == 4 * 6  # 4 traces x 3 GPU counts x 2 slot counts
 
 
 def test_large_stationary_trace():
-    """1M stationary synthetic tokens: held-out and in-sample gains agree within their
-    intervals; the estimator selection adds at most 20% to plan's time."""
+    """1M stationary synthetic tokens: the held-out gain of plan's placement agrees, within the
+    intervals, with the same placement's in-sample gain on its train part; the estimator
+    selection adds at most 20% to plan's time. A second in-sample plan on all tokens shows how
+    far the greedy's own run-to-run spread moves the gain (the bootstrap over tokens does not
+    cover it)."""
     trace = mf.synthetic_trace(1_000_000, 64, 6, 1, seed=0)
     start = time.perf_counter()
     plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
@@ -182,17 +185,26 @@ def test_large_stationary_trace():
     start = time.perf_counter()
     auto = mf.plan(trace, 8, 9, holdout=0.2, estimator="auto")
     t_auto = time.perf_counter() - start
-    in_sample = mf.plan(trace, 8, 9, holdout=0)
     held, held_ci = plain.settings["gain_vs_best_baseline"], plain.settings["gain_interval_95"]
-    ins, ins_ci = (
-        in_sample.settings["gain_vs_best_baseline"],
-        in_sample.settings["gain_interval_95"],
-    )
+    train, _ = trace.split(0.2)
+    placed = {"greedy": plain.placements, **baseline_placements(train.tables(), 8, 9)}
+    own = score_methods(train, placed, 8, "greedy", "in-sample", "train part")
+    ins, ins_ci = own.total_gain(), own.gain_interval
     print(
         f"\n1M synthetic tokens (E=64, k=6, G=8, 9 slots): held-out gain {percent(held)}%"
-        f" {span(held_ci)}, in-sample {percent(ins)}% {span(ins_ci)};"
-        f" plan {t_plain:.2f} s plain, {t_auto:.2f} s with estimator selection"
-        f" (+{100 * (t_auto / t_plain - 1):.0f}%): {auto.settings['estimator']}"
+        f" {span(held_ci)}; the same placement in-sample on its 800k train tokens"
+        f" {percent(ins)}% {span(ins_ci)}"
+    )
+    for seed in (0, 1, 2):
+        again = mf.plan(trace, 8, 9, holdout=0, seed=seed)
+        gain = again.settings["gain_vs_best_baseline"]
+        print(
+            f"plan on all tokens, seed {seed}: in-sample {percent(gain)}%"
+            f" {span(again.settings['gain_interval_95'])}"
+        )
+    print(
+        f"plan {t_plain:.2f} s plain, {t_auto:.2f} s with estimator selection"
+        f" ({100 * (t_auto / t_plain - 1):+.0f}%): {auto.settings['estimator']}"
     )
     assert max(held_ci[0], ins_ci[0]) <= min(held_ci[1], ins_ci[1])  # the intervals overlap
     assert t_auto <= 1.2 * t_plain + 0.05  # the pair-count check alone; 0.05 s of timer noise

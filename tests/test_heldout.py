@@ -145,11 +145,11 @@ def test_held_out_figures_equal_expected_cost_on_the_test_part():
     eplb = [moefast.optimize(t, 3, 5, method="eplb") for t in train.tables()]
     np.testing.assert_allclose(
         model.evaluation.costs["eplb"],
-        [moefast.expected_cost(t, p) for t, p in zip(test.tables(), eplb)],
+        [moefast.expected_cost(t, p) for t, p in zip(test.tables(), eplb, strict=True)],
     )
     # The placement was planned on the train part only.
     again = plan_layers(train.tables(), 3, 5)
-    for p, q in zip(model.placements, again):
+    for p, q in zip(model.placements, again, strict=True):
         np.testing.assert_array_equal(p.replicas, q.replicas)
     low, high = model.settings["gain_interval_95"]
     assert low <= model.settings["gain_vs_best_baseline"] <= high
@@ -181,7 +181,7 @@ def test_bootstrap_interval_against_a_plain_loop():
     rng = np.random.default_rng(3)
     count = int(units.max()) + 1
     draws = rng.multinomial(count, np.full(count, 1 / count), size=50)
-    for draw, got in zip(draws, samples):
+    for draw, got in zip(draws, samples, strict=True):
         w = draw[units]
         mean = {m: (c * w).sum() / w.sum() for m, c in cost.items()}
         best = min(mean["round_robin"], mean["contiguous"])

@@ -99,5 +99,6 @@ def learning_curve(
         low, high = np.percentile(full - half, [2.5, 97.5])
         step_interval = (float(low), float(high))
     per_fold = [int(s // len(folds)) for s in sizes]
-    note = f"held-out gain; intervals resample {what}"
+    per = f"mean training tokens of {len(folds)} folds" if len(folds) > 1 else "one split"
+    note = f"{per}; intervals resample {what}"
     return LearningCurve(per_fold, gains, intervals, gains[-1] - gains[-2], step_interval, note)

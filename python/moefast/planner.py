@@ -109,16 +109,18 @@ def plan(
     is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
     `cost_model` are `optimize`'s.
     """
-    tables, layer_ids = layer_tables(trace_or_tables)
     trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
-    check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
+    # A trace's own tables are built only where needed: held out, only its parts are.
+    tables, layer_ids = ([], list(trace.layer_ids)) if trace else layer_tables(trace_or_tables)
+    num_experts = trace.num_experts if trace else tables[0].num_experts
+    check_memory(num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
     if estimator not in ESTIMATOR_CHOICES:
         raise ValueError(f"estimator must be one of {ESTIMATOR_CHOICES}, got {estimator!r}")
-    if {t.num_experts for t in tables} != {tables[0].num_experts}:
+    if tables and {t.num_experts for t in tables} != {num_experts}:
         raise ValueError("all layers must have the same number of experts")
     if progress is None:
         progress = sys.stderr.isatty()
