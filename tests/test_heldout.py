@@ -303,3 +303,13 @@ def test_shrunk_table_mixes_the_pair_model_in():
     empirical = dict(zip(map(tuple, table.subsets.tolist()), table.weights, strict=True))
     for row, w in zip(mixed.subsets.tolist(), mixed.weights, strict=True):
         assert w >= 0.75 * empirical.get(tuple(row), 0.0) - 1e-9
+
+
+def test_written_placement_says_held_out_or_in_sample(tmp_path):
+    trace = topic_trace(MIN_HOLDOUT_TOKENS + 100)
+    model = moefast.plan(trace, 3, 5)
+    model.save(tmp_path / "p.json", "json")
+    back = moefast.load_placement(tmp_path / "p.json")
+    assert back.settings["cost_basis"] == "held-out"
+    assert back.settings["cost_note"] == model.settings["cost_note"]
+    np.testing.assert_allclose(back.layer_costs, model.layer_costs)

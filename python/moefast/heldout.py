@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, lower_bound
+from moefast._core import Placement, SubsetTable
 from moefast.comparison import BASELINES, Comparison
 from moefast.optimizers import optimize
 from moefast.scoring import UnitSums
@@ -110,11 +110,10 @@ def score_methods(
 ) -> Comparison:
     """Every method's placements scored on ``trace``, with the bootstrap interval of the gain."""
     units, count, what = _units(trace)
-    sums = UnitSums(count, trace.num_layers, list(placements))
+    sums = UnitSums(count, trace.num_layers, list(placements), num_gpus)
     sums.add(trace, units, placements)
-    bounds = np.array([lower_bound(t, num_gpus) for t in trace.tables()])
     return sums.comparison(
-        trace.layer_ids, bounds, main, basis, note, what, placements=placements, seed=seed
+        trace.layer_ids, main, basis, note, what, placements=placements, seed=seed
     )
 
 
@@ -132,14 +131,13 @@ def pooled_held_out(
     tokens are scored by ``plan_train(train part)`` and by baselines planned on that part."""
     units, count, what = _units(trace)
     methods = [main, *(m for m in BASELINES if m != main)]
-    sums = UnitSums(count, trace.num_layers, methods)
+    sums = UnitSums(count, trace.num_layers, methods, num_gpus)
     for train_at, test_at in folds:
         train, test = trace.select_tokens(train_at), trace.select_tokens(test_at)
         placed = baseline_placements(train.tables(), num_gpus, slots_per_gpu, methods[1:], seed)
         placed[main] = plan_train(train)
         sums.add(test, units[test_at], placed)
-    bounds = np.array([lower_bound(t, num_gpus) for t in trace.tables()])
-    return sums.comparison(trace.layer_ids, bounds, main, "held-out", note, what, seed=seed)
+    return sums.comparison(trace.layer_ids, main, "held-out", note, what, seed=seed)
 
 
 def cross_validated(

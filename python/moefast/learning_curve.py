@@ -76,7 +76,7 @@ def learning_curve(
     units, what = bootstrap_units(trace)
     count = int(units.max()) + 1
     methods = [main, *(m for m in BASELINES if m != main)]
-    curves = [UnitSums(count, trace.num_layers, methods) for _ in FRACTIONS]
+    curves = [UnitSums(count, trace.num_layers, methods, num_gpus) for _ in FRACTIONS]
     sizes = np.zeros(len(FRACTIONS), dtype=np.int64)
     for train_at, test_at in folds:
         test = trace.select_tokens(test_at)

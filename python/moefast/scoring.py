@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, subset_costs
+from moefast._core import Placement, SubsetTable, lower_bound, subset_costs
 from moefast.comparison import BASELINES, Comparison
 from moefast.trace import Trace
 
@@ -50,17 +50,29 @@ def token_rows(table: SubsetTable, topk: np.ndarray) -> np.ndarray:
 def token_costs(topk: np.ndarray, num_experts: int, placements: Sequence[Placement]) -> np.ndarray:
     """float [placements, tokens]: each token's cost (expert rounds) under each placement, for
     one layer's ``topk`` int [tokens, k]."""
+    return _layer_costs(topk, num_experts, placements)[0]
+
+
+def _layer_costs(
+    topk: np.ndarray, num_experts: int, placements: Sequence[Placement], num_gpus: int = 1
+) -> tuple[np.ndarray, float]:
+    """`token_costs` and the layer's lower bound on ``num_gpus`` GPUs, from one table."""
     table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
     rows = token_rows(table, topk)
-    return np.stack([subset_costs(table, p)[rows].astype(np.float64) for p in placements])
+    costs = np.stack([subset_costs(table, p)[rows].astype(np.float64) for p in placements])
+    return costs, lower_bound(table, num_gpus)
 
 
 class UnitSums:
     """Cost sums per (bootstrap unit, layer) for each method, and token weight per unit."""
 
-    def __init__(self, num_units: int, num_layers: int, methods: Sequence[str]):
+    def __init__(
+        self, num_units: int, num_layers: int, methods: Sequence[str], num_gpus: int = 1
+    ) -> None:
         self.weight = np.zeros(num_units)
         self.sums = {m: np.zeros((num_units, num_layers)) for m in methods}
+        self.num_gpus = num_gpus
+        self.bound_sums = np.zeros(num_layers)  # lower bound x weight of each scored part
 
     def add(
         self, trace: Trace, units: np.ndarray, placements: Mapping[str, Sequence[Placement]]
@@ -71,20 +83,27 @@ class UnitSums:
         self.weight += np.bincount(units, weights=w, minlength=num_units)
         methods = list(placements)
 
-        def layer(position: int) -> np.ndarray:
-            costs = token_costs(
+        def layer(position: int) -> tuple[np.ndarray, float]:
+            costs, bound = _layer_costs(
                 trace.topk[:, position, :],
                 trace.num_experts,
                 [placements[m][position] for m in methods],
+                self.num_gpus,
             )
-            return np.stack([np.bincount(units, weights=c * w, minlength=num_units) for c in costs])
+            sums = [np.bincount(units, weights=c * w, minlength=num_units) for c in costs]
+            return np.stack(sums), bound
 
         workers = min(trace.num_layers, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             per_layer = list(pool.map(layer, range(trace.num_layers)))
-        for position, sums in enumerate(per_layer):
+        for position, (sums, bound) in enumerate(per_layer):
             for i, m in enumerate(methods):
                 self.sums[m][:, position] += sums[i]
+            self.bound_sums[position] += bound * w.sum()
+
+    def lower_bounds(self) -> np.ndarray:
+        """float [layers]: the weighted mean lower bound of the scored tokens."""
+        return self.bound_sums / self.weight.sum()
 
     def costs(self) -> dict[str, np.ndarray]:
         """method -> float [layers]: the weighted mean cost per token."""
@@ -122,7 +141,6 @@ class UnitSums:
     def comparison(
         self,
         layer_ids: Sequence[int],
-        lower_bounds: np.ndarray,
         main: str,
         basis: str,
         note: str,
@@ -134,7 +152,7 @@ class UnitSums:
         return Comparison(
             list(layer_ids),
             costs,
-            np.asarray(lower_bounds, dtype=np.float64),
+            self.lower_bounds(),
             main,
             {m: list(p) for m, p in (placements or {}).items()},
             basis,
