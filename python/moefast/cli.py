@@ -200,7 +200,7 @@ def cmd_demo(args) -> int:
     # The placement written out is planned on all answers; its own figures are in-sample.
     model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, holdout=None)
     assert model.evaluation is not None
-    print(f"placement written below (planned on all answers): {model.evaluation.headline()}")
+    print(f"the placement written out is planned on all answers: {model.evaluation.headline()}")
     out = Path(args.out)
     folds = fold_positions(trace, answers, "request", args.seed)
     _write_report(
