@@ -37,9 +37,11 @@ def test_plan_deepseek_v3_model(benchmark):
         table, mf.optimize(table.prune(coverage=0.99), GPUS, SLOTS, method="eplb")
     )
     print(
-        f"\nplan: {LAYERS} layers x {TOKENS:,} tokens, E={EXPERTS} k={K}, {GPUS} GPUs x {SLOTS} slots:"
+        f"\nplan: {LAYERS} layers x {TOKENS:,} tokens, E={EXPERTS} k={K},"
+        f" {GPUS} GPUs x {SLOTS} slots:"
         f" {seconds:.1f} s; model cost {model.expected_cost:.2f} rounds/token (lower bound"
-        f" {model.lower_bounds.sum():.0f}); layer 0 greedy {model.layer_costs[0]:.4f} vs EPLB {eplb:.4f}"
+        f" {model.lower_bounds.sum():.0f}); layer 0 greedy {model.layer_costs[0]:.4f}"
+        f" vs EPLB {eplb:.4f}"
     )
     assert len(model) == LAYERS and model.layer_ids[0] == 3
     assert all(p.slots_used.tolist() == [SLOTS] * GPUS for p in model)

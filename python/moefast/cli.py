@@ -437,9 +437,11 @@ def _cost_model_options(p: argparse.ArgumentParser) -> None:
 def _placement_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
     p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
-    p.add_argument(
-        "--method", default="greedy", help="greedy (default), milp, contiguous, round_robin, eplb"
-    )
+    _planning_options(p, "greedy (default), milp, contiguous, round_robin, eplb")
+
+
+def _planning_options(p: argparse.ArgumentParser, method_help: str) -> None:
+    p.add_argument("--method", default="greedy", help=method_help)
     p.add_argument(
         "--coverage",
         type=float,
@@ -482,14 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--slots", type=int, default=None, help="experts per GPU (default: 1.25 x experts / GPUs)"
     )
-    p.add_argument("--method", default="greedy", help=argparse.SUPPRESS)
-    p.add_argument(
-        "--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report"
-    )
+    _planning_options(p, argparse.SUPPRESS)
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser(

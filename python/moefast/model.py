@@ -21,7 +21,8 @@ class ModelPlacement:
     """One placement per MoE layer of a model, with what produced it.
 
     ``layer_costs`` holds each layer's expected cost (expert rounds per token), held-out or
-    in-sample as ``settings["cost_basis"]`` says, ``lower_bounds`` the matching bounds;
+    in-sample as ``settings["cost_basis"]`` says, ``lower_bounds`` each layer's lower bound
+    ceil(k / num_gpus) (`moefast.lower_bound`: no placement costs less);
     ``settings`` records the options that produced the placement (method, coverage, ...);
     ``evaluation`` (from `moefast.plan`, not saved in files) compares it with the baselines.
     """

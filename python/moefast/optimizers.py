@@ -14,7 +14,7 @@ from moefast._core import Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.validation import check_int, check_positive, check_seed
+from moefast.validation import check_count, check_int, check_positive, check_seed
 
 #: Largest number of GPUs a placement spans (the core's limit).
 MAX_GPUS = 1024
@@ -99,6 +99,7 @@ def optimize(
         return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
     if batch_size is None or cost_model is None:
         raise ValueError("objective='batch' needs batch_size and cost_model")
+    batch_size = check_count("batch_size", batch_size)
     starts = ("greedy", "eplb") if method == "greedy" else (method,)
     candidates = [
         optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed, time_limit=time_limit)
