@@ -192,7 +192,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(model) == 24 and model.num_gpus == 4
     # The headline is held out by answer, with its interval; the written placement's own
     # figures are labelled in-sample, in the file too.
-    headline = next(l for l in out.splitlines() if l.startswith("headline:"))
+    headline = next(line for line in out.splitlines() if line.startswith("headline:"))
     assert "held-out" in headline and "95% interval" in headline
     assert "each request scored by placements planned on the other requests" in headline
     assert model.settings["cost_basis"] == "in-sample"
@@ -207,7 +207,7 @@ def test_evaluate_windows_prints_drift(tmp_path, capsys):
         main(["evaluate", str(tmp_path / "t.npz"), str(tmp_path / "p.json"), "--windows", "3"]) == 0
     )
     out = capsys.readouterr().out
-    rows = [l.split() for l in out.splitlines() if l.split()[:1] in (["0"], ["1"], ["2"])]
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
     assert len(rows) == 3
     part = trace.select_tokens(slice(215, 430))
     assert float(rows[1][2]) == pytest.approx(model.evaluate(part).sum(), abs=5e-4)
