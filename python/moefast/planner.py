@@ -143,7 +143,7 @@ def plan(
     chosen, estimator_note = Estimator(0.0, coverage), f"plain table (coverage {coverage:g})"
     if estimator == "auto" and plan_trace is not None and objective == "decode":
         by = split_by or ("request" if plan_trace.request_ids is not None else "time")
-        selection = select_estimator(plan_trace, planner, coverage, by, seed)
+        selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
         chosen, estimator_note = selection.estimator, selection.note
     placements = plan_layers(
         plan_tables, num_gpus, slots_per_gpu, method, chosen, seed, progress, **options

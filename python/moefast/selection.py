@@ -58,13 +58,17 @@ class Selection:
 LayerPlanner = Callable[[Sequence[SubsetTable], Estimator], list[Placement]]
 
 
-def pair_count_error(trace: Trace) -> float:
+def pair_count_error(trace: Trace, tables: Sequence[SubsetTable] | None = None) -> float:
     """Mean over layers of the relative sampling error of expert-pair counts, weighted by
     the pairs' counts: sum(sqrt(c)) / sum(c) over pairs (a Poisson count c has relative
-    error 1/sqrt(c)). Tokens count once each, whatever their weights."""
+    error 1/sqrt(c)). Tokens count once each, whatever their weights; ``tables`` (the trace's
+    own, unweighted) saves building them again."""
     errors = []
     for position in range(trace.num_layers):
-        table = SubsetTable.from_topk(trace.topk[:, position, :], trace.num_experts)
+        if tables is not None and trace.weights is None:
+            table = tables[position]
+        else:
+            table = SubsetTable.from_topk(trace.topk[:, position, :], trace.num_experts)
         counts = np.triu(coactivation(table), 1)
         counts = counts[counts > 0]
         errors.append(float(np.sqrt(counts).sum() / counts.sum()) if counts.size else 1.0)
@@ -79,13 +83,19 @@ def candidates(coverage: float) -> list[Estimator]:
 
 
 def select_estimator(
-    train: Trace, planner: LayerPlanner, coverage: float, by: str = "time", seed: int = 0
+    train: Trace,
+    planner: LayerPlanner,
+    coverage: float,
+    by: str = "time",
+    seed: int = 0,
+    tables: Sequence[SubsetTable] | None = None,
 ) -> Selection:
-    """The estimator with the lowest cost on held-out folds of ``train``."""
+    """The estimator with the lowest cost on held-out folds of ``train`` (``tables``: its
+    subset tables, when the caller has them)."""
     plain = Estimator(0.0, coverage)
     if train.num_tokens < MIN_SELECTION_TOKENS:
         return Selection(plain, f"{plain.name}: too few train tokens to cross-validate", {})
-    error = pair_count_error(train)
+    error = pair_count_error(train, tables)
     if error < SETTLED_PAIR_ERROR:
         return Selection(
             plain,
