@@ -2,10 +2,10 @@
 //! cost of a row is evaluated with tentative changes overlaid, so a move is scored
 //! before it is made.
 
-use crate::cost::{matching_cost_lists, matching_cost_masks};
 use crate::error::Result;
+use crate::limits::MAX_K;
+use crate::matching::{cost_from_masks, single_replica_cost, RowScratch};
 use crate::placement::Placement;
-use crate::table::MAX_K;
 
 /// A tentative change of one expert's replicas: drop GPU `remove`, gain GPU `add`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,46 +26,6 @@ pub struct Layout {
     masks: Vec<u64>,
 }
 
-/// Per-thread buffers that number the GPUs of one row locally when G > 64.
-pub struct RowScratch {
-    local: Vec<u16>,
-    /// The GPU each local bit stands for.
-    pub bit_gpu: Vec<u16>,
-}
-
-impl RowScratch {
-    pub fn new(num_gpus: usize) -> Self {
-        RowScratch {
-            local: if num_gpus > 64 {
-                vec![u16::MAX; num_gpus]
-            } else {
-                Vec::new()
-            },
-            bit_gpu: Vec::new(),
-        }
-    }
-
-    fn clear(&mut self) {
-        for &g in &self.bit_gpu {
-            self.local[g as usize] = u16::MAX;
-        }
-        self.bit_gpu.clear();
-    }
-
-    fn bit(&mut self, g: u16) -> Option<u32> {
-        let id = self.local[g as usize];
-        if id != u16::MAX {
-            return Some(id as u32);
-        }
-        if self.bit_gpu.len() == 64 {
-            return None;
-        }
-        self.local[g as usize] = self.bit_gpu.len() as u16;
-        self.bit_gpu.push(g);
-        Some(self.bit_gpu.len() as u32 - 1)
-    }
-}
-
 impl Layout {
     pub fn new(num_experts: usize, num_gpus: usize) -> Self {
         Layout {
@@ -78,6 +38,17 @@ impl Layout {
                 Vec::new()
             },
         }
+    }
+
+    /// The mutable copy of a placement.
+    pub fn from_placement(placement: &Placement) -> Self {
+        let mut layout = Layout::new(placement.num_experts(), placement.num_gpus());
+        for e in 0..placement.num_experts() {
+            for &g in placement.gpus_of(e) {
+                layout.add(e, g as usize);
+            }
+        }
+        layout
     }
 
     pub fn num_experts(&self) -> usize {
@@ -151,7 +122,7 @@ impl Layout {
     }
 
     /// The row's GPU sets after `changes` as masks. Bits are GPU ids when G <= 64, else
-    /// bit b stands for GPU `scratch.bit_gpu[b]`. False if the row spans over 64 GPUs.
+    /// bit b stands for GPU `scratch.local.gpus[b]`. False if the row spans over 64 GPUs.
     pub fn row_masks(
         &self,
         row: &[u16],
@@ -174,7 +145,7 @@ impl Layout {
             }
             return true;
         }
-        scratch.clear();
+        scratch.local.clear();
         let mut fits = true;
         for (o, &e) in out.iter_mut().zip(row) {
             let change = changes.iter().find(|c| c.expert == e);
@@ -186,7 +157,7 @@ impl Layout {
                 .filter(|&&g| Some(g) != removed)
                 .chain(added.iter())
             {
-                match scratch.bit(g) {
+                match scratch.local.bit(g) {
                     Some(b) => m |= 1 << b,
                     None => fits = false,
                 }
@@ -201,52 +172,17 @@ impl Layout {
         let mut masks = [0u64; MAX_K];
         let k = row.len();
         if self.row_masks(row, changes, scratch, &mut masks[..k]) {
-            single_replica_cost(&masks[..k]).unwrap_or_else(|| matching_cost_masks(&masks[..k]))
+            single_replica_cost(&masks[..k]).unwrap_or_else(|| cost_from_masks(&masks[..k]))
         } else {
             let lists: Vec<Vec<u16>> = row.iter().map(|&e| self.gpus_after(e, changes)).collect();
-            let refs: Vec<&[u16]> = lists.iter().map(|l| &l[..]).collect();
-            matching_cost_lists(&refs)
+            scratch.general_cost(k, |i| &lists[i])
         }
     }
-}
-
-/// With one replica per expert the cost is the largest number of experts on one GPU:
-/// counting is several times faster than the matching (the swaps of the start read
-/// millions of such rows).
-fn single_replica_cost(masks: &[u64]) -> Option<u32> {
-    let mut count = [0u8; 64];
-    let mut most = 0u8;
-    for &m in masks {
-        if !m.is_power_of_two() {
-            return None;
-        }
-        let c = &mut count[m.trailing_zeros() as usize];
-        *c += 1;
-        most = most.max(*c);
-    }
-    Some(most as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn single_replica_cost_is_the_matching_cost() {
-        for masks in [
-            &[1u64, 1, 2][..],
-            &[4, 8, 4, 4],
-            &[1, 3],
-            &[1 << 63, 1 << 63],
-        ] {
-            let fast = single_replica_cost(masks);
-            if masks.iter().all(|m| m.is_power_of_two()) {
-                assert_eq!(fast, Some(matching_cost_masks(masks)));
-            } else {
-                assert_eq!(fast, None);
-            }
-        }
-    }
 
     #[test]
     fn changes_are_overlaid_without_being_made() {

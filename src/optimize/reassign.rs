@@ -7,8 +7,9 @@
 use rayon::prelude::*;
 
 use super::gains::GainTable;
-use super::layout::{Change, RowScratch};
+use super::layout::Change;
 use super::state::State;
+use crate::matching::RowScratch;
 
 /// New experts tried for each replica slot.
 const EXPERTS_PER_SLOT: usize = 4;

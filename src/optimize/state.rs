@@ -4,8 +4,9 @@
 
 use rayon::prelude::*;
 
-use super::layout::{Change, Layout, RowScratch};
+use super::layout::{Change, Layout};
 use super::problem::Problem;
+use crate::matching::RowScratch;
 
 /// Rows per parallel task: a row costs 30-300 ns.
 pub const ROWS_PER_TASK: usize = 2048;

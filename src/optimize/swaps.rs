@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 
-use super::layout::RowScratch;
 use super::state::{State, Swap};
+use crate::matching::RowScratch;
 
 /// Share of the total cost a search must gain per `Limits::patience` rows to go on.
 const MIN_PROGRESS: f64 = 0.001;
