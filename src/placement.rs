@@ -1,9 +1,7 @@
 //! Placements: which GPUs hold a replica of each expert.
 
 use crate::error::{MoeError, Result};
-
-/// Largest number of GPUs a placement spans.
-pub const MAX_GPUS: usize = 1024;
+use crate::limits::{check_num_gpus, MAX_EXPERTS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -19,15 +17,10 @@ pub struct Placement {
 impl Placement {
     /// A placement from per-expert GPU lists; each expert needs at least one replica.
     pub fn from_lists(lists: &[Vec<usize>], num_gpus: usize) -> Result<Self> {
-        if num_gpus == 0 || num_gpus > MAX_GPUS {
+        check_num_gpus(num_gpus)?;
+        if lists.is_empty() || lists.len() > MAX_EXPERTS {
             return Err(MoeError::value(format!(
-                "num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}"
-            )));
-        }
-        if lists.is_empty() || lists.len() > crate::table::MAX_EXPERTS {
-            return Err(MoeError::value(format!(
-                "a placement needs 1 to {} experts, got {}",
-                crate::table::MAX_EXPERTS,
+                "a placement needs 1 to {MAX_EXPERTS} experts, got {}",
                 lists.len()
             )));
         }

@@ -13,6 +13,7 @@ use super::cost_model::CostModel;
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};
+use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
 use crate::placement::Placement;
 use crate::rng::SplitMix64;
 
@@ -287,9 +288,6 @@ impl BatchSearchOptions {
     }
 }
 
-/// Tokens drawn for the sample in all (the default sample of the largest batch is 2^28).
-pub const MAX_SAMPLED_TOKENS: usize = 1 << 28;
-
 /// A placement within `slots_per_gpu` that lowers the mean step time of sampled batches
 /// of `batch_size` tokens of the (one-layer) trace, starting from `start`. Never worse
 /// than `start` on the sample.
@@ -311,12 +309,11 @@ pub fn optimize_batch(
             "batch_size and num_batches must be at least 1",
         ));
     }
-    if options.batch_size > super::simulate::MAX_BATCH || options.num_batches > 1 << 20 {
+    if options.batch_size > MAX_BATCH || options.num_batches > MAX_SAMPLE_BATCHES {
         return Err(MoeError::value(format!(
-            "batch_size must be at most {} and num_batches at most 2^20, got {} and {}",
-            super::simulate::MAX_BATCH,
-            options.batch_size,
-            options.num_batches
+            "batch_size must be at most {MAX_BATCH} and num_batches at most {MAX_SAMPLE_BATCHES}, \
+             got {} and {}",
+            options.batch_size, options.num_batches
         )));
     }
     // Each limit alone still allows 2^44 sampled tokens: hours of drawing before the search.
