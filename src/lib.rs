@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cost;
 pub mod error;
+pub mod layout;
 pub mod limits;
 pub mod matching;
 pub mod optimize;

@@ -1,4 +1,6 @@
-//! Placements: which GPUs hold a replica of each expert.
+//! Placements: which GPUs hold a replica of each expert. `Placement` is the checked,
+//! frozen form (what the API takes and returns); `crate::layout::Layout` the mutable one
+//! the searches change. `Replicas` reads either.
 
 use crate::error::{MoeError, Result};
 use crate::limits::{check_num_gpus, MAX_EXPERTS};
@@ -131,6 +133,32 @@ impl Placement {
             }
         }
         m
+    }
+}
+
+/// Read access to which GPUs hold each expert, for code that evaluates both frozen
+/// placements and layouts under search (the step-time solver, the max-flow).
+pub trait Replicas: Sync {
+    fn num_experts(&self) -> usize;
+    fn num_gpus(&self) -> usize;
+    /// GPUs holding a replica of `expert`, ascending.
+    fn gpus_of(&self, expert: usize) -> &[u16];
+    /// 64-bit GPU masks per expert, present only when num_gpus <= 64.
+    fn masks(&self) -> Option<&[u64]>;
+}
+
+impl Replicas for Placement {
+    fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+    fn num_gpus(&self) -> usize {
+        self.num_gpus
+    }
+    fn gpus_of(&self, expert: usize) -> &[u16] {
+        Placement::gpus_of(self, expert)
+    }
+    fn masks(&self) -> Option<&[u64]> {
+        Placement::masks(self)
     }
 }
 

@@ -4,7 +4,9 @@
 //! the violated set that each min cut exposes (Dinkelbach), keeping the flow between
 //! rounds since raising sink capacities never invalidates it.
 
+#[cfg(test)]
 use crate::placement::Placement;
+use crate::placement::Replicas;
 
 /// Dinic's max-flow on a small graph with f64 capacities (integers stay exact).
 struct Dinic {
@@ -141,7 +143,7 @@ impl LoadFlow {
         &mut self,
         experts: &[u32],
         weights: &[f64],
-        placement: &Placement,
+        placement: &impl Replicas,
         integral: bool,
     ) -> f64 {
         for &g in &self.gpus {

@@ -218,7 +218,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimize::layout::Layout;
+    use crate::layout::Layout;
     use crate::optimize::problem::Problem;
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;

@@ -15,11 +15,11 @@ use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
 use super::gains::GainTable;
 use super::initial;
 use super::kicks::{self, Budget};
-use super::layout::Layout;
 use super::problem::Problem;
 use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
+use crate::layout::Layout;
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {

@@ -13,8 +13,9 @@
 use super::budgets::{ALTERNATIONS, KICK_SEARCH, REASSIGN};
 use super::gains::GainTable;
 use super::reassign;
-use super::state::{State, Swap};
+use super::state::State;
 use super::swaps::{self, Limits};
+use crate::layout::Move;
 use crate::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug)]
@@ -126,21 +127,21 @@ fn random_swap(state: &mut State, rng: &mut SplitMix64) {
             continue;
         }
         let swap = if i < j {
-            Swap {
+            Move::Swap {
                 first: i as u16,
                 from: a as u16,
                 second: j as u16,
                 to: b as u16,
             }
         } else {
-            Swap {
+            Move::Swap {
                 first: j as u16,
                 from: b as u16,
                 second: i as u16,
                 to: a as u16,
             }
         };
-        state.apply_swap(swap);
+        state.apply(swap);
         return;
     }
 }

@@ -16,7 +16,6 @@ mod gains;
 mod greedy;
 mod initial;
 mod kicks;
-mod layout;
 mod problem;
 mod reassign;
 mod state;
@@ -101,7 +100,7 @@ pub fn fill_free_slots(
             "the placement puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
         )));
     }
-    let mut layout = layout::Layout::from_placement(placement);
+    let mut layout = crate::layout::Layout::from_placement(placement);
     baselines::fill_with_loaded(&mut layout, load, slots_per_gpu);
     layout.to_placement()
 }

@@ -2,8 +2,9 @@
 //! is proven optimal, and `batch_time(return_bound=True)` reports them.
 
 use super::StepTimeSolver;
+use crate::placement::Replicas;
 
-impl StepTimeSolver<'_> {
+impl<P: Replicas> StepTimeSolver<'_, P> {
     /// Two bounds that cost one pass: an expert held by one GPU runs there whatever the
     /// assignment (pinned load per GPU), and an expert's largest part is at least its
     /// tokens spread evenly over its replicas.

@@ -21,11 +21,11 @@ use super::cost_model::{CostModel, ExpertTimes};
 use super::flow::LoadFlow;
 use crate::limits::MAX_K;
 use crate::matching::{cost_from_masks, SemiMatching};
-use crate::placement::Placement;
+use crate::placement::{Placement, Replicas};
 
 /// Reusable state for step times of batches over one placement.
-pub struct StepTimeSolver<'p> {
-    placement: &'p Placement,
+pub struct StepTimeSolver<'p, P: Replicas = Placement> {
+    placement: &'p P,
     times: ExpertTimes,
     matching: SemiMatching,
     flow: LoadFlow,
@@ -44,8 +44,8 @@ pub struct StepTimeSolver<'p> {
     weights: Vec<f64>,
 }
 
-impl<'p> StepTimeSolver<'p> {
-    pub fn new(placement: &'p Placement, model: CostModel) -> Self {
+impl<'p, P: Replicas> StepTimeSolver<'p, P> {
+    pub fn new(placement: &'p P, model: CostModel) -> Self {
         let g = placement.num_gpus();
         StepTimeSolver {
             placement,

@@ -3,6 +3,7 @@
 //! random kicks from the best assignment.
 
 use super::StepTimeSolver;
+use crate::placement::Replicas;
 use crate::rng::SplitMix64;
 
 /// Relative slack under which a move does not count as an improvement.
@@ -34,7 +35,7 @@ pub(super) enum Rebalance {
     },
 }
 
-impl StepTimeSolver<'_> {
+impl<P: Replicas> StepTimeSolver<'_, P> {
     /// Iterated local search: descents stop where only a move of two experts at once
     /// (through a GPU that is not the busiest) helps. A few seeded random kicks of the
     /// best assignment, each followed by a descent, get past most of those.

@@ -2,8 +2,9 @@
 //! scheduling of whole experts and the max-flow split of tokens.
 
 use super::StepTimeSolver;
+use crate::placement::Replicas;
 
-impl StepTimeSolver<'_> {
+impl<P: Replicas> StepTimeSolver<'_, P> {
     /// Largest-first list scheduling of whole experts, each on its least-loaded replica.
     pub(super) fn largest_first(&mut self) {
         let mut order: Vec<usize> = (0..self.experts.len()).collect();
