@@ -4,11 +4,11 @@
 //! Results depend only on the inputs and the seed, never on the thread count: every
 //! sum is over integer weights and every tie is broken by ids.
 //!
-//! Modules: `problem` (what is read from the table), `layout` (a placement being built,
-//! row costs with tentative changes), `state` (layout + row costs + co-activation per
-//! GPU), `gains` (exact gain of every new replica), `initial` (balanced one-replica
-//! start), `swaps` and `reassign` (local searches), `kicks` (iterated local search), `greedy` (the default method) and
-//! `baselines` (contiguous, round robin, EPLB).
+//! Modules: `problem` (what is read from the table), `state` (a `crate::layout::Layout`
+//! with its row costs and co-activation per GPU, kept current as moves are made), `gains`
+//! (exact gain of every new replica), `initial` (balanced one-replica start), `swaps` and
+//! `reassign` (local searches), `kicks` (iterated local search), `budgets` (their work
+//! limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
 
 mod baselines;
 mod budgets;
