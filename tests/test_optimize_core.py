@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moefast import _core
 
-METHODS = ["greedy", "contiguous", "round_robin", "eplb"]
+METHODS = _core.METHODS
 
 
 # --- pure-Python reference -------------------------------------------------------------
