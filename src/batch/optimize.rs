@@ -5,8 +5,9 @@
 //! The placement under search is a `Layout` and the moves are `crate::layout::Move`s
 //! (swap, replace, relocate, add), as in the decode search. A move changes the replicas of
 //! at most two experts, so only the sampled batches that hold one of them are re-timed,
-//! on a per-thread copy of the layout with the move made and then taken back. Candidate moves are scored in parallel in chunks; the
-//! best improving move of a chunk is applied, until a whole pass finds none.
+//! on a per-thread copy of the layout with the move made and then taken back. Candidate
+//! moves are scored in parallel in chunks; the best improving move of a chunk is made,
+//! until a whole pass finds none.
 
 use rayon::prelude::*;
 use std::collections::BTreeMap;
