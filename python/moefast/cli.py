@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from moefast.formats import PLACEMENT_FORMATS, load_placement
 from moefast.heldout import cross_validated, default_split_by
 from moefast.learning_curve import learning_curve
 from moefast.model import ModelPlacement
-from moefast.optimizers import optimize
+from moefast.optimizers import check_memory, optimize
 from moefast.planner import ESTIMATOR_CHOICES, plan_layers
 from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
@@ -64,13 +63,7 @@ def _plan(
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
-    if gpus < 1 or slots < 1:
-        raise ValueError(f"--gpus and --slots must be at least 1, got {gpus} and {slots}")
-    if gpus * slots < trace.num_experts:
-        raise ValueError(
-            f"{gpus} GPUs x {slots} slots = {gpus * slots} cannot hold {trace.num_experts} experts:"
-            f" use --slots {math.ceil(trace.num_experts / gpus)} or more"
-        )
+    check_memory(trace.num_experts, gpus, slots)
 
 
 def _print_comparison(comparison: Comparison, gpus: int, slots: int) -> None:
