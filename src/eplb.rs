@@ -61,11 +61,11 @@ impl Topology {
                 "num_groups, num_nodes and num_gpus must be at least 1, got {num_groups}, {num_nodes}, {num_gpus}"
             ));
         }
-        if num_experts > crate::table::MAX_EXPERTS || num_gpus > crate::placement::MAX_GPUS {
+        if num_experts > crate::limits::MAX_EXPERTS || num_gpus > crate::limits::MAX_GPUS {
             return fail(format!(
                 "at most {} experts and {} GPUs, got {num_experts} and {num_gpus}",
-                crate::table::MAX_EXPERTS,
-                crate::placement::MAX_GPUS
+                crate::limits::MAX_EXPERTS,
+                crate::limits::MAX_GPUS
             ));
         }
         if num_replicas / num_gpus > num_experts {

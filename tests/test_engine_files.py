@@ -12,7 +12,7 @@ import pytest
 import yaml
 from engine_loaders import deepseek_eplb_check, sglang_load, trtllm_load, vllm_ascend_load
 from engine_writers import sglang_per_token_dumps, trtllm_statistics_folder
-from moefast.fill import fill_free_slots
+from moefast._core import fill_free_slots
 from moefast.formats import default_map
 from moefast.model import ModelPlacement
 from moefast.models import ModelLayout, get_model, map_positions
@@ -33,7 +33,7 @@ def random_model(num_gpus: int, layer_ids, seed: int = 0) -> ModelPlacement:
     for _ in layer_ids:
         replicas = np.zeros((E, num_gpus), dtype=bool)
         replicas[rng.permutation(E), np.arange(E) % num_gpus] = True
-        placements.append(fill_free_slots(replicas, slots, rng.random(E)))
+        placements.append(fill_free_slots(moefast.Placement(replicas), slots, rng.random(E)))
     return ModelPlacement(placements, slots, list(layer_ids))
 
 

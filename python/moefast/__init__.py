@@ -4,10 +4,11 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
-from moefast import data, eplb, fill, milp, models  # submodules, as mf.data, mf.eplb, ...
+from moefast import data, eplb, milp, models  # submodules, as mf.data, mf.eplb, ...
 from moefast._core import (
     Placement,
     SubsetTable,
+    __version__,
     expected_cost,
     lower_bound,
     subset_costs,
@@ -33,11 +34,11 @@ __all__ = [
     "RoutingRecorder",
     "SubsetTable",
     "Trace",
+    "__version__",
     "batch_time",
     "data",
     "eplb",
     "expected_cost",
-    "fill",
     "load_expert_load",
     "load_placement",
     "load_trace",
@@ -50,5 +51,3 @@ __all__ = [
     "subset_costs",
     "synthetic_trace",
 ]
-
-__version__ = "0.1.0"
