@@ -4,6 +4,9 @@
 pub mod batch;
 pub mod cost;
 pub mod error;
+pub mod layout;
+pub mod limits;
+pub mod matching;
 pub mod optimize;
 pub mod placement;
 pub mod rng;
@@ -13,6 +16,6 @@ pub mod table;
 mod bindings;
 
 pub use error::{MoeError, Result};
-pub use optimize::optimize;
+pub use optimize::{fill_free_slots, optimize};
 pub use placement::Placement;
 pub use table::SubsetTable;

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moefast import _core
 from reference import all_full_placements
 
 
@@ -110,11 +111,13 @@ def test_milp_time_limit_must_be_positive(limit):
 
 def test_milp_never_returns_worse_than_its_start():
     table = skewed_table(6, 16, 4, tokens=3000)
-    start = mf.fill.fill_free_slots(
-        np.eye(16, 4, dtype=bool)
-        | np.eye(16, 4, k=-4, dtype=bool)
-        | np.eye(16, 4, k=-8, dtype=bool)
-        | np.eye(16, 4, k=-12, dtype=bool),
+    start = _core.fill_free_slots(
+        mf.Placement(
+            np.eye(16, 4, dtype=bool)
+            | np.eye(16, 4, k=-4, dtype=bool)
+            | np.eye(16, 4, k=-8, dtype=bool)
+            | np.eye(16, 4, k=-12, dtype=bool)
+        ),
         5,
         table.expert_load(),
     )

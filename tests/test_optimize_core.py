@@ -130,8 +130,8 @@ def test_greedy_beats_baselines_with_many_gpus():
 @pytest.mark.parametrize(
     ("num_gpus", "slots", "method", "message"),
     [
-        (2, 3, "greedy", "less than num_experts"),
-        (2, 9, "greedy", "more than num_experts"),
+        (2, 3, "greedy", "cannot hold 8 experts"),
+        (2, 9, "greedy", "more than the 8 experts"),
         (0, 4, "greedy", "num_gpus"),
         (-1, 4, "eplb", "num_gpus"),
         (2, 0, "greedy", "slots_per_gpu"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +13,7 @@ import moefast
 from moefast import report
 from moefast.formats import PLACEMENT_FORMATS, load_placement
 from moefast.model import ModelPlacement
+from moefast.optimizers import check_memory
 from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
 from moefast.synthetic import synthetic_trace
@@ -27,13 +27,7 @@ def _plan(
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
-    if gpus < 1 or slots < 1:
-        raise ValueError(f"--gpus and --slots must be at least 1, got {gpus} and {slots}")
-    if gpus * slots < trace.num_experts:
-        raise ValueError(
-            f"{gpus} GPUs x {slots} slots = {gpus * slots} cannot hold {trace.num_experts} experts:"
-            f" use --slots {math.ceil(trace.num_experts / gpus)} or more"
-        )
+    check_memory(trace.num_experts, gpus, slots)
 
 
 def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:

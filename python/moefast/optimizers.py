@@ -8,14 +8,11 @@ from typing import Any
 import numpy as np
 
 from moefast import _core
-from moefast._core import Placement, SubsetTable
+from moefast._core import MAX_GPUS, Placement, SubsetTable
 
-#: Largest number of GPUs a placement spans (the core's limit).
-MAX_GPUS = 1024
-
-#: "greedy" is moefast's best effort; "milp" is exact (small layers); the rest are the
-#: placements inference engines use today.
-METHODS = ("greedy", "milp", "contiguous", "round_robin", "eplb")
+#: The core's methods ("greedy", moefast's best effort, and the placements inference
+#: engines use today) and "milp", exact for small layers (HiGHS, in Python).
+METHODS = (*_core.METHODS, "milp")
 
 
 class NotProvenOptimalWarning(UserWarning):
@@ -35,18 +32,10 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 
 def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
+    """The core's feasibility check (`_core.check_memory`) after the integer checks."""
     num_gpus = check_int("num_gpus", num_gpus, 1, MAX_GPUS)
     slots_per_gpu = check_int("slots_per_gpu", slots_per_gpu, 1)
-    if num_gpus * slots_per_gpu < num_experts:
-        raise ValueError(
-            f"{num_gpus} GPUs x {slots_per_gpu} slots = {num_gpus * slots_per_gpu} slots cannot hold"
-            f" {num_experts} experts"
-        )
-    if slots_per_gpu > num_experts:
-        raise ValueError(
-            f"slots_per_gpu = {slots_per_gpu} is more than the {num_experts} experts: a GPU holds"
-            " each expert at most once"
-        )
+    _core.check_memory(num_experts, num_gpus, slots_per_gpu)
 
 
 def optimize(

@@ -14,13 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from moefast._core import SubsetTable
+from moefast._core import MAX_EXPERTS, SubsetTable
 
 PathLike = str | os.PathLike
 
 
 #: Largest number of experts a layer may have (the core stores ids as u16).
-MAX_EXPERTS = 65_535
 
 
 def _layer_ids(values) -> list[int]:

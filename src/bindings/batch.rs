@@ -8,7 +8,7 @@ use super::table::PyPlacement;
 use super::{as_array, ids_2d, int_arg, weights_1d};
 use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
-use crate::batch::{step_time, CostModel};
+use crate::batch::{self as core_batch, CostModel};
 use crate::placement::Placement;
 
 fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
@@ -38,7 +38,7 @@ fn batch_time(
     }
     let ids = ids.as_slice()?;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| step_time::batch_time(ids, k, &placement, model, with_bound))?)
+    Ok(py.detach(|| core_batch::batch_time(ids, k, &placement, model, with_bound))?)
 }
 
 /// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens

@@ -2,11 +2,12 @@
 //! calls the core with the GIL released and converts results. No algorithm lives here.
 
 use numpy::{PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBool;
 
 use crate::error::MoeError;
+use crate::limits;
 
 mod batch;
 mod optimize;
@@ -16,7 +17,7 @@ impl From<MoeError> for PyErr {
     fn from(err: MoeError) -> PyErr {
         match err {
             MoeError::Value(m) => PyValueError::new_err(m),
-            MoeError::Type(m) => PyTypeError::new_err(m),
+            internal @ MoeError::Internal(_) => PyRuntimeError::new_err(internal.to_string()),
         }
     }
 }
@@ -96,19 +97,24 @@ pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize
 }
 
 pub fn ids_2d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray2<'py, i64>> {
-    Ok(as_array(obj, name, 2, "iu", "int64", "integer expert ids")?.extract()?)
+    as_array(obj, name, 2, "iu", "int64", "integer expert ids")?.extract()
 }
 
 pub fn weights_1d<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
 ) -> PyResult<PyReadonlyArray1<'py, f64>> {
-    Ok(as_array(obj, name, 1, "iuf", "float64", "real numbers")?.extract()?)
+    as_array(obj, name, 1, "iuf", "float64", "real numbers")?.extract()
 }
 
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_EXPERTS", limits::MAX_EXPERTS)?;
+    m.add("MAX_K", limits::MAX_K)?;
+    m.add("MAX_GPUS", limits::MAX_GPUS)?;
+    m.add("MAX_BATCH", limits::MAX_BATCH)?;
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;

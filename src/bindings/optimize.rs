@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
-use super::count_arg;
 use super::table::{PyPlacement, PySubsetTable};
-use crate::optimize;
+use super::{count_arg, weights_1d};
+use crate::{limits, optimize};
 
 /// A placement of the table's experts on `num_gpus` GPUs, each holding exactly
 /// `slots_per_gpu` distinct experts, every expert at least once.
@@ -39,7 +40,40 @@ fn optimize_placement(
     })
 }
 
+/// Raises ValueError unless `num_gpus` GPUs of `slots_per_gpu` slots can hold
+/// `num_experts` experts (each at least once, never twice on one GPU).
+#[pyfunction]
+fn check_memory(
+    num_experts: &Bound<'_, PyAny>,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let num_experts = count_arg(num_experts, "num_experts", 1)?;
+    let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
+    let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    Ok(limits::check_memory(num_experts, num_gpus, slots_per_gpu)?)
+}
+
+/// `placement` with every free slot (up to `slots_per_gpu` per GPU) filled by the
+/// expert of highest `expert_load` per replica that the GPU lacks, as the baselines fill.
+#[pyfunction]
+fn fill_free_slots(
+    placement: &PyPlacement,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    expert_load: &Bound<'_, PyAny>,
+) -> PyResult<PyPlacement> {
+    let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let load = weights_1d(expert_load, "expert_load")?;
+    let filled = optimize::fill_free_slots(&placement.inner, slots_per_gpu, load.as_slice()?)?;
+    Ok(PyPlacement {
+        inner: Arc::new(filled),
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(optimize_placement, m)?)?;
+    m.add_function(wrap_pyfunction!(check_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(fill_free_slots, m)?)?;
+    m.add("METHODS", PyTuple::new(m.py(), optimize::METHODS)?)?;
     Ok(())
 }

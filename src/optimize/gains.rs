@@ -1,23 +1,24 @@
-//! The exact marginal gain of every single new replica (DESIGN 3).
+//! The gain table: the exact decrease of the total cost that each possible new replica
+//! (expert i on GPU g) would bring, kept current as replicas are added and removed
+//! (DESIGN 3).
 //!
 //! A replica (i, g) lowers cost(S) = t >= 2 by one iff every violating X of S
 //! (|X| > (t-1)|N(X)|) contains i, misses g in N(X), and has |X| <= (t-1)(|N(X)|+1).
-//! So one 2^k pass per row gives C (the experts in every violating X) and U (the union
+//! So one pass per row gives C (the experts in every violating X) and U (the union
 //! of their N(X)), and the row adds its weight to gain(i, g) for i in C, g not in U.
 //! The table stores per expert `base` = sum of w over rows with i in C and `minus[i][g]`
 //! = sum of w over those rows with g in U, so a row costs |C| * |U| updates, not |C| * G.
 //! Adding replica (i, g) changes only rows holding i: they are taken out with their
 //! old contribution and put back with the new one.
 //!
-//! C and U are found by alternating paths (`cost::single_replica_gain`), a few hundred
-//! nanoseconds per row even at k = 16, where the 2^k pass reads 65,536 sets.
+//! C and U are found by alternating paths (`matching::single_replica_gain`), a few
+//! hundred nanoseconds per row even at k = 16, where the 2^k pass reads 65,536 sets.
 
 use rayon::prelude::*;
 
-use super::layout::RowScratch;
 use super::state::{State, ROWS_PER_TASK};
-use crate::cost::single_replica_gain;
-use crate::table::MAX_K;
+use crate::limits::MAX_K;
+use crate::matching::{single_replica_gain, RowScratch};
 
 /// Which new replicas lower one row's cost: experts at positions `experts` (bits over
 /// the row) on any GPU outside `gpus`.
@@ -33,7 +34,7 @@ pub struct RowGain {
 
 /// C and U (in the masks' bit space) of a row of cost `t`, or None if no single
 /// replica lowers its cost, by the 2^k loop over violating sets: the plain reference of
-/// `cost::single_replica_gain`. `unions` needs 2^k entries.
+/// `matching::single_replica_gain`. `unions` needs 2^k entries.
 #[cfg(test)]
 pub fn violating_core(masks: &[u64], t: u32, unions: &mut [u64]) -> Option<(u16, u64)> {
     if t < 2 {
@@ -188,7 +189,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                         } else {
                             let gpus = (0..64)
                                 .filter(|b| bits >> b & 1 == 1)
-                                .map(|b| buf.bit_gpu[b as usize])
+                                .map(|b| buf.local.gpus[b as usize])
                                 .collect();
                             RowGain {
                                 row: r,
@@ -210,7 +211,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimize::layout::Layout;
+    use crate::layout::Layout;
     use crate::optimize::problem::Problem;
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;
@@ -266,7 +267,7 @@ mod tests {
                     m
                 })
                 .collect();
-            let t = crate::cost::matching_cost_masks(&masks);
+            let t = crate::matching::cost_from_masks(&masks);
             let old = violating_core(&masks, t, &mut unions);
             let new = single_replica_gain(&masks, t);
             // GPU bit g stands for the GPUs outside the subset.
@@ -281,7 +282,7 @@ mod tests {
                     assert_eq!(helps(old), helps(new), "{masks:?} t={t} i={i} g={gpu}");
                     let mut more = masks.clone();
                     more[i] |= 1 << gpu;
-                    let lower = crate::cost::matching_cost_masks(&more) < t;
+                    let lower = crate::matching::cost_from_masks(&more) < t;
                     assert_eq!(helps(new), lower, "{masks:?} t={t} i={i} g={gpu}");
                     helped += usize::from(lower);
                 }

@@ -11,52 +11,22 @@
 //! give a worse placement, and no baseline is ever better.
 
 use super::baselines;
+use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
 use super::gains::GainTable;
 use super::initial;
 use super::kicks::{self, Budget};
-use super::layout::Layout;
 use super::problem::Problem;
 use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
-
-/// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
-/// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits {
-    candidates: 16,
-    batches: 16,
-    max_rows: 20_000_000,
-    patience: 4_000_000,
-};
-const REASSIGN: reassign::Limits = reassign::Limits {
-    candidates: 32,
-    max_moves: 64,
-};
-const ALTERNATIONS: usize = 3;
-const LEVEL_SEARCH: Limits = Limits {
-    candidates: 16,
-    batches: 32,
-    max_rows: 10_000_000,
-    patience: 2_500_000,
-};
-/// Iterated local search after the start's search and after each level's.
-const START_KICKS: Budget = Budget {
-    rows: 400_000,
-    kicks: 200,
-    stall: 48,
-};
-const LEVEL_KICKS: Budget = Budget {
-    rows: 400_000,
-    kicks: 200,
-    stall: 48,
-};
+use crate::layout::Layout;
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {
     let distance = (level - first).max(1);
     Budget {
-        rows: LEVEL_KICKS.rows / (distance * distance),
-        ..LEVEL_KICKS
+        rows: KICKS.rows / (distance * distance),
+        ..KICKS
     }
 }
 
@@ -93,7 +63,7 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_gpus = problem.num_gpus;
     let mut state = State::new(problem, initial::assign(problem, seed));
     swaps::improve(&mut state, START_SEARCH);
-    kicks::search(&mut state, START_KICKS, stage_seed(seed, 0));
+    kicks::search(&mut state, KICKS, stage_seed(seed, 0));
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
