@@ -40,6 +40,9 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
             "batch_size": args.batch_size,
             "cost_model": _cost_model(args),
         }
+    for budget in ("time_budget", "work_budget"):
+        if getattr(args, budget, None) is not None:
+            batch[budget] = getattr(args, budget)
     model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, **batch)
     tables = trace.tables()
     comparison = report.compare_methods(
@@ -365,6 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the greedy's searches when the plan has taken this long (not deterministic)",
+    )
+    p.add_argument(
+        "--work-budget",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="stop the greedy's searches after this many rows read in all (deterministic)",
+    )
     p.add_argument(
         "--batch-size",
         type=int,

@@ -45,6 +45,8 @@ def optimize(
     method: str = "greedy",
     seed: int = 0,
     time_limit: float | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
     **batch: Any,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
@@ -52,7 +54,13 @@ def optimize(
     Every expert gets at least one replica and every slot is filled with distinct experts
     (an extra replica never raises the cost). The same seed gives the same placement.
     `time_limit` (seconds) bounds the MILP; if it stops before proving optimality it
-    warns with NotProvenOptimalWarning. Keyword arguments `objective="batch"`,
+    warns with NotProvenOptimalWarning. `time_budget` (seconds) and `work_budget` (rows
+    read by the greedy's exact evaluations) stop the greedy's searches early and return
+    the best placement found: the result for a work budget is deterministic (same seed,
+    same placement on any machine), the one for a time budget is not. A complete
+    placement is always built first (about a quarter of an unbudgeted run on a
+    DeepSeek-V3-size layer), so a very small budget can be exceeded. Keyword arguments
+    `objective="batch"`,
     `batch_size` and `cost_model` optimize the mean step time of batches instead
     (see moefast.batch).
     """
@@ -74,6 +82,7 @@ def optimize(
         if not 0 < time_limit < float("inf"):
             # HiGHS ignores an invalid limit and would run without one.
             raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
     objective = batch.pop("objective", "decode")
     if objective == "batch":
         return _optimize_for_batches(table, num_gpus, slots_per_gpu, method, seed, **batch)
@@ -93,7 +102,30 @@ def optimize(
                 stacklevel=2,
             )
         return result.placement
-    return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
+    return _core.optimize_placement(
+        table, num_gpus, slots_per_gpu, method, seed, time_budget, work_budget
+    )
+
+
+def check_budgets(
+    time_budget: float | None, work_budget: int | None
+) -> tuple[float | None, int | None]:
+    """`time_budget` as a float of seconds >= 0 and `work_budget` as an int >= 0 (or None)."""
+    if time_budget is not None:
+        if isinstance(time_budget, bool) or not isinstance(
+            time_budget, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                f"time_budget must be a number of seconds, got {type(time_budget).__name__}"
+            )
+        if not 0 <= time_budget < float("inf"):
+            raise ValueError(
+                f"time_budget must be a finite number of seconds >= 0, got {time_budget}"
+            )
+        time_budget = float(time_budget)
+    if work_budget is not None:
+        work_budget = check_int("work_budget", work_budget, 0, 2**63 - 1)
+    return time_budget, work_budget
 
 
 def _optimize_for_batches(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from moefast._core import SubsetTable, expected_cost, lower_bound
 from moefast.model import ModelPlacement
-from moefast.optimizers import check_memory, optimize
+from moefast.optimizers import check_budgets, check_memory, optimize
 
 
 def layer_tables(trace_or_tables: Any) -> tuple[list[SubsetTable], list[int]]:
@@ -44,11 +46,17 @@ def plan(
     coverage: float = 0.99,
     seed: int = 0,
     progress: bool | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
     **options: Any,
 ) -> ModelPlacement:
     """Plans every layer: tables are pruned to `coverage` for optimizing and each result
     is evaluated on the full table. Layers run in parallel; `progress` shows a bar per
-    layer (default: when stderr is a terminal). Other options go to `optimize`."""
+    layer (default: when stderr is a terminal). Other options go to `optimize`.
+
+    `time_budget` (seconds, for the whole plan) gives each layer, when it starts, its share
+    of the time left; `work_budget` (rows read by exact evaluations, for the whole plan)
+    gives each layer an equal share, and keeps the plan deterministic for a given seed."""
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
@@ -61,14 +69,34 @@ def plan(
     if {t.num_experts for t in tables} != {tables[0].num_experts}:
         raise ValueError("all layers must have the same number of experts")
 
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    workers = min(len(tables), os.cpu_count() or 1)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget
+    started = itertools.count()  # next() on it is atomic in CPython
+
+    def layer_budget() -> float | None:
+        if deadline is None:
+            return None
+        left = len(tables) - next(started)  # layers not started yet, this one included
+        return max(0.0, (deadline - time.perf_counter()) * min(workers, left) / left)
+
     def plan_layer(table: SubsetTable):
+        budget = layer_budget()
         pruned = table.prune(coverage=coverage) if coverage < 1.0 else table
-        placement = optimize(pruned, num_gpus, slots_per_gpu, method=method, seed=seed, **options)
+        placement = optimize(
+            pruned,
+            num_gpus,
+            slots_per_gpu,
+            method=method,
+            seed=seed,
+            time_budget=budget,
+            work_budget=None if work_budget is None else work_budget // len(tables),
+            **options,
+        )
         return placement, expected_cost(table, placement), lower_bound(table, num_gpus)
 
     if progress is None:
         progress = sys.stderr.isatty()
-    workers = min(len(tables), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(plan_layer, tables)
         if progress:
@@ -87,6 +115,8 @@ def plan(
             "coverage": coverage,
             "seed": seed,
             "num_gpus": num_gpus,
+            **({"time_budget": time_budget} if time_budget is not None else {}),
+            **({"work_budget": work_budget} if work_budget is not None else {}),
             # Files keep settings as JSON: a cost model is recorded by its repr.
             **{
                 k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
