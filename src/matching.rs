@@ -145,6 +145,17 @@ impl<'a> MaskMatching<'a> {
 /// Cost of a subset given the GPU mask of each of its experts (at most 16 experts).
 pub fn cost_from_masks(masks: &[u64]) -> u32 {
     debug_assert!(masks.len() <= MAX_K && masks.iter().all(|&m| m != 0));
+    // Most rows of a good placement cost one round: experts that each find an unused GPU
+    // in turn prove it without the matching's buffers (a failure proves nothing).
+    let mut used = 0u64;
+    let one_round = masks.iter().all(|&mask| {
+        let free = mask & !used;
+        used |= free & free.wrapping_neg();
+        free != 0
+    });
+    if one_round {
+        return u32::from(!masks.is_empty());
+    }
     let mut m = MaskMatching::new(masks);
     for i in 0..masks.len() {
         m.add(i);
@@ -236,6 +247,11 @@ pub fn single_replica_gain(masks: &[u64], t: u32) -> Option<(u16, u64)> {
 /// counting is several times faster than the matching (the swaps of the start read
 /// millions of such rows).
 pub fn single_replica_cost(masks: &[u64]) -> Option<u32> {
+    // Experts on distinct GPUs (the common case) need no counting.
+    let union = masks.iter().fold(0u64, |a, &m| a | m);
+    if union.count_ones() as usize == masks.len() && masks.iter().all(|m| m.is_power_of_two()) {
+        return Some(u32::from(!masks.is_empty()));
+    }
     let mut count = [0u8; 64];
     let mut most = 0u8;
     for &m in masks {
