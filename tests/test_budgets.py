@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import moefast as mf
 import numpy as np
 import pytest
-from test_optimize_core import expected_cost_ref, skewed_table
+from moefast.synthetic import synthetic_topk
+from test_optimizers import expected_cost_ref
 
 
 @pytest.fixture(scope="module")
 def table():
-    return skewed_table(np.random.default_rng(3), 32, 4, 20_000)
+    return mf.SubsetTable.from_topk(synthetic_topk(20_000, 32, 4, seed=3), 32)
 
 
 def test_work_budget_is_deterministic_and_complete(table):
@@ -66,7 +65,7 @@ def test_bad_budgets_raise(table, options, error, match):
 def test_plan_budgets(table):
     rng = np.random.default_rng(0)
     topk = np.stack([rng.permutation(32)[table.subsets[:3000]] for _ in range(3)], axis=1)
-    trace = SimpleNamespace(topk=topk, num_experts=32, layer_ids=None, weights=None)
+    trace = mf.Trace(topk, 32)
     a = mf.plan(trace, 4, 10, work_budget=30_000, progress=False)
     b = mf.plan(trace, 4, 10, work_budget=30_000, progress=False)
     assert [p == q for p, q in zip(a, b, strict=True)] == [True] * 3

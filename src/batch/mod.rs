@@ -7,12 +7,14 @@
 //! - `step_time`: the solver of one layer's time for a batch (per-expert token counts);
 //! - `batch_time`: that time for a batch given as token rows, with its input checks;
 //! - `simulate`: step times of batches drawn from a trace;
+//! - `sample`: the fixed sample of batches that search scores placements on;
 //! - `optimize`: the batch-aware placement search.
 
 pub mod batch_time;
 pub mod cost_model;
 pub mod flow;
 pub mod optimize;
+pub mod sample;
 pub mod simulate;
 pub mod step_time;
 

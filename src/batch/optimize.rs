@@ -5,89 +5,24 @@
 //! The placement under search is a `Layout` and the moves are `crate::layout::Move`s
 //! (swap, replace, relocate, add), as in the decode search. A move changes the replicas of
 //! at most two experts, so only the sampled batches that hold one of them are re-timed,
-//! on a per-thread copy of the layout with the move made and then taken back. Candidate moves are scored in parallel in chunks; the
-//! best improving move of a chunk is applied, until a whole pass finds none.
+//! on a per-thread copy of the layout with the move made and then taken back. Candidate
+//! moves are scored in parallel in chunks; the best improving move of a chunk is made,
+//! until a whole pass finds none.
 
 use rayon::prelude::*;
-use std::collections::BTreeMap;
 
 use super::cost_model::CostModel;
+use super::sample::{sample_batches, time_batch, Sample};
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
 use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
-use crate::placement::{Placement, Replicas};
+use crate::placement::Placement;
 use crate::rng::SplitMix64;
 
 /// Candidate moves scored per parallel round (a few per thread keeps threads busy).
 const CHUNK: usize = 32;
-
-/// Sampled batches as sparse (expert, tokens) lists, identical batches merged.
-struct Sample {
-    experts: Vec<Vec<u32>>,
-    counts: Vec<Vec<u32>>,
-    weights: Vec<f64>,
-    /// Batches holding each expert.
-    by_expert: Vec<Vec<u32>>,
-}
-
-fn sample_batches(
-    trace: &Trace,
-    num_experts: usize,
-    batch_size: usize,
-    num_batches: usize,
-    seed: u64,
-) -> Sample {
-    let mut merged: BTreeMap<Vec<(u32, u32)>, f64> = BTreeMap::new();
-    let mut tokens = Vec::new();
-    let mut count = vec![0u32; num_experts];
-    for b in 0..num_batches {
-        let mut rng = SplitMix64::stream(seed, u64::MAX, b as u64);
-        trace.draw(&mut rng, batch_size, &mut tokens);
-        let mut touched = Vec::new();
-        for &t in &tokens {
-            for &e in trace.experts(t, 0) {
-                if count[e as usize] == 0 {
-                    touched.push(e as u32);
-                }
-                count[e as usize] += 1;
-            }
-        }
-        touched.sort_unstable();
-        let key: Vec<(u32, u32)> = touched
-            .iter()
-            .map(|&e| (e, std::mem::take(&mut count[e as usize])))
-            .collect();
-        *merged.entry(key).or_insert(0.0) += 1.0;
-    }
-    let mut s = Sample {
-        experts: Vec::new(),
-        counts: Vec::new(),
-        weights: Vec::new(),
-        by_expert: vec![Vec::new(); num_experts],
-    };
-    for (b, (key, w)) in merged.into_iter().enumerate() {
-        for &(e, _) in &key {
-            s.by_expert[e as usize].push(b as u32);
-        }
-        s.experts.push(key.iter().map(|x| x.0).collect());
-        s.counts.push(key.iter().map(|x| x.1).collect());
-        s.weights.push(w);
-    }
-    s
-}
-
-fn time_batch(solver: &mut StepTimeSolver<'_, impl Replicas>, sample: &Sample, b: usize) -> f64 {
-    let (experts, counts) = (&sample.experts[b], &sample.counts[b]);
-    if counts.iter().all(|&c| c == 1) {
-        if let Some(t) = solver.unit_time(experts) {
-            return t;
-        }
-    }
-    solver.set_counts(experts, counts);
-    solver.solve()
-}
 
 /// A scored move: the change of the weighted step-time sum and the new times of the
 /// batches it touches.

@@ -192,40 +192,9 @@ fn most_loaded(state: &State, open: &[usize]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::SubsetTable;
+    use crate::optimize::skewed_table;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-
-    /// Skewed rows: experts drawn with weights ~ 1/(rank+1), some pairs boosted.
-    fn skewed_table(
-        rng: &mut SmallRng,
-        num_experts: usize,
-        k: usize,
-        tokens: usize,
-    ) -> SubsetTable {
-        let mut ids = Vec::new();
-        for _ in 0..tokens {
-            let mut row: Vec<i64> = Vec::new();
-            let anchor = rng.random_range(0..num_experts.min(4)) as i64;
-            row.push(anchor);
-            if rng.random_bool(0.7) {
-                row.push((anchor + 1) % num_experts as i64);
-            }
-            while row.len() < k {
-                // Log-uniform ranks skew towards low ids; some uniform draws reach all.
-                let e = if rng.random_bool(0.7) {
-                    ((num_experts as f64).powf(rng.random_range(0.0f64..1.0)) - 1.0) as i64
-                } else {
-                    rng.random_range(0..num_experts as i64)
-                };
-                if !row.contains(&e) {
-                    row.push(e);
-                }
-            }
-            ids.extend(row);
-        }
-        SubsetTable::from_topk(&ids, k, num_experts, None).unwrap()
-    }
 
     fn check_full(l: &Layout, slots: usize) {
         for g in 0..l.num_gpus() {
@@ -241,7 +210,7 @@ mod tests {
             let num_experts = rng.random_range(4..=12);
             let k = rng.random_range(2..=4.min(num_experts));
             let num_gpus = rng.random_range(2..=4);
-            let table = skewed_table(&mut rng, num_experts, k, 200);
+            let table = skewed_table(case, 200, num_experts as u64, k, 3, 61);
             let problem = Problem::new(&table, num_gpus);
             let load = table.expert_load();
             let mut previous = i64::MAX;
@@ -277,8 +246,8 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(4);
         let mut reached = 0;
         for case in 0..20 {
-            let num_experts = rng.random_range(4..=10);
-            let table = skewed_table(&mut rng, num_experts, 2, 150);
+            let num_experts: usize = rng.random_range(4..=10);
+            let table = skewed_table(case, 150, num_experts as u64, 2, 3, 61);
             let problem = Problem::new(&table, 4);
             let floor = problem.lower_bound_total();
             let first = num_experts.div_ceil(4);
@@ -310,7 +279,7 @@ mod tests {
     #[test]
     fn budgets_keep_placements_complete_and_deterministic() {
         use crate::optimize::effort::{Effort, SearchBudget};
-        let table = crate::optimize::skewed_table(21, 20_000, 24, 4, 60);
+        let table = skewed_table(21, 20_000, 24, 4, 4, 60);
         let with = |budget: SearchBudget, threads: usize| {
             let mut problem = Problem::new(&table, 4);
             problem.effort = Effort::new(budget, std::time::Instant::now());
@@ -358,8 +327,7 @@ mod tests {
 
     #[test]
     fn wide_placements_are_full() {
-        let mut rng = SmallRng::seed_from_u64(2);
-        let table = skewed_table(&mut rng, 150, 6, 3000);
+        let table = skewed_table(2, 3000, 150, 6, 8, 58);
         let problem = Problem::new(&table, 100);
         let layout = greedy(&problem, 3, 0);
         check_full(&layout, 3);

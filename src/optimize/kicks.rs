@@ -178,7 +178,7 @@ mod tests {
     use crate::table::SubsetTable;
 
     fn table() -> SubsetTable {
-        crate::optimize::skewed_table(7, 300, 16, 3, 61)
+        crate::optimize::skewed_table(7, 300, 16, 4, 3, 61)
     }
 
     #[test]

@@ -140,21 +140,24 @@ pub fn fill_free_slots(
     layout.to_placement()
 }
 
-/// A skewed top-4 table from a fixed linear congruential generator, for the optimizers'
-/// tests: ids fall among the first `hot + 2 * (x >> shift)` experts, so low ids are hot.
+/// The optimizers' one generator of test tables: skewed top-`k` rows from a fixed linear
+/// congruential generator; ids fall among the first `hot + 2 * (x >> shift)` experts, so
+/// low ids are hot and often chosen together.
 #[cfg(test)]
 pub(crate) fn skewed_table(
     seed: u64,
     rows: usize,
     experts: u64,
+    k: usize,
     hot: i64,
     shift: u32,
 ) -> SubsetTable {
+    assert!(k as u64 <= experts);
     let mut ids = Vec::new();
     let mut x = seed;
     for _ in 0..rows {
         let mut row = Vec::new();
-        while row.len() < 4 {
+        while row.len() < k {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
@@ -165,7 +168,7 @@ pub(crate) fn skewed_table(
         }
         ids.extend(row);
     }
-    SubsetTable::from_topk(&ids, 4, experts as usize, None).unwrap()
+    SubsetTable::from_topk(&ids, k, experts as usize, None).unwrap()
 }
 
 #[cfg(test)]
@@ -191,7 +194,7 @@ mod tests {
     #[test]
     fn same_result_for_any_thread_count() {
         // Enough rows for several parallel tasks.
-        let t = skewed_table(12345, 20_000, 24, 4, 60);
+        let t = skewed_table(12345, 20_000, 24, 4, 4, 60);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
