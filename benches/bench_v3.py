@@ -8,7 +8,8 @@ of their own (`tests/workloads.distinct_v3_model`), 32 GPUs x 9 slots. The quali
 the per-layer cost of the greedy before issue 12 (`distinct_v3_reference.json`, full tables);
 MOEFAST_REFERENCE names a folder holding an older build of the `moefast` package, which is
 then timed on the same trace in the same run (in a subprocess, before the current code) and
-the ratio printed. The machine is shared: times are quoted with the load average and the
+the ratio printed (the current `plan` also places and scores the baselines, which the older
+one did not). The machine is shared: times are quoted with the load average and the
 CPU seconds of the process, which others' load does not inflate.
 """
 
@@ -74,7 +75,10 @@ def reference_plan(topk: np.ndarray, tmp: Path) -> dict | None:
 def test_decode_plan(benchmark, trace, tmp_path):
     ref = reference_plan(trace.topk, tmp_path)
     model, wall, cpu, load = timed(
-        benchmark.pedantic, mf.plan, args=(trace, GPUS, SLOTS), kwargs={"progress": False}
+        benchmark.pedantic,
+        mf.plan,
+        args=(trace, GPUS, SLOTS),
+        kwargs={"progress": False, "holdout": 0},
     )
     costs = np.asarray(model.layer_costs)
     recorded = np.asarray(REFERENCE["layer_costs"])
@@ -102,10 +106,10 @@ def test_decode_plan(benchmark, trace, tmp_path):
 def test_time_budget_tenth(trace):
     """A tenth of the unbudgeted time on eight layers: within 2% of the unbudgeted costs."""
     few = mf.Trace(trace.topk[:, :8, :], EXPERTS)
-    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False)
+    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, holdout=0)
     budget = 0.1 * wall
     rushed, rushed_wall, rushed_cpu, rushed_load = timed(
-        mf.plan, few, GPUS, SLOTS, progress=False, time_budget=budget
+        mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=budget
     )
     ratio = np.asarray(rushed.layer_costs) / np.asarray(free.layer_costs)
     print(
