@@ -173,18 +173,33 @@ def test_heldout_gains_on_real_traces():
 def test_large_stationary_trace():
     """1M stationary synthetic tokens: the held-out gain of plan's placement agrees, within the
     intervals, with the same placement's in-sample gain on its train part; the estimator
-    selection adds at most 20% to plan's time. A second in-sample plan on all tokens shows how
+    selection, timed alone (fastest of 3 runs, as the whole plan's time moves by more than 20%
+    between runs on a shared machine), takes at most 20% of plan's time. A second in-sample plan on all tokens shows how
     far the greedy's own run-to-run spread moves the gain (the bootstrap over tokens does not
     cover it)."""
     trace = mf.synthetic_trace(1_000_000, 64, 6, 1, seed=0)
-    start = time.perf_counter()
-    plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
-    t_plain = time.perf_counter() - start
+    runs = []
+    for _ in range(2):  # the faster of two runs: the machine may be shared
+        start = time.perf_counter()
+        plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
+        runs.append(time.perf_counter() - start)
+    t_plain = min(runs)
     start = time.perf_counter()
     auto = mf.plan(trace, 8, 9, holdout=0.2, estimator="auto")
     t_auto = time.perf_counter() - start
     held, held_ci = plain.settings["gain_vs_best_baseline"], plain.settings["gain_interval_95"]
     train, _ = trace.split(0.2)
+    train_tables = train.tables()  # plan builds them anyway; the selection reuses them
+
+    def no_search(tables, estimator, seed):
+        raise AssertionError("the selection searched a settled trace")
+
+    selecting = []
+    for _ in range(3):
+        start = time.perf_counter()
+        select_estimator(train, no_search, 0.99, "time", 0, train_tables)
+        selecting.append(time.perf_counter() - start)
+    t_select = min(selecting)
     placed = {"greedy": plain.placements, **baseline_placements(train.tables(), 8, 9)}
     own = score_methods(train, placed, 8, "greedy", "in-sample", "train part")
     ins, ins_ci = own.total_gain(), own.gain_interval
@@ -201,11 +216,12 @@ def test_large_stationary_trace():
             f" {span(again.settings['gain_interval_95'])}"
         )
     print(
-        f"plan {t_plain:.2f} s plain, {t_auto:.2f} s with estimator selection"
-        f" ({100 * (t_auto / t_plain - 1):+.0f}%): {auto.settings['estimator']}"
+        f"plan {t_plain:.2f} s plain (faster of 2 runs), {t_auto:.2f} s with estimator selection"
+        f" (one run); the selection itself {t_select:.2f} s, {100 * t_select / t_plain:.0f}% of"
+        f" plan's time (fastest of 3): {auto.settings['estimator']}"
     )
     assert max(held_ci[0], ins_ci[0]) <= min(held_ci[1], ins_ci[1])  # the intervals overlap
-    assert t_auto <= 1.2 * t_plain + 0.05  # the pair-count check alone; 0.05 s of timer noise
+    assert t_select <= 0.2 * t_plain  # the pair-count check alone
 
 
 if __name__ == "__main__":
