@@ -174,9 +174,9 @@ def test_large_stationary_trace():
     """1M stationary synthetic tokens: the held-out gain of plan's placement agrees, within the
     intervals, with the same placement's in-sample gain on its train part; the estimator
     selection, timed alone (fastest of 3 runs, as the whole plan's time moves by more than 20%
-    between runs on a shared machine), takes at most 20% of plan's time. A second in-sample plan on all tokens shows how
-    far the greedy's own run-to-run spread moves the gain (the bootstrap over tokens does not
-    cover it)."""
+    between runs on a shared machine), takes at most 20% of plan's time. A second in-sample
+    plan on all tokens shows how far the greedy's own run-to-run spread moves the gain (the
+    bootstrap over tokens does not cover it)."""
     trace = mf.synthetic_trace(1_000_000, 64, 6, 1, seed=0)
     runs = []
     for _ in range(2):  # the faster of two runs: the machine may be shared
