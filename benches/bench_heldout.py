@@ -5,7 +5,8 @@ scored by placements planned on the other two; OLMoE and Qwen1.5-MoE layer 0 and
 layers 2-9 from ../shared/data/real_small_traces, planned on the first half in time order and
 scored on the second), G in {2, 4, 8} and S in {E/G, E/G + 1}: the in-sample gain of greedy
 over the best baseline, the held-out gain with its bootstrap 95% interval for the plain table
-and for the estimator chosen by cross-validation on the train part (`estimator="auto"`),
+and for the estimator chosen by cross-validation on the train part (`estimator="auto"`:
+the table pruned to 99% coverage or the unpruned table, paired over the same greedy seeds),
 and the held-out learning curve of the plain table (1/8, 1/4, 1/2, all of the train part).
 A second benchmark checks a large stationary synthetic trace (1M tokens).
 
@@ -65,7 +66,10 @@ def run_case(trace: Trace, folds, gpus: int, slots: int) -> dict:
     def auto(train: Trace) -> list:
         by = "request" if train.request_ids is not None else "time"
         selection = select_estimator(
-            train, lambda tables, e: plan_layers(tables, gpus, slots, estimator=e), 0.99, by
+            train,
+            lambda tables, e, seed: plan_layers(tables, gpus, slots, estimator=e, seed=seed),
+            0.99,
+            by,
         )
         choices.append(selection.estimator)
         return plan_layers(train.tables(), gpus, slots, estimator=selection.estimator)
@@ -90,13 +94,7 @@ def run_case(trace: Trace, folds, gpus: int, slots: int) -> dict:
 
 
 def choice_label(choices: list[Estimator]) -> str:
-    labels = []
-    for e in choices:
-        labels.append(
-            "plain"
-            if e == Estimator()
-            else (f"shrink {e.shrink:g}" if e.shrink else f"cov {e.coverage:g}")
-        )
+    labels = ["plain" if e == Estimator() else f"cov {e.coverage:g}" for e in choices]
     return ", ".join(dict.fromkeys(labels))
 
 
@@ -175,18 +173,33 @@ def test_heldout_gains_on_real_traces():
 def test_large_stationary_trace():
     """1M stationary synthetic tokens: the held-out gain of plan's placement agrees, within the
     intervals, with the same placement's in-sample gain on its train part; the estimator
-    selection adds at most 20% to plan's time. A second in-sample plan on all tokens shows how
-    far the greedy's own run-to-run spread moves the gain (the bootstrap over tokens does not
-    cover it)."""
+    selection, timed alone (fastest of 3 runs, as the whole plan's time moves by more than 20%
+    between runs on a shared machine), takes at most 20% of plan's time. A second in-sample
+    plan on all tokens shows how far the greedy's own run-to-run spread moves the gain (the
+    bootstrap over tokens does not cover it)."""
     trace = mf.synthetic_trace(1_000_000, 64, 6, 1, seed=0)
-    start = time.perf_counter()
-    plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
-    t_plain = time.perf_counter() - start
+    runs = []
+    for _ in range(2):  # the faster of two runs: the machine may be shared
+        start = time.perf_counter()
+        plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
+        runs.append(time.perf_counter() - start)
+    t_plain = min(runs)
     start = time.perf_counter()
     auto = mf.plan(trace, 8, 9, holdout=0.2, estimator="auto")
     t_auto = time.perf_counter() - start
     held, held_ci = plain.settings["gain_vs_best_baseline"], plain.settings["gain_interval_95"]
     train, _ = trace.split(0.2)
+    train_tables = train.tables()  # plan builds them anyway; the selection reuses them
+
+    def no_search(tables, estimator, seed):
+        raise AssertionError("the selection searched a settled trace")
+
+    selecting = []
+    for _ in range(3):
+        start = time.perf_counter()
+        select_estimator(train, no_search, 0.99, "time", 0, train_tables)
+        selecting.append(time.perf_counter() - start)
+    t_select = min(selecting)
     placed = {"greedy": plain.placements, **baseline_placements(train.tables(), 8, 9)}
     own = score_methods(train, placed, 8, "greedy", "in-sample", "train part")
     ins, ins_ci = own.total_gain(), own.gain_interval
@@ -203,11 +216,12 @@ def test_large_stationary_trace():
             f" {span(again.settings['gain_interval_95'])}"
         )
     print(
-        f"plan {t_plain:.2f} s plain, {t_auto:.2f} s with estimator selection"
-        f" ({100 * (t_auto / t_plain - 1):+.0f}%): {auto.settings['estimator']}"
+        f"plan {t_plain:.2f} s plain (faster of 2 runs), {t_auto:.2f} s with estimator selection"
+        f" (one run); the selection itself {t_select:.2f} s, {100 * t_select / t_plain:.0f}% of"
+        f" plan's time (fastest of 3): {auto.settings['estimator']}"
     )
     assert max(held_ci[0], ins_ci[0]) <= min(held_ci[1], ins_ci[1])  # the intervals overlap
-    assert t_auto <= 1.2 * t_plain + 0.05  # the pair-count check alone; 0.05 s of timer noise
+    assert t_select <= 0.2 * t_plain  # the pair-count check alone
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def _write_report(
     tables = trace.tables()
     curve = None
     sweep, sweep_note = None, "in-sample: planned and scored on all tokens"
-    estimator = Estimator(0.0, args.coverage)
+    estimator = Estimator(args.coverage)
 
     def planner(layer_tables) -> list:
         return plan_layers(layer_tables, args.gpus, args.slots, args.method, estimator, args.seed)
@@ -189,7 +189,7 @@ def cmd_demo(args) -> int:
     )
     assert trace.request_ids is not None
     answers = len(np.unique(trace.request_ids))
-    estimator = Estimator(0.0, args.coverage)
+    estimator = Estimator(args.coverage)
 
     def planner(layer_tables) -> list:
         return plan_layers(layer_tables, args.gpus, args.slots, args.method, estimator, args.seed)
@@ -599,8 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         choices=ESTIMATOR_CHOICES,
         default="plain",
-        help="table to plan on: plain (the empirical table) or auto (chosen by cross-validation"
-        " on the train part)",
+        help="table to plan on: plain (the empirical table pruned to --coverage) or auto (that"
+        " or the unpruned table, chosen by cross-validation on the train part)",
     )
     p.add_argument(
         "--batch-size",

@@ -14,7 +14,6 @@ from typing import Any, Literal
 from moefast._core import Placement, SubsetTable
 from moefast.comparison import BASELINES, Comparison, compare_methods
 from moefast.cost_model import CostModel
-from moefast.estimators import shrunk_table
 from moefast.heldout import Split, baseline_placements, choose_split, score_methods
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
@@ -73,8 +72,6 @@ def plan_layers(
 
     def plan_layer(table: SubsetTable) -> Placement:
         budget = layer_budget()
-        if estimator.shrink > 0:
-            table = shrunk_table(table, estimator.shrink, seed=seed)
         if estimator.coverage < 1.0:
             table = table.prune(coverage=estimator.coverage)
         return optimize(
@@ -133,12 +130,13 @@ def plan(
     which and why; ``evaluation`` compares every layer with the baselines (planned on the
     same train part, scored on the same tokens) with a bootstrap 95% interval of the gain.
 
-    Tables are pruned to `coverage` for optimizing. ``estimator="auto"`` chooses the table
-    to plan on by cross-validation on the train part (`moefast.selection`); "plain" (the
-    default: on the real traces measured, no estimator beat it) plans on the empirical
-    table. Layers run in parallel; `progress` shows a bar per layer (default: when stderr
-    is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
-    `cost_model` are `optimize`'s.
+    Tables are pruned to `coverage` for optimizing. ``estimator="auto"`` chooses between
+    that table and the unpruned one by cross-validation on the train part, paired over the
+    same greedy seeds (`moefast.selection`); "plain" (the default: on the real traces
+    measured, no estimator beat it) plans on the pruned empirical table. Layers run in
+    parallel; `progress` shows a bar per layer (default: when stderr is a terminal).
+    `method`, `seed`, `time_limit`, `objective`, `batch_size` and `cost_model` are
+    `optimize`'s.
 
     `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
     exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
@@ -176,12 +174,15 @@ def plan(
     plan_trace = split.train if split.train is not None else trace
     plan_tables = plan_trace.tables() if plan_trace is not None else tables
 
-    def planner(layer_tables: Sequence[SubsetTable], chosen: Estimator) -> list[Placement]:
+    def planner(
+        layer_tables: Sequence[SubsetTable], chosen: Estimator, cv_seed: int
+    ) -> list[Placement]:
         return plan_layers(
-            layer_tables, num_gpus, slots_per_gpu, method, chosen, seed, False, **options
+            layer_tables, num_gpus, slots_per_gpu, method, chosen, cv_seed, False, **options
         )
 
-    chosen, estimator_note = Estimator(0.0, coverage), f"plain table (coverage {coverage:g})"
+    chosen = Estimator(coverage)
+    estimator_note = chosen.name
     if estimator == "auto" and plan_trace is not None and objective == "decode":
         by = split_by or ("request" if plan_trace.request_ids is not None else "time")
         selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
