@@ -167,6 +167,21 @@ def test_small_traces_are_scored_in_sample_and_say_why():
     assert "carry no tokens" in tables.settings["cost_note"]
 
 
+def test_in_sample_scoring_on_given_tables_equals_scoring_that_builds_them():
+    from moefast.heldout import score_methods
+
+    trace = topic_trace(700)
+    model = moefast.plan(trace, 3, 5, holdout=0)
+    placed = {m: list(p) for m, p in model.evaluation.placements.items()}
+    built = score_methods(trace, placed, 3, "greedy", "in-sample", "n")
+    given = score_methods(trace, placed, 3, "greedy", "in-sample", "n", 0, trace.tables())
+    for m in placed:
+        np.testing.assert_array_equal(built.costs[m], given.costs[m])
+        np.testing.assert_array_equal(built.costs[m], model.evaluation.costs[m])
+    np.testing.assert_array_equal(built.lower_bounds, given.lower_bounds)
+    assert built.gain_interval == given.gain_interval == model.evaluation.gain_interval
+
+
 def test_bootstrap_interval_against_a_plain_loop():
     trace = topic_trace(200, layers=1)
     units, _ = bootstrap_units(trace)

@@ -22,6 +22,11 @@ def test_table_counts_each_layer_like_a_dictionary():
         expected = reference_table(trace.topk[:, position, :])
         got = {tuple(row): w for row, w in zip(table.subsets.tolist(), table.weights, strict=True)}
         assert got == expected
+    # The tables built in parallel are each layer's, in order.
+    for position, table in enumerate(trace.tables()):
+        alone = trace.table(position)
+        np.testing.assert_array_equal(table.subsets, alone.subsets)
+        np.testing.assert_array_equal(table.weights, alone.weights)
     assert len(trace.tables()) == 3
 
 

@@ -107,11 +107,13 @@ def score_methods(
     basis: str,
     note: str,
     seed: int = 0,
+    tables: Sequence[SubsetTable] | None = None,
 ) -> Comparison:
-    """Every method's placements scored on ``trace``, with the bootstrap interval of the gain."""
+    """Every method's placements scored on ``trace``, with the bootstrap interval of the gain
+    (``tables``: the trace's unweighted tables when the caller has built them)."""
     units, count, what = _units(trace)
     sums = UnitSums(count, trace.num_layers, list(placements), num_gpus)
-    sums.add(trace, units, placements)
+    sums.add(trace, units, placements, tables)
     return sums.comparison(
         trace.layer_ids, main, basis, note, what, placements=placements, seed=seed
     )

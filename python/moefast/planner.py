@@ -277,4 +277,7 @@ def _score(
     if split.test is not None:
         return score_methods(split.test, placed, num_gpus, method, "held-out", split.note, seed)
     note = f"planned and scored on all {trace.num_tokens} tokens ({split.note})"
-    return score_methods(trace, placed, num_gpus, method, "in-sample", note, seed)
+    # In-sample, the tables planned on are the scored trace's: scoring reuses them (its
+    # lower bounds are of unweighted tables, so only for an unweighted trace).
+    reuse = plan_tables if trace.weights is None else None
+    return score_methods(trace, placed, num_gpus, method, "in-sample", note, seed, reuse)

@@ -54,10 +54,16 @@ def token_costs(topk: np.ndarray, num_experts: int, placements: Sequence[Placeme
 
 
 def _layer_costs(
-    topk: np.ndarray, num_experts: int, placements: Sequence[Placement], num_gpus: int = 1
+    topk: np.ndarray,
+    num_experts: int,
+    placements: Sequence[Placement],
+    num_gpus: int = 1,
+    table: SubsetTable | None = None,
 ) -> tuple[np.ndarray, float]:
-    """`token_costs` and the layer's lower bound on ``num_gpus`` GPUs, from one table."""
-    table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
+    """`token_costs` and the layer's lower bound on ``num_gpus`` GPUs, from one table
+    (``table``: the unweighted, unpruned table of ``topk`` when the caller has it)."""
+    if table is None:
+        table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
     rows = token_rows(table, topk)
     costs = np.stack([subset_costs(table, p)[rows].astype(np.float64) for p in placements])
     return costs, lower_bound(table, num_gpus)
@@ -75,9 +81,15 @@ class UnitSums:
         self.bound_sums = np.zeros(num_layers)  # lower bound x weight of each scored part
 
     def add(
-        self, trace: Trace, units: np.ndarray, placements: Mapping[str, Sequence[Placement]]
+        self,
+        trace: Trace,
+        units: np.ndarray,
+        placements: Mapping[str, Sequence[Placement]],
+        tables: Sequence[SubsetTable] | None = None,
     ) -> None:
-        """Score ``trace`` (the tokens of ``units``) under each method's per-layer placements."""
+        """Score ``trace`` (the tokens of ``units``) under each method's per-layer placements
+        (``tables``: the trace's unweighted tables, one per layer, when the caller has them;
+        the costs are the same, the tables are not built a second time)."""
         num_units = len(self.weight)
         w = np.ones(trace.num_tokens) if trace.weights is None else trace.weights
         self.weight += np.bincount(units, weights=w, minlength=num_units)
@@ -89,6 +101,7 @@ class UnitSums:
                 trace.num_experts,
                 [placements[m][position] for m in methods],
                 self.num_gpus,
+                None if tables is None else tables[position],
             )
             sums = [np.bincount(units, weights=c * w, minlength=num_units) for c in costs]
             return np.stack(sums), bound

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,8 +135,13 @@ class Trace:
         )
 
     def tables(self) -> list[SubsetTable]:
-        """One `SubsetTable` per layer, in the order of `layer_ids`."""
-        return [self.table(i) for i in range(self.num_layers)]
+        """One `SubsetTable` per layer, in the order of `layer_ids` (built on a thread per
+        core: the core counts without the GIL)."""
+        workers = min(self.num_layers, os.cpu_count() or 1)
+        if workers <= 1:
+            return [self.table(i) for i in range(self.num_layers)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.table, range(self.num_layers)))
 
     def expert_load(self) -> np.ndarray:
         """Token-expert assignments per expert (weighted if the trace is), float [layers, E]."""
