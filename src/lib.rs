@@ -11,6 +11,8 @@ pub mod optimize;
 pub mod placement;
 pub mod rng;
 pub mod table;
+pub mod topology;
+pub mod topology_cost;
 
 #[cfg(feature = "python")]
 mod bindings;
