@@ -13,6 +13,7 @@ pub mod rng;
 pub mod table;
 pub mod topology;
 pub mod topology_cost;
+pub mod topology_place;
 
 #[cfg(feature = "python")]
 mod bindings;

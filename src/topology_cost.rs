@@ -27,8 +27,10 @@ use crate::batch::cost_model::CostModel;
 use crate::batch::step_time::StepTimeSolver;
 use crate::cost::check_compatible;
 use crate::error::{MoeError, Result};
+use crate::limits::MAX_K;
+use crate::matching::cost_from_masks;
 use crate::matching::RowScratch;
-use crate::placement::Placement;
+use crate::placement::{Placement, Replicas};
 use crate::table::SubsetTable;
 use crate::topology::Topology;
 
@@ -65,9 +67,9 @@ impl TokenScratch {
 
 /// The best (time us, rounds, nodes) of one token: exact (module docs). `round_us` is the
 /// time of one expert round.
-pub fn token_time(
+pub fn token_time<P: Replicas>(
     subset: &[u16],
-    placement: &Placement,
+    placement: &P,
     topology: &Topology,
     round_us: f64,
     scratch: &mut TokenScratch,
@@ -89,6 +91,25 @@ pub fn token_time(
         let comm = topology.token_comm_us(k, m, g);
         // Rounds are at least 1: skip sets that cannot beat the best.
         if comm + round_us < best.0 || best.0.is_infinite() {
+            if let Some(masks) = placement.masks() {
+                // GPU ids fit 64-bit masks: restrict each expert's mask to U's GPUs.
+                let gpus_in_u = node_set_gpus(u, gpn);
+                let mut restricted = [0u64; MAX_K];
+                let mut covered = true;
+                for (r, &e) in restricted.iter_mut().zip(subset) {
+                    *r = masks[e as usize] & gpus_in_u;
+                    covered &= *r != 0;
+                }
+                if covered {
+                    let rounds = cost_from_masks(&restricted[..k]);
+                    let time = round_us * rounds as f64 + comm;
+                    if time < best.0 || (time == best.0 && (rounds, m) < (best.1, best.2)) {
+                        best = (time, rounds, m);
+                    }
+                }
+                u = (u - 1) & touched;
+                continue;
+            }
             scratch.lists.resize(k, Vec::new());
             let mut covered = true;
             for (list, &e) in scratch.lists.iter_mut().zip(subset) {
@@ -113,6 +134,25 @@ pub fn token_time(
         u = (u - 1) & touched;
     }
     best
+}
+
+/// The GPUs (as a mask, GPU ids < 64) of the nodes in `nodes`.
+fn node_set_gpus(nodes: u64, gpus_per_node: usize) -> u64 {
+    let one_node = if gpus_per_node >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << gpus_per_node) - 1
+    };
+    let mut mask = 0u64;
+    let mut rest = nodes;
+    while rest != 0 {
+        let n = rest.trailing_zeros() as usize;
+        mask |= one_node
+            .checked_shl((n * gpus_per_node) as u32)
+            .unwrap_or(0);
+        rest &= rest - 1;
+    }
+    mask
 }
 
 /// Time (us) of every row of the table under the placement and topology, in parallel.
@@ -273,9 +313,9 @@ pub fn batch_time_bounds(
 
 /// The smallest set of nodes (as a mask) that holds a replica of every expert of the
 /// subset (ties: the lowest mask).
-pub fn fewest_nodes(
+pub fn fewest_nodes<P: Replicas>(
     subset: &[u16],
-    placement: &Placement,
+    placement: &P,
     gpus_per_node: usize,
     _scratch: &mut TokenScratch,
 ) -> u64 {

@@ -89,9 +89,14 @@ fn one_token_is_exact_against_every_replica_choice() {
     let mut rng = SplitMix64::new(11);
     let topologies = [Topology::h800_normal(), Topology::h800_low_latency()];
     for case in 0..60 {
+        // 72 GPUs take the general matching (no 64-bit GPU masks); nodes stay <= 64.
+        let (e, g, k) = (8, [8, 72][case / 2 % 2], 1 + case % 5);
         let mut t = topologies[case % 2];
-        t.gpus_per_node = [1, 2, 4][case % 3];
-        let (e, g, k) = (8, 8, 1 + case % 5);
+        t.gpus_per_node = if g == 8 {
+            [1, 2, 4][case % 3]
+        } else {
+            [2, 4, 8][case % 3]
+        };
         let p = random_placement(&mut rng, e, g, 4 + case % 12);
         // Round times from 0 (communication only) to far above the communication.
         let round_us = [0.0, 5.0, 47.0, 400.0][case % 4];
@@ -99,7 +104,7 @@ fn one_token_is_exact_against_every_replica_choice() {
         let subset: Vec<u16> = ids.iter().map(|&x| x as u16).collect();
         let mut brute = f64::INFINITY;
         each_choice(&ids, &p, &mut |choice| {
-            let mut load = [0u32; 8];
+            let mut load = [0u32; 72];
             for &c in choice {
                 load[c as usize] += 1;
             }
