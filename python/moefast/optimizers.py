@@ -14,6 +14,7 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
+from moefast.topology import V3_ROUND_US, Topology, place
 from moefast.validation import check_count, check_int, check_positive, check_seed
 
 #: The core's methods ("greedy", moefast's best effort, and the placements inference
@@ -44,6 +45,10 @@ def optimize(
     cost_model: CostModel | None = None,
     num_batches: int | None = None,
     max_evaluations: int = 40_000,
+    topology: Topology | None = None,
+    round_us: float = V3_ROUND_US,
+    current: Placement | None = None,
+    max_moves: int | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
@@ -57,6 +62,11 @@ def optimize(
     under `cost_model` (microseconds): a local search (`moefast.batch.optimize_batch`,
     which takes `num_batches` and `max_evaluations`) from the better of the greedy and
     EPLB placements, or from `method`'s placement when another method is named.
+
+    With `topology` (decode), the token time in us is minimized: round_us per expert round
+    plus dispatch and combine between nodes (`moefast.topology.place`, from `method`'s
+    placement). With `current`, the search starts from the served placement instead, and
+    `max_moves` bounds the replicas the result adds to it (weight copies).
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -83,6 +93,24 @@ def optimize(
         ]
         if given:
             raise ValueError(f"{', '.join(given)} need objective='batch'")
+        if topology is not None or current is not None:
+            start = current
+            if start is None:
+                start = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed)
+            elif start.num_gpus != num_gpus:
+                raise ValueError(f"current has {start.num_gpus} GPUs, not num_gpus = {num_gpus}")
+            found, _ = place(
+                table,
+                start,
+                slots_per_gpu,
+                topology=topology,
+                round_us=round_us,
+                max_moves=max_moves,
+                seed=seed,
+            )
+            return found
+        if max_moves is not None:
+            raise ValueError("max_moves needs current= (the placement being served)")
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
         return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)

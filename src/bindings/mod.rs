@@ -12,6 +12,7 @@ use crate::limits;
 mod batch;
 mod optimize;
 mod table;
+mod topology;
 
 impl From<MoeError> for PyErr {
     fn from(err: MoeError) -> PyErr {
@@ -118,5 +119,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;
+    topology::register(m)?;
     Ok(())
 }
