@@ -28,12 +28,14 @@ const PATIENCE: usize = 40;
 
 /// What the search may do.
 #[derive(Clone, Copy, Debug)]
-pub struct SearchLimits {
+pub struct SearchLimits<'t> {
     /// Most replicas of the result not in the start.
     pub max_moves: Option<usize>,
     /// Most candidate moves scored.
     pub max_evaluations: usize,
+    /// Half the candidates move toward this placement (a fresh plan) when given.
     pub seed: u64,
+    pub target: Option<&'t Placement>,
 }
 
 struct Search<'a> {
@@ -123,6 +125,45 @@ impl<'a> Search<'a> {
         }
     }
 
+    /// A move that gives GPU g a replica the target has there: a sampled (expert, GPU)
+    /// of the target that the layout lacks, made by replacing or swapping out an expert
+    /// the target does not want on g.
+    fn toward(&self, target: &Placement, slots: usize, rng: &mut SplitMix64) -> Option<Move> {
+        let g = rng.below(self.layout.num_gpus());
+        let wanted: Vec<u16> = (0..target.num_experts())
+            .filter(|&e| target.holds(e, g) && !self.layout.holds(e, g))
+            .map(|e| e as u16)
+            .collect();
+        let unwanted: Vec<u16> = self
+            .layout
+            .experts_on(g)
+            .iter()
+            .copied()
+            .filter(|&e| !target.holds(e as usize, g))
+            .collect();
+        if wanted.is_empty() || unwanted.is_empty() {
+            return None;
+        }
+        let new = wanted[rng.below(wanted.len())];
+        let old = unwanted[rng.below(unwanted.len())];
+        let mv = if self.layout.replicas(old as usize) >= 2 {
+            Move::Replace {
+                old,
+                gpu: g as u16,
+                new,
+            }
+        } else {
+            let from = self.layout.gpus_of(new as usize);
+            Move::Swap {
+                first: new,
+                from: from[rng.below(from.len())],
+                second: old,
+                to: g as u16,
+            }
+        };
+        self.layout.allows(mv, slots).then_some(mv)
+    }
+
     /// A sampled move that touches one expert of `row`, or None.
     fn candidate(&self, row: &[u16], slots: usize, rng: &mut SplitMix64) -> Option<Move> {
         let g = self.layout.num_gpus();
@@ -179,9 +220,20 @@ pub fn improve(
     slots_per_gpu: usize,
     topology: &Topology,
     round_us: f64,
-    limits: SearchLimits,
+    limits: SearchLimits<'_>,
 ) -> Result<(Placement, usize)> {
     check_topology(topology, start)?;
+    if let Some(t) = limits.target {
+        if (t.num_experts(), t.num_gpus()) != (start.num_experts(), start.num_gpus()) {
+            return Err(MoeError::value(format!(
+                "the target placement has {} experts on {} GPUs, the current one {} on {}",
+                t.num_experts(),
+                t.num_gpus(),
+                start.num_experts(),
+                start.num_gpus()
+            )));
+        }
+    }
     check_memory(table.num_experts(), start.num_gpus(), slots_per_gpu)?;
     crate::cost::check_compatible(table, start)?;
     if let Some((g, n)) = start
@@ -229,36 +281,45 @@ pub fn improve(
     let eps = 1e-9 * table.total_weight().max(1.0);
     while evaluations < limits.max_evaluations && idle < PATIENCE {
         // Rows by the time they lose over the floor, weighted: sample one per candidate.
-        let excess: Vec<f64> = s
-            .times
-            .iter()
-            .zip(table.weights())
-            .map(|(&t, &w)| w * (t - s.floor).max(0.0))
-            .collect();
-        let total: f64 = excess.iter().sum();
+        let mut cumulative = Vec::with_capacity(s.times.len());
+        let mut total = 0.0;
+        for (&t, &w) in s.times.iter().zip(table.weights()) {
+            total += w * (t - s.floor).max(0.0);
+            cumulative.push(total);
+        }
         if total <= eps {
             break;
         }
+        // Under a move budget, more candidates per step, ranked by gain per replica copied.
+        let candidates = if limits.max_moves.is_some() {
+            4 * CANDIDATES
+        } else {
+            CANDIDATES
+        };
         let mut best: Option<(f64, Move)> = None;
-        for _ in 0..CANDIDATES {
-            let mut x = rng.unit() * total;
-            let r = excess
-                .iter()
-                .position(|&v| {
-                    x -= v;
-                    x < 0.0
-                })
-                .unwrap_or(excess.len() - 1);
-            let Some(mv) = s.candidate(s.row(r), slots_per_gpu, &mut rng) else {
+        for _ in 0..candidates {
+            let x = rng.unit() * total;
+            let r = cumulative
+                .partition_point(|&c| c <= x)
+                .min(cumulative.len() - 1);
+            let mv = match limits.target {
+                Some(t) if rng.below(2) == 0 => s.toward(t, slots_per_gpu, &mut rng),
+                _ => s.candidate(s.row(r), slots_per_gpu, &mut rng),
+            };
+            let Some(mv) = mv else {
                 continue;
             };
+            let copies = s.moves_delta(mv);
             if let Some(m) = limits.max_moves {
-                if (s.moved as isize + s.moves_delta(mv)) as usize > m {
+                if (s.moved as isize + copies) as usize > m {
                     continue;
                 }
             }
             evaluations += 1;
-            let d = s.delta(mv);
+            let mut d = s.delta(mv);
+            if d < -eps && limits.max_moves.is_some() {
+                d /= copies.max(1) as f64;
+            }
             if d < -eps && best.is_none_or(|(bd, _)| d < bd) {
                 best = Some((d, mv));
             }
@@ -292,11 +353,12 @@ mod tests {
     use super::*;
     use crate::topology_cost::expected_time;
 
-    fn limits(max_moves: Option<usize>) -> SearchLimits {
+    fn limits(max_moves: Option<usize>) -> SearchLimits<'static> {
         SearchLimits {
             max_moves,
             max_evaluations: 3_000,
             seed: 3,
+            target: None,
         }
     }
 
@@ -338,6 +400,23 @@ mod tests {
             last = last.min(cost);
         }
         assert!(last < before);
+    }
+
+    #[test]
+    fn moves_toward_a_target_reach_it_when_allowed() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology::free(1);
+        let start = crate::optimize::optimize(&t, 8, 5, "contiguous", 0).unwrap();
+        let fresh = crate::optimize::optimize(&t, 8, 5, "greedy", 0).unwrap();
+        let l = SearchLimits {
+            target: Some(&fresh),
+            ..limits(Some(10))
+        };
+        let (p, moved) = improve(&t, &start, 5, &topo, 1.0, l).unwrap();
+        assert!(moved <= 10);
+        let (q, _) = improve(&t, &start, 5, &topo, 1.0, limits(Some(10))).unwrap();
+        let cost = |x: &Placement| expected_time(&t, x, &topo, 1.0).unwrap();
+        assert!(cost(&p) < cost(&start) && cost(&q) < cost(&start));
     }
 
     #[test]

@@ -198,5 +198,6 @@ def improve_placement(
     max_moves: int | None,
     max_evaluations: int,
     seed: int,
+    target: Placement | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the token time under the topology."""

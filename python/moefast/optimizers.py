@@ -94,11 +94,11 @@ def optimize(
         if given:
             raise ValueError(f"{', '.join(given)} need objective='batch'")
         if topology is not None or current is not None:
-            start = current
-            if start is None:
-                start = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed)
-            elif start.num_gpus != num_gpus:
-                raise ValueError(f"current has {start.num_gpus} GPUs, not num_gpus = {num_gpus}")
+            fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed)
+            if current is not None and current.num_gpus != num_gpus:
+                raise ValueError(f"current has {current.num_gpus} GPUs, not num_gpus = {num_gpus}")
+            # From the served placement, moves toward the fresh plan are among the candidates.
+            start, target = (fresh, None) if current is None else (current, fresh)
             found, _ = place(
                 table,
                 start,
@@ -107,6 +107,7 @@ def optimize(
                 round_us=round_us,
                 max_moves=max_moves,
                 seed=seed,
+                target=target,
             )
             return found
         if max_moves is not None:

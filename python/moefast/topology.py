@@ -126,10 +126,12 @@ def place(
     max_moves: int | None = None,
     max_evaluations: int = 20_000,
     seed: int = 0,
+    target: Placement | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the expected token time under
     `topology` (without one: the compute-only cost, round_us = 1), adding at most
-    `max_moves` replicas that `start` lacks (each one copy of an expert's weights)."""
+    `max_moves` replicas that `start` lacks (each one copy of an expert's weights).
+    With `target` (a fresh plan), half the candidate moves bring `start` toward it."""
     if topology is None:
         topology, round_us = Topology.free(), 1.0
     if max_moves is not None:
@@ -143,4 +145,5 @@ def place(
         max_moves,
         check_count("max_evaluations", max_evaluations, low=0),
         check_seed("seed", seed),
+        target,
     )

@@ -110,7 +110,7 @@ fn topology_batch_time(
 /// (placement, replicas moved): `start` improved for the expected one-token time under
 /// the topology, adding at most `max_moves` replicas that `start` lacks.
 #[pyfunction]
-#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed))]
+#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None))]
 #[allow(clippy::too_many_arguments)]
 fn improve_placement(
     py: Python<'_>,
@@ -122,13 +122,16 @@ fn improve_placement(
     max_moves: Option<&Bound<'_, PyAny>>,
     max_evaluations: &Bound<'_, PyAny>,
     seed: &Bound<'_, PyAny>,
+    target: Option<&PyPlacement>,
 ) -> PyResult<(PyPlacement, usize)> {
+    let target = target.map(|t| t.inner.clone());
     let limits = topology_place::SearchLimits {
         max_moves: max_moves
             .map(|m| count_arg(m, "max_moves", 0))
             .transpose()?,
         max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
         seed: count_arg(seed, "seed", 0)? as u64,
+        target: target.as_deref(),
     };
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let t = self::topology(topology);
