@@ -7,7 +7,9 @@
 //! largest one counts) and the busiest GPU's bytes on each class go at that class's
 //! bandwidth, the classes in parallel:
 //!
-//!     time = max over used classes of latency + max over classes of bytes(class) / bandwidth(class)
+//! ```text
+//! time = max over used classes of latency + max over classes of bytes(class) / bandwidth(class)
+//! ```
 //!
 //! Tokens start on every GPU alike (data-parallel attention), so a token's copies are
 //! counted as expectations over its starting GPU, and a batch's copies are spread over

@@ -4,7 +4,9 @@
 //!
 //! One token (decode): the time of a subset is
 //!
-//!     min over replica choices of round_us * (rounds of the busiest GPU) + comm(nodes used)
+//! ```text
+//! min over replica choices of round_us * (rounds of the busiest GPU) + comm(nodes used)
+//! ```
 //!
 //! and it is solved exactly: the communication depends only on the number of nodes used
 //! and grows with it, so the optimum is the minimum, over every set U of the nodes the
