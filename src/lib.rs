@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cost;
+pub mod eplb;
 pub mod error;
 pub mod layout;
 pub mod limits;

@@ -10,6 +10,7 @@ use crate::error::MoeError;
 use crate::limits;
 
 mod batch;
+mod eplb;
 mod optimize;
 mod table;
 mod topology;
@@ -119,6 +120,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;
+    eplb::register(m)?;
     topology::register(m)?;
     Ok(())
 }
