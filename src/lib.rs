@@ -12,6 +12,9 @@ pub mod optimize;
 pub mod placement;
 pub mod rng;
 pub mod table;
+pub mod topology;
+pub mod topology_cost;
+pub mod topology_place;
 
 #[cfg(feature = "python")]
 mod bindings;

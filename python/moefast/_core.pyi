@@ -20,12 +20,17 @@ __all__ = [
     "check_memory",
     "expected_cost",
     "fill_free_slots",
+    "improve_placement",
     "lower_bound",
     "optimize_batch",
     "optimize_placement",
     "rebalance_experts",
     "simulate_steps",
     "subset_costs",
+    "topology_batch_time",
+    "topology_comm_us",
+    "topology_preset",
+    "topology_subset_times",
 ]
 __version__: Final[str]
 
@@ -166,3 +171,42 @@ def optimize_batch(
     max_evaluations: int,
 ) -> Placement:
     """Local search of the mean step time at `batch_size` from `start`."""
+
+_Transfer = tuple[float, Sequence[float], Sequence[float]]
+_Topology = tuple[int, bool, _Transfer, _Transfer]
+
+def topology_preset(name: str) -> _Topology:
+    """A preset topology ("h800_normal", "h800_low_latency") as the tuple the core takes."""
+
+def topology_comm_us(
+    topology: _Topology, tokens: int, k: int, node_sum: int, num_gpus: int
+) -> float:
+    """Dispatch + combine time (us) of `tokens` tokens reaching `node_sum` nodes in all."""
+
+def topology_subset_times(
+    table: SubsetTable, placement: Placement, topology: _Topology, round_us: float
+) -> npt.NDArray[np.float64]:
+    """Time (us) of one token of each row: rounds x round_us plus communication, exact."""
+
+def topology_batch_time(
+    topk: npt.ArrayLike,
+    placement: Placement,
+    alpha: float,
+    beta: float,
+    p: float,
+    topology: _Topology,
+) -> tuple[float, float]:
+    """(achievable time, lower bound) in us of one layer for a batch [B, k]."""
+
+def improve_placement(
+    table: SubsetTable,
+    start: Placement,
+    slots_per_gpu: int,
+    topology: _Topology,
+    round_us: float,
+    max_moves: int | None,
+    max_evaluations: int,
+    seed: int,
+    target: Placement | None = None,
+) -> tuple[Placement, int]:
+    """(placement, replicas moved): `start` improved for the token time under the topology."""

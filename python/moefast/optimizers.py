@@ -14,6 +14,7 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
+from moefast.topology import V3_ROUND_US, Topology, place
 from moefast.validation import (
     check_count,
     check_int,
@@ -52,6 +53,10 @@ def optimize(
     max_evaluations: int = 40_000,
     time_budget: float | None = None,
     work_budget: int | None = None,
+    topology: Topology | None = None,
+    round_us: float = V3_ROUND_US,
+    current: Placement | None = None,
+    max_moves: int | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
@@ -72,6 +77,11 @@ def optimize(
     machine), a time budget does not. A complete placement is always built first (about
     a sixth of an unbudgeted run on a DeepSeek-V3-size layer), so a very small budget can
     be exceeded. Baselines and the MILP ignore them.
+
+    With `topology` (decode), the token time in us is minimized: round_us per expert round
+    plus dispatch and combine between nodes (`moefast.topology.place`, from `method`'s
+    placement). With `current`, the search starts from the served placement instead, and
+    `max_moves` bounds the replicas the result adds to it (weight copies).
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -99,6 +109,34 @@ def optimize(
         ]
         if given:
             raise ValueError(f"{', '.join(given)} need objective='batch'")
+        if topology is not None or current is not None:
+            fresh = optimize(
+                table,
+                num_gpus,
+                slots_per_gpu,
+                method=method,
+                seed=seed,
+                time_limit=time_limit,
+                time_budget=time_budget,
+                work_budget=work_budget,
+            )
+            if current is not None and current.num_gpus != num_gpus:
+                raise ValueError(f"current has {current.num_gpus} GPUs, not num_gpus = {num_gpus}")
+            # From the served placement, moves toward the fresh plan are among the candidates.
+            start, target = (fresh, None) if current is None else (current, fresh)
+            found, _ = place(
+                table,
+                start,
+                slots_per_gpu,
+                topology=topology,
+                round_us=round_us,
+                max_moves=max_moves,
+                seed=seed,
+                target=target,
+            )
+            return found
+        if max_moves is not None:
+            raise ValueError("max_moves needs current= (the placement being served)")
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
         return _core.optimize_placement(

@@ -13,6 +13,7 @@ mod batch;
 mod eplb;
 mod optimize;
 mod table;
+mod topology;
 
 impl From<MoeError> for PyErr {
     fn from(err: MoeError) -> PyErr {
@@ -120,5 +121,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optimize::register(m)?;
     batch::register(m)?;
     eplb::register(m)?;
+    topology::register(m)?;
     Ok(())
 }

@@ -1,0 +1,149 @@
+"""GPUs in nodes, the links between them, and layer times with communication (issue 14).
+
+A `Topology` groups GPUs in nodes of `gpus_per_node` and gives each transfer of an
+expert-parallel layer (dispatch, combine) a latency and a bandwidth per link class (same
+GPU, NVLink inside a node, RDMA between nodes) and the bytes a token sends. The model and
+the presets live in the core (`src/topology.rs`); the presets are fitted to DeepEP's
+published figures on H800 with 400 Gb/s InfiniBand (deepseek-ai/DeepEP, docs/legacy.md):
+low-latency kernel times within 5% at EP 8 to 256, normal-kernel bandwidths within 14%.
+
+With a topology, the time of a token is round_us x (expert rounds of the busiest GPU) plus
+dispatch and combine; the replica choice per token is exact (`subset_times`). A batch is
+bounded (`batch_time`). `place` improves a placement for that time, or re-plans a served
+placement with at most `max_moves` new replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from moefast import _core
+from moefast._core import Placement, SubsetTable
+from moefast.cost_model import CostModel
+from moefast.validation import check_count, check_seed
+
+#: Time of one expert round in decode (us): a DeepSeek-V3 expert's weight read on an H100
+#: (DESIGN 2.2, alpha of 7168x2048), the default when no cost model is given.
+V3_ROUND_US = 47.0
+
+PRESETS = ("h800_normal", "h800_low_latency")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One direction of the exchange: bytes per token copy, and per link class (same GPU,
+    NVLink, RDMA) a latency in microseconds and a bandwidth in GB/s (inf: free)."""
+
+    bytes_per_token: float
+    latency_us: tuple[float, float, float]
+    bandwidth_gb_s: tuple[float, float, float]
+
+
+def _transfer(t: tuple[float, Sequence[float], Sequence[float]]) -> Transfer:
+    bytes_per_token, lat, bw = t
+    return Transfer(bytes_per_token, (lat[0], lat[1], lat[2]), (bw[0], bw[1], bw[2]))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """GPUs in nodes of `gpus_per_node` (GPU g on node g // gpus_per_node), the dispatch and
+    combine transfers, and whether a token is sent once per expert (`per_pair`, DeepEP's
+    low-latency kernels) or once per node it reaches (its normal kernels)."""
+
+    gpus_per_node: int
+    dispatch: Transfer
+    combine: Transfer
+    per_pair: bool = False
+
+    @classmethod
+    def preset(cls, name: str = "h800_normal", *, gpus_per_node: int = 8) -> Topology:
+        """DeepEP's H800 + 400 Gb/s InfiniBand figures: "h800_normal" (one copy per node
+        reached) or "h800_low_latency" (one copy per expert)."""
+        _, per_pair, d, c = _core.topology_preset(name)
+        return cls(
+            gpus_per_node=check_count("gpus_per_node", gpus_per_node),
+            dispatch=_transfer(d),
+            combine=_transfer(c),
+            per_pair=per_pair,
+        )
+
+    @classmethod
+    def free(cls, gpus_per_node: int = 1) -> Topology:
+        """No communication cost: times under it are the compute-only costs."""
+        free = Transfer(0.0, (0.0, 0.0, 0.0), (np.inf, np.inf, np.inf))
+        return cls(check_count("gpus_per_node", gpus_per_node), free, free)
+
+    def as_tuple(self) -> tuple:
+        """The form the core takes."""
+
+        def tr(t: Transfer) -> tuple:
+            return (float(t.bytes_per_token), list(t.latency_us), list(t.bandwidth_gb_s))
+
+        return (int(self.gpus_per_node), bool(self.per_pair), tr(self.dispatch), tr(self.combine))
+
+    def comm_us(self, tokens: int, k: int, node_sum: int, num_gpus: int) -> float:
+        """Dispatch + combine time (us) of `tokens` tokens of `k` experts reaching
+        `node_sum` nodes in all (summed over tokens) on `num_gpus` GPUs."""
+        return _core.topology_comm_us(self.as_tuple(), tokens, k, node_sum, num_gpus)
+
+
+def subset_times(
+    table: SubsetTable, placement: Placement, topology: Topology, *, round_us: float = V3_ROUND_US
+) -> np.ndarray:
+    """Time (us) of one token of each row of `table`: round_us per expert round of the
+    busiest GPU plus dispatch and combine, minimized exactly over the replica choice."""
+    return _core.topology_subset_times(table, placement, topology.as_tuple(), float(round_us))
+
+
+def expected_time(
+    table: SubsetTable, placement: Placement, topology: Topology, *, round_us: float = V3_ROUND_US
+) -> float:
+    """Mean time (us per token) of `table` under the placement and topology."""
+    times = subset_times(table, placement, topology, round_us=round_us)
+    return float(np.dot(times, table.weights) / table.total_weight)
+
+
+def batch_time(
+    topk: np.ndarray, placement: Placement, topology: Topology, cost_model: CostModel
+) -> tuple[float, float]:
+    """(achievable time, lower bound) in us of one layer for a batch [tokens, k]: the
+    busiest GPU's compute under `cost_model` plus dispatch and combine."""
+    return _core.topology_batch_time(
+        topk, placement, cost_model.alpha, cost_model.beta, cost_model.p, topology.as_tuple()
+    )
+
+
+def place(
+    table: SubsetTable,
+    start: Placement,
+    slots_per_gpu: int,
+    *,
+    topology: Topology | None = None,
+    round_us: float = V3_ROUND_US,
+    max_moves: int | None = None,
+    max_evaluations: int = 20_000,
+    seed: int = 0,
+    target: Placement | None = None,
+) -> tuple[Placement, int]:
+    """(placement, replicas moved): `start` improved for the expected token time under
+    `topology` (without one: the compute-only cost, round_us = 1), adding at most
+    `max_moves` replicas that `start` lacks (each one copy of an expert's weights).
+    With `target` (a fresh plan), half the candidate moves bring `start` toward it."""
+    if topology is None:
+        topology, round_us = Topology.free(), 1.0
+    if max_moves is not None:
+        max_moves = check_count("max_moves", max_moves, low=0)
+    return _core.improve_placement(
+        table,
+        start,
+        slots_per_gpu,
+        topology.as_tuple(),
+        float(round_us),
+        max_moves,
+        check_count("max_evaluations", max_evaluations, low=0),
+        check_seed("seed", seed),
+        target,
+    )

@@ -1,0 +1,151 @@
+//! Bindings of the topology: presets, times with communication, the node-aware search.
+
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::table::{PyPlacement, PySubsetTable};
+use super::{count_arg, ids_2d};
+use crate::batch::CostModel;
+use crate::topology::{Topology, Transfer};
+use crate::{topology_cost, topology_place};
+
+/// A transfer as Python passes it: (bytes_per_token, 3 latencies us, 3 bandwidths GB/s),
+/// link classes in the order same GPU, NVLink, RDMA.
+type TransferTuple = (f64, [f64; 3], [f64; 3]);
+/// (gpus_per_node, per_pair, dispatch, combine).
+type TopologyTuple = (usize, bool, TransferTuple, TransferTuple);
+
+fn transfer((bytes_per_token, latency_us, bandwidth_gb_s): TransferTuple) -> Transfer {
+    Transfer {
+        bytes_per_token,
+        latency_us,
+        bandwidth_gb_s,
+    }
+}
+
+fn topology(t: TopologyTuple) -> Topology {
+    Topology {
+        gpus_per_node: t.0,
+        per_pair: t.1,
+        dispatch: transfer(t.2),
+        combine: transfer(t.3),
+    }
+}
+
+fn tuple(t: &Topology) -> TopologyTuple {
+    let tr = |x: &Transfer| (x.bytes_per_token, x.latency_us, x.bandwidth_gb_s);
+    (t.gpus_per_node, t.per_pair, tr(&t.dispatch), tr(&t.combine))
+}
+
+/// The preset `name` ("h800_normal" or "h800_low_latency") as a topology tuple.
+#[pyfunction]
+fn topology_preset(name: &str) -> PyResult<TopologyTuple> {
+    match name {
+        "h800_normal" => Ok(tuple(&Topology::h800_normal())),
+        "h800_low_latency" => Ok(tuple(&Topology::h800_low_latency())),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown topology preset {name:?}: expected \"h800_normal\" or \"h800_low_latency\""
+        ))),
+    }
+}
+
+/// Dispatch + combine time (us) of `tokens` tokens with `k` experts each reaching
+/// `node_sum` nodes in all, on `num_gpus` GPUs.
+#[pyfunction]
+fn topology_comm_us(
+    topology: TopologyTuple,
+    tokens: usize,
+    k: usize,
+    node_sum: usize,
+    num_gpus: usize,
+) -> PyResult<f64> {
+    let t = self::topology(topology);
+    t.check(num_gpus)?;
+    Ok(t.batch_comm_us(tokens, k, node_sum, num_gpus))
+}
+
+/// Time (us) of each row of the table: round_us per expert round of the busiest GPU plus
+/// dispatch and combine, the replica choice exact.
+#[pyfunction]
+fn topology_subset_times<'py>(
+    py: Python<'py>,
+    table: &PySubsetTable,
+    placement: &PyPlacement,
+    topology: TopologyTuple,
+    round_us: f64,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let t = self::topology(topology);
+    let (table, placement) = (table.inner.clone(), placement.inner.clone());
+    let times = py.detach(|| topology_cost::subset_times(&table, &placement, &t, round_us))?;
+    Ok(PyArray1::from_vec(py, times))
+}
+
+/// (achievable time, lower bound) in us of one layer for a batch [tokens, k].
+#[pyfunction]
+#[pyo3(signature = (topk, placement, alpha, beta, p, topology))]
+fn topology_batch_time(
+    py: Python<'_>,
+    topk: &Bound<'_, PyAny>,
+    placement: &PyPlacement,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    topology: TopologyTuple,
+) -> PyResult<(f64, f64)> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let t = self::topology(topology);
+    let ids = ids_2d(topk, "topk_batch")?;
+    let k = ids.shape()[1];
+    if ids.shape()[0] == 0 {
+        return Ok((0.0, 0.0));
+    }
+    let ids = ids.as_slice()?;
+    let placement = placement.inner.clone();
+    Ok(py.detach(|| topology_cost::batch_time_bounds(ids, k, &placement, model, &t))?)
+}
+
+/// (placement, replicas moved): `start` improved for the expected one-token time under
+/// the topology, adding at most `max_moves` replicas that `start` lacks.
+#[pyfunction]
+#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None))]
+#[allow(clippy::too_many_arguments)]
+fn improve_placement(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    start: &PyPlacement,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    topology: TopologyTuple,
+    round_us: f64,
+    max_moves: Option<&Bound<'_, PyAny>>,
+    max_evaluations: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    target: Option<&PyPlacement>,
+) -> PyResult<(PyPlacement, usize)> {
+    let target = target.map(|t| t.inner.clone());
+    let limits = topology_place::SearchLimits {
+        max_moves: max_moves
+            .map(|m| count_arg(m, "max_moves", 0))
+            .transpose()?,
+        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
+        seed: count_arg(seed, "seed", 0)? as u64,
+        target: target.as_deref(),
+    };
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let t = self::topology(topology);
+    let (table, start) = (table.inner.clone(), start.inner.clone());
+    let (p, moved) =
+        py.detach(|| topology_place::improve(&table, &start, slots, &t, round_us, limits))?;
+    Ok((PyPlacement { inner: Arc::new(p) }, moved))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(topology_preset, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_comm_us, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_subset_times, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_batch_time, m)?)?;
+    m.add_function(wrap_pyfunction!(improve_placement, m)?)?;
+    Ok(())
+}

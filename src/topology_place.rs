@@ -1,0 +1,431 @@
+//! Placement with communication and re-planning with few moves (issue 14).
+//!
+//! A local search on the exact one-token time of `crate::topology_cost` (compute of the
+//! busiest GPU plus dispatch and combine of the nodes used): it starts from a placement
+//! (the compute-only greedy's, or the one being served) and makes the best of a few
+//! sampled moves while it lowers the table's expected time. Moves keep every GPU full:
+//! `Swap` (two replicas trade GPUs) and `Replace` (a second replica of one expert becomes a
+//! replica of another). Candidates come from the heavy rows whose time is above the best
+//! a row can have; each is scored exactly on the rows its experts appear in.
+//!
+//! With `max_moves`, the result differs from the start by at most that many replicas
+//! (expert copies to a GPU that did not hold them): the best the search reaches with that
+//! many weight copies. Under `Topology::free` and `round_us` = 1 the time is the
+//! compute-only cost, so the same search re-plans the compute-only placement.
+
+use crate::error::{MoeError, Result};
+use crate::layout::{Layout, Move};
+use crate::limits::check_memory;
+use crate::placement::Placement;
+use crate::rng::SplitMix64;
+use crate::table::SubsetTable;
+use crate::topology::Topology;
+use crate::topology_cost::{check_topology, token_time, TokenScratch};
+
+/// Candidates scored per step, and steps without progress before the search stops.
+const CANDIDATES: usize = 24;
+const PATIENCE: usize = 40;
+
+/// What the search may do.
+#[derive(Clone, Copy, Debug)]
+pub struct SearchLimits<'t> {
+    /// Most replicas of the result not in the start.
+    pub max_moves: Option<usize>,
+    /// Most candidate moves scored.
+    pub max_evaluations: usize,
+    /// Half the candidates move toward this placement (a fresh plan) when given.
+    pub seed: u64,
+    pub target: Option<&'t Placement>,
+}
+
+struct Search<'a> {
+    table: &'a SubsetTable,
+    topology: &'a Topology,
+    round_us: f64,
+    layout: Layout,
+    start: Layout,
+    rows_of: Vec<Vec<u32>>,
+    times: Vec<f64>,
+    /// The best time any row can have: ceil(k / G) rounds on one node.
+    floor: f64,
+    stamp: Vec<u32>,
+    epoch: u32,
+    scratch: TokenScratch,
+    moved: usize,
+}
+
+impl<'a> Search<'a> {
+    fn row(&self, r: usize) -> &'a [u16] {
+        let k = self.table.k();
+        &self.table.subsets()[r * k..(r + 1) * k]
+    }
+
+    /// Replicas a move adds that the start lacks, minus those it gives back.
+    fn moves_delta(&self, mv: Move) -> isize {
+        let mut d = 0;
+        for c in mv.changes().iter() {
+            let e = c.expert as usize;
+            if let Some(g) = c.remove {
+                d -= isize::from(!self.start.holds(e, g as usize));
+            }
+            if let Some(g) = c.add {
+                d += isize::from(!self.start.holds(e, g as usize));
+            }
+        }
+        d
+    }
+
+    /// The change of the weighted time sum if `mv` were made (made and taken back).
+    fn delta(&mut self, mv: Move) -> f64 {
+        self.epoch += 1;
+        self.layout.apply(mv);
+        let mut d = 0.0;
+        for e in mv.experts() {
+            for i in 0..self.rows_of[e as usize].len() {
+                let r = self.rows_of[e as usize][i] as usize;
+                if self.stamp[r] == self.epoch {
+                    continue;
+                }
+                self.stamp[r] = self.epoch;
+                let row = self.row(r);
+                let t = token_time(
+                    row,
+                    &self.layout,
+                    self.topology,
+                    self.round_us,
+                    &mut self.scratch,
+                )
+                .0;
+                d += self.table.weights()[r] * (t - self.times[r]);
+            }
+        }
+        self.layout.undo(mv);
+        d
+    }
+
+    fn make(&mut self, mv: Move) {
+        self.moved = (self.moved as isize + self.moves_delta(mv)) as usize;
+        self.layout.apply(mv);
+        let mut done: Vec<u32> = Vec::new();
+        for e in mv.experts() {
+            done.extend(&self.rows_of[e as usize]);
+        }
+        done.sort_unstable();
+        done.dedup();
+        for r in done {
+            let row = self.row(r as usize);
+            self.times[r as usize] = token_time(
+                row,
+                &self.layout,
+                self.topology,
+                self.round_us,
+                &mut self.scratch,
+            )
+            .0;
+        }
+    }
+
+    /// A move that gives GPU g a replica the target has there: a sampled (expert, GPU)
+    /// of the target that the layout lacks, made by replacing or swapping out an expert
+    /// the target does not want on g.
+    fn toward(&self, target: &Placement, slots: usize, rng: &mut SplitMix64) -> Option<Move> {
+        let g = rng.below(self.layout.num_gpus());
+        let wanted: Vec<u16> = (0..target.num_experts())
+            .filter(|&e| target.holds(e, g) && !self.layout.holds(e, g))
+            .map(|e| e as u16)
+            .collect();
+        let unwanted: Vec<u16> = self
+            .layout
+            .experts_on(g)
+            .iter()
+            .copied()
+            .filter(|&e| !target.holds(e as usize, g))
+            .collect();
+        if wanted.is_empty() || unwanted.is_empty() {
+            return None;
+        }
+        let new = wanted[rng.below(wanted.len())];
+        let old = unwanted[rng.below(unwanted.len())];
+        let mv = if self.layout.replicas(old as usize) >= 2 {
+            Move::Replace {
+                old,
+                gpu: g as u16,
+                new,
+            }
+        } else {
+            let from = self.layout.gpus_of(new as usize);
+            Move::Swap {
+                first: new,
+                from: from[rng.below(from.len())],
+                second: old,
+                to: g as u16,
+            }
+        };
+        self.layout.allows(mv, slots).then_some(mv)
+    }
+
+    /// A sampled move that touches one expert of `row`, or None.
+    fn candidate(&self, row: &[u16], slots: usize, rng: &mut SplitMix64) -> Option<Move> {
+        let g = self.layout.num_gpus();
+        let e = row[rng.below(row.len())];
+        let gpus = self.layout.gpus_of(e as usize);
+        let from = gpus[rng.below(gpus.len())];
+        let gpn = self.topology.gpus_per_node;
+        let mv = if rng.below(3) == 0 {
+            // A second replica elsewhere becomes a replica of e, on a GPU of a node the
+            // row already uses or anywhere.
+            let to = if rng.below(2) == 0 {
+                let other = row[rng.below(row.len())];
+                let og = self.layout.gpus_of(other as usize);
+                let node = og[rng.below(og.len())] as usize / gpn;
+                (node * gpn + rng.below(gpn)) as u16
+            } else {
+                rng.below(g) as u16
+            };
+            let on = self.layout.experts_on(to as usize);
+            let old = on[rng.below(on.len())];
+            Move::Replace {
+                old,
+                gpu: to,
+                new: e,
+            }
+        } else {
+            // e trades GPUs with an expert on another GPU, preferably of a node the row uses.
+            let to = if rng.below(2) == 0 {
+                let other = row[rng.below(row.len())];
+                let og = self.layout.gpus_of(other as usize);
+                let node = og[rng.below(og.len())] as usize / gpn;
+                (node * gpn + rng.below(gpn)) as u16
+            } else {
+                rng.below(g) as u16
+            };
+            let on = self.layout.experts_on(to as usize);
+            let second = on[rng.below(on.len())];
+            Move::Swap {
+                first: e,
+                from,
+                second,
+                to,
+            }
+        };
+        self.layout.allows(mv, slots).then_some(mv)
+    }
+}
+
+/// Improves `start` for the table's expected one-token time under `topology` (module
+/// docs). Returns the placement and the number of replicas it has that `start` lacks.
+pub fn improve(
+    table: &SubsetTable,
+    start: &Placement,
+    slots_per_gpu: usize,
+    topology: &Topology,
+    round_us: f64,
+    limits: SearchLimits<'_>,
+) -> Result<(Placement, usize)> {
+    check_topology(topology, start)?;
+    if let Some(t) = limits.target {
+        if (t.num_experts(), t.num_gpus()) != (start.num_experts(), start.num_gpus()) {
+            return Err(MoeError::value(format!(
+                "the target placement has {} experts on {} GPUs, the current one {} on {}",
+                t.num_experts(),
+                t.num_gpus(),
+                start.num_experts(),
+                start.num_gpus()
+            )));
+        }
+    }
+    check_memory(table.num_experts(), start.num_gpus(), slots_per_gpu)?;
+    crate::cost::check_compatible(table, start)?;
+    if let Some((g, n)) = start
+        .slots_used()
+        .iter()
+        .enumerate()
+        .find(|(_, &n)| n != slots_per_gpu)
+    {
+        return Err(MoeError::value(format!(
+            "the current placement has {n} experts on GPU {g}, not slots_per_gpu = {slots_per_gpu}"
+        )));
+    }
+    if !(round_us.is_finite() && round_us >= 0.0) {
+        return Err(MoeError::value(format!(
+            "round_us = {round_us}: must be finite and non-negative"
+        )));
+    }
+    let layout = Layout::from_placement(start);
+    let mut rows_of = vec![Vec::new(); table.num_experts()];
+    for (r, row) in table.subsets().chunks_exact(table.k()).enumerate() {
+        for &e in row {
+            rows_of[e as usize].push(r as u32);
+        }
+    }
+    let g = start.num_gpus();
+    let times = crate::topology_cost::subset_times(table, start, topology, round_us)?;
+    let floor = round_us * table.k().div_ceil(g) as f64 + topology.token_comm_us(table.k(), 1, g);
+    let mut s = Search {
+        table,
+        topology,
+        round_us,
+        start: layout.clone(),
+        layout,
+        rows_of,
+        times,
+        floor,
+        stamp: vec![0; table.len()],
+        epoch: 0,
+        scratch: TokenScratch::new(g),
+        moved: 0,
+    };
+    let mut rng = SplitMix64::new(limits.seed);
+    let mut evaluations = 0;
+    let mut idle = 0;
+    let eps = 1e-9 * table.total_weight().max(1.0);
+    while evaluations < limits.max_evaluations && idle < PATIENCE {
+        // Rows by the time they lose over the floor, weighted: sample one per candidate.
+        let mut cumulative = Vec::with_capacity(s.times.len());
+        let mut total = 0.0;
+        for (&t, &w) in s.times.iter().zip(table.weights()) {
+            total += w * (t - s.floor).max(0.0);
+            cumulative.push(total);
+        }
+        if total <= eps {
+            break;
+        }
+        // Under a move budget, more candidates per step, ranked by gain per replica copied.
+        let candidates = if limits.max_moves.is_some() {
+            4 * CANDIDATES
+        } else {
+            CANDIDATES
+        };
+        let mut best: Option<(f64, Move)> = None;
+        for _ in 0..candidates {
+            let x = rng.unit() * total;
+            let r = cumulative
+                .partition_point(|&c| c <= x)
+                .min(cumulative.len() - 1);
+            let mv = match limits.target {
+                Some(t) if rng.below(2) == 0 => s.toward(t, slots_per_gpu, &mut rng),
+                _ => s.candidate(s.row(r), slots_per_gpu, &mut rng),
+            };
+            let Some(mv) = mv else {
+                continue;
+            };
+            let copies = s.moves_delta(mv);
+            if let Some(m) = limits.max_moves {
+                if (s.moved as isize + copies) as usize > m {
+                    continue;
+                }
+            }
+            evaluations += 1;
+            let mut d = s.delta(mv);
+            if d < -eps && limits.max_moves.is_some() {
+                d /= copies.max(1) as f64;
+            }
+            if d < -eps && best.is_none_or(|(bd, _)| d < bd) {
+                best = Some((d, mv));
+            }
+        }
+        match best {
+            Some((_, mv)) => {
+                s.make(mv);
+                idle = 0;
+            }
+            None => idle += 1,
+        }
+    }
+    let moved = s.moved;
+    Ok((s.layout.to_placement()?, moved))
+}
+
+/// Replicas of `to` that `from` lacks (the weight copies that turn `from` into `to`).
+pub fn replica_moves(from: &Placement, to: &Placement) -> usize {
+    (0..to.num_experts())
+        .map(|e| {
+            to.gpus_of(e)
+                .iter()
+                .filter(|&&g| !from.holds(e, g as usize))
+                .count()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology_cost::expected_time;
+
+    fn limits(max_moves: Option<usize>) -> SearchLimits<'static> {
+        SearchLimits {
+            max_moves,
+            max_evaluations: 3_000,
+            seed: 3,
+            target: None,
+        }
+    }
+
+    #[test]
+    fn search_lowers_the_time_with_communication() {
+        let t = crate::optimize::skewed_table(9, 3000, 32, 4, 6, 58);
+        let topo = Topology::h800_normal();
+        let topo = Topology {
+            gpus_per_node: 4,
+            ..topo
+        };
+        let start = crate::optimize::optimize(&t, 16, 3, "round_robin", 0).unwrap();
+        let before = expected_time(&t, &start, &topo, 47.0).unwrap();
+        let (p, moved) = improve(&t, &start, 3, &topo, 47.0, limits(None)).unwrap();
+        let after = expected_time(&t, &p, &topo, 47.0).unwrap();
+        assert!(after < before, "{after} vs {before}");
+        assert_eq!(moved, replica_moves(&start, &p));
+        assert_eq!(p.slots_used(), vec![3; 16]);
+    }
+
+    #[test]
+    fn max_moves_bounds_the_replicas_copied() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology::free(1);
+        let start = crate::optimize::optimize(&t, 8, 5, "contiguous", 0).unwrap();
+        let before = expected_time(&t, &start, &topo, 1.0).unwrap();
+        let mut last = before;
+        for m in [0, 2, 6, 20] {
+            let (p, moved) = improve(&t, &start, 5, &topo, 1.0, limits(Some(m))).unwrap();
+            assert!(
+                moved <= m && replica_moves(&start, &p) == moved,
+                "{m}: {moved}"
+            );
+            let cost = expected_time(&t, &p, &topo, 1.0).unwrap();
+            assert!(cost <= before + 1e-12);
+            if m == 0 {
+                assert_eq!(p, start);
+            }
+            last = last.min(cost);
+        }
+        assert!(last < before);
+    }
+
+    #[test]
+    fn moves_toward_a_target_reach_it_when_allowed() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology::free(1);
+        let start = crate::optimize::optimize(&t, 8, 5, "contiguous", 0).unwrap();
+        let fresh = crate::optimize::optimize(&t, 8, 5, "greedy", 0).unwrap();
+        let l = SearchLimits {
+            target: Some(&fresh),
+            ..limits(Some(10))
+        };
+        let (p, moved) = improve(&t, &start, 5, &topo, 1.0, l).unwrap();
+        assert!(moved <= 10);
+        let (q, _) = improve(&t, &start, 5, &topo, 1.0, limits(Some(10))).unwrap();
+        let cost = |x: &Placement| expected_time(&t, x, &topo, 1.0).unwrap();
+        assert!(cost(&p) < cost(&start) && cost(&q) < cost(&start));
+    }
+
+    #[test]
+    fn rejects_a_start_that_does_not_fill_the_slots() {
+        let t = crate::optimize::skewed_table(4, 100, 8, 2, 3, 60);
+        let start = crate::optimize::optimize(&t, 4, 2, "contiguous", 0).unwrap();
+        let msg = improve(&t, &start, 3, &Topology::free(1), 1.0, limits(None))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not slots_per_gpu = 3"), "{msg}");
+    }
+}
