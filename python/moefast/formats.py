@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from moefast._core import Placement
+from moefast.atomic import write_text
 from moefast.model import ModelPlacement
 
 PLACEMENT_FORMATS = ("json", "sglang", "eplb", "trtllm", "vllm-ascend")
@@ -185,7 +186,7 @@ def save_placement(
     if format == "trtllm":
         import yaml
 
-        path.write_text(yaml.safe_dump(_trtllm(model), sort_keys=False, default_flow_style=None))
+        write_text(path, yaml.safe_dump(_trtllm(model), sort_keys=False, default_flow_style=None))
         return
     if format == "json":
         data = _native(model)
@@ -197,7 +198,7 @@ def save_placement(
         data = _vllm_ascend(model)
     else:
         raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
-    path.write_text(json.dumps(data, default=_plain) + "\n")
+    write_text(path, json.dumps(data, default=_plain, allow_nan=False) + "\n")
 
 
 def _plain(value: Any) -> Any:

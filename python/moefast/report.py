@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast.atomic import save_figure, write_text
 from moefast.optimizers import optimize
 from moefast.progress import progress
 
@@ -169,7 +170,7 @@ def plot_coactivation(table: SubsetTable, layer_id: int, path: Path) -> None:
     ax.set_ylabel("expert")
     fig.colorbar(image, ax=ax, label="share of tokens choosing both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -178,7 +179,7 @@ def _finish(plt, fig, ax, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -321,5 +322,5 @@ def write_report(
         "",
     ]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from moefast._core import SubsetTable
+from moefast.atomic import atomic_open
 
 PathLike = str | os.PathLike
 
@@ -172,7 +173,7 @@ class Trace:
             arrays["weights"] = self.weights
         path = Path(path)
         # np.savez appends ".npz" to other names, which would surprise the caller.
-        with open(path, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
 
 

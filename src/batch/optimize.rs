@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use super::cost_model::CostModel;
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
+use crate::cancel;
 use crate::error::{MoeError, Result};
 use crate::placement::Placement;
 use crate::rng::SplitMix64;
@@ -357,7 +358,7 @@ pub fn optimize_batch(
         let candidates = search.candidates(&mut rng);
         let mut improved = false;
         for chunk in candidates.chunks(CHUNK) {
-            if evaluations >= options.max_evaluations {
+            if evaluations >= options.max_evaluations || cancel::requested() {
                 break;
             }
             evaluations += chunk.len();
@@ -392,7 +393,7 @@ pub fn optimize_batch(
                 improved = true;
             }
         }
-        if !improved || evaluations >= options.max_evaluations {
+        if !improved || evaluations >= options.max_evaluations || cancel::requested() {
             break;
         }
     }

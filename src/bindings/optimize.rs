@@ -5,6 +5,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 
 use super::count_arg;
+use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::optimize;
 
@@ -32,8 +33,9 @@ fn optimize_placement(
         .transpose()?
         .unwrap_or(0) as u64;
     let table = table.inner.clone();
-    let placement =
-        py.detach(|| optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed))?;
+    let placement = interruptible(py, || {
+        optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed)
+    })?;
     Ok(PyPlacement {
         inner: Arc::new(placement),
     })

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::gains::GainTable;
 use super::layout::{Change, RowScratch};
 use super::state::State;
+use crate::cancel;
 
 /// New experts tried for each replica slot.
 const EXPERTS_PER_SLOT: usize = 4;
@@ -58,7 +59,7 @@ pub fn improve(state: &mut State, gains: &mut GainTable, limits: Limits) -> usiz
 pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits) -> (usize, usize) {
     let mut made = 0;
     let mut spent = 0usize;
-    while made < limits.max_moves {
+    while made < limits.max_moves && !cancel::requested() {
         let candidates = candidates(state, gains, limits.candidates);
         let changes = |&(_, old, gpu, new): &(i64, usize, usize, usize)| {
             [

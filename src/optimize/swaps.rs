@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::layout::RowScratch;
 use super::state::{State, Swap};
+use crate::cancel;
 
 /// Share of the total cost a search must gain per `Limits::patience` rows to go on.
 const MIN_PROGRESS: f64 = 0.001;
@@ -44,7 +45,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let mut made = 0usize;
     let mut checkpoint = (0usize, state.total);
     let mut scratch = RowScratch::new(state.layout.num_gpus());
-    'search: while spent < limits.max_rows && state.total > floor {
+    'search: while spent < limits.max_rows && state.total > floor && !cancel::requested() {
         if spent - checkpoint.0 >= limits.patience {
             if ((checkpoint.1 - state.total) as f64) < MIN_PROGRESS * checkpoint.1 as f64 {
                 break;

@@ -1,0 +1,63 @@
+//! Long core calls that Ctrl-C stops. Python handles a signal only when the main thread
+//! runs Python code, which it does not while it waits in a Rust call: the work runs on a
+//! helper thread with the GIL released, and the calling thread checks for signals every
+//! `POLL`. On KeyboardInterrupt (or any exception a signal handler raises) it asks the
+//! core to stop (`crate::cancel`), waits for the work to notice, and raises the exception.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::prelude::*;
+
+use crate::cancel;
+
+const POLL: Duration = Duration::from_millis(25);
+
+/// Runs `work` with the GIL released so that a signal stops it; its partial result is
+/// discarded when a stop was requested, here or by another call's signal.
+pub fn interruptible<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> crate::Result<T> + Send,
+{
+    let _scope = cancel::Scope::enter();
+    let waiter = std::thread::current();
+    let mut signal: Option<PyErr> = None;
+    let outcome = std::thread::scope(|s| {
+        let handle = s.spawn(move || {
+            let result = work();
+            waiter.unpark();
+            result
+        });
+        while !handle.is_finished() {
+            py.detach(|| std::thread::park_timeout(POLL));
+            if signal.is_none() && !handle.is_finished() {
+                if let Err(err) = py.check_signals() {
+                    signal = Some(err);
+                    cancel::request();
+                }
+            }
+        }
+        handle.join()
+    });
+    let result = match outcome {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    if let Some(err) = signal {
+        return Err(err);
+    }
+    if cancel::requested() {
+        return Err(PyKeyboardInterrupt::new_err(
+            "stopped: another call was interrupted",
+        ));
+    }
+    Ok(result?)
+}
+
+/// Stops every running core call (their callers raise KeyboardInterrupt). For Python
+/// code that catches KeyboardInterrupt while worker threads run core calls.
+#[pyfunction]
+pub fn interrupt() {
+    cancel::request();
+}
