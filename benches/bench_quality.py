@@ -65,7 +65,7 @@ def test_greedy_against_milp_on_dbrx_size_layers():
             worst = max(worst, gap)
             print(
                 f"  {layer:5d} {slots:5d} {len(table):7d} {greedy:7.4f} {exact.cost:7.4f} {exact.bound:7.4f}"
-                f"  {str(exact.optimal):6s} {gap:11.3%} {greedy / exact.bound - 1:11.3%}"
+                f"  {exact.optimal!s:6s} {gap:11.3%} {greedy / exact.bound - 1:11.3%}"
             )
     print(f"  worst greedy gap to the MILP: {worst:.3%}")
     assert worst <= 0.03

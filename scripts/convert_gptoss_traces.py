@@ -20,7 +20,7 @@ def token_rows(example: dict) -> list[list[list[int]]]:
     rows = []
     for entry in example["router_data"]:
         ((_, layers),) = entry.items()
-        rows.append([layers[f"layer_{l}"]["selected_experts"] for l in range(NUM_LAYERS)])
+        rows.append([layers[f"layer_{layer}"]["selected_experts"] for layer in range(NUM_LAYERS)])
     return rows
 
 

@@ -161,18 +161,34 @@ def test_simulate_whole_model_sums_layers():
     cm = mf.CostModel(10.0, 0.0)
     (model,) = mf.simulate(topk, mp, 1, cm, steps=500, seed=1)
     per_layer = [
-        mf.simulate(topk[:, l, :], mp[l], 1, cm, steps=500, seed=1)[0]["mean_step_time"]
-        for l in range(3)
+        mf.simulate(topk[:, layer, :], mp[layer], 1, cm, steps=500, seed=1)[0]["mean_step_time"]
+        for layer in range(3)
     ]
     # The same tokens are drawn for every layer, so the model's steps sum the layers'.
     assert model["mean_step_time"] == pytest.approx(sum(per_layer))
+    assert mf.simulate(mf.Trace(topk, 8), mp, 1, cm, steps=500, seed=1) == [model]
 
-    class Trace:
-        pass
 
-    holder = Trace()
-    holder.topk = topk
-    assert mf.simulate(holder, mp, 1, cm, steps=500, seed=1) == [model]
+def test_simulate_takes_one_table_per_layer():
+    topk = _trace(layers=2)
+    tables = [mf.SubsetTable.from_topk(topk[:, layer, :], 8) for layer in range(2)]
+    mp = ModelPlacement([mf.Placement.from_lists([[e % 4] for e in range(8)], 4)] * 2, 2)
+    cm = mf.CostModel(10.0, 0.0)
+    (both,) = mf.simulate(tables, mp, 4, cm, steps=300, seed=2)
+    alone = [mf.simulate(t, mp[i], 4, cm, steps=300, seed=2)[0] for i, t in enumerate(tables)]
+    # Each layer is drawn from its own table: the model's mean is the sum of the layers'.
+    assert both["mean_step_time"] == pytest.approx(sum(r["mean_step_time"] for r in alone))
+
+
+def test_simulate_refuses_what_is_not_a_trace_by_type():
+    class LooksLikeATrace:
+        topk = _trace(layers=1)
+
+    p = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
+    with pytest.raises(TypeError, match="expected a moefast.Trace.*got LooksLikeATrace"):
+        mf.simulate(LooksLikeATrace(), p, 1, mf.CostModel(1, 1))
+    with pytest.raises(TypeError, match="table 1 must be a SubsetTable, got str"):
+        mf.simulate([mf.SubsetTable.from_topk(_trace(), 8), "x"], [p, p], 1, mf.CostModel(1, 1))
 
 
 @pytest.mark.parametrize(
@@ -185,13 +201,17 @@ def test_simulate_whole_model_sums_layers():
         (dict(batch_sizes=[2**30]), ValueError, "batch sizes"),
         (dict(seed=-1), ValueError, "seed"),
         # Beyond int64 these were pyo3 OverflowErrors.
-        (dict(seed=2**64), ValueError, "seed = 18446744073709551616 is out of range"),
+        (
+            dict(seed=2**64),
+            ValueError,
+            "seed must be at most 9223372036854775807, got 18446744073709551616",
+        ),
         (
             dict(batch_sizes=[2**70]),
             ValueError,
             "batch_sizes = 1180591620717411303424 is out of range",
         ),
-        (dict(steps=2**70), ValueError, "steps = 1180591620717411303424 is out of range"),
+        (dict(steps=2**70), ValueError, "steps must be at most 9223372036854775807, got 11805916"),
         (dict(cost_model=None), TypeError, "CostModel"),
     ],
 )

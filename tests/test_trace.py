@@ -73,7 +73,7 @@ def test_select_layers():
             "expert id 18446744073709551615, out of range",
         ),
         (np.zeros((3, 0, 2), dtype=int), 4, "0 layers"),
-        (np.array([[[0, 1]]]), 70_000, r"num_experts must be in \[1, 65535\]"),
+        (np.array([[[0, 1]]]), 70_000, "num_experts must be at most 65535"),
     ],
 )
 def test_bad_topk_is_refused(topk, num_experts, match):

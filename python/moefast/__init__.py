@@ -4,7 +4,7 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
-from moefast import data, fill, milp  # submodules used as mf.data, mf.milp, mf.fill
+from moefast import data, fill, milp  # submodules, as mf.data, mf.milp, mf.fill
 from moefast._core import (
     Placement,
     SubsetTable,
@@ -15,8 +15,9 @@ from moefast._core import (
 from moefast.batch import batch_time, simulate
 from moefast.cost_model import CostModel
 from moefast.formats import load_placement
+from moefast.milp import NotProvenOptimalWarning
 from moefast.model import ModelPlacement
-from moefast.optimizers import METHODS, NotProvenOptimalWarning, optimize
+from moefast.optimizers import METHODS, optimize
 from moefast.planner import plan
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
@@ -33,11 +34,14 @@ __all__ = [
     "SubsetTable",
     "Trace",
     "batch_time",
+    "data",
     "expected_cost",
+    "fill",
     "load_expert_load",
     "load_placement",
     "load_trace",
     "lower_bound",
+    "milp",
     "optimize",
     "plan",
     "simulate",

@@ -1,6 +1,6 @@
 """Type stubs of moefast's compiled core (`moefast._core`)."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt

@@ -6,7 +6,8 @@ Times are in the units of the cost model (microseconds for the presets and fits)
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,8 +15,10 @@ from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
+from moefast.trace import Trace
+from moefast.validation import check_count, check_ints, check_seed
 
-__all__ = ["CostModel", "batch_time", "optimize_batch", "simulate"]
+__all__ = ["CostModel", "batch_time", "fastest_placement", "optimize_batch", "simulate"]
 
 
 def _cost_model(cost_model: object) -> CostModel:
@@ -44,62 +47,62 @@ def batch_time(
     time, bound = _core.batch_time(
         topk_batch, _placement(placement), cm.alpha, cm.beta, cm.p, return_bound
     )
-    return (time, bound) if return_bound else time
+    if not return_bound:
+        return time
+    assert bound is not None  # the core computes the bound when asked for it
+    return time, bound
 
 
-def _layers(
-    trace_or_topk: Any, placement: Any
-) -> tuple[np.ndarray, np.ndarray | None, list[Placement]]:
-    """(topk [tokens, layers, k], row weights or None, one placement per layer)."""
-    weights = None
-    if isinstance(trace_or_topk, SubsetTable):
-        topk = trace_or_topk.subsets[:, None, :]
-        weights = trace_or_topk.weights
-    else:
-        source = getattr(trace_or_topk, "topk", trace_or_topk)
-        topk = np.asarray(source)
-        if topk.ndim == 2:
-            topk = topk[:, None, :]
-        elif topk.ndim != 3:
-            raise ValueError(
-                f"trace_or_topk must be [tokens, k] (one layer) or [tokens, layers, k], got shape {topk.shape}"
-            )
+#: What `simulate` draws tokens from: a trace, one layer's table, one table per layer, or ids.
+Routing = Trace | SubsetTable | Sequence[SubsetTable] | np.ndarray
+
+
+def _placements(placement: object) -> list[Placement]:
     if isinstance(placement, Placement):
-        placements = [placement]
-    elif isinstance(placement, ModelPlacement):
-        placements = list(placement.placements)
-    elif isinstance(placement, (list, tuple)):
-        placements = [_placement(p, "each placement") for p in placement]
-    else:
+        return [placement]
+    if isinstance(placement, ModelPlacement):
+        return list(placement.placements)
+    if isinstance(placement, (list, tuple)):
+        return [_placement(p, "each placement") for p in placement]
+    raise TypeError(
+        f"placement must be a Placement or a ModelPlacement, got {type(placement).__name__}"
+    )
+
+
+def _layer_sources(routing: object) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """What each layer's tokens are drawn from: (topk [rows, layers, k], row weights or None).
+
+    One entry for a trace or an id array (the same tokens in every layer), one per table
+    for a sequence of tables (each layer drawn from its own table).
+    """
+    if isinstance(routing, Trace):
+        return [(routing.topk, routing.weights)]
+    if isinstance(routing, SubsetTable):
+        return [(routing.subsets[:, None, :], routing.weights)]
+    if isinstance(routing, (list, tuple)) and routing and isinstance(routing[0], SubsetTable):
+        for i, table in enumerate(routing):
+            if not isinstance(table, SubsetTable):
+                raise TypeError(f"table {i} must be a SubsetTable, got {type(table).__name__}")
+        return [(t.subsets[:, None, :], t.weights) for t in routing]
+    if not isinstance(routing, (np.ndarray, list, tuple)):
         raise TypeError(
-            f"placement must be a Placement or a ModelPlacement, got {type(placement).__name__}"
+            "expected a moefast.Trace, a SubsetTable, a sequence of SubsetTable or an int array"
+            f" of expert ids, got {type(routing).__name__}"
         )
-    if topk.shape[1] != len(placements):
+    topk = np.asarray(routing)
+    if topk.ndim == 2:
+        topk = topk[:, None, :]
+    elif topk.ndim != 3:
         raise ValueError(
-            f"the trace has {topk.shape[1]} layers but the placement has {len(placements)}"
+            "expert ids must be [tokens, k] (one layer) or [tokens, layers, k],"
+            f" got shape {topk.shape}"
         )
-    if topk.shape[0] == 0:
-        raise ValueError("the trace has no tokens to draw from")
-    return topk, weights, placements
-
-
-def _ints(name: str, values: Any) -> list[int]:
-    seq = [values] if np.ndim(values) == 0 else list(np.asarray(values).ravel())
-    out = []
-    for v in seq:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must hold ints, got {v!r}")
-        if not -(2**63) <= int(v) < 2**63:  # the core takes int64: say so, not OverflowError
-            raise ValueError(f"{name} = {int(v)} is out of range")
-        out.append(int(v))
-    if not out:
-        raise ValueError(f"{name} is empty")
-    return out
+    return [(topk, None)]
 
 
 def simulate(
-    trace_or_topk: Any,
-    placement: Placement | ModelPlacement,
+    trace_or_topk: Routing,
+    placement: Placement | ModelPlacement | Sequence[Placement],
     batch_sizes: int | Sequence[int],
     cost_model: CostModel,
     seed: int = 0,
@@ -108,10 +111,12 @@ def simulate(
     """Simulated decode steps: each step draws `batch_size` tokens (with replacement)
     from the trace and times every MoE layer with `batch_time`.
 
-    trace_or_topk: one layer ([tokens, k] ids or a SubsetTable, whose rows are drawn with
-    probability proportional to their weight) with a Placement, or a whole model
-    ([tokens, layers, k] ids or an object with a `.topk` attribute) with a ModelPlacement;
-    a model's step time is the sum of its layer times, the same tokens in every layer.
+    trace_or_topk: a `Trace` with a ModelPlacement (the same tokens in every layer; a
+    model's step time is the sum of its layer times); a `SubsetTable` (rows drawn with
+    probability proportional to their weight) with a Placement; a sequence of
+    `SubsetTable`, one per layer, with a ModelPlacement (each layer's tokens drawn from
+    its own table); or int expert ids, [tokens, k] with a Placement or
+    [tokens, layers, k] with a ModelPlacement.
 
     Returns one dict per batch size: batch_size, mean/p50/p99_step_time (time of one
     decode step), throughput (tokens per unit of time: batch_size / mean step time) and
@@ -119,19 +124,28 @@ def simulate(
     for its next token). Deterministic for a given seed.
     """
     cm = _cost_model(cost_model)
-    topk, weights, placements = _layers(trace_or_topk, placement)
-    sizes = _ints("batch_sizes", batch_sizes)
-    if any(b < 1 for b in sizes):
-        raise ValueError(f"batch sizes must be at least 1, got {sizes}")
-    (steps,) = _ints("steps", steps)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    (seed,) = _ints("seed", seed)
-    times = _core.simulate_steps(
-        topk, weights, placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps
-    )
+    sources = _layer_sources(trace_or_topk)
+    placements = _placements(placement)
+    layers = sum(topk.shape[1] for topk, _ in sources)
+    if layers != len(placements):
+        raise ValueError(f"the trace has {layers} layers but the placement has {len(placements)}")
+    if any(topk.shape[0] == 0 for topk, _ in sources):
+        raise ValueError("the trace has no tokens to draw from")
+    sizes = check_ints("batch_sizes", batch_sizes, low=1)
+    steps = check_count("steps", steps)
+    seed = check_seed("seed", seed)
+    per_source, first = [], 0
+    for topk, weights in sources:
+        layer_placements = placements[first : first + topk.shape[1]]
+        first += topk.shape[1]
+        per_source.append(
+            _core.simulate_steps(
+                topk, weights, layer_placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps
+            )
+        )
+    times = np.sum(per_source, axis=0)  # step times float [len(sizes), steps]
     results = []
-    for b, row in zip(sizes, times):
+    for b, row in zip(sizes, times, strict=True):
         mean = float(row.mean())
         results.append(
             {
@@ -147,7 +161,7 @@ def simulate(
 
 
 def optimize_batch(
-    table_or_topk: SubsetTable | Any,
+    table_or_topk: SubsetTable | np.ndarray,
     start_placement: Placement,
     slots_per_gpu: int,
     cost_model: CostModel,
@@ -171,18 +185,19 @@ def optimize_batch(
     weights = None
     if isinstance(table_or_topk, SubsetTable):
         topk, weights = table_or_topk.subsets, table_or_topk.weights
+    elif isinstance(table_or_topk, (np.ndarray, list, tuple)):
+        topk = np.asarray(table_or_topk)
     else:
-        topk = np.asarray(getattr(table_or_topk, "topk", table_or_topk))
-    (slots_per_gpu,) = _ints("slots_per_gpu", slots_per_gpu)
-    (batch_size,) = _ints("batch_size", batch_size)
-    (seed,) = _ints("seed", seed)
-    (max_evaluations,) = _ints("max_evaluations", max_evaluations)
+        raise TypeError(
+            "table_or_topk must be a SubsetTable or int expert ids [tokens, k], got"
+            f" {type(table_or_topk).__name__}"
+        )
+    slots_per_gpu = check_count("slots_per_gpu", slots_per_gpu)
+    batch_size = check_count("batch_size", batch_size)
+    seed = check_seed("seed", seed)
+    max_evaluations = check_count("max_evaluations", max_evaluations, low=0)
     if num_batches is not None:
-        (num_batches,) = _ints("num_batches", num_batches)
-        if num_batches < 1:
-            raise ValueError(f"num_batches must be at least 1, got {num_batches}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        num_batches = check_count("num_batches", num_batches)
     return _core.optimize_batch(
         topk,
         weights,
@@ -196,3 +211,26 @@ def optimize_batch(
         num_batches,
         max_evaluations,
     )
+
+
+def fastest_placement(
+    table: SubsetTable,
+    candidates: Sequence[Placement],
+    cost_model: CostModel,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    steps: int = 256,
+) -> Placement:
+    """The candidate with the lowest mean step time over `steps` simulated steps of
+    `batch_size` tokens drawn from `table` (the first of equals)."""
+    if not candidates:
+        raise ValueError("candidates is empty")
+    if len(candidates) == 1:
+        return _placement(candidates[0], "each candidate")
+
+    def mean_step(placement: Placement) -> float:
+        (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=steps)
+        return result["mean_step_time"]
+
+    return min(candidates, key=mean_step)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from moefast.atomic import save_figure
 
@@ -32,7 +32,7 @@ def plot_throughput_latency(
         x = [r["latency_per_token"] for r in rows]
         y = [r["throughput"] for r in rows]
         (line,) = ax.plot(x, y, marker="o", label=name)
-        for r, xi, yi in zip(rows, x, y):
+        for r, xi, yi in zip(rows, x, y, strict=True):
             ax.annotate(
                 # Alternate sides per curve so labels of nearby points do not overlap.
                 f"B={r['batch_size']}",

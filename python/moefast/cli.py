@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -21,9 +21,27 @@ from moefast.trace import Trace, load_trace
 
 
 def _plan(
-    trace: Trace, gpus: int, slots: int, method: str, coverage: float, seed: int, **options
+    trace: Trace,
+    gpus: int,
+    slots: int,
+    method: str,
+    coverage: float,
+    seed: int,
+    batch_size: int | None = None,
+    cost_model: moefast.CostModel | None = None,
 ) -> ModelPlacement:
-    return moefast.plan(trace, gpus, slots, method=method, coverage=coverage, seed=seed, **options)
+    """Plans for decode, or for batches of `batch_size` tokens when it is given."""
+    return moefast.plan(
+        trace,
+        gpus,
+        slots,
+        method=method,
+        coverage=coverage,
+        seed=seed,
+        objective="decode" if batch_size is None else "batch",
+        batch_size=batch_size,
+        cost_model=cost_model,
+    )
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
@@ -39,14 +57,11 @@ def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
 def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:
     """Plan, print the per-layer comparison with the baselines, write the report if asked."""
     _check_memory(trace, args.gpus, args.slots)
-    batch = {}
-    if getattr(args, "batch_size", None):
-        batch = {
-            "objective": "batch",
-            "batch_size": args.batch_size,
-            "cost_model": _cost_model(args),
-        }
-    model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, **batch)
+    batch_size = getattr(args, "batch_size", None) or None
+    cost_model = _cost_model(args) if batch_size is not None else None
+    model = _plan(
+        trace, args.gpus, args.slots, args.method, args.coverage, args.seed, batch_size, cost_model
+    )
     tables = trace.tables()
     comparison = report.compare_methods(
         tables,
@@ -75,10 +90,12 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
         )
         hottest = report.hottest_layer(tables)
         facts = {
-            "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers, top-{trace.k} of {trace.num_experts} experts",
+            "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers,"
+            f" top-{trace.k} of {trace.num_experts} experts",
             "GPUs": args.gpus,
             "slots per GPU": args.slots,
-            "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens, seed {args.seed})",
+            "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens,"
+            f" seed {args.seed})",
         }
         path = report.write_report(
             report_dir,
@@ -144,7 +161,8 @@ def cmd_evaluate(args) -> int:
     )
     header, rows = report.comparison_rows(comparison)
     print(
-        f"expected cost per layer (expert rounds per token), {model.num_gpus} GPUs x {model.slots_per_gpu} slots:"
+        "expected cost per layer (expert rounds per token),"
+        f" {model.num_gpus} GPUs x {model.slots_per_gpu} slots:"
     )
     print(report.format_table(header, rows))
     return 0
@@ -153,13 +171,14 @@ def cmd_evaluate(args) -> int:
 def cmd_inspect(args) -> int:
     trace = load_trace(args.trace, args.trace_format)
     print(
-        f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers (ids {trace.layer_ids[0]}"
-        f"..{trace.layer_ids[-1]}), {trace.num_experts} experts, k = {trace.k}"
-        + (", weighted" if trace.weights is not None else "")
+        f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers"
+        f" (ids {trace.layer_ids[0]}..{trace.layer_ids[-1]}), {trace.num_experts} experts,"
+        f" k = {trace.k}" + (", weighted" if trace.weights is not None else "")
     )
     header = ["layer", "subsets", "80%", "90%", "99%", "load max/mean"]
     rows, pairs = [], []
-    for layer, table in zip(trace.layer_ids, progress(trace.tables(), trace.num_layers, "layers")):
+    tables = progress(trace.tables(), trace.num_layers, "layers")
+    for layer, table in zip(trace.layer_ids, tables, strict=True):
         load = table.expert_load()
         rows.append(
             [
@@ -177,7 +196,10 @@ def cmd_inspect(args) -> int:
     print(
         report.format_table(
             ["layer", "experts", "share", "x uniform"],
-            [[str(l), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"] for l, i, j, s, x in pairs[: args.pairs]],
+            [
+                [str(layer), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"]
+                for layer, i, j, s, x in pairs[: args.pairs]
+            ],
         )
     )
     return 0
@@ -206,12 +228,13 @@ def cmd_synth(args) -> int:
     )
     trace.save(args.out)
     print(
-        f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers x top-{trace.k} of {trace.num_experts}"
+        f"wrote {args.out}: {trace.num_tokens} tokens x {trace.num_layers} layers"
+        f" x top-{trace.k} of {trace.num_experts}"
     )
     return 0
 
 
-def _cost_model(args) -> "moefast.CostModel":
+def _cost_model(args: argparse.Namespace) -> moefast.CostModel:
     if args.preset is not None:
         return moefast.CostModel.preset(args.preset, gpu=args.gpu, p=args.p)
     return moefast.CostModel(args.alpha, args.beta, p=args.p)
@@ -230,19 +253,12 @@ def cmd_simulate(args) -> int:
         "EPLB": _plan(trace, args.gpus, args.slots, "eplb", args.coverage, args.seed),
     }
     if args.batch_aware > 0:
-        placements[f"batch-aware (B={args.batch_aware})"] = moefast.plan(
-            trace,
-            args.gpus,
-            args.slots,
-            coverage=args.coverage,
-            seed=args.seed,
-            objective="batch",
-            batch_size=args.batch_aware,
-            cost_model=cm,
-            progress=sys.stderr.isatty(),
+        placements[f"batch-aware (B={args.batch_aware})"] = _plan(
+            trace, args.gpus, args.slots, "greedy", args.coverage, args.seed, args.batch_aware, cm
         )
     print(
-        f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots, {args.steps} steps per batch size"
+        f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
+        f" {args.steps} steps per batch size"
     )
     header = [
         "placement",
@@ -315,17 +331,21 @@ def _placement_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _trace_format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace-format",
+        choices=TRACE_FORMATS,
+        default=None,
+        help="trace format (guessed when left out)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moefast", description="Co-activation-aware placement of MoE experts on GPUs."
     )
     parser.add_argument("--version", action="version", version=f"moefast {moefast.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    trace_format = {
-        "choices": TRACE_FORMATS,
-        "default": None,
-        "help": "trace format (guessed when left out)",
-    }
 
     p = sub.add_parser(
         "demo",
@@ -376,10 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="B",
-        help="optimize the mean step time of batches of B tokens (cost model below) instead of decode",
+        help="optimize the mean step time of batches of B tokens (cost model below)"
+        " instead of decode",
     )
     _cost_model_options(p)
-    p.add_argument("--trace-format", **trace_format)
+    _trace_format_option(p)
     p.set_defaults(run=cmd_plan)
 
     p = sub.add_parser(
@@ -395,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
-    p.add_argument("--trace-format", **trace_format)
+    _trace_format_option(p)
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser(
@@ -406,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("trace")
     p.add_argument("--pairs", type=int, default=5, help="how many pairs to list (5)")
-    p.add_argument("--trace-format", **trace_format)
+    _trace_format_option(p)
     p.set_defaults(run=cmd_inspect)
 
     p = sub.add_parser(
@@ -423,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--load",
         type=Path,
         default=None,
-        help="per-expert loads to match (SGLang logical_count JSON, .npy, TensorRT-LLM folder, trace)",
+        help="per-expert loads to match (SGLang logical_count JSON, .npy,"
+        " TensorRT-LLM folder, trace)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--topic-strength", type=float, default=3.0, help="co-activation strength (3.0)")
@@ -457,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="moefast-simulate", help="folder for the plot (moefast-simulate)"
     )
-    p.add_argument("--trace-format", **trace_format)
+    _trace_format_option(p)
     p.set_defaults(run=cmd_simulate)
     return parser
 

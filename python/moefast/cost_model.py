@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from numbers import Real
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
+
+from moefast.validation import check_count, check_non_negative, check_number, check_positive
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,6 @@ EXPERT_SHAPES = {
 }
 
 
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float range: a ValueError like every bad value
-        raise ValueError(f"{name} = {value} is out of range") from None
-
-
 @dataclass(frozen=True)
 class CostModel:
     """Per-expert time f(n) = (alpha^p + (beta*n)^p)^(1/p) in microseconds.
@@ -69,12 +61,9 @@ class CostModel:
     p: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "p"):
-            object.__setattr__(self, name, _number(name, getattr(self, name)))
         for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and non-negative, got {value}")
+            object.__setattr__(self, name, check_non_negative(name, getattr(self, name)))
+        object.__setattr__(self, "p", check_number("p", self.p))
         if not self.p >= 1:
             raise ValueError(f"p must be at least 1 (or inf), got {self.p}")
 
@@ -108,18 +97,13 @@ class CostModel:
         """From a SwiGLU expert's shape: alpha = 3*hidden*intermediate*dtype_bytes / bandwidth
         (+ overhead, us), beta = 6*hidden*intermediate FLOP / flops (bandwidth in bytes/s,
         flops in FLOP/s, results in us)."""
-        for name, v in (("hidden", hidden), ("intermediate", intermediate)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-            if v < 1:
-                raise ValueError(f"{name} must be at least 1, got {v}")
-        for name, v in (("dtype_bytes", dtype_bytes), ("bandwidth", bandwidth), ("flops", flops)):
-            if not 0 < _number(name, v) < math.inf:
-                raise ValueError(f"{name} must be positive and finite, got {v}")
-        if not 0 <= _number("overhead", overhead) < math.inf:
-            raise ValueError(f"overhead must be finite and non-negative, got {overhead}")
+        hidden = check_count("hidden", hidden)
+        intermediate = check_count("intermediate", intermediate)
+        dtype_bytes = check_positive("dtype_bytes", dtype_bytes)
+        bandwidth = check_positive("bandwidth", bandwidth)
+        flops = check_positive("flops", flops)
         weight_bytes = 3 * hidden * intermediate * dtype_bytes
-        alpha = weight_bytes / bandwidth * 1e6 + _number("overhead", overhead)
+        alpha = weight_bytes / bandwidth * 1e6 + check_non_negative("overhead", overhead)
         beta = 6 * hidden * intermediate / flops * 1e6
         return cls(alpha, beta, p)
 
@@ -154,7 +138,8 @@ class CostModel:
         t = np.ones_like(n) if experts is None else np.asarray(experts, dtype=np.float64)
         if not (n.ndim == y.ndim == t.ndim == 1 and n.shape == y.shape == t.shape):
             raise ValueError(
-                f"tokens, times and experts must be 1-D of one length, got {n.shape}, {y.shape}, {t.shape}"
+                "tokens, times and experts must be 1-D of one length,"
+                f" got {n.shape}, {y.shape}, {t.shape}"
             )
         if len(n) < 2:
             raise ValueError("fitting needs at least 2 points")
@@ -163,7 +148,7 @@ class CostModel:
             raise ValueError(
                 "tokens and experts must be finite and >= 1 and times positive and finite"
             )
-        if p is not None and not _number("p", p) >= 1:
+        if p is not None and not check_number("p", p) >= 1:
             raise ValueError(f"p must be at least 1 (or inf), got {p}")
         # The fit is scale-free (relative errors; f scales with alpha and beta, and n only
         # multiplies beta), so it runs on times and tokens of order 1: n^p and y^p of raw
@@ -172,17 +157,15 @@ class CostModel:
         scale = lambda ab: (ab[0] * y_scale, ab[1] * y_scale / n_scale)  # noqa: E731
         n_unit, per_expert = n / n_scale, y / t / y_scale
         if p is not None:
-            alpha, beta = scale(_fit_alpha_beta(n_unit, per_expert, _number("p", p)))
+            alpha, beta = scale(_fit_alpha_beta(n_unit, per_expert, check_number("p", p)))
             model = cls(alpha, beta, p)
         else:
             candidates = [*np.round(np.arange(1.0, 8.0001, 0.05), 2), math.inf]
-            best = None
-            for q in candidates:
-                a, b = _fit_alpha_beta(n_unit, per_expert, float(q))
-                err = _sq_rel_err(n_unit, per_expert, a, b, float(q))
-                if best is None or err < best[0]:
-                    best = (err, a, b, float(q))
-            _, alpha, beta, q = best
+            fits = []
+            for q in map(float, candidates):
+                a, b = _fit_alpha_beta(n_unit, per_expert, q)
+                fits.append((_sq_rel_err(n_unit, per_expert, a, b, q), a, b, q))
+            _, alpha, beta, q = min(fits, key=lambda fit: fit[0])  # the first of equals
             model = cls(*scale((alpha, beta)), q)
         predicted = t * model.expert_time(n)
         return CostModelFit(model, n.astype(np.int64), t.astype(np.int64), y, predicted)
@@ -215,13 +198,12 @@ def _fit_alpha_beta(n: np.ndarray, y: np.ndarray, p: float) -> tuple[float, floa
     starts = [(float(np.min(y)), float(y[np.argmax(n)] / np.max(n)))]
     if coef[0] > 0 and coef[1] > 0:
         starts.append((float(coef[0] ** (1 / q)), float(coef[1] ** (1 / q))))
-    best = None
+    fits = []
     for a, b in starts:
         a, b = _descend(n, y, a, b, p)
-        err = _sq_rel_err(n, y, a, b, p)
-        if best is None or err < best[0]:
-            best = (err, a, b)
-    return best[1], best[2]
+        fits.append((_sq_rel_err(n, y, a, b, p), a, b))
+    _, alpha, beta = min(fits, key=lambda fit: fit[0])  # the first of equals
+    return alpha, beta
 
 
 def _descend(n: np.ndarray, y: np.ndarray, a: float, b: float, p: float) -> tuple[float, float]:
@@ -275,7 +257,7 @@ class CostModelFit:
             "| --- | --- | --- | --- | --- |",
         ]
         for t, n, y, f, e in zip(
-            self.experts, self.tokens, self.measured, self.predicted, self.rel_errors
+            self.experts, self.tokens, self.measured, self.predicted, self.rel_errors, strict=True
         ):
             rows.append(f"| {t} | {n} | {y:.1f} | {f:.1f} | {e:+.1%} |")
         return "\n".join(rows)

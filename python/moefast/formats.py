@@ -13,9 +13,9 @@ replica sets. Formats:
   trivial map p -> p % E. Reading needs ``num_gpus``.
 - ``"eplb"``: ``phy2log`` [L, P], ``log2phy`` [L, E, X] (-1 padded), ``logcnt`` [L, E] as
   DeepSeek's EPLB returns them and vLLM keeps them, plus ``num_gpus`` and ``layer_ids``.
-- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML (the ``moe_config.load_balancer`` section): ``num_slots``,
-  ``initial_global_assignments: {layer: [expert per slot]}``, ``layer_updates_per_iter: 0``
-  (static). Reading needs ``num_gpus``.
+- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML (the ``moe_config.load_balancer``
+  section): ``num_slots``, ``initial_global_assignments: {layer: [expert per slot]}``,
+  ``layer_updates_per_iter: 0`` (static). Reading needs ``num_gpus``.
 - ``"vllm-ascend"``: the expert-map JSON (``moe_layer_count``, ``layer_list`` of
   ``device_list`` of ``device_expert``); ``layer_id`` holds the model's layer number.
 - ``"json"``: moefast's own, with each layer's replica lists, expected costs, lower bounds and
@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,10 +66,10 @@ def physical_to_logical(model: ModelPlacement) -> np.ndarray:
 
 
 def placement_from_slots(
-    slots: Sequence[int], num_gpus: int, num_experts: int, where: str
+    layer_slots: Sequence[int] | np.ndarray, num_gpus: int, num_experts: int, where: str
 ) -> Placement:
     """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus))."""
-    slots = np.asarray(slots)
+    slots = np.asarray(layer_slots)
     if slots.ndim != 1 or slots.dtype.kind not in "iu":
         raise ValueError(f"{where}: a layer's map must be a list of integer expert ids")
     if num_gpus < 1 or slots.size % num_gpus:
@@ -146,7 +147,7 @@ def _trtllm(model: ModelPlacement) -> dict[str, Any]:
     return {
         "num_slots": int(p2l.shape[1]),
         "initial_global_assignments": {
-            int(l): row.tolist() for l, row in zip(model.layer_ids, p2l)
+            int(layer): row.tolist() for layer, row in zip(model.layer_ids, p2l, strict=True)
         },
         "layer_updates_per_iter": 0,
     }
@@ -154,7 +155,7 @@ def _trtllm(model: ModelPlacement) -> dict[str, Any]:
 
 def _vllm_ascend(model: ModelPlacement) -> dict[str, Any]:
     layers = []
-    for layer, p in zip(model.layer_ids, model.placements):
+    for layer, p in zip(model.layer_ids, model.placements, strict=True):
         slots = gpu_slots(p, model.slots_per_gpu)
         layers.append(
             {
@@ -260,7 +261,7 @@ def _from_maps(
     path: Path,
 ) -> ModelPlacement:
     arrays = []
-    for layer, r in zip(layer_ids, rows):
+    for layer, r in zip(layer_ids, rows, strict=True):
         # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond
         # int64 come out as dtype object.
         try:
@@ -282,7 +283,7 @@ def _from_maps(
         num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
         placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
-        for a, layer in zip(arrays, layer_ids)
+        for a, layer in zip(arrays, layer_ids, strict=True)
     ]
     sizes = {a.size for a in arrays}
     if len(sizes) != 1:
@@ -356,8 +357,8 @@ def _load(
         g = num_gpus if num_gpus is not None else _need(data.get("num_gpus"), "num_gpus", path, fmt)
         ids = data.get("layer_ids") or list(range(len(rows)))
         model = _from_maps(rows, [int(x) for x in ids], int(g), num_experts, path)
-        counts = np.asarray(data.get("logcnt", []))
-        if counts.size and not np.array_equal(counts, model.replicas().sum(axis=2)):
+        logcnt = np.asarray(data.get("logcnt", []))
+        if logcnt.size and not np.array_equal(logcnt, model.replicas().sum(axis=2)):
             raise ValueError(f"{path}: logcnt disagrees with phy2log")
         return model
     if fmt == "trtllm":
@@ -365,12 +366,13 @@ def _load(
         if not isinstance(assignments, dict):
             raise ValueError(f"{path}: initial_global_assignments must map layer -> slots")
         g = _need(num_gpus, "num_gpus", path, fmt)
-        layers = sorted(int(l) for l in assignments)
-        rows = [assignments.get(l, assignments.get(str(l))) for l in layers]
+        layers = sorted(int(layer) for layer in assignments)
+        rows = [assignments.get(layer, assignments.get(str(layer))) for layer in layers]
         model = _from_maps(rows, layers, g, num_experts, path)
         if "num_slots" in data and int(data["num_slots"]) != model.num_gpus * model.slots_per_gpu:
             raise ValueError(
-                f"{path}: num_slots = {data['num_slots']} but layers hold {model.num_gpus * model.slots_per_gpu} slots"
+                f"{path}: num_slots = {data['num_slots']} but layers hold"
+                f" {model.num_gpus * model.slots_per_gpu} slots"
             )
         return model
     if fmt == "vllm-ascend":
@@ -387,7 +389,8 @@ def _load(
             counts = {len(d["device_expert"]) for d in devs}
             if len(counts) != 1:
                 raise ValueError(
-                    f"{path}: layer_list[{i}] devices hold different numbers of experts {sorted(counts)}"
+                    f"{path}: layer_list[{i}] devices hold different numbers of experts"
+                    f" {sorted(counts)}"
                 )
             rows.append([e for d in devs for e in d["device_expert"]])
             ids.append(int(layer.get("layer_id", i)))

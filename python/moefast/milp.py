@@ -13,6 +13,7 @@ not be integer. GPUs are interchangeable, so their columns of x are ordered lexi
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,10 @@ from moefast.fill import fill_free_slots
 
 #: Above this many assignment variables the MILP is refused unless a time limit is given.
 MAX_ASSIGNMENT_VARIABLES = 150_000
+
+
+class NotProvenOptimalWarning(UserWarning):
+    """The MILP stopped at its time limit before proving its placement optimal."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,10 @@ def solve_milp(
     assignment_vars = n * k * num_gpus
     if assignment_vars > MAX_ASSIGNMENT_VARIABLES and time_limit is None:
         raise ValueError(
-            f"the exact MILP would have {assignment_vars:,} assignment variables ({n:,} subsets x k={k}"
-            f" x {num_gpus} GPUs), more than {MAX_ASSIGNMENT_VARIABLES:,}: prune the table, use"
-            " method='greedy', or pass time_limit to accept a result that may not be optimal"
+            f"the exact MILP would have {assignment_vars:,} assignment variables"
+            f" ({n:,} subsets x k={k} x {num_gpus} GPUs),"
+            f" more than {MAX_ASSIGNMENT_VARIABLES:,}: prune the table, use method='greedy',"
+            " or pass time_limit to accept a result that may not be optimal"
         )
     began = time.perf_counter()
     num_x = num_experts * num_gpus
@@ -168,3 +174,19 @@ def solve_milp(
     achieved = expected_cost(table, placement)
     bound = achieved if optimal else min(achieved, float(info.mip_dual_bound))
     return MilpResult(placement, achieved, bound, optimal, time.perf_counter() - began)
+
+
+def milp_placement(
+    table: SubsetTable, num_gpus: int, slots_per_gpu: int, time_limit: float | None = None
+) -> Placement:
+    """`solve_milp`'s placement; warns with NotProvenOptimalWarning when the time limit
+    stopped the solver before it proved the placement optimal."""
+    result = solve_milp(table, num_gpus, slots_per_gpu, time_limit=time_limit)
+    if not result.optimal:
+        warnings.warn(
+            f"the MILP stopped at its {time_limit} s time limit: cost {result.cost:.4f},"
+            f" proven lower bound {result.bound:.4f}; the placement is not proven optimal",
+            NotProvenOptimalWarning,
+            stacklevel=3,  # the caller of moefast.optimize
+        )
+    return result.placement

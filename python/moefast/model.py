@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from moefast._core import Placement
-from moefast.trace import _layer_ids
+from moefast.validation import check_int, check_layer_ids
 
 
 @dataclass
@@ -36,13 +37,7 @@ class ModelPlacement:
                 raise TypeError(
                     f"placements[{i}] must be a moefast.Placement, got {type(p).__name__}"
                 )
-        if isinstance(self.slots_per_gpu, (bool, np.bool_)) or not isinstance(
-            self.slots_per_gpu, (int, np.integer)
-        ):
-            raise TypeError(
-                f"slots_per_gpu must be an int, got {type(self.slots_per_gpu).__name__}"
-            )
-        self.slots_per_gpu = int(self.slots_per_gpu)
+        self.slots_per_gpu = check_int("slots_per_gpu", self.slots_per_gpu)
         gpus = {p.num_gpus for p in self.placements}
         experts = {p.num_experts for p in self.placements}
         if len(gpus) != 1 or len(experts) != 1:
@@ -52,7 +47,7 @@ class ModelPlacement:
             )
         if self.layer_ids is None or len(self.layer_ids) == 0:  # an array has no truth value
             self.layer_ids = list(range(len(self.placements)))
-        self.layer_ids = _layer_ids(self.layer_ids)
+        self.layer_ids = check_layer_ids(self.layer_ids)
         if len(set(self.layer_ids)) != len(self.layer_ids):
             raise ValueError(f"layer_ids repeat a layer: {self.layer_ids}")
         if len(self.layer_ids) != len(self.placements):

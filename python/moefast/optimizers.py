@@ -1,14 +1,20 @@
-"""Placement optimizers: the product's greedy, the exact MILP and the engines' baselines."""
+"""`optimize`: one layer's placement by the method and objective asked for.
+
+Decode methods: the product's greedy and the engines' baselines run in the core, the exact
+MILP in `moefast.milp`. The batch objective (`moefast.batch`) improves the best of those
+placements by a local search on sampled batches.
+"""
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
-import numpy as np
+from typing import Literal
 
 from moefast import _core
 from moefast._core import Placement, SubsetTable
+from moefast.batch import fastest_placement, optimize_batch
+from moefast.cost_model import CostModel
+from moefast.milp import milp_placement
+from moefast.validation import check_int, check_positive, check_seed
 
 #: Largest number of GPUs a placement spans (the core's limit).
 MAX_GPUS = 1024
@@ -17,21 +23,8 @@ MAX_GPUS = 1024
 #: placements inference engines use today.
 METHODS = ("greedy", "milp", "contiguous", "round_robin", "eplb")
 
-
-class NotProvenOptimalWarning(UserWarning):
-    """The MILP stopped at its time limit before proving its placement optimal."""
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """`value` as an int in [low, high]; numpy ints count, bools and floats do not."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be at most {high}, got {value}")
-    return value
+#: What `optimize` minimizes: the expected decode cost, or the mean step time of batches.
+OBJECTIVES = ("decode", "batch")
 
 
 def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
@@ -39,8 +32,8 @@ def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
     slots_per_gpu = check_int("slots_per_gpu", slots_per_gpu, 1)
     if num_gpus * slots_per_gpu < num_experts:
         raise ValueError(
-            f"{num_gpus} GPUs x {slots_per_gpu} slots = {num_gpus * slots_per_gpu} slots cannot hold"
-            f" {num_experts} experts"
+            f"{num_gpus} GPUs x {slots_per_gpu} slots = {num_gpus * slots_per_gpu} slots"
+            f" cannot hold {num_experts} experts"
         )
     if slots_per_gpu > num_experts:
         raise ValueError(
@@ -53,84 +46,72 @@ def optimize(
     table: SubsetTable,
     num_gpus: int,
     slots_per_gpu: int,
+    *,
     method: str = "greedy",
     seed: int = 0,
     time_limit: float | None = None,
-    **batch: Any,
+    objective: Literal["decode", "batch"] = "decode",
+    batch_size: int | None = None,
+    cost_model: CostModel | None = None,
+    num_batches: int | None = None,
+    max_evaluations: int = 40_000,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
     Every expert gets at least one replica and every slot is filled with distinct experts
     (an extra replica never raises the cost). The same seed gives the same placement.
     `time_limit` (seconds) bounds the MILP; if it stops before proving optimality it
-    warns with NotProvenOptimalWarning. Keyword arguments `objective="batch"`,
-    `batch_size` and `cost_model` optimize the mean step time of batches instead
-    (see moefast.batch).
+    warns with NotProvenOptimalWarning.
+
+    `objective="decode"` minimizes the expected cost of one token (expert rounds).
+    `objective="batch"` minimizes the mean step time of batches of `batch_size` tokens
+    under `cost_model` (microseconds): a local search (`moefast.batch.optimize_batch`,
+    which takes `num_batches` and `max_evaluations`) from the better of the greedy and
+    EPLB placements, or from `method`'s placement when another method is named.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}: choose 'decode' or 'batch'")
     check_memory(table.num_experts, num_gpus, slots_per_gpu)
     num_gpus, slots_per_gpu = int(num_gpus), int(slots_per_gpu)
     # Checked for every method, so that "milp" (which has no use for it) refuses what the others do.
-    seed = check_int("seed", seed, 0, 2**63 - 1)
+    seed = check_seed("seed", seed)
     if time_limit is not None:
-        if isinstance(time_limit, bool) or not isinstance(
-            time_limit, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(
-                f"time_limit must be a number of seconds, got {type(time_limit).__name__}"
+        # HiGHS ignores an invalid limit and would run without one.
+        time_limit = check_positive("time_limit", time_limit)
+    if objective == "decode":
+        given = [
+            name
+            for name, value in (
+                ("batch_size", batch_size),
+                ("cost_model", cost_model),
+                ("num_batches", num_batches),
             )
-        if not 0 < time_limit < float("inf"):
-            # HiGHS ignores an invalid limit and would run without one.
-            raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit}")
-    objective = batch.pop("objective", "decode")
-    if objective == "batch":
-        return _optimize_for_batches(table, num_gpus, slots_per_gpu, method, seed, **batch)
-    if objective != "decode" or batch:
-        raise ValueError(
-            f"unknown options {sorted(batch) or [objective]}: objective is 'decode' or 'batch'"
-        )
-    if method == "milp":
-        from moefast.milp import solve_milp
-
-        result = solve_milp(table, num_gpus, slots_per_gpu, time_limit=time_limit)
-        if not result.optimal:
-            warnings.warn(
-                f"the MILP stopped at its {time_limit} s time limit: cost {result.cost:.4f},"
-                f" proven lower bound {result.bound:.4f}; the placement is not proven optimal",
-                NotProvenOptimalWarning,
-                stacklevel=2,
-            )
-        return result.placement
-    return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
-
-
-def _optimize_for_batches(
-    table: SubsetTable,
-    num_gpus: int,
-    slots_per_gpu: int,
-    method: str,
-    seed: int,
-    batch_size: int | None = None,
-    cost_model: Any = None,
-    **search: Any,
-) -> Placement:
-    """Lowest mean step time at `batch_size`: a local search on sampled batches
-    (moefast.batch.optimize_batch) from the better of the greedy and EPLB placements
-    (or from `method`'s placement when another method is named)."""
-    from moefast.batch import optimize_batch, simulate
-
+            if value is not None
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} need objective='batch'")
+        if method == "milp":
+            return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
+        return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
     if batch_size is None or cost_model is None:
         raise ValueError("objective='batch' needs batch_size and cost_model")
     starts = ("greedy", "eplb") if method == "greedy" else (method,)
-    candidates = [optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed) for m in starts]
-
-    def mean_step(placement: Placement) -> float:
-        return simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)[0][
-            "mean_step_time"
-        ]
-
-    start = min(candidates, key=mean_step) if len(candidates) > 1 else candidates[0]
-    return optimize_batch(table, start, slots_per_gpu, cost_model, batch_size, seed=seed, **search)
+    candidates = [
+        optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed, time_limit=time_limit)
+        for m in starts
+    ]
+    start = fastest_placement(table, candidates, cost_model, batch_size, seed=seed)
+    return optimize_batch(
+        table,
+        start,
+        slots_per_gpu,
+        cost_model,
+        batch_size,
+        seed=seed,
+        num_batches=num_batches,
+        max_evaluations=max_evaluations,
+    )

@@ -4,93 +4,108 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
-from moefast._core import SubsetTable, expected_cost, lower_bound
+from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
 from moefast.optimizers import check_memory, optimize
+from moefast.trace import Trace
+from moefast.validation import check_number
 
 
-def layer_tables(trace_or_tables: Any) -> tuple[list[SubsetTable], list[int]]:
-    """The subset table and model layer number of every layer of a trace or table list."""
-    if hasattr(trace_or_tables, "topk") and hasattr(trace_or_tables, "num_experts"):
-        trace = trace_or_tables
-        topk = np.asarray(trace.topk)
-        if topk.ndim != 3:
-            raise ValueError(f"a trace's topk must be [tokens, layers, k], got shape {topk.shape}")
-        weights = getattr(trace, "weights", None)
-        tables = [
-            SubsetTable.from_topk(topk[:, layer, :], trace.num_experts, weights=weights)
-            for layer in range(topk.shape[1])
-        ]
-        layer_ids = getattr(trace, "layer_ids", None)
-        if layer_ids is None:
-            layer_ids = range(len(tables))
-        return tables, [int(i) for i in layer_ids]
-    tables = list(trace_or_tables)
-    if not tables or not all(isinstance(t, SubsetTable) for t in tables):
-        raise TypeError("plan needs a Trace or a non-empty sequence of SubsetTable, one per layer")
-    return tables, list(range(len(tables)))
+def layer_tables(
+    trace_or_tables: Trace | Sequence[SubsetTable],
+) -> tuple[list[SubsetTable], list[int]]:
+    """The subset table and model layer number of every layer of a trace or table list
+    (a list's layers are numbered from 0)."""
+    if isinstance(trace_or_tables, Trace):
+        return trace_or_tables.tables(), list(trace_or_tables.layer_ids)
+    if isinstance(trace_or_tables, Sequence) and not isinstance(trace_or_tables, (str, bytes)):
+        tables = list(trace_or_tables)
+        if tables and all(isinstance(t, SubsetTable) for t in tables):
+            return tables, list(range(len(tables)))
+    raise TypeError(
+        "expected a moefast.Trace or a non-empty sequence of SubsetTable (one per layer), got"
+        f" {type(trace_or_tables).__name__}"
+    )
 
 
 def plan(
-    trace_or_tables: Any,
+    trace_or_tables: Trace | Sequence[SubsetTable],
     num_gpus: int,
     slots_per_gpu: int,
+    *,
     method: str = "greedy",
     coverage: float = 0.99,
     seed: int = 0,
     progress: bool | None = None,
-    **options: Any,
+    time_limit: float | None = None,
+    objective: Literal["decode", "batch"] = "decode",
+    batch_size: int | None = None,
+    cost_model: CostModel | None = None,
 ) -> ModelPlacement:
-    """Plans every layer: tables are pruned to `coverage` for optimizing and each result
-    is evaluated on the full table. Layers run in parallel; `progress` shows a bar per
-    layer (default: when stderr is a terminal). Other options go to `optimize`."""
+    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer).
+
+    Tables are pruned to `coverage` for optimizing and each result is evaluated on the
+    full table. Layers run in parallel; `progress` shows a bar per layer (default: when
+    stderr is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
+    `cost_model` are `optimize`'s.
+    """
     tables, layer_ids = layer_tables(trace_or_tables)
     check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
-    if isinstance(coverage, bool) or not isinstance(
-        coverage, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"coverage must be a number, got {type(coverage).__name__}")
+    coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
     if {t.num_experts for t in tables} != {tables[0].num_experts}:
         raise ValueError("all layers must have the same number of experts")
 
-    def plan_layer(table: SubsetTable):
+    def plan_layer(table: SubsetTable) -> tuple[Placement, float, float]:
         pruned = table.prune(coverage=coverage) if coverage < 1.0 else table
-        placement = optimize(pruned, num_gpus, slots_per_gpu, method=method, seed=seed, **options)
+        placement = optimize(
+            pruned,
+            num_gpus,
+            slots_per_gpu,
+            method=method,
+            seed=seed,
+            time_limit=time_limit,
+            objective=objective,
+            batch_size=batch_size,
+            cost_model=cost_model,
+        )
         return placement, expected_cost(table, placement), lower_bound(table, num_gpus)
 
     if progress is None:
         progress = sys.stderr.isatty()
     workers = min(len(tables), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(plan_layer, tables)
+        layers = pool.map(plan_layer, tables)
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
-        results = list(results)
+            layers = tqdm(layers, total=len(tables), desc="planning layers", unit="layer")
+        results = list(layers)
+    settings: dict[str, object] = {
+        "method": method,
+        "coverage": coverage,
+        "seed": seed,
+        "num_gpus": num_gpus,
+    }
+    if time_limit is not None:
+        settings["time_limit"] = time_limit
+    if objective == "batch":
+        # Files keep settings as JSON: a cost model is recorded by its repr.
+        settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
     return ModelPlacement(
         placements=[r[0] for r in results],
         slots_per_gpu=slots_per_gpu,
         layer_ids=layer_ids,
         layer_costs=np.array([r[1] for r in results]),
         lower_bounds=np.array([r[2] for r in results]),
-        settings={
-            "method": method,
-            "coverage": coverage,
-            "seed": seed,
-            "num_gpus": num_gpus,
-            # Files keep settings as JSON: a cost model is recorded by its repr.
-            **{
-                k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
-                for k, v in options.items()
-            },
-        },
+        settings=settings,
     )

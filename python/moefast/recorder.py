@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,8 @@ def topk_from_router_output(output: Any, k: int, num_experts: int) -> np.ndarray
                 return topk_from_router_output(arr, k, num_experts)
         shapes = [(a.dtype.name, a.shape) for a in arrays]
         raise ValueError(
-            f"router output holds no integer ids [..., {k}] nor logits [..., {num_experts}]: {shapes}"
+            f"router output holds no integer ids [..., {k}] nor logits [..., {num_experts}]:"
+            f" {shapes}"
         )
     logits = _as_numpy(output)
     if logits.dtype.kind != "f" or logits.ndim < 1 or logits.shape[-1] != num_experts:
@@ -186,7 +188,9 @@ class HookRecorder:
         if next(iter(counts.values())) == 0:
             raise ValueError("nothing recorded: run the model inside the recorder's `with` block")
         layers = sorted(per_layer)
-        return Trace(np.stack([per_layer[l] for l in layers], axis=1), self.num_experts, layers)
+        return Trace(
+            np.stack([per_layer[layer] for layer in layers], axis=1), self.num_experts, layers
+        )
 
 
 def _config_value(config: Any, names: Sequence[str]) -> int | None:

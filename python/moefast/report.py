@@ -7,10 +7,11 @@ Agg backend, so no display is needed.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -76,7 +77,8 @@ def compare_methods(
             for t in progress(tables, len(tables), method)
         ]
     costs = {
-        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps)]) for m, ps in placed.items()
+        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps, strict=True)])
+        for m, ps in placed.items()
     }
     bounds = np.array([lower_bound(t, num_gpus) for t in tables])
     main_method = next(iter(main)) if main else methods[0]
@@ -105,7 +107,7 @@ def slot_sweep(
         costs[m][i] = np.mean(
             [
                 expected_cost(t, optimize(p, num_gpus, int(s), method=m, seed=seed))
-                for t, p in zip(tables, planned)
+                for t, p in zip(tables, planned, strict=True)
             ]
         )
     bound = np.full(len(slots), np.mean([lower_bound(t, num_gpus) for t in tables]))
@@ -128,7 +130,8 @@ def hottest_layer(tables: Sequence[SubsetTable]) -> int:
 
 
 def top_pairs(table: SubsetTable, count: int = 5) -> list[tuple[int, int, float, float]]:
-    """The ``count`` most co-activated pairs: (expert, expert, share of tokens, share / uniform share)."""
+    """The ``count`` most co-activated pairs: (expert, expert, share of tokens,
+    share / uniform share)."""
     matrix = coactivation(table)
     e, k = table.num_experts, table.k
     upper = np.triu(matrix, 1)
@@ -189,7 +192,7 @@ def plot_slot_sweep(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # Distinct markers and dashes keep methods with equal costs visible on top of each other.
-    for (method, values), (marker, dash) in zip(costs.items(), _STYLES):
+    for (method, values), (marker, dash) in zip(costs.items(), itertools.cycle(_STYLES)):
         ax.plot(
             slots, values, marker=marker, linestyle=dash, label=METHOD_LABELS.get(method, method)
         )
@@ -204,7 +207,7 @@ def plot_layer_costs(comparison: Comparison, path: Path) -> None:
     plt = _pyplot()
     layers = np.array(comparison.layer_ids)
     fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * len(layers) + 3), 4.5))
-    for (method, values), (marker, dash) in zip(comparison.costs.items(), _STYLES):
+    for (method, values), (marker, dash) in zip(comparison.costs.items(), itertools.cycle(_STYLES)):
         ax.plot(
             layers,
             values,
@@ -259,9 +262,9 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Plain-text columns for the terminal."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
 
 

@@ -10,6 +10,13 @@ import numpy as np
 
 from moefast.progress import progress
 from moefast.trace import MAX_EXPERTS, Trace
+from moefast.validation import (
+    check_count,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_seed,
+)
 
 
 def _target_share(
@@ -23,8 +30,8 @@ def _target_share(
         load = np.broadcast_to(load, (num_layers, load.size))
     if load.shape != (num_layers, num_experts):
         raise ValueError(
-            f"expert_load must be [E] = [{num_experts}] or [layers, E] = [{num_layers}, {num_experts}],"
-            f" got shape {np.shape(expert_load)}"
+            f"expert_load must be [E] = [{num_experts}] or"
+            f" [layers, E] = [{num_layers}, {num_experts}], got shape {np.shape(expert_load)}"
         )
     if not np.all(np.isfinite(load)) or (load < 0).any():
         raise ValueError("expert_load must be finite and non-negative")
@@ -121,46 +128,21 @@ def synthetic_trace(
     Memory: one layer's scores at a time, num_tokens * num_experts * 4 bytes (1M tokens of
     256 experts: 1 GB); generate larger traces in parts with different seeds.
     """
-    for name, value in (
-        ("num_tokens", num_tokens),
-        ("num_experts", num_experts),
-        ("k", k),
-        ("num_layers", num_layers),
-        ("num_topics", num_topics),
-        ("seed", seed),
-        ("match_iterations", match_iterations),
-    ):
-        if value is not None and (
-            isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-        ):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if num_tokens < 1 or num_layers < 1:
-        raise ValueError(
-            f"num_tokens and num_layers must be at least 1, got {num_tokens}, {num_layers}"
-        )
-    if not 1 <= num_experts <= MAX_EXPERTS:
-        raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {num_experts}")
-    if not 1 <= k <= num_experts:
-        raise ValueError(f"k must be in [1, num_experts = {num_experts}], got {k}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    num_tokens = check_count("num_tokens", num_tokens)
+    num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+    k = check_int("k", k, 1, num_experts)
+    num_layers = check_count("num_layers", num_layers)
+    seed = check_seed("seed", seed)
+    match_iterations = check_count("match_iterations", match_iterations, low=0)
     if num_topics is None:
         num_topics = max(4, 4 * num_experts // k)
-    if num_topics < 1:
-        raise ValueError(f"num_topics must be at least 1, got {num_topics}")
+    num_topics = check_count("num_topics", num_topics)
     # NaN or inf knobs give NaN logits, and top-k of NaN picks the same experts for every
     # token: a trace that looks valid and is not.
-    for name, value, low in (
-        ("topic_zipf", topic_zipf, 0.0),
-        ("topic_strength", topic_strength, 0.0),
-        ("popularity_skew", popularity_skew, 0.0),
-        ("noise", noise, None),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if not np.isfinite(value) or (value < low if low is not None else value <= 0):
-            need = "positive" if low is None else "non-negative"
-            raise ValueError(f"{name} must be finite and {need}, got {value}")
+    topic_zipf = check_non_negative("topic_zipf", topic_zipf)
+    topic_strength = check_non_negative("topic_strength", topic_strength)
+    popularity_skew = check_non_negative("popularity_skew", popularity_skew)
+    noise = check_positive("noise", noise)
     share = _target_share(expert_load, num_layers, num_experts, k)
     rng = np.random.default_rng(seed)
     topic_weight = 1.0 / np.arange(1, num_topics + 1) ** topic_zipf

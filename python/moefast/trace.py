@@ -8,30 +8,21 @@ writes the native ``.npz``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from moefast._core import SubsetTable
 from moefast.atomic import atomic_open
+from moefast.validation import check_int, check_layer_ids
 
 PathLike = str | os.PathLike
 
 
 #: Largest number of experts a layer may have (the core stores ids as u16).
 MAX_EXPERTS = 65_535
-
-
-def _layer_ids(values) -> list[int]:
-    """Model layer numbers as ints; 2.7 or "a" are refused, not truncated."""
-    out = []
-    for x in values:
-        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
-            raise TypeError(f"layer_ids must hold ints, got {x!r}")
-        out.append(int(x))
-    return out
 
 
 @dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields
@@ -56,13 +47,7 @@ class Trace:
             raise ValueError(f"topk must be int [tokens, layers, k], got shape {topk.shape}")
         if topk.size and topk.dtype.kind not in "iu":
             raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
-        if isinstance(self.num_experts, (bool, np.bool_)) or not isinstance(
-            self.num_experts, (int, np.integer)
-        ):
-            raise TypeError(f"num_experts must be an int, got {type(self.num_experts).__name__}")
-        self.num_experts = int(self.num_experts)
-        if not 1 <= self.num_experts <= MAX_EXPERTS:
-            raise ValueError(f"num_experts must be in [1, {MAX_EXPERTS}], got {self.num_experts}")
+        self.num_experts = check_int("num_experts", self.num_experts, 1, MAX_EXPERTS)
         tokens, layers, k = topk.shape
         if layers < 1:
             raise ValueError("topk has 0 layers: a trace needs at least one")
@@ -81,14 +66,14 @@ class Trace:
             ordered = np.sort(self.topk, axis=2)
             dup = np.nonzero((ordered[:, :, 1:] == ordered[:, :, :-1]).any(axis=2))
             if dup[0].size:
-                t, l = int(dup[0][0]), int(dup[1][0])
+                t, pos = int(dup[0][0]), int(dup[1][0])
                 raise ValueError(
-                    f"token {t} picks expert {self.topk[t, l].tolist()} at layer position {l}:"
+                    f"token {t} picks expert {self.topk[t, pos].tolist()} at layer position {pos}:"
                     " an expert appears twice"
                 )
         if self.layer_ids is None or len(self.layer_ids) == 0:  # an array has no truth value
             self.layer_ids = list(range(layers))
-        self.layer_ids = _layer_ids(self.layer_ids)
+        self.layer_ids = check_layer_ids(self.layer_ids)
         if len(self.layer_ids) != layers:
             raise ValueError(f"layer_ids has {len(self.layer_ids)} entries for {layers} layers")
         if len(set(self.layer_ids)) != layers:
@@ -130,7 +115,8 @@ class Trace:
         )
 
     def table(self, layer: int) -> SubsetTable:
-        """The subset-frequency table of the layer at position ``layer`` (0 <= layer < num_layers)."""
+        """The subset-frequency table of the layer at position ``layer``
+        (0 <= layer < num_layers)."""
         if not -self.num_layers <= layer < self.num_layers:
             raise IndexError(f"layer position {layer} out of range for {self.num_layers} layers")
         return SubsetTable.from_topk(

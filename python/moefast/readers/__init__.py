@@ -28,7 +28,8 @@ def guess_trace_format(path: Path) -> str:
     if path.is_dir():
         if (path / "meta_info.json").exists():
             raise ValueError(
-                f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace; use load_expert_load"
+                f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace;"
+                " use load_expert_load"
             )
         return "sglang"
     suffix = path.suffix.lower()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json
+from moefast.readers._errors import malformed
+from moefast.readers._loading import read_json
 from moefast.trace import Trace
 
 _LAYER = re.compile(r"layer_(\d+)$")
@@ -18,7 +19,7 @@ _LAYER = re.compile(r"layer_(\d+)$")
 def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, list[int]]:
     """int [tokens, layers, k] and the layer ids of one answer's ``router_data``."""
     tokens = []
-    layer_ids = None
+    layer_ids: list[int] = []
     for i, entry in enumerate(router_data):
         if not isinstance(entry, dict) or len(entry) != 1:
             raise malformed(path, f"router_data[{i}] must be {{'token_<i>': {{...}}}}")
@@ -32,7 +33,7 @@ def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, li
                 raise malformed(path, f"router_data[{i}]['{name}'] is not a layer record")
             ids[int(match.group(1))] = value["selected_experts"]
         order = sorted(ids)
-        if layer_ids is None:
+        if i == 0:
             layer_ids = order
         elif order != layer_ids:
             raise malformed(path, f"router_data[{i}] has layers {order}, others {layer_ids}")
@@ -48,15 +49,18 @@ def topk_from_router_data(router_data: list, path: Path) -> tuple[np.ndarray, li
 def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
     data = read_json(path)
     answers = data if isinstance(data, list) else [data]
-    parts, layer_ids = [], None
+    parts: list[np.ndarray] = []
+    layer_ids: list[int] = []
     for answer in answers:
         if not isinstance(answer, dict) or "router_data" not in answer:
             raise malformed(path, "an answer without 'router_data'")
         topk, ids = topk_from_router_data(answer["router_data"], path)
-        if layer_ids is not None and ids != layer_ids:
+        if parts and ids != layer_ids:
             raise malformed(path, f"answers have different layers: {ids} and {layer_ids}")
         layer_ids = ids
         parts.append(topk)
+    if not parts:
+        raise malformed(path, "no answers")
     topk = np.concatenate(parts)
     if num_experts is None:
         num_experts = int(topk.max()) + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,56 +26,55 @@ def _int_field(record: dict, name: str, path: Path, line: int) -> int:
     return value
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's non-blank lines and their numbers; ValueError naming the file if it cannot
+    be read (errors of the caller's, raised while the file is open, pass through)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yield from ((n, text) for n, text in enumerate(handle, start=1) if text.strip())
+    except (OSError, UnicodeDecodeError) as err:
+        raise malformed(path, f"cannot read ({err})") from err
+
+
 def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
     """``num_experts`` defaults to the largest id seen plus one."""
     rows: dict[tuple, dict[int, list[int]]] = {}
     k = None
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as err:
-        raise malformed(path, f"cannot open ({err})") from err
-    with handle:
-        for line_no, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise malformed(path, f"not JSON ({err.msg})", line_no) from err
-            if not isinstance(record, dict):
-                raise malformed(path, "a record must be a JSON object", line_no)
-            layer = _int_field(record, "layer", path, line_no)
-            token = _int_field(record, "token_idx", path, line_no)
-            experts = record.get("experts")
-            if (
-                not isinstance(experts, list)
-                or not experts
-                or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
-            ):
-                raise malformed(
-                    path, f"'experts' must be a list of integer ids, got {experts!r}", line_no
-                )
-            if k is None:
-                k = len(experts)
-            elif len(experts) != k:
-                raise malformed(
-                    path, f"{len(experts)} experts where earlier records have {k}", line_no
-                )
-            if min(experts) < 0:
-                raise malformed(path, f"negative expert id in {experts}", line_no)
-            if max(experts) >= MAX_EXPERTS:  # and so beyond int64 ids fail here, not in numpy
-                raise malformed(
-                    path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no
-                )
-            if len(set(experts)) != len(experts):
-                raise malformed(path, f"an expert appears twice in {experts}", line_no)
-            key = (str(record.get("request_id", "")), token)
-            layers = rows.setdefault(key, {})
-            if layer in layers:
-                raise malformed(
-                    path, f"a second record for token {token} at layer {layer}", line_no
-                )
-            layers[layer] = experts
+    for line_no, text in _lines(path):
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise malformed(path, f"not JSON ({err.msg})", line_no) from err
+        if not isinstance(record, dict):
+            raise malformed(path, "a record must be a JSON object", line_no)
+        layer = _int_field(record, "layer", path, line_no)
+        token = _int_field(record, "token_idx", path, line_no)
+        experts = record.get("experts")
+        if (
+            not isinstance(experts, list)
+            or not experts
+            or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
+        ):
+            raise malformed(
+                path, f"'experts' must be a list of integer ids, got {experts!r}", line_no
+            )
+        if k is None:
+            k = len(experts)
+        elif len(experts) != k:
+            raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
+        if min(experts) < 0:
+            raise malformed(path, f"negative expert id in {experts}", line_no)
+        if max(experts) >= MAX_EXPERTS:  # and so beyond int64 ids fail here, not in numpy
+            raise malformed(
+                path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no
+            )
+        if len(set(experts)) != len(experts):
+            raise malformed(path, f"an expert appears twice in {experts}", line_no)
+        key = (str(record.get("request_id", "")), token)
+        layers = rows.setdefault(key, {})
+        if layer in layers:
+            raise malformed(path, f"a second record for token {token} at layer {layer}", line_no)
+        layers[layer] = experts
     if not rows:
         raise malformed(path, "no records")
     layer_ids = sorted({layer for layers in rows.values() for layer in layers})

@@ -14,12 +14,14 @@ they run without torch; only opening a ``.pt`` file needs it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json, require, to_numpy
+from moefast.readers._errors import malformed, require
+from moefast.readers._loading import read_json, to_numpy
 from moefast.trace import Trace
 
 
@@ -60,7 +62,8 @@ def trace_from_sglang_per_token(
             if ids.ndim != 3:
                 raise malformed(
                     path,
-                    f"dump {d} record {r}: topk_ids_of_layer must be [layers, tokens, k], got shape {ids.shape}",
+                    f"dump {d} record {r}: topk_ids_of_layer must be [layers, tokens, k],"
+                    f" got shape {ids.shape}",
                 )
             if ids.shape[1] == 0:
                 continue
@@ -99,7 +102,8 @@ def trace_from_sglang_per_token(
     dropped = int((~keep).sum())
     if dropped:
         warnings.warn(
-            f"{path}: dropped {dropped} of {keep.size} tokens without a valid top-k in every MoE layer",
+            f"{path}: dropped {dropped} of {keep.size} tokens without a valid top-k"
+            " in every MoE layer",
             stacklevel=2,
         )
     topk = ids[moe_layers][:, keep, :].transpose(1, 0, 2)
@@ -118,13 +122,15 @@ def trace_from_sglang_per_token(
 def expert_load_from_logical_count(
     count: Any, source: Path | str = "<logical_count>"
 ) -> np.ndarray:
-    """float [layers, E] from ``logical_count`` [layers, E] or [steps, layers, E] (summed over steps)."""
+    """float [layers, E] from ``logical_count`` [layers, E] or [steps, layers, E]
+    (summed over steps)."""
     path = Path(str(source))
     count = to_numpy(count, path, "logical_count")
     if count.dtype.kind not in "iuf" or count.ndim not in (2, 3):
         raise malformed(
             path,
-            f"logical_count must be numbers [layers, E] or [steps, layers, E], got {count.dtype} {count.shape}",
+            "logical_count must be numbers [layers, E] or [steps, layers, E],"
+            f" got {count.dtype} {count.shape}",
         )
     count = count.astype(np.float64)
     if count.ndim == 3:
@@ -159,18 +165,18 @@ def read_sglang_trace(path: Path, num_experts: int | None = None) -> Trace:
 
 def read_sglang_stat_load(path: Path) -> np.ndarray:
     """Per-expert load of ``stat`` ``.pt`` dumps (ranks' counts are summed)."""
-    total = None
-    for f in dump_files(path):
+    loads: list[np.ndarray] = []
+    for f in dump_files(path):  # at least one
         dump = _torch_load(f)
         if not isinstance(dump, Mapping) or "logical_count" not in dump:
             raise malformed(f, "no 'logical_count': is it a stat dump?")
         load = expert_load_from_logical_count(dump["logical_count"], f)
-        if total is not None and total.shape != load.shape:
+        if loads and loads[0].shape != load.shape:
             raise malformed(
-                f, f"logical_count shape {load.shape} differs from other ranks' {total.shape}"
+                f, f"logical_count shape {load.shape} differs from other ranks' {loads[0].shape}"
             )
-        total = load if total is None else total + load
-    return total
+        loads.append(load)
+    return np.sum(loads, axis=0)
 
 
 def read_logical_count_json(path: Path) -> np.ndarray:

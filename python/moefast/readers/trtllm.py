@@ -5,12 +5,13 @@ per-expert token counts [E]. Counts are summed over iterations and ranks."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
-from moefast.readers._errors import malformed, read_json, require, to_numpy
+from moefast.readers._errors import malformed, require
+from moefast.readers._loading import read_json, to_numpy
 
 _KEY = re.compile(r"^(\d+)_(\d+)$")
 
