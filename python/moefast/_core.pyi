@@ -106,3 +106,7 @@ def optimize_batch(
     max_evaluations: int,
 ) -> Placement:
     """Local search of the mean step time at `batch_size` from `start`."""
+
+def interrupt() -> None:
+    """Stops every running core call (each raises KeyboardInterrupt); for Python code that
+    catches KeyboardInterrupt while other threads run core calls."""

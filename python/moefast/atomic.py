@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 # The permissions a plain open() would give a new file (mkstemp makes it 0600). Read once:
 # os.umask can only be read by setting it.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Literal
 
 import numpy as np
 
+from moefast import _core
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
 from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
@@ -84,12 +85,17 @@ def plan(
         progress = sys.stderr.isatty()
     workers = min(len(tables), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        layers = pool.map(plan_layer, tables)
-        if progress:
-            from tqdm import tqdm
+        futures = [pool.submit(plan_layer, table) for table in tables]
+        try:
+            layers = (f.result() for f in futures)
+            if progress:
+                from tqdm import tqdm
 
-            layers = tqdm(layers, total=len(tables), desc="planning layers", unit="layer")
-        results = list(layers)
+                layers = tqdm(layers, total=len(tables), desc="planning layers", unit="layer")
+            results = list(layers)
+        except KeyboardInterrupt:
+            _stop(futures)
+            raise
     settings: dict[str, object] = {
         "method": method,
         "coverage": coverage,
@@ -109,3 +115,14 @@ def plan(
         lower_bounds=np.array([r[2] for r in results]),
         settings=settings,
     )
+
+
+def _stop(futures: list[Future]) -> None:
+    """After Ctrl-C: drop the layers not started and stop the running ones, whose core
+    calls would otherwise run to their end before the pool lets the program exit (signals
+    reach the main thread only)."""
+    for f in futures:
+        f.cancel()
+    while not all(f.done() for f in futures):
+        _core.interrupt()
+        wait(futures, timeout=0.02)
