@@ -112,7 +112,7 @@ def test_synth_load_of_other_expert_count_is_refused(tmp_path, capsys):
             str(tmp_path / "x.npz"),
         ]
     )
-    assert code == 1 and "loads of 8 experts" in capsys.readouterr().err
+    assert code == 2 and "loads of 8 experts" in capsys.readouterr().err
 
 
 def test_evaluate_a_placement_file(tmp_path, capsys):
@@ -144,14 +144,14 @@ def test_evaluate_needs_the_gpu_count_for_sglang(tmp_path, capsys):
     replicas = np.zeros((32, 4), dtype=bool)
     replicas[np.arange(32), np.arange(32) % 4] = True
     ModelPlacement([moefast.Placement(replicas)], 8).save(tmp_path / "p.json", "sglang")
-    assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 1
+    assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 2
     assert "num_gpus" in capsys.readouterr().err
 
 
 def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"layer": 0}\n')
-    assert main(["inspect", str(bad)]) == 1
+    assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1" in err
 
@@ -265,7 +265,7 @@ def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
 
 
 def test_simulate_refuses_infeasible_memory(capsys):
-    assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 1
+    assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 2
     assert "cannot hold 32 experts" in capsys.readouterr().err
 
 

@@ -49,6 +49,9 @@ class Trace:
             raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
         self.num_experts = check_int("num_experts", self.num_experts, 1, MAX_EXPERTS)
         tokens, layers, k = topk.shape
+        if tokens < 1:
+            # An empty trace has no statistics: inspect would print nan, plan fail later.
+            raise ValueError("topk has 0 tokens: a trace needs at least one")
         if layers < 1:
             raise ValueError("topk has 0 layers: a trace needs at least one")
         if k < 1:
