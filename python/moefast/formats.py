@@ -422,6 +422,10 @@ def _load(
     if fmt == "eplb":
         rows = _list(data["phy2log"], path, "phy2log")
         g = num_gpus if num_gpus is not None else _need(data.get("num_gpus"), "num_gpus", path, fmt)
+        if data.get("num_gpus") is not None:
+            stored_gpus = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
+            if num_gpus is not None and stored_gpus != num_gpus:
+                raise ValueError(f"{path}: the file has num_gpus = {stored_gpus}, not {num_gpus}")
         stored = data.get("layer_ids")
         ids = list(range(len(rows))) if stored is None else _layer_ids(stored, path)
         if len(ids) != len(rows):
