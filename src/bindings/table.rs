@@ -11,6 +11,13 @@ use crate::cost;
 use crate::placement::Placement;
 use crate::table::SubsetTable;
 
+/// What `SubsetTable.__reduce__` returns: `_restore` and (rows, weights, num_experts,
+/// original_weight).
+type Reduced<'py> = (
+    Bound<'py, PyAny>,
+    (Bound<'py, PyAny>, Bound<'py, PyAny>, usize, f64),
+);
+
 /// The frequency table of co-activated expert subsets of one layer.
 #[pyclass(name = "SubsetTable", module = "moefast", frozen)]
 pub struct PySubsetTable {
@@ -148,12 +155,7 @@ impl PySubsetTable {
 
     /// Pickling and copying: the rows (uint16 [n, k]), weights, num_experts and the
     /// weight of the unpruned table, rebuilt exactly by `_restore`.
-    fn __reduce__<'py>(
-        slf: &Bound<'py, Self>,
-    ) -> PyResult<(
-        Bound<'py, PyAny>,
-        (Bound<'py, PyAny>, Bound<'py, PyAny>, usize, f64),
-    )> {
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Reduced<'py>> {
         let py = slf.py();
         let t = &slf.get().inner;
         let rows = PyArray1::from_slice(py, t.subsets())
