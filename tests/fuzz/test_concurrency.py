@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import moefast as mf
 import numpy as np
@@ -60,8 +61,8 @@ def test_ids_written_by_another_thread():
         calls = [
             (mf.SubsetTable.from_topk, topk, num_experts),
             (mf.batch_time, topk, placement, cm),
-            (mf.simulate, topk[:, None, :], model, [4], cm, 0, 20),
-            (mf.batch.optimize_batch, topk, placement, 16, cm, 8, 0, None, 50),
+            (partial(mf.simulate, steps=20), topk[:, None, :], model, [4], cm),
+            (partial(mf.batch.optimize_batch, max_evaluations=50), topk, placement, 16, cm, 8),
         ]
         for outcome in _with_writer(topk, BAD_VALUES + good, calls, SEED + round_):
             if isinstance(outcome, ValueError):
