@@ -36,7 +36,8 @@ def test_batch_time_speed(benchmark):
         greedy = reference_layer_time(topk, lists, cm.alpha, cm.beta, cm.p)
         assert bound <= time_us <= greedy * (1 + 1e-9)
         print(
-            f"\n{cm}: step {time_us:.1f} us, lower bound {bound:.1f} (gap {time_us / bound - 1:.2%}),"
+            f"\n{cm}: step {time_us:.1f} us, lower bound {bound:.1f}"
+            f" (gap {time_us / bound - 1:.2%}),"
             f" largest-first greedy {greedy:.1f}"
         )
     got = benchmark(mf.batch_time, topk, placement, DEEPSEEK_V3)
@@ -46,7 +47,8 @@ def test_batch_time_speed(benchmark):
     reference_s = time.perf_counter() - start
     mean_s = benchmark.stats.stats.mean
     print(
-        f"batch_time {mean_s * 1e6:.0f} us per call; Python largest-first greedy {reference_s * 1e6:.0f} us"
+        f"batch_time {mean_s * 1e6:.0f} us per call;"
+        f" Python largest-first greedy {reference_s * 1e6:.0f} us"
         f" ({reference_s / mean_s:.1f}x)"
     )
     assert mean_s < 1e-3
@@ -61,22 +63,23 @@ def _numpy_simulate(
     for s in range(steps):
         tokens = rng.integers(0, topk.shape[0], size=batch)
         out[s] = sum(
-            reference_layer_time(topk[tokens, l], lists[l], cm.alpha, cm.beta, cm.p)
-            for l in range(len(lists))
+            reference_layer_time(topk[tokens, layer], lists[layer], cm.alpha, cm.beta, cm.p)
+            for layer in range(len(lists))
         )
     return out
 
 
 def test_simulate_speed(benchmark):
-    """1,000 steps of B = 256 on a DeepSeek-V3-size model: 58 layers, 256 experts, top-8, 32 GPUs."""
+    """1,000 steps of B = 256 on a DeepSeek-V3-size model: 58 layers, 256 experts, top-8,
+    32 GPUs."""
     layers = 58
     topk = np.stack(
-        [skewed_topk(4096, 256, 8, seed=l, num_topics=256) for l in range(layers)], axis=1
+        [skewed_topk(4096, 256, 8, seed=layer, num_topics=256) for layer in range(layers)], axis=1
     )
     model = ModelPlacement(
         [
-            mf.optimize(mf.SubsetTable.from_topk(topk[:, l], 256), 32, 9, method="eplb")
-            for l in range(layers)
+            mf.optimize(mf.SubsetTable.from_topk(topk[:, layer], 256), 32, 9, method="eplb")
+            for layer in range(layers)
         ],
         9,
     )
@@ -132,19 +135,22 @@ def test_batch_placement_targets(target_trace):
     """200,000 skewed tokens, 64 experts, top-6, 8 GPUs x 9 slots, alpha 130, beta 0.5."""
     base, _, ours, seconds = _compare(target_trace, 1)
     print(
-        f"\nB=1: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {1 - ours / base:.1%} lower ({seconds:.1f} s search)"
+        f"\nB=1: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {1 - ours / base:.1%} lower"
+        f" ({seconds:.1f} s search)"
     )
     assert ours <= 0.85 * base
     base, _, ours, seconds = _compare(target_trace, 4096)
     print(
-        f"B=4096: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {ours / base - 1:+.1%} ({seconds:.1f} s search)"
+        f"B=4096: EPLB {base:.1f} us, batch-aware {ours:.1f} us: {ours / base - 1:+.1%}"
+        f" ({seconds:.1f} s search)"
     )
     assert ours <= 1.02 * base
 
 
 def test_gain_over_eplb_curve(target_trace):
     rows = [
-        "| B | EPLB step (us) | greedy step (us) | batch-aware step (us) | greedy gain | batch-aware gain | search (s) |",
+        "| B | EPLB step (us) | greedy step (us) | batch-aware step (us) | greedy gain"
+        " | batch-aware gain | search (s) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     gains = []
@@ -152,7 +158,8 @@ def test_gain_over_eplb_curve(target_trace):
         base, greedy, ours, seconds = _compare(target_trace, batch)
         gains.append(1 - ours / base)
         rows.append(
-            f"| {batch} | {base:.1f} | {greedy:.1f} | {ours:.1f} | {1 - greedy / base:.1%} | {1 - ours / base:.1%}"
+            f"| {batch} | {base:.1f} | {greedy:.1f} | {ours:.1f} | {1 - greedy / base:.1%}"
+            f" | {1 - ours / base:.1%}"
             f" | {seconds:.1f} |"
         )
     print("\n" + "\n".join(rows))

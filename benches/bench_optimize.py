@@ -1,4 +1,4 @@
-"""Optimizer benchmarks on skewed, correlated synthetic traces (benches/workloads.py).
+"""Optimizer benchmarks on skewed, correlated synthetic traces (moefast.synthetic).
 
 Run: pytest benches/bench_optimize.py -s   (after `maturin develop --release`)
 
@@ -14,14 +14,14 @@ import time
 import numpy as np
 import pytest
 from moefast import _core, load_trace
+from moefast.synthetic import synthetic_topk
 from shared_data import SHARED_DATA
-from workloads import topic_topk
 
 BASELINES = ["contiguous", "round_robin", "eplb"]
 
 
 def layer(num_tokens: int, num_experts: int, k: int, seed: int = 0):
-    topk = topic_topk(num_tokens, num_experts, k, seed=seed)
+    topk = synthetic_topk(num_tokens, num_experts, k, seed=seed)
     full = _core.SubsetTable.from_topk(topk, num_experts=num_experts)
     return full, full.prune(coverage=0.99)
 
@@ -71,10 +71,12 @@ def compare(benchmark, full, pruned, num_gpus: int, slots: int, name: str) -> tu
     print(
         f"\n{name}: {len(pruned)} subsets (99% of {len(full)}), G={num_gpus}, {slots} slots/GPU, "
         f"{os.cpu_count()} cores\n"
-        f"  greedy {greedy:.4f} expert rounds/token in {seconds:.3f} s (best of 3; median {median:.3f} s; "
+        f"  greedy {greedy:.4f} expert rounds/token in {seconds:.3f} s"
+        f" (best of 3; median {median:.3f} s; "
         f"{cpu:.3f} s of CPU per run)\n"
         + "".join(f"  {m:<12} {c:.4f}\n" for m, c in baselines.items())
-        + f"  greedy is {100 * (1 - greedy / baselines[best_name]):.1f}% below the best baseline ({best_name}); "
+        + f"  greedy is {100 * (1 - greedy / baselines[best_name]):.1f}% below the best baseline"
+        f" ({best_name}); "
         f"gap to the lower bound {bound:.0f}: {100 * (greedy / bound - 1):.1f}%"
     )
     return greedy / baselines[best_name], seconds
@@ -113,7 +115,7 @@ def test_deepseek_v3_layer(benchmark, deepseek_v3_layer):
 
 def test_table_and_prune_time(deepseek_v3_layer):
     """The rest of a layer's pipeline, for the whole-model budget."""
-    topk = topic_topk(200_000, 256, 8, seed=1)
+    topk = synthetic_topk(200_000, 256, 8, seed=1)
     start = time.perf_counter()
     table = _core.SubsetTable.from_topk(topk, num_experts=256).prune(coverage=0.99)
     seconds = time.perf_counter() - start
@@ -165,6 +167,7 @@ def test_gpt_oss_real_traces():
     for name, pairs in (("in-sample", in_sample), ("held-out answer", held_out)):
         g, b = np.mean(pairs, axis=0)
         print(
-            f"\ngpt-oss-20b, {len(layers)} layers, G=8, 5 slots, {name}: greedy {g:.4f}, best baseline {b:.4f} "
+            f"\ngpt-oss-20b, {len(layers)} layers, G=8, 5 slots, {name}: greedy {g:.4f},"
+            f" best baseline {b:.4f} "
             f"({100 * (1 - g / b):.1f}% below)"
         )

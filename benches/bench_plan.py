@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import moefast as mf
 import numpy as np
 from workloads import skewed_topk
@@ -17,7 +15,7 @@ from workloads import skewed_topk
 LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9
 
 
-def deepseek_v3_trace() -> SimpleNamespace:
+def deepseek_v3_trace() -> mf.Trace:
     """Layers share one skewed, correlated routing with the experts relabelled per layer, so
     every layer has its own hot experts and groups at the cost of generating one."""
     base = skewed_topk(TOKENS, EXPERTS, K, seed=7)
@@ -25,9 +23,7 @@ def deepseek_v3_trace() -> SimpleNamespace:
     topk = np.stack([rng.permutation(EXPERTS)[base] for _ in range(LAYERS)], axis=1).astype(
         np.int16
     )
-    return SimpleNamespace(
-        topk=topk, num_experts=EXPERTS, layer_ids=list(range(3, 3 + LAYERS)), weights=None
-    )
+    return mf.Trace(topk, EXPERTS, list(range(3, 3 + LAYERS)))
 
 
 def test_plan_deepseek_v3_model(benchmark):
@@ -41,9 +37,11 @@ def test_plan_deepseek_v3_model(benchmark):
         table, mf.optimize(table.prune(coverage=0.99), GPUS, SLOTS, method="eplb")
     )
     print(
-        f"\nplan: {LAYERS} layers x {TOKENS:,} tokens, E={EXPERTS} k={K}, {GPUS} GPUs x {SLOTS} slots:"
+        f"\nplan: {LAYERS} layers x {TOKENS:,} tokens, E={EXPERTS} k={K},"
+        f" {GPUS} GPUs x {SLOTS} slots:"
         f" {seconds:.1f} s; model cost {model.expected_cost:.2f} rounds/token (lower bound"
-        f" {model.lower_bounds.sum():.0f}); layer 0 greedy {model.layer_costs[0]:.4f} vs EPLB {eplb:.4f}"
+        f" {model.lower_bounds.sum():.0f}); layer 0 greedy {model.layer_costs[0]:.4f}"
+        f" vs EPLB {eplb:.4f}"
     )
     assert len(model) == LAYERS and model.layer_ids[0] == 3
     assert all(p.slots_used.tolist() == [SLOTS] * GPUS for p in model)

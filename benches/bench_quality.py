@@ -40,12 +40,14 @@ def test_greedy_matches_milp_on_mixtral_layers():
             worst = max(worst, gap)
             rows.append((layer, slots, greedy, exact.cost, gap))
     print(
-        f"\nMixtral-size (E=8, k=2, G=2, slots 4-8), {len(rows)} cases: worst greedy gap to the optimum {worst:.3%}"
+        f"\nMixtral-size (E=8, k=2, G=2, slots 4-8), {len(rows)} cases:"
+        f" worst greedy gap to the optimum {worst:.3%}"
     )
     for layer, slots, greedy, optimum, gap in rows:
         if gap > 0:
             print(
-                f"  layer {layer:2d} slots {slots}: greedy {greedy:.4f} optimum {optimum:.4f} gap {gap:.3%}"
+                f"  layer {layer:2d} slots {slots}: greedy {greedy:.4f} optimum {optimum:.4f}"
+                f" gap {gap:.3%}"
             )
     assert worst <= 0.01
 
@@ -64,7 +66,8 @@ def test_greedy_against_milp_on_dbrx_size_layers():
             gap = greedy / exact.cost - 1
             worst = max(worst, gap)
             print(
-                f"  {layer:5d} {slots:5d} {len(table):7d} {greedy:7.4f} {exact.cost:7.4f} {exact.bound:7.4f}"
+                f"  {layer:5d} {slots:5d} {len(table):7d} {greedy:7.4f} {exact.cost:7.4f}"
+                f" {exact.bound:7.4f}"
                 f"  {exact.optimal!s:6s} {gap:11.3%} {greedy / exact.bound - 1:11.3%}"
             )
     print(f"  worst greedy gap to the MILP: {worst:.3%}")

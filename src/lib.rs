@@ -5,6 +5,9 @@ pub mod batch;
 pub mod cancel;
 pub mod cost;
 pub mod error;
+pub mod layout;
+pub mod limits;
+pub mod matching;
 pub mod optimize;
 pub mod placement;
 pub mod rng;
@@ -14,6 +17,6 @@ pub mod table;
 mod bindings;
 
 pub use error::{MoeError, Result};
-pub use optimize::optimize;
+pub use optimize::{fill_free_slots, optimize};
 pub use placement::Placement;
 pub use table::SubsetTable;

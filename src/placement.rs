@@ -1,9 +1,9 @@
-//! Placements: which GPUs hold a replica of each expert.
+//! Placements: which GPUs hold a replica of each expert. `Placement` is the checked,
+//! frozen form (what the API takes and returns); `crate::layout::Layout` the mutable one
+//! the searches change. `Replicas` reads either.
 
 use crate::error::{MoeError, Result};
-
-/// Largest number of GPUs a placement spans.
-pub const MAX_GPUS: usize = 1024;
+use crate::limits::{check_num_gpus, MAX_EXPERTS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -19,15 +19,10 @@ pub struct Placement {
 impl Placement {
     /// A placement from per-expert GPU lists; each expert needs at least one replica.
     pub fn from_lists(lists: &[Vec<usize>], num_gpus: usize) -> Result<Self> {
-        if num_gpus == 0 || num_gpus > MAX_GPUS {
+        check_num_gpus(num_gpus)?;
+        if lists.is_empty() || lists.len() > MAX_EXPERTS {
             return Err(MoeError::value(format!(
-                "num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}"
-            )));
-        }
-        if lists.is_empty() || lists.len() > crate::table::MAX_EXPERTS {
-            return Err(MoeError::value(format!(
-                "a placement needs 1 to {} experts, got {}",
-                crate::table::MAX_EXPERTS,
+                "a placement needs 1 to {MAX_EXPERTS} experts, got {}",
                 lists.len()
             )));
         }
@@ -138,6 +133,32 @@ impl Placement {
             }
         }
         m
+    }
+}
+
+/// Read access to which GPUs hold each expert, for code that evaluates both frozen
+/// placements and layouts under search (the step-time solver, the max-flow).
+pub trait Replicas: Sync {
+    fn num_experts(&self) -> usize;
+    fn num_gpus(&self) -> usize;
+    /// GPUs holding a replica of `expert`, ascending.
+    fn gpus_of(&self, expert: usize) -> &[u16];
+    /// 64-bit GPU masks per expert, present only when num_gpus <= 64.
+    fn masks(&self) -> Option<&[u64]>;
+}
+
+impl Replicas for Placement {
+    fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+    fn num_gpus(&self) -> usize {
+        self.num_gpus
+    }
+    fn gpus_of(&self, expert: usize) -> &[u16] {
+        Placement::gpus_of(self, expert)
+    }
+    fn masks(&self) -> Option<&[u64]> {
+        Placement::masks(self)
     }
 }
 

@@ -7,11 +7,7 @@
 use rayon::prelude::*;
 
 use crate::error::{MoeError, Result};
-
-/// Largest number of experts a layer may have (ids are stored as u16).
-pub const MAX_EXPERTS: usize = 65_535;
-/// Largest top-k a table holds.
-pub const MAX_K: usize = 16;
+use crate::limits::{MAX_EXPERTS, MAX_K};
 
 /// Rows per parallel task: work per row is tens of nanoseconds, so tasks must be large.
 const ROWS_PER_TASK: usize = 16_384;

@@ -38,7 +38,7 @@ def brute_force_batch_time(
     pairs = [(t, int(e)) for t, row in enumerate(topk) for e in row]
     best = math.inf
     for choice in itertools.product(*(lists[e] for _, e in pairs)):
-        best = min(best, layer_time(dict(zip(pairs, choice)), alpha, beta, p))
+        best = min(best, layer_time(dict(zip(pairs, choice, strict=True)), alpha, beta, p))
     return 0.0 if not pairs else best
 
 

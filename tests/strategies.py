@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
+from moefast.synthetic import synthetic_topk
 
 
 @st.composite
@@ -12,15 +13,10 @@ def topk_arrays(draw, max_experts: int = 40, max_k: int = 8, max_tokens: int = 6
     k = draw(st.integers(1, min(max_k, num_experts)))
     tokens = draw(st.integers(0, max_tokens))
     seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    # A few popular experts make repeated subsets likely, as in real routing.
-    hot = max(k, num_experts // 4)
-    rows = [
-        rng.choice(hot if rng.random() < 0.7 else num_experts, size=k, replace=False)
-        for _ in range(tokens)
-    ]
-    topk = np.array(rows, dtype=np.int64).reshape(tokens, k)
-    return topk, num_experts
+    # A few topics over popular experts make repeated subsets likely, as in real routing.
+    num_topics = draw(st.integers(1, 6))
+    topk = synthetic_topk(tokens, num_experts, k, seed=seed, num_topics=num_topics)
+    return topk.astype(np.int64), num_experts
 
 
 @st.composite

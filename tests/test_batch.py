@@ -72,7 +72,7 @@ def test_batch_of_one_is_the_subset_cost():
     )
     costs = mf.subset_costs(table, p)
     cm = mf.CostModel(10.0, 1.0, 2.0)
-    for row, c in zip(table.subsets, costs):
+    for row, c in zip(table.subsets, costs, strict=True):
         assert mf.batch_time(row[None, :], p, cm) == pytest.approx(
             c * expert_time(1, 10.0, 1.0, 2.0)
         )
@@ -185,7 +185,7 @@ def test_simulate_refuses_what_is_not_a_trace_by_type():
         topk = _trace(layers=1)
 
     p = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
-    with pytest.raises(TypeError, match="expected a moefast.Trace.*got LooksLikeATrace"):
+    with pytest.raises(TypeError, match=r"expected a moefast\.Trace.*got LooksLikeATrace"):
         mf.simulate(LooksLikeATrace(), p, 1, mf.CostModel(1, 1))
     with pytest.raises(TypeError, match="table 1 must be a SubsetTable, got str"):
         mf.simulate([mf.SubsetTable.from_topk(_trace(), 8), "x"], [p, p], 1, mf.CostModel(1, 1))
@@ -269,37 +269,6 @@ def test_optimize_batch_rejects_bad_arguments():
         optimize_batch(topk, None, 2, cm, batch_size=1)
 
 
-def test_plot_throughput_latency(tmp_path):
-    from moefast.batch_plots import plot_throughput_latency
-
-    topk = _trace()
-    cm = mf.CostModel(130, 0.5, 2.0)
-    one = mf.Placement.from_lists([[e % 4] for e in range(8)], 4)
-    two = mf.Placement.from_lists([[e % 4, (e + 1) % 4] for e in range(8)], 4)
-    results = {
-        name: mf.simulate(topk, p, [1, 16, 256], cm, steps=50)
-        for name, p in (("single", one), ("replicated", two))
-    }
-    out = plot_throughput_latency(results, tmp_path / "curve.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="empty"):
-        plot_throughput_latency({}, tmp_path / "none.png")
-
-
-def test_gpu_calibrate_is_import_safe_without_a_gpu(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "benches" / "gpu_calibrate.py"
-    spec = importlib.util.spec_from_file_location("gpu_calibrate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if module.torch is not None and module.torch.cuda.is_available():
-        pytest.skip("a GPU is present: the script would measure")
-    assert module.main(["--out", str(tmp_path / "c.json")]) == 0
-    assert not (tmp_path / "c.json").exists()
-
-
 def test_sharp_cost_model_times_are_finite():
     # alpha^p overflowed to inf for p of a few hundred: every step time came out inf.
     p = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
@@ -319,3 +288,24 @@ def test_optimize_batch_refuses_an_endless_sample():
     start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
     with pytest.raises(ValueError, match="sampled tokens"):
         optimize_batch(table, start, 2, mf.CostModel(1, 1), 2**24, num_batches=2**20)
+
+
+def test_fastest_placement_is_the_lowest_simulated_mean():
+    from moefast.batch import fastest_placement
+
+    topk = _trace(num_tokens=400)
+    table = mf.SubsetTable.from_topk(topk, 8)
+    cm = mf.CostModel(10.0, 1.0)
+    candidates = [
+        mf.Placement.from_lists([[e % 4] for e in range(8)], 4),
+        mf.Placement.from_lists([[e // 2] for e in range(8)], 4),
+        mf.Placement.from_lists([[e % 4, (e + 1) % 4] for e in range(8)], 4),
+    ]
+    means = [
+        mf.simulate(table, p, 8, cm, seed=1, steps=256)[0]["mean_step_time"] for p in candidates
+    ]
+    got = fastest_placement(table, candidates, cm, 8, seed=1)
+    assert got == candidates[int(np.argmin(means))]
+    assert fastest_placement(table, candidates[:1], cm, 8) == candidates[0]
+    with pytest.raises(ValueError, match="candidates is empty"):
+        fastest_placement(table, [], cm, 8)

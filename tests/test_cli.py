@@ -12,7 +12,7 @@ from moefast.data import GPTOSS20B_DECODE
 from moefast.formats import load_placement
 from moefast.model import ModelPlacement
 from moefast.trace import load_trace
-from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
+from shared_data import OLMOE_C4_LOAD
 
 
 @pytest.mark.parametrize("command", ["demo", "plan", "evaluate", "inspect", "synth", "simulate"])
@@ -35,7 +35,7 @@ def test_inspect_bundled_trace(capsys):
     assert "645 tokens, 24 layers" in out and "32 experts, k = 4" in out
     trace = load_trace(GPTOSS20B_DECODE)
     table = trace.table(0)
-    line = next(l for l in out.splitlines() if l.split()[:1] == ["0"])
+    line = next(line for line in out.splitlines() if line.split()[:1] == ["0"])
     assert line.split()[1:5] == [
         str(len(table)),
         *(str(len(table.prune(coverage=c))) for c in (0.8, 0.9, 0.99)),
@@ -44,50 +44,24 @@ def test_inspect_bundled_trace(capsys):
     assert len(pairs) == 3
 
 
+def synth_args(experts: int, k: int, layers: int, tokens: int, out, *extra: str) -> list[str]:
+    sizes = {"--experts": experts, "--k": k, "--layers": layers, "--tokens": tokens}
+    return ["synth", *(f"{a}={v}" for a, v in sizes.items()), "--out", str(out), *extra]
+
+
 def test_synth_writes_a_trace(tmp_path, capsys):
     out = tmp_path / "s.npz"
-    assert (
-        main(
-            [
-                "synth",
-                "--experts",
-                "16",
-                "--k",
-                "2",
-                "--layers",
-                "3",
-                "--tokens",
-                "300",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(synth_args(16, 2, 3, 300, out)) == 0
     trace = load_trace(out)
     assert trace.topk.shape == (300, 3, 2) and trace.num_experts == 16
 
 
-@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
 def test_synth_matches_a_recorded_load(tmp_path):
-    out = tmp_path / "ds.npz"
-    args = [
-        "synth",
-        "--experts",
-        "256",
-        "--k",
-        "8",
-        "--layers",
-        "2",
-        "--tokens",
-        "5000",
-        "--load",
-        str(DEEPSEEK),
-    ]
-    assert main([*args, "--out", str(out)]) == 0
+    out = tmp_path / "olmoe.npz"
+    assert main(synth_args(64, 8, 2, 5000, out, "--load", str(OLMOE_C4_LOAD))) == 0
     from moefast.readers import load_expert_load
 
-    target = load_expert_load(DEEPSEEK)[:2]
+    target = load_expert_load(OLMOE_C4_LOAD)[:2]
     got = load_trace(out).expert_load()
     want = 8 * 5000 * target / target.sum(axis=1, keepdims=True)
     assert (np.abs(got - want).sum(axis=1) / got.sum(axis=1) < 0.03).all()
@@ -95,23 +69,7 @@ def test_synth_matches_a_recorded_load(tmp_path):
 
 def test_synth_load_of_other_expert_count_is_refused(tmp_path, capsys):
     np.save(tmp_path / "l.npy", np.ones(8))
-    code = main(
-        [
-            "synth",
-            "--experts",
-            "16",
-            "--k",
-            "2",
-            "--layers",
-            "1",
-            "--tokens",
-            "10",
-            "--load",
-            str(tmp_path / "l.npy"),
-            "--out",
-            str(tmp_path / "x.npz"),
-        ]
-    )
+    code = main(synth_args(16, 2, 1, 10, tmp_path / "x.npz", "--load", str(tmp_path / "l.npy")))
     assert code == 2 and "loads of 8 experts" in capsys.readouterr().err
 
 
@@ -135,7 +93,7 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    row = next(l for l in out.splitlines() if l.split()[:1] == ["5"]).split()
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["5"]).split()
     assert float(row[1]) == pytest.approx(moefast.expected_cost(trace.table(5), model[5]), abs=5e-4)
     assert float(row[2]) == pytest.approx(moefast.lower_bound(trace.table(5), 4), abs=5e-4)
 
@@ -156,17 +114,16 @@ def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
     assert "bad.jsonl, line 1" in err
 
 
+#: `moefast plan` of the bundled trace on 4 GPUs x 10 slots.
+PLAN_GPTOSS = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10"]
+
+
 def test_plan_end_to_end(tmp_path, capsys):
     out = tmp_path / "placement.json"
     report_dir = tmp_path / "report"
     code = main(
         [
-            "plan",
-            str(GPTOSS20B_DECODE),
-            "--gpus",
-            "4",
-            "--slots",
-            "10",
+            *PLAN_GPTOSS,
             "--format",
             "sglang",
             "--out",
@@ -185,7 +142,7 @@ def test_plan_end_to_end(tmp_path, capsys):
         assert (report_dir / name).stat().st_size > 0
     printed = capsys.readouterr().out
     trace = load_trace(GPTOSS20B_DECODE)
-    row = next(l for l in printed.splitlines() if l.split()[:1] == ["0"]).split()
+    row = next(line for line in printed.splitlines() if line.split()[:1] == ["0"]).split()
     assert float(row[4]) == pytest.approx(
         moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4
     )
@@ -203,12 +160,7 @@ def test_plan_end_to_end(tmp_path, capsys):
 )
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
     args = [
-        "plan",
-        str(GPTOSS20B_DECODE),
-        "--gpus",
-        "4",
-        "--slots",
-        "10",
+        *PLAN_GPTOSS,
         "--out",
         str(tmp_path / "p.json"),
     ]
@@ -220,9 +172,9 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
-    header = next(l for l in out.splitlines() if l.split()[:1] == ["layer"]).split()
+    header = next(line for line in out.splitlines() if line.split()[:1] == ["layer"]).split()
     assert header[1:6] == ["contiguous", "round-robin", "EPLB", "greedy", "lower"]
-    total = next(l for l in out.splitlines() if l.startswith("total")).split()
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
     costs = [float(x) for x in total[1:6]]
     assert costs[4] <= min(costs[:4]) + 1e-9  # the lower bound is below every method
     assert (tmp_path / "demo" / "report.md").exists()

@@ -70,7 +70,9 @@ def test_expected_cost_is_the_weighted_mean(data):
 def test_known_costs():
     table = mf.SubsetTable.from_subsets([[0, 1], [0, 2], [1, 2]], [1, 1, 1], 3)
     one_gpu = mf.Placement.from_lists([[0], [0], [1]], num_gpus=2)
-    assert dict(zip(map(tuple, table.subsets.tolist()), mf.subset_costs(table, one_gpu))) == {
+    assert dict(
+        zip(map(tuple, table.subsets.tolist()), mf.subset_costs(table, one_gpu), strict=True)
+    ) == {
         (0, 1): 2,
         (0, 2): 1,
         (1, 2): 1,

@@ -67,12 +67,12 @@ def test_sglang_map_puts_each_slot_on_its_gpu(tmp_path):
     assert list(data) == ["physical_to_logical_map"]  # SGLang passes every key to its loader
     p2l = np.array(data["physical_to_logical_map"])
     assert p2l.shape == (7, G * SLOTS)  # model layers 0..6, dense ones included
-    for layer, placement in zip(original.layer_ids, original.placements):
+    for layer, placement in zip(original.layer_ids, original.placements, strict=True):
         for p, expert in enumerate(p2l[layer]):
             assert placement.replicas[expert, p // SLOTS], f"layer {layer} slot {p}"
         # and every replica has a slot
         held = {(int(e), p // SLOTS) for p, e in enumerate(p2l[layer])}
-        assert held == {(e, g) for e, g in zip(*np.nonzero(placement.replicas))}
+        assert held == {(e, g) for e, g in zip(*np.nonzero(placement.replicas), strict=True)}
     for dense in (0, 1, 2, 5):
         assert set(p2l[dense]) == set(range(E))
 
@@ -187,7 +187,7 @@ def test_eplb_logcnt_must_agree(tmp_path):
 def test_bad_yaml_names_the_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("num_slots: 4\ninitial_global_assignments: {3: [0, 1\n")
-    with pytest.raises(ValueError, match="bad.yaml, line"):
+    with pytest.raises(ValueError, match=r"bad\.yaml, line"):
         load_placement(path, num_gpus=2)
 
 
@@ -216,16 +216,3 @@ def test_binary_file_as_placement_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="not UTF-8 text") as info:
         load_placement(path)
     assert str(path) in str(info.value)
-
-
-def test_model_placement_checks_its_fields():
-    p = full_placement(0)
-    with pytest.raises(TypeError, match=r"placements\[1\] must be a moefast.Placement, got int"):
-        ModelPlacement([p, 3], 9)
-    with pytest.raises(TypeError, match="slots_per_gpu must be an int, got float"):
-        ModelPlacement([p], 9.5)
-    with pytest.raises(ValueError, match="layer_ids repeat a layer"):
-        ModelPlacement([p, p], 9, layer_ids=[3, 3])
-    with pytest.raises(TypeError, match="layer_ids must hold ints"):
-        ModelPlacement([p, p], 9, layer_ids=["a", "b"])
-    assert ModelPlacement([p, p], 9, layer_ids=np.array([3, 4])).layer_ids == [3, 4]

@@ -18,7 +18,7 @@ def test_many_gpus():
     lists = [[e % 1024, (e * 7) % 1024] for e in range(300)]
     p = mf.Placement.from_lists(lists, num_gpus=1024)
     assert p.replicas.shape == (300, 1024)
-    assert p.slots_used.sum() == sum(len(set(l)) for l in lists)
+    assert p.slots_used.sum() == sum(len(set(gpus)) for gpus in lists)
 
 
 def test_bad_placements():

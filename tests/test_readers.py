@@ -19,6 +19,7 @@ from moefast.recorder import (
 )
 from moefast.trace import load_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
+from shared_data import OLMOE_C4_LOAD, needs_deepseek_statistics
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -54,7 +55,9 @@ def test_jsonl_request_ids_keep_tokens_apart(tmp_path):
 
 def test_jsonl_drops_incomplete_tokens_with_a_count(tmp_path):
     records = [
-        {"layer": l, "experts": [l, l + 1], "token_idx": t} for t in range(4) for l in range(3)
+        {"layer": layer, "experts": [layer, layer + 1], "token_idx": t}
+        for t in range(4)
+        for layer in range(3)
     ]
     records = [r for r in records if not (r["token_idx"] in (1, 3) and r["layer"] == 2)]
     with pytest.warns(UserWarning, match="dropped 2 of 4 tokens"):
@@ -206,7 +209,14 @@ def test_malformed_logical_count(tmp_path, text, match):
         )
 
 
-@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
+def test_real_olmoe_counts_in_logical_count_form():
+    load, layers = load_expert_load(OLMOE_C4_LOAD, return_layer_ids=True)
+    assert load.shape == (3, 64) and layers == [0, 1, 2]
+    # Every token picks 8 experts in every layer: each row sums to 8 x 208,896 tokens.
+    np.testing.assert_array_equal(load.sum(axis=1), [8 * 208_896] * 3)
+
+
+@needs_deepseek_statistics
 def test_real_deepseek_statistics():
     load, layers = load_expert_load(DEEPSEEK, return_layer_ids=True)
     assert load.shape == (58, 256) and layers == list(range(3, 61))
@@ -251,7 +261,7 @@ def test_trtllm_conversion_errors():
 
 def test_trtllm_folder_without_meta(tmp_path):
     (tmp_path / "rank0.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="meta_info.json"):
+    with pytest.raises(ValueError, match=r"meta_info\.json"):
         load_expert_load(tmp_path, format="trtllm")
 
 
@@ -301,7 +311,7 @@ def test_malformed_npz(tmp_path):
     with pytest.raises(ValueError, match="no 'topk'"):
         load_trace(path)
     path.write_bytes(b"PK but not a zip")
-    with pytest.raises(ValueError, match="t.npz"):
+    with pytest.raises(ValueError, match=r"t\.npz"):
         load_trace(path)
 
 
@@ -381,8 +391,8 @@ def test_trace_from_router_logits():
     rng = np.random.default_rng(0)
     logits = [rng.normal(size=(5, 6)).astype(np.float32) for _ in range(3)]
     trace = trace_from_router_logits(logits, k=2)
-    for layer, l in enumerate(logits):
-        expected = np.argsort(-l, axis=1)[:, :2]
+    for layer, layer_logits in enumerate(logits):
+        expected = np.argsort(-layer_logits, axis=1)[:, :2]
         np.testing.assert_array_equal(trace.topk[:, layer], expected)
 
 

@@ -20,7 +20,7 @@ def test_coactivation_counts_pairs():
     t = table()
     matrix = report.coactivation(t)
     expected = np.zeros((6, 6))
-    for subset, w in zip(t.subsets.tolist(), t.weights):
+    for subset, w in zip(t.subsets.tolist(), t.weights, strict=True):
         for i, j in itertools.product(subset, subset):
             expected[i, j] += w
     np.testing.assert_allclose(matrix, expected)
@@ -53,7 +53,7 @@ def comparison():
 
 
 def test_comparison_rows_and_gain():
-    tables, comp = comparison()
+    _tables, comp = comparison()
     header, rows = report.comparison_rows(comp)
     assert header == ["layer", "contiguous", "greedy", "lower bound", "gain"]
     expected_gain = (comp.costs["contiguous"] - comp.costs["greedy"]) / comp.costs["contiguous"]

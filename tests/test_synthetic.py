@@ -1,13 +1,16 @@
-"""Synthetic traces: shape, determinism, skew, co-activation, and matching a requested load."""
+"""moefast.synthetic: shape, determinism, skew, co-activation, matching a requested load
+(synthetic_trace) and the one-layer routing of the tests and benchmarks (synthetic_topk)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from moefast import SubsetTable
 from moefast.readers import load_expert_load
 from moefast.report import top_pairs
-from moefast.synthetic import synthetic_trace
+from moefast.synthetic import synthetic_topk, synthetic_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
+from shared_data import OLMOE_C4_LOAD, needs_deepseek_statistics
 
 
 def test_shape_ids_and_determinism():
@@ -26,7 +29,7 @@ def test_routing_is_skewed_and_correlated():
     load = table.expert_load()
     assert load.max() / load.mean() > 1.5
     # Under uniform routing each pair holds k(k-1)/(E(E-1)) = 1.2% of tokens.
-    _, _, share, lift = top_pairs(table, 1)[0]
+    _, _, _share, lift = top_pairs(table, 1)[0]
     assert lift > 5
     # A few subsets carry much of the traffic: far fewer than the C(32, 4) = 35,960 possible.
     assert len(table.prune(coverage=0.5)) < 0.25 * len(table)
@@ -60,10 +63,16 @@ def test_one_dimensional_load_applies_to_every_layer():
     assert (relative_error(trace, np.tile(target, (3, 1))) < 0.02).all()
 
 
-@pytest.mark.skipif(not DEEPSEEK.exists(), reason="DeepSeek-V3 statistics not present")
-def test_matches_deepseek_v3_loads_within_one_percent():
-    target = load_expert_load(DEEPSEEK)[[0, 20, 57]]
-    trace = synthetic_trace(20000, 256, 8, 3, seed=0, expert_load=target)
+@pytest.mark.parametrize(
+    "source, experts, layers",
+    [
+        pytest.param(OLMOE_C4_LOAD, 64, [0, 1, 2], id="olmoe"),
+        pytest.param(DEEPSEEK, 256, [0, 20, 57], id="deepseek-v3", marks=needs_deepseek_statistics),
+    ],
+)
+def test_matches_real_loads_within_one_percent(source, experts, layers):
+    target = load_expert_load(source)[layers]
+    trace = synthetic_trace(20000, experts, 8, 3, seed=0, expert_load=target)
     assert (relative_error(trace, target) < 0.01).all()
     hot = trace.expert_load().max(axis=1) / trace.expert_load().mean(axis=1)
     want = target.max(axis=1) / target.mean(axis=1)
@@ -109,3 +118,54 @@ def test_bad_knobs_are_refused(kwargs, exc, match):
     args = dict(num_tokens=20, num_experts=8, k=2, num_layers=1) | kwargs
     with pytest.raises(exc, match=match):
         synthetic_trace(**args)
+
+
+# --- synthetic_topk: one layer, topics boosting preferred experts ------------------------
+
+
+def test_topk_is_deterministic_distinct_and_in_range():
+    a = synthetic_topk(70_000, 64, 6, seed=3)  # more than one chunk of tokens
+    assert a.shape == (70_000, 6) and a.dtype == np.int32
+    assert a.min() >= 0 and a.max() < 64
+    assert (np.diff(np.sort(a, axis=1), axis=1) > 0).all()
+    np.testing.assert_array_equal(a, synthetic_topk(70_000, 64, 6, seed=3))
+    assert not np.array_equal(a, synthetic_topk(70_000, 64, 6, seed=4))
+    assert synthetic_topk(0, 8, 2).shape == (0, 2)
+
+
+def test_topk_is_skewed_and_co_activated_by_topics():
+    e, k, tokens = 32, 4, 20_000
+    table = SubsetTable.from_topk(synthetic_topk(tokens, e, k, seed=0), e)
+    load = table.expert_load()
+    assert load.max() / load.mean() > 2
+    assert top_pairs(table, 1)[0][3] > 5  # the top pair, against uniform routing
+    # Without topics or popularity the choice is uniform: no pair stands out.
+    flat = synthetic_topk(tokens, e, k, seed=0, boost=0.0, popularity_skew=0.0)
+    flat_table = SubsetTable.from_topk(flat, e)
+    assert top_pairs(flat_table, 1)[0][3] < 1.5
+    assert flat_table.expert_load().max() / flat_table.expert_load().mean() < 1.15
+
+
+def test_topk_boost_range_draws_each_boost():
+    fixed = synthetic_topk(2000, 16, 2, seed=1, boost=2.5)
+    assert np.array_equal(fixed, synthetic_topk(2000, 16, 2, seed=1, boost=(2.5, 2.5)))
+    assert not np.array_equal(fixed, synthetic_topk(2000, 16, 2, seed=1, boost=(1.5, 3.5)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(k=9), ValueError, "k must be at most 8"),
+        (dict(num_tokens=-1), ValueError, "num_tokens must be at least 0"),
+        (dict(num_topics=0), ValueError, "num_topics must be at least 1"),
+        (dict(preferred=9), ValueError, "preferred must be at most 8"),
+        (dict(boost=(3.0, 1.0)), ValueError, "low <= high"),
+        (dict(boost=float("nan")), ValueError, "boost must be finite and non-negative"),
+        (dict(noise=0), ValueError, "noise must be positive and finite"),
+        (dict(seed=1.0), TypeError, "seed must be an int"),
+    ],
+)
+def test_topk_bad_knobs_are_refused(kwargs, exc, match):
+    args = dict(num_tokens=10, num_experts=8, k=2) | kwargs
+    with pytest.raises(exc, match=match):
+        synthetic_topk(**args)

@@ -8,7 +8,10 @@ from strategies import topk_arrays
 
 
 def as_dict(table: mf.SubsetTable) -> dict:
-    return {tuple(int(e) for e in row): float(w) for row, w in zip(table.subsets, table.weights)}
+    return {
+        tuple(int(e) for e in row): float(w)
+        for row, w in zip(table.subsets, table.weights, strict=True)
+    }
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,7 +45,7 @@ def test_rows_are_sorted_by_weight_then_ids(case):
     table = mf.SubsetTable.from_topk(topk, num_experts=num_experts)
     subsets, weights = table.subsets, table.weights
     assert np.all(np.diff(subsets, axis=1) > 0)
-    keys = [(-w, tuple(row)) for row, w in zip(subsets.tolist(), weights)]
+    keys = [(-w, tuple(row)) for row, w in zip(subsets.tolist(), weights, strict=True)]
     assert keys == sorted(keys)
 
 
@@ -118,7 +121,7 @@ def test_bad_arguments():
         mf.SubsetTable.from_topk(topk, num_experts=0)
     with pytest.raises(ValueError, match="more than num_experts"):
         mf.SubsetTable.from_topk(topk, num_experts=1)
-    with pytest.raises(ValueError, match="k .* must be in"):
+    with pytest.raises(ValueError, match=r"k .* must be in"):
         mf.SubsetTable.from_topk(np.zeros((2, 17), dtype=int), num_experts=100)
     with pytest.raises(ValueError, match="0 columns"):
         mf.SubsetTable.from_topk(np.zeros((2, 0), dtype=int), num_experts=4)

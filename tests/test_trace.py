@@ -20,7 +20,7 @@ def test_table_counts_each_layer_like_a_dictionary():
     for position in range(trace.num_layers):
         table = trace.table(position)
         expected = reference_table(trace.topk[:, position, :])
-        got = {tuple(row): w for row, w in zip(table.subsets.tolist(), table.weights)}
+        got = {tuple(row): w for row, w in zip(table.subsets.tolist(), table.weights, strict=True)}
         assert got == expected
     assert len(trace.tables()) == 3
 

@@ -4,10 +4,11 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
-from moefast import data, fill, milp  # submodules, as mf.data, mf.milp, mf.fill
+from moefast import data, milp  # submodules, as mf.data, mf.milp
 from moefast._core import (
     Placement,
     SubsetTable,
+    __version__,
     expected_cost,
     lower_bound,
     subset_costs,
@@ -33,10 +34,10 @@ __all__ = [
     "RoutingRecorder",
     "SubsetTable",
     "Trace",
+    "__version__",
     "batch_time",
     "data",
     "expected_cost",
-    "fill",
     "load_expert_load",
     "load_placement",
     "load_trace",
@@ -48,5 +49,3 @@ __all__ = [
     "subset_costs",
     "synthetic_trace",
 ]
-
-__version__ = "0.1.0"

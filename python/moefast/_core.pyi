@@ -1,10 +1,46 @@
-"""Type stubs of moefast's compiled core (`moefast._core`)."""
+"""Type stubs of moefast's compiled core (`moefast._core`), checked against the runtime by
+`python -m mypy.stubtest moefast._core --allowlist tests/stubtest_allowlist.txt` (.ci/run)."""
 
 from collections.abc import Sequence
+from typing import Final, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "MAX_BATCH",
+    "MAX_EXPERTS",
+    "MAX_GPUS",
+    "MAX_K",
+    "METHODS",
+    "Placement",
+    "SubsetTable",
+    "__version__",
+    "batch_time",
+    "check_memory",
+    "expected_cost",
+    "fill_free_slots",
+    "interrupt",
+    "lower_bound",
+    "optimize_batch",
+    "optimize_placement",
+    "simulate_steps",
+    "subset_costs",
+]
+__version__: Final[str]
+
+#: Largest number of experts of a layer (ids are stored as 16-bit integers).
+MAX_EXPERTS: Final[int]
+#: Largest k (experts per token) a subset table holds.
+MAX_K: Final[int]
+#: Largest number of GPUs a placement spans.
+MAX_GPUS: Final[int]
+#: Most tokens in one simulated step.
+MAX_BATCH: Final[int]
+#: The methods `optimize_placement` implements ("milp" is Python's, in moefast.milp).
+METHODS: Final[tuple[str, ...]]
+
+@final
 class SubsetTable:
     """The frequency table of co-activated expert subsets of one layer."""
 
@@ -35,17 +71,18 @@ class SubsetTable:
         """Share of the unpruned table's weight this table keeps (1.0 unless pruned)."""
     def __len__(self) -> int: ...
     def prune(self, coverage: float | None = None, max_subsets: int | None = None) -> SubsetTable:
-        """The shortest prefix reaching `coverage` of the weight and/or at most `max_subsets` rows."""
+        """The shortest prefix reaching `coverage` of the weight and/or of `max_subsets` rows."""
     def expert_load(self) -> npt.NDArray[np.float64]:
         """float64 [E]: weight of the rows holding each expert."""
     def expert_index(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """CSR `(offsets [E+1], rows)`: rows of expert e are rows[offsets[e]:offsets[e+1]]."""
 
+@final
 class Placement:
     """Which GPUs hold a replica of each expert."""
 
-    def __init__(self, replicas: npt.ArrayLike) -> None:
-        """From a bool array [num_experts, num_gpus]."""
+    def __new__(cls, replicas: npt.ArrayLike) -> Placement:
+        """From a bool array [num_experts, num_gpus]: True where GPU g holds expert e."""
     @staticmethod
     def from_lists(lists: Sequence[Sequence[int]], num_gpus: int) -> Placement: ...
     @property
@@ -70,14 +107,29 @@ def lower_bound(table: SubsetTable, num_gpus: int) -> float:
     """Weighted mean of ceil(k / num_gpus): no placement on num_gpus GPUs costs less."""
 
 def optimize_placement(
-    table: SubsetTable, num_gpus: int, slots_per_gpu: int, method: str = "greedy", seed: int = 0
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str = "greedy",
+    seed: int | None = None,
 ) -> Placement:
-    """Greedy or a baseline ("contiguous", "round_robin", "eplb") placement filling every slot."""
+    """Greedy or a baseline ("contiguous", "round_robin", "eplb") placement filling every slot;
+    `seed` None is seed 0."""
+
+def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
+    """Raises ValueError unless `num_gpus` GPUs of `slots_per_gpu` slots hold `num_experts`
+    experts (each at least once, never twice on one GPU)."""
+
+def fill_free_slots(
+    placement: Placement, slots_per_gpu: int, expert_load: npt.ArrayLike
+) -> Placement:
+    """`placement` with every free slot filled by the expert of highest load per replica that
+    the GPU lacks (the baselines' filling)."""
 
 def batch_time(
     topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool
 ) -> tuple[float, float | None]:
-    """Step time (cost model units) of one layer for a batch [B, k], and optionally a lower bound."""
+    """Step time (cost model units) of one layer for a batch [B, k], optionally a lower bound."""
 
 def simulate_steps(
     topk: npt.ArrayLike,

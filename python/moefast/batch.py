@@ -105,6 +105,7 @@ def simulate(
     placement: Placement | ModelPlacement | Sequence[Placement],
     batch_sizes: int | Sequence[int],
     cost_model: CostModel,
+    *,
     seed: int = 0,
     steps: int = 1000,
 ) -> list[dict[str, float]]:
@@ -166,6 +167,7 @@ def optimize_batch(
     slots_per_gpu: int,
     cost_model: CostModel,
     batch_size: int,
+    *,
     seed: int = 0,
     num_batches: int | None = None,
     max_evaluations: int = 40_000,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from moefast import report
 from moefast.atomic import check_folder, check_writable
 from moefast.formats import PLACEMENT_FORMATS, load_placement
 from moefast.model import ModelPlacement
+from moefast.optimizers import check_memory
 from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
 from moefast.synthetic import synthetic_trace
@@ -46,13 +46,7 @@ def _plan(
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
-    if gpus < 1 or slots < 1:
-        raise ValueError(f"--gpus and --slots must be at least 1, got {gpus} and {slots}")
-    if gpus * slots < trace.num_experts:
-        raise ValueError(
-            f"{gpus} GPUs x {slots} slots = {gpus * slots} cannot hold {trace.num_experts} experts:"
-            f" use --slots {math.ceil(trace.num_experts / gpus)} or more"
-        )
+    check_memory(trace.num_experts, gpus, slots)
 
 
 def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:
@@ -345,9 +339,11 @@ def _placement_options(p: argparse.ArgumentParser) -> None:
         "--gpus", type=_at_least(1), required=True, help="number of GPUs (expert-parallel ranks)"
     )
     p.add_argument("--slots", type=_at_least(1), required=True, help="experts each GPU can hold")
-    p.add_argument(
-        "--method", default="greedy", help="greedy (default), milp, contiguous, round_robin, eplb"
-    )
+    _planning_options(p, "greedy (default), milp, contiguous, round_robin, eplb")
+
+
+def _planning_options(p: argparse.ArgumentParser, method_help: str) -> None:
+    p.add_argument("--method", default="greedy", help=method_help)
     p.add_argument(
         "--coverage",
         type=float,
@@ -390,14 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="experts per GPU (default: 1.25 x experts / GPUs)",
     )
-    p.add_argument("--method", default="greedy", help=argparse.SUPPRESS)
-    p.add_argument(
-        "--coverage", type=float, default=0.99, help="share of tokens the planned subsets cover"
-    )
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument(
-        "--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report"
-    )
+    _planning_options(p, argparse.SUPPRESS)
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser(

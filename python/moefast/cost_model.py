@@ -264,7 +264,7 @@ class CostModelFit:
 
 
 def load_calibration(path: str | Path | None = None) -> dict:
-    """The JSON written by benches/gpu_calibrate.py (default: the bundled H100 CUDA-graph
+    """The JSON written by scripts/gpu_calibrate.py (default: the bundled H100 CUDA-graph
     measurements)."""
     if path is None:
         text = resources.files("moefast").joinpath("data/h100_expert_ffn_graphs.json").read_text()

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, expected_cost, subset_costs
-from moefast.fill import fill_free_slots
+from moefast._core import Placement, SubsetTable, expected_cost, fill_free_slots, subset_costs
 
 #: Above this many assignment variables the MILP is refused unless a time limit is given.
 MAX_ASSIGNMENT_VARIABLES = 150_000
@@ -168,7 +167,7 @@ def solve_milp(
     ):
         raise RuntimeError(f"HiGHS found no placement: {solver.modelStatusToString(status)}")
     replicas = values[:num_x].reshape(num_experts, num_gpus) > 0.5
-    placement = fill_free_slots(replicas, slots_per_gpu, table.expert_load())
+    placement = fill_free_slots(Placement(replicas), slots_per_gpu, table.expert_load())
     info = solver.getInfo()
     optimal = status == highspy.HighsModelStatus.kOptimal
     achieved = expected_cost(table, placement)

@@ -17,7 +17,8 @@ class ModelPlacement:
     """One placement per MoE layer of a model, with what produced it.
 
     ``layer_costs`` holds each layer's expected cost (expert rounds per token,
-    evaluated on the full subset table), ``lower_bounds`` the matching bounds;
+    evaluated on the full subset table), ``lower_bounds`` each layer's lower bound
+    ceil(k / num_gpus) (`moefast.lower_bound`: no placement costs less);
     ``settings`` records the options that produced the placement (method, coverage, ...).
     """
 

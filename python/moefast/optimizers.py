@@ -10,36 +10,25 @@ from __future__ import annotations
 from typing import Literal
 
 from moefast import _core
-from moefast._core import Placement, SubsetTable
+from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.validation import check_int, check_positive, check_seed
+from moefast.validation import check_count, check_int, check_positive, check_seed
 
-#: Largest number of GPUs a placement spans (the core's limit).
-MAX_GPUS = 1024
-
-#: "greedy" is moefast's best effort; "milp" is exact (small layers); the rest are the
-#: placements inference engines use today.
-METHODS = ("greedy", "milp", "contiguous", "round_robin", "eplb")
+#: The core's methods ("greedy", moefast's best effort, and the placements inference
+#: engines use today) and "milp", exact for small layers (HiGHS, in Python).
+METHODS = (*_core.METHODS, "milp")
 
 #: What `optimize` minimizes: the expected decode cost, or the mean step time of batches.
 OBJECTIVES = ("decode", "batch")
 
 
 def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
+    """The core's feasibility check (`_core.check_memory`) after the integer checks."""
     num_gpus = check_int("num_gpus", num_gpus, 1, MAX_GPUS)
     slots_per_gpu = check_int("slots_per_gpu", slots_per_gpu, 1)
-    if num_gpus * slots_per_gpu < num_experts:
-        raise ValueError(
-            f"{num_gpus} GPUs x {slots_per_gpu} slots = {num_gpus * slots_per_gpu} slots"
-            f" cannot hold {num_experts} experts"
-        )
-    if slots_per_gpu > num_experts:
-        raise ValueError(
-            f"slots_per_gpu = {slots_per_gpu} is more than the {num_experts} experts: a GPU holds"
-            " each expert at most once"
-        )
+    _core.check_memory(num_experts, num_gpus, slots_per_gpu)
 
 
 def optimize(
@@ -99,6 +88,7 @@ def optimize(
         return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
     if batch_size is None or cost_model is None:
         raise ValueError("objective='batch' needs batch_size and cost_model")
+    batch_size = check_count("batch_size", batch_size)
     starts = ("greedy", "eplb") if method == "greedy" else (method,)
     candidates = [
         optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed, time_limit=time_limit)

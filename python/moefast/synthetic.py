@@ -1,7 +1,13 @@
-"""Realistic synthetic routing traces: skewed expert popularity and co-activation.
+"""Synthetic routing with skewed expert popularity and co-activation: the one generator
+of the package, the tests and the benchmarks.
 
 Uniformly random subsets make placement nearly trivial, so tests and benchmarks need traces
-whose experts are used unevenly and chosen together in groups, as real routers do.
+whose experts are used unevenly and chosen together in groups, as real routers do. Both
+generators here use one topic model: every token draws a latent topic from a Zipf law, and
+picks the top k of popularity + topic logits + noise * Gumbel (sampling k experts without
+replacement). `synthetic_trace` (whole models, dense Gaussian topic logits, set against
+real gpt-oss routing) and `synthetic_topk` (one layer, each topic boosting a few preferred
+experts, the benchmarks' DeepSeek-scale workloads) differ in how they draw the logits.
 """
 
 from __future__ import annotations
@@ -57,6 +63,90 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-logits, k - 1, axis=1)[:, :k]
 
 
+def _zipf_topics(
+    rng: np.random.Generator, num_topics: int, exponent: float, num_tokens: int
+) -> np.ndarray:
+    """Each token's topic, topic t drawn with weight 1 / (t + 1)^exponent."""
+    weight = 1.0 / np.arange(1, num_topics + 1) ** exponent
+    return rng.choice(num_topics, size=num_tokens, p=weight / weight.sum())
+
+
+#: Tokens scored at a time by `synthetic_topk`: bounds the float32 logits to 64k x E.
+_CHUNK = 65_536
+
+
+def synthetic_topk(
+    num_tokens: int,
+    num_experts: int,
+    k: int,
+    *,
+    seed: int = 0,
+    num_topics: int | None = None,
+    topic_zipf: float = 1.1,
+    preferred: int | None = None,
+    boost: float | tuple[float, float] = 5.0,
+    popularity_skew: float = 0.6,
+    noise: float = 1.0,
+) -> np.ndarray:
+    """Expert ids of one layer, int32 [num_tokens, k], distinct in every row.
+
+    Model: expert e's logit for a token of topic t is
+
+        -popularity_skew * log(1 + rank[e]) + boost[t, e] + noise * Gumbel
+
+    where rank is a random order of the experts (a Zipf-like popularity), topics follow a
+    Zipf law of exponent ``topic_zipf`` over ``num_topics`` topics (default
+    max(8, num_experts // 2)), and each topic adds ``boost`` to ``preferred`` random experts
+    (default k + k // 2); ``boost`` = (low, high) draws each boost uniformly. The token
+    picks the k largest logits. So a few subsets are very frequent, as in real decode
+    routing, and experts are co-activated in groups that do not follow their ids.
+
+    With num_topics=512, topic_zipf=1.0, preferred=2k, boost=(1.5, 3.5),
+    popularity_skew=0.8 and noise=0.4, E=64, k=6 and 1M tokens, ~10^5 subsets hold 99% of
+    the tokens and the hottest expert carries ~5x the mean load (DeepSeek-scale routing).
+    Deterministic for a given seed.
+    """
+    num_tokens = check_count("num_tokens", num_tokens, low=0)
+    num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+    k = check_int("k", k, 1, num_experts)
+    seed = check_seed("seed", seed)
+    num_topics = check_count(
+        "num_topics", max(8, num_experts // 2) if num_topics is None else num_topics
+    )
+    preferred = check_int(
+        "preferred",
+        min(num_experts, k + k // 2) if preferred is None else preferred,
+        0,
+        num_experts,
+    )
+    topic_zipf = check_non_negative("topic_zipf", topic_zipf)
+    popularity_skew = check_non_negative("popularity_skew", popularity_skew)
+    noise = check_positive("noise", noise)
+    if isinstance(boost, tuple):
+        low, high = (check_non_negative(f"boost[{i}]", b) for i, b in enumerate(boost))
+        if low > high:
+            raise ValueError(f"boost must be (low, high) with low <= high, got {boost}")
+    else:
+        low = high = check_non_negative("boost", boost)
+    rng = np.random.default_rng(seed)
+    ranks = rng.permutation(num_experts)
+    popularity = -popularity_skew * np.log1p(ranks).astype(np.float32)
+    topic_logits = np.tile(popularity, (num_topics, 1))
+    for t in range(num_topics):
+        favoured = rng.choice(num_experts, size=preferred, replace=False)
+        # A fixed boost takes nothing from the random stream; a range draws each boost.
+        topic_logits[t, favoured] += low if low == high else rng.uniform(low, high, preferred)
+    topics = _zipf_topics(rng, num_topics, topic_zipf, num_tokens)
+    out = np.empty((num_tokens, k), dtype=np.int32)
+    for start in range(0, num_tokens, _CHUNK):
+        stop = min(start + _CHUNK, num_tokens)
+        logits = topic_logits[topics[start:stop]]
+        gumbel = rng.gumbel(size=logits.shape).astype(np.float32)
+        logits += gumbel if noise == 1.0 else noise * gumbel
+        out[start:stop] = _top_k(logits, k)
+    return out
+
+
 def _match_share(
     scores: np.ndarray, share: np.ndarray, k: int, iterations: int, tolerance: float
 ) -> np.ndarray:
@@ -84,9 +174,9 @@ def synthetic_trace(
     num_experts: int,
     k: int,
     num_layers: int,
+    *,
     seed: int = 0,
     expert_load: np.ndarray | None = None,
-    *,
     num_topics: int | None = None,
     topic_zipf: float = 1.1,
     topic_strength: float = 3.0,
@@ -145,8 +235,7 @@ def synthetic_trace(
     noise = check_positive("noise", noise)
     share = _target_share(expert_load, num_layers, num_experts, k)
     rng = np.random.default_rng(seed)
-    topic_weight = 1.0 / np.arange(1, num_topics + 1) ** topic_zipf
-    topics = rng.choice(num_topics, size=num_tokens, p=topic_weight / topic_weight.sum())
+    topics = _zipf_topics(rng, num_topics, topic_zipf, num_tokens)
     topk = np.empty((num_tokens, num_layers, k), dtype=np.int32)
     for layer in progress(range(num_layers), num_layers, "synthetic layers"):
         popularity = rng.normal(0.0, popularity_skew, num_experts)

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from moefast._core import SubsetTable
+from moefast._core import MAX_EXPERTS, SubsetTable
 from moefast.atomic import atomic_open
 from moefast.validation import check_int, check_layer_ids
 
 PathLike = str | os.PathLike
-
-
-#: Largest number of experts a layer may have (the core stores ids as u16).
-MAX_EXPERTS = 65_535
 
 
 @dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields

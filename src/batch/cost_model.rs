@@ -24,7 +24,8 @@ impl CostModel {
                 )));
             }
         }
-        if !(p >= 1.0) {
+        // NaN fails both comparisons: reject it with the values below 1.
+        if p.is_nan() || p < 1.0 {
             return Err(MoeError::value(format!(
                 "p must be at least 1 (or infinity), got {p}"
             )));

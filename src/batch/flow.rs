@@ -4,7 +4,9 @@
 //! the violated set that each min cut exposes (Dinkelbach), keeping the flow between
 //! rounds since raising sink capacities never invalidates it.
 
+#[cfg(test)]
 use crate::placement::Placement;
+use crate::placement::Replicas;
 
 /// Dinic's max-flow on a small graph with f64 capacities (integers stay exact).
 struct Dinic {
@@ -118,7 +120,6 @@ pub struct LoadFlow {
     sink_edges: Vec<usize>,
     /// First expert -> GPU edge of each local expert (one per replica, in replica order).
     expert_edges: Vec<usize>,
-    num_experts: usize,
 }
 
 const NO_GPU: u32 = u32::MAX;
@@ -131,12 +132,7 @@ impl LoadFlow {
             gpus: Vec::new(),
             sink_edges: Vec::new(),
             expert_edges: Vec::new(),
-            num_experts: 0,
         }
-    }
-
-    fn sink(&self) -> usize {
-        self.num_experts + self.gpus.len() + 1
     }
 
     /// Smallest T such that every expert's `weights[i]` can be spread over its replicas
@@ -147,7 +143,7 @@ impl LoadFlow {
         &mut self,
         experts: &[u32],
         weights: &[f64],
-        placement: &Placement,
+        placement: &impl Replicas,
         integral: bool,
     ) -> f64 {
         for &g in &self.gpus {
@@ -163,7 +159,6 @@ impl LoadFlow {
             }
         }
         let u = experts.len();
-        self.num_experts = u;
         let m = self.gpus.len();
         let total: f64 = weights.iter().sum();
         if u == 0 || total <= 0.0 {
@@ -208,8 +203,8 @@ impl LoadFlow {
         // leaving Dinic few phases.
         let mut flow = 0.0;
         for pass in 0..2 {
-            for i in 0..u {
-                let reps = placement.gpus_of(experts[i] as usize).len();
+            for (i, &e) in experts.iter().enumerate() {
+                let reps = placement.gpus_of(e as usize).len();
                 if (reps == 1) != (pass == 0) {
                     continue;
                 }
@@ -251,9 +246,9 @@ impl LoadFlow {
             // The experts still reachable from the source form a set A with
             // L(A) > level * |N(A)|: its density is the next candidate.
             let (mut load, mut gpus) = (0.0, 0usize);
-            for i in 0..u {
+            for (i, &w) in weights.iter().enumerate() {
                 if self.dinic.level[1 + i] >= 0 {
-                    load += weights[i];
+                    load += w;
                 }
             }
             for l in 0..m {
@@ -275,7 +270,6 @@ impl LoadFlow {
             }
             level = next;
         }
-        debug_assert!(self.sink() == t);
         level
     }
 

@@ -2,107 +2,34 @@
 //! scored by the mean step time of a fixed sample of batches (common random numbers, so
 //! two placements are compared on the same batches and small gains are not noise).
 //!
-//! A move changes the replicas of at most two experts, so only the sampled batches that
-//! hold one of them are re-timed. Candidate moves are scored in parallel in chunks; the
-//! best improving move of a chunk is applied, until a whole pass finds none.
+//! The placement under search is a `Layout` and the moves are `crate::layout::Move`s
+//! (swap, replace, relocate, add), as in the decode search. A move changes the replicas of
+//! at most two experts, so only the sampled batches that hold one of them are re-timed,
+//! on a per-thread copy of the layout with the move made and then taken back. Candidate
+//! moves are scored in parallel in chunks; the best improving move of a chunk is made,
+//! until a whole pass finds none.
 
 use rayon::prelude::*;
-use std::collections::BTreeMap;
 
 use super::cost_model::CostModel;
+use super::sample::{sample_batches, time_batch, Sample};
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
 use crate::cancel;
 use crate::error::{MoeError, Result};
+use crate::layout::{Layout, Move};
+use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
 use crate::placement::Placement;
 use crate::rng::SplitMix64;
 
 /// Candidate moves scored per parallel round (a few per thread keeps threads busy).
 const CHUNK: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Move {
-    /// Expert `e` on GPU `g` and expert `f` on GPU `h` trade places.
-    Swap { e: u32, g: u16, f: u32, h: u16 },
-    /// A replica of `e` (which keeps another) on GPU `g` becomes a replica of `f`.
-    Replace { e: u32, g: u16, f: u32 },
-    /// The replica of `e` on GPU `g` moves to GPU `h`, which has a free slot.
-    Relocate { e: u32, g: u16, h: u16 },
-    /// A new replica of `e` on GPU `h`, which has a free slot.
-    Add { e: u32, h: u16 },
-}
-
-/// Sampled batches as sparse (expert, tokens) lists, identical batches merged.
-struct Sample {
-    experts: Vec<Vec<u32>>,
-    counts: Vec<Vec<u32>>,
-    weights: Vec<f64>,
-    /// Batches holding each expert.
-    by_expert: Vec<Vec<u32>>,
-}
-
-fn sample_batches(
-    trace: &Trace,
-    num_experts: usize,
-    batch_size: usize,
-    num_batches: usize,
-    seed: u64,
-) -> Sample {
-    let mut merged: BTreeMap<Vec<(u32, u32)>, f64> = BTreeMap::new();
-    let mut tokens = Vec::new();
-    let mut count = vec![0u32; num_experts];
-    for b in 0..num_batches {
-        let mut rng = SplitMix64::stream(seed, u64::MAX, b as u64);
-        trace.draw(&mut rng, batch_size, &mut tokens);
-        let mut touched = Vec::new();
-        for &t in &tokens {
-            for &e in trace.experts(t, 0) {
-                if count[e as usize] == 0 {
-                    touched.push(e as u32);
-                }
-                count[e as usize] += 1;
-            }
-        }
-        touched.sort_unstable();
-        let key: Vec<(u32, u32)> = touched
-            .iter()
-            .map(|&e| (e, std::mem::take(&mut count[e as usize])))
-            .collect();
-        *merged.entry(key).or_insert(0.0) += 1.0;
-    }
-    let mut s = Sample {
-        experts: Vec::new(),
-        counts: Vec::new(),
-        weights: Vec::new(),
-        by_expert: vec![Vec::new(); num_experts],
-    };
-    for (b, (key, w)) in merged.into_iter().enumerate() {
-        for &(e, _) in &key {
-            s.by_expert[e as usize].push(b as u32);
-        }
-        s.experts.push(key.iter().map(|x| x.0).collect());
-        s.counts.push(key.iter().map(|x| x.1).collect());
-        s.weights.push(w);
-    }
-    s
-}
-
-fn time_batch(solver: &mut StepTimeSolver<'_>, sample: &Sample, b: usize) -> f64 {
-    let (experts, counts) = (&sample.experts[b], &sample.counts[b]);
-    if counts.iter().all(|&c| c == 1) {
-        if let Some(t) = solver.unit_time(experts) {
-            return t;
-        }
-    }
-    solver.set_counts(experts, counts);
-    solver.solve()
-}
-
-/// A scored move: the change of the weighted step-time sum, the placement after it and
-/// the new times of the batches it touches.
+/// A scored move: the change of the weighted step-time sum and the new times of the
+/// batches it touches.
 struct Scored {
     delta: f64,
-    lists: Vec<Vec<usize>>,
+    mv: Move,
     batches: Vec<u32>,
     new_times: Vec<f64>,
 }
@@ -111,98 +38,34 @@ struct Search<'a> {
     sample: &'a Sample,
     model: CostModel,
     slots: usize,
-    lists: Vec<Vec<usize>>,
-    num_gpus: usize,
+    layout: Layout,
     times: Vec<f64>,
 }
 
 impl Search<'_> {
-    fn holds(&self, e: u32, g: u16) -> bool {
-        self.lists[e as usize].contains(&(g as usize))
-    }
-
-    fn slots_used(&self) -> Vec<usize> {
-        let mut used = vec![0; self.num_gpus];
-        for l in &self.lists {
-            for &g in l {
-                used[g] += 1;
-            }
-        }
-        used
-    }
-
-    /// The lists after `mv`, or None if it is not valid now (an earlier move of the same
-    /// pass may have changed the placement).
-    fn apply_to(&self, mv: Move, used: &[usize]) -> Option<(Vec<Vec<usize>>, [u32; 2])> {
-        let mut lists = self.lists.clone();
-        let replace = |l: &mut Vec<usize>, from: usize, to: usize| {
-            let i = l.iter().position(|&x| x == from).unwrap();
-            l[i] = to;
-            l.sort_unstable();
-        };
-        match mv {
-            Move::Swap { e, g, f, h } => {
-                if e == f
-                    || g == h
-                    || !self.holds(e, g)
-                    || !self.holds(f, h)
-                    || self.holds(e, h)
-                    || self.holds(f, g)
-                {
-                    return None;
-                }
-                replace(&mut lists[e as usize], g as usize, h as usize);
-                replace(&mut lists[f as usize], h as usize, g as usize);
-                Some((lists, [e, f]))
-            }
-            Move::Replace { e, g, f } => {
-                if e == f
-                    || !self.holds(e, g)
-                    || self.lists[e as usize].len() < 2
-                    || self.holds(f, g)
-                {
-                    return None;
-                }
-                lists[e as usize].retain(|&x| x != g as usize);
-                lists[f as usize].push(g as usize);
-                lists[f as usize].sort_unstable();
-                Some((lists, [e, f]))
-            }
-            Move::Relocate { e, g, h } => {
-                if !self.holds(e, g) || self.holds(e, h) || used[h as usize] >= self.slots {
-                    return None;
-                }
-                replace(&mut lists[e as usize], g as usize, h as usize);
-                Some((lists, [e, e]))
-            }
-            Move::Add { e, h } => {
-                if self.holds(e, h) || used[h as usize] >= self.slots {
-                    return None;
-                }
-                lists[e as usize].push(h as usize);
-                lists[e as usize].sort_unstable();
-                Some((lists, [e, e]))
-            }
-        }
-    }
-
-    fn affected(&self, experts: [u32; 2]) -> Vec<u32> {
-        let mut b: Vec<u32> = self.sample.by_expert[experts[0] as usize].clone();
-        if experts[1] != experts[0] {
-            b.extend_from_slice(&self.sample.by_expert[experts[1] as usize]);
+    fn affected(&self, mv: Move) -> Vec<u32> {
+        let mut experts = mv.experts();
+        let first = experts.next().unwrap_or_default() as usize;
+        let mut b: Vec<u32> = self.sample.by_expert[first].clone();
+        if let Some(second) = experts.next() {
+            b.extend_from_slice(&self.sample.by_expert[second as usize]);
             b.sort_unstable();
             b.dedup();
         }
         b
     }
 
-    /// Change of the weighted sum of step times if `mv` were applied (None: invalid),
-    /// with the new times of the affected batches.
-    fn score(&self, mv: Move, used: &[usize]) -> Option<Scored> {
-        let (lists, experts) = self.apply_to(mv, used)?;
-        let placement = Placement::from_lists(&lists, self.num_gpus).ok()?;
-        let mut solver = StepTimeSolver::new(&placement, self.model);
-        let batches = self.affected(experts);
+    /// Change of the weighted sum of step times if `mv` were made (None: not allowed now,
+    /// since an earlier move of the pass may have changed the layout), with the new times
+    /// of the affected batches. `scratch` is a copy of the search's layout: the move is
+    /// made on it and taken back.
+    fn score(&self, scratch: &mut Layout, mv: Move) -> Option<Scored> {
+        if !self.layout.allows(mv, self.slots) {
+            return None;
+        }
+        scratch.apply(mv);
+        let mut solver = StepTimeSolver::new(&*scratch, self.model);
+        let batches = self.affected(mv);
         let mut delta = 0.0;
         let mut new_times = Vec::with_capacity(batches.len());
         for &b in &batches {
@@ -210,48 +73,65 @@ impl Search<'_> {
             delta += self.sample.weights[b as usize] * (t - self.times[b as usize]);
             new_times.push(t);
         }
+        scratch.undo(mv);
         Some(Scored {
             delta,
-            lists,
+            mv,
             batches,
             new_times,
         })
     }
 
     fn candidates(&self, rng: &mut SplitMix64) -> Vec<Move> {
-        let used = self.slots_used();
-        let mut replicas: Vec<(u32, u16)> = Vec::new();
-        for (e, l) in self.lists.iter().enumerate() {
-            for &g in l {
-                replicas.push((e as u32, g as u16));
+        let layout = &self.layout;
+        let holds = |e: u16, g: u16| layout.holds(e as usize, g as usize);
+        let mut replicas: Vec<(u16, u16)> = Vec::new();
+        for e in 0..layout.num_experts() {
+            for &g in layout.gpus_of(e) {
+                replicas.push((e as u16, g));
             }
         }
-        let num_experts = self.lists.len() as u32;
+        let num_experts = layout.num_experts() as u16;
+        let num_gpus = layout.num_gpus() as u16;
+        let free = |g: u16| layout.used(g as usize) < self.slots;
         let mut out = Vec::new();
         for (a, &(e, g)) in replicas.iter().enumerate() {
             for &(f, h) in &replicas[a + 1..] {
-                if e != f && g != h && !self.holds(e, h) && !self.holds(f, g) {
-                    out.push(Move::Swap { e, g, f, h });
+                if e != f && g != h && !holds(e, h) && !holds(f, g) {
+                    out.push(Move::Swap {
+                        first: e,
+                        from: g,
+                        second: f,
+                        to: h,
+                    });
                 }
             }
-            if self.lists[e as usize].len() >= 2 {
+            if layout.replicas(e as usize) >= 2 {
                 for f in 0..num_experts {
-                    if f != e && !self.holds(f, g) {
-                        out.push(Move::Replace { e, g, f });
+                    if f != e && !holds(f, g) {
+                        out.push(Move::Replace {
+                            old: e,
+                            gpu: g,
+                            new: f,
+                        });
                     }
                 }
             }
-            for h in 0..self.num_gpus as u16 {
-                if used[h as usize] < self.slots && !self.holds(e, h) {
-                    out.push(Move::Relocate { e, g, h });
+            for h in 0..num_gpus {
+                if free(h) && !holds(e, h) {
+                    out.push(Move::Relocate {
+                        expert: e,
+                        from: g,
+                        to: h,
+                    });
                 }
             }
         }
-        for h in 0..self.num_gpus as u16 {
-            if used[h as usize] < self.slots {
+        for h in 0..num_gpus {
+            if free(h) {
                 for e in 0..num_experts {
-                    if !self.holds(e, h) {
-                        out.push(Move::Add { e, h });
+                    if !holds(e, h) {
+                        out.push(Move::Add { expert: e, gpu: h });
                     }
                 }
             }
@@ -288,9 +168,6 @@ impl BatchSearchOptions {
     }
 }
 
-/// Tokens drawn for the sample in all (the default sample of the largest batch is 2^28).
-pub const MAX_SAMPLED_TOKENS: usize = 1 << 28;
-
 /// A placement within `slots_per_gpu` that lowers the mean step time of sampled batches
 /// of `batch_size` tokens of the (one-layer) trace, starting from `start`. Never worse
 /// than `start` on the sample.
@@ -312,12 +189,11 @@ pub fn optimize_batch(
             "batch_size and num_batches must be at least 1",
         ));
     }
-    if options.batch_size > super::simulate::MAX_BATCH || options.num_batches > 1 << 20 {
+    if options.batch_size > MAX_BATCH || options.num_batches > MAX_SAMPLE_BATCHES {
         return Err(MoeError::value(format!(
-            "batch_size must be at most {} and num_batches at most 2^20, got {} and {}",
-            super::simulate::MAX_BATCH,
-            options.batch_size,
-            options.num_batches
+            "batch_size must be at most {MAX_BATCH} and num_batches at most {MAX_SAMPLE_BATCHES}, \
+             got {} and {}",
+            options.batch_size, options.num_batches
         )));
     }
     // Each limit alone still allows 2^44 sampled tokens: hours of drawing before the search.
@@ -348,8 +224,7 @@ pub fn optimize_batch(
         sample: &sample,
         model,
         slots: slots_per_gpu,
-        lists: start.to_lists(),
-        num_gpus: start.num_gpus(),
+        layout: Layout::from_placement(start),
         times,
     };
     let mut evaluations = 0;
@@ -362,10 +237,12 @@ pub fn optimize_batch(
                 break;
             }
             evaluations += chunk.len();
-            let used = search.slots_used();
             let scored: Vec<_> = chunk
                 .par_iter()
-                .map(|&mv| search.score(mv, &used))
+                .map_init(
+                    || search.layout.clone(),
+                    |scratch, &mv| search.score(scratch, mv),
+                )
                 .collect();
             let objective: f64 = search
                 .times
@@ -380,13 +257,13 @@ pub fn optimize_batch(
                 .filter(|s| s.delta < -tol)
                 .min_by(|a, b| a.delta.total_cmp(&b.delta));
             if let Some(Scored {
-                lists,
+                mv,
                 batches,
                 new_times,
                 ..
             }) = best
             {
-                search.lists = lists;
+                search.layout.apply(mv);
                 for (b, t) in batches.into_iter().zip(new_times) {
                     search.times[b as usize] = t;
                 }
@@ -397,7 +274,7 @@ pub fn optimize_batch(
             break;
         }
     }
-    Placement::from_lists(&search.lists, search.num_gpus)
+    search.layout.to_placement()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::cost_model::CostModel;
 use super::step_time::StepTimeSolver;
 use crate::cancel;
 use crate::error::{MoeError, Result};
+use crate::limits::{MAX_BATCH, MAX_STEP_TIMES};
 use crate::placement::Placement;
 use crate::rng::SplitMix64;
 
@@ -94,7 +95,7 @@ impl Trace {
                     acc += x;
                     cum.push(acc);
                 }
-                if !(acc > 0.0) {
+                if acc.is_nan() || acc <= 0.0 {
                     return Err(MoeError::value("the weights sum to 0: nothing to draw"));
                 }
                 // An infinite sum would make every draw land on the last row.
@@ -146,11 +147,6 @@ impl Trace {
         }
     }
 }
-
-/// Tokens in one step: the drawn indices of a step are held in memory at once.
-pub const MAX_BATCH: usize = 1 << 24;
-/// Step times returned in all (8 bytes each).
-pub const MAX_STEP_TIMES: usize = 100_000_000;
 
 pub fn check_placements(placements: &[Placement]) -> Result<()> {
     if placements.is_empty() {
@@ -245,7 +241,7 @@ mod tests {
         let p = Placement::from_lists(&[vec![0], vec![0], vec![1]], 2).unwrap();
         let trace = Trace::new(&[0, 1, 0, 1], 1, 2, &[3], Some(&[1.0, 0.0])).unwrap();
         let m = CostModel::new(10.0, 1.0, 1.0).unwrap();
-        let times = simulate(&trace, &[p.clone()], &[1, 3], m, 0, 50).unwrap();
+        let times = simulate(&trace, std::slice::from_ref(&p), &[1, 3], m, 0, 50).unwrap();
         // Only row 0 ({0, 1}) can be drawn: two rounds of (alpha + beta).
         assert!(times[0].iter().all(|&t| (t - 22.0).abs() < 1e-12));
         // Three tokens of {0, 1}: GPU 0 runs both experts with 3 tokens each.

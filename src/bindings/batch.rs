@@ -9,7 +9,7 @@ use super::table::PyPlacement;
 use super::{input, int_arg};
 use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
-use crate::batch::{step_time, CostModel};
+use crate::batch::{self as core_batch, CostModel};
 use crate::placement::Placement;
 
 fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
@@ -39,7 +39,7 @@ fn batch_time(
     }
     let ids = ids.data;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| step_time::batch_time(&ids, k, &placement, model, with_bound))?)
+    Ok(py.detach(|| core_batch::batch_time(&ids, k, &placement, model, with_bound))?)
 }
 
 /// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens

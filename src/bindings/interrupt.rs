@@ -4,6 +4,7 @@
 //! `POLL`. On KeyboardInterrupt (or any exception a signal handler raises) it asks the
 //! core to stop (`crate::cancel`), waits for the work to notice, and raises the exception.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pyo3::exceptions::PyKeyboardInterrupt;
@@ -12,6 +13,16 @@ use pyo3::prelude::*;
 use crate::cancel;
 
 const POLL: Duration = Duration::from_millis(25);
+
+/// Marks the work done and wakes the caller when the helper's work ends, even by a panic.
+struct Wake<'a>(&'a AtomicBool, std::thread::Thread);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+        self.1.unpark();
+    }
+}
 
 /// Runs `work` with the GIL released so that a signal stops it; its partial result is
 /// discarded when a stop was requested, here or by another call's signal.
@@ -23,15 +34,18 @@ where
     let _scope = cancel::Scope::enter();
     let waiter = std::thread::current();
     let mut signal: Option<PyErr> = None;
+    // Set by the helper before it wakes the caller: `is_finished` turns true only once the
+    // thread has exited, after the wake-up, and waiting on it would cost a whole POLL.
+    let done = AtomicBool::new(false);
     let outcome = std::thread::scope(|s| {
+        let finished = &done;
         let handle = s.spawn(move || {
-            let result = work();
-            waiter.unpark();
-            result
+            let _wake = Wake(finished, waiter);
+            work()
         });
-        while !handle.is_finished() {
+        while !done.load(Ordering::Acquire) {
             py.detach(|| std::thread::park_timeout(POLL));
-            if signal.is_none() && !handle.is_finished() {
+            if signal.is_none() && !done.load(Ordering::Acquire) {
                 if let Err(err) = py.check_signals() {
                     signal = Some(err);
                     cancel::request();

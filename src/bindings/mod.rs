@@ -1,11 +1,12 @@
 //! The Python binding layer (`moefast._core`): each submodule converts arguments,
 //! calls the core with the GIL released and converts results. No algorithm lives here.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBool;
 
 use crate::error::MoeError;
+use crate::limits;
 
 mod batch;
 mod input;
@@ -17,7 +18,7 @@ impl From<MoeError> for PyErr {
     fn from(err: MoeError) -> PyErr {
         match err {
             MoeError::Value(m) => PyValueError::new_err(m),
-            MoeError::Type(m) => PyTypeError::new_err(m),
+            internal @ MoeError::Internal(_) => PyRuntimeError::new_err(internal.to_string()),
         }
     }
 }
@@ -59,6 +60,11 @@ pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_EXPERTS", limits::MAX_EXPERTS)?;
+    m.add("MAX_K", limits::MAX_K)?;
+    m.add("MAX_GPUS", limits::MAX_GPUS)?;
+    m.add("MAX_BATCH", limits::MAX_BATCH)?;
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;

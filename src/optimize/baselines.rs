@@ -9,7 +9,7 @@
 //! exactly `slots` distinct experts.
 
 use super::initial::balanced_counts;
-use super::layout::Layout;
+use crate::layout::Layout;
 
 /// Load per replica of an expert, compared exactly as fractions.
 fn heavier(load: &[f64], a: usize, reps_a: usize, b: usize, reps_b: usize) -> bool {

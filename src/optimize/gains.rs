@@ -1,4 +1,6 @@
-//! The exact marginal gain of every single new replica (DESIGN 3).
+//! The gain table: the exact decrease of the total cost that each possible new replica
+//! (expert i on GPU g) would bring, kept current as replicas are added and removed
+//! (DESIGN 3).
 //!
 //! A replica (i, g) lowers cost(S) = t >= 2 by one iff every violating X of S
 //! (|X| > (t-1)|N(X)|) contains i, misses g in N(X), and has |X| <= (t-1)(|N(X)|+1).
@@ -14,9 +16,9 @@
 
 use rayon::prelude::*;
 
-use super::layout::RowScratch;
 use super::state::{State, ROWS_PER_TASK};
-use crate::table::MAX_K;
+use crate::limits::MAX_K;
+use crate::matching::RowScratch;
 
 /// Which new replicas lower one row's cost: experts at positions `experts` (bits over
 /// the row) on any GPU outside `gpus`.
@@ -194,7 +196,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                         } else {
                             let gpus = (0..64)
                                 .filter(|b| bits >> b & 1 == 1)
-                                .map(|b| buf.rows.bit_gpu[b as usize])
+                                .map(|b| buf.rows.local.gpus[b as usize])
                                 .collect();
                             RowGain {
                                 row: r,
@@ -216,7 +218,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimize::layout::Layout;
+    use crate::layout::Layout;
     use crate::optimize::problem::Problem;
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;

@@ -11,52 +11,22 @@
 //! give a worse placement, and no baseline is ever better.
 
 use super::baselines;
+use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
 use super::gains::GainTable;
 use super::initial;
 use super::kicks::{self, Budget};
-use super::layout::Layout;
 use super::problem::Problem;
 use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
-
-/// Exact-evaluation budgets, in rows read (a row takes 30-300 ns). Fixed numbers, not
-/// times, so that the result is the same on every machine.
-const START_SEARCH: Limits = Limits {
-    candidates: 16,
-    batches: 16,
-    max_rows: 20_000_000,
-    patience: 4_000_000,
-};
-const REASSIGN: reassign::Limits = reassign::Limits {
-    candidates: 32,
-    max_moves: 64,
-};
-const ALTERNATIONS: usize = 3;
-const LEVEL_SEARCH: Limits = Limits {
-    candidates: 16,
-    batches: 32,
-    max_rows: 10_000_000,
-    patience: 2_500_000,
-};
-/// Iterated local search after the start's search and after each level's.
-const START_KICKS: Budget = Budget {
-    rows: 400_000,
-    kicks: 200,
-    stall: 48,
-};
-const LEVEL_KICKS: Budget = Budget {
-    rows: 400_000,
-    kicks: 200,
-    stall: 48,
-};
+use crate::layout::Layout;
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {
     let distance = (level - first).max(1);
     Budget {
-        rows: LEVEL_KICKS.rows / (distance * distance),
-        ..LEVEL_KICKS
+        rows: KICKS.rows / (distance * distance),
+        ..KICKS
     }
 }
 
@@ -93,7 +63,7 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_gpus = problem.num_gpus;
     let mut state = State::new(problem, initial::assign(problem, seed));
     swaps::improve(&mut state, START_SEARCH);
-    kicks::search(&mut state, START_KICKS, stage_seed(seed, 0));
+    kicks::search(&mut state, KICKS, stage_seed(seed, 0));
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
@@ -212,40 +182,9 @@ fn most_loaded(state: &State, open: &[usize]) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::SubsetTable;
+    use crate::optimize::skewed_table;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
-
-    /// Skewed rows: experts drawn with weights ~ 1/(rank+1), some pairs boosted.
-    fn skewed_table(
-        rng: &mut SmallRng,
-        num_experts: usize,
-        k: usize,
-        tokens: usize,
-    ) -> SubsetTable {
-        let mut ids = Vec::new();
-        for _ in 0..tokens {
-            let mut row: Vec<i64> = Vec::new();
-            let anchor = rng.random_range(0..num_experts.min(4)) as i64;
-            row.push(anchor);
-            if rng.random_bool(0.7) {
-                row.push((anchor + 1) % num_experts as i64);
-            }
-            while row.len() < k {
-                // Log-uniform ranks skew towards low ids; some uniform draws reach all.
-                let e = if rng.random_bool(0.7) {
-                    ((num_experts as f64).powf(rng.random_range(0.0f64..1.0)) - 1.0) as i64
-                } else {
-                    rng.random_range(0..num_experts as i64)
-                };
-                if !row.contains(&e) {
-                    row.push(e);
-                }
-            }
-            ids.extend(row);
-        }
-        SubsetTable::from_topk(&ids, k, num_experts, None).unwrap()
-    }
 
     fn check_full(l: &Layout, slots: usize) {
         for g in 0..l.num_gpus() {
@@ -261,7 +200,7 @@ mod tests {
             let num_experts = rng.random_range(4..=12);
             let k = rng.random_range(2..=4.min(num_experts));
             let num_gpus = rng.random_range(2..=4);
-            let table = skewed_table(&mut rng, num_experts, k, 200);
+            let table = skewed_table(case, 200, num_experts as u64, k, 3, 61);
             let problem = Problem::new(&table, num_gpus);
             let load = table.expert_load();
             let mut previous = i64::MAX;
@@ -293,8 +232,7 @@ mod tests {
 
     #[test]
     fn wide_placements_are_full() {
-        let mut rng = SmallRng::seed_from_u64(2);
-        let table = skewed_table(&mut rng, 150, 6, 3000);
+        let table = skewed_table(2, 3000, 150, 6, 8, 58);
         let problem = Problem::new(&table, 100);
         let layout = greedy(&problem, 3, 0);
         check_full(&layout, 3);

@@ -5,8 +5,8 @@
 //! least co-activated with; the seed perturbs the order among experts of similar load.
 //! Kernighan-Lin swaps (`swaps`) then refine it under exact balance.
 
-use super::layout::Layout;
 use super::problem::Problem;
+use crate::layout::Layout;
 use crate::rng::SplitMix64;
 
 /// Mixed into the optimizer's seeds so that seed 0 does not start the generator at 0.

@@ -10,11 +10,13 @@
 //! depends only on the inputs and the seed: small tables get hundreds of kicks, large
 //! ones few or none.
 
+use super::budgets::{ALTERNATIONS, KICK_SEARCH, REASSIGN};
 use super::gains::GainTable;
 use super::reassign;
-use super::state::{State, Swap};
+use super::state::State;
 use super::swaps::{self, Limits};
 use crate::cancel;
+use crate::layout::Move;
 use crate::rng::SplitMix64;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,19 +29,6 @@ pub struct Budget {
     pub stall: usize,
 }
 
-/// Local search after a kick: the swaps of the level search, with reassignments where
-/// experts are replicated, alternating a few rounds at most.
-const SEARCH: Limits = Limits {
-    candidates: 16,
-    batches: 4,
-    max_rows: usize::MAX,
-    patience: usize::MAX,
-};
-const REASSIGN: reassign::Limits = reassign::Limits {
-    candidates: 32,
-    max_moves: 64,
-};
-const ALTERNATIONS: usize = 3;
 /// Batches of exact evaluations the budget must pay for before kicks are tried.
 const MIN_BATCHES: usize = 64;
 
@@ -55,7 +44,7 @@ pub fn search(state: &mut State, budget: Budget, seed: u64) -> usize {
     // Where the budget pays for few batches the kicks cannot repair what they break:
     // large tables keep the plain local search.
     let entries = state.problem.weights.len() * state.problem.k();
-    let batch_rows = 2 * SEARCH.candidates * entries.div_ceil(num_experts);
+    let batch_rows = 2 * KICK_SEARCH.candidates * entries.div_ceil(num_experts);
     if budget.rows < MIN_BATCHES * batch_rows {
         return 0;
     }
@@ -101,9 +90,9 @@ fn local_search(state: &mut State, replicated: bool, max_rows: usize) -> usize {
     for _ in 0..ALTERNATIONS {
         let limits = Limits {
             max_rows: max_rows.saturating_sub(spent).max(1),
-            ..SEARCH
+            ..KICK_SEARCH
         };
-        let (made, rows) = swaps::improve_counted(state, limits);
+        let (_, rows) = swaps::improve_counted(state, limits);
         spent += rows;
         if !replicated || spent >= max_rows {
             break;
@@ -111,7 +100,10 @@ fn local_search(state: &mut State, replicated: bool, max_rows: usize) -> usize {
         let mut gains = GainTable::new(state);
         let (moved, rows) = reassign::improve_counted(state, &mut gains, REASSIGN);
         spent += rows;
-        if moved == 0 || (made == 0 && moved == 0) {
+        // The swaps end where no swap improves (or the budget is spent, handled
+        // above): when the reassignment moved nothing either, the layout is a local
+        // optimum of both and another round would only read rows again.
+        if moved == 0 {
             break;
         }
     }
@@ -140,21 +132,21 @@ fn random_swap(state: &mut State, rng: &mut SplitMix64) {
             continue;
         }
         let swap = if i < j {
-            Swap {
+            Move::Swap {
                 first: i as u16,
                 from: a as u16,
                 second: j as u16,
                 to: b as u16,
             }
         } else {
-            Swap {
+            Move::Swap {
                 first: j as u16,
                 from: b as u16,
                 second: i as u16,
                 to: a as u16,
             }
         };
-        state.apply_swap(swap);
+        state.apply(swap);
         return;
     }
 }
@@ -187,7 +179,7 @@ mod tests {
     use crate::table::SubsetTable;
 
     fn table() -> SubsetTable {
-        crate::optimize::skewed_table(7, 300, 16, 3, 61)
+        crate::optimize::skewed_table(7, 300, 16, 4, 3, 61)
     }
 
     #[test]
@@ -216,6 +208,43 @@ mod tests {
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
+    }
+
+    /// Why `local_search` stops as soon as the reassignment moves nothing: the swap
+    /// search ends where no swap improves, so a second one from there makes no swap
+    /// (and reads rows for nothing).
+    #[test]
+    fn swap_search_ends_at_a_fixpoint() {
+        let t = table();
+        let p = Problem::new(&t, 4);
+        for seed in 0..6 {
+            let mut layout = initial::assign(&p, seed);
+            if seed % 2 == 1 {
+                for (e, g) in [(0, 1), (1, 2), (2, 3), (3, 0)] {
+                    if !layout.holds(e, g) {
+                        layout.add(e, g);
+                    }
+                }
+            }
+            let mut s = State::new(&p, layout);
+            let mut rng = SplitMix64::new(seed);
+            for _ in 0..4 {
+                random_swap(&mut s, &mut rng);
+            }
+            let limits = Limits {
+                max_rows: usize::MAX,
+                ..KICK_SEARCH
+            };
+            swaps::improve_counted(&mut s, limits);
+            let end = s.layout.clone();
+            assert_eq!(swaps::improve_counted(&mut s, limits).0, 0, "seed {seed}");
+            assert_eq!(s.layout, end);
+            // The round of `local_search` that follows reads the rows again and stops.
+            let mut gains = GainTable::new(&s);
+            if reassign::improve_counted(&mut s, &mut gains, REASSIGN).0 == 0 {
+                assert_eq!(s.layout, end);
+            }
+        }
     }
 
     #[test]

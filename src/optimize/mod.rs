@@ -4,25 +4,26 @@
 //! Results depend only on the inputs and the seed, never on the thread count: every
 //! sum is over integer weights and every tie is broken by ids.
 //!
-//! Modules: `problem` (what is read from the table), `layout` (a placement being built,
-//! row costs with tentative changes), `state` (layout + row costs + co-activation per
-//! GPU), `gains` (exact gain of every new replica), `initial` (balanced one-replica
-//! start), `swaps` and `reassign` (local searches), `kicks` (iterated local search), `greedy` (the default method) and
-//! `baselines` (contiguous, round robin, EPLB).
+//! Modules: `problem` (what is read from the table), `state` (a `crate::layout::Layout`
+//! with its row costs and co-activation per GPU, kept current as moves are made), `gains`
+//! (exact gain of every new replica), `initial` (balanced one-replica start), `swaps` and
+//! `reassign` (local searches), `kicks` (iterated local search), `budgets` (their work
+//! limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
 
 mod baselines;
+mod budgets;
 mod gains;
 mod greedy;
 mod initial;
 mod kicks;
-mod layout;
 mod problem;
 mod reassign;
 mod state;
 mod swaps;
 
 use crate::error::{MoeError, Result};
-use crate::placement::{Placement, MAX_GPUS};
+use crate::limits::check_memory;
+use crate::placement::Placement;
 use crate::table::SubsetTable;
 
 /// The methods `optimize` accepts.
@@ -32,7 +33,8 @@ pub const METHODS: [&str; 4] = ["greedy", "contiguous", "round_robin", "eplb"];
 /// experts each (every slot used, every expert at least once).
 ///
 /// `method`: "greedy" (co-activation aware, exact gains; the default), or a baseline:
-/// "contiguous", "round_robin", "eplb". `seed` perturbs the greedy's start.
+/// "contiguous", "round_robin", "eplb". `seed` drives the greedy's random choices (its
+/// start and its kicks); the baselines do not use it.
 pub fn optimize(
     table: &SubsetTable,
     num_gpus: usize,
@@ -46,7 +48,7 @@ pub fn optimize(
             METHODS.map(|m| format!("{m:?}")).join(", ")
         )));
     }
-    check_sizes(table.num_experts(), num_gpus, slots_per_gpu)?;
+    check_memory(table.num_experts(), num_gpus, slots_per_gpu)?;
     let layout = match method {
         "greedy" => {
             let problem = problem::Problem::new(table, num_gpus);
@@ -58,53 +60,69 @@ pub fn optimize(
     };
     // The optimizers fill every slot by construction; a bug must not pass silently.
     if let Some(g) = (0..num_gpus).find(|&g| layout.used(g) != slots_per_gpu) {
-        return Err(MoeError::value(format!(
-            "internal error: method {method:?} left GPU {g} with {} experts instead of {slots_per_gpu}",
+        return Err(MoeError::internal(format!(
+            "method {method:?} left GPU {g} with {} experts instead of {slots_per_gpu}",
             layout.used(g)
         )));
     }
     layout.to_placement()
 }
 
-fn check_sizes(num_experts: usize, num_gpus: usize, slots: usize) -> Result<()> {
-    if num_gpus == 0 || num_gpus > MAX_GPUS {
+/// `placement` with every free slot filled (up to `slots_per_gpu` experts per GPU) by
+/// the expert of highest `load` per replica that the GPU lacks, GPU by GPU in turns:
+/// the baselines' own filling, for placements made elsewhere (the MILP's). An extra
+/// replica never raises a subset's cost.
+pub fn fill_free_slots(
+    placement: &Placement,
+    slots_per_gpu: usize,
+    load: &[f64],
+) -> Result<Placement> {
+    let (num_experts, num_gpus) = (placement.num_experts(), placement.num_gpus());
+    check_memory(num_experts, num_gpus, slots_per_gpu)?;
+    if load.len() != num_experts {
         return Err(MoeError::value(format!(
-            "num_gpus must be in [1, {MAX_GPUS}], got {num_gpus}"
+            "expert_load has {} entries but the placement has {num_experts} experts",
+            load.len()
         )));
     }
-    if slots == 0 {
-        return Err(MoeError::value("slots_per_gpu must be at least 1, got 0"));
-    }
-    if slots > num_experts {
+    if let Some((e, x)) = load
+        .iter()
+        .enumerate()
+        .find(|(_, x)| !(x.is_finite() && **x >= 0.0))
+    {
         return Err(MoeError::value(format!(
-            "slots_per_gpu = {slots} is more than num_experts = {num_experts}: a GPU holds distinct experts"
+            "expert_load[{e}] = {x}: loads must be finite and non-negative"
         )));
     }
-    if num_gpus.saturating_mul(slots) < num_experts {
+    let used = placement.slots_used();
+    if let Some((g, n)) = used.iter().enumerate().find(|(_, &n)| n > slots_per_gpu) {
         return Err(MoeError::value(format!(
-            "num_gpus * slots_per_gpu = {num_gpus} * {slots} = {} is less than num_experts = {num_experts}: \
-             every expert needs a slot",
-            num_gpus * slots
+            "the placement puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
         )));
     }
-    Ok(())
+    let mut layout = crate::layout::Layout::from_placement(placement);
+    baselines::fill_with_loaded(&mut layout, load, slots_per_gpu);
+    layout.to_placement()
 }
 
-/// A skewed top-4 table from a fixed linear congruential generator, for the optimizers'
-/// tests: ids fall among the first `hot + 2 * (x >> shift)` experts, so low ids are hot.
+/// The optimizers' one generator of test tables: skewed top-`k` rows from a fixed linear
+/// congruential generator; ids fall among the first `hot + 2 * (x >> shift)` experts, so
+/// low ids are hot and often chosen together.
 #[cfg(test)]
 pub(crate) fn skewed_table(
     seed: u64,
     rows: usize,
     experts: u64,
+    k: usize,
     hot: i64,
     shift: u32,
 ) -> SubsetTable {
+    assert!(k as u64 <= experts);
     let mut ids = Vec::new();
     let mut x = seed;
     for _ in 0..rows {
         let mut row = Vec::new();
-        while row.len() < 4 {
+        while row.len() < k {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
@@ -115,7 +133,7 @@ pub(crate) fn skewed_table(
         }
         ids.extend(row);
     }
-    SubsetTable::from_topk(&ids, 4, experts as usize, None).unwrap()
+    SubsetTable::from_topk(&ids, k, experts as usize, None).unwrap()
 }
 
 #[cfg(test)]
@@ -141,7 +159,7 @@ mod tests {
     #[test]
     fn same_result_for_any_thread_count() {
         // Enough rows for several parallel tasks.
-        let t = skewed_table(12345, 20_000, 24, 4, 60);
+        let t = skewed_table(12345, 20_000, 24, 4, 4, 60);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -155,11 +173,31 @@ mod tests {
     }
 
     #[test]
+    fn filling_free_slots_fills_every_gpu_with_distinct_experts() {
+        let start = Placement::from_lists(&[vec![0], vec![1], vec![2], vec![0]], 3).unwrap();
+        let load = [1.0, 8.0, 2.0, 4.0];
+        let full = fill_free_slots(&start, 2, &load).unwrap();
+        assert_eq!(full.slots_used(), vec![2, 2, 2]);
+        for e in 0..4 {
+            assert!(start.gpus_of(e).iter().all(|&g| full.holds(e, g as usize)));
+        }
+        // GPU 1 takes the heaviest expert it lacks (3), then GPU 2 (1).
+        assert!(full.holds(3, 1) && full.holds(1, 2));
+        let msg = |r: Result<Placement>| r.unwrap_err().to_string();
+        assert!(msg(fill_free_slots(&start, 1, &load)).contains("cannot hold 4 experts"));
+        let crowded = Placement::from_lists(&[vec![0], vec![0], vec![1], vec![2, 3]], 4).unwrap();
+        assert!(msg(fill_free_slots(&crowded, 1, &load)).contains("more than slots_per_gpu"));
+        assert!(msg(fill_free_slots(&start, 2, &load[..3])).contains("3 entries"));
+        assert!(msg(fill_free_slots(&start, 2, &[1.0, f64::NAN, 0.0, 0.0])).contains("[1] = NaN"));
+        assert!(msg(fill_free_slots(&start, 5, &load)).contains("more than the 4 experts"));
+    }
+
+    #[test]
     fn rejects_bad_sizes_and_methods() {
         let t = table();
         let msg = |r: Result<Placement>| r.unwrap_err().to_string();
-        assert!(msg(optimize(&t, 2, 2, "greedy", 0)).contains("less than num_experts"));
-        assert!(msg(optimize(&t, 2, 7, "greedy", 0)).contains("more than num_experts"));
+        assert!(msg(optimize(&t, 2, 2, "greedy", 0)).contains("cannot hold 6 experts"));
+        assert!(msg(optimize(&t, 2, 7, "greedy", 0)).contains("more than the 6 experts"));
         assert!(msg(optimize(&t, 0, 3, "greedy", 0)).contains("num_gpus"));
         assert!(msg(optimize(&t, 2, 0, "greedy", 0)).contains("at least 1"));
         assert!(msg(optimize(&t, 2, 3, "best", 0)).contains("unknown method \"best\""));

@@ -1,15 +1,17 @@
 //! Local search over which experts the extra slots hold. The greedy picks replicas one
 //! at a time, so an early pick can block a better pair later, and the last GPUs to
 //! fill take what is left. A move here gives a slot of a replicated expert to another
-//! expert: candidates are ranked by the exact gain of the new replica (gain table),
-//! evaluated exactly with the loss of the old one, and the best improvement is made.
+//! expert (`Move::Replace`): candidates are ranked by the exact gain of the new replica
+//! (gain table), evaluated exactly with the loss of the old one, and the best
+//! improvement is made.
 
 use rayon::prelude::*;
 
 use super::gains::GainTable;
-use super::layout::{Change, RowScratch};
 use super::state::State;
 use crate::cancel;
+use crate::layout::Move;
+use crate::matching::RowScratch;
 
 /// New experts tried for each replica slot.
 const EXPERTS_PER_SLOT: usize = 4;
@@ -61,25 +63,16 @@ pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits)
     let mut spent = 0usize;
     while made < limits.max_moves && !cancel::requested() {
         let candidates = candidates(state, gains, limits.candidates);
-        let changes = |&(_, old, gpu, new): &(i64, usize, usize, usize)| {
-            [
-                Change {
-                    expert: old as u16,
-                    remove: Some(gpu as u16),
-                    add: None,
-                },
-                Change {
-                    expert: new as u16,
-                    remove: None,
-                    add: Some(gpu as u16),
-                },
-            ]
+        let replace = |&(_, old, gpu, new): &(i64, usize, usize, usize)| Move::Replace {
+            old: old as u16,
+            gpu: gpu as u16,
+            new: new as u16,
         };
         let evaluated: Vec<(i64, usize)> = candidates
             .par_iter()
             .map_init(
                 || RowScratch::new(state.layout.num_gpus()),
-                |s, c| state.delta(&changes(c), s),
+                |s, c| state.move_delta(replace(c), s),
             )
             .collect();
         spent += evaluated.iter().map(|x| x.1).sum::<usize>();
@@ -101,7 +94,7 @@ pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimize::layout::Layout;
+    use crate::layout::Layout;
     use crate::optimize::problem::Problem;
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;

@@ -4,37 +4,12 @@
 
 use rayon::prelude::*;
 
-use super::layout::{Change, Layout, RowScratch};
 use super::problem::Problem;
+use crate::layout::{Change, Layout, Move};
+use crate::matching::RowScratch;
 
 /// Rows per parallel task: a row costs 30-300 ns.
 pub const ROWS_PER_TASK: usize = 2048;
-
-/// Replica `first` moves from GPU `from` to `to` and replica `second` from `to` to `from`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Swap {
-    pub first: u16,
-    pub from: u16,
-    pub second: u16,
-    pub to: u16,
-}
-
-impl Swap {
-    fn changes(&self) -> [Change; 2] {
-        [
-            Change {
-                expert: self.first,
-                remove: Some(self.from),
-                add: Some(self.to),
-            },
-            Change {
-                expert: self.second,
-                remove: Some(self.to),
-                add: Some(self.from),
-            },
-        ]
-    }
-}
 
 #[derive(Clone)]
 pub struct State<'p> {
@@ -177,27 +152,22 @@ impl<'p> State<'p> {
         rows
     }
 
-    pub fn apply_swap(&mut self, swap: Swap) {
-        let (a, b) = (swap.first as usize, swap.second as usize);
-        let (from, to) = (swap.from as usize, swap.to as usize);
-        self.shift_conn(a, from, -1);
-        self.shift_conn(b, to, -1);
-        self.layout.remove(a, from);
-        self.layout.remove(b, to);
-        self.layout.add(a, to);
-        self.layout.add(b, from);
-        self.shift_conn(a, to, 1);
-        self.shift_conn(b, from, 1);
-        let mut rows: Vec<u32> = self.problem.index.rows_of(a).to_vec();
-        rows.extend_from_slice(self.problem.index.rows_of(b));
+    /// Makes `mv` (a swap, or any move the layout allows) and recosts the rows of the
+    /// experts it changes.
+    pub fn apply(&mut self, mv: Move) {
+        let mut rows: Vec<u32> = Vec::new();
+        for c in mv.changes().iter() {
+            self.change_replicas(c.expert as usize, |l| l.change(c));
+            rows.extend_from_slice(self.problem.index.rows_of(c.expert as usize));
+        }
         rows.sort_unstable();
         rows.dedup();
         self.recost(&rows);
     }
 
-    /// Exact change of the total if `swap` were made, and the number of rows it read.
-    pub fn swap_delta(&self, swap: Swap, scratch: &mut RowScratch) -> (i64, usize) {
-        self.delta(&swap.changes(), scratch)
+    /// Exact change of the total if `mv` were made, and the number of rows it read.
+    pub fn move_delta(&self, mv: Move, scratch: &mut RowScratch) -> (i64, usize) {
+        self.delta(&mv.changes(), scratch)
     }
 
     /// Exact change of the total if `changes` (of one or two distinct experts) were
@@ -255,22 +225,22 @@ mod tests {
             let mut s = State::new(&p, l);
             let mut scratch = RowScratch::new(num_gpus);
             for swap in [
-                Swap {
+                Move::Swap {
                     first: 1,
                     from: 0,
                     second: 3,
                     to: 1,
                 },
-                Swap {
+                Move::Swap {
                     first: 2,
                     from: 1,
                     second: 4,
                     to: 2,
                 },
             ] {
-                let (delta, _) = s.swap_delta(swap, &mut scratch);
+                let (delta, _) = s.move_delta(swap, &mut scratch);
                 let before = s.total;
-                s.apply_swap(swap);
+                s.apply(swap);
                 assert_eq!(s.total, before + delta);
                 assert_eq!(s.total, total_cost(&p, &s.layout));
             }

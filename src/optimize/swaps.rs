@@ -8,9 +8,10 @@
 
 use rayon::prelude::*;
 
-use super::layout::RowScratch;
-use super::state::{State, Swap};
+use super::state::State;
 use crate::cancel;
+use crate::layout::Move;
+use crate::matching::RowScratch;
 
 /// Share of the total cost a search must gain per `Limits::patience` rows to go on.
 const MIN_PROGRESS: f64 = 0.001;
@@ -61,7 +62,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
                 .par_iter()
                 .map_init(
                     || RowScratch::new(state.layout.num_gpus()),
-                    |s, &c| state.swap_delta(c, s),
+                    |s, &c| state.move_delta(c, s),
                 )
                 .collect();
             spent += evaluated.iter().map(|x| x.1).sum::<usize>();
@@ -92,7 +93,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
 /// swap made before them, but may share rows: they are evaluated again.
 fn apply_best_first(
     state: &mut State,
-    batch: &[Swap],
+    batch: &[Move],
     improving: &[(i64, usize)],
     scratch: &mut RowScratch,
     spent: &mut usize,
@@ -101,18 +102,18 @@ fn apply_best_first(
     let mut made = 0;
     for (rank, &(_, i)) in improving.iter().enumerate() {
         let swap = batch[i];
-        if moved.contains(&swap.first) || moved.contains(&swap.second) {
+        if swap.experts().any(|e| moved.contains(&e)) {
             continue;
         }
         if rank > 0 {
-            let (delta, rows) = state.swap_delta(swap, scratch);
+            let (delta, rows) = state.move_delta(swap, scratch);
             *spent += rows;
             if delta >= 0 {
                 continue;
             }
         }
-        state.apply_swap(swap);
-        moved.extend([swap.first, swap.second]);
+        state.apply(swap);
+        moved.extend(swap.experts());
         made += 1;
     }
     made
@@ -121,11 +122,11 @@ fn apply_best_first(
 /// Up to `width` swaps, those that lower the co-activation on shared GPUs the most
 /// first. Swaps the score calls neutral or worse are kept at the end of the list: near a
 /// local optimum the score is a poor guide and the exact evaluation has the last word.
-fn candidates(state: &State, width: usize) -> Vec<Swap> {
+fn candidates(state: &State, width: usize) -> Vec<Move> {
     let layout = &state.layout;
     let num_gpus = layout.num_gpus();
     let coactivation = &state.problem.coactivation;
-    let mut scored: Vec<(i64, Swap)> = (0..layout.num_experts())
+    let mut scored: Vec<(i64, Move)> = (0..layout.num_experts())
         .into_par_iter()
         .flat_map_iter(|i| {
             let mut found = Vec::new();
@@ -159,14 +160,14 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
                             - state.conn(j as usize, b as usize))
                             / rj;
                         let swap = if (i as u16) < j {
-                            Swap {
+                            Move::Swap {
                                 first: i as u16,
                                 from: a,
                                 second: j,
                                 to: b,
                             }
                         } else {
-                            Swap {
+                            Move::Swap {
                                 first: j,
                                 from: b,
                                 second: i as u16,
@@ -190,7 +191,7 @@ fn candidates(state: &State, width: usize) -> Vec<Swap> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimize::layout::Layout;
+    use crate::layout::Layout;
     use crate::optimize::problem::Problem;
     use crate::optimize::state::total_cost;
     use crate::table::SubsetTable;

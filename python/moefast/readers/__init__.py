@@ -1,4 +1,7 @@
-"""Readers of routing traces and per-expert loads, one module per input format.
+"""Readers of routing traces and per-expert loads, one module per source: the native
+``.npz`` (`npz`), JSON Lines (`jsonl`), SGLang dumps and statistics (`sglang`), the gpt-oss
+fingerprinting JSON (`fingerprint`) and TensorRT-LLM statistics (`trtllm`); `_errors` and
+`_loading` hold what they share.
 
 `read_trace` and `read_expert_load` pick the reader by the ``format`` name or, without one,
 by the file's name and first bytes.

@@ -1,5 +1,6 @@
-"""The optimizers of the core (`moefast._core.optimize_placement`), checked against a
-pure-Python cost and a brute force over all placements of tiny instances."""
+"""moefast.optimizers: the core's optimizers (`moefast._core.optimize_placement`), checked
+against a pure-Python cost and a brute force over all placements of tiny instances, and
+`optimize`, which checks its arguments and dispatches on method and objective."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import os
 import subprocess
 import sys
 
+import moefast as mf
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moefast import _core
+from workloads import skewed_table
 
-METHODS = ["greedy", "contiguous", "round_robin", "eplb"]
+METHODS = _core.METHODS
 
 
 # --- pure-Python reference -------------------------------------------------------------
@@ -33,7 +36,7 @@ def subset_cost_ref(subset, gpus_of) -> int:
 
 def expected_cost_ref(subsets, weights, replicas: np.ndarray) -> float:
     gpus_of = [set(np.flatnonzero(row)) for row in replicas]
-    total = sum(w * subset_cost_ref(s, gpus_of) for s, w in zip(subsets, weights))
+    total = sum(w * subset_cost_ref(s, gpus_of) for s, w in zip(subsets, weights, strict=True))
     return total / sum(weights)
 
 
@@ -54,23 +57,6 @@ def brute_force_optimum(subsets, weights, num_experts: int, num_gpus: int, slots
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def skewed_table(
-    rng: np.random.Generator, num_experts: int, k: int, tokens: int
-) -> _core.SubsetTable:
-    """Tokens from a few topics, each preferring a random group of experts."""
-    topics = [
-        rng.choice(num_experts, size=min(num_experts, k + 1), replace=False) for _ in range(3)
-    ]
-    popularity = -0.7 * np.log1p(rng.permutation(num_experts))
-    rows = []
-    for _ in range(tokens):
-        logits = popularity.copy()
-        logits[topics[rng.integers(len(topics))]] += 3.0
-        logits += rng.gumbel(size=num_experts)
-        rows.append(np.argsort(-logits)[:k])
-    return _core.SubsetTable.from_topk(np.array(rows), num_experts=num_experts)
 
 
 def check_invariants(p, num_experts: int, num_gpus: int, slots: int) -> None:
@@ -94,7 +80,7 @@ def instances(draw, max_gpus: int = 8):
     slots = draw(st.integers(low, min(num_experts, low + 3)))
     seed = draw(st.integers(0, 2**32))
     tokens = draw(st.integers(1, 200))
-    table = skewed_table(np.random.default_rng(seed), num_experts, k, tokens)
+    table = skewed_table(seed, num_experts, k, tokens)
     return table, num_experts, num_gpus, slots
 
 
@@ -114,14 +100,14 @@ def test_every_method_fills_every_slot(instance):
     ("num_experts", "num_gpus", "slots"), [(100, 80, 2), (160, 130, 3), (1100, 1024, 2)]
 )
 def test_many_gpus(method, num_experts, num_gpus, slots):
-    table = skewed_table(np.random.default_rng(num_gpus), num_experts, 6, 400)
+    table = skewed_table(num_gpus, num_experts, 6, 400)
     p = _core.optimize_placement(table, num_gpus, slots, method)
     check_invariants(p, num_experts, num_gpus, slots)
     assert cost(table, p) >= _core.lower_bound(table, num_gpus)
 
 
 def test_greedy_beats_baselines_with_many_gpus():
-    table = skewed_table(np.random.default_rng(5), 100, 6, 2000)
+    table = skewed_table(5, 100, 6, 2000)
     greedy = cost(table, _core.optimize_placement(table, 80, 2))
     for method in METHODS[1:]:
         assert greedy <= cost(table, _core.optimize_placement(table, 80, 2, method))
@@ -130,8 +116,8 @@ def test_greedy_beats_baselines_with_many_gpus():
 @pytest.mark.parametrize(
     ("num_gpus", "slots", "method", "message"),
     [
-        (2, 3, "greedy", "less than num_experts"),
-        (2, 9, "greedy", "more than num_experts"),
+        (2, 3, "greedy", "cannot hold 8 experts"),
+        (2, 9, "greedy", "more than the 8 experts"),
         (0, 4, "greedy", "num_gpus"),
         (-1, 4, "eplb", "num_gpus"),
         (2, 0, "greedy", "slots_per_gpu"),
@@ -141,19 +127,19 @@ def test_greedy_beats_baselines_with_many_gpus():
     ],
 )
 def test_bad_inputs_raise_value_error(num_gpus, slots, method, message):
-    table = skewed_table(np.random.default_rng(0), 8, 2, 50)
+    table = skewed_table(0, 8, 2, 50)
     with pytest.raises(ValueError, match=message):
         _core.optimize_placement(table, num_gpus, slots, method)
 
 
 def test_negative_seed_raises_value_error():
-    table = skewed_table(np.random.default_rng(0), 8, 2, 50)
+    table = skewed_table(0, 8, 2, 50)
     with pytest.raises(ValueError, match="seed"):
         _core.optimize_placement(table, 2, 4, seed=-1)
 
 
 def test_same_seed_same_placement():
-    table = skewed_table(np.random.default_rng(1), 32, 4, 3000)
+    table = skewed_table(1, 32, 4, 3000)
     a = _core.optimize_placement(table, 4, 9, seed=7)
     b = _core.optimize_placement(table, 4, 9, seed=7)
     assert a == b
@@ -162,13 +148,12 @@ def test_same_seed_same_placement():
 
 _THREADS_SCRIPT = """
 import json, sys
-import numpy as np
 sys.path.insert(0, {tests!r})
-from test_optimize_core import skewed_table
 from moefast import _core
+from workloads import skewed_table
 out = []
 for e, g, s in [(64, 8, 9), (40, 70, 1)]:
-    table = skewed_table(np.random.default_rng(e), e, 6, 5000)
+    table = skewed_table(e, e, 6, 5000)
     out.append(_core.optimize_placement(table, g, s, seed=3).to_lists())
 print(json.dumps(out))
 """
@@ -196,7 +181,7 @@ def test_result_does_not_depend_on_thread_count():
 )
 def test_greedy_is_near_brute_force_optimum(num_experts, num_gpus, extra_slots, k, seed):
     slots = min(num_experts, -(-num_experts // num_gpus) + extra_slots)
-    table = skewed_table(np.random.default_rng(seed), num_experts, k, 40)
+    table = skewed_table(seed, num_experts, k, 40)
     subsets, weights = table.subsets.tolist(), table.weights.tolist()
     p = _core.optimize_placement(table, num_gpus, slots)
     greedy = expected_cost_ref(subsets, weights, p.replicas)
@@ -234,3 +219,103 @@ def test_greedy_separates_co_activated_experts():
     p = _core.optimize_placement(table, 2, 4)
     assert cost(table, p) == 1.0
     assert cost(table, _core.optimize_placement(table, 2, 4, "contiguous")) == 2.0
+
+
+# --- optimize: arguments and dispatch ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "num_gpus, slots, message",
+    [
+        (2, 3, "cannot hold 8 experts"),
+        (2, 9, "more than the 8 experts"),
+        (0, 4, "num_gpus must be at least 1"),
+        (2, 0, "slots_per_gpu must be at least 1"),
+    ],
+)
+def test_infeasible_memory_is_refused(num_gpus, slots, message):
+    table = skewed_table(4, 8, 2)
+    with pytest.raises(ValueError, match=message):
+        mf.optimize(table, num_gpus, slots, method="milp")
+
+
+def test_bad_optimize_arguments():
+    table = skewed_table(5, 8, 2)
+    with pytest.raises(ValueError, match="unknown method 'best'"):
+        mf.optimize(table, 2, 4, method="best")
+    with pytest.raises(TypeError, match="table must be a SubsetTable"):
+        mf.optimize(np.zeros((3, 2)), 2, 4)
+    with pytest.raises(TypeError, match="num_gpus must be an int"):
+        mf.optimize(table, 2.0, 4)
+
+
+@pytest.mark.parametrize("method", ["milp", "greedy", "eplb"])
+def test_out_of_range_integers_and_limits(method):
+    table = skewed_table(5, 8, 2)
+    # The MILP path reported 10^20 assignment variables, the others an OverflowError.
+    with pytest.raises(ValueError, match="num_gpus must be at most 1024, got 18446744073709551616"):
+        mf.optimize(table, 2**64, 4, method=method)
+    with pytest.raises(ValueError, match="seed must be at least 0, got -1"):
+        mf.optimize(table, 2, 4, method=method, seed=-1)
+    with pytest.raises(ValueError, match="seed must be at most"):
+        mf.optimize(table, 2, 4, method=method, seed=2**64)
+    # numpy ints (say from an array of sizes) are ints.
+    assert (
+        mf.optimize(table, np.int64(2), np.int32(4), method=method, seed=np.uint8(1)).num_gpus == 2
+    )
+
+
+def test_options_are_keyword_only():
+    table = skewed_table(5, 8, 2)
+    with pytest.raises(TypeError, match="positional"):
+        mf.optimize(table, 2, 4, "eplb")  # type: ignore[misc]  # the check under test
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        mf.optimize(table, 2, 4, batch=64)  # type: ignore[call-arg]  # the check under test
+
+
+def test_decode_objective_matches_the_core():
+    table = skewed_table(7, 16, 4, tokens=500)
+    for method in ("greedy", "contiguous", "round_robin", "eplb"):
+        assert mf.optimize(table, 4, 5, method=method, seed=3) == _core.optimize_placement(
+            table, 4, 5, method, 3
+        )
+
+
+def test_objective_and_batch_options_are_checked():
+    table = skewed_table(5, 8, 2)
+    cm = mf.CostModel(130.0, 0.5)
+    with pytest.raises(ValueError, match="unknown objective 'latency'"):
+        mf.optimize(table, 2, 4, objective="latency")  # type: ignore[arg-type]  # under test
+    with pytest.raises(ValueError, match="batch_size, cost_model need objective='batch'"):
+        mf.optimize(table, 2, 4, batch_size=8, cost_model=cm)
+    with pytest.raises(ValueError, match="objective='batch' needs batch_size and cost_model"):
+        mf.optimize(table, 2, 4, objective="batch", batch_size=8)
+    with pytest.raises(TypeError, match=r"cost_model must be a moefast\.CostModel"):
+        mf.optimize(table, 2, 4, objective="batch", batch_size=8, cost_model=(130.0, 0.5))
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        mf.optimize(table, 2, 4, objective="batch", batch_size=0, cost_model=cm)
+
+
+def test_batch_objective_starts_from_the_faster_of_greedy_and_eplb():
+    from moefast.batch import fastest_placement, optimize_batch
+
+    table = skewed_table(8, 16, 4, tokens=2000)
+    cm = mf.CostModel(130.0, 0.5)
+    got = mf.optimize(
+        table, 4, 5, objective="batch", batch_size=16, cost_model=cm, max_evaluations=300
+    )
+    starts = [mf.optimize(table, 4, 5, method=m) for m in ("greedy", "eplb")]
+    start = fastest_placement(table, starts, cm, 16)
+    assert got == optimize_batch(table, start, 5, cm, 16, max_evaluations=300)
+    # A named method is the only start.
+    eplb = mf.optimize(
+        table,
+        4,
+        5,
+        method="eplb",
+        objective="batch",
+        batch_size=16,
+        cost_model=cm,
+        max_evaluations=300,
+    )
+    assert eplb == optimize_batch(table, starts[1], 5, cm, 16, max_evaluations=300)

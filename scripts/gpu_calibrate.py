@@ -7,7 +7,7 @@ workload is captured in a CUDA graph and replayed, so kernel-launch overhead doe
 hide the weight-read and compute costs the model describes. Writes the same JSON layout
 as shared/calibration/h100_expert_ffn_graphs.json, plus the fitted alpha, beta and p.
 
-    python benches/gpu_calibrate.py --out h100_calibration.json [--models mixtral-8x7b deepseek-v3]
+    python scripts/gpu_calibrate.py --out h100_calibration.json [--models mixtral-8x7b deepseek-v3]
 
 Needs torch with CUDA; without it the script says so and exits 0 (it stays importable).
 """
@@ -102,7 +102,7 @@ def calibrate(
         fit = CostModel.fit(
             [q["tokens"] for q in points], [q["us"] for q in points], [q["experts"] for q in points]
         )
-        for q, err in zip(points, fit.rel_errors):
+        for q, err in zip(points, fit.rel_errors, strict=True):
             q["fit_rel_err"] = round(float(err), 4)
         out["models"][name] = {
             "hidden": hidden,
