@@ -1,6 +1,7 @@
 """Per-token JSON of the gpt-oss expert-fingerprinting recorder
 (``{"router_data": [{"token_<i>": {"layer_<l>": {"selected_experts": [ids], ...}}}]}``),
-a single answer object or a list of them; each answer's tokens are appended in order."""
+a single answer object or a list of them; each answer's tokens are appended in order, and the
+answer's position in the file is the request id of its tokens."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
         raise malformed(path, "no answer in the file (an empty list)")
     parts: list[np.ndarray] = []
     layer_ids: list[int] = []
+    requests: list[np.ndarray] = []
     for answer in answers:
         if not isinstance(answer, dict) or "router_data" not in answer:
             raise malformed(path, "an answer without 'router_data'")
@@ -86,11 +88,12 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
         if parts and topk.shape[2] != parts[0].shape[2]:
             raise malformed(path, f"answers select {topk.shape[2]} and {parts[0].shape[2]} experts")
         layer_ids = ids
+        requests.append(np.full(len(topk), len(parts), dtype=np.int64))
         parts.append(topk)
     topk = np.concatenate(parts)
     if num_experts is None:
         num_experts = int(topk.max()) + 1
     try:
-        return Trace(topk, num_experts, layer_ids)
+        return Trace(topk, num_experts, layer_ids, request_ids=np.concatenate(requests))
     except (ValueError, TypeError) as err:
         raise malformed(path, str(err)) from err

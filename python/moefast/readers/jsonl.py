@@ -2,8 +2,9 @@
 ``{"layer": l, "experts": [ids], "token_idx": i, ...}``.
 
 Records may come in any order; other fields (``gating_probs``, ...) are ignored. An optional
-``request_id`` separates tokens of different requests that share a ``token_idx``. Tokens that
-lack some layer are dropped with a warning that counts them.
+``request_id`` separates tokens of different requests that share a ``token_idx`` and becomes the
+trace's ``request_ids`` (numbered in sorted order of the ids). Tokens that lack some layer are
+dropped with a warning that counts them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
         num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
     rows: dict[tuple, dict[int, list[int]]] = {}
     k = None
+    has_request_ids = False
     for line_no, text in _lines(path):
         record = parse_json(text, path, line_no)
         if not isinstance(record, dict):
@@ -76,6 +78,7 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
             k = len(experts)
         elif len(experts) != k:
             raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
+        has_request_ids = has_request_ids or "request_id" in record
         key = (*_request(record, path, line_no), token)
         layers = rows.setdefault(key, {})
         if layer in layers:
@@ -100,7 +103,12 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
         num_experts = seen
     elif seen > num_experts:
         raise malformed(path, f"expert id {seen - 1} out of range for num_experts = {num_experts}")
+    request_ids = None
+    if has_request_ids:
+        names = sorted({key[:2] for key in complete})
+        number = {name: i for i, name in enumerate(names)}
+        request_ids = np.array([number[key[:2]] for key in complete], dtype=np.int64)
     try:
-        return Trace(topk, num_experts, layer_ids)
+        return Trace(topk, num_experts, layer_ids, request_ids=request_ids)
     except (ValueError, TypeError) as err:
         raise malformed(path, str(err)) from err
