@@ -166,6 +166,8 @@ def test_plan_end_to_end(tmp_path, capsys):
         (["--coverage", "nan"], "coverage must be in (0, 1], got nan"),
         # A traceback with OverflowError before.
         (["--gpus", "99999999999999999999"], "num_gpus must be at most 1024"),
+        (["--time-budget", "-1"], "time_budget must be finite and non-negative"),
+        (["--work-budget", "-5"], "work_budget must be at least 0"),
     ],
 )
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
@@ -177,6 +179,17 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
     assert main(args + extra) != 0
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_plan_work_budget_is_deterministic(tmp_path):
+    def run(name: str, *extra: str) -> str:
+        out = tmp_path / name
+        args = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--out", str(out)]
+        assert main([*args, *extra]) == 0
+        return out.read_text()
+
+    assert run("a.json", "--work-budget", "20000") == run("b.json", "--work-budget", "20000")
+    assert json.loads(run("c.json", "--time-budget", "0"))["physical_to_logical_map"]
 
 
 def test_demo_end_to_end(tmp_path, capsys):

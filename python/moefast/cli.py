@@ -44,6 +44,8 @@ def _plan(
     holdout: float | None = None,
     split_by: Literal["time", "request"] | None = None,
     estimator: Literal["plain", "auto"] = "plain",
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> ModelPlacement:
     """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
     unless `holdout` is given."""
@@ -60,6 +62,8 @@ def _plan(
         holdout=holdout,
         split_by=split_by,
         estimator=estimator,
+        time_budget=time_budget,
+        work_budget=work_budget,
     )
 
 
@@ -92,6 +96,8 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
         holdout=args.holdout,
         split_by=args.split_by,
         estimator=args.estimator,
+        time_budget=getattr(args, "time_budget", None),
+        work_budget=getattr(args, "work_budget", None),
     )
     comparison = model.evaluation
     assert comparison is not None
@@ -535,6 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the greedy's searches when the plan has taken this long (not deterministic)",
+    )
+    p.add_argument(
+        "--work-budget",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="stop the greedy's searches after this many rows read in all (deterministic)",
+    )
     p.add_argument(
         "--holdout",
         type=float,

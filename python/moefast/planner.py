@@ -3,8 +3,10 @@ on tokens the plan has not seen (`moefast.heldout`) when the trace has enough of
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
@@ -16,7 +18,7 @@ from moefast.cost_model import CostModel
 from moefast.estimators import shrunk_table
 from moefast.heldout import Split, baseline_placements, choose_split, score_methods
 from moefast.model import ModelPlacement
-from moefast.optimizers import check_memory, optimize
+from moefast.optimizers import check_budgets, check_memory, optimize
 from moefast.selection import Estimator, select_estimator
 from moefast.trace import Trace
 from moefast.validation import check_number
@@ -50,21 +52,42 @@ def plan_layers(
     estimator: Estimator = PLAIN,
     seed: int = 0,
     progress: bool = False,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
     **optimize_options: Any,
 ) -> list[Placement]:
     """One placement per table, planned on the table the estimator makes of it
-    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model)."""
+    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model).
+    `time_budget` (seconds, for all the layers) gives each layer, when it starts, its share
+    of the time left; `work_budget` (rows read, for all the layers) an equal share."""
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    workers = min(len(tables), os.cpu_count() or 1)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget
+    started = itertools.count()  # next() on it is atomic in CPython
+
+    def layer_budget() -> float | None:
+        if deadline is None:
+            return None
+        left = len(tables) - next(started)  # layers not started yet, this one included
+        return max(0.0, (deadline - time.perf_counter()) * min(workers, left) / left)
 
     def plan_layer(table: SubsetTable) -> Placement:
+        budget = layer_budget()
         if estimator.shrink > 0:
             table = shrunk_table(table, estimator.shrink, seed=seed)
         if estimator.coverage < 1.0:
             table = table.prune(coverage=estimator.coverage)
         return optimize(
-            table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options
+            table,
+            num_gpus,
+            slots_per_gpu,
+            method=method,
+            seed=seed,
+            time_budget=budget,
+            work_budget=None if work_budget is None else work_budget // len(tables),
+            **optimize_options,
         )
 
-    workers = min(len(tables), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(plan_layer, table) for table in tables]
         try:
@@ -106,6 +129,8 @@ def plan(
     objective: Literal["decode", "batch"] = "decode",
     batch_size: int | None = None,
     cost_model: CostModel | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
     scores it, with the baselines, on tokens it has not seen.
@@ -125,7 +150,14 @@ def plan(
     table. Layers run in parallel; `progress` shows a bar per layer (default: when stderr
     is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
     `cost_model` are `optimize`'s.
+
+    `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
+    exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
+    layer gets, when it starts, its share of the time left, or an equal share of the rows;
+    a work budget keeps the plan deterministic for a given seed, a time budget does not.
     """
+    began = time.perf_counter()
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
     trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
     # A trace's own tables are built only where needed: held out, only its parts are.
     tables, layer_ids = ([], list(trace.layer_ids)) if trace else layer_tables(trace_or_tables)
@@ -163,7 +195,18 @@ def plan(
         selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
         chosen, estimator_note = selection.estimator, selection.note
     placements = plan_layers(
-        plan_tables, num_gpus, slots_per_gpu, method, chosen, seed, progress, **options
+        plan_tables,
+        num_gpus,
+        slots_per_gpu,
+        method,
+        chosen,
+        seed,
+        progress,
+        time_budget=None
+        if time_budget is None
+        else max(0.0, time_budget - (time.perf_counter() - began)),
+        work_budget=work_budget,
+        **options,
     )
     comparison = _score(
         trace,
@@ -191,6 +234,10 @@ def plan(
     }
     if time_limit is not None:
         settings["time_limit"] = time_limit
+    if time_budget is not None:
+        settings["time_budget"] = time_budget
+    if work_budget is not None:
+        settings["work_budget"] = work_budget
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))

@@ -15,7 +15,6 @@ use super::gains::GainTable;
 use super::reassign;
 use super::state::State;
 use super::swaps::{self, Limits};
-use crate::cancel;
 use crate::layout::Move;
 use crate::rng::SplitMix64;
 
@@ -56,7 +55,7 @@ pub fn search(state: &mut State, budget: Budget, seed: u64) -> usize {
         if spent >= budget.rows
             || best.total <= floor
             || kick - last_gain >= budget.stall
-            || cancel::requested()
+            || state.problem.effort.exhausted()
         {
             break;
         }
