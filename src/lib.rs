@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cancel;
 pub mod cost;
+pub mod eplb;
 pub mod error;
 pub mod layout;
 pub mod limits;

@@ -78,7 +78,7 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
     replicas = np.zeros((32, 4), dtype=bool)
     replicas[np.arange(32), np.arange(32) // 8] = True  # contiguous, 8 experts per GPU
     model = ModelPlacement([moefast.Placement(replicas)] * trace.num_layers, 8, trace.layer_ids)
-    model.save(tmp_path / "p.json", "sglang")
+    model.save(tmp_path / "p.json", "sglang", model="gpt-oss-20b")
     assert (
         main(
             [
@@ -101,7 +101,9 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
 def test_evaluate_needs_the_gpu_count_for_sglang(tmp_path, capsys):
     replicas = np.zeros((32, 4), dtype=bool)
     replicas[np.arange(32), np.arange(32) % 4] = True
-    ModelPlacement([moefast.Placement(replicas)], 8).save(tmp_path / "p.json", "sglang")
+    ModelPlacement([moefast.Placement(replicas)], 8).save(
+        tmp_path / "p.json", "sglang", num_layers=1
+    )
     assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 2
     assert "num_gpus" in capsys.readouterr().err
 
@@ -126,6 +128,8 @@ def test_plan_end_to_end(tmp_path, capsys):
             *PLAN_GPTOSS,
             "--format",
             "sglang",
+            "--model",
+            "gpt-oss-20b",
             "--out",
             str(out),
             "--report",
@@ -147,6 +151,9 @@ def test_plan_end_to_end(tmp_path, capsys):
     ):
         assert (report_dir / name).stat().st_size > 0
     printed = capsys.readouterr().out
+    flags = f"--ep-size 4 --ep-num-redundant-experts 8 --init-expert-location {out}"
+    assert flags in printed
+    assert flags in (report_dir / "report.md").read_text()
     # 645 tokens: the last 20% are held out, and the printed figures are scored on them.
     assert "held-out expected cost per layer" in printed
     assert "129 held-out tokens" in printed
@@ -173,6 +180,8 @@ def test_plan_end_to_end(tmp_path, capsys):
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
     args = [
         *PLAN_GPTOSS,
+        "--model",
+        "gpt-oss-20b",
         "--out",
         str(tmp_path / "p.json"),
     ]
@@ -184,7 +193,7 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
 def test_plan_work_budget_is_deterministic(tmp_path):
     def run(name: str, *extra: str) -> str:
         out = tmp_path / name
-        args = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--out", str(out)]
+        args = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--out", str(out)]
         assert main([*args, *extra]) == 0
         return out.read_text()
 
@@ -294,3 +303,32 @@ def test_plan_for_batches_writes_a_batch_aware_placement(tmp_path, capsys):
     assert "batch" in json.dumps(saved)
     model = load_placement(out)
     assert [p.slots_used.tolist() for p in model] == [[9] * 4] * 2
+
+
+def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    layout = ["--num-layers", "30", "--moe-layers", "5-28", "--method", "round_robin"]
+    args = [*PLAN_GPTOSS, *layout, "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "layer ids 0-4 are not MoE layers" in err and "--layers-are-positions" in err
+    assert not out.exists()
+    assert main([*args, "--layers-are-positions"]) == 0
+    rows = json.loads(out.read_text())["physical_to_logical_map"]
+    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(40)]
+    assert "--ep-num-redundant-experts 8 --init-expert-location" in capsys.readouterr().out
+
+
+def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):
+    args = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--out", str(tmp_path / "p.yaml")]
+    assert main(args) == 2
+    assert "the sglang engine loads only .json files; name it p.json" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_vllm_ascend_file_by_position_with_the_model(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    plan = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--method", "round_robin"]
+    assert main([*plan, "--format", "vllm-ascend", "--out", str(out)]) == 0
+    assert "expert_map_path" in capsys.readouterr().out
+    evaluate = ["evaluate", str(GPTOSS20B_DECODE), str(out), "--no-baselines"]
+    assert main([*evaluate, "--model", "gpt-oss-20b"]) == 0

@@ -8,10 +8,13 @@ import moefast
 import numpy as np
 import pytest
 import yaml
-from moefast.formats import PLACEMENT_FORMATS, gpu_slots, load_placement, physical_to_logical
+from moefast.formats import PLACEMENT_FORMATS, gpu_slots, load_placement
 from moefast.model import ModelPlacement
+from moefast.models import model_layout
 
 E, G, SLOTS = 10, 4, 4
+#: A model of 7 decoder layers whose MoE layers are 3, 4 and 6 (0-2 and 5 dense).
+LAYOUT = {"num_layers": 7, "moe_layers": [3, 4, 6]}
 
 
 def full_placement(seed: int) -> moefast.Placement:
@@ -42,8 +45,11 @@ def model(layer_ids=(3, 4, 6)) -> ModelPlacement:
 def test_round_trip_gives_back_the_replica_sets(tmp_path, fmt):
     original = model()
     path = tmp_path / ("p.yaml" if fmt == "trtllm" else "p.json")
-    original.save(path, fmt)
-    back = load_placement(path, num_gpus=G, layer_ids=original.layer_ids)
+    original.save(path, fmt, **LAYOUT)
+    if fmt == "vllm-ascend":  # read by position, as the engine does: the layout names them
+        back = load_placement(path, model=model_layout(**LAYOUT))
+    else:
+        back = load_placement(path, num_gpus=G, layer_ids=[3, 4, 6])
     assert back.layer_ids == original.layer_ids
     assert back.num_gpus == G and back.slots_per_gpu == SLOTS
     np.testing.assert_array_equal(back.replicas(), original.replicas())
@@ -62,7 +68,7 @@ def test_native_json_keeps_costs_and_settings(tmp_path):
 def test_sglang_map_puts_each_slot_on_its_gpu(tmp_path):
     original = model()
     path = tmp_path / "sglang.json"
-    original.save(path, "sglang")
+    original.save(path, "sglang", **LAYOUT)
     data = json.loads(path.read_text())
     assert list(data) == ["physical_to_logical_map"]  # SGLang passes every key to its loader
     p2l = np.array(data["physical_to_logical_map"])
@@ -78,19 +84,18 @@ def test_sglang_map_puts_each_slot_on_its_gpu(tmp_path):
 
 
 def test_sglang_num_layers_pads_after_the_last_moe_layer(tmp_path):
-    model().save(tmp_path / "s.json", "sglang", num_layers=9)
+    model().save(tmp_path / "s.json", "sglang", num_layers=9, moe_layers=[3, 4, 6])
     p2l = json.loads((tmp_path / "s.json").read_text())["physical_to_logical_map"]
     assert len(p2l) == 9
-    with pytest.raises(ValueError, match="num_layers"):
-        model().save(tmp_path / "s.json", "sglang", num_layers=5)
-    with pytest.raises(ValueError, match="sglang format only"):
-        model().save(tmp_path / "s.json", "eplb", num_layers=9)
+    with pytest.raises(ValueError, match="do not fit num_layers = 5"):
+        model().save(tmp_path / "s.json", "sglang", num_layers=5, moe_layers=[3, 4, 6])
 
 
 def test_eplb_arrays_agree(tmp_path):
     original = model()
     original.save(tmp_path / "e.json", "eplb")
     data = json.loads((tmp_path / "e.json").read_text())
+    assert data["layer_ids"] == [3, 4, 6]
     phy2log, log2phy, logcnt = (np.array(data[k]) for k in ("phy2log", "log2phy", "logcnt"))
     assert phy2log.shape == (3, G * SLOTS)
     assert log2phy.shape == (3, E, logcnt.max())
@@ -103,7 +108,7 @@ def test_eplb_arrays_agree(tmp_path):
 
 
 def test_trtllm_yaml_is_static(tmp_path):
-    model().save(tmp_path / "t.yaml", "trtllm")
+    model().save(tmp_path / "t.yaml", "trtllm", **LAYOUT)
     data = yaml.safe_load((tmp_path / "t.yaml").read_text())
     assert data["num_slots"] == G * SLOTS and data["layer_updates_per_iter"] == 0
     assert sorted(data["initial_global_assignments"]) == [3, 4, 6]
@@ -112,7 +117,7 @@ def test_trtllm_yaml_is_static(tmp_path):
 
 def test_vllm_ascend_lists_each_device(tmp_path):
     original = model()
-    original.save(tmp_path / "a.json", "vllm-ascend")
+    original.save(tmp_path / "a.json", "vllm-ascend", **LAYOUT)
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["moe_layer_count"] == 3
     layer = data["layer_list"][1]
@@ -121,29 +126,32 @@ def test_vllm_ascend_lists_each_device(tmp_path):
         assert set(device["device_expert"]) == set(np.flatnonzero(original[1].replicas[:, g]))
 
 
-def test_free_slots_repeat_an_expert_of_the_same_gpu(tmp_path):
+def test_free_slots_are_refused_or_filled_never_repeated(tmp_path):
+    # Finding 4 of issue 10: a free slot used to be padded with a repeat of an expert of the
+    # same GPU, which vLLM-Ascend and DeepSeek's scatter route to the wrong expert.
     replicas = np.zeros((E, G), dtype=bool)
     replicas[np.arange(E), np.arange(E) % G] = True  # 3, 3, 2, 2 experts: free slots remain
-    placement = moefast.Placement(replicas)
-    slots = gpu_slots(placement, SLOTS)
-    for g in range(G):
-        assert set(slots[g]) == set(np.flatnonzero(replicas[:, g]))
-    mp = ModelPlacement([placement], SLOTS)
+    mp = ModelPlacement([moefast.Placement(replicas)], SLOTS, [3])
     for fmt in PLACEMENT_FORMATS:
+        if fmt == "json":
+            continue
         path = tmp_path / f"{fmt}.{'yaml' if fmt == 'trtllm' else 'json'}"
-        mp.save(path, fmt)
-        np.testing.assert_array_equal(load_placement(path, num_gpus=G).replicas(), mp.replicas())
-
-
-def test_empty_gpu_cannot_be_exported():
-    replicas = np.zeros((E, G), dtype=bool)
-    replicas[np.arange(E), np.arange(E) % 3] = True  # GPU 3 empty
-    with pytest.raises(ValueError, match="GPU 3 holds no expert"):
-        physical_to_logical(ModelPlacement([moefast.Placement(replicas)], SLOTS))
+        with pytest.raises(ValueError, match="GPU 0 holds 3 distinct experts for 4 slots"):
+            mp.save(path, fmt, **LAYOUT)
+        assert not path.exists()
+    load = np.arange(E, 0, -1, dtype=float)[None, :]  # expert 0 heaviest
+    filled = mp.filled(load)
+    assert (filled[0].slots_used == SLOTS).all()
+    assert (filled.replicas() >= mp.replicas()).all()  # only additions
+    slots = gpu_slots(filled[0], SLOTS)
+    assert all(len(set(row)) == SLOTS for row in slots.tolist())
+    # GPUs 0 and 1 took experts 1 and 0 (load per replica 9 and 10); GPU 2 then takes the
+    # highest load per replica it lacks: 3 (7) and 4 (6), ahead of 0 (10 / 2) and 1 (9 / 2).
+    assert sorted(slots[2].tolist()) == [2, 3, 4, 6]
 
 
 def test_formats_without_gpu_count_ask_for_it(tmp_path):
-    model().save(tmp_path / "s.json", "sglang")
+    model().save(tmp_path / "s.json", "sglang", **LAYOUT)
     with pytest.raises(ValueError, match="num_gpus"):
         load_placement(tmp_path / "s.json")
 
@@ -205,7 +213,7 @@ def test_numpy_settings_stay_numbers(tmp_path):
 
 def test_trtllm_yaml_under_any_name(tmp_path):
     original = model()
-    original.save(tmp_path / "eplb_config.txt", "trtllm")
+    original.save(tmp_path / "eplb_config.txt", "trtllm", **LAYOUT)
     back = load_placement(tmp_path / "eplb_config.txt", num_gpus=G)
     np.testing.assert_array_equal(back.replicas(), original.replicas())
 

@@ -36,7 +36,7 @@ def small_model(layer_ids=(0, 1)) -> ModelPlacement:
 def saved(tmp_path, fmt: str) -> tuple:
     """A small placement written in `fmt`, its path and its parsed content."""
     path = tmp_path / f"p.{'yaml' if fmt == 'trtllm' else 'json'}"
-    small_model().save(path, fmt)
+    small_model().save(path, fmt, num_layers=2, moe_layers=[0, 1])
     text = path.read_text()
     return path, (yaml.safe_load(text) if fmt == "trtllm" else json.loads(text))
 
@@ -266,7 +266,6 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
         ("json", lambda d: d.update(layer_ids=[2.7, 3])),
         ("eplb", lambda d: d.update(num_gpus="2")),
         ("eplb", lambda d: d.update(num_gpus=2.5)),
-        ("vllm-ascend", lambda d: d["layer_list"][0].update(layer_id=2.5)),
         ("trtllm", lambda d: d.update(initial_global_assignments={True: [0, 1, 2, 3, 4, 5, 2, 5]})),
         (
             "trtllm",
@@ -389,7 +388,7 @@ FULL_DISK = textwrap.dedent(
             mf.synthetic_trace(20_000, 16, 2, 2, seed=1).save(path)
         else:
             p = mf.Placement.from_lists([[g % 8] for g in range(64)], 8)
-            ModelPlacement([p] * 40, 8).save(path, kind)
+            ModelPlacement([p] * 40, 8).save(path, kind, num_layers=40, moe_layers=range(40))
     except OSError as err:
         print("OSError", err.errno)
     """
@@ -401,7 +400,7 @@ FULL_DISK = textwrap.dedent(
 def test_a_save_that_fails_midway_leaves_the_old_file(tmp_path, kind):
     """write_text and Trace.save truncated the target first: a full disk (here a file
     size limit) left a partial file."""
-    path = tmp_path / ("t.npz" if kind == "trace" else "p.out")
+    path = tmp_path / {"trace": "t.npz", "trtllm": "p.yaml"}.get(kind, "p.json")
     old = b"the previous, complete content\n"
     path.write_bytes(old)
     done = subprocess.run(

@@ -4,7 +4,7 @@ Reads routing traces, builds the table of co-activated expert subsets, evaluates
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
 """
 
-from moefast import data, milp  # submodules, as mf.data, mf.milp
+from moefast import data, eplb, milp, models  # submodules, as mf.data, mf.eplb, ...
 from moefast._core import (
     Placement,
     SubsetTable,
@@ -37,12 +37,14 @@ __all__ = [
     "__version__",
     "batch_time",
     "data",
+    "eplb",
     "expected_cost",
     "load_expert_load",
     "load_placement",
     "load_trace",
     "lower_bound",
     "milp",
+    "models",
     "optimize",
     "plan",
     "simulate",

@@ -24,6 +24,7 @@ __all__ = [
     "lower_bound",
     "optimize_batch",
     "optimize_placement",
+    "rebalance_experts",
     "simulate_steps",
     "subset_costs",
 ]
@@ -128,6 +129,11 @@ def fill_free_slots(
 ) -> Placement:
     """`placement` with every free slot filled by the expert of highest load per replica that
     the GPU lacks (the baselines' filling)."""
+
+def rebalance_experts(
+    weight: npt.ArrayLike, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """DeepSeek EPLB on float32 loads [L, E]: phy2log [L, P], phyrank [L, P], logcnt [L, E]."""
 
 def batch_time(
     topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool

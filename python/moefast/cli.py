@@ -162,6 +162,9 @@ def _write_report(
         "estimator": model.settings.get("estimator", "plain table"),
         "costs": f"{comparison.basis} ({comparison.note})",
     }
+    launch = getattr(args, "launch", None)
+    if launch:
+        facts["engine settings"] = "; ".join(f"{k}: {v}" for k, v in launch.items())
     path = report.write_report(
         report_dir,
         title,
@@ -207,29 +210,72 @@ def cmd_demo(args) -> int:
         trace, args, "moefast demo: gpt-oss-20b decode routing", out, held_out, folds, model
     )
     model.save(out / "placement.json", "json")
-    model.save(out / "placement_sglang.json", "sglang")
+    model.save(out / "placement_sglang.json", "sglang", model="gpt-oss-20b")
     print(f"placements: {out / 'placement.json'}, {out / 'placement_sglang.json'}")
     print(f"headline: {held_out.headline()}")
     return 0
 
 
 def cmd_plan(args) -> int:
+    from moefast.formats import check_file_name, launch_settings
+    from moefast.models import map_positions, model_layout
+
     # Before the work: a bad output path found after minutes of planning loses them.
     check_writable(args.out, "--out")
+    check_file_name(args.out, args.format)
     if args.report is not None:
         check_folder(args.report, "--report")
     trace = load_trace(args.trace, args.trace_format)
+    moe_layers = None if args.moe_layers is None else _int_list(args.moe_layers, "--moe-layers")
+    layout = model_layout(args.model, args.num_layers, moe_layers)
+    if args.layers_are_positions:
+        if layout is None:
+            raise ValueError("--layers-are-positions needs --model (or --moe-layers)")
+        trace = map_positions(trace, layout)
+    # Refuse a trace whose layers cannot be the model's before the planning work.
+    if layout is not None:
+        layout.check_layers(trace.layer_ids, trace.num_experts)
+    elif args.format in ("sglang", "trtllm", "vllm-ascend"):
+        raise ValueError(
+            f"the {args.format} file holds rows for the model's layers: say which model with"
+            " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
+        )
+    if args.slots is not None:
+        args.launch = launch_settings(
+            args.format, args.out, args.gpus, args.slots, trace.num_experts
+        )
     model = _run_plan(trace, args, f"moefast plan: {Path(args.trace).name}", args.report)
-    options = {"num_layers": args.num_layers} if args.format == "sglang" and args.num_layers else {}
-    model.save(args.out, args.format, **options)
+    if layout is not None and args.model:
+        model.settings["model"] = layout.name
+    model.settings["launch"] = getattr(args, "launch", None)
+    launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
     print(f"placement ({args.format}): {args.out}")
+    print("start the engine with:")
+    for key, value in launch.items():
+        print(f"  {key}: {value}")
     return 0
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    """ "3-60" or "1,3,5-9" as a list of ints."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError as err:
+        raise ValueError(f"{name} must be ids or ranges like 3-60, got {text!r}") from err
+    return out
 
 
 def cmd_evaluate(args) -> int:
     trace = load_trace(args.trace, args.trace_format)
     model = load_placement(
-        args.placement, args.placement_format, num_gpus=args.gpus, num_experts=trace.num_experts
+        args.placement,
+        args.placement_format,
+        num_gpus=args.gpus,
+        num_experts=trace.num_experts,
+        model=args.model,
     )
     if args.windows:
         return _print_drift(trace, model, args)
@@ -534,10 +580,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="placement file format (sglang)",
     )
     p.add_argument(
-        "--num-layers",
-        type=_at_least(1),
+        "--model",
         default=None,
-        help="sglang: the model's total layer count, when it has layers after the last MoE layer",
+        help="model preset giving its layers (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b, ...;"
+        " see moefast.models.PRESETS)",
+    )
+    p.add_argument(
+        "--num-layers", type=_at_least(1), default=None, help="the model's decoder layer count"
+    )
+    p.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
+    p.add_argument(
+        "--layers-are-positions",
+        action="store_true",
+        help="the trace numbers its layers 0..L-1: map them to the model's first L MoE layers",
+    )
+    p.add_argument(
+        "--mtp",
+        action="store_true",
+        help="add the model's MTP layers (TensorRT-LLM and vLLM-Ascend files)",
     )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
@@ -606,6 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of GPUs (needed for sglang and trtllm files)",
     )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model preset naming the file's layers (vLLM-Ascend files number them by position)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
     p.add_argument(
         "--windows",

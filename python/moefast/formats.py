@@ -1,23 +1,27 @@
 """Placements in the formats inference engines load, and back.
 
 Every engine numbers physical expert slots globally: slot p lives on GPU p // slots_per_gpu.
-A `Placement` only says which GPUs hold which experts, so writers lay each GPU's experts out
-in ascending id order; a GPU with free slots repeats its first expert there (same GPU, so the
-replica sets, and every cost, stay the same). Loading any written file gives back the same
-replica sets. Formats:
+Writers lay each GPU's experts out in ascending id order and refuse a GPU with a free slot:
+engines load exactly slots_per_gpu distinct experts per GPU, and a repeated expert misroutes
+tokens (fill free slots first: `ModelPlacement.filled`). Engine files are written with rows for
+the right model layers only, so they need the model's layout (`moefast.models`: ``model=`` a
+preset name, or ``num_layers=``/``moe_layers=``); placement layers that are not MoE layers of
+the model are refused, and MoE layers the placement lacks get the engine's default map
+p -> p % E. Formats, and how each engine reads them:
 
-- ``"sglang"``: ``{"physical_to_logical_map": [layers][P]}`` for ``--init-expert-location``
-  (launch SGLang with ``--ep-num-redundant-experts P - E``).
-  SGLang passes every key of that file to its loader, so nothing else may be in it, and its rows
-  are the model's layers 0..num_layers-1: layers without a placement (dense ones) get the
-  trivial map p -> p % E. Reading needs ``num_gpus``.
-- ``"eplb"``: ``phy2log`` [L, P], ``log2phy`` [L, E, X] (-1 padded), ``logcnt`` [L, E] as
-  DeepSeek's EPLB returns them and vLLM keeps them, plus ``num_gpus`` and ``layer_ids``.
-- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML (the ``moe_config.load_balancer``
-  section): ``num_slots``, ``initial_global_assignments: {layer: [expert per slot]}``,
-  ``layer_updates_per_iter: 0`` (static). Reading needs ``num_gpus``.
+- ``"sglang"``: ``{"physical_to_logical_map": [num_layers][P]}`` for ``--init-expert-location``
+  (a ``.json`` path; SGLang parses any other string as JSON text). SGLang passes every key of
+  the file to its loader, so nothing else is in it; row l is decoder layer l (dense rows hold
+  the default map; DeepSeek's NextN draft layer reads row 0).
+- ``"eplb"``: ``phy2log`` [L, P], ``log2phy`` [L, E, X] (-1 padded), ``logcnt`` [L, E] (slots
+  per expert) as DeepSeek's EPLB returns them, one row per MoE layer, plus ``num_gpus`` and
+  ``layer_ids``. No engine reads this file as is (upstream vLLM has no initial-placement input).
+- ``"trtllm"``: TensorRT-LLM MoE load-balancer YAML (``moe_config.load_balancer``): ``num_slots``,
+  ``initial_global_assignments: {decoder layer: [expert per slot]}`` for every MoE layer,
+  ``layer_updates_per_iter: 0`` (static). Rank r holds slots [r n, (r + 1) n).
 - ``"vllm-ascend"``: the expert-map JSON (``moe_layer_count``, ``layer_list`` of
-  ``device_list`` of ``device_expert``); ``layer_id`` holds the model's layer number.
+  ``device_list`` of ``device_expert``), read by MoE-layer position; ``layer_id`` holds the
+  position as vLLM-Ascend's own writer does.
 - ``"json"``: moefast's own, with each layer's replica lists, expected costs, lower bounds and
   the settings that produced the placement.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ import numpy as np
 from moefast._core import Placement
 from moefast.atomic import write_text
 from moefast.model import ModelPlacement
+from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import MAX_GPUS
 from moefast.trace import MAX_EXPERTS
 from moefast.validation import MAX_LAYERS, check_field_int, check_int, check_layer_ids
@@ -44,28 +50,33 @@ _NATIVE_TAG = "moefast-placement"
 
 
 def gpu_slots(placement: Placement, slots_per_gpu: int) -> np.ndarray:
-    """int [G, slots_per_gpu]: the expert in each slot of each GPU."""
+    """int [G, slots_per_gpu]: the expert in each slot of each GPU, ascending on each GPU.
+
+    Raises ValueError for a GPU with a free slot: engines need exactly ``slots_per_gpu``
+    distinct experts per GPU (fill the free slots first: `ModelPlacement.filled`)."""
     replicas = placement.replicas
     rows = []
     for g in range(placement.num_gpus):
         experts = np.nonzero(replicas[:, g])[0]
-        if experts.size == 0:
+        if experts.size != slots_per_gpu:
             raise ValueError(
-                f"GPU {g} holds no expert: engines need every slot filled, and no expert"
-                " already on that GPU can fill them without changing the replica sets"
+                f"GPU {g} holds {experts.size} distinct experts for {slots_per_gpu} slots:"
+                " engines load exactly slots_per_gpu distinct experts per GPU (a repeated expert"
+                " misroutes tokens); fill the free slots with useful replicas first:"
+                " ModelPlacement.filled(expert_load)"
             )
-        if experts.size > slots_per_gpu:
-            raise ValueError(
-                f"GPU {g} holds {experts.size} experts, more than {slots_per_gpu} slots"
-            )
-        fill = np.full(slots_per_gpu - experts.size, experts[0])
-        rows.append(np.concatenate([experts, fill]))
+        rows.append(experts)
     return np.stack(rows).astype(np.int64)
 
 
 def physical_to_logical(model: ModelPlacement) -> np.ndarray:
     """int [layers, G * slots_per_gpu]: the logical expert of each physical slot."""
     return np.stack([gpu_slots(p, model.slots_per_gpu).ravel() for p in model.placements])
+
+
+def default_map(num_slots: int, num_experts: int) -> np.ndarray:
+    """The map engines start from without a placement file: slot p holds expert p % E."""
+    return np.arange(num_slots) % num_experts
 
 
 def placement_from_slots(
@@ -107,105 +118,196 @@ def _native(model: ModelPlacement) -> dict[str, Any]:
     }
 
 
-def _eplb(model: ModelPlacement) -> dict[str, Any]:
-    phy2log = physical_to_logical(model)
-    replicas = model.replicas()  # [L, E, G]
-    logcnt = replicas.sum(axis=2)
-    width = int(logcnt.max())
-    log2phy = np.full((len(model), model.num_experts, width), -1, dtype=np.int64)
-    for layer, row in enumerate(phy2log):
-        seen_on: set[tuple[int, int]] = set()
-        count = np.zeros(model.num_experts, dtype=np.int64)
-        for p, e in enumerate(row):
-            gpu = p // model.slots_per_gpu
-            # A filler slot repeats an expert on the same GPU: one replica, one entry.
-            if (e, gpu) in seen_on:
-                continue
-            seen_on.add((e, gpu))
-            log2phy[layer, e, count[e]] = p
-            count[e] += 1
+def engine_rows(
+    model: ModelPlacement, layout: ModelLayout, mtp: bool = False
+) -> tuple[list[int], np.ndarray]:
+    """The model's MoE layer ids (then its MTP layers, with ``mtp`` or when the placement has
+    them) and their maps [rows, P]; MoE layers the placement lacks get `default_map`."""
+    layout.check_layers(model.layer_ids, model.num_experts)
+    p2l = physical_to_logical(model)
+    mine = dict(zip(model.layer_ids, p2l, strict=True))
+    wanted = list(layout.moe_layers)
+    if mtp or any(x in mine for x in layout.mtp_layers):
+        wanted += list(layout.mtp_layers)
+    missing = [x for x in wanted if x not in mine]
+    if missing:
+        warnings.warn(
+            f"layers {missing} of {layout.name} have no placement: they get the default map"
+            " (slot p holds expert p % E)",
+            stacklevel=3,
+        )
+    trivial = default_map(p2l.shape[1], model.num_experts)
+    return wanted, np.stack([mine.get(x, trivial) for x in wanted])
+
+
+def _eplb(model: ModelPlacement, layout: ModelLayout | None) -> dict[str, Any]:
+    from moefast.eplb import logical_maps
+
+    if layout is None:
+        layer_ids, phy2log = list(model.layer_ids), physical_to_logical(model)
+    else:
+        layer_ids, phy2log = engine_rows(model, layout)
+    log2phy, logcnt = logical_maps(phy2log, model.num_experts)
     return {
         "phy2log": phy2log.tolist(),
         "log2phy": log2phy.tolist(),
         "logcnt": logcnt.tolist(),
         "num_gpus": model.num_gpus,
-        "layer_ids": list(model.layer_ids),
+        "layer_ids": layer_ids,
     }
 
 
-def _sglang(model: ModelPlacement, num_layers: int | None) -> dict[str, Any]:
-    if num_layers is not None:
-        num_layers = check_int("num_layers", num_layers, 1, MAX_LAYERS)
-    p2l = physical_to_logical(model)
-    num_layers = max(model.layer_ids) + 1 if num_layers is None else num_layers
-    if num_layers <= max(model.layer_ids) or min(model.layer_ids) < 0:
-        raise ValueError(f"num_layers = {num_layers} does not cover layer ids {model.layer_ids}")
-    trivial = np.arange(p2l.shape[1]) % model.num_experts
-    rows = [trivial] * num_layers
-    for i, layer in enumerate(model.layer_ids):
-        rows[layer] = p2l[i]
-    return {"physical_to_logical_map": np.stack(rows).tolist()}
+def _sglang(model: ModelPlacement, layout: ModelLayout) -> dict[str, Any]:
+    ids, rows = engine_rows(model, layout)
+    table = np.tile(default_map(rows.shape[1], model.num_experts), (layout.num_layers, 1))
+    for layer, row in zip(ids, rows, strict=True):
+        if layer in layout.mtp_layers:
+            # SGLang builds DeepSeek's NextN draft layer as decoder layer 0 (deepseek_nextn.py).
+            if 0 in layout.moe_layers:
+                raise ValueError(
+                    f"{layout.name}: the MTP layer would read row 0, which is a MoE layer"
+                )
+            table[0] = row
+        else:
+            table[layer] = row
+    return {"physical_to_logical_map": table.tolist()}
 
 
-def _trtllm(model: ModelPlacement) -> dict[str, Any]:
-    p2l = physical_to_logical(model)
+def _trtllm(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
+    ids, rows = engine_rows(model, layout, mtp)
     return {
-        "num_slots": int(p2l.shape[1]),
+        "num_slots": int(rows.shape[1]),
         "initial_global_assignments": {
-            int(layer): row.tolist() for layer, row in zip(model.layer_ids, p2l, strict=True)
+            int(layer): row.tolist() for layer, row in zip(ids, rows, strict=True)
         },
         "layer_updates_per_iter": 0,
     }
 
 
-def _vllm_ascend(model: ModelPlacement) -> dict[str, Any]:
-    layers = []
-    for layer, p in zip(model.layer_ids, model.placements, strict=True):
-        slots = gpu_slots(p, model.slots_per_gpu)
-        layers.append(
-            {
-                "layer_id": int(layer),
-                "device_count": model.num_gpus,
-                "device_list": [
-                    {"device_id": g, "device_expert": slots[g].tolist()}
-                    for g in range(model.num_gpus)
-                ],
-            }
+def _vllm_ascend(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
+    _, rows = engine_rows(model, layout, mtp)
+    slots = model.slots_per_gpu
+    layers = [
+        {
+            "layer_id": position,  # vLLM-Ascend reads layers by position and writes it here
+            "device_count": model.num_gpus,
+            "device_list": [
+                {"device_id": g, "device_expert": row[g * slots : (g + 1) * slots].tolist()}
+                for g in range(model.num_gpus)
+            ],
+        }
+        for position, row in enumerate(rows)
+    ]
+    return {"moe_layer_count": len(layers), "layer_list": layers}
+
+
+#: Formats an engine loads, and the file name suffixes it accepts.
+_SUFFIXES = {"sglang": (".json",), "vllm-ascend": (".json",)}
+
+
+def check_file_name(path: str | os.PathLike, format: str) -> None:
+    """ValueError for an unknown format or a file name the engine would not load."""
+    path = Path(path)
+    if format not in PLACEMENT_FORMATS:
+        raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
+    suffixes = _SUFFIXES.get(format)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{path}: the {format} engine loads only {' or '.join(suffixes)} files; name it"
+            f" {path.with_suffix(suffixes[0]).name}"
         )
-    return {"moe_layer_count": len(model), "layer_list": layers}
+
+
+def launch_settings(
+    format: str, path: str | os.PathLike, num_gpus: int, slots_per_gpu: int, num_experts: int
+) -> dict[str, Any]:
+    """What to give the engine to start it with the file written at ``path``."""
+    g, slots, e = num_gpus, num_gpus * slots_per_gpu, num_experts
+    redundant = slots - e
+    if format == "sglang":
+        flags = (
+            f"--ep-size {g} --ep-num-redundant-experts {redundant} --init-expert-location {path}"
+        )
+        return {"engine": "SGLang", "command_line": flags}
+    if format == "trtllm":
+        return {
+            "engine": "TensorRT-LLM",
+            "moe_expert_parallel_size": g,
+            "num_slots": slots,
+            "extra_llm_api_options": f"moe_config:\n  load_balancer: {path}",
+        }
+    if format == "vllm-ascend":
+        return {
+            "engine": "vLLM-Ascend",
+            "command_line": (
+                f"--enable-expert-parallel (EP size {g})"
+                f' --additional-config \'{{"expert_map_path": "{path}"}}\''
+            ),
+            "num_redundant_experts": redundant,
+        }
+    if format == "eplb":
+        return {
+            "engine": "none: DeepSeek EPLB's phy2log/log2phy/logcnt tensors, for code that calls"
+            " EPLB (upstream vLLM has no initial-placement input)",
+            "num_gpus": g,
+            "num_redundant_experts": redundant,
+        }
+    return {"engine": "moefast (load_placement)"}
 
 
 def save_placement(
-    model: ModelPlacement,
+    placement: ModelPlacement,
     path: str | os.PathLike,
     format: str = "json",
+    model: str | ModelLayout | None = None,
     num_layers: int | None = None,
-) -> None:
-    """Write ``model`` to ``path`` in ``format`` (one of `PLACEMENT_FORMATS`).
+    moe_layers: Sequence[int] | None = None,
+    mtp: bool = False,
+) -> dict[str, Any]:
+    """Write ``placement`` to ``path`` in ``format`` (one of `PLACEMENT_FORMATS`) and return the
+    engine settings the file needs (`launch_settings`).
 
-    ``num_layers`` (sglang only) is the model's total layer count, when layers after the last
-    MoE layer exist.
+    ``model`` (a `moefast.models` preset name or layout), or ``num_layers``/``moe_layers``,
+    give the model's layers; engine formats need them (the placement's ``settings["model"]``
+    is used when none is given). ``mtp`` adds the model's MTP layers (TensorRT-LLM keys them
+    after the main layers, vLLM-Ascend counts them after the MoE layers).
     """
     path = Path(path)
-    if not isinstance(model, ModelPlacement):
-        raise TypeError(f"model must be a ModelPlacement, got {type(model).__name__}")
-    if num_layers is not None and format != "sglang":
-        raise ValueError("num_layers applies to the sglang format only")
+    if not isinstance(placement, ModelPlacement):
+        raise TypeError(f"placement must be a ModelPlacement, got {type(placement).__name__}")
+    check_file_name(path, format)
+    if model is None and num_layers is None and moe_layers is None:
+        model = placement.settings.get("model")
+    layout = model_layout(model, num_layers, moe_layers)
+    if layout is None and format in ("sglang", "trtllm", "vllm-ascend"):
+        raise ValueError(
+            f"the {format} file holds rows for the model's layers: say which model"
+            f" (model='deepseek-v3'; presets: {', '.join(sorted(PRESETS))}) or give"
+            " num_layers= and moe_layers="
+        )
     if format == "trtllm":
         import yaml
 
-        write_text(path, yaml.safe_dump(_trtllm(model), sort_keys=False, default_flow_style=None))
-        return
+        assert layout is not None
+        text = yaml.safe_dump(
+            _trtllm(placement, layout, mtp), sort_keys=False, default_flow_style=None
+        )
+        write_text(path, text)
+        return launch_settings(
+            format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
+        )
     if format == "json":
-        data = _native(model)
+        if layout is not None:
+            layout.check_layers(placement.layer_ids, placement.num_experts)
+        data = _native(placement)
     elif format == "sglang":
-        data = _sglang(model, num_layers)
+        assert layout is not None
+        data = _sglang(placement, layout)
     elif format == "eplb":
-        data = _eplb(model)
-    elif format == "vllm-ascend":
-        data = _vllm_ascend(model)
+        data = _eplb(placement, layout)
     else:
-        raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
+        assert layout is not None
+        data = _vllm_ascend(placement, layout, mtp)
     try:
         text = json.dumps(data, default=_plain, allow_nan=False)
     except ValueError as err:  # NaN or inf: not JSON, and the engines' parsers refuse it
@@ -214,6 +316,9 @@ def save_placement(
             f" costs or settings), which JSON cannot represent ({err})"
         ) from None
     write_text(path, text + "\n")
+    return launch_settings(
+        format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -341,12 +446,15 @@ def load_placement(
     num_gpus: int | None = None,
     num_experts: int | None = None,
     layer_ids: Sequence[int] | None = None,
+    model: str | ModelLayout | None = None,
 ) -> ModelPlacement:
     """Read a placement written by `save_placement` (or by an engine in the same format).
 
     ``num_gpus`` is needed for "sglang" and "trtllm", which do not record it; ``num_experts``
     defaults to the largest id seen plus one; ``layer_ids`` keeps only those layers (for
-    "sglang", whose rows are all the model's layers, dense ones included).
+    "sglang", whose rows are all the model's layers, dense ones included). ``model`` (a
+    `moefast.models` preset or layout) names the layers as the engine does: vLLM-Ascend's
+    positions become the model's MoE layer ids, and an SGLang file keeps its MoE rows.
     """
     path = Path(path)
     if format is not None and format not in PLACEMENT_FORMATS:
@@ -362,28 +470,38 @@ def load_placement(
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:
-        model = _load(path, data, fmt, num_gpus, num_experts)
+        loaded = _load(path, data, fmt, num_gpus, num_experts)
     except KeyError as err:
         raise ValueError(f"{path}: missing key {err} for the {fmt} format") from err
     except (TypeError, AttributeError, ValueError) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
         raise ValueError(f"{path}: malformed {fmt} placement ({err})") from err
+    layout = model_layout(model)
+    if layout is not None and fmt == "vllm-ascend":
+        ids = list(layout.moe_layers) + list(layout.mtp_layers)
+        if len(loaded) > len(ids):
+            raise ValueError(f"{path}: {len(loaded)} layers; {layout.describe()}")
+        loaded = ModelPlacement(loaded.placements, loaded.slots_per_gpu, ids[: len(loaded)])
+    elif layout is not None and fmt == "sglang" and layer_ids is None:
+        layer_ids = list(layout.moe_layers)
+    model_placement = loaded
     if layer_ids is not None:
-        index = {layer: i for i, layer in enumerate(model.layer_ids)}
+        m = model_placement
+        index = {layer: i for i, layer in enumerate(m.layer_ids)}
         absent = [layer for layer in layer_ids if layer not in index]
         if absent:
-            raise ValueError(f"{path}: no layer {absent[0]} in the file (has {model.layer_ids})")
+            raise ValueError(f"{path}: no layer {absent[0]} in the file (has {m.layer_ids})")
         keep = [index[layer] for layer in layer_ids]
-        model = ModelPlacement(
-            [model.placements[i] for i in keep],
-            model.slots_per_gpu,
+        model_placement = ModelPlacement(
+            [m.placements[i] for i in keep],
+            m.slots_per_gpu,
             list(layer_ids),
-            None if model.layer_costs is None else model.layer_costs[keep],
-            None if model.lower_bounds is None else model.lower_bounds[keep],
-            model.settings,
+            None if m.layer_costs is None else m.layer_costs[keep],
+            None if m.lower_bounds is None else m.lower_bounds[keep],
+            m.settings,
         )
-    return model
+    return model_placement
 
 
 def _load(
@@ -489,12 +607,7 @@ def _load(
                     f" {sorted(counts)}"
                 )
             rows.append([e for d in experts for e in d])
-            layer_id = layer.get("layer_id", i)
-            ids.append(
-                check_field_int(path, f"layer_list[{i}].layer_id", layer_id, 0, MAX_LAYERS - 1)
-            )
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{path}: layer_list repeats a layer_id: {ids}")
+            ids.append(i)  # vLLM-Ascend reads layers by position, never layer_id
         if num_gpus is not None and num_gpus != devices:
             raise ValueError(f"{path}: the file has {devices} devices, not num_gpus = {num_gpus}")
         return _from_maps(rows, ids, devices or 0, num_experts, path)

@@ -139,11 +139,39 @@ class ModelPlacement:
             [Placement(np.asarray(r, dtype=bool)) for r in replicas], slots_per_gpu, **kwargs
         )
 
-    def save(self, path, format: str = "json", **options: Any) -> None:
-        """Write this placement for an engine: see `moefast.formats` for the formats."""
+    def save(
+        self,
+        path,
+        format: str = "json",
+        model: Any = None,
+        num_layers: int | None = None,
+        moe_layers: Sequence[int] | None = None,
+        mtp: bool = False,
+    ) -> dict[str, Any]:
+        """Write this placement for an engine and return the engine settings the file needs:
+        see `moefast.formats.save_placement` (``model`` is a `moefast.models` preset name)."""
         from moefast.formats import save_placement
 
-        save_placement(self, path, format, **options)
+        return save_placement(self, path, format, model, num_layers, moe_layers, mtp)
+
+    def filled(self, expert_load: np.ndarray) -> ModelPlacement:
+        """A copy whose GPUs with free slots get replicas of the experts of highest load per
+        replica (float [layers, E]), never two replicas of one expert on a GPU."""
+        from moefast._core import fill_free_slots
+
+        load = np.asarray(expert_load, dtype=np.float64)
+        if load.shape != (len(self), self.num_experts):
+            raise ValueError(
+                f"expert_load must be float [layers, E] = [{len(self)}, {self.num_experts}],"
+                f" got shape {load.shape}"
+            )
+        placements = [
+            fill_free_slots(p, self.slots_per_gpu, row)
+            for p, row in zip(self.placements, load, strict=True)
+        ]
+        return ModelPlacement(
+            placements, self.slots_per_gpu, self.layer_ids, None, None, dict(self.settings)
+        )
 
     @classmethod
     def load(cls, path, format: str | None = None, **options: Any) -> ModelPlacement:

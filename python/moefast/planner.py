@@ -18,6 +18,7 @@ from moefast.cost_model import CostModel
 from moefast.estimators import shrunk_table
 from moefast.heldout import Split, baseline_placements, choose_split, score_methods
 from moefast.model import ModelPlacement
+from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
 from moefast.selection import Estimator, select_estimator
 from moefast.trace import Trace
@@ -131,9 +132,14 @@ def plan(
     cost_model: CostModel | None = None,
     time_budget: float | None = None,
     work_budget: int | None = None,
+    model: str | ModelLayout | None = None,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
     scores it, with the baselines, on tokens it has not seen.
+
+    ``model`` (a `moefast.models` preset name or layout) refuses, before any work, layer ids
+    that are not the model's MoE layers, and is recorded so that `ModelPlacement.save` writes
+    engine files for it.
 
     With a trace of at least `moefast.heldout.MIN_HOLDOUT_TOKENS` tokens, ``holdout`` of them
     are held out (``split_by`` "time": the last tokens; "request": whole requests; default
@@ -163,6 +169,9 @@ def plan(
     tables, layer_ids = ([], list(trace.layer_ids)) if trace else layer_tables(trace_or_tables)
     num_experts = trace.num_experts if trace else tables[0].num_experts
     check_memory(num_experts, num_gpus, slots_per_gpu)
+    layout = model_layout(model)
+    if layout is not None:
+        layout.check_layers(layer_ids, num_experts)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
@@ -238,6 +247,8 @@ def plan(
         settings["time_budget"] = time_budget
     if work_budget is not None:
         settings["work_budget"] = work_budget
+    if layout is not None and PRESETS.get(layout.name) == layout:
+        settings["model"] = layout.name  # save() writes engine files for it
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))

@@ -9,6 +9,7 @@ use crate::error::MoeError;
 use crate::limits;
 
 mod batch;
+mod eplb;
 mod input;
 mod interrupt;
 mod optimize;
@@ -68,6 +69,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;
+    eplb::register(m)?;
     m.add_function(wrap_pyfunction!(interrupt::interrupt, m)?)?;
     Ok(())
 }

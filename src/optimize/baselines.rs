@@ -2,8 +2,8 @@
 //! - contiguous: experts 0..E/G-1 on GPU 0 and so on (vLLM's and SGLang's default),
 //!   extra slots holding replicas of the most loaded experts;
 //! - round robin: expert e on GPU e mod G, extra slots likewise;
-//! - EPLB (DeepSeek, non-hierarchical): replicas to the expert of highest load per
-//!   replica, then packed heaviest first onto the lightest GPU with a free slot.
+//! - EPLB (DeepSeek's global policy, `crate::eplb`): replicas to the expert of highest load
+//!   per replica, then packed heaviest first onto the lightest GPU with a free slot.
 //!
 //! Loads are per-expert token counts (`SubsetTable::expert_load`). Every GPU ends with
 //! exactly `slots` distinct experts.
@@ -73,78 +73,27 @@ pub fn fill_with_loaded(layout: &mut Layout, load: &[f64], slots: usize) {
     }
 }
 
-/// Replica counts: one each, then one more to the highest load per replica (at most G).
-fn eplb_replicas(load: &[f64], num_gpus: usize, total: usize) -> Vec<usize> {
-    let mut reps = vec![1usize; load.len()];
-    for _ in load.len()..total {
-        let mut best: Option<usize> = None;
-        for e in 0..load.len() {
-            if reps[e] < num_gpus && best.is_none_or(|b| heavier(load, e, reps[e], b, reps[b])) {
-                best = Some(e);
-            }
-        }
-        match best {
-            Some(e) => reps[e] += 1,
-            None => break,
-        }
-    }
-    reps
-}
-
+/// DeepSeek's EPLB (global policy, `crate::eplb`) on `load`. The reference may put two
+/// replicas of one expert on a GPU (all-zero loads, say): such a GPU keeps one and its free
+/// slot takes the most useful missing expert, as in `fill_with_loaded`.
 pub fn eplb(load: &[f64], num_gpus: usize, slots: usize) -> Layout {
-    let reps = eplb_replicas(load, num_gpus, num_gpus * slots);
-    let mut items: Vec<(f64, usize)> = reps
-        .iter()
-        .enumerate()
-        .flat_map(|(e, &r)| std::iter::repeat_n((load[e] / r as f64, e), r))
-        .collect();
-    items.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let weight = crate::eplb::f32_loads(load);
+    let topology = crate::eplb::Topology {
+        num_replicas: num_gpus * slots,
+        num_groups: 1,
+        num_nodes: 1,
+        num_gpus,
+    };
+    let plan = crate::eplb::rebalance_experts(&weight, load.len(), topology)
+        .expect("optimize checked the sizes and loads are finite");
     let mut layout = Layout::new(load.len(), num_gpus);
-    let mut gpu_load = vec![0.0f64; num_gpus];
-    for (w, e) in items {
-        let lightest = (0..num_gpus)
-            .filter(|&g| layout.used(g) < slots && !layout.holds(e, g))
-            .min_by(|&a, &b| gpu_load[a].total_cmp(&gpu_load[b]).then(a.cmp(&b)));
-        let g = match lightest {
-            Some(g) => g,
-            None => make_room(&mut layout, &mut gpu_load, load, &reps, e, slots),
-        };
-        layout.add(e, g);
-        gpu_load[g] += w;
+    for (p, &e) in plan.phy2log.iter().enumerate() {
+        if !layout.holds(e, p / slots) {
+            layout.add(e, p / slots);
+        }
     }
+    fill_with_loaded(&mut layout, load, slots);
     layout
-}
-
-/// Every GPU with a free slot already holds `expert`: move another expert from a full
-/// GPU without `expert` to a GPU with a free slot, and return the freed GPU.
-fn make_room(
-    layout: &mut Layout,
-    gpu_load: &mut [f64],
-    load: &[f64],
-    reps: &[usize],
-    expert: usize,
-    slots: usize,
-) -> usize {
-    let open = (0..layout.num_gpus())
-        .find(|&g| layout.used(g) < slots)
-        .expect("an item is left, so a slot is free");
-    let full = (0..layout.num_gpus())
-        .filter(|&g| !layout.holds(expert, g))
-        .min_by(|&a, &b| gpu_load[a].total_cmp(&gpu_load[b]).then(a.cmp(&b)))
-        .expect("the expert has fewer than G replicas placed");
-    // `full` holds more experts than `open`, so one of them is missing on `open`.
-    let mover = layout
-        .experts_on(full)
-        .iter()
-        .map(|&x| x as usize)
-        .find(|&x| !layout.holds(x, open))
-        .expect("pigeonhole");
-    let share = load[mover] / reps[mover] as f64;
-    layout.remove(mover, full);
-    layout.add(mover, open);
-    gpu_load[full] -= share;
-    gpu_load[open] += share;
-    full
 }
 
 #[cfg(test)]
@@ -181,11 +130,17 @@ mod tests {
 
     #[test]
     fn eplb_gives_replicas_by_load_per_replica() {
-        let load = [100.0, 10.0, 10.0, 10.0];
-        assert_eq!(eplb_replicas(&load, 4, 8), vec![4, 2, 1, 1]);
-        let l = eplb(&load, 4, 2);
+        let l = eplb(&[100.0, 10.0, 10.0, 10.0], 4, 2);
         check_full(&l, 2);
         assert_eq!(l.replicas(0), 4);
+    }
+
+    #[test]
+    fn eplb_never_repeats_an_expert_on_a_gpu() {
+        // All-zero loads: the reference gives every extra replica to expert 0 and may pack
+        // two of them on one GPU.
+        let l = eplb(&[0.0; 6], 4, 3);
+        check_full(&l, 3);
     }
 
     #[test]

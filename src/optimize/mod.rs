@@ -91,7 +91,7 @@ pub fn optimize_within(
         }
         "contiguous" => baselines::contiguous(&table.expert_load(), num_gpus, slots_per_gpu),
         "round_robin" => baselines::round_robin(&table.expert_load(), num_gpus, slots_per_gpu),
-        _ => baselines::eplb(&table.expert_load(), num_gpus, slots_per_gpu),
+        _ => baselines::eplb(&crate::eplb::count_load(table), num_gpus, slots_per_gpu),
     };
     // The optimizers fill every slot by construction; a bug must not pass silently.
     if let Some(g) = (0..num_gpus).find(|&g| layout.used(g) != slots_per_gpu) {

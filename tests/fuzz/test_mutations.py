@@ -274,7 +274,7 @@ def seed_model() -> ModelPlacement:
 @pytest.mark.parametrize("fmt", ["json", "sglang", "eplb", "trtllm", "vllm-ascend"])
 def test_placement_files(tmp_path, fmt):
     name = "p.yaml" if fmt == "trtllm" else "p.json"
-    seed_model().save(tmp_path / name, fmt)
+    seed_model().save(tmp_path / name, fmt, num_layers=4, moe_layers=[1, 3])
     seed = (tmp_path / name).read_bytes()
     trace = tmp_path / "t.npz"
     mf.synthetic_trace(100, 8, 2, 2, seed=1).save(trace)
@@ -322,7 +322,7 @@ def test_placement_values_of_wrong_types(tmp_path, fmt):
     or out of range."""
     name = "p.yaml" if fmt == "trtllm" else "p.json"
     path = tmp_path / name
-    seed_model().save(path, fmt)
+    seed_model().save(path, fmt, num_layers=4, moe_layers=[1, 3])
     document = yaml.safe_load(path.read_text())
     places = [p for p, _ in _paths(document)]
     rng = random.Random(f"{SEED}-{fmt}-values")

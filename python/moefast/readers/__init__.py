@@ -16,7 +16,7 @@ import numpy as np
 from moefast.readers._errors import malformed
 from moefast.trace import Trace
 
-TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint")
+TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "trtllm")
 LOAD_FORMATS = ("logical_count", "sglang-stat", "trtllm", "npy", "trace")
 
 
@@ -30,10 +30,7 @@ def guess_trace_format(path: Path) -> str:
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_dir():
         if (path / "meta_info.json").exists():
-            raise ValueError(
-                f"{path}: TensorRT-LLM statistics hold per-expert loads, not a trace;"
-                " use load_expert_load"
-            )
+            return "trtllm"  # its rank<r>_raw.safetensors hold per-token ids
         return "sglang"
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -84,6 +81,10 @@ def read_trace(path: Path, format: str | None = None, **options) -> Trace:
         from moefast.readers.fingerprint import read_fingerprint_trace
 
         return read_fingerprint_trace(path, **options)
+    if fmt == "trtllm":
+        from moefast.readers.trtllm import read_trtllm_trace
+
+        return read_trtllm_trace(path, **options)
     raise ValueError(f"unknown trace format {fmt!r}; known: {TRACE_FORMATS}")
 
 
@@ -106,7 +107,9 @@ def guess_load_format(path: Path) -> str:
     return "trace"
 
 
-def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray, list[int]]:
+def read_expert_load(
+    path: Path, format: str | None = None, num_experts: int | None = None
+) -> tuple[np.ndarray, list[int]]:
     """float [layers, E] and the layer ids of its rows."""
     fmt = format or guess_load_format(path)
     if fmt == "logical_count":
@@ -122,7 +125,7 @@ def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray,
     if fmt == "trtllm":
         from moefast.readers.trtllm import read_trtllm_load
 
-        return read_trtllm_load(path)
+        return read_trtllm_load(path, num_experts)
     if fmt == "npy":
         from moefast.readers._loading import load_npy
 
@@ -141,7 +144,11 @@ def read_expert_load(path: Path, format: str | None = None) -> tuple[np.ndarray,
 
 
 def load_expert_load(
-    path, format: str | None = None, drop_empty: bool = True, return_layer_ids: bool = False
+    path,
+    format: str | None = None,
+    drop_empty: bool = True,
+    return_layer_ids: bool = False,
+    num_experts: int | None = None,
 ):
     """Per-expert loads (token-expert assignments, no co-activation) as float [layers, E].
 
@@ -149,10 +156,11 @@ def load_expert_load(
     dumps (``"sglang-stat"``, needs torch), TensorRT-LLM statistics folders (``"trtllm"``),
     ``.npy`` arrays [layers, E] or [E] (``"npy"``), or any trace (``"trace"``, counted).
     ``drop_empty`` drops rows without any load (the dense layers SGLang records as zeros);
-    ``return_layer_ids`` also returns the layer id of each row.
+    ``return_layer_ids`` also returns the layer id of each row. ``num_experts`` (the model's)
+    lets the TensorRT-LLM reader tell slot counts (load balancer on) from expert counts.
     """
     path = Path(path)
-    load, layer_ids = read_expert_load(path, format)
+    load, layer_ids = read_expert_load(path, format, num_experts)
     if not np.all(np.isfinite(load)) or (load < 0).any():
         raise malformed(path, "loads must be finite and non-negative")
     if drop_empty:

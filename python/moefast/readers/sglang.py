@@ -1,9 +1,11 @@
 """SGLang's expert-distribution recordings (``--expert-distribution-recorder-mode``).
 
 ``per_token`` dumps (one ``.pt`` per rank) hold ``records``, each with ``topk_ids_of_layer``
-int [model layers, tokens, k] of *physical* expert ids, and ``last_physical_to_logical_map``
-[layers, P] to turn them into logical ids. Dense layers and unused buffer rows hold -1 (or 0s
-before the first reset), so a layer counts as MoE if some token has k distinct valid ids in it.
+int [model layers, tokens, 8] of *physical* expert ids, and ``last_physical_to_logical_map``
+[layers, P] to turn them into logical ids. SGLang's buffer is always 8 wide and reset to -1
+at every forward pass; it writes a token's k ids into the first k columns, so for k < 8 the
+other columns stay -1, and dense layers are all -1. k is the most ids any token has; a layer
+counts as MoE if some token has k distinct valid ids in it.
 ``stat`` dumps and the published JSON statistics hold ``logical_count`` [steps, layers, E] or
 [layers, E]: per-expert loads without co-activation.
 
@@ -53,7 +55,9 @@ def trace_from_sglang_per_token(
 ) -> Trace:
     """A trace from the dicts of one or more ranks' ``per_token`` dumps.
 
-    Tokens of all ranks and forward passes are concatenated; a record repeated by several
+    Tokens of all ranks and forward passes are concatenated, forward pass by forward pass
+    (ranks in order within a pass: DP-attention ranks record their own tokens under the
+    same forward_pass_id); a record repeated by several
     ranks (tensor parallelism without DP attention: same ``forward_pass_id``, same ids) is
     kept once. Tokens without a valid top-k in some MoE layer are dropped with a warning.
 
@@ -64,8 +68,8 @@ def trace_from_sglang_per_token(
     """
     path = Path(str(source))
     blocks: list[np.ndarray] = []
+    pass_ids: list[int | None] = []
     runs: list[np.ndarray] = []
-    next_run = 0
     seen: dict[Any, list[np.ndarray]] = {}
     for d, dump in enumerate(dumps):
         if not isinstance(dump, Mapping) or "records" not in dump:
@@ -117,15 +121,25 @@ def trace_from_sglang_per_token(
                     continue
                 twins.append(ids)
             blocks.append(ids)
-            run = _position_runs(record.get("positions"), ids.shape[1])
-            runs.append(run + next_run)
-            next_run += int(run.max()) + 1
+            pass_ids.append(None if key is None else int(key))
+            runs.append(_position_runs(record.get("positions"), ids.shape[1]))
     if not blocks:
         raise malformed(path, "no record holds any token")
+    if None not in pass_ids:  # time order: forward passes first, ranks within a pass
+        order = sorted(range(len(blocks)), key=lambda i: pass_ids[i])  # type: ignore[arg-type,return-value]
+        blocks, runs = [blocks[i] for i in order], [runs[i] for i in order]
+    # Runs are numbered within a record: offset them so every record's runs are distinct.
+    offsets = np.cumsum([0] + [int(run.max()) + 1 for run in runs[:-1]])
+    runs = [run + offset for run, offset in zip(runs, offsets, strict=True)]
     shapes = {(b.shape[0], b.shape[2]) for b in blocks}
     if len(shapes) != 1:
         raise malformed(path, f"records disagree on (layers, k): {sorted(shapes)}")
-    ids = np.concatenate(blocks, axis=1)  # [layers, tokens, k]
+    ids = np.concatenate(blocks, axis=1)  # [layers, tokens, 8]
+    # Columns past the model's top-k stay -1 in SGLang's fixed-width buffer.
+    k = int((ids >= 0).sum(axis=2).max())
+    if k == 0:
+        raise malformed(path, "no layer holds a valid top-k (every id is -1)")
+    ids = np.where((ids[:, :, k:] < 0).all(axis=2, keepdims=True), ids[:, :, :k], -1)
     valid = _valid_rows(ids)  # [layers, tokens]
     moe_layers = np.nonzero(valid.any(axis=1))[0]
     if moe_layers.size == 0:
