@@ -2,6 +2,7 @@
 //! it. The `python` feature adds the one binding module (`bindings`).
 
 pub mod batch;
+pub mod cancel;
 pub mod cost;
 pub mod eplb;
 pub mod error;

@@ -234,7 +234,7 @@ impl SubsetTable {
             .zip(unique.par_iter())
             .for_each(|(out, (key, _))| key.decode(bits, out));
         let weights: Vec<f64> = unique.iter().map(|u| u.1).collect();
-        let original_weight = weights.iter().sum();
+        let original_weight = weights.iter().sum::<f64>() + 0.0;
         Ok(SubsetTable {
             num_experts,
             k,
@@ -267,7 +267,8 @@ impl SubsetTable {
         &self.weights
     }
     pub fn total_weight(&self) -> f64 {
-        self.weights.iter().sum()
+        // + 0.0: the empty sum of floats is -0.0, which would print as "-0".
+        self.weights.iter().sum::<f64>() + 0.0
     }
     /// Share of the unpruned table's weight this table keeps.
     pub fn coverage(&self) -> f64 {
@@ -276,6 +277,24 @@ impl SubsetTable {
         } else {
             1.0
         }
+    }
+
+    /// Total weight of the table this one was pruned from (its own if unpruned).
+    pub fn original_weight(&self) -> f64 {
+        self.original_weight
+    }
+
+    /// This table as the pruned part of a table of total weight `original_weight` (how a
+    /// saved pruned table is rebuilt): `coverage` becomes total_weight / original_weight.
+    pub fn with_original_weight(mut self, original_weight: f64) -> Result<Self> {
+        let total = self.total_weight();
+        if !(original_weight.is_finite() && original_weight >= total) {
+            return Err(MoeError::value(format!(
+                "original_weight = {original_weight} must be finite and at least the table's total weight {total}"
+            )));
+        }
+        self.original_weight = original_weight;
+        Ok(self)
     }
 
     /// The first `rows` rows (the heaviest), remembering the weight left out.

@@ -279,7 +279,7 @@ pub fn improve(
     let mut evaluations = 0;
     let mut idle = 0;
     let eps = 1e-9 * table.total_weight().max(1.0);
-    while evaluations < limits.max_evaluations && idle < PATIENCE {
+    while evaluations < limits.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
         // Rows by the time they lose over the floor, weighted: sample one per candidate.
         let mut cumulative = Vec::with_capacity(s.times.len());
         let mut total = 0.0;

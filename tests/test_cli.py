@@ -70,7 +70,7 @@ def test_synth_matches_a_recorded_load(tmp_path):
 def test_synth_load_of_other_expert_count_is_refused(tmp_path, capsys):
     np.save(tmp_path / "l.npy", np.ones(8))
     code = main(synth_args(16, 2, 1, 10, tmp_path / "x.npz", "--load", str(tmp_path / "l.npy")))
-    assert code == 1 and "loads of 8 experts" in capsys.readouterr().err
+    assert code == 2 and "loads of 8 experts" in capsys.readouterr().err
 
 
 def test_evaluate_a_placement_file(tmp_path, capsys):
@@ -104,14 +104,14 @@ def test_evaluate_needs_the_gpu_count_for_sglang(tmp_path, capsys):
     ModelPlacement([moefast.Placement(replicas)], 8).save(
         tmp_path / "p.json", "sglang", num_layers=1
     )
-    assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 1
+    assert main(["evaluate", str(GPTOSS20B_DECODE), str(tmp_path / "p.json")]) == 2
     assert "num_gpus" in capsys.readouterr().err
 
 
 def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"layer": 0}\n')
-    assert main(["inspect", str(bad)]) == 1
+    assert main(["inspect", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1" in err
 
@@ -271,7 +271,7 @@ def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
 
 
 def test_simulate_refuses_infeasible_memory(capsys):
-    assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 1
+    assert main(["simulate", str(GPTOSS20B_DECODE), "--gpus", "2", "--slots", "3"]) == 2
     assert "cannot hold 32 experts" in capsys.readouterr().err
 
 
@@ -309,7 +309,7 @@ def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path
     out = tmp_path / "s.json"
     layout = ["--num-layers", "30", "--moe-layers", "5-28", "--method", "round_robin"]
     args = [*PLAN_GPTOSS, *layout, "--out", str(out)]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "layer ids 0-4 are not MoE layers" in err and "--layers-are-positions" in err
     assert not out.exists()
@@ -321,7 +321,7 @@ def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path
 
 def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):
     args = [*PLAN_GPTOSS, "--model", "gpt-oss-20b", "--out", str(tmp_path / "p.yaml")]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "the sglang engine loads only .json files; name it p.json" in capsys.readouterr().err
 
 

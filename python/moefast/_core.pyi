@@ -21,6 +21,7 @@ __all__ = [
     "expected_cost",
     "fill_free_slots",
     "improve_placement",
+    "interrupt",
     "lower_bound",
     "optimize_batch",
     "optimize_placement",
@@ -210,3 +211,7 @@ def improve_placement(
     target: Placement | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the token time under the topology."""
+
+def interrupt() -> None:
+    """Stops every running core call (each raises KeyboardInterrupt); for Python code that
+    catches KeyboardInterrupt while other threads run core calls."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from moefast.atomic import save_figure
+
 
 def plot_throughput_latency(
     results_by_placement: Mapping[str, Sequence[Mapping[str, float]]],
@@ -50,6 +52,6 @@ def plot_throughput_latency(
     ax.legend(title="placement")
     ax.margins(x=0.08, y=0.12)
     path = Path(path)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path

@@ -13,6 +13,7 @@ import numpy as np
 import moefast
 from moefast import report, text_tables
 from moefast._core import expected_cost, lower_bound
+from moefast.atomic import check_folder, check_writable
 from moefast.coactivation import hottest_layer, top_pairs
 from moefast.comparison import BASELINES, Comparison
 from moefast.drift import drift_windows
@@ -81,7 +82,7 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
     """Plan, print the per-layer comparison with the baselines (held-out when the trace is
     large enough), write the report if asked."""
     _check_memory(trace, args.gpus, args.slots)
-    batch_size = getattr(args, "batch_size", None) or None
+    batch_size = getattr(args, "batch_size", None)
     cost_model = _cost_model(args) if batch_size is not None else None
     model = _plan(
         trace,
@@ -180,6 +181,7 @@ def _write_report(
 def cmd_demo(args) -> int:
     from moefast.data import GPTOSS20B_DECODE
 
+    out = check_folder(args.out, "--out")
     trace = load_trace(GPTOSS20B_DECODE)
     if args.slots is None:
         args.slots = default_slots(trace.num_experts, args.gpus)
@@ -203,7 +205,6 @@ def cmd_demo(args) -> int:
     model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, holdout=None)
     assert model.evaluation is not None
     print(f"the placement written out is planned on all answers: {model.evaluation.headline()}")
-    out = Path(args.out)
     folds = fold_positions(trace, answers, "request", args.seed)
     _write_report(
         trace, args, "moefast demo: gpt-oss-20b decode routing", out, held_out, folds, model
@@ -219,7 +220,11 @@ def cmd_plan(args) -> int:
     from moefast.formats import check_file_name, launch_settings
     from moefast.models import map_positions, model_layout
 
+    # Before the work: a bad output path found after minutes of planning loses them.
+    check_writable(args.out, "--out")
     check_file_name(args.out, args.format)
+    if args.report is not None:
+        check_folder(args.report, "--report")
     trace = load_trace(args.trace, args.trace_format)
     moe_layers = None if args.moe_layers is None else _int_list(args.moe_layers, "--moe-layers")
     layout = model_layout(args.model, args.num_layers, moe_layers)
@@ -371,6 +376,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_synth(args) -> int:
+    check_writable(args.out, "--out")
     load = None
     if args.load is not None:
         load = load_expert_load(args.load)
@@ -408,10 +414,16 @@ def _cost_model(args: argparse.Namespace) -> moefast.CostModel:
 def cmd_simulate(args) -> int:
     from moefast.batch_plots import plot_throughput_latency
 
+    out = check_folder(args.out, "--out")
+    try:
+        sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
+    except ValueError:
+        raise ValueError(
+            f"--batch-sizes must be integers separated by commas, got {args.batch_sizes!r}"
+        ) from None
     trace = load_trace(args.trace, format=args.trace_format)
     _check_memory(trace, args.gpus, args.slots)
     cm = _cost_model(args)
-    sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     placements = {
         "greedy": _plan(trace, args.gpus, args.slots, "greedy", args.coverage, args.seed),
         "contiguous": _plan(trace, args.gpus, args.slots, "contiguous", args.coverage, args.seed),
@@ -452,7 +464,6 @@ def cmd_simulate(args) -> int:
             )
     print("in-sample step times and latency in the cost model's unit (us):")
     print(text_tables.format_table(header, rows))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_throughput_latency(
         results,
@@ -461,6 +472,22 @@ def cmd_simulate(args) -> int:
     )
     print(f"plot: {plot}")
     return 0
+
+
+def _at_least(low: int):
+    """An argparse type: an int >= low (argparse then exits with status 2 and its usage)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
 
 
 def _cost_model_options(p: argparse.ArgumentParser) -> None:
@@ -480,8 +507,10 @@ def _cost_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _placement_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpus", type=int, required=True, help="number of GPUs (expert-parallel ranks)")
-    p.add_argument("--slots", type=int, required=True, help="experts each GPU can hold")
+    p.add_argument(
+        "--gpus", type=_at_least(1), required=True, help="number of GPUs (expert-parallel ranks)"
+    )
+    p.add_argument("--slots", type=_at_least(1), required=True, help="experts each GPU can hold")
     _planning_options(p, "greedy (default), milp, contiguous, round_robin, eplb")
 
 
@@ -493,7 +522,7 @@ def _planning_options(p: argparse.ArgumentParser, method_help: str) -> None:
         default=0.99,
         help="share of tokens the planned subsets cover (0.99)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument(
         "--no-sweep", action="store_true", help="leave the slots-per-GPU sweep out of the report"
     )
@@ -525,9 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
         " answers.",
     )
     p.add_argument("--out", default="moefast-demo", help="report folder (moefast-demo)")
-    p.add_argument("--gpus", type=int, default=4, help="number of GPUs (4)")
+    p.add_argument("--gpus", type=_at_least(1), default=4, help="number of GPUs (4)")
     p.add_argument(
-        "--slots", type=int, default=None, help="experts per GPU (default: 1.25 x experts / GPUs)"
+        "--slots",
+        type=_at_least(1),
+        default=None,
+        help="experts per GPU (default: 1.25 x experts / GPUs)",
     )
     _planning_options(p, argparse.SUPPRESS)
     p.set_defaults(run=cmd_demo)
@@ -553,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model preset giving its layers (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b, ...;"
         " see moefast.models.PRESETS)",
     )
-    p.add_argument("--num-layers", type=int, default=None, help="the model's decoder layer count")
+    p.add_argument(
+        "--num-layers", type=_at_least(1), default=None, help="the model's decoder layer count"
+    )
     p.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
     p.add_argument(
         "--layers-are-positions",
@@ -604,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_at_least(1),
         default=None,
         metavar="B",
         help="optimize the mean step time of batches of B tokens (cost model below)"
@@ -626,7 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trace")
     p.add_argument("placement", help="placement file (any format moefast writes)")
     p.add_argument(
-        "--gpus", type=int, default=None, help="number of GPUs (needed for sglang and trtllm files)"
+        "--gpus",
+        type=_at_least(1),
+        default=None,
+        help="number of GPUs (needed for sglang and trtllm files)",
     )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument(
@@ -637,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
     p.add_argument(
         "--windows",
-        type=int,
+        type=_at_least(1),
         default=None,
         metavar="N",
         help="drift: the model's cost on N consecutive windows beside re-planned placements",
@@ -652,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         " expert load skew and the most co-activated pairs.",
     )
     p.add_argument("trace")
-    p.add_argument("--pairs", type=int, default=5, help="how many pairs to list (5)")
+    p.add_argument("--pairs", type=_at_least(0), default=5, help="how many pairs to list (5)")
     _trace_format_option(p)
     p.set_defaults(run=cmd_inspect)
 
@@ -662,10 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes a synthetic trace with skewed, co-activated expert choices"
         " (see moefast.synthetic.synthetic_trace).",
     )
-    p.add_argument("--experts", type=int, required=True)
-    p.add_argument("--k", type=int, required=True, help="experts per token")
-    p.add_argument("--layers", type=int, required=True)
-    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--experts", type=_at_least(1), required=True)
+    p.add_argument("--k", type=_at_least(1), required=True, help="experts per token")
+    p.add_argument("--layers", type=_at_least(1), required=True)
+    p.add_argument("--tokens", type=_at_least(1), required=True)
     p.add_argument(
         "--load",
         type=Path,
@@ -673,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-expert loads to match (SGLang logical_count JSON, .npy,"
         " TensorRT-LLM folder, trace)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--topic-strength", type=float, default=3.0, help="co-activation strength (3.0)")
     p.add_argument(
         "--topic-zipf", type=float, default=1.1, help="Zipf exponent of topic popularity (1.1)"
@@ -693,10 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated (1,4,16,64,256,1024)"
     )
-    p.add_argument("--steps", type=int, default=300, help="simulated steps per batch size (300)")
+    p.add_argument(
+        "--steps", type=_at_least(1), default=300, help="simulated steps per batch size (300)"
+    )
     p.add_argument(
         "--batch-aware",
-        type=int,
+        type=_at_least(0),
         default=64,
         metavar="B",
         help="also plan batch-aware placements for batch size B (64; 0 to skip)",
@@ -710,14 +749,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status of a run stopped by an error the user can fix (bad input, bad arguments): the
+#: status argparse gives a bad command line.
+EXIT_BAD_INPUT = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as err:
-        print(f"moefast {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the error holds
+        print(f"moefast {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"moefast {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

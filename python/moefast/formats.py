@@ -38,8 +38,12 @@ from typing import Any
 import numpy as np
 
 from moefast._core import Placement
+from moefast.atomic import write_text
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
+from moefast.optimizers import MAX_GPUS
+from moefast.trace import MAX_EXPERTS
+from moefast.validation import MAX_LAYERS, check_field_int, check_int, check_layer_ids
 
 PLACEMENT_FORMATS = ("json", "sglang", "eplb", "trtllm", "vllm-ascend")
 _NATIVE_TAG = "moefast-placement"
@@ -269,6 +273,8 @@ def save_placement(
     after the main layers, vLLM-Ascend counts them after the MoE layers).
     """
     path = Path(path)
+    if not isinstance(placement, ModelPlacement):
+        raise TypeError(f"placement must be a ModelPlacement, got {type(placement).__name__}")
     check_file_name(path, format)
     if model is None and num_layers is None and moe_layers is None:
         model = placement.settings.get("model")
@@ -286,7 +292,7 @@ def save_placement(
         text = yaml.safe_dump(
             _trtllm(placement, layout, mtp), sort_keys=False, default_flow_style=None
         )
-        path.write_text(text)
+        write_text(path, text)
         return launch_settings(
             format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
         )
@@ -302,7 +308,14 @@ def save_placement(
     else:
         assert layout is not None
         data = _vllm_ascend(placement, layout, mtp)
-    path.write_text(json.dumps(data, default=_plain) + "\n")
+    try:
+        text = json.dumps(data, default=_plain, allow_nan=False)
+    except ValueError as err:  # NaN or inf: not JSON, and the engines' parsers refuse it
+        raise ValueError(
+            f"cannot write {path}: the placement holds a NaN or infinite number (in its"
+            f" costs or settings), which JSON cannot represent ({err})"
+        ) from None
+    write_text(path, text + "\n")
     return launch_settings(
         format, path, placement.num_gpus, placement.slots_per_gpu, placement.num_experts
     )
@@ -334,7 +347,7 @@ def _read(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err})") from err
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from err
     except UnicodeDecodeError as err:  # a binary file (say a trace) given as the placement
         raise ValueError(f"{path}: not a placement file (not UTF-8 text: {err.reason})") from err
     # A TensorRT-LLM YAML may carry any name: text that is not JSON-shaped is read as YAML.
@@ -347,10 +360,13 @@ def _read(path: Path) -> Any:
             mark = getattr(err, "problem_mark", None)
             line = f", line {mark.line + 1}" if mark is not None else ""
             raise ValueError(f"{path}{line}: not YAML ({err})") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}, line {err.lineno}: not JSON ({err.msg})") from err
+        except RecursionError as err:
+            raise ValueError(f"{path}: YAML nested too deeply to read") from err
+        except (ValueError, OverflowError, TypeError) as err:  # values the constructors refuse
+            raise ValueError(f"{path}: not YAML this program can read ({err})") from err
+    from moefast.readers._loading import parse_json
+
+    return parse_json(text, path)
 
 
 def _need(value: Any, name: str, path: Path, fmt: str) -> Any:
@@ -359,42 +375,69 @@ def _need(value: Any, name: str, path: Path, fmt: str) -> Any:
     return value
 
 
+def _map(row: Any, where: str) -> np.ndarray:
+    """One layer's physical map: a list of expert ids in [0, MAX_EXPERTS), checked before any
+    array is sized by them (an id of 3e9 would otherwise allocate gigabytes)."""
+    # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond int64 come
+    # out as dtype object.
+    try:
+        a = np.asarray(row)
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
+        raise ValueError(f"{where}: the map is not a list of integers ({err})") from err
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise ValueError(f"{where}: the map is not a list of integers (holds {a.dtype} values)")
+    if a.size == 0:
+        raise ValueError(f"{where}: the map is empty")
+    if a.min() < 0 or a.max() >= MAX_EXPERTS:
+        bad = a.min() if a.min() < 0 else a.max()
+        raise ValueError(f"{where}: expert id {bad} out of range [0, {MAX_EXPERTS})")
+    return a.astype(np.int64)
+
+
 def _from_maps(
-    rows: Sequence[Sequence[int]],
+    rows: Sequence[Any],
     layer_ids: list[int],
     num_gpus: int,
     num_experts: int | None,
     path: Path,
 ) -> ModelPlacement:
-    arrays = []
-    for layer, r in zip(layer_ids, rows, strict=True):
-        # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond
-        # int64 come out as dtype object.
-        try:
-            a = np.asarray(r)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"{path}: layer {layer}: the map is not a list of integers ({err})"
-            ) from err
-        if a.size and a.dtype.kind not in "iu":
-            raise ValueError(
-                f"{path}: layer {layer}: the map is not a list of integers (holds {a.dtype} values)"
-            )
-        arrays.append(a.astype(np.int64))
-    if not arrays:
+    if not rows:
         raise ValueError(f"{path}: no layer in the file")
-    if not all(a.size for a in arrays):
-        raise ValueError(f"{path}: a layer's map is empty")
+    num_gpus = check_field_int(path, "num_gpus", num_gpus, 1, MAX_GPUS)
+    arrays = [_map(r, f"{path}: layer {layer}") for layer, r in zip(layer_ids, rows, strict=True)]
+    sizes = {a.size for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"{path}: layers have different slot counts {sorted(sizes)}")
     if num_experts is None:
         num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
         placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
         for a, layer in zip(arrays, layer_ids, strict=True)
     ]
-    sizes = {a.size for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(f"{path}: layers have different slot counts {sorted(sizes)}")
     return ModelPlacement(placements, sizes.pop() // num_gpus, layer_ids)
+
+
+def _list(value: Any, path: Path, name: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: {name} must be a list, got {type(value).__name__}")
+    if len(value) > MAX_LAYERS:
+        raise ValueError(f"{path}: {name} has {len(value)} layers, more than {MAX_LAYERS}")
+    return value
+
+
+def _layer_ids(values: Any, path: Path, name: str = "layer_ids") -> list[int]:
+    return [
+        check_field_int(path, f"{name}[{i}]", x, 0, MAX_LAYERS - 1)
+        for i, x in enumerate(_list(values, path, name))
+    ]
+
+
+def _layer_key(key: Any, path: Path) -> int:
+    """A layer number keying initial_global_assignments: an int, or (JSON keys are text)
+    its decimal digits; true is not layer 1."""
+    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9:
+        key = int(key)
+    return check_field_int(path, f"initial_global_assignments key {key!r}", key, 0, MAX_LAYERS - 1)
 
 
 def load_placement(
@@ -414,6 +457,14 @@ def load_placement(
     positions become the model's MoE layer ids, and an SGLang file keeps its MoE rows.
     """
     path = Path(path)
+    if format is not None and format not in PLACEMENT_FORMATS:
+        raise ValueError(f"unknown placement format {format!r}; known: {PLACEMENT_FORMATS}")
+    if num_gpus is not None:
+        num_gpus = check_int("num_gpus", num_gpus, 1, MAX_GPUS)
+    if num_experts is not None:
+        num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
+    if layer_ids is not None:
+        layer_ids = check_layer_ids(layer_ids)
     data = _read(path)
     fmt = format or _guess(path, data)
     if not isinstance(data, dict):
@@ -422,7 +473,9 @@ def load_placement(
         loaded = _load(path, data, fmt, num_gpus, num_experts)
     except KeyError as err:
         raise ValueError(f"{path}: missing key {err} for the {fmt} format") from err
-    except (TypeError, AttributeError) as err:
+    except (TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise
         raise ValueError(f"{path}: malformed {fmt} placement ({err})") from err
     layout = model_layout(model)
     if layout is not None and fmt == "vllm-ascend":
@@ -457,63 +510,105 @@ def _load(
     if fmt == "json":
         if data.get("format") != _NATIVE_TAG:
             raise ValueError(f'{path}: not a moefast placement (no "format": "{_NATIVE_TAG}")')
-        g = int(data["num_gpus"])
-        placements = [Placement.from_lists(lists, g) for lists in data["replicas"]]
+        g = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
+        slots = check_field_int(path, "slots_per_gpu", data["slots_per_gpu"], 1, MAX_EXPERTS)
+        replicas = _list(data["replicas"], path, "replicas")
+        placements = [Placement.from_lists(_list(lists, path, "a layer"), g) for lists in replicas]
+        costs: dict[str, Any] = {}
+        for name in ("layer_costs", "lower_bounds"):
+            values = data.get(name)
+            if values is not None:
+                values = _list(values, path, name)
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                    raise ValueError(f"{path}: {name} must hold numbers")
+            costs[name] = values
+        settings = data.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"{path}: settings must be a mapping")
         return ModelPlacement(
             placements,
-            int(data["slots_per_gpu"]),
-            [int(x) for x in data["layer_ids"]],
-            data.get("layer_costs"),
-            data.get("lower_bounds"),
-            data.get("settings") or {},
+            slots,
+            _layer_ids(data["layer_ids"], path),
+            costs["layer_costs"],
+            costs["lower_bounds"],
+            settings,
         )
     if fmt == "sglang":
-        rows = data["physical_to_logical_map"]
+        rows = _list(data["physical_to_logical_map"], path, "physical_to_logical_map")
         g = _need(num_gpus, "num_gpus", path, fmt)
         return _from_maps(rows, list(range(len(rows))), g, num_experts, path)
     if fmt == "eplb":
-        rows = data["phy2log"]
+        rows = _list(data["phy2log"], path, "phy2log")
         g = num_gpus if num_gpus is not None else _need(data.get("num_gpus"), "num_gpus", path, fmt)
-        ids = data.get("layer_ids") or list(range(len(rows)))
-        model = _from_maps(rows, [int(x) for x in ids], int(g), num_experts, path)
-        logcnt = np.asarray(data.get("logcnt", []))
-        if logcnt.size and not np.array_equal(logcnt, model.replicas().sum(axis=2)):
-            raise ValueError(f"{path}: logcnt disagrees with phy2log")
+        if data.get("num_gpus") is not None:
+            stored_gpus = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
+            if num_gpus is not None and stored_gpus != num_gpus:
+                raise ValueError(f"{path}: the file has num_gpus = {stored_gpus}, not {num_gpus}")
+        stored = data.get("layer_ids")
+        ids = list(range(len(rows))) if stored is None else _layer_ids(stored, path)
+        if len(ids) != len(rows):
+            raise ValueError(f"{path}: {len(ids)} layer_ids for {len(rows)} rows of phy2log")
+        model = _from_maps(rows, ids, g, num_experts, path)
+        if "logcnt" in data:
+            try:
+                counts = np.asarray(data["logcnt"])
+            except (TypeError, ValueError, OverflowError, RecursionError) as err:
+                raise ValueError(f"{path}: logcnt is not an array of counts ({err})") from err
+            if counts.dtype.kind not in "iu" or not np.array_equal(
+                counts, model.replicas().sum(axis=2)
+            ):
+                raise ValueError(f"{path}: logcnt disagrees with phy2log")
         return model
     if fmt == "trtllm":
         assignments = data["initial_global_assignments"]
-        if not isinstance(assignments, dict):
+        if not isinstance(assignments, dict) or not assignments:
             raise ValueError(f"{path}: initial_global_assignments must map layer -> slots")
         g = _need(num_gpus, "num_gpus", path, fmt)
-        layers = sorted(int(layer) for layer in assignments)
-        rows = [assignments.get(layer, assignments.get(str(layer))) for layer in layers]
-        model = _from_maps(rows, layers, g, num_experts, path)
-        if "num_slots" in data and int(data["num_slots"]) != model.num_gpus * model.slots_per_gpu:
-            raise ValueError(
-                f"{path}: num_slots = {data['num_slots']} but layers hold"
-                f" {model.num_gpus * model.slots_per_gpu} slots"
-            )
+        by_layer: dict[int, Any] = {}
+        for key, row in assignments.items():
+            layer = _layer_key(key, path)
+            if layer in by_layer:
+                raise ValueError(
+                    f"{path}: layer {layer} appears twice in initial_global_assignments"
+                )
+            by_layer[layer] = row
+        layers = sorted(by_layer)
+        model = _from_maps([by_layer[layer] for layer in layers], layers, g, num_experts, path)
+        if "num_slots" in data:
+            slots = check_field_int(path, "num_slots", data["num_slots"], 1)
+            if slots != model.num_gpus * model.slots_per_gpu:
+                raise ValueError(
+                    f"{path}: num_slots = {slots} but layers hold"
+                    f" {model.num_gpus * model.slots_per_gpu} slots"
+                )
         return model
     if fmt == "vllm-ascend":
-        layers = data["layer_list"]
+        layers = _list(data["layer_list"], path, "layer_list")
         rows, ids = [], []
         devices = None
         for i, layer in enumerate(layers):
+            if not isinstance(layer, dict):
+                raise ValueError(f"{path}: layer_list[{i}] must be a mapping")
             devs = layer["device_list"]
+            if not isinstance(devs, list) or not all(isinstance(d, dict) for d in devs):
+                raise ValueError(f"{path}: layer_list[{i}].device_list must be a list of mappings")
             if devices is not None and len(devs) != devices:
                 raise ValueError(
                     f"{path}: layer_list[{i}] has {len(devs)} devices, others {devices}"
                 )
             devices = len(devs)
-            counts = {len(d["device_expert"]) for d in devs}
+            experts = [d["device_expert"] for d in devs]
+            if not all(isinstance(e, list) for e in experts):
+                raise ValueError(f"{path}: layer_list[{i}]: device_expert must be lists")
+            counts = {len(e) for e in experts}
             if len(counts) != 1:
                 raise ValueError(
                     f"{path}: layer_list[{i}] devices hold different numbers of experts"
                     f" {sorted(counts)}"
                 )
-            rows.append([e for d in devs for e in d["device_expert"]])
+            rows.append([e for d in experts for e in d])
             ids.append(i)  # vLLM-Ascend reads layers by position, never layer_id
         if num_gpus is not None and num_gpus != devices:
             raise ValueError(f"{path}: the file has {devices} devices, not num_gpus = {num_gpus}")
-        return _from_maps(rows, ids, int(devices or 0), num_experts, path)
+        return _from_maps(rows, ids, devices or 0, num_experts, path)
     raise ValueError(f"unknown placement format {fmt!r}; known: {PLACEMENT_FORMATS}")

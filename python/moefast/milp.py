@@ -72,6 +72,8 @@ def solve_milp(
     `start`, a placement to begin from (say the greedy's), gives HiGHS a first incumbent."""
     import highspy
 
+    if not table.total_weight > 0:
+        raise ValueError("the table is empty (total weight 0): nothing to optimize")
     subsets, weights = table.subsets, table.weights
     num_experts, k, n = table.num_experts, table.k, len(table)
     assignment_vars = n * k * num_gpus
@@ -137,7 +139,9 @@ def solve_milp(
     lp.a_matrix_.index_ = np.concatenate(rows.index)
     lp.a_matrix_.value_ = np.concatenate(rows.value)
 
-    solver = highspy.Highs()
+    # highspy's Highs wrapper prints the HiGHS banner when it is built, before any option
+    # can turn output off; the core class it wraps does not.
+    solver = getattr(highspy, "_Highs", highspy.Highs)()
     solver.setOptionValue("output_flag", False)
     solver.setOptionValue("random_seed", 0)
     solver.setOptionValue("threads", 1)

@@ -8,9 +8,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
+from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.comparison import BASELINES, Comparison, compare_methods
 from moefast.cost_model import CostModel
@@ -86,12 +87,28 @@ def plan_layers(
         )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(plan_layer, tables)
-        if progress:
-            from tqdm import tqdm
+        futures = [pool.submit(plan_layer, table) for table in tables]
+        try:
+            results = (f.result() for f in futures)
+            if progress:
+                from tqdm import tqdm
 
-            results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
-        return list(results)
+                results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
+            return list(results)
+        except KeyboardInterrupt:
+            _stop(futures)
+            raise
+
+
+def _stop(futures: list[Future]) -> None:
+    """After Ctrl-C: drop the layers not started and stop the running ones, whose core
+    calls would otherwise run to their end before the pool lets the program exit (signals
+    reach the main thread only)."""
+    for f in futures:
+        f.cancel()
+    while not all(f.done() for f in futures):
+        _core.interrupt()
+        wait(futures, timeout=0.02)
 
 
 def plan(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from moefast._core import SubsetTable
+from moefast.atomic import save_figure
 from moefast.coactivation import coactivation
 from moefast.comparison import METHOD_LABELS, Comparison
 from moefast.learning_curve import LearningCurve
@@ -39,7 +40,7 @@ def plot_coactivation(table: SubsetTable, layer_id: int, path: Path) -> None:
     ax.set_ylabel("expert")
     fig.colorbar(image, ax=ax, label="share of tokens choosing both")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -48,7 +49,7 @@ def _finish(plt, fig, ax, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from moefast._core import SubsetTable
+from moefast.atomic import write_text
 from moefast.comparison import METHOD_LABELS, Comparison
 from moefast.learning_curve import LearningCurve
 from moefast.plots import (
@@ -108,5 +109,5 @@ def write_report(
         "",
     ]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

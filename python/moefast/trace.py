@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from moefast._core import MAX_EXPERTS, SubsetTable
+from moefast.atomic import atomic_open
 from moefast.validation import check_int, check_layer_ids
 
 PathLike = str | os.PathLike
@@ -48,6 +49,9 @@ class Trace:
             raise TypeError(f"topk must hold integer expert ids, got dtype {topk.dtype}")
         self.num_experts = check_int("num_experts", self.num_experts, 1, MAX_EXPERTS)
         tokens, layers, k = topk.shape
+        if tokens < 1:
+            # An empty trace has no statistics: inspect would print nan, plan fail later.
+            raise ValueError("topk has 0 tokens: a trace needs at least one")
         if layers < 1:
             raise ValueError("topk has 0 layers: a trace needs at least one")
         if k < 1:
@@ -213,7 +217,7 @@ class Trace:
             arrays["request_ids"] = self.request_ids
         path = Path(path)
         # np.savez appends ".npz" to other names, which would surprise the caller.
-        with open(path, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
 
 

@@ -17,6 +17,10 @@ import numpy as np
 #: Largest value of the core's signed 64-bit integer arguments (seeds, counts).
 INT64_MAX = 2**63 - 1
 
+#: Layer ids are the model's layer numbers, in [0, MAX_LAYERS). Bounded so that a small
+#: file naming layer 50,000,000 cannot make a writer lay out 50 million rows.
+MAX_LAYERS = 10_000
+
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int in [low, high]; numpy ints count, bools and floats do not."""
@@ -59,13 +63,27 @@ def check_ints(name: str, values: Any, low: int | None = None) -> list[int]:
 
 
 def check_layer_ids(values: Any, name: str = "layer_ids") -> list[int]:
-    """Model layer numbers as a list of ints; 2.7 or "a" are refused, not truncated."""
+    """Model layer numbers as a list of ints in [0, MAX_LAYERS); 2.7 or "a" are refused,
+    not truncated."""
     out = []
     for x in values:
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
             raise TypeError(f"{name} must hold ints, got {x!r}")
+        if not 0 <= x < MAX_LAYERS:
+            raise ValueError(f"{name} holds layer {int(x)}, out of range [0, {MAX_LAYERS})")
         out.append(int(x))
     return out
+
+
+def check_field_int(
+    where: object, name: str, value: Any, low: int | None = None, high: int | None = None
+) -> int:
+    """An integer field of a file (``where`` names the file, and line): ValueError naming
+    both for anything but an int in [low, high] (a bool, 2.5, "2", 1e30, 2**70...)."""
+    try:
+        return check_int(name, value, low, high)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def check_number(name: str, value: Any) -> float:

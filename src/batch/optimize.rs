@@ -15,6 +15,7 @@ use super::cost_model::CostModel;
 use super::sample::{sample_batches, time_batch, Sample};
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
+use crate::cancel;
 use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
@@ -232,7 +233,7 @@ pub fn optimize_batch(
         let candidates = search.candidates(&mut rng);
         let mut improved = false;
         for chunk in candidates.chunks(CHUNK) {
-            if evaluations >= options.max_evaluations {
+            if evaluations >= options.max_evaluations || cancel::requested() {
                 break;
             }
             evaluations += chunk.len();
@@ -269,7 +270,7 @@ pub fn optimize_batch(
                 improved = true;
             }
         }
-        if !improved || evaluations >= options.max_evaluations {
+        if !improved || evaluations >= options.max_evaluations || cancel::requested() {
             break;
         }
     }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::cost_model::CostModel;
 use super::step_time::StepTimeSolver;
+use crate::cancel;
 use crate::error::{MoeError, Result};
 use crate::limits::{MAX_BATCH, MAX_STEP_TIMES};
 use crate::placement::Placement;
@@ -205,6 +206,10 @@ pub fn simulate(
                         )
                     },
                     |(solvers, tokens), s| {
+                        // A stopped run's times are discarded: skip the work.
+                        if cancel::requested() {
+                            return 0.0;
+                        }
                         let mut rng = SplitMix64::stream(seed, bi as u64, s as u64);
                         trace.draw(&mut rng, batch, tokens);
                         let mut time = 0.0;

@@ -1,11 +1,12 @@
 //! Bindings of the batch cost model: step times, simulation and batch-aware placement.
 
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray3, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::interrupt::interruptible;
 use super::table::PyPlacement;
-use super::{as_array, ids_2d, int_arg, weights_1d};
+use super::{input, int_arg};
 use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
 use crate::batch::{self as core_batch, CostModel};
@@ -31,14 +32,14 @@ fn batch_time(
     with_bound: bool,
 ) -> PyResult<(f64, Option<f64>)> {
     let model = CostModel::new(alpha, beta, p)?;
-    let ids = ids_2d(topk, "topk_batch")?;
-    let k = ids.shape()[1];
-    if ids.shape()[0] == 0 {
+    let ids = input::ids(topk, "topk_batch", 2)?;
+    let k = ids.shape[1];
+    if ids.shape[0] == 0 {
         return Ok((0.0, with_bound.then_some(0.0)));
     }
-    let ids = ids.as_slice()?;
+    let ids = ids.data;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| core_batch::batch_time(ids, k, &placement, model, with_bound))?)
+    Ok(py.detach(|| core_batch::batch_time(&ids, k, &placement, model, with_bound))?)
 }
 
 /// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens
@@ -66,12 +67,13 @@ fn simulate_steps<'py>(
         .iter()
         .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
         .collect::<PyResult<Vec<_>>>()?;
-    let arr: PyReadonlyArray3<'py, i64> =
-        as_array(topk, "topk", 3, "iu", "int64", "integer expert ids")?.extract()?;
-    let (layers, k) = (arr.shape()[1], arr.shape()[2]);
-    let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
-    let ids = arr.as_slice()?;
-    let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+    let ids = input::ids(topk, "topk", 3)?;
+    let (layers, k) = (ids.shape[1], ids.shape[2]);
+    let ids = ids.data;
+    let weights = weights
+        .map(|w| input::reals(w, "weights", 1))
+        .transpose()?
+        .map(|w| w.data);
     let placements: Vec<Placement> = placements.iter().map(|p| (*p.inner).clone()).collect();
     let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
     if num_experts.len() != layers {
@@ -80,8 +82,8 @@ fn simulate_steps<'py>(
             num_experts.len()
         )));
     }
-    let times = py.detach(|| -> crate::Result<Vec<Vec<f64>>> {
-        let trace = Trace::new(ids, layers, k, &num_experts, weights)?;
+    let times = interruptible(py, || -> crate::Result<Vec<Vec<f64>>> {
+        let trace = Trace::new(&ids, layers, k, &num_experts, weights.as_deref())?;
         simulate::simulate(&trace, &placements, &batch_sizes, model, seed, steps)
     })?;
     let flat: Vec<f64> = times.into_iter().flatten().collect();
@@ -119,11 +121,13 @@ fn optimize_batch(
         Some(n) => non_negative("num_batches", n)? as usize,
         None => BatchSearchOptions::default_num_batches(batch_size),
     };
-    let ids = ids_2d(topk, "topk")?;
-    let k = ids.shape()[1];
-    let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
-    let ids = ids.as_slice()?;
-    let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
+    let ids = input::ids(topk, "topk", 2)?;
+    let k = ids.shape[1];
+    let ids = ids.data;
+    let weights = weights
+        .map(|w| input::reals(w, "weights", 1))
+        .transpose()?
+        .map(|w| w.data);
     let start = start.inner.clone();
     let options = BatchSearchOptions {
         batch_size,
@@ -131,8 +135,8 @@ fn optimize_batch(
         seed,
         max_evaluations,
     };
-    let placement = py.detach(|| -> crate::Result<Placement> {
-        let trace = Trace::new(ids, 1, k, &[start.num_experts()], weights)?;
+    let placement = interruptible(py, || -> crate::Result<Placement> {
+        let trace = Trace::new(&ids, 1, k, &[start.num_experts()], weights.as_deref())?;
         optimize::optimize_batch(&trace, &start, slots, model, options)
     })?;
     Ok(PyPlacement {

@@ -1,9 +1,9 @@
 //! Binding of the DeepSeek EPLB transcription (`crate::eplb`).
 
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 
-use super::{as_array, count_arg};
+use super::{count_arg, input};
 use crate::eplb::{self, Topology};
 
 type Int2d<'py> = Bound<'py, numpy::PyArray2<i64>>;
@@ -27,11 +27,11 @@ fn rebalance_experts<'py>(
         num_nodes: count_arg(num_nodes, "num_nodes", 1)?,
         num_gpus: count_arg(num_gpus, "num_gpus", 1)?,
     };
-    let array: PyReadonlyArray2<f32> =
-        as_array(weight, "weight", 2, "iuf", "float32", "real numbers")?.extract()?;
-    let (layers, experts) = (array.shape()[0], array.shape()[1]);
-    // A copy: the balancer runs without the GIL while the caller may change the array.
-    let weight = array.as_slice()?.to_vec();
+    // Copied once (input.rs): the balancer runs without the GIL while the caller may change
+    // the array. DeepSeek's EPLB computes in float32: rounded as numpy's astype would.
+    let array = input::reals(weight, "weight", 2)?;
+    let (layers, experts) = (array.shape[0], array.shape[1]);
+    let weight: Vec<f32> = array.data.iter().map(|&w| w as f32).collect();
     let r = py.detach(|| eplb::rebalance_experts(&weight, experts, topo))?;
     let as_2d = |v: Vec<usize>, cols: usize| -> PyResult<Int2d<'py>> {
         let v: Vec<i64> = v.into_iter().map(|x| x as i64).collect();

@@ -1,7 +1,6 @@
 //! The Python binding layer (`moefast._core`): each submodule converts arguments,
 //! calls the core with the GIL released and converts results. No algorithm lives here.
 
-use numpy::{PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBool;
@@ -11,6 +10,8 @@ use crate::limits;
 
 mod batch;
 mod eplb;
+mod input;
+mod interrupt;
 mod optimize;
 mod table;
 mod topology;
@@ -22,46 +23,6 @@ impl From<MoeError> for PyErr {
             internal @ MoeError::Internal(_) => PyRuntimeError::new_err(internal.to_string()),
         }
     }
-}
-
-/// `obj` as a C-contiguous numpy array of `dtype` with `ndim` dimensions, refusing
-/// arrays whose dtype kind is not one of `kinds` (so floats never pass as ids).
-pub fn as_array<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    ndim: usize,
-    kinds: &str,
-    dtype: &str,
-    what: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = obj.py();
-    let np = py.import("numpy")?;
-    let arr = np.call_method1("asarray", (obj,))?;
-    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
-    let got_ndim: usize = arr.getattr("ndim")?.extract()?;
-    if got_ndim != ndim {
-        let shape = arr.getattr("shape")?.str()?;
-        return Err(PyValueError::new_err(format!(
-            "{name} must be a {ndim}-dimensional array, got shape {shape}"
-        )));
-    }
-    let size: usize = arr.getattr("size")?.extract()?;
-    if !kinds.contains(kind.as_str()) && size > 0 {
-        let dt = arr.getattr("dtype")?.str()?;
-        return Err(PyTypeError::new_err(format!(
-            "{name} must hold {what}, got dtype {dt}"
-        )));
-    }
-    if kind == "u" && size > 0 {
-        // uint64 ids above i64::MAX would wrap on conversion: compare before it.
-        let max: u64 = arr.call_method0("max")?.extract()?;
-        if max > i64::MAX as u64 {
-            return Err(PyValueError::new_err(format!(
-                "{name} holds id {max}, out of range"
-            )));
-        }
-    }
-    np.call_method1("ascontiguousarray", (arr, dtype))
 }
 
 /// An integer argument as i64. pyo3's own conversion raises OverflowError (not a
@@ -98,17 +59,6 @@ pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize
     Ok(v as usize)
 }
 
-pub fn ids_2d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray2<'py, i64>> {
-    as_array(obj, name, 2, "iu", "int64", "integer expert ids")?.extract()
-}
-
-pub fn weights_1d<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-) -> PyResult<PyReadonlyArray1<'py, f64>> {
-    as_array(obj, name, 1, "iuf", "float64", "real numbers")?.extract()
-}
-
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -122,5 +72,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     batch::register(m)?;
     eplb::register(m)?;
     topology::register(m)?;
+    m.add_function(wrap_pyfunction!(interrupt::interrupt, m)?)?;
     Ok(())
 }

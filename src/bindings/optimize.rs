@@ -5,8 +5,9 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use super::{count_arg, weights_1d};
+use super::{count_arg, input};
 use crate::{limits, optimize};
 
 /// A placement of the table's experts on `num_gpus` GPUs, each holding exactly
@@ -47,9 +48,13 @@ fn optimize_placement(
         seconds: time_budget,
     };
     let table = table.inner.clone();
-    let placement = py.detach(|| {
-        optimize::optimize_within(&table, num_gpus, slots_per_gpu, method, seed, budget)
-    })?;
+    let run = || optimize::optimize_within(&table, num_gpus, slots_per_gpu, method, seed, budget);
+    // The baselines take microseconds: a helper thread to watch for Ctrl-C would cost more.
+    let placement = if method == "greedy" {
+        interruptible(py, run)?
+    } else {
+        py.detach(run)?
+    };
     Ok(PyPlacement {
         inner: Arc::new(placement),
     })
@@ -78,8 +83,8 @@ fn fill_free_slots(
     expert_load: &Bound<'_, PyAny>,
 ) -> PyResult<PyPlacement> {
     let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
-    let load = weights_1d(expert_load, "expert_load")?;
-    let filled = optimize::fill_free_slots(&placement.inner, slots_per_gpu, load.as_slice()?)?;
+    let load = input::reals(expert_load, "expert_load", 1)?.data;
+    let filled = optimize::fill_free_slots(&placement.inner, slots_per_gpu, &load)?;
     Ok(PyPlacement {
         inner: Arc::new(filled),
     })

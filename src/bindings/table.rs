@@ -2,14 +2,21 @@
 
 use std::sync::Arc;
 
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{as_array, count_arg, ids_2d, int_arg, weights_1d};
+use super::{count_arg, input, int_arg};
 use crate::cost;
 use crate::placement::Placement;
 use crate::table::SubsetTable;
+
+/// What `SubsetTable.__reduce__` returns: `_restore` and (rows, weights, num_experts,
+/// original_weight).
+type Reduced<'py> = (
+    Bound<'py, PyAny>,
+    (Bound<'py, PyAny>, Bound<'py, PyAny>, usize, f64),
+);
 
 /// The frequency table of co-activated expert subsets of one layer.
 #[pyclass(name = "SubsetTable", module = "moefast", frozen)]
@@ -31,19 +38,18 @@ impl PySubsetTable {
         counted: bool,
     ) -> PyResult<Self> {
         let num_experts = count_arg(num_experts, "num_experts", 1)?;
-        let ids = ids_2d(ids, name)?;
-        let k = ids.shape()[1];
+        let ids = input::ids(ids, name, 2)?;
+        let k = ids.shape[1];
         if k == 0 {
             return Err(PyValueError::new_err(format!(
                 "{name} has 0 columns: k must be at least 1"
             )));
         }
-        let weights = weights.map(|w| weights_1d(w, "weights")).transpose()?;
-        let ids = ids.as_slice()?;
-        let weights = weights.as_ref().map(|w| w.as_slice()).transpose()?;
-        let table = py.detach(|| match (counted, weights) {
-            (false, Some(w)) => SubsetTable::from_subsets(ids, k, num_experts, w),
-            _ => SubsetTable::from_topk(ids, k, num_experts, weights),
+        let weights = weights.map(|w| input::reals(w, "weights", 1)).transpose()?;
+        let (ids, weights) = (ids.data, weights.map(|w| w.data));
+        let table = py.detach(|| match (counted, weights.as_deref()) {
+            (false, Some(w)) => SubsetTable::from_subsets(&ids, k, num_experts, w),
+            (_, w) => SubsetTable::from_topk(&ids, k, num_experts, w),
         })?;
         Ok(Self::wrap(table))
     }
@@ -147,6 +153,38 @@ impl PySubsetTable {
         )
     }
 
+    /// Pickling and copying: the rows (uint16 [n, k]), weights, num_experts and the
+    /// weight of the unpruned table, rebuilt exactly by `_restore`.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Reduced<'py>> {
+        let py = slf.py();
+        let t = &slf.get().inner;
+        let rows = PyArray1::from_slice(py, t.subsets())
+            .reshape([t.len(), t.k()])?
+            .into_any();
+        let weights = PyArray1::from_slice(py, t.weights()).into_any();
+        let restore = slf.get_type().getattr("_restore")?;
+        Ok((
+            restore,
+            (rows, weights, t.num_experts(), t.original_weight()),
+        ))
+    }
+
+    #[classmethod]
+    fn _restore(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        py: Python<'_>,
+        subsets: &Bound<'_, PyAny>,
+        weights: &Bound<'_, PyAny>,
+        num_experts: &Bound<'_, PyAny>,
+        original_weight: f64,
+    ) -> PyResult<Self> {
+        let table = Self::build(py, subsets, "subsets", num_experts, Some(weights), false)?;
+        let inner = (*table.inner)
+            .clone()
+            .with_original_weight(original_weight)?;
+        Ok(Self::wrap(inner))
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "SubsetTable(subsets={}, num_experts={}, k={}, total_weight={}, coverage={:.4})",
@@ -171,11 +209,10 @@ impl PyPlacement {
     /// A placement from a bool array [num_experts, num_gpus]: True where GPU g holds expert e.
     #[new]
     fn new(replicas: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let arr = as_array(replicas, "replicas", 2, "b", "bool", "bool values")?;
-        let arr: PyReadonlyArray2<'_, bool> = arr.extract()?;
-        let (e, g) = (arr.shape()[0], arr.shape()[1]);
+        let arr = input::bools(replicas, "replicas", 2)?;
+        let (e, g) = (arr.shape[0], arr.shape[1]);
         Ok(PyPlacement {
-            inner: Arc::new(Placement::from_matrix(arr.as_slice()?, e, g)?),
+            inner: Arc::new(Placement::from_matrix(&arr.data, e, g)?),
         })
     }
 
@@ -236,6 +273,14 @@ impl PyPlacement {
                 .map(|x| x as i64)
                 .collect(),
         )
+    }
+
+    /// Pickling and copying: the bool matrix [num_experts, num_gpus].
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyAny>,))> {
+        let replicas = slf.get().replicas(slf.py())?;
+        Ok((slf.get_type().into_any(), (replicas,)))
     }
 
     /// One ascending list of GPU ids per expert.

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use numpy::{PyArray1, PyUntypedArrayMethods};
+use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::count_arg;
+use super::input;
+use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use super::{count_arg, ids_2d};
 use crate::batch::CostModel;
 use crate::topology::{Topology, Transfer};
 use crate::{topology_cost, topology_place};
@@ -97,14 +99,14 @@ fn topology_batch_time(
 ) -> PyResult<(f64, f64)> {
     let model = CostModel::new(alpha, beta, p)?;
     let t = self::topology(topology);
-    let ids = ids_2d(topk, "topk_batch")?;
-    let k = ids.shape()[1];
-    if ids.shape()[0] == 0 {
+    let ids = input::ids(topk, "topk_batch", 2)?;
+    let k = ids.shape[1];
+    if ids.shape[0] == 0 {
         return Ok((0.0, 0.0));
     }
-    let ids = ids.as_slice()?;
+    let ids = ids.data;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| topology_cost::batch_time_bounds(ids, k, &placement, model, &t))?)
+    Ok(py.detach(|| topology_cost::batch_time_bounds(&ids, k, &placement, model, &t))?)
 }
 
 /// (placement, replicas moved): `start` improved for the expected one-token time under
@@ -136,8 +138,9 @@ fn improve_placement(
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let t = self::topology(topology);
     let (table, start) = (table.inner.clone(), start.inner.clone());
-    let (p, moved) =
-        py.detach(|| topology_place::improve(&table, &start, slots, &t, round_us, limits))?;
+    let (p, moved) = interruptible(py, || {
+        topology_place::improve(&table, &start, slots, &t, round_us, limits)
+    })?;
     Ok((PyPlacement { inner: Arc::new(p) }, moved))
 }
 

@@ -51,11 +51,12 @@ impl Effort {
         self.spent.load(Ordering::Relaxed)
     }
 
-    /// True once the work budget is spent or the deadline has passed: searches stop and
-    /// keep the best layout they have.
+    /// True once the work budget is spent, the deadline has passed or a stop was requested
+    /// (Ctrl-C, `crate::cancel`): searches stop and keep the best layout they have.
     pub fn exhausted(&self) -> bool {
         self.work.is_some_and(|w| self.spent() >= w)
             || self.deadline.is_some_and(|d| Instant::now() >= d)
+            || crate::cancel::requested()
     }
 }
 

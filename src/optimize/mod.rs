@@ -89,8 +89,13 @@ pub fn optimize_within(
             problem.effort = effort::Effort::new(budget, start);
             greedy::greedy(&problem, slots_per_gpu, seed)
         }
-        "contiguous" => baselines::contiguous(&table.expert_load(), num_gpus, slots_per_gpu),
-        "round_robin" => baselines::round_robin(&table.expert_load(), num_gpus, slots_per_gpu),
+        // Loads counted exactly (`count_load`), so scaling every weight keeps every tie.
+        "contiguous" => {
+            baselines::contiguous(&crate::eplb::count_load(table), num_gpus, slots_per_gpu)
+        }
+        "round_robin" => {
+            baselines::round_robin(&crate::eplb::count_load(table), num_gpus, slots_per_gpu)
+        }
         _ => baselines::eplb(&crate::eplb::count_load(table), num_gpus, slots_per_gpu),
     };
     // The optimizers fill every slot by construction; a bug must not pass silently.

@@ -51,15 +51,19 @@ pub struct Problem<'a> {
 impl<'a> Problem<'a> {
     pub fn new(table: &'a SubsetTable, num_gpus: usize) -> Self {
         let total = table.total_weight();
-        let scale = if total > 0.0 {
-            WEIGHT_SCALE / total
-        } else {
-            0.0
-        };
+        // Each weight's share of the total first, then the fixed-point scale: 2^40 / total
+        // is inf for totals below ~1e-296 (and w * scale saturates), while w / total is in
+        // [0, 1] for any total, so scaling every weight by a constant changes nothing.
         let weights: Vec<i64> = table
             .weights()
             .iter()
-            .map(|&w| (w * scale).round() as i64)
+            .map(|&w| {
+                if total > 0.0 {
+                    ((w / total).min(1.0) * WEIGHT_SCALE).round() as i64
+                } else {
+                    0
+                }
+            })
             .collect();
         let index = table.expert_index();
         let num_experts = table.num_experts();
@@ -164,5 +168,18 @@ mod tests {
         assert_eq!(p.coactivation.weight(0, 4), 0);
         assert_eq!(p.load, vec![4 * unit, 4 * unit, 3 * unit, unit, 0]);
         assert_eq!(p.lower_bound_total(), 2 * 4 * unit);
+    }
+
+    #[test]
+    fn scaling_every_weight_keeps_the_fixed_point_weights() {
+        let ids = [0, 1, 2, 0, 1, 3, 2, 3, 1, 4];
+        let weights = [3.0, 1.0, 7.0, 2.0, 5.0];
+        let plain = SubsetTable::from_subsets(&ids, 2, 5, &weights).unwrap();
+        let expected = Problem::new(&plain, 2).weights;
+        for scale in [1e-300, 1e-305, 1e300, 1e-3, 3.0] {
+            let scaled: Vec<f64> = weights.iter().map(|w| w * scale).collect();
+            let t = SubsetTable::from_subsets(&ids, 2, 5, &scaled).unwrap();
+            assert_eq!(Problem::new(&t, 2).weights, expected, "scale {scale}");
+        }
     }
 }

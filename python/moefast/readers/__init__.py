@@ -127,10 +127,9 @@ def read_expert_load(
 
         return read_trtllm_load(path, num_experts)
     if fmt == "npy":
-        try:
-            load = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise malformed(path, f"not a readable .npy file ({err})") from err
+        from moefast.readers._loading import load_npy
+
+        load = load_npy(path)
         if load.ndim == 1:
             load = load[None, :]
         if load.ndim != 2 or load.dtype.kind not in "iuf":

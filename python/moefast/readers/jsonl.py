@@ -9,7 +9,6 @@ dropped with a warning that counts them.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,63 +16,70 @@ from pathlib import Path
 import numpy as np
 
 from moefast.readers._errors import malformed
+from moefast.readers._loading import expert_ids, parse_json
 from moefast.trace import MAX_EXPERTS, Trace
+from moefast.validation import MAX_LAYERS, check_int
 
 
-def _int_field(record: dict, name: str, path: Path, line: int) -> int:
+def _int_field(record: dict, name: str, path: Path, line: int, low: int, high: int) -> int:
     value = record.get(name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise malformed(path, f"'{name}' must be an integer, got {value!r}", line)
+    if not low <= value < high:
+        raise malformed(path, f"'{name}' = {value} out of range [{low}, {high})", line)
     return value
 
 
+def _request(record: dict, path: Path, line: int) -> tuple[int, int | str]:
+    """A sortable key of the optional ``request_id``: 1 and "1" (or null and "None") are
+    different requests, not one."""
+    value = record.get("request_id")
+    if value is None:
+        return (0, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise malformed(path, f"'request_id' must be an integer or a string, got {value!r}", line)
+    return (1, value) if isinstance(value, int) else (2, value)
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The file's non-blank lines and their numbers; ValueError naming the file if it cannot
-    be read (errors of the caller's, raised while the file is open, pass through)."""
+    """The file's non-blank lines and their numbers; ValueError naming the file (and the
+    line that is not UTF-8) if it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            yield from ((n, text) for n, text in enumerate(handle, start=1) if text.strip())
-    except (OSError, UnicodeDecodeError) as err:
-        raise malformed(path, f"cannot read ({err})") from err
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as err:
+        raise malformed(path, f"cannot read ({err.strerror or err})") from err
+    with handle:
+        for n, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise malformed(
+                    path, f"not UTF-8 text (byte {err.start}: {err.reason})", n
+                ) from err
+            if text.strip():
+                yield n, text
 
 
 def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
     """``num_experts`` defaults to the largest id seen plus one."""
+    if num_experts is not None:
+        num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
     rows: dict[tuple, dict[int, list[int]]] = {}
     k = None
     has_request_ids = False
     for line_no, text in _lines(path):
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise malformed(path, f"not JSON ({err.msg})", line_no) from err
+        record = parse_json(text, path, line_no)
         if not isinstance(record, dict):
             raise malformed(path, "a record must be a JSON object", line_no)
-        layer = _int_field(record, "layer", path, line_no)
-        token = _int_field(record, "token_idx", path, line_no)
-        experts = record.get("experts")
-        if (
-            not isinstance(experts, list)
-            or not experts
-            or not all(isinstance(e, int) and not isinstance(e, bool) for e in experts)
-        ):
-            raise malformed(
-                path, f"'experts' must be a list of integer ids, got {experts!r}", line_no
-            )
+        layer = _int_field(record, "layer", path, line_no, 0, MAX_LAYERS)
+        token = _int_field(record, "token_idx", path, line_no, -(2**63), 2**63)
+        experts = expert_ids(record.get("experts"), path, "'experts'", line_no)
         if k is None:
             k = len(experts)
         elif len(experts) != k:
             raise malformed(path, f"{len(experts)} experts where earlier records have {k}", line_no)
-        if min(experts) < 0:
-            raise malformed(path, f"negative expert id in {experts}", line_no)
-        if max(experts) >= MAX_EXPERTS:  # and so beyond int64 ids fail here, not in numpy
-            raise malformed(
-                path, f"expert id {max(experts)} out of range [0, {MAX_EXPERTS})", line_no
-            )
-        if len(set(experts)) != len(experts):
-            raise malformed(path, f"an expert appears twice in {experts}", line_no)
         has_request_ids = has_request_ids or "request_id" in record
-        key = (str(record.get("request_id", "")), token)
+        key = (*_request(record, path, line_no), token)
         layers = rows.setdefault(key, {})
         if layer in layers:
             raise malformed(path, f"a second record for token {token} at layer {layer}", line_no)
@@ -99,7 +105,10 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
         raise malformed(path, f"expert id {seen - 1} out of range for num_experts = {num_experts}")
     request_ids = None
     if has_request_ids:
-        names = sorted({key[0] for key in complete})
+        names = sorted({key[:2] for key in complete})
         number = {name: i for i, name in enumerate(names)}
-        request_ids = np.array([number[key[0]] for key in complete], dtype=np.int64)
-    return Trace(topk, num_experts, layer_ids, request_ids=request_ids)
+        request_ids = np.array([number[key[:2]] for key in complete], dtype=np.int64)
+    try:
+        return Trace(topk, num_experts, layer_ids, request_ids=request_ids)
+    except (ValueError, TypeError) as err:
+        raise malformed(path, str(err)) from err

@@ -4,21 +4,15 @@ written before request ids existed simply lack the array)."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from moefast.readers._errors import malformed
+from moefast.readers._loading import load_npz
 from moefast.trace import Trace
 
 
 def read_npz_trace(path: Path) -> Trace:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise malformed(path, f"not a readable .npz file ({err})") from err
+    arrays = load_npz(path)
     for name in ("topk", "num_experts"):
         if name not in arrays:
             raise malformed(path, f"no '{name}' array (holds {sorted(arrays)})")
@@ -26,11 +20,13 @@ def read_npz_trace(path: Path) -> Trace:
     if num_experts.size != 1 or num_experts.dtype.kind not in "iu":
         raise malformed(path, f"'num_experts' must be one integer, got {num_experts!r}")
     layer_ids = arrays.get("layer_ids")
+    if layer_ids is not None and layer_ids.size and layer_ids.dtype.kind not in "iu":
+        raise malformed(path, f"'layer_ids' must hold integers, got {layer_ids.dtype} values")
     try:
         return Trace(
             arrays["topk"],
-            int(num_experts.reshape(())),
-            [] if layer_ids is None else [int(x) for x in np.ravel(layer_ids)],
+            num_experts.reshape(()).item(),
+            [] if layer_ids is None else layer_ids.ravel().tolist(),
             arrays.get("weights"),
             arrays.get("request_ids"),
         )

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from moefast.readers._errors import malformed, require
-from moefast.readers._loading import read_json, to_numpy
-from moefast.trace import Trace
+from moefast.readers._loading import int_array, read_json, to_numpy
+from moefast.trace import MAX_EXPERTS, Trace
+from moefast.validation import check_field_int, check_int
 
 
 def _valid_rows(ids: np.ndarray) -> np.ndarray:
@@ -74,15 +75,20 @@ def trace_from_sglang_per_token(
         if not isinstance(dump, Mapping) or "records" not in dump:
             raise malformed(path, f"dump {d} has no 'records': is it a per_token dump?")
         p2l = dump.get("last_physical_to_logical_map")
-        p2l = (
-            None
-            if p2l is None
-            else to_numpy(p2l, path, "last_physical_to_logical_map").astype(np.int64)
-        )
-        for r, record in enumerate(dump["records"]):
-            if "topk_ids_of_layer" not in record:
+        p2l = None if p2l is None else int_array(p2l, path, "last_physical_to_logical_map")
+        if p2l is not None and p2l.size and (p2l.min() < 0 or p2l.max() >= MAX_EXPERTS):
+            raise malformed(
+                path,
+                f"dump {d}: last_physical_to_logical_map holds expert"
+                f" {p2l.min() if p2l.min() < 0 else p2l.max()}, out of range [0, {MAX_EXPERTS})",
+            )
+        records = dump["records"]
+        if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+            raise malformed(path, f"dump {d}: 'records' must be a list")
+        for r, record in enumerate(records):
+            if not isinstance(record, Mapping) or "topk_ids_of_layer" not in record:
                 raise malformed(path, f"dump {d} record {r} has no 'topk_ids_of_layer'")
-            ids = to_numpy(record["topk_ids_of_layer"], path, "topk_ids_of_layer").astype(np.int64)
+            ids = int_array(record["topk_ids_of_layer"], path, "topk_ids_of_layer")
             if ids.ndim != 3:
                 raise malformed(
                     path,
@@ -107,7 +113,10 @@ def trace_from_sglang_per_token(
                 ids = np.where(ids >= 0, p2l[layer_index, np.maximum(ids, 0)], -1)
             key = record.get("forward_pass_id")
             if key is not None:
-                twins = seen.setdefault(int(key), [])
+                if hasattr(key, "item"):  # a one-value tensor or array
+                    key = key.item()
+                key = check_field_int(path, f"dump {d} record {r}: forward_pass_id", key)
+                twins = seen.setdefault(key, [])
                 if any(t.shape == ids.shape and np.array_equal(t, ids) for t in twins):
                     continue
                 twins.append(ids)
@@ -149,12 +158,17 @@ def trace_from_sglang_per_token(
     highest = int(topk.max()) + 1
     if num_experts is None:
         num_experts = int(p2l.max()) + 1 if p2l is not None else highest
+    else:
+        num_experts = check_int("num_experts", num_experts, 1, MAX_EXPERTS)
     if highest > num_experts:
         raise malformed(
             path, f"expert id {highest - 1} out of range for num_experts = {num_experts}"
         )
     request_ids = np.concatenate(runs)[keep]
-    return Trace(topk, num_experts, [int(x) for x in moe_layers], request_ids=request_ids)
+    try:
+        return Trace(topk, num_experts, [int(x) for x in moe_layers], request_ids=request_ids)
+    except (ValueError, TypeError) as err:
+        raise malformed(path, str(err)) from err
 
 
 def expert_load_from_logical_count(

@@ -16,17 +16,20 @@ import numpy as np
 
 from moefast.readers._errors import malformed, require
 from moefast.readers._loading import read_json, to_numpy
-from moefast.trace import Trace
+from moefast.trace import MAX_EXPERTS, Trace
+from moefast.validation import MAX_LAYERS, check_field_int
 
-_KEY = re.compile(r"^(\d+)_(\d+)$")
+# ASCII digits, few enough that the numbers are bounded before int() reads them.
+_KEY = re.compile(r"([0-9]{1,12})_([0-9]{1,9})")
+_RANK = re.compile(r"rank([0-9]{1,9})")
 
 
 def _meta_experts(meta: Mapping, path: Path, model_experts: int | None) -> int:
-    num_experts = meta.get("num_experts")
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise malformed(
-            path, f"meta_info.json: 'num_experts' must be a positive integer, got {num_experts!r}"
-        )
+    if not isinstance(meta, Mapping):
+        raise malformed(path, "meta_info.json must hold a JSON object")
+    num_experts = check_field_int(
+        path / "meta_info.json", "num_experts", meta.get("num_experts"), 1, MAX_EXPERTS
+    )
     if model_experts is not None and num_experts != model_experts:
         raise malformed(
             path,
@@ -50,7 +53,7 @@ def expert_load_from_trtllm(
     totals: dict[int, np.ndarray] = {}
     for r, tensors in enumerate(ranks):
         for key, value in tensors.items():
-            match = _KEY.match(key)
+            match = _KEY.fullmatch(key)
             if not match:
                 raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
             counts = to_numpy(value, path, key).astype(np.float64).ravel()
@@ -59,6 +62,8 @@ def expert_load_from_trtllm(
                     path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts"
                 )
             layer = int(match.group(2))
+            if layer >= MAX_LAYERS:
+                raise malformed(path, f"rank {r}: key '{key}' names layer {layer} >= {MAX_LAYERS}")
             totals[layer] = totals.get(layer, 0) + counts
     if not totals:
         raise malformed(path, "no statistics in any rank file")
@@ -67,8 +72,10 @@ def expert_load_from_trtllm(
 
 
 def _rank_files(path: Path, raw: bool) -> list[Path]:
-    pattern = re.compile(r"^rank(\d+)_raw\.safetensors$" if raw else r"^rank(\d+)\.safetensors$")
-    found = [(int(m.group(1)), f) for f in path.iterdir() if (m := pattern.match(f.name))]
+    pattern = re.compile(
+        r"rank([0-9]{1,9})_raw\.safetensors" if raw else r"rank([0-9]{1,9})\.safetensors"
+    )
+    found = [(int(m.group(1)), f) for f in path.iterdir() if (m := pattern.fullmatch(f.name))]
     return [f for _, f in sorted(found)]
 
 
