@@ -1,4 +1,5 @@
-"""The ``moefast`` command: demo, plan, evaluate, inspect, synth and simulate subcommands."""
+"""The ``moefast`` command: demo, plan, evaluate, inspect, synth, convert and simulate
+subcommands."""
 
 from __future__ import annotations
 
@@ -336,6 +337,15 @@ def _trace_format_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_convert(args) -> int:
+    from moefast.streaming import convert
+
+    options = {"format": args.trace_format} if args.trace_format else {}
+    tokens = convert(args.trace, args.out, chunk_tokens=args.chunk_tokens, **options)
+    print(f"{tokens} tokens written to {args.out} (Arrow IPC, {args.chunk_tokens} tokens a batch)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moefast", description="Co-activation-aware placement of MoE experts on GPUs."
@@ -443,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser(
+        "convert",
+        help="write traces as one chunked Arrow trace",
+        description="Reads one or more traces (any format, or folders of shards) chunk by chunk"
+        " and writes them as one moefast Arrow IPC trace, read later without loading it whole"
+        " (needs pyarrow: pip install 'moefast[arrow]').",
+    )
+    p.add_argument("trace", nargs="+", help="trace files or folders, all of one model")
+    p.add_argument("--out", required=True, help="Arrow trace to write (.arrow)")
+    p.add_argument(
+        "--chunk-tokens", type=int, default=1 << 16, help="tokens per record batch (65536)"
+    )
+    _trace_format_option(p)
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser(
         "simulate",

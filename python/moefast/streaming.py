@@ -174,6 +174,18 @@ class ArrowTrace:
         )
 
 
+def read_arrow_trace(path: PathLike) -> Trace:
+    """A whole Arrow trace in memory (`iter_trace` reads it chunk by chunk)."""
+    arrow = ArrowTrace.open(path)
+    chunks = [arrow.batch_trace(b) for b in range(arrow.num_batches)]
+    if not chunks:
+        raise ValueError(f"{path}: the trace holds no tokens")
+    weights = None if not arrow.weighted else np.concatenate([c.weights for c in chunks])
+    return Trace(
+        np.concatenate([c.topk for c in chunks]), arrow.num_experts, arrow.layer_ids, weights
+    )
+
+
 def write_arrow_trace(
     path: PathLike, chunks: Iterator[Trace], *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 ) -> int:
@@ -279,6 +291,8 @@ def iter_file(path: Path, chunk_tokens: int, **options) -> Iterator[Trace]:
         return
     from moefast.trace import load_trace
 
+    if "format" not in options and path.suffix.lower() == ".arrow":
+        options["format"] = "arrow"
     # Other formats are read a file at a time: a shard's size bounds the memory.
     yield from _slices(load_trace(path, **options), chunk_tokens)
 

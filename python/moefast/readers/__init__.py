@@ -16,7 +16,7 @@ import numpy as np
 from moefast.readers._errors import malformed
 from moefast.trace import Trace
 
-TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint")
+TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "arrow")
 LOAD_FORMATS = ("logical_count", "sglang-stat", "trtllm", "npy", "trace")
 
 
@@ -42,6 +42,8 @@ def guess_trace_format(path: Path) -> str:
         return "jsonl"
     if suffix == ".pt":
         return "sglang"
+    if suffix in (".arrow", ".ipc"):
+        return "arrow"
     if suffix == ".json":
         head = _json_head(path)
         if '"logical_count"' in head:
@@ -54,8 +56,10 @@ def guess_trace_format(path: Path) -> str:
             return "jsonl"
         return "fingerprint"
     with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"PK":
+        magic = f.read(6)
+    if magic == b"ARROW1":
+        return "arrow"
+    if magic[:2] == b"PK":
         return "npz"
     if magic[:1] == b"{":
         return "jsonl"
@@ -84,6 +88,12 @@ def read_trace(path: Path, format: str | None = None, **options) -> Trace:
         from moefast.readers.fingerprint import read_fingerprint_trace
 
         return read_fingerprint_trace(path, **options)
+    if fmt == "arrow":
+        from moefast.streaming import read_arrow_trace
+
+        if options:
+            raise TypeError(f"the arrow reader takes no options, got {sorted(options)}")
+        return read_arrow_trace(path)
     raise ValueError(f"unknown trace format {fmt!r}; known: {TRACE_FORMATS}")
 
 
