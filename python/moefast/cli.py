@@ -123,9 +123,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _streaming(args) -> bool:
+    """Many files, a chunk size, workers, or an Arrow trace: plan by streaming."""
+    from moefast.streaming import is_arrow_trace
+
+    return (
+        len(args.trace) > 1
+        or args.chunk_tokens is not None
+        or args.ray is not None
+        or args.workers is not None
+        or is_arrow_trace(Path(args.trace[0]))
+    )
+
+
 def cmd_plan(args) -> int:
-    trace = load_trace(args.trace, args.trace_format)
-    model = _run_plan(trace, args, f"moefast plan: {Path(args.trace).name}", args.report)
+    if _streaming(args):
+        from moefast.distributed import plan_files_cli
+
+        model = plan_files_cli(args, _cost_model)
+    else:
+        trace = load_trace(args.trace[0], args.trace_format)
+        model = _run_plan(trace, args, f"moefast plan: {Path(args.trace[0]).name}", args.report)
     options = {"num_layers": args.num_layers} if args.format == "sglang" and args.num_layers else {}
     model.save(args.out, args.format, **options)
     print(f"placement ({args.format}): {args.out}")
@@ -373,9 +391,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Computes a placement of every MoE layer and writes it for an engine.",
     )
     p.add_argument(
-        "trace", help="routing trace (.npz, .jsonl, SGLang per_token .pt or folder, ...)"
+        "trace",
+        nargs="+",
+        help="routing trace(s) (.npz, .jsonl, .arrow, SGLang per_token .pt or folder, folders of"
+        " shards); several files, --chunk-tokens, --workers or --ray plan by streaming",
     )
     _placement_options(p)
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="read the traces this many tokens at a time (memory holds the tables, not the trace)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="count files and plan layers in this many local processes",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="count and plan on a Ray cluster: 'local', 'auto' or ray://HOST:10001"
+        " (pip install 'moefast[ray]')",
+    )
     p.add_argument(
         "--format",
         default="sglang",

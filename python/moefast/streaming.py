@@ -360,13 +360,19 @@ class TraceShape:
 
 
 def _layer_chunks(
-    path: Path, positions: Sequence[int], chunk_tokens: int, **options
+    path: Path,
+    positions: Sequence[int],
+    chunk_tokens: int,
+    batches: tuple[int, int] | None = None,
+    **options,
 ) -> Iterator[tuple[list[np.ndarray], np.ndarray | None, TraceShape]]:
-    """Per chunk of a file: the ids of the layers at ``positions``, the weights, the shape."""
+    """Per chunk of a file: the ids of the layers at ``positions``, the weights, the shape.
+    ``batches`` (start, stop) limits an Arrow file to those record batches."""
     if is_arrow_trace(path):
         arrow = ArrowTrace.open(path)
         shape = TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
-        for b in range(arrow.num_batches):
+        start, stop = (0, arrow.num_batches) if batches is None else batches
+        for b in range(start, min(stop, arrow.num_batches)):
             # Only the asked layers' bytes are touched.
             yield [arrow.batch_layer(b, p) for p in positions], arrow.batch_weights(b), shape
         return
@@ -386,19 +392,31 @@ def trace_shape(path: Path, **options) -> TraceShape:
 
 
 def count_file(
-    path: Path, positions: Sequence[int], chunk_tokens: int, shape: TraceShape, **options
+    path: Path,
+    positions: Sequence[int],
+    chunk_tokens: int,
+    shape: TraceShape,
+    batches: tuple[int, int] | None = None,
+    **options,
 ) -> list[SubsetTable]:
-    """One table per layer position of one file, counted chunk by chunk."""
+    """One table per layer position of one file (or of its record ``batches``), counted
+    chunk by chunk. Bad ids raise a ValueError naming the file."""
     builders = [SubsetTableBuilder(shape.num_experts) for _ in positions]
-    for ids, weights, got in _layer_chunks(path, positions, chunk_tokens, **options):
+    chunks = _layer_chunks(path, positions, chunk_tokens, batches, **options)
+    for ids, weights, got in chunks:
         if (got.num_experts, got.layer_ids, got.k) != (shape.num_experts, shape.layer_ids, shape.k):
             raise ValueError(
                 f"{path}: num_experts {got.num_experts}, layers {got.layer_ids}, k {got.k}"
                 f" differ from the first file's {shape.num_experts}, {shape.layer_ids},"
                 f" {shape.k}: all files must come from one model"
             )
-        for builder, layer in zip(builders, ids, strict=True):
-            builder.add(layer, weights)
+        for p, builder, layer in zip(positions, builders, ids, strict=True):
+            try:
+                builder.add(layer, weights)
+            except ValueError as err:
+                raise ValueError(f"{path}, layer {shape.layer_ids[p]}: {err}") from err
+    if not builders[0].tokens:
+        raise ValueError(f"{path}: the trace holds no tokens")
     return [b.finish() for b in builders]
 
 
