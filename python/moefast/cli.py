@@ -125,14 +125,15 @@ def cmd_demo(args) -> int:
 
 def _streaming(args) -> bool:
     """Many files, a chunk size, workers, or an Arrow trace: plan by streaming."""
-    from moefast.streaming import is_arrow_trace
+    from moefast.streaming import is_arrow_trace, trace_files
 
+    files = trace_files(args.trace)
     return (
-        len(args.trace) > 1
+        len(files) > 1
         or args.chunk_tokens is not None
         or args.ray is not None
         or args.workers is not None
-        or is_arrow_trace(Path(args.trace[0]))
+        or is_arrow_trace(files[0])
     )
 
 

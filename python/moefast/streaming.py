@@ -381,8 +381,9 @@ def _layer_chunks(
         yield [chunk.topk[:, p, :] for p in positions], chunk.weights, shape
 
 
-def trace_shape(path: Path, **options) -> TraceShape:
+def trace_shape(path: PathLike, **options) -> TraceShape:
     """num_experts, layer ids and k of a trace file (for Arrow, from the metadata only)."""
+    path = Path(path)
     if is_arrow_trace(path):
         arrow = ArrowTrace.open(path)
         return TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
