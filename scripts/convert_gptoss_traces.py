@@ -26,12 +26,19 @@ def token_rows(example: dict) -> list[list[list[int]]]:
 
 def main(source: Path, out: Path) -> None:
     rows: list[list[list[int]]] = []
-    for path in sorted((source / "examples").glob("*.json")):
-        rows.extend(token_rows(json.loads(path.read_text())))
+    answers: list[int] = []
+    for answer, path in enumerate(sorted((source / "examples").glob("*.json"))):
+        tokens = token_rows(json.loads(path.read_text()))
+        rows.extend(tokens)
+        answers.extend([answer] * len(tokens))
     topk = np.asarray(rows, dtype=np.int16)
     assert topk.shape[1:] == (NUM_LAYERS, 4) and topk.min() >= 0 and topk.max() < NUM_EXPERTS
     np.savez_compressed(
-        out, topk=topk, num_experts=np.int64(NUM_EXPERTS), layer_ids=np.arange(NUM_LAYERS)
+        out,
+        topk=topk,
+        num_experts=np.int64(NUM_EXPERTS),
+        layer_ids=np.arange(NUM_LAYERS),
+        request_ids=np.asarray(answers, dtype=np.int16),  # which answer each token is from
     )
     print(f"wrote {out}: {topk.shape[0]} tokens x {NUM_LAYERS} layers x top-4")
 

@@ -138,14 +138,24 @@ def test_plan_end_to_end(tmp_path, capsys):
     p2l = np.array(json.loads(out.read_text())["physical_to_logical_map"])
     for layer, p in enumerate(placement):
         assert all(p.replicas[e, slot // 10] for slot, e in enumerate(p2l[layer]))
-    for name in ("report.md", "coactivation.png", "layer_costs.png", "slot_sweep.png"):
+    for name in (
+        "report.md",
+        "coactivation.png",
+        "layer_costs.png",
+        "slot_sweep.png",
+        "learning_curve.png",
+    ):
         assert (report_dir / name).stat().st_size > 0
     printed = capsys.readouterr().out
-    trace = load_trace(GPTOSS20B_DECODE)
+    # 645 tokens: the last 20% are held out, and the printed figures are scored on them.
+    assert "held-out expected cost per layer" in printed
+    assert "129 held-out tokens" in printed
+    _, test = load_trace(GPTOSS20B_DECODE).split(0.2, by="time")
     row = next(line for line in printed.splitlines() if line.split()[:1] == ["0"]).split()
     assert float(row[4]) == pytest.approx(
-        moefast.expected_cost(trace.table(0), placement[0]), abs=5e-4
+        moefast.expected_cost(test.table(0), placement[0]), abs=5e-4
     )
+    assert "Held-out gain" in (report_dir / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -156,6 +166,8 @@ def test_plan_end_to_end(tmp_path, capsys):
         (["--coverage", "nan"], "coverage must be in (0, 1], got nan"),
         # A traceback with OverflowError before.
         (["--gpus", "99999999999999999999"], "num_gpus must be at most 1024"),
+        (["--time-budget", "-1"], "time_budget must be finite and non-negative"),
+        (["--work-budget", "-5"], "work_budget must be at least 0"),
     ],
 )
 def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
@@ -169,6 +181,17 @@ def test_plan_refuses_out_of_range_options(tmp_path, capsys, extra, message):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_plan_work_budget_is_deterministic(tmp_path):
+    def run(name: str, *extra: str) -> str:
+        out = tmp_path / name
+        args = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10", "--out", str(out)]
+        assert main([*args, *extra]) == 0
+        return out.read_text()
+
+    assert run("a.json", "--work-budget", "20000") == run("b.json", "--work-budget", "20000")
+    assert json.loads(run("c.json", "--time-budget", "0"))["physical_to_logical_map"]
+
+
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
@@ -180,6 +203,28 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "report.md").exists()
     model = ModelPlacement.load(tmp_path / "demo" / "placement.json")
     assert len(model) == 24 and model.num_gpus == 4
+    # The headline is held out by answer, with its interval; the written placement's own
+    # figures are labelled in-sample, in the file too.
+    headline = next(line for line in out.splitlines() if line.startswith("headline:"))
+    assert "held-out" in headline and "95% interval" in headline
+    assert "each request scored by placements planned on the other requests" in headline
+    assert model.settings["cost_basis"] == "in-sample"
+
+
+def test_evaluate_windows_prints_drift(tmp_path, capsys):
+    trace = load_trace(GPTOSS20B_DECODE).select_layers([0, 1])
+    trace.save(tmp_path / "t.npz")
+    model = moefast.plan(trace, 4, 10, holdout=0)
+    model.save(tmp_path / "p.json", "json")
+    assert (
+        main(["evaluate", str(tmp_path / "t.npz"), str(tmp_path / "p.json"), "--windows", "3"]) == 0
+    )
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert len(rows) == 3
+    part = trace.select_tokens(slice(215, 430))
+    assert float(rows[1][2]) == pytest.approx(model.evaluate(part).sum(), abs=5e-4)
+    assert "held-out" in out and "in-sample" in out
 
 
 def test_parser_defaults():

@@ -14,7 +14,8 @@ def trace() -> mf.Trace:
 
 
 def test_plan_of_a_trace_is_optimize_on_each_pruned_layer(trace):
-    model = mf.plan(trace, GPUS, SLOTS, coverage=0.9, seed=2, progress=False)
+    # holdout=0: planned and scored on every token (held-out planning: tests/test_heldout.py).
+    model = mf.plan(trace, GPUS, SLOTS, coverage=0.9, seed=2, progress=False, holdout=0)
     assert model.layer_ids == [3, 7, 11] and model.slots_per_gpu == SLOTS
     for layer, table in enumerate(trace.tables()):
         want = mf.optimize(table.prune(coverage=0.9), GPUS, SLOTS, seed=2)
@@ -22,13 +23,19 @@ def test_plan_of_a_trace_is_optimize_on_each_pruned_layer(trace):
         # Costs are evaluated on the full table, not the pruned one.
         assert model.layer_costs[layer] == pytest.approx(mf.expected_cost(table, want))
         assert model.lower_bounds[layer] == mf.lower_bound(table, GPUS)
-    assert model.settings == {"method": "greedy", "coverage": 0.9, "seed": 2, "num_gpus": GPUS}
+    assert model.settings["cost_basis"] == "in-sample"
+    assert {k: model.settings[k] for k in ("method", "coverage", "seed", "num_gpus")} == {
+        "method": "greedy",
+        "coverage": 0.9,
+        "seed": 2,
+        "num_gpus": GPUS,
+    }
 
 
 def test_plan_of_tables_numbers_layers_from_zero(trace):
     tables = trace.tables()
     by_tables = mf.plan(tables, GPUS, SLOTS, method="eplb", coverage=1, progress=False)
-    by_trace = mf.plan(trace, GPUS, SLOTS, method="eplb", coverage=1, progress=False)
+    by_trace = mf.plan(trace, GPUS, SLOTS, method="eplb", coverage=1, progress=False, holdout=0)
     assert by_tables.layer_ids == [0, 1, 2]
     assert list(by_tables) == list(by_trace)
     assert mf.plan(tuple(tables), GPUS, SLOTS, progress=False).layer_ids == [0, 1, 2]
@@ -76,7 +83,14 @@ def test_batch_objective_is_recorded(trace):
     cm = mf.CostModel(130.0, 0.5)
     small = trace.select_layers([0])
     model = mf.plan(
-        small, GPUS, SLOTS, objective="batch", batch_size=8, cost_model=cm, progress=False
+        small,
+        GPUS,
+        SLOTS,
+        objective="batch",
+        batch_size=8,
+        cost_model=cm,
+        progress=False,
+        holdout=0,
     )
     table = small.table(0)
     assert model[0] == mf.optimize(

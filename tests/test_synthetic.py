@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from moefast import SubsetTable
+from moefast.coactivation import top_pairs
 from moefast.readers import load_expert_load
-from moefast.report import top_pairs
 from moefast.synthetic import synthetic_topk, synthetic_trace
 from shared_data import DEEPSEEK_DECODE_LOAD as DEEPSEEK
 from shared_data import OLMOE_C4_LOAD, needs_deepseek_statistics

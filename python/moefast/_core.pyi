@@ -115,9 +115,12 @@ def optimize_placement(
     slots_per_gpu: int,
     method: str = "greedy",
     seed: int | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> Placement:
     """Greedy or a baseline ("contiguous", "round_robin", "eplb") placement filling every slot;
-    `seed` None is seed 0."""
+    `seed` None is seed 0. The greedy's searches stop at `time_budget` seconds or after
+    `work_budget` rows read (deterministic); a complete placement is always built."""
 
 def check_memory(num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
     """Raises ValueError unless `num_gpus` GPUs of `slots_per_gpu` slots hold `num_experts`

@@ -7,16 +7,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 import moefast
-from moefast import report
+from moefast import report, text_tables
+from moefast._core import expected_cost, lower_bound
+from moefast.coactivation import hottest_layer, top_pairs
+from moefast.comparison import BASELINES, Comparison
+from moefast.drift import drift_windows
 from moefast.formats import PLACEMENT_FORMATS, load_placement
+from moefast.heldout import cross_validated, default_split_by
+from moefast.learning_curve import learning_curve
 from moefast.model import ModelPlacement
-from moefast.optimizers import check_memory
+from moefast.optimizers import check_memory, optimize
+from moefast.planner import ESTIMATOR_CHOICES, plan_layers
 from moefast.progress import progress
 from moefast.readers import TRACE_FORMATS, load_expert_load
+from moefast.selection import Estimator
+from moefast.slot_sweep import default_slots, slot_sweep
+from moefast.splits import SPLIT_BY, fold_positions, split_positions
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
 
@@ -30,8 +41,14 @@ def _plan(
     seed: int,
     batch_size: int | None = None,
     cost_model: moefast.CostModel | None = None,
+    holdout: float | None = None,
+    split_by: Literal["time", "request"] | None = None,
+    estimator: Literal["plain", "auto"] = "plain",
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> ModelPlacement:
-    """Plans for decode, or for batches of `batch_size` tokens when it is given."""
+    """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
+    unless `holdout` is given."""
     return moefast.plan(
         trace,
         gpus,
@@ -42,6 +59,11 @@ def _plan(
         objective="decode" if batch_size is None else "batch",
         batch_size=batch_size,
         cost_model=cost_model,
+        holdout=holdout,
+        split_by=split_by,
+        estimator=estimator,
+        time_budget=time_budget,
+        work_budget=work_budget,
     )
 
 
@@ -49,60 +71,108 @@ def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
     check_memory(trace.num_experts, gpus, slots)
 
 
+def _print_comparison(comparison: Comparison, gpus: int, slots: int) -> None:
+    print(text_tables.comparison_title(comparison, gpus, slots))
+    print(text_tables.format_table(*text_tables.comparison_rows(comparison)))
+    if comparison.baselines:
+        print(comparison.headline())
+
+
 def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPlacement:
-    """Plan, print the per-layer comparison with the baselines, write the report if asked."""
+    """Plan, print the per-layer comparison with the baselines (held-out when the trace is
+    large enough), write the report if asked."""
     _check_memory(trace, args.gpus, args.slots)
     batch_size = getattr(args, "batch_size", None) or None
     cost_model = _cost_model(args) if batch_size is not None else None
     model = _plan(
-        trace, args.gpus, args.slots, args.method, args.coverage, args.seed, batch_size, cost_model
-    )
-    tables = trace.tables()
-    comparison = report.compare_methods(
-        tables,
-        trace.layer_ids,
+        trace,
         args.gpus,
         args.slots,
-        main={args.method: model.placements},
-        seed=args.seed,
+        args.method,
+        args.coverage,
+        args.seed,
+        batch_size,
+        cost_model,
+        holdout=args.holdout,
+        split_by=args.split_by,
+        estimator=args.estimator,
+        time_budget=getattr(args, "time_budget", None),
+        work_budget=getattr(args, "work_budget", None),
     )
-    header, rows = report.comparison_rows(comparison)
-    print(
-        f"expected cost per layer (expert rounds per token), {args.gpus} GPUs x {args.slots} slots:"
-    )
-    print(report.format_table(header, rows))
+    comparison = model.evaluation
+    assert comparison is not None
+    _print_comparison(comparison, args.gpus, args.slots)
+    print(f"estimator: {model.settings['estimator']}")
     if report_dir is not None:
-        sweep = (
-            None
-            if args.no_sweep
-            else report.slot_sweep(
-                tables,
-                args.gpus,
-                tuple(dict.fromkeys((args.method, *report.BASELINES))),
-                coverage=args.coverage,
-                seed=args.seed,
-            )
-        )
-        hottest = report.hottest_layer(tables)
-        facts = {
-            "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers,"
-            f" top-{trace.k} of {trace.num_experts} experts",
-            "GPUs": args.gpus,
-            "slots per GPU": args.slots,
-            "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens,"
-            f" seed {args.seed})",
-        }
-        path = report.write_report(
-            report_dir,
-            title,
-            facts,
-            comparison,
-            (tables[hottest], trace.layer_ids[hottest]),
-            sweep,
-            args.gpus,
-        )
-        print(f"report: {path}")
+        folds: list[tuple[np.ndarray, np.ndarray]] = []
+        # The learning curve replans with the decode greedy: not for batch-aware plans.
+        if comparison.basis == "held-out" and batch_size is None:
+            by = args.split_by or default_split_by(trace)
+            folds = [split_positions(trace, args.holdout, by, args.seed)]
+        _write_report(trace, args, title, report_dir, comparison, folds, model)
     return model
+
+
+def _write_report(
+    trace: Trace,
+    args,
+    title: str,
+    report_dir: Path,
+    comparison: Comparison,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    model: ModelPlacement,
+) -> None:
+    """The Markdown report: held-out costs, learning curve and slot sweep on the first fold."""
+    tables = trace.tables()
+    curve = None
+    sweep, sweep_note = None, "in-sample: planned and scored on all tokens"
+    estimator = Estimator(0.0, args.coverage)
+
+    def planner(layer_tables) -> list:
+        return plan_layers(layer_tables, args.gpus, args.slots, args.method, estimator, args.seed)
+
+    if folds:
+        curve = learning_curve(trace, folds, planner, args.gpus, args.slots, args.method, args.seed)
+        print(curve.sentence())
+    if not args.no_sweep:
+        train_tables, score_tables = tables, None
+        if folds:
+            train_at, test_at = folds[0]
+            train_tables = trace.select_tokens(train_at).tables()
+            score_tables = trace.select_tokens(test_at).tables()
+            sweep_note = (
+                f"held-out: planned on {len(train_at)} tokens, scored on {len(test_at)} others"
+            )
+        sweep = slot_sweep(
+            train_tables,
+            args.gpus,
+            tuple(dict.fromkeys((args.method, *BASELINES))),
+            coverage=args.coverage,
+            seed=args.seed,
+            score_tables=score_tables,
+        )
+    hottest = hottest_layer(tables)
+    facts = {
+        "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers,"
+        f" top-{trace.k} of {trace.num_experts} experts",
+        "GPUs": args.gpus,
+        "slots per GPU": args.slots,
+        "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens,"
+        f" seed {args.seed})",
+        "estimator": model.settings.get("estimator", "plain table"),
+        "costs": f"{comparison.basis} ({comparison.note})",
+    }
+    path = report.write_report(
+        report_dir,
+        title,
+        facts,
+        comparison,
+        (tables[hottest], trace.layer_ids[hottest]),
+        (sweep, sweep_note) if sweep is not None else None,
+        args.gpus,
+        curve=curve,
+    )
+    print(f"report: {path}")
 
 
 def cmd_demo(args) -> int:
@@ -110,16 +180,36 @@ def cmd_demo(args) -> int:
 
     trace = load_trace(GPTOSS20B_DECODE)
     if args.slots is None:
-        args.slots = report.default_slots(trace.num_experts, args.gpus)
+        args.slots = default_slots(trace.num_experts, args.gpus)
     print(
-        f"bundled trace: gpt-oss-20b decode, {trace.num_tokens} tokens, {trace.num_layers} layers,"
-        f" top-{trace.k} of {trace.num_experts} experts"
+        f"bundled trace: gpt-oss-20b decode, {trace.num_tokens} tokens in 3 answers,"
+        f" {trace.num_layers} layers, top-{trace.k} of {trace.num_experts} experts"
     )
+    assert trace.request_ids is not None
+    answers = len(np.unique(trace.request_ids))
+    estimator = Estimator(0.0, args.coverage)
+
+    def planner(layer_tables) -> list:
+        return plan_layers(layer_tables, args.gpus, args.slots, args.method, estimator, args.seed)
+
+    # The headline: every answer scored by placements planned on the other answers.
+    held_out = cross_validated(
+        trace, planner, args.gpus, args.slots, args.method, answers, "request", args.seed
+    )
+    _print_comparison(held_out, args.gpus, args.slots)
+    # The placement written out is planned on all answers; its own figures are in-sample.
+    model = _plan(trace, args.gpus, args.slots, args.method, args.coverage, args.seed, holdout=None)
+    assert model.evaluation is not None
+    print(f"the placement written out is planned on all answers: {model.evaluation.headline()}")
     out = Path(args.out)
-    model = _run_plan(trace, args, "moefast demo: gpt-oss-20b decode routing", out)
+    folds = fold_positions(trace, answers, "request", args.seed)
+    _write_report(
+        trace, args, "moefast demo: gpt-oss-20b decode routing", out, held_out, folds, model
+    )
     model.save(out / "placement.json", "json")
     model.save(out / "placement_sglang.json", "sglang")
     print(f"placements: {out / 'placement.json'}, {out / 'placement_sglang.json'}")
+    print(f"headline: {held_out.headline()}")
     return 0
 
 
@@ -141,7 +231,7 @@ def cmd_plan(args) -> int:
     if _streaming(args):
         from moefast.distributed import plan_files_cli
 
-        model = plan_files_cli(args, _cost_model)
+        model = plan_files_cli(args, _cost_model, _print_comparison)
     else:
         trace = load_trace(args.trace[0], args.trace_format)
         model = _run_plan(trace, args, f"moefast plan: {Path(args.trace[0]).name}", args.report)
@@ -156,29 +246,64 @@ def cmd_evaluate(args) -> int:
     model = load_placement(
         args.placement, args.placement_format, num_gpus=args.gpus, num_experts=trace.num_experts
     )
-    index = {layer: i for i, layer in enumerate(model.layer_ids)}
-    absent = [layer for layer in trace.layer_ids if layer not in index]
-    if absent:
-        raise ValueError(
-            f"{args.placement}: no placement for trace layer {absent[0]} (has {model.layer_ids})"
-        )
-    placements = [model.placements[index[layer]] for layer in trace.layer_ids]
+    if args.windows:
+        return _print_drift(trace, model, args)
     tables = trace.tables()
-    methods = () if args.no_baselines else report.BASELINES
-    comparison = report.compare_methods(
-        tables,
+    costs = {"placement": model.evaluate(trace)}
+    for method in () if args.no_baselines else BASELINES:
+        placed = [optimize(t, model.num_gpus, model.slots_per_gpu, method=method) for t in tables]
+        costs[method] = np.array([expected_cost(t, p) for t, p in zip(tables, placed, strict=True)])
+    comparison = Comparison(
         trace.layer_ids,
-        model.num_gpus,
-        model.slots_per_gpu,
-        main={"placement": placements},
-        methods=methods,
+        costs,
+        np.array([lower_bound(t, model.num_gpus) for t in tables]),
+        "placement",
+        basis="evaluated",
+        note=(
+            f"the placement scored on {trace.num_tokens} tokens of {Path(args.trace).name}"
+            " (held-out if it was planned on other tokens); baselines planned on these same"
+            " tokens (in-sample)"
+        ),
     )
-    header, rows = report.comparison_rows(comparison)
+    _print_comparison(comparison, model.num_gpus, model.slots_per_gpu)
+    return 0
+
+
+def _print_drift(trace: Trace, model: ModelPlacement, args) -> int:
+    windows = drift_windows(trace, model, args.windows, seed=0)
+    header = [
+        "window",
+        "tokens",
+        "fixed",
+        "re-planned on previous",
+        "re-planned here",
+        "re-plan gain",
+    ]
+    rows = []
+    for i, w in enumerate(windows):
+        previous = "-" if w.replanned_previous is None else f"{w.replanned_previous:.3f}"
+        gain = (
+            "-"
+            if w.replanned_previous is None
+            else f"{100 * (w.fixed - w.replanned_previous) / w.fixed:+.1f}%"
+        )
+        rows.append(
+            [
+                str(i),
+                f"{w.first_token}+{w.tokens}",
+                f"{w.fixed:.3f}",
+                previous,
+                f"{w.replanned_here:.3f}",
+                gain,
+            ]
+        )
     print(
-        "expected cost per layer (expert rounds per token),"
-        f" {model.num_gpus} GPUs x {model.slots_per_gpu} slots:"
+        f"expected cost of the model (sum over layers, expert rounds per token) on {len(windows)}"
+        " consecutive windows: the fixed placement; a greedy placement re-planned on the window"
+        " before (held-out); one re-planned on the window itself (in-sample, the best re-planning"
+        " could do). Re-plan gain: held-out re-plan against the fixed placement."
     )
-    print(report.format_table(header, rows))
+    print(text_tables.format_table(header, rows))
     return 0
 
 
@@ -202,13 +327,13 @@ def cmd_inspect(args) -> int:
                 f"{load.max() / load.mean():.2f}",
             ]
         )
-        pairs += [(layer, *p) for p in report.top_pairs(table, args.pairs)]
+        pairs += [(layer, *p) for p in top_pairs(table, args.pairs)]
     print("distinct subsets, and the most frequent ones needed to cover 80/90/99% of tokens:")
-    print(report.format_table(header, rows))
+    print(text_tables.format_table(header, rows))
     pairs.sort(key=lambda p: -p[3])
     print("most co-activated pairs (share of a layer's tokens; x: against uniform routing):")
     print(
-        report.format_table(
+        text_tables.format_table(
             ["layer", "experts", "share", "x uniform"],
             [
                 [str(layer), f"{i}+{j}", f"{s:.3f}", f"{x:.1f}"]
@@ -272,7 +397,8 @@ def cmd_simulate(args) -> int:
         )
     print(
         f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
-        f" {args.steps} steps per batch size"
+        f" {args.steps} steps per batch size; in-sample: placements planned and simulated on"
+        " the same trace"
     )
     header = [
         "placement",
@@ -298,8 +424,8 @@ def cmd_simulate(args) -> int:
                     f"{r['latency_per_token']:.1f}",
                 ]
             )
-    print("step times and latency in the cost model's unit (us):")
-    print(report.format_table(header, rows))
+    print("in-sample step times and latency in the cost model's unit (us):")
+    print(text_tables.format_table(header, rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_throughput_latency(
@@ -375,8 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="plan the bundled gpt-oss-20b trace and write a report",
-        description="Plans the bundled gpt-oss-20b decode trace, prints the cost of every"
-        " layer against the baselines and writes a Markdown report with plots.",
+        description="Plans the bundled gpt-oss-20b decode trace (three answers), prints the"
+        " held-out cost of every layer against the baselines (each answer scored by placements"
+        " planned on the other two, with a bootstrap 95% interval of the gain) and writes a"
+        " Markdown report with the learning curve and plots, and the placement planned on all"
+        " answers.",
     )
     p.add_argument("--out", default="moefast-demo", help="report folder (moefast-demo)")
     p.add_argument("--gpus", type=int, default=4, help="number of GPUs (4)")
@@ -432,6 +561,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
     p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the greedy's searches when the plan has taken this long (not deterministic)",
+    )
+    p.add_argument(
+        "--work-budget",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="stop the greedy's searches after this many rows read in all (deterministic)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of tokens held out to score the plan and the baselines on (0.2; 0: in-sample;"
+        " off by itself below 500 tokens)",
+    )
+    p.add_argument(
+        "--split-by",
+        choices=SPLIT_BY,
+        default=None,
+        help="hold out the last tokens (time) or whole requests (request); default: request"
+        " when the trace knows at least 5 requests",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATOR_CHOICES,
+        default="plain",
+        help="table to plan on: plain (the empirical table) or auto (chosen by cross-validation"
+        " on the train part)",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         default=None,
@@ -446,8 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="expected cost of a placement on a trace",
-        description="Prints the expected cost per layer of a placement file, the lower"
-        " bound and the baselines with the same memory.",
+        description="Prints the expected cost per layer of a placement file on a trace (held-out"
+        " when the placement was planned on other tokens), the lower bound and the baselines"
+        " with the same memory (planned on this trace: in-sample). With --windows N: the"
+        " model's cost on N consecutive windows beside placements re-planned on the window"
+        " before (held-out) and on the window itself (in-sample), to see when re-planning pays.",
     )
     p.add_argument("trace")
     p.add_argument("placement", help="placement file (any format moefast writes)")
@@ -456,6 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--placement-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline placements")
+    p.add_argument(
+        "--windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drift: the model's cost on N consecutive windows beside re-planned placements",
+    )
     _trace_format_option(p)
     p.set_defaults(run=cmd_evaluate)
 

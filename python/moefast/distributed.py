@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast._core import Placement, SubsetTable
 from moefast.progress import progress as progress_bar
 from moefast.streaming import (
     DEFAULT_CHUNK_TOKENS,
@@ -153,21 +153,32 @@ def plan_layer(
     arrays: TableArrays,
     num_gpus: int,
     slots_per_gpu: int,
-    coverage: float,
+    method: str,
+    estimator: Any,
+    seed: int,
+    work_budget: int | None,
     options: dict[str, Any],
-) -> tuple[np.ndarray, float, float]:
-    """Runs on a worker: one layer planned as `plan` plans it, the placement as a bool
-    matrix, with its expected cost and lower bound on the full table."""
+) -> np.ndarray:
+    """Runs on a worker: one layer planned as `moefast.planner.plan_layers` plans it (the
+    estimator's table, then `optimize`); the placement as a bool matrix [E, G]."""
+    from moefast.estimators import shrunk_table
     from moefast.optimizers import optimize
 
     table = table_from_arrays(arrays)
-    pruned = table.prune(coverage=coverage) if coverage < 1.0 else table
-    placement = optimize(pruned, num_gpus, slots_per_gpu, **options)
-    return (
-        placement.replicas,
-        expected_cost(table, placement),
-        lower_bound(table, num_gpus),
+    if estimator.shrink > 0:
+        table = shrunk_table(table, estimator.shrink, seed=seed)
+    if estimator.coverage < 1.0:
+        table = table.prune(coverage=estimator.coverage)
+    placement = optimize(
+        table,
+        num_gpus,
+        slots_per_gpu,
+        method=method,
+        seed=seed,
+        work_budget=work_budget,
+        **options,
     )
+    return placement.replicas
 
 
 def optimize_layers(
@@ -176,27 +187,39 @@ def optimize_layers(
     layer_ids: Sequence[int],
     num_gpus: int,
     slots_per_gpu: int,
-    coverage: float,
+    method: str,
+    estimator: Any,
+    seed: int,
+    work_budget: int | None,
     options: dict[str, Any],
     progress: bool | None = None,
-) -> list[tuple[Placement, float, float]]:
-    """`plan`'s per-layer results, each layer optimized on a worker of ``executor``."""
+) -> list[Placement]:
+    """`plan_layers`' placements, each layer optimized on a worker of ``executor``
+    (``work_budget`` shared equally between the layers, as `plan_layers` does)."""
     check_executor(executor)
+    share = None if work_budget is None else work_budget // len(tables)
     futures = {
         executor.submit(
-            plan_layer, table_to_arrays(t), num_gpus, slots_per_gpu, coverage, options
+            plan_layer,
+            table_to_arrays(t),
+            num_gpus,
+            slots_per_gpu,
+            method,
+            estimator,
+            seed,
+            share,
+            options,
         ): i
         for i, t in enumerate(tables)
     }
-    results: list[tuple[Placement, float, float] | None] = [None] * len(tables)
+    results: list[Placement | None] = [None] * len(tables)
     try:
         done: Iterable[Future] = as_completed(futures)
         if progress is not False:
             done = progress_bar(done, len(futures), "planning layers")
         for future in done:
             i = futures[future]
-            replicas, cost, bound = _result(future, f"planning layer {layer_ids[i]}")
-            results[i] = (Placement(replicas), cost, bound)
+            results[i] = Placement(_result(future, f"planning layer {layer_ids[i]}"))
     finally:
         for future in futures:
             future.cancel()
@@ -243,22 +266,23 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def plan_files_cli(args: Any, cost_model: Callable[[Any], Any]) -> Any:
+def plan_files_cli(
+    args: Any, cost_model: Callable[[Any], Any], show: Callable[[Any, int, int], None]
+) -> Any:
     """``moefast plan`` on trace files by streaming, locally or on workers (``--workers``,
-    ``--ray``): plans, prints the comparison with the baselines, returns the model."""
-    import dataclasses
+    ``--ray``): plans, prints the comparison with the baselines (``show``), returns the
+    model. Scores are in-sample: a streamed trace is not split."""
     import multiprocessing
     from contextlib import ExitStack
 
-    from moefast import report
-    from moefast.optimizers import check_memory
     from moefast.planner import plan
 
     if args.report is not None:
         raise ValueError("--report needs one trace read whole; leave it out when streaming")
+    if args.trace_format is not None:
+        raise ValueError("--trace-format: streamed files are recognized by name and content")
     if args.workers is not None and args.ray is not None:
         raise ValueError("give --workers or --ray, not both")
-    options = {"format": args.trace_format} if args.trace_format else {}
     batch_size = getattr(args, "batch_size", None) or None
     with ExitStack() as stack:
         executor: Executor | None = None
@@ -269,12 +293,8 @@ def plan_files_cli(args: Any, cost_model: Callable[[Any], Any]) -> Any:
             executor = stack.enter_context(
                 ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             )
-        tables, layer_ids = tables_from_files(
-            args.trace, chunk_tokens=args.chunk_tokens, executor=executor, **options
-        )
-        check_memory(tables[0].num_experts, args.gpus, args.slots)
         model = plan(
-            tables,
+            args.trace,
             args.gpus,
             args.slots,
             method=args.method,
@@ -283,23 +303,11 @@ def plan_files_cli(args: Any, cost_model: Callable[[Any], Any]) -> Any:
             objective="decode" if batch_size is None else "batch",
             batch_size=batch_size,
             cost_model=cost_model(args) if batch_size is not None else None,
+            time_budget=getattr(args, "time_budget", None),
+            work_budget=getattr(args, "work_budget", None),
+            chunk_tokens=args.chunk_tokens,
             executor=executor,
         )
-    model = dataclasses.replace(model, layer_ids=list(layer_ids))
-    comparison = report.compare_methods(
-        tables,
-        layer_ids,
-        args.gpus,
-        args.slots,
-        main={args.method: model.placements},
-        seed=args.seed,
-    )
-    header, rows = report.comparison_rows(comparison)
-    tokens = tables[0].total_weight
-    print(
-        f"{len(args.trace)} trace file(s), {tokens:.0f} tokens (weight), {len(layer_ids)} layers;"
-        f" expected cost per layer (expert rounds per token), {args.gpus} GPUs x"
-        f" {args.slots} slots:"
-    )
-    print(report.format_table(header, rows))
+    print(f"{len(trace_files(args.trace))} trace file(s) read by streaming")
+    show(model.evaluation, args.gpus, args.slots)
     return model

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moefast._core import Placement
+from moefast._core import Placement, expected_cost
+from moefast.trace import Trace
 from moefast.validation import check_int, check_layer_ids
+
+if TYPE_CHECKING:
+    from moefast.comparison import Comparison
 
 
 @dataclass
 class ModelPlacement:
     """One placement per MoE layer of a model, with what produced it.
 
-    ``layer_costs`` holds each layer's expected cost (expert rounds per token,
-    evaluated on the full subset table), ``lower_bounds`` each layer's lower bound
+    ``layer_costs`` holds each layer's expected cost (expert rounds per token), held-out or
+    in-sample as ``settings["cost_basis"]`` says, ``lower_bounds`` each layer's lower bound
     ceil(k / num_gpus) (`moefast.lower_bound`: no placement costs less);
-    ``settings`` records the options that produced the placement (method, coverage, ...).
+    ``settings`` records the options that produced the placement (method, coverage, ...);
+    ``evaluation`` (from `moefast.plan`, not saved in files) compares it with the baselines.
     """
 
     placements: list[Placement]
@@ -28,6 +33,7 @@ class ModelPlacement:
     layer_costs: np.ndarray | None = None
     lower_bounds: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    evaluation: Comparison | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.placements is None or len(self.placements) == 0:
@@ -93,6 +99,32 @@ class ModelPlacement:
         if self.layer_costs is None:
             raise ValueError("this ModelPlacement carries no layer costs")
         return float(self.layer_costs.sum())
+
+    def evaluate(self, trace: Trace) -> np.ndarray:
+        """Expected cost of this placement on ``trace``, float [trace layers] in expert rounds
+        per token: each trace layer is scored with the placement of the same layer id."""
+        index = {layer: i for i, layer in enumerate(self.layer_ids)}
+        absent = [layer for layer in trace.layer_ids if layer not in index]
+        if absent:
+            raise ValueError(f"no placement for trace layer {absent[0]} (has {self.layer_ids})")
+        if trace.num_experts != self.num_experts:
+            raise ValueError(
+                f"the trace has {trace.num_experts} experts, the placement {self.num_experts}"
+            )
+        return np.array(
+            [
+                expected_cost(trace.table(position), self.placements[index[layer]])
+                for position, layer in enumerate(trace.layer_ids)
+            ]
+        )
+
+    def placements_for(self, layer_ids: Sequence[int]) -> list[Placement]:
+        """The placements of the given model layer ids, in that order."""
+        index = {layer: i for i, layer in enumerate(self.layer_ids)}
+        absent = [layer for layer in layer_ids if layer not in index]
+        if absent:
+            raise ValueError(f"no placement for layer {absent[0]} (has {self.layer_ids})")
+        return [self.placements[index[layer]] for layer in layer_ids]
 
     def replicas(self) -> np.ndarray:
         """bool array [layers, num_experts, num_gpus]."""

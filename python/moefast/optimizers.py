@@ -14,7 +14,13 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.validation import check_count, check_int, check_positive, check_seed
+from moefast.validation import (
+    check_count,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_seed,
+)
 
 #: The core's methods ("greedy", moefast's best effort, and the placements inference
 #: engines use today) and "milp", exact for small layers (HiGHS, in Python).
@@ -44,6 +50,8 @@ def optimize(
     cost_model: CostModel | None = None,
     num_batches: int | None = None,
     max_evaluations: int = 40_000,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
@@ -57,6 +65,13 @@ def optimize(
     under `cost_model` (microseconds): a local search (`moefast.batch.optimize_batch`,
     which takes `num_batches` and `max_evaluations`) from the better of the greedy and
     EPLB placements, or from `method`'s placement when another method is named.
+
+    `time_budget` (seconds) and `work_budget` (rows read by the greedy's exact
+    evaluations) stop the greedy's searches early and return the best placement found:
+    a work budget keeps the result deterministic (same seed, same placement on any
+    machine), a time budget does not. A complete placement is always built first (about
+    a sixth of an unbudgeted run on a DeepSeek-V3-size layer), so a very small budget can
+    be exceeded. Baselines and the MILP ignore them.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -71,6 +86,7 @@ def optimize(
     if time_limit is not None:
         # HiGHS ignores an invalid limit and would run without one.
         time_limit = check_positive("time_limit", time_limit)
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
     if objective == "decode":
         given = [
             name
@@ -85,13 +101,24 @@ def optimize(
             raise ValueError(f"{', '.join(given)} need objective='batch'")
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
-        return _core.optimize_placement(table, num_gpus, slots_per_gpu, method, seed)
+        return _core.optimize_placement(
+            table, num_gpus, slots_per_gpu, method, seed, time_budget, work_budget
+        )
     if batch_size is None or cost_model is None:
         raise ValueError("objective='batch' needs batch_size and cost_model")
     batch_size = check_count("batch_size", batch_size)
     starts = ("greedy", "eplb") if method == "greedy" else (method,)
     candidates = [
-        optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed, time_limit=time_limit)
+        optimize(
+            table,
+            num_gpus,
+            slots_per_gpu,
+            method=m,
+            seed=seed,
+            time_limit=time_limit,
+            time_budget=time_budget,
+            work_budget=work_budget,
+        )
         for m in starts
     ]
     start = fastest_placement(table, candidates, cost_model, batch_size, seed=seed)
@@ -105,3 +132,14 @@ def optimize(
         num_batches=num_batches,
         max_evaluations=max_evaluations,
     )
+
+
+def check_budgets(
+    time_budget: float | None, work_budget: int | None
+) -> tuple[float | None, int | None]:
+    """The greedy's search budgets: seconds (finite, >= 0) and rows read (an int >= 0)."""
+    if time_budget is not None:
+        time_budget = check_non_negative("time_budget", time_budget)
+    if work_budget is not None:
+        work_budget = check_count("work_budget", work_budget, low=0)
+    return time_budget, work_budget

@@ -1,21 +1,29 @@
-"""Planning whole models: one optimized placement per MoE layer, layers in parallel."""
+"""Planning whole models: one optimized placement per MoE layer, layers in parallel, scored
+on tokens the plan has not seen (`moefast.heldout`) when the trace has enough of them."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
-
-from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast._core import Placement, SubsetTable
+from moefast.comparison import BASELINES, Comparison, compare_methods
 from moefast.cost_model import CostModel
+from moefast.estimators import shrunk_table
+from moefast.heldout import Split, baseline_placements, choose_split, score_methods
 from moefast.model import ModelPlacement
-from moefast.optimizers import check_memory, optimize
+from moefast.optimizers import check_budgets, check_memory, optimize
+from moefast.selection import Estimator, select_estimator
 from moefast.trace import PathLike, Trace
 from moefast.validation import check_number
+
+ESTIMATOR_CHOICES = ("plain", "auto")
+PLAIN = Estimator()
 
 
 def _is_paths(obj: object) -> bool:
@@ -60,6 +68,59 @@ def layer_tables(
     )
 
 
+def plan_layers(
+    tables: Sequence[SubsetTable],
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str = "greedy",
+    estimator: Estimator = PLAIN,
+    seed: int = 0,
+    progress: bool = False,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
+    **optimize_options: Any,
+) -> list[Placement]:
+    """One placement per table, planned on the table the estimator makes of it
+    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model).
+    `time_budget` (seconds, for all the layers) gives each layer, when it starts, its share
+    of the time left; `work_budget` (rows read, for all the layers) an equal share."""
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    workers = min(len(tables), os.cpu_count() or 1)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget
+    started = itertools.count()  # next() on it is atomic in CPython
+
+    def layer_budget() -> float | None:
+        if deadline is None:
+            return None
+        left = len(tables) - next(started)  # layers not started yet, this one included
+        return max(0.0, (deadline - time.perf_counter()) * min(workers, left) / left)
+
+    def plan_layer(table: SubsetTable) -> Placement:
+        budget = layer_budget()
+        if estimator.shrink > 0:
+            table = shrunk_table(table, estimator.shrink, seed=seed)
+        if estimator.coverage < 1.0:
+            table = table.prune(coverage=estimator.coverage)
+        return optimize(
+            table,
+            num_gpus,
+            slots_per_gpu,
+            method=method,
+            seed=seed,
+            time_budget=budget,
+            work_budget=None if work_budget is None else work_budget // len(tables),
+            **optimize_options,
+        )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(plan_layer, tables)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
+        return list(results)
+
+
 def plan(
     trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
     num_gpus: int,
@@ -69,132 +130,196 @@ def plan(
     coverage: float = 0.99,
     seed: int = 0,
     progress: bool | None = None,
+    holdout: float | None = 0.2,
+    split_by: Literal["time", "request"] | None = None,
+    estimator: Literal["plain", "auto"] = "plain",
     time_limit: float | None = None,
     objective: Literal["decode", "batch"] = "decode",
     batch_size: int | None = None,
     cost_model: CostModel | None = None,
     chunk_tokens: int | None = None,
     executor: Executor | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
 ) -> ModelPlacement:
-    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer).
+    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
+    scores it, with the baselines, on tokens it has not seen.
 
-    Tables are pruned to `coverage` for optimizing and each result is evaluated on the
-    full table. Layers run in parallel; `progress` shows a bar per layer (default: when
-    stderr is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
+    With a trace of at least `moefast.heldout.MIN_HOLDOUT_TOKENS` tokens, ``holdout`` of them
+    are held out (``split_by`` "time": the last tokens; "request": whole requests; default
+    by request when the trace knows at least 5 requests): the placements are planned on the
+    rest, and ``layer_costs`` are the returned placement's expected costs on the held-out
+    tokens. Otherwise (or with ``holdout=0``/None) costs are in-sample.
+    ``settings["cost_basis"]`` ("held-out"/"in-sample") and ``settings["cost_note"]`` say
+    which and why; ``evaluation`` compares every layer with the baselines (planned on the
+    same train part, scored on the same tokens) with a bootstrap 95% interval of the gain.
+
+    Tables are pruned to `coverage` for optimizing. ``estimator="auto"`` chooses the table
+    to plan on by cross-validation on the train part (`moefast.selection`); "plain" (the
+    default: on the real traces measured, no estimator beat it) plans on the empirical
+    table. Layers run in parallel; `progress` shows a bar per layer (default: when stderr
+    is a terminal). `method`, `seed`, `time_limit`, `objective`, `batch_size` and
     `cost_model` are `optimize`'s.
+
+    `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
+    exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
+    layer gets, when it starts, its share of the time left, or an equal share of the rows;
+    a work budget keeps the plan deterministic for a given seed, a time budget does not.
 
     Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
     ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace. With an
     ``executor`` (a process pool, `moefast.distributed.RayExecutor`, Dask's), files are
     counted and layers optimized on its workers; the result is identical.
     """
+    began = time.perf_counter()
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
+    if executor is not None and time_budget is not None:
+        raise ValueError("time_budget is not supported with an executor: use work_budget")
     if progress is None:
         progress = sys.stderr.isatty()
-    tables, layer_ids = layer_tables(
-        trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+    # A trace's own tables are built only where needed: held out, only its parts are.
+    tables, layer_ids = (
+        ([], list(trace.layer_ids))
+        if trace
+        else layer_tables(
+            trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+        )
     )
-    check_memory(tables[0].num_experts, num_gpus, slots_per_gpu)
+    num_experts = trace.num_experts if trace else tables[0].num_experts
+    check_memory(num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-    if {t.num_experts for t in tables} != {tables[0].num_experts}:
+    if estimator not in ESTIMATOR_CHOICES:
+        raise ValueError(f"estimator must be one of {ESTIMATOR_CHOICES}, got {estimator!r}")
+    if tables and {t.num_experts for t in tables} != {num_experts}:
         raise ValueError("all layers must have the same number of experts")
+    options: dict[str, Any] = {
+        "time_limit": time_limit,
+        "objective": objective,
+        "batch_size": batch_size,
+        "cost_model": cost_model,
+    }
 
-    def plan_layer(table: SubsetTable) -> tuple[Placement, float, float]:
-        pruned = table.prune(coverage=coverage) if coverage < 1.0 else table
-        placement = optimize(
-            pruned,
-            num_gpus,
-            slots_per_gpu,
-            method=method,
-            seed=seed,
-            time_limit=time_limit,
-            objective=objective,
-            batch_size=batch_size,
-            cost_model=cost_model,
+    split = choose_split(trace, holdout, split_by, seed)
+    plan_trace = split.train if split.train is not None else trace
+    plan_tables = plan_trace.tables() if plan_trace is not None else tables
+
+    def planner(layer_tables: Sequence[SubsetTable], chosen: Estimator) -> list[Placement]:
+        return plan_layers(
+            layer_tables, num_gpus, slots_per_gpu, method, chosen, seed, False, **options
         )
-        return placement, expected_cost(table, placement), lower_bound(table, num_gpus)
 
+    chosen, estimator_note = Estimator(0.0, coverage), f"plain table (coverage {coverage:g})"
+    if estimator == "auto" and plan_trace is not None and objective == "decode":
+        by = split_by or ("request" if plan_trace.request_ids is not None else "time")
+        selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
+        chosen, estimator_note = selection.estimator, selection.note
     if executor is not None:
         from moefast.distributed import optimize_layers
 
-        options = dict(
-            method=method,
-            seed=seed,
-            time_limit=time_limit,
-            objective=objective,
-            batch_size=batch_size,
-            cost_model=cost_model,
-        )
-        results = optimize_layers(
-            executor, tables, layer_ids, num_gpus, slots_per_gpu, coverage, options, progress
-        )
-        return _model(
-            results,
-            slots_per_gpu,
+        placements = optimize_layers(
+            executor,
+            plan_tables,
             layer_ids,
-            method,
-            coverage,
-            seed,
             num_gpus,
-            time_limit,
-            objective,
-            batch_size,
-            cost_model,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            work_budget,
+            options,
+            progress,
         )
-    workers = min(len(tables), os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        layers = pool.map(plan_layer, tables)
-        if progress:
-            from tqdm import tqdm
-
-            layers = tqdm(layers, total=len(tables), desc="planning layers", unit="layer")
-        results = list(layers)
-    return _model(
-        results,
-        slots_per_gpu,
+    else:
+        placements = plan_layers(
+            plan_tables,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            progress,
+            time_budget=None
+            if time_budget is None
+            else max(0.0, time_budget - (time.perf_counter() - began)),
+            work_budget=work_budget,
+            **options,
+        )
+    comparison = _score(
+        trace,
+        split,
+        tables,
+        plan_tables,
         layer_ids,
-        method,
-        coverage,
-        seed,
+        placements,
         num_gpus,
-        time_limit,
-        objective,
-        batch_size,
-        cost_model,
+        slots_per_gpu,
+        method,
+        seed,
     )
-
-
-def _model(
-    results: Sequence[tuple[Placement, float, float]],
-    slots_per_gpu: int,
-    layer_ids: list[int],
-    method: str,
-    coverage: float,
-    seed: int,
-    num_gpus: int,
-    time_limit: float | None,
-    objective: str,
-    batch_size: int | None,
-    cost_model: CostModel | None,
-) -> ModelPlacement:
+    interval = comparison.gain_interval
     settings: dict[str, object] = {
         "method": method,
         "coverage": coverage,
         "seed": seed,
         "num_gpus": num_gpus,
+        "cost_basis": comparison.basis,
+        "cost_note": comparison.note,
+        "estimator": estimator_note,
+        "gain_vs_best_baseline": comparison.total_gain() if comparison.baselines else None,
+        "gain_interval_95": None if interval is None else list(interval),
     }
     if time_limit is not None:
         settings["time_limit"] = time_limit
+    if time_budget is not None:
+        settings["time_budget"] = time_budget
+    if work_budget is not None:
+        settings["work_budget"] = work_budget
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
     return ModelPlacement(
-        placements=[r[0] for r in results],
+        placements=placements,
         slots_per_gpu=slots_per_gpu,
         layer_ids=layer_ids,
-        layer_costs=np.array([r[1] for r in results]),
-        lower_bounds=np.array([r[2] for r in results]),
+        layer_costs=comparison.costs[method],
+        lower_bounds=comparison.lower_bounds,
         settings=settings,
+        evaluation=comparison,
     )
+
+
+def _score(
+    trace: Trace | None,
+    split: Split,
+    tables: list[SubsetTable],
+    plan_tables: list[SubsetTable],
+    layer_ids: list[int],
+    placements: list[Placement],
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+) -> Comparison:
+    """The comparison with the baselines: held-out on the test part when there is one."""
+    baselines = [m for m in BASELINES if m != method]
+    if trace is None:  # tables only: in-sample, no tokens to bootstrap
+        return compare_methods(
+            tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            main={method: placements},
+            methods=baselines,
+            seed=seed,
+            note=f"planned and scored on the given tables ({split.note})",
+        )
+    placed = baseline_placements(plan_tables, num_gpus, slots_per_gpu, baselines, seed)
+    placed = {method: placements, **placed}
+    if split.test is not None:
+        return score_methods(split.test, placed, num_gpus, method, "held-out", split.note, seed)
+    note = f"planned and scored on all {trace.num_tokens} tokens ({split.note})"
+    return score_methods(trace, placed, num_gpus, method, "in-sample", note, seed)

@@ -26,15 +26,18 @@ class Trace:
 
     ``topk`` is int [tokens, layers, k]; ``layer_ids`` are the model's layer numbers of
     the ``layers`` axis (DeepSeek-V3's first MoE layer is 3); ``weights`` optionally give
-    each token a weight (say, how many times a request repeats), float [tokens].
+    each token a weight (say, how many times a request repeats), float [tokens];
+    ``request_ids`` optionally name the request each token belongs to, int [tokens] (held-out
+    splits and bootstrap intervals keep a request's tokens together).
     Layers are addressed by their position on the ``layers`` axis in `table`;
-    `layer_ids` tells which model layer a position is.
+    `layer_ids` tells which model layer a position is. Tokens are in time order.
     """
 
     topk: np.ndarray
     num_experts: int
     layer_ids: list[int] = field(default_factory=list)
     weights: np.ndarray | None = None
+    request_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         topk = np.asarray(self.topk)
@@ -89,6 +92,17 @@ class Trace:
             if not np.isfinite(total):
                 raise ValueError("weights sum to inf: scale them down")
             self.weights = w
+        if self.request_ids is not None:
+            r = np.asarray(self.request_ids)
+            if r.size and r.dtype.kind not in "iu":
+                raise TypeError(f"request_ids must hold integers, got dtype {r.dtype}")
+            if r.shape != (tokens,):
+                raise ValueError(
+                    f"request_ids must be int [tokens] = [{tokens}], got shape {r.shape}"
+                )
+            if r.dtype.kind == "u" and r.size and int(r.max()) > np.iinfo(np.int64).max:
+                raise ValueError("request_ids must fit in int64")
+            self.request_ids = r.astype(np.int64)
 
     @property
     def num_tokens(self) -> int:
@@ -106,7 +120,8 @@ class Trace:
         return (
             f"Trace(tokens={self.num_tokens}, layers={self.num_layers}, k={self.k},"
             f" num_experts={self.num_experts}, layer_ids={self.layer_ids[0]}..{self.layer_ids[-1]},"
-            f" weighted={self.weights is not None})"
+            f" weighted={self.weights is not None},"
+            f" requests={'-' if self.request_ids is None else len(np.unique(self.request_ids))})"
         )
 
     def table(self, layer: int) -> SubsetTable:
@@ -141,10 +156,46 @@ class Trace:
             self.num_experts,
             [self.layer_ids[p] for p in positions],
             self.weights,
+            self.request_ids,
         )
 
+    def select_tokens(self, index: np.ndarray | slice) -> Trace:
+        """A trace of the tokens at ``index`` (a slice, int positions or a bool mask)."""
+        return Trace(
+            self.topk[index],
+            self.num_experts,
+            self.layer_ids,
+            None if self.weights is None else self.weights[index],
+            None if self.request_ids is None else self.request_ids[index],
+        )
+
+    def split(self, test_fraction: float, by: str = "time", seed: int = 0) -> tuple[Trace, Trace]:
+        """(train, test): ``test_fraction`` of the tokens held out for scoring.
+
+        ``by="time"``: the first tokens train, the last ``test_fraction`` test (what a user
+        who records today and deploys tomorrow sees). ``by="request"``: whole requests,
+        drawn at random with ``seed``, go to the test part until it holds at least
+        ``test_fraction`` of the tokens; needs ``request_ids`` and at least two requests.
+        """
+        from moefast.splits import split_positions
+
+        train, test = split_positions(self, test_fraction, by, seed)
+        return self.select_tokens(train), self.select_tokens(test)
+
+    def folds(self, k: int, by: str = "time", seed: int = 0) -> list[tuple[Trace, Trace]]:
+        """k (train, test) pairs for cross-validation: every token is in exactly one test
+        part. ``by="time"``: k consecutive blocks; ``by="request"``: requests dealt at random
+        (with ``seed``) into k groups of about equal tokens."""
+        from moefast.splits import fold_positions
+
+        return [
+            (self.select_tokens(train), self.select_tokens(test))
+            for train, test in fold_positions(self, k, by, seed)
+        ]
+
     def save(self, path: PathLike) -> None:
-        """Write the native ``.npz`` (``topk``, ``num_experts``, ``layer_ids``, ``weights``)."""
+        """Write the native ``.npz`` (``topk``, ``num_experts``, ``layer_ids``, and, when the
+        trace has them, ``weights`` and ``request_ids``)."""
         arrays = {
             "topk": self.topk,
             "num_experts": np.int64(self.num_experts),
@@ -152,6 +203,8 @@ class Trace:
         }
         if self.weights is not None:
             arrays["weights"] = self.weights
+        if self.request_ids is not None:
+            arrays["request_ids"] = self.request_ids
         path = Path(path)
         # np.savez appends ".npz" to other names, which would surprise the caller.
         with open(path, "wb") as f:

@@ -16,8 +16,14 @@ use crate::{limits, optimize};
 /// "contiguous", "round_robin" or "eplb" (the baselines engines ship). The result
 /// depends only on the inputs and `seed`, not on the number of threads
 /// (RAYON_NUM_THREADS). Raises ValueError for an unknown method or sizes that do not fit.
+///
+/// The greedy's searches stop early at `work_budget` (rows read by exact evaluations:
+/// still deterministic for a given seed) or `time_budget` (seconds from the call: the
+/// best placement found by then, which depends on the machine); a complete placement
+/// is always built first.
 #[pyfunction]
-#[pyo3(signature = (table, num_gpus, slots_per_gpu, method="greedy", seed=None))]
+#[pyo3(signature = (table, num_gpus, slots_per_gpu, method="greedy", seed=None, time_budget=None, work_budget=None))]
+#[allow(clippy::too_many_arguments)]
 fn optimize_placement(
     py: Python<'_>,
     table: &PySubsetTable,
@@ -25,6 +31,8 @@ fn optimize_placement(
     slots_per_gpu: &Bound<'_, PyAny>,
     method: &str,
     seed: Option<&Bound<'_, PyAny>>,
+    time_budget: Option<f64>,
+    work_budget: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyPlacement> {
     let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
     let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
@@ -32,9 +40,16 @@ fn optimize_placement(
         .map(|s| count_arg(s, "seed", 0))
         .transpose()?
         .unwrap_or(0) as u64;
+    let budget = optimize::SearchBudget {
+        work: work_budget
+            .map(|w| count_arg(w, "work_budget", 0))
+            .transpose()?,
+        seconds: time_budget,
+    };
     let table = table.inner.clone();
-    let placement =
-        py.detach(|| optimize::optimize(&table, num_gpus, slots_per_gpu, method, seed))?;
+    let placement = py.detach(|| {
+        optimize::optimize_within(&table, num_gpus, slots_per_gpu, method, seed, budget)
+    })?;
     Ok(PyPlacement {
         inner: Arc::new(placement),
     })

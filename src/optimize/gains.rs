@@ -4,21 +4,21 @@
 //!
 //! A replica (i, g) lowers cost(S) = t >= 2 by one iff every violating X of S
 //! (|X| > (t-1)|N(X)|) contains i, misses g in N(X), and has |X| <= (t-1)(|N(X)|+1).
-//! So one 2^k pass per row gives C (the experts in every violating X) and U (the union
+//! So one pass per row gives C (the experts in every violating X) and U (the union
 //! of their N(X)), and the row adds its weight to gain(i, g) for i in C, g not in U.
 //! The table stores per expert `base` = sum of w over rows with i in C and `minus[i][g]`
 //! = sum of w over those rows with g in U, so a row costs |C| * |U| updates, not |C| * G.
 //! Adding replica (i, g) changes only rows holding i: they are taken out with their
 //! old contribution and put back with the new one.
 //!
-//! The 2^k pass is cheap for k <= 8 (256 sets); at k = 16 it is 65,536 sets per row,
-//! exact but practical only for tables of a few thousand rows (prune them first).
+//! C and U are found by alternating paths (`matching::single_replica_gain`), a few
+//! hundred nanoseconds per row even at k = 16, where the 2^k pass reads 65,536 sets.
 
 use rayon::prelude::*;
 
 use super::state::{State, ROWS_PER_TASK};
 use crate::limits::MAX_K;
-use crate::matching::RowScratch;
+use crate::matching::{single_replica_gain, RowScratch};
 
 /// Which new replicas lower one row's cost: experts at positions `experts` (bits over
 /// the row) on any GPU outside `gpus`.
@@ -33,7 +33,9 @@ pub struct RowGain {
 }
 
 /// C and U (in the masks' bit space) of a row of cost `t`, or None if no single
-/// replica lowers its cost. `unions` needs 2^k entries.
+/// replica lowers its cost, by the 2^k loop over violating sets: the plain reference of
+/// `matching::single_replica_gain`. `unions` needs 2^k entries.
+#[cfg(test)]
 pub fn violating_core(masks: &[u64], t: u32, unions: &mut [u64]) -> Option<(u16, u64)> {
     if t < 2 {
         return None;
@@ -66,12 +68,6 @@ pub struct GainTable {
     num_gpus: usize,
     base: Vec<i64>,
     minus: Vec<i64>,
-}
-
-/// Per-thread buffers for gain evaluation.
-struct Buffers {
-    rows: RowScratch,
-    unions: Vec<u64>,
 }
 
 impl GainTable {
@@ -170,10 +166,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
     let layout = &state.layout;
     rows.par_chunks(ROWS_PER_TASK)
         .map_init(
-            || Buffers {
-                rows: RowScratch::new(layout.num_gpus()),
-                unions: vec![0; 1 << problem.k()],
-            },
+            || RowScratch::new(layout.num_gpus()),
             |buf, chunk| {
                 let mut out = Vec::new();
                 let mut masks = [0u64; MAX_K];
@@ -181,11 +174,11 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                     let row = problem.row(r as usize);
                     let masks = &mut masks[..row.len()];
                     // A row over more than 64 GPUs is left out: its replicas are plenty.
-                    if !layout.row_masks(row, &[], &mut buf.rows, masks) {
+                    if !layout.row_masks(row, &[], buf, masks) {
                         continue;
                     }
                     let t = state.costs[r as usize] as u32;
-                    if let Some((experts, bits)) = violating_core(masks, t, &mut buf.unions) {
+                    if let Some((experts, bits)) = single_replica_gain(masks, t) {
                         let gain = if layout.num_gpus() <= 64 {
                             RowGain {
                                 row: r,
@@ -196,7 +189,7 @@ fn row_gains(state: &State, rows: &[u32]) -> Vec<RowGain> {
                         } else {
                             let gpus = (0..64)
                                 .filter(|b| bits >> b & 1 == 1)
-                                .map(|b| buf.rows.local.gpus[b as usize])
+                                .map(|b| buf.local.gpus[b as usize])
                                 .collect();
                             RowGain {
                                 row: r,
@@ -254,6 +247,48 @@ mod tests {
             }
         }
         (table, layout)
+    }
+
+    /// The alternating-path analysis says the same replicas help as the 2^k loop.
+    #[test]
+    fn alternating_paths_equal_violating_sets() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut unions = vec![0u64; 1 << 10];
+        let mut helped = 0;
+        for _ in 0..40_000 {
+            let k = rng.random_range(1..=10);
+            let g = rng.random_range(1..=8);
+            let masks: Vec<u64> = (0..k)
+                .map(|_| {
+                    let mut m = 0u64;
+                    for _ in 0..rng.random_range(1..=2) {
+                        m |= 1 << rng.random_range(0..g);
+                    }
+                    m
+                })
+                .collect();
+            let t = crate::matching::cost_from_masks(&masks);
+            let old = violating_core(&masks, t, &mut unions);
+            let new = single_replica_gain(&masks, t);
+            // GPU bit g stands for the GPUs outside the subset.
+            for i in 0..k {
+                for gpu in 0..=g {
+                    if masks[i] >> gpu & 1 == 1 {
+                        continue;
+                    }
+                    let helps = |x: Option<(u16, u64)>| {
+                        x.is_some_and(|(c, u)| c >> i & 1 == 1 && u >> gpu & 1 == 0)
+                    };
+                    assert_eq!(helps(old), helps(new), "{masks:?} t={t} i={i} g={gpu}");
+                    let mut more = masks.clone();
+                    more[i] |= 1 << gpu;
+                    let lower = crate::matching::cost_from_masks(&more) < t;
+                    assert_eq!(helps(new), lower, "{masks:?} t={t} i={i} g={gpu}");
+                    helped += usize::from(lower);
+                }
+            }
+        }
+        assert!(helped > 1000);
     }
 
     /// Every candidate replica's gain equals adding it and recomputing the total.

@@ -8,7 +8,10 @@
 //!
 //! Building level by level makes the result for s slots the start of the result for
 //! s + 1, and a level only adds replicas or makes improving moves: more slots never
-//! give a worse placement, and no baseline is ever better.
+//! give a worse placement, and no baseline is ever better. Once a level reaches the
+//! lower bound (every row at ceil(k / G) rounds) the remaining slots are filled
+//! without search. The searches stop early when the caller's budget runs out
+//! (`effort`): the result is then the best placement built so far.
 
 use super::baselines;
 use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
@@ -68,6 +71,7 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let load = problem.table.expert_load();
     let mut layout = state.layout;
     let first = num_experts.div_ceil(num_gpus);
+    let floor = problem.lower_bound_total();
     for level in first..=slots {
         let mut state = State::new(problem, layout);
         // Where no slot opens, the layout is the one the previous search left.
@@ -101,6 +105,12 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
             }
         }
         layout = best.1;
+        // At the lower bound more slots cannot lower the cost: they are filled as the
+        // baselines fill them, without searching.
+        if best.0 <= floor && level < slots {
+            baselines::fill_with_loaded(&mut layout, &load, slots);
+            break;
+        }
     }
     layout
 }
@@ -228,6 +238,91 @@ mod tests {
                 previous = cost;
             }
         }
+    }
+
+    #[test]
+    fn stops_searching_only_at_the_lower_bound() {
+        // k = 2 on 4 GPUs: the bound is one round, reached once co-activated pairs split.
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut reached = 0;
+        for case in 0..20 {
+            let num_experts: usize = rng.random_range(4..=10);
+            let table = skewed_table(case, 150, num_experts as u64, 2, 3, 61);
+            let problem = Problem::new(&table, 4);
+            let floor = problem.lower_bound_total();
+            let first = num_experts.div_ceil(4);
+            let costs: Vec<i64> = (first..=num_experts)
+                .map(|s| total_cost(&problem, &greedy(&problem, s, case)))
+                .collect();
+            let Some(at) = costs.iter().position(|&c| c == floor) else {
+                continue;
+            };
+            reached += 1;
+            assert!(costs[..at].iter().all(|&c| c > floor), "case {case}");
+            // Past the level that reached the bound, the slots are filled as the baselines
+            // fill them, without search: every cost stays at the bound.
+            let at_bound = greedy(&problem, first + at, case);
+            for slots in first + at + 1..=num_experts {
+                let mut padded = at_bound.clone();
+                baselines::fill_with_loaded(&mut padded, &table.expert_load(), slots);
+                assert_eq!(
+                    greedy(&problem, slots, case),
+                    padded,
+                    "case {case} slots {slots}"
+                );
+                assert_eq!(costs[slots - first], floor);
+            }
+        }
+        assert!(reached >= 5, "only {reached} cases reach the bound");
+    }
+
+    #[test]
+    fn budgets_keep_placements_complete_and_deterministic() {
+        use crate::optimize::effort::{Effort, SearchBudget};
+        let table = skewed_table(21, 20_000, 24, 4, 4, 60);
+        let with = |budget: SearchBudget, threads: usize| {
+            let mut problem = Problem::new(&table, 4);
+            problem.effort = Effort::new(budget, std::time::Instant::now());
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let layout = pool.install(|| greedy(&problem, 8, 3));
+            (
+                total_cost(&problem, &layout),
+                layout,
+                problem.effort.spent(),
+            )
+        };
+        let work = |rows| SearchBudget {
+            work: Some(rows),
+            seconds: None,
+        };
+        let (_, free, spent) = with(SearchBudget::default(), 2);
+        assert!(spent > 0);
+        // A budget the search does not reach changes nothing.
+        assert_eq!(with(work(spent), 1).1, free);
+        let load = table.expert_load();
+        let eplb = total_cost(&Problem::new(&table, 4), &baselines::eplb(&load, 4, 8));
+        for rows in [0, spent / 10, spent / 3] {
+            let (cost, layout, used) = with(work(rows), 1);
+            check_full(&layout, 8);
+            assert!(cost <= eplb, "{rows} rows");
+            // The last batch of evaluations may go past the budget, never a whole search.
+            assert!(
+                used <= rows + spent / 2,
+                "{used} rows read for a budget of {rows}"
+            );
+            assert_eq!(with(work(rows), 2).1, layout, "{rows} rows, 2 threads");
+        }
+        let (_, layout, _) = with(
+            SearchBudget {
+                work: None,
+                seconds: Some(0.0),
+            },
+            2,
+        );
+        check_full(&layout, 8);
     }
 
     #[test]

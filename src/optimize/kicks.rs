@@ -52,7 +52,11 @@ pub fn search(state: &mut State, budget: Budget, seed: u64) -> usize {
     let mut spent = 0usize;
     let mut last_gain = 0usize;
     for kick in 0..budget.kicks {
-        if spent >= budget.rows || best.total <= floor || kick - last_gain >= budget.stall {
+        if spent >= budget.rows
+            || best.total <= floor
+            || kick - last_gain >= budget.stall
+            || state.problem.effort.exhausted()
+        {
             break;
         }
         let replicated = (0..num_experts).any(|e| state.layout.replicas(e) >= 2);

@@ -12,6 +12,7 @@
 
 mod baselines;
 mod budgets;
+mod effort;
 mod gains;
 mod greedy;
 mod initial;
@@ -20,6 +21,8 @@ mod problem;
 mod reassign;
 mod state;
 mod swaps;
+
+pub use effort::SearchBudget;
 
 use crate::error::{MoeError, Result};
 use crate::limits::check_memory;
@@ -42,6 +45,37 @@ pub fn optimize(
     method: &str,
     seed: u64,
 ) -> Result<Placement> {
+    optimize_within(
+        table,
+        num_gpus,
+        slots_per_gpu,
+        method,
+        seed,
+        SearchBudget::default(),
+    )
+}
+
+/// `optimize` with the greedy's searches bounded by `budget`: a work budget (rows read
+/// by exact evaluations; the result is then still a function of the inputs and the seed)
+/// and/or a time budget in seconds (anytime: the best placement found when the time is
+/// up, which depends on the machine). A complete placement is always built first;
+/// baselines ignore the budget.
+pub fn optimize_within(
+    table: &SubsetTable,
+    num_gpus: usize,
+    slots_per_gpu: usize,
+    method: &str,
+    seed: u64,
+    budget: SearchBudget,
+) -> Result<Placement> {
+    let start = std::time::Instant::now();
+    if let Some(s) = budget.seconds {
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(MoeError::value(format!(
+                "time_budget must be a finite number of seconds >= 0, got {s}"
+            )));
+        }
+    }
     if !METHODS.contains(&method) {
         return Err(MoeError::value(format!(
             "unknown method {method:?}: expected one of {}",
@@ -51,7 +85,8 @@ pub fn optimize(
     check_memory(table.num_experts(), num_gpus, slots_per_gpu)?;
     let layout = match method {
         "greedy" => {
-            let problem = problem::Problem::new(table, num_gpus);
+            let mut problem = problem::Problem::new(table, num_gpus);
+            problem.effort = effort::Effort::new(budget, start);
             greedy::greedy(&problem, slots_per_gpu, seed)
         }
         "contiguous" => baselines::contiguous(&table.expert_load(), num_gpus, slots_per_gpu),

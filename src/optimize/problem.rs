@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::effort::Effort;
 use crate::table::{ExpertIndex, SubsetTable};
 
 /// The table's total weight maps to 2^40: sums of weight times a cost (<= 16) stay far
@@ -43,6 +44,8 @@ pub struct Problem<'a> {
     /// Weight of the rows holding each expert (token load).
     pub load: Vec<i64>,
     pub coactivation: CoActivation,
+    /// What the searches may still spend (no limit unless the caller sets one).
+    pub effort: Effort,
 }
 
 impl<'a> Problem<'a> {
@@ -71,6 +74,7 @@ impl<'a> Problem<'a> {
             weights,
             load,
             coactivation,
+            effort: Effort::unlimited(),
         }
     }
 

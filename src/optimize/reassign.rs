@@ -60,7 +60,7 @@ pub fn improve(state: &mut State, gains: &mut GainTable, limits: Limits) -> usiz
 pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits) -> (usize, usize) {
     let mut made = 0;
     let mut spent = 0usize;
-    while made < limits.max_moves {
+    while made < limits.max_moves && !state.problem.effort.exhausted() {
         let candidates = candidates(state, gains, limits.candidates);
         let replace = |&(_, old, gpu, new): &(i64, usize, usize, usize)| Move::Replace {
             old: old as u16,
@@ -74,7 +74,9 @@ pub fn improve_counted(state: &mut State, gains: &mut GainTable, limits: Limits)
                 |s, c| state.move_delta(replace(c), s),
             )
             .collect();
-        spent += evaluated.iter().map(|x| x.1).sum::<usize>();
+        let rows = evaluated.iter().map(|x| x.1).sum::<usize>();
+        spent += rows;
+        state.problem.effort.spend(rows);
         let deltas: Vec<i64> = evaluated.into_iter().map(|x| x.0).collect();
         let best = deltas
             .iter()

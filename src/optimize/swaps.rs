@@ -45,7 +45,8 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let mut made = 0usize;
     let mut checkpoint = (0usize, state.total);
     let mut scratch = RowScratch::new(state.layout.num_gpus());
-    'search: while spent < limits.max_rows && state.total > floor {
+    let effort = &state.problem.effort;
+    'search: while spent < limits.max_rows && state.total > floor && !effort.exhausted() {
         if spent - checkpoint.0 >= limits.patience {
             if ((checkpoint.1 - state.total) as f64) < MIN_PROGRESS * checkpoint.1 as f64 {
                 break;
@@ -64,7 +65,9 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
                     |s, &c| state.move_delta(c, s),
                 )
                 .collect();
-            spent += evaluated.iter().map(|x| x.1).sum::<usize>();
+            let rows = evaluated.iter().map(|x| x.1).sum::<usize>();
+            spent += rows;
+            effort.spend(rows);
             let mut improving: Vec<(i64, usize)> = evaluated
                 .iter()
                 .enumerate()
@@ -73,11 +76,13 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
                 .collect();
             if !improving.is_empty() {
                 improving.sort_unstable();
+                let before = spent;
                 made += apply_best_first(state, batch, &improving, &mut scratch, &mut spent);
+                state.problem.effort.spend(spent - before);
                 improved = true;
                 break;
             }
-            if spent >= limits.max_rows {
+            if spent >= limits.max_rows || effort.exhausted() {
                 break 'search;
             }
         }

@@ -1,6 +1,7 @@
 """Per-token JSON of the gpt-oss expert-fingerprinting recorder
 (``{"router_data": [{"token_<i>": {"layer_<l>": {"selected_experts": [ids], ...}}}]}``),
-a single answer object or a list of them; each answer's tokens are appended in order."""
+a single answer object or a list of them; each answer's tokens are appended in order, and the
+answer's position in the file is the request id of its tokens."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
     answers = data if isinstance(data, list) else [data]
     parts: list[np.ndarray] = []
     layer_ids: list[int] = []
+    requests: list[np.ndarray] = []
     for answer in answers:
         if not isinstance(answer, dict) or "router_data" not in answer:
             raise malformed(path, "an answer without 'router_data'")
@@ -58,6 +60,7 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
         if parts and ids != layer_ids:
             raise malformed(path, f"answers have different layers: {ids} and {layer_ids}")
         layer_ids = ids
+        requests.append(np.full(len(topk), len(parts), dtype=np.int64))
         parts.append(topk)
     if not parts:
         raise malformed(path, "no answers")
@@ -65,6 +68,6 @@ def read_fingerprint_trace(path: Path, num_experts: int | None = None) -> Trace:
     if num_experts is None:
         num_experts = int(topk.max()) + 1
     try:
-        return Trace(topk, num_experts, layer_ids)
+        return Trace(topk, num_experts, layer_ids, request_ids=np.concatenate(requests))
     except ValueError as err:
         raise malformed(path, str(err)) from err

@@ -2,8 +2,9 @@
 ``{"layer": l, "experts": [ids], "token_idx": i, ...}``.
 
 Records may come in any order; other fields (``gating_probs``, ...) are ignored. An optional
-``request_id`` separates tokens of different requests that share a ``token_idx``. Tokens that
-lack some layer are dropped with a warning that counts them.
+``request_id`` separates tokens of different requests that share a ``token_idx`` and becomes the
+trace's ``request_ids`` (numbered in sorted order of the ids). Tokens that lack some layer are
+dropped with a warning that counts them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
     """``num_experts`` defaults to the largest id seen plus one."""
     rows: dict[tuple, dict[int, list[int]]] = {}
     k = None
+    has_request_ids = False
     for line_no, text in _lines(path):
         try:
             record = json.loads(text)
@@ -70,6 +72,7 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
             )
         if len(set(experts)) != len(experts):
             raise malformed(path, f"an expert appears twice in {experts}", line_no)
+        has_request_ids = has_request_ids or "request_id" in record
         key = (str(record.get("request_id", "")), token)
         layers = rows.setdefault(key, {})
         if layer in layers:
@@ -94,4 +97,9 @@ def read_jsonl_trace(path: Path, num_experts: int | None = None) -> Trace:
         num_experts = seen
     elif seen > num_experts:
         raise malformed(path, f"expert id {seen - 1} out of range for num_experts = {num_experts}")
-    return Trace(topk, num_experts, layer_ids)
+    request_ids = None
+    if has_request_ids:
+        names = sorted({key[0] for key in complete})
+        number = {name: i for i, name in enumerate(names)}
+        request_ids = np.array([number[key[0]] for key in complete], dtype=np.int64)
+    return Trace(topk, num_experts, layer_ids, request_ids=request_ids)

@@ -1,5 +1,6 @@
 """The native trace format: a ``.npz`` with ``topk`` int [tokens, layers, k] and ``num_experts``,
-optionally ``layer_ids`` [layers] and ``weights`` [tokens]."""
+optionally ``layer_ids`` [layers], ``weights`` [tokens] and ``request_ids`` [tokens] (files
+written before request ids existed simply lack the array)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def read_npz_trace(path: Path) -> Trace:
             int(num_experts.reshape(())),
             [] if layer_ids is None else [int(x) for x in np.ravel(layer_ids)],
             arrays.get("weights"),
+            arrays.get("request_ids"),
         )
     except (ValueError, TypeError) as err:
         raise malformed(path, str(err)) from err

@@ -32,6 +32,19 @@ def _valid_rows(ids: np.ndarray) -> np.ndarray:
     return distinct & (ordered[..., 0] >= 0)
 
 
+def _position_runs(positions: Any, tokens: int) -> np.ndarray:
+    """int [tokens]: 0, 1, ... numbering runs of consecutive positions (all 0 without them)."""
+    try:
+        pos = np.asarray(
+            positions.tolist() if hasattr(positions, "tolist") else positions, dtype=np.int64
+        )
+    except (TypeError, ValueError):
+        pos = None
+    if pos is None or pos.shape != (tokens,):
+        return np.zeros(tokens, dtype=np.int64)
+    return np.r_[0, np.cumsum(pos[1:] != pos[:-1] + 1)].astype(np.int64)
+
+
 def trace_from_sglang_per_token(
     dumps: Sequence[Mapping[str, Any]],
     num_experts: int | None = None,
@@ -42,9 +55,16 @@ def trace_from_sglang_per_token(
     Tokens of all ranks and forward passes are concatenated; a record repeated by several
     ranks (tensor parallelism without DP attention: same ``forward_pass_id``, same ids) is
     kept once. Tokens without a valid top-k in some MoE layer are dropped with a warning.
+
+    The records carry no request id, so ``request_ids`` number the runs of consecutive
+    ``positions`` within a forward pass (one prompt chunk of one request in prefill, one token
+    per request in decode), or whole forward passes where ``positions`` is missing: held-out
+    splits then never cut a prompt chunk.
     """
     path = Path(str(source))
     blocks: list[np.ndarray] = []
+    runs: list[np.ndarray] = []
+    next_run = 0
     seen: dict[Any, list[np.ndarray]] = {}
     for d, dump in enumerate(dumps):
         if not isinstance(dump, Mapping) or "records" not in dump:
@@ -88,6 +108,9 @@ def trace_from_sglang_per_token(
                     continue
                 twins.append(ids)
             blocks.append(ids)
+            run = _position_runs(record.get("positions"), ids.shape[1])
+            runs.append(run + next_run)
+            next_run += int(run.max()) + 1
     if not blocks:
         raise malformed(path, "no record holds any token")
     shapes = {(b.shape[0], b.shape[2]) for b in blocks}
@@ -116,7 +139,8 @@ def trace_from_sglang_per_token(
         raise malformed(
             path, f"expert id {highest - 1} out of range for num_experts = {num_experts}"
         )
-    return Trace(topk, num_experts, [int(x) for x in moe_layers])
+    request_ids = np.concatenate(runs)[keep]
+    return Trace(topk, num_experts, [int(x) for x in moe_layers], request_ids=request_ids)
 
 
 def expert_load_from_logical_count(

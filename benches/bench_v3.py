@@ -1,0 +1,146 @@
+"""DeepSeek-V3 at full size on realistic tables (issue 12):
+
+    pytest benches/bench_v3.py -s          (after `maturin develop --release`)
+    MOEFAST_REFERENCE=/path/to/old/python pytest benches/bench_v3.py -s
+
+58 MoE layers x 200,000 tokens, 256 experts, top-8, where >= 95% of the tokens are a subset
+of their own (`tests/workloads.distinct_v3_model`), 32 GPUs x 9 slots. The quality reference is
+the per-layer cost of the greedy before issue 12 (`distinct_v3_reference.json`, full tables);
+MOEFAST_REFERENCE names a folder holding an older build of the `moefast` package, which is
+then timed on the same trace in the same run (in a subprocess, before the current code) and
+the ratio printed (the current `plan` also places and scores the baselines, which the older
+one did not). The machine is shared: times are quoted with the load average and the
+CPU seconds of the process, which others' load does not inflate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import moefast as mf
+import numpy as np
+import pytest
+from moefast.synthetic import synthetic_topk
+from workloads import distinct_v3_model
+
+LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9
+REFERENCE = json.loads((Path(__file__).parent / "distinct_v3_reference.json").read_text())
+#: Each layer's cost may exceed the reference by this share at most.
+QUALITY_SLACK = 0.005
+
+
+@pytest.fixture(scope="module")
+def trace() -> mf.Trace:
+    trace = distinct_v3_model(LAYERS, TOKENS)
+    distinct = len(mf.SubsetTable.from_topk(trace.topk[:, 0, :], EXPERTS))
+    assert distinct >= 0.95 * TOKENS
+    return trace
+
+
+def timed(fn, *args, **kwargs):
+    """(result, wall seconds, CPU seconds of this process, 1-minute load average)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - wall, time.process_time() - cpu, os.getloadavg()[0]
+
+
+def reference_plan(topk: np.ndarray, tmp: Path) -> dict | None:
+    """The plan of the build in MOEFAST_REFERENCE on the same trace, in a subprocess."""
+    folder = os.environ.get("MOEFAST_REFERENCE")
+    if not folder:
+        return None
+    np.save(tmp / "topk.npy", topk)
+    script = (
+        "import json, os, sys, time, types, numpy as np, moefast as mf\n"
+        f"topk = np.load({str(tmp / 'topk.npy')!r})\n"
+        "trace = types.SimpleNamespace(topk=topk, num_experts=256, layer_ids=None, weights=None)\n"
+        "trace = mf.Trace(topk, 256) if hasattr(mf, 'Trace') else trace\n"
+        "w, c = time.perf_counter(), time.process_time()\n"
+        f"model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False)\n"
+        "print(json.dumps({'wall': time.perf_counter() - w, 'cpu': time.process_time() - c,"
+        " 'costs': [float(x) for x in model.layer_costs], 'load': os.getloadavg()[0]}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": folder}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_decode_plan(benchmark, trace, tmp_path):
+    ref = reference_plan(trace.topk, tmp_path)
+    model, wall, cpu, load = timed(
+        benchmark.pedantic,
+        mf.plan,
+        args=(trace, GPUS, SLOTS),
+        kwargs={"progress": False, "holdout": 0},
+    )
+    costs = np.asarray(model.layer_costs)
+    recorded = np.asarray(REFERENCE["layer_costs"])
+    ratio = costs / recorded
+    print(
+        f"\nplan, {LAYERS} layers x {TOKENS:,} tokens (>= 95% distinct), E={EXPERTS} k={K},"
+        f" {GPUS} GPUs x {SLOTS} slots: {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
+        f" recorded greedy before issue 12: {REFERENCE['cpu_seconds']} s CPU"
+        f" ({REFERENCE['cpu_seconds'] / cpu:.2f}x)\n"
+        f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
+        f" best {ratio.min():.4f}; model {costs.sum():.3f} rounds per token"
+    )
+    if ref is not None:
+        print(
+            f"  reference build, same run: {ref['wall']:.1f} s wall, {ref['cpu']:.1f} s CPU"
+            f" (load {ref['load']:.1f}): {ref['wall'] / wall:.2f}x wall,"
+            f" {ref['cpu'] / cpu:.2f}x CPU;"
+            f" its costs / recorded: worst {max(np.asarray(ref['costs']) / recorded):.4f}"
+        )
+    assert (ratio <= 1 + QUALITY_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + QUALITY_SLACK)}"
+    assert all(p.slots_used.tolist() == [SLOTS] * GPUS for p in model)
+    benchmark.extra_info.update(cpu_seconds=cpu, load=load, worst_ratio=float(ratio.max()))
+
+
+def test_time_budget_tenth(trace):
+    """A tenth of the unbudgeted time on eight layers: within 2% of the unbudgeted costs."""
+    few = mf.Trace(trace.topk[:, :8, :], EXPERTS)
+    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, holdout=0)
+    budget = 0.1 * wall
+    rushed, rushed_wall, rushed_cpu, rushed_load = timed(
+        mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=budget
+    )
+    ratio = np.asarray(rushed.layer_costs) / np.asarray(free.layer_costs)
+    print(
+        f"\n8 layers: unbudgeted {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
+        f" time_budget={budget:.2f} s took {rushed_wall:.2f} s wall, {rushed_cpu:.2f} s CPU"
+        f" (load {rushed_load:.1f}): cost ratio worst {ratio.max():.4f}, mean {ratio.mean():.4f}"
+    )
+    assert ratio.max() <= 1.02
+
+
+def test_early_exit_at_the_bound(trace):
+    """E=256, G=64, S=256: the cost reaches the bound long before the slots run out."""
+    table = mf.SubsetTable.from_topk(trace.topk[:, 0, :], EXPERTS).prune(coverage=0.99)
+    placement, wall, cpu, load = timed(mf.optimize, table, 64, 256)
+    cost = mf.expected_cost(table, placement)
+    print(
+        f"\nE=256 k=8, 64 GPUs x 256 slots, {len(table):,} subsets: {wall:.2f} s wall,"
+        f" {cpu:.2f} s CPU (load {load:.1f}); cost {cost:.4f}, bound {mf.lower_bound(table, 64)}"
+    )
+    assert cost == mf.lower_bound(table, 64)
+    assert placement.slots_used.tolist() == [256] * 64
+
+
+def test_k16():
+    """E=32, k=16, G=4, S=10, 20,000 rows (94 s before issue 12)."""
+    table = mf.SubsetTable.from_topk(synthetic_topk(20_000, 32, 16, seed=0), 32)
+    placement, wall, cpu, load = timed(mf.optimize, table, 4, 10)
+    eplb = mf.expected_cost(table, mf.optimize(table, 4, 10, method="eplb"))
+    cost = mf.expected_cost(table, placement)
+    print(
+        f"\nE=32 k=16, 4 GPUs x 10 slots, {len(table):,} subsets: {wall:.2f} s wall, {cpu:.2f} s"
+        f" CPU (load {load:.1f}); greedy {cost:.4f}, EPLB {eplb:.4f}"
+    )
+    assert cost < eplb
