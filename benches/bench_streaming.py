@@ -140,11 +140,12 @@ def child(code: str, args: list[str], env: dict[str, str] | None = None) -> dict
     source = code.format(chunk=CHUNK_TOKENS, gpus=GPUS, slots=SLOTS)
     out = subprocess.run(
         [sys.executable, "-c", source, *args],
-        check=True,
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
