@@ -62,8 +62,8 @@ def layer_tables(
         if tables and len(tables) == len(trace_or_tables):
             return tables, list(range(len(tables)))
     raise TypeError(
-        "expected a moefast.Trace, a non-empty sequence of SubsetTable (one per layer) or trace"
-        " file paths, got"
+        "expected a moefast.Trace or a non-empty sequence of SubsetTable (one per layer), or"
+        " trace file paths, got"
         f" {type(trace_or_tables).__name__}"
     )
 
