@@ -218,6 +218,18 @@ impl SubsetTable {
         for chunk in chunks {
             keyed.extend(chunk?);
         }
+        Ok(Self::collapse(keyed, k, num_experts, bits, None))
+    }
+
+    /// Adds up equal keys and orders the rows: weight descending, ties by the ids.
+    /// `original_weight` None means the table is unpruned (its own total).
+    fn collapse<K: RowKey>(
+        mut keyed: Vec<(K, f64)>,
+        k: usize,
+        num_experts: usize,
+        bits: u32,
+        original_weight: Option<f64>,
+    ) -> Self {
         // Equal keys are ordered by weight too, so sums are added in a fixed order.
         keyed.par_sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
         let mut unique: Vec<(K, f64)> = Vec::new();
@@ -234,14 +246,73 @@ impl SubsetTable {
             .zip(unique.par_iter())
             .for_each(|(out, (key, _))| key.decode(bits, out));
         let weights: Vec<f64> = unique.iter().map(|u| u.1).collect();
-        let original_weight = weights.iter().sum::<f64>() + 0.0;
-        Ok(SubsetTable {
+        // `+ 0.0`: an empty table weighs +0, not the -0 an empty float sum gives.
+        let original_weight = original_weight.unwrap_or_else(|| weights.iter().sum::<f64>() + 0.0);
+        SubsetTable {
             num_experts,
             k,
             subsets,
             weights,
             original_weight,
-        })
+        }
+    }
+
+    /// One table holding the rows of all `tables` (same experts and k), equal rows adding
+    /// their weights: the table `from_topk` gives over the concatenated tokens, in the
+    /// same order. Counts (integer weights below 2^53) add exactly, so the result is
+    /// identical whatever the split; general float weights may differ in the last bits.
+    /// The original weight is the sum of the inputs' (their coverage carries over).
+    pub fn merge(tables: &[&SubsetTable]) -> Result<Self> {
+        let Some(first) = tables.first() else {
+            return Err(MoeError::value("merge needs at least one table"));
+        };
+        let (num_experts, k) = (first.num_experts, first.k);
+        if let Some((i, t)) = tables
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.num_experts != num_experts || t.k != k)
+        {
+            return Err(MoeError::value(format!(
+                "tables[{i}] has num_experts = {}, k = {} but tables[0] has num_experts = \
+                 {num_experts}, k = {k}: merged tables must come from the same layer shape",
+                t.num_experts, t.k
+            )));
+        }
+        let original: f64 = tables.iter().map(|t| t.original_weight).sum();
+        if !original.is_finite() {
+            return Err(MoeError::value(format!(
+                "merged weights sum to {original}: scale them down"
+            )));
+        }
+        let bits = usize::BITS - (num_experts - 1).max(1).leading_zeros();
+        let table = if k as u32 * bits <= 128 {
+            Self::merge_keys::<u128>(tables, k, num_experts, bits, original)
+        } else {
+            Self::merge_keys::<[u16; MAX_K]>(tables, k, num_experts, bits, original)
+        };
+        Ok(table)
+    }
+
+    fn merge_keys<K: RowKey>(
+        tables: &[&SubsetTable],
+        k: usize,
+        num_experts: usize,
+        bits: u32,
+        original: f64,
+    ) -> Self {
+        let rows: usize = tables.iter().map(|t| t.len()).sum();
+        let mut keyed: Vec<(K, f64)> = Vec::with_capacity(rows);
+        for t in tables {
+            // Rows are canonical already: only re-encode them.
+            keyed.par_extend(
+                t.subsets
+                    .par_chunks_exact(k)
+                    .zip(t.weights.par_iter())
+                    .map(|(row, &w)| (K::encode(row, bits), w)),
+            );
+        }
+        let unpruned = tables.iter().all(|t| t.original_weight == t.total_weight());
+        Self::collapse(keyed, k, num_experts, bits, (!unpruned).then_some(original))
     }
 
     pub fn num_experts(&self) -> usize {
@@ -420,6 +491,76 @@ mod tests {
         assert!(err.to_string().contains("non-negative"), "{err}");
         let err = SubsetTable::from_topk(&[0, 1, 0, 1], 2, 4, Some(&[1e308, 1e308])).unwrap_err();
         assert!(err.to_string().contains("weights sum to inf"), "{err}");
+    }
+
+    /// A deterministic stream of distinct-id rows, skewed so that rows repeat and tie.
+    fn rows(n: usize, k: usize, e: usize, seed: u64) -> Vec<i64> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut ids = Vec::with_capacity(n * k);
+        for _ in 0..n {
+            let mut row: Vec<i64> = Vec::with_capacity(k);
+            while row.len() < k {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let x = ((state >> 33) % (e as u64 * e as u64)) as f64;
+                let id = (x.sqrt() as i64).min(e as i64 - 1);
+                if !row.contains(&id) {
+                    row.push(id);
+                }
+            }
+            ids.extend(row);
+        }
+        ids
+    }
+
+    #[test]
+    fn merge_of_chunks_equals_one_table() {
+        for (k, e) in [(2, 6), (4, 16), (16, 1000)] {
+            let ids = rows(3000, k, e, 7);
+            let whole = SubsetTable::from_topk(&ids, k, e, None).unwrap();
+            // Uneven chunks, one of them empty.
+            let cuts = [0, 1, 700, 700, 2500, 3000];
+            let parts: Vec<SubsetTable> = cuts
+                .windows(2)
+                .map(|c| SubsetTable::from_topk(&ids[c[0] * k..c[1] * k], k, e, None).unwrap())
+                .collect();
+            let refs: Vec<&SubsetTable> = parts.iter().collect();
+            assert_eq!(SubsetTable::merge(&refs).unwrap(), whole);
+            // Merging is associative: a merge of merges is the same table.
+            let left = SubsetTable::merge(&refs[..2]).unwrap();
+            let right = SubsetTable::merge(&refs[2..]).unwrap();
+            assert_eq!(SubsetTable::merge(&[&left, &right]).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn merge_adds_integer_weights_exactly() {
+        let ids = rows(500, 3, 8, 3);
+        let w: Vec<f64> = (0..500).map(|i| (i % 5) as f64 * 0.25).collect();
+        let whole = SubsetTable::from_topk(&ids, 3, 8, Some(&w)).unwrap();
+        let a = SubsetTable::from_topk(&ids[..600], 3, 8, Some(&w[..200])).unwrap();
+        let b = SubsetTable::from_topk(&ids[600..], 3, 8, Some(&w[200..])).unwrap();
+        assert_eq!(SubsetTable::merge(&[&a, &b]).unwrap(), whole);
+    }
+
+    #[test]
+    fn merge_refuses_other_shapes_and_nothing() {
+        let a = SubsetTable::from_topk(&[0, 1], 2, 4, None).unwrap();
+        let b = SubsetTable::from_topk(&[0, 1], 2, 5, None).unwrap();
+        let err = SubsetTable::merge(&[&a, &b]).unwrap_err();
+        assert!(err.to_string().contains("tables[1]"), "{err}");
+        assert!(SubsetTable::merge(&[]).is_err());
+    }
+
+    #[test]
+    fn merge_of_pruned_tables_keeps_their_coverage() {
+        let ids = [0, 1, 0, 1, 0, 1, 0, 2];
+        let t = SubsetTable::from_topk(&ids, 2, 3, None).unwrap();
+        let p = t.prune(None, Some(1)).unwrap();
+        let m = SubsetTable::merge(&[&p, &p]).unwrap();
+        assert_eq!(m.total_weight(), 6.0);
+        assert!((m.coverage() - 0.75).abs() < 1e-12);
     }
 
     #[test]

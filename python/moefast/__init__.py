@@ -22,6 +22,7 @@ from moefast.optimizers import METHODS, optimize
 from moefast.planner import plan
 from moefast.readers import load_expert_load
 from moefast.recorder import RoutingRecorder
+from moefast.streaming import SubsetTableBuilder, convert, iter_trace
 from moefast.synthetic import synthetic_trace
 from moefast.trace import Trace, load_trace
 
@@ -33,12 +34,15 @@ __all__ = [
     "Placement",
     "RoutingRecorder",
     "SubsetTable",
+    "SubsetTableBuilder",
     "Trace",
     "__version__",
     "batch_time",
+    "convert",
     "data",
     "eplb",
     "expected_cost",
+    "iter_trace",
     "load_expert_load",
     "load_placement",
     "load_trace",

@@ -60,6 +60,10 @@ class SubsetTable:
         subsets: npt.ArrayLike, weights: npt.ArrayLike, num_experts: int
     ) -> SubsetTable:
         """A table from subsets [n, k] and weights [n]; repeated rows add their weights."""
+    @staticmethod
+    def merge(tables: Sequence[SubsetTable]) -> SubsetTable:
+        """The rows of all `tables` (same num_experts, k), equal rows adding their weights:
+        what `from_topk` gives over the concatenated tokens, in the same order."""
     @property
     def subsets(self) -> npt.NDArray[np.int64]:
         """int64 [n, k]: ids ascending in a row, rows by weight descending, ties by ids."""

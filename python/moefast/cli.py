@@ -1,4 +1,5 @@
-"""The ``moefast`` command: demo, plan, evaluate, inspect, synth and simulate subcommands."""
+"""The ``moefast`` command: demo, plan, evaluate, inspect, synth, convert and simulate
+subcommands."""
 
 from __future__ import annotations
 
@@ -216,6 +217,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _streaming(args) -> bool:
+    """Many files, a chunk size, workers, or an Arrow trace: plan by streaming."""
+    from moefast.streaming import is_arrow_trace, trace_files
+
+    files = trace_files(args.trace)
+    return (
+        len(files) > 1
+        or args.chunk_tokens is not None
+        or args.ray is not None
+        or args.workers is not None
+        or is_arrow_trace(files[0])
+    )
+
+
 def cmd_plan(args) -> int:
     from moefast.formats import check_file_name, launch_settings
     from moefast.models import map_positions, model_layout
@@ -225,28 +240,41 @@ def cmd_plan(args) -> int:
     check_file_name(args.out, args.format)
     if args.report is not None:
         check_folder(args.report, "--report")
-    trace = load_trace(args.trace, args.trace_format)
     moe_layers = None if args.moe_layers is None else _int_list(args.moe_layers, "--moe-layers")
     layout = model_layout(args.model, args.num_layers, moe_layers)
-    if args.layers_are_positions:
-        if layout is None:
-            raise ValueError("--layers-are-positions needs --model (or --moe-layers)")
-        trace = map_positions(trace, layout)
-    # Refuse a trace whose layers cannot be the model's before the planning work.
-    if layout is not None:
-        layout.check_layers(trace.layer_ids, trace.num_experts)
-    elif args.format in ("sglang", "trtllm", "vllm-ascend"):
+    if layout is None and args.format in ("sglang", "trtllm", "vllm-ascend"):
         raise ValueError(
             f"the {args.format} file holds rows for the model's layers: say which model with"
             " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
         )
-    if args.slots is not None:
-        args.launch = launch_settings(
-            args.format, args.out, args.gpus, args.slots, trace.num_experts
-        )
-    model = _run_plan(trace, args, f"moefast plan: {Path(args.trace).name}", args.report)
+    if _streaming(args):
+        from moefast.distributed import plan_files_cli
+
+        if args.layers_are_positions:
+            raise ValueError(
+                "--layers-are-positions needs one trace read whole; convert the files with"
+                " layer ids first, or leave out --chunk-tokens/--workers/--ray"
+            )
+        # plan() refuses layer ids that are not the model's before the planning work.
+        model = plan_files_cli(args, _cost_model, _print_comparison, layout)
+        num_experts = model.num_experts
+    else:
+        trace = load_trace(args.trace[0], args.trace_format)
+        if args.layers_are_positions:
+            if layout is None:
+                raise ValueError("--layers-are-positions needs --model (or --moe-layers)")
+            trace = map_positions(trace, layout)
+        # Refuse a trace whose layers cannot be the model's before the planning work.
+        if layout is not None:
+            layout.check_layers(trace.layer_ids, trace.num_experts)
+        num_experts = trace.num_experts
+        if args.slots is not None:
+            args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
+        model = _run_plan(trace, args, f"moefast plan: {Path(args.trace[0]).name}", args.report)
     if layout is not None and args.model:
         model.settings["model"] = layout.name
+    if getattr(args, "launch", None) is None and args.slots is not None:
+        args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
     model.settings["launch"] = getattr(args, "launch", None)
     launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
     print(f"placement ({args.format}): {args.out}")
@@ -537,6 +565,15 @@ def _trace_format_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_convert(args) -> int:
+    from moefast.streaming import convert
+
+    options = {"format": args.trace_format} if args.trace_format else {}
+    tokens = convert(args.trace, args.out, chunk_tokens=args.chunk_tokens, **options)
+    print(f"{tokens} tokens written to {args.out} (Arrow IPC, {args.chunk_tokens} tokens a batch)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moefast", description="Co-activation-aware placement of MoE experts on GPUs."
@@ -570,9 +607,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Computes a placement of every MoE layer and writes it for an engine.",
     )
     p.add_argument(
-        "trace", help="routing trace (.npz, .jsonl, SGLang per_token .pt or folder, ...)"
+        "trace",
+        nargs="+",
+        help="routing trace(s) (.npz, .jsonl, .arrow, SGLang per_token .pt or folder, folders of"
+        " shards); several files, --chunk-tokens, --workers or --ray plan by streaming",
     )
     _placement_options(p)
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="read the traces this many tokens at a time (memory holds the tables, not the trace)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="count files and plan layers in this many local processes",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="count and plan on a Ray cluster: 'local', 'auto' or ray://HOST:10001"
+        " (pip install 'moefast[ray]')",
+    )
     p.add_argument(
         "--format",
         default="sglang",
@@ -717,6 +776,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser(
+        "convert",
+        help="write traces as one chunked Arrow trace",
+        description="Reads one or more traces (any format, or folders of shards) chunk by chunk"
+        " and writes them as one moefast Arrow IPC trace, read later without loading it whole"
+        " (needs pyarrow: pip install 'moefast[arrow]').",
+    )
+    p.add_argument("trace", nargs="+", help="trace files or folders, all of one model")
+    p.add_argument("--out", required=True, help="Arrow trace to write (.arrow)")
+    p.add_argument(
+        "--chunk-tokens", type=int, default=1 << 16, help="tokens per record batch (65536)"
+    )
+    _trace_format_option(p)
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser(
         "simulate",

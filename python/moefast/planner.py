@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 
 from moefast import _core
@@ -20,26 +20,51 @@ from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
 from moefast.selection import Estimator, select_estimator
-from moefast.trace import Trace
+from moefast.trace import PathLike, Trace
 from moefast.validation import check_number
 
 ESTIMATOR_CHOICES = ("plain", "auto")
 PLAIN = Estimator()
 
 
+def _is_paths(obj: object) -> bool:
+    if isinstance(obj, (str, os.PathLike)):
+        return True
+    return (
+        isinstance(obj, Sequence)
+        and len(obj) > 0
+        and all(isinstance(p, (str, os.PathLike)) for p in obj)
+    )
+
+
 def layer_tables(
-    trace_or_tables: Trace | Sequence[SubsetTable],
+    trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
 ) -> tuple[list[SubsetTable], list[int]]:
-    """The subset table and model layer number of every layer of a trace or table list
-    (a list's layers are numbered from 0)."""
+    """The subset table and model layer number of every layer of a trace, table list
+    (a list's layers are numbered from 0), or trace files (read by streaming,
+    `moefast.distributed.tables_from_files`)."""
+    if _is_paths(trace_or_tables):
+        from moefast.distributed import tables_from_files
+
+        return tables_from_files(
+            trace_or_tables,  # type: ignore[arg-type]
+            chunk_tokens=chunk_tokens,
+            executor=executor,
+            progress=progress,
+        )
     if isinstance(trace_or_tables, Trace):
         return trace_or_tables.tables(), list(trace_or_tables.layer_ids)
     if isinstance(trace_or_tables, Sequence) and not isinstance(trace_or_tables, (str, bytes)):
-        tables = list(trace_or_tables)
-        if tables and all(isinstance(t, SubsetTable) for t in tables):
+        tables = [t for t in trace_or_tables if isinstance(t, SubsetTable)]
+        if tables and len(tables) == len(trace_or_tables):
             return tables, list(range(len(tables)))
     raise TypeError(
-        "expected a moefast.Trace or a non-empty sequence of SubsetTable (one per layer), got"
+        "expected a moefast.Trace or a non-empty sequence of SubsetTable (one per layer), or"
+        " trace file paths, got"
         f" {type(trace_or_tables).__name__}"
     )
 
@@ -112,7 +137,7 @@ def _stop(futures: list[Future]) -> None:
 
 
 def plan(
-    trace_or_tables: Trace | Sequence[SubsetTable],
+    trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
     num_gpus: int,
     slots_per_gpu: int,
     *,
@@ -127,6 +152,8 @@ def plan(
     objective: Literal["decode", "batch"] = "decode",
     batch_size: int | None = None,
     cost_model: CostModel | None = None,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
     time_budget: float | None = None,
     work_budget: int | None = None,
     model: str | ModelLayout | None = None,
@@ -159,12 +186,27 @@ def plan(
     exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
     layer gets, when it starts, its share of the time left, or an equal share of the rows;
     a work budget keeps the plan deterministic for a given seed, a time budget does not.
+
+    Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
+    ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace. With an
+    ``executor`` (a process pool, `moefast.distributed.RayExecutor`, Dask's), files are
+    counted and layers optimized on its workers; the result is identical.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
     trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
+    if executor is not None and time_budget is not None:
+        raise ValueError("time_budget is not supported with an executor: use work_budget")
+    if progress is None:
+        progress = sys.stderr.isatty()
     # A trace's own tables are built only where needed: held out, only its parts are.
-    tables, layer_ids = ([], list(trace.layer_ids)) if trace else layer_tables(trace_or_tables)
+    tables, layer_ids = (
+        ([], list(trace.layer_ids))
+        if trace
+        else layer_tables(
+            trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+        )
+    )
     num_experts = trace.num_experts if trace else tables[0].num_experts
     check_memory(num_experts, num_gpus, slots_per_gpu)
     layout = model_layout(model)
@@ -178,8 +220,6 @@ def plan(
         raise ValueError(f"estimator must be one of {ESTIMATOR_CHOICES}, got {estimator!r}")
     if tables and {t.num_experts for t in tables} != {num_experts}:
         raise ValueError("all layers must have the same number of experts")
-    if progress is None:
-        progress = sys.stderr.isatty()
     options: dict[str, Any] = {
         "time_limit": time_limit,
         "objective": objective,
@@ -204,20 +244,37 @@ def plan(
         by = split_by or ("request" if plan_trace.request_ids is not None else "time")
         selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
         chosen, estimator_note = selection.estimator, selection.note
-    placements = plan_layers(
-        plan_tables,
-        num_gpus,
-        slots_per_gpu,
-        method,
-        chosen,
-        seed,
-        progress,
-        time_budget=None
-        if time_budget is None
-        else max(0.0, time_budget - (time.perf_counter() - began)),
-        work_budget=work_budget,
-        **options,
-    )
+    if executor is not None:
+        from moefast.distributed import optimize_layers
+
+        placements = optimize_layers(
+            executor,
+            plan_tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            work_budget,
+            options,
+            progress,
+        )
+    else:
+        placements = plan_layers(
+            plan_tables,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            progress,
+            time_budget=None
+            if time_budget is None
+            else max(0.0, time_budget - (time.perf_counter() - began)),
+            work_budget=work_budget,
+            **options,
+        )
     comparison = _score(
         trace,
         split,

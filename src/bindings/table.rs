@@ -83,6 +83,18 @@ impl PySubsetTable {
         Self::build(py, subsets, "subsets", num_experts, Some(weights), false)
     }
 
+    /// One table of the rows of all `tables` (same num_experts and k), equal rows adding
+    /// their weights: the table `from_topk` gives over the concatenated tokens, same order.
+    #[staticmethod]
+    fn merge(py: Python<'_>, tables: Vec<PyRef<'_, PySubsetTable>>) -> PyResult<Self> {
+        let inner: Vec<Arc<SubsetTable>> = tables.iter().map(|t| t.inner.clone()).collect();
+        let table = py.detach(|| {
+            let refs: Vec<&SubsetTable> = inner.iter().map(|t| t.as_ref()).collect();
+            SubsetTable::merge(&refs)
+        })?;
+        Ok(Self::wrap(table))
+    }
+
     #[getter]
     fn subsets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let flat: Vec<i64> = self.inner.subsets().iter().map(|&e| e as i64).collect();

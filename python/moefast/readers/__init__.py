@@ -16,7 +16,7 @@ import numpy as np
 from moefast.readers._errors import malformed
 from moefast.trace import Trace
 
-TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "trtllm")
+TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "trtllm", "arrow")
 LOAD_FORMATS = ("logical_count", "sglang-stat", "trtllm", "npy", "trace")
 
 
@@ -39,6 +39,8 @@ def guess_trace_format(path: Path) -> str:
         return "jsonl"
     if suffix == ".pt":
         return "sglang"
+    if suffix in (".arrow", ".ipc"):
+        return "arrow"
     if suffix == ".json":
         head = _json_head(path)
         if '"logical_count"' in head:
@@ -51,8 +53,10 @@ def guess_trace_format(path: Path) -> str:
             return "jsonl"
         return "fingerprint"
     with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"PK":
+        magic = f.read(6)
+    if magic == b"ARROW1":
+        return "arrow"
+    if magic[:2] == b"PK":
         return "npz"
     if magic[:1] == b"{":
         return "jsonl"
@@ -85,6 +89,12 @@ def read_trace(path: Path, format: str | None = None, **options) -> Trace:
         from moefast.readers.trtllm import read_trtllm_trace
 
         return read_trtllm_trace(path, **options)
+    if fmt == "arrow":
+        from moefast.streaming import read_arrow_trace
+
+        if options:
+            raise TypeError(f"the arrow reader takes no options, got {sorted(options)}")
+        return read_arrow_trace(path)
     raise ValueError(f"unknown trace format {fmt!r}; known: {TRACE_FORMATS}")
 
 

@@ -1,0 +1,314 @@
+"""Planning traces larger than memory, on one machine or fanned out on an executor.
+
+`tables_from_files` builds one `SubsetTable` per layer from many trace files: locally by
+streaming chunk by chunk, or on a `concurrent.futures.Executor` (a process pool, Ray through
+`RayExecutor`, Dask's ``client.get_executor()``) where each task counts one file or one range
+of an Arrow file's record batches into per-layer partial tables that are merged here, in
+the core. `optimize_layers` optimizes the layers on the executor. Tables travel as numpy
+buffers (uint16 ids, float64 weights), placements as bool matrices, so nothing but arrays
+is pickled; the results are identical to the single-process plan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moefast._core import Placement, SubsetTable
+from moefast.progress import progress as progress_bar
+from moefast.streaming import (
+    DEFAULT_CHUNK_TOKENS,
+    ArrowTrace,
+    SubsetTableBuilder,
+    TraceShape,
+    count_file,
+    is_arrow_trace,
+    table_from_arrays,
+    table_to_arrays,
+    trace_files,
+    trace_shape,
+)
+from moefast.trace import PathLike
+from moefast.validation import check_count
+
+#: Record batches of an Arrow file counted by one task of an executor.
+BATCHES_PER_TASK = 8
+
+TableArrays = tuple[np.ndarray, np.ndarray, int]
+
+
+@dataclass(frozen=True)
+class CountTask:
+    """One file, or a range of an Arrow file's record batches, to count on a worker."""
+
+    path: Path
+    batches: tuple[int, int] | None = None
+
+    def __str__(self) -> str:
+        if self.batches is None:
+            return str(self.path)
+        return f"{self.path} (record batches {self.batches[0]}..{self.batches[1] - 1})"
+
+
+def count_tasks(files: Sequence[Path]) -> list[CountTask]:
+    tasks = []
+    for path in files:
+        if is_arrow_trace(path):
+            n = ArrowTrace.open(path).num_batches
+            tasks += [
+                CountTask(path, (b, min(b + BATCHES_PER_TASK, n)))
+                for b in range(0, n, BATCHES_PER_TASK)
+            ]
+        else:
+            tasks.append(CountTask(path))
+    return tasks
+
+
+def count_task(
+    task: CountTask, shape: TraceShape, chunk_tokens: int, options: dict[str, Any]
+) -> list[TableArrays]:
+    """Runs on a worker: the partial table of every layer of the task, as arrays."""
+    positions = range(len(shape.layer_ids))
+    tables = count_file(task.path, positions, chunk_tokens, shape, task.batches, **options)
+    return [table_to_arrays(t) for t in tables]
+
+
+def _result(future: Future, what: str) -> Any:
+    """The future's result; a worker's failure names what it held."""
+    try:
+        return future.result()
+    except ValueError:
+        raise  # bad input, already named by the reader
+    except Exception as err:
+        raise RuntimeError(f"the worker {what} failed: {type(err).__name__}: {err}") from err
+
+
+def check_executor(executor: Executor) -> None:
+    """Refuses process pools that fork: a child forked after the core's thread pool started
+    inherits its locks but not its threads, and waits forever."""
+    if isinstance(executor, ProcessPoolExecutor):
+        context = getattr(executor, "_mp_context", None)
+        if context is not None and context.get_start_method() == "fork":
+            raise ValueError(
+                "executor: a ProcessPoolExecutor that forks deadlocks in the core's thread pool;"
+                " use ProcessPoolExecutor(mp_context=multiprocessing.get_context('spawn'))"
+            )
+
+
+def tables_from_files(
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> tuple[list[SubsetTable], list[int]]:
+    """One table per layer of the trace in the files, and the layers' ids, built by
+    streaming (memory holds the tables and a chunk, not the trace); with an ``executor``,
+    files (and ranges of Arrow record batches) are counted on its workers."""
+    chunk_tokens = check_count(
+        "chunk_tokens", DEFAULT_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    )
+    show = progress if progress is not None else None
+    files = trace_files(path_or_paths)
+    shape = trace_shape(files[0], **options)
+    builders = [SubsetTableBuilder(shape.num_experts) for _ in shape.layer_ids]
+    if executor is None:
+        positions = range(len(shape.layer_ids))
+        shown = progress_bar(files, len(files), "counting files") if show is not False else files
+        for path in shown:
+            for builder, table in zip(
+                builders, count_file(path, positions, chunk_tokens, shape, **options), strict=True
+            ):
+                builder.add_table(table)
+    else:
+        check_executor(executor)
+        tasks = count_tasks(files)
+        futures = {
+            executor.submit(count_task, task, shape, chunk_tokens, dict(options)): task
+            for task in tasks
+        }
+        try:
+            done: Iterable[Future] = as_completed(futures)
+            if show is not False:
+                done = progress_bar(done, len(futures), "counting files")
+            for future in done:
+                for builder, arrays in zip(
+                    builders, _result(future, f"counting {futures[future]}"), strict=True
+                ):
+                    builder.add_table(table_from_arrays(arrays))
+        finally:
+            for future in futures:
+                future.cancel()
+    return [b.finish() for b in builders], list(shape.layer_ids)
+
+
+def plan_layer(
+    arrays: TableArrays,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    estimator: Any,
+    seed: int,
+    work_budget: int | None,
+    options: dict[str, Any],
+) -> np.ndarray:
+    """Runs on a worker: one layer planned as `moefast.planner.plan_layers` plans it (the
+    estimator's table, then `optimize`); the placement as a bool matrix [E, G]."""
+    from moefast.optimizers import optimize
+
+    table = table_from_arrays(arrays)
+    if estimator.coverage < 1.0:
+        table = table.prune(coverage=estimator.coverage)
+    placement = optimize(
+        table,
+        num_gpus,
+        slots_per_gpu,
+        method=method,
+        seed=seed,
+        work_budget=work_budget,
+        **options,
+    )
+    return placement.replicas
+
+
+def optimize_layers(
+    executor: Executor,
+    tables: Sequence[SubsetTable],
+    layer_ids: Sequence[int],
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    estimator: Any,
+    seed: int,
+    work_budget: int | None,
+    options: dict[str, Any],
+    progress: bool | None = None,
+) -> list[Placement]:
+    """`plan_layers`' placements, each layer optimized on a worker of ``executor``
+    (``work_budget`` shared equally between the layers, as `plan_layers` does)."""
+    check_executor(executor)
+    share = None if work_budget is None else work_budget // len(tables)
+    futures = {
+        executor.submit(
+            plan_layer,
+            table_to_arrays(t),
+            num_gpus,
+            slots_per_gpu,
+            method,
+            estimator,
+            seed,
+            share,
+            options,
+        ): i
+        for i, t in enumerate(tables)
+    }
+    results: list[Placement | None] = [None] * len(tables)
+    try:
+        done: Iterable[Future] = as_completed(futures)
+        if progress is not False:
+            done = progress_bar(done, len(futures), "planning layers")
+        for future in done:
+            i = futures[future]
+            results[i] = Placement(_result(future, f"planning layer {layer_ids[i]}"))
+    finally:
+        for future in futures:
+            future.cancel()
+    return [r for r in results if r is not None]
+
+
+class RayExecutor(Executor):
+    """A `concurrent.futures.Executor` running each call as a Ray task (``pip install
+    'moefast[ray]'``). ``address`` None or ``"local"`` starts a local cluster of
+    ``num_workers`` CPUs (default: all), ``"auto"`` or ``"ray://host:10001"`` joins a running
+    one; moefast must be installed on every node. Each task asks Ray for one CPU."""
+
+    def __init__(self, address: str | None = None, num_workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise ImportError("the Ray executor needs ray: pip install 'moefast[ray]'") from err
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            local = address in (None, "local")
+            ray.init(
+                address=None if local else address,
+                num_cpus=num_workers if local else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = self._ray.remote(num_cpus=1, max_retries=0)(fn)
+        return remote.remote(*args, **kwargs).future()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns = False
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def plan_files_cli(
+    args: Any,
+    cost_model: Callable[[Any], Any],
+    show: Callable[[Any, int, int], None],
+    model_layout: Any = None,
+) -> Any:
+    """``moefast plan`` on trace files by streaming, locally or on workers (``--workers``,
+    ``--ray``): plans, prints the comparison with the baselines (``show``), returns the
+    model. Scores are in-sample: a streamed trace is not split."""
+    import multiprocessing
+    from contextlib import ExitStack
+
+    from moefast.planner import plan
+
+    if args.report is not None:
+        raise ValueError("--report needs one trace read whole; leave it out when streaming")
+    if args.trace_format is not None:
+        raise ValueError("--trace-format: streamed files are recognized by name and content")
+    if args.workers is not None and args.ray is not None:
+        raise ValueError("give --workers or --ray, not both")
+    batch_size = getattr(args, "batch_size", None) or None
+    with ExitStack() as stack:
+        executor: Executor | None = None
+        if args.ray is not None:
+            executor = stack.enter_context(RayExecutor(args.ray, args.workers))
+        elif args.workers is not None:
+            workers = check_count("--workers", args.workers)
+            executor = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+        model = plan(
+            args.trace,
+            args.gpus,
+            args.slots,
+            method=args.method,
+            coverage=args.coverage,
+            seed=args.seed,
+            objective="decode" if batch_size is None else "batch",
+            batch_size=batch_size,
+            cost_model=cost_model(args) if batch_size is not None else None,
+            time_budget=getattr(args, "time_budget", None),
+            work_budget=getattr(args, "work_budget", None),
+            chunk_tokens=args.chunk_tokens,
+            executor=executor,
+            model=model_layout,
+        )
+    print(f"{len(trace_files(args.trace))} trace file(s) read by streaming")
+    show(model.evaluation, args.gpus, args.slots)
+    return model

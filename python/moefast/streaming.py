@@ -1,0 +1,453 @@
+"""Traces larger than memory: tables built chunk by chunk, traces read chunk by chunk, and
+the native chunked format (Arrow IPC).
+
+`SubsetTableBuilder` counts a layer's tokens chunk by chunk into partial tables and merges
+them in the core (`SubsetTable.merge`), so the result is the table `SubsetTable.from_topk`
+gives over all the tokens at once, row for row, while memory holds tables, not ids.
+`iter_trace` reads any trace moefast reads as a sequence of `Trace` chunks; `stream_tables`
+turns files into one table per layer; `convert` writes the Arrow IPC format.
+
+Why Arrow IPC: its record batches are memory-mapped and turn into numpy arrays without a
+copy, so a pass over one layer of a 50 GB trace reads that layer's bytes only and holds one
+batch at a time; the format is a stable, language-neutral spec read by pyarrow, polars,
+DuckDB and Spark, and pyarrow is a single binary wheel on every platform. It is an optional
+extra (``moefast[arrow]``): everything else in moefast runs without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moefast._core import SubsetTable
+from moefast.progress import progress
+from moefast.trace import PathLike, Trace
+from moefast.validation import check_count, check_layer_ids
+
+#: Tokens per chunk when the caller gives none: 1M tokens of a 58-layer k=8 model is
+#: ~1.9 GB as int32, ~0.5 GB as the uint8 ids of the Arrow format.
+DEFAULT_CHUNK_TOKENS = 1 << 20
+
+#: Schema metadata key and value that mark a moefast Arrow trace.
+ARROW_FORMAT = "moefast-trace/1"
+
+#: Partial tables a builder keeps before merging them into one.
+_FAN_IN = 8
+
+
+class SubsetTableBuilder:
+    """One layer's `SubsetTable`, fed chunk by chunk.
+
+    ``add(topk_chunk, weights=None)`` counts a chunk [tokens, k] into a partial table;
+    every few chunks the partial tables are merged in the core, so memory holds at most a
+    few tables. ``finish()`` returns the table `SubsetTable.from_topk` gives over the
+    concatenated chunks: same rows, weights and order. Token counts (and weights whose sums
+    are exact in float64, such as integers) are identical whatever the chunking; other float
+    weights may differ in the last bits, as any change of summation order does.
+    """
+
+    def __init__(self, num_experts: int) -> None:
+        self.num_experts = num_experts
+        self._tables: list[SubsetTable] = []
+        self.tokens = 0
+
+    def add(self, topk: Any, weights: Any = None) -> None:
+        """Counts a chunk of top-k ids [tokens, k] (with optional float [tokens] weights)."""
+        self.add_table(SubsetTable.from_topk(topk, self.num_experts, weights))
+        self.tokens += int(np.shape(topk)[0])
+
+    def add_table(self, table: SubsetTable) -> None:
+        """Adds a partial table (counted elsewhere, for instance on a worker)."""
+        if table.num_experts != self.num_experts:
+            raise ValueError(
+                f"table has num_experts = {table.num_experts}, the builder {self.num_experts}"
+            )
+        self._tables.append(table)
+        if len(self._tables) >= _FAN_IN:
+            self._tables = [SubsetTable.merge(self._tables)]
+
+    def finish(self) -> SubsetTable:
+        if not self._tables:
+            raise ValueError("no chunk was added: a table needs at least one chunk")
+        if len(self._tables) > 1:
+            self._tables = [SubsetTable.merge(self._tables)]
+        return self._tables[0]
+
+
+def table_to_arrays(table: SubsetTable) -> tuple[np.ndarray, np.ndarray, int]:
+    """A table as compact numpy buffers (ids uint16 [n, k], weights float64 [n], E), to send
+    between processes; `table_from_arrays` rebuilds the identical (unpruned) table."""
+    return table.subsets.astype(np.uint16), table.weights, table.num_experts
+
+
+def table_from_arrays(arrays: tuple[np.ndarray, np.ndarray, int]) -> SubsetTable:
+    subsets, weights, num_experts = arrays
+    return SubsetTable.from_subsets(subsets, weights, num_experts)
+
+
+# ---------------------------------------------------------------- the Arrow IPC format
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc
+    except ImportError as err:
+        raise ImportError(
+            "the Arrow trace format needs pyarrow: pip install 'moefast[arrow]'"
+        ) from err
+    return pa
+
+
+def is_arrow_trace(path: Path) -> bool:
+    if path.suffix.lower() in (".arrow", ".feather", ".ipc"):
+        return True
+    if path.is_file():
+        with open(path, "rb") as f:
+            return f.read(6) == b"ARROW1"
+    return False
+
+
+@dataclass
+class ArrowTrace:
+    """An open Arrow trace: memory-mapped, read one record batch and one layer at a time."""
+
+    path: Path
+    num_experts: int
+    layer_ids: list[int]
+    k: int
+    weighted: bool
+    reader: Any
+
+    @classmethod
+    def open(cls, path: PathLike) -> ArrowTrace:
+        pa = _pyarrow()
+        path = Path(path)
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        except (OSError, pa.ArrowInvalid) as err:
+            raise ValueError(f"{path}: not a readable Arrow IPC file ({err})") from err
+        meta = reader.schema.metadata or {}
+        if meta.get(b"moefast.format") != ARROW_FORMAT.encode():
+            raise ValueError(f"{path}: an Arrow file, but not a moefast trace ({ARROW_FORMAT})")
+        try:
+            num_experts = int(meta[b"moefast.num_experts"])
+            layer_ids = check_layer_ids(json.loads(meta[b"moefast.layer_ids"]))
+            k = int(meta[b"moefast.k"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: malformed moefast metadata ({err})") from err
+        names = reader.schema.names
+        expected = [f"layer_{i}" for i in layer_ids]
+        if names[: len(expected)] != expected:
+            raise ValueError(f"{path}: columns {names} do not match layer_ids {layer_ids}")
+        return cls(path, num_experts, layer_ids, k, "weights" in names, reader)
+
+    @property
+    def num_batches(self) -> int:
+        return int(self.reader.num_record_batches)
+
+    def batch_layer(self, batch: int, position: int) -> np.ndarray:
+        """Ids of the layer at ``position`` in record batch ``batch``, [tokens, k] (no copy)."""
+        column = self.reader.get_batch(batch).column(position)
+        if column.null_count:
+            raise ValueError(f"{self.path}: batch {batch}, layer {position} has null rows")
+        start = column.offset * self.k
+        flat = column.values.slice(start, len(column) * self.k).to_numpy(zero_copy_only=True)
+        return flat.reshape(-1, self.k)
+
+    def batch_weights(self, batch: int) -> np.ndarray | None:
+        if not self.weighted:
+            return None
+        column = self.reader.get_batch(batch).column(len(self.layer_ids))
+        return column.to_numpy(zero_copy_only=False)
+
+    def batch_trace(self, batch: int) -> Trace:
+        layers = [self.batch_layer(batch, p) for p in range(len(self.layer_ids))]
+        return Trace(
+            np.stack(layers, axis=1), self.num_experts, self.layer_ids, self.batch_weights(batch)
+        )
+
+
+def read_arrow_trace(path: PathLike) -> Trace:
+    """A whole Arrow trace in memory (`iter_trace` reads it chunk by chunk)."""
+    arrow = ArrowTrace.open(path)
+    chunks = [arrow.batch_trace(b) for b in range(arrow.num_batches)]
+    if not chunks:
+        raise ValueError(f"{path}: the trace holds no tokens")
+    weights = None if not arrow.weighted else np.concatenate([c.weights for c in chunks])
+    return Trace(
+        np.concatenate([c.topk for c in chunks]), arrow.num_experts, arrow.layer_ids, weights
+    )
+
+
+def write_arrow_trace(
+    path: PathLike, chunks: Iterator[Trace], *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> int:
+    """Writes the chunks (one trace shape) as an Arrow IPC file, one record batch per at most
+    ``chunk_tokens`` tokens; returns the number of tokens. Written to a temporary file and
+    renamed, so a failure leaves no partial file."""
+    pa = _pyarrow()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    writer = None
+    shape: tuple[int, list[int], int, bool] | None = None
+    tokens = 0
+    try:
+        for chunk in chunks:
+            this = (chunk.num_experts, list(chunk.layer_ids), chunk.k, chunk.weights is not None)
+            if shape is None:
+                shape = this
+                dtype = pa.uint8() if chunk.num_experts <= 256 else pa.uint16()
+                fields = [
+                    pa.field(f"layer_{i}", pa.list_(dtype, chunk.k), nullable=False)
+                    for i in chunk.layer_ids
+                ]
+                if chunk.weights is not None:
+                    fields.append(pa.field("weights", pa.float64(), nullable=False))
+                meta = {
+                    "moefast.format": ARROW_FORMAT,
+                    "moefast.num_experts": str(chunk.num_experts),
+                    "moefast.layer_ids": json.dumps(list(chunk.layer_ids)),
+                    "moefast.k": str(chunk.k),
+                }
+                schema = pa.schema(fields, metadata=meta)
+                writer = pa.ipc.new_file(str(tmp), schema)
+                np_dtype = np.uint8 if chunk.num_experts <= 256 else np.uint16
+            elif this != shape:
+                raise ValueError(
+                    "trace chunks differ in num_experts, layer_ids, k or weighting:"
+                    f" {shape} then {this}; convert files of one model at a time"
+                )
+            assert writer is not None
+            for start in range(0, chunk.num_tokens, chunk_tokens):
+                part = chunk.topk[start : start + chunk_tokens]
+                columns = [
+                    pa.FixedSizeListArray.from_arrays(
+                        pa.array(part[:, p, :].astype(np_dtype).ravel()), chunk.k
+                    )
+                    for p in range(chunk.num_layers)
+                ]
+                if chunk.weights is not None:
+                    columns.append(pa.array(chunk.weights[start : start + chunk_tokens]))
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+            tokens += chunk.num_tokens
+        if writer is None:
+            raise ValueError("nothing to convert: the input holds no trace")
+        writer.close()
+        writer = None
+        os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return tokens
+
+
+# ---------------------------------------------------------------- chunked reading
+
+
+def _expand(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        paths = [Path(path_or_paths)]
+    else:
+        paths = [Path(p) for p in path_or_paths]
+    if not paths:
+        raise ValueError("no trace files given")
+    out: list[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if p.is_dir() and not (p / "meta_info.json").exists():
+            arrows = sorted(q for q in p.iterdir() if q.suffix.lower() == ".arrow")
+            npzs = sorted(q for q in p.iterdir() if q.suffix.lower() == ".npz")
+            # A folder of shards is its files; a folder of SGLang dumps is one trace
+            # (ranks are deduplicated together).
+            if arrows or npzs:
+                out.extend(arrows + npzs)
+                continue
+        out.append(p)
+    return out
+
+
+def trace_files(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The units `iter_trace` reads, in order: Arrow and npz shards of a folder one by one,
+    any other file or folder (SGLang per-rank dumps) as one."""
+    return _expand(path_or_paths)
+
+
+def iter_file(path: Path, chunk_tokens: int, **options) -> Iterator[Trace]:
+    """The chunks of one file (or SGLang folder), each at most ``chunk_tokens`` tokens."""
+    if is_arrow_trace(path):
+        arrow = ArrowTrace.open(path)
+        for b in range(arrow.num_batches):
+            trace = arrow.batch_trace(b)
+            yield from _slices(trace, chunk_tokens)
+        return
+    from moefast.trace import load_trace
+
+    if "format" not in options and path.suffix.lower() == ".arrow":
+        options["format"] = "arrow"
+    # Other formats are read a file at a time: a shard's size bounds the memory.
+    yield from _slices(load_trace(path, **options), chunk_tokens)
+
+
+def _slices(trace: Trace, chunk_tokens: int) -> Iterator[Trace]:
+    if trace.num_tokens <= chunk_tokens:
+        yield trace
+        return
+    for start in range(0, trace.num_tokens, chunk_tokens):
+        stop = start + chunk_tokens
+        yield Trace(
+            trace.topk[start:stop],
+            trace.num_experts,
+            trace.layer_ids,
+            None if trace.weights is None else trace.weights[start:stop],
+        )
+
+
+def iter_trace(
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    progress_bar: bool | None = None,
+    **options,
+) -> Iterator[Trace]:
+    """Reads one or many trace files as `Trace` chunks of at most ``chunk_tokens`` tokens.
+
+    Reads every format `load_trace` reads plus moefast's Arrow traces (`convert`). Arrow
+    files are memory-mapped and read a record batch at a time; npz, JSONL and fingerprint
+    files one file at a time, and a folder of SGLang per-rank dumps as one unit (ranks
+    are deduplicated together), so for those a file bounds the memory: shard big traces or
+    `convert` them. A folder of ``.arrow``/``.npz`` shards is read shard by shard.
+    ``options`` go to `load_trace` (``num_experts`` for JSONL).
+    """
+    chunk_tokens = check_count("chunk_tokens", chunk_tokens)
+    files = _expand(path_or_paths)
+    shown = progress(files, total=len(files), desc="trace files") if progress_bar else files
+    for path in shown:
+        yield from iter_file(path, chunk_tokens, **options)
+
+
+def convert(
+    sources: PathLike | Sequence[PathLike],
+    out: PathLike,
+    *,
+    chunk_tokens: int = 1 << 16,
+    **options,
+) -> int:
+    """Writes any readable trace(s) as one moefast Arrow trace at ``out`` (record batches of
+    ``chunk_tokens`` tokens); returns the number of tokens written."""
+    chunk_tokens = check_count("chunk_tokens", chunk_tokens)
+    return write_arrow_trace(
+        out, iter_trace(sources, chunk_tokens=chunk_tokens, **options), chunk_tokens=chunk_tokens
+    )
+
+
+# ---------------------------------------------------------------- tables by streaming
+
+
+@dataclass
+class TraceShape:
+    num_experts: int
+    layer_ids: list[int]
+    k: int
+
+
+def _layer_chunks(
+    path: Path,
+    positions: Sequence[int],
+    chunk_tokens: int,
+    batches: tuple[int, int] | None = None,
+    **options,
+) -> Iterator[tuple[list[np.ndarray], np.ndarray | None, TraceShape]]:
+    """Per chunk of a file: the ids of the layers at ``positions``, the weights, the shape.
+    ``batches`` (start, stop) limits an Arrow file to those record batches."""
+    if is_arrow_trace(path):
+        arrow = ArrowTrace.open(path)
+        shape = TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
+        start, stop = (0, arrow.num_batches) if batches is None else batches
+        for b in range(start, min(stop, arrow.num_batches)):
+            # Only the asked layers' bytes are touched.
+            yield [arrow.batch_layer(b, p) for p in positions], arrow.batch_weights(b), shape
+        return
+    for chunk in iter_file(path, chunk_tokens, **options):
+        shape = TraceShape(chunk.num_experts, list(chunk.layer_ids), chunk.k)
+        yield [chunk.topk[:, p, :] for p in positions], chunk.weights, shape
+
+
+def trace_shape(path: PathLike, **options) -> TraceShape:
+    """num_experts, layer ids and k of a trace file (for Arrow, from the metadata only)."""
+    path = Path(path)
+    if is_arrow_trace(path):
+        arrow = ArrowTrace.open(path)
+        return TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
+    for chunk in iter_file(path, DEFAULT_CHUNK_TOKENS, **options):
+        return TraceShape(chunk.num_experts, list(chunk.layer_ids), chunk.k)
+    raise ValueError(f"{path}: the trace holds no tokens")
+
+
+def count_file(
+    path: Path,
+    positions: Sequence[int],
+    chunk_tokens: int,
+    shape: TraceShape,
+    batches: tuple[int, int] | None = None,
+    **options,
+) -> list[SubsetTable]:
+    """One table per layer position of one file (or of its record ``batches``), counted
+    chunk by chunk. Bad ids raise a ValueError naming the file."""
+    builders = [SubsetTableBuilder(shape.num_experts) for _ in positions]
+    chunks = _layer_chunks(path, positions, chunk_tokens, batches, **options)
+    for ids, weights, got in chunks:
+        if (got.num_experts, got.layer_ids, got.k) != (shape.num_experts, shape.layer_ids, shape.k):
+            raise ValueError(
+                f"{path}: num_experts {got.num_experts}, layers {got.layer_ids}, k {got.k}"
+                f" differ from the first file's {shape.num_experts}, {shape.layer_ids},"
+                f" {shape.k}: all files must come from one model"
+            )
+        for p, builder, layer in zip(positions, builders, ids, strict=True):
+            try:
+                builder.add(layer, weights)
+            except ValueError as err:
+                raise ValueError(f"{path}, layer {shape.layer_ids[p]}: {err}") from err
+    if not builders[0].tokens:
+        raise ValueError(f"{path}: the trace holds no tokens")
+    return [b.finish() for b in builders]
+
+
+def stream_tables(
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    layers_per_pass: int | None = None,
+    progress_bar: bool | None = None,
+    **options,
+) -> Iterator[tuple[int, SubsetTable]]:
+    """Yields ``(layer id, table)`` for every layer of the trace in the files, each table
+    built by streaming: memory holds the tables of ``layers_per_pass`` layers (default: all)
+    and one chunk, never the trace. With fewer layers per pass the files are read once per
+    group of layers (cheap for Arrow files, which are read one layer column at a time)."""
+    chunk_tokens = check_count("chunk_tokens", chunk_tokens)
+    files = _expand(path_or_paths)
+    shape = trace_shape(files[0], **options)
+    layers = len(shape.layer_ids)
+    per_pass = (
+        layers if layers_per_pass is None else check_count("layers_per_pass", layers_per_pass)
+    )
+    for first in range(0, layers, per_pass):
+        positions = list(range(first, min(first + per_pass, layers)))
+        builders = [SubsetTableBuilder(shape.num_experts) for _ in positions]
+        shown = progress(files, total=len(files), desc="counting files") if progress_bar else files
+        for path in shown:
+            for builder, table in zip(
+                builders, count_file(path, positions, chunk_tokens, shape, **options), strict=True
+            ):
+                builder.add_table(table)
+        for p, builder in zip(positions, builders, strict=True):
+            yield shape.layer_ids[p], builder.finish()

@@ -1,0 +1,218 @@
+"""Tables built chunk by chunk and merged equal the one-shot table exactly."""
+
+from itertools import pairwise
+
+import moefast as mf
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from moefast.streaming import SubsetTableBuilder, table_from_arrays, table_to_arrays
+from reference import reference_table
+from strategies import topk_arrays
+
+
+def assert_same_table(got: mf.SubsetTable, want: mf.SubsetTable) -> None:
+    assert (got.num_experts, got.k, len(got)) == (want.num_experts, want.k, len(want))
+    np.testing.assert_array_equal(got.subsets, want.subsets)
+    np.testing.assert_array_equal(got.weights, want.weights)
+    assert got.coverage == want.coverage
+
+
+def cuts(draw, tokens: int, parts: int) -> list[int]:
+    inner = sorted(draw(st.lists(st.integers(0, tokens), min_size=parts - 1, max_size=parts - 1)))
+    return [0, *inner, tokens]
+
+
+@settings(max_examples=150, deadline=None)
+@given(topk_arrays(max_tokens=200), st.data())
+def test_ten_chunks_make_the_one_shot_table(case, data):
+    topk, num_experts = case
+    bounds = cuts(data.draw, len(topk), 10)  # chunks may be empty or hold everything
+    weighted = data.draw(st.booleans())
+    # Quarter weights add exactly in any order, so the tables must match bit for bit.
+    weights = (
+        np.array(data.draw(st.lists(st.integers(0, 8), min_size=len(topk), max_size=len(topk)))) / 4
+        if weighted
+        else None
+    )
+    whole = mf.SubsetTable.from_topk(topk, num_experts, weights)
+    builder = SubsetTableBuilder(num_experts)
+    for a, b in pairwise(bounds):
+        builder.add(topk[a:b], None if weights is None else weights[a:b])
+    assert_same_table(builder.finish(), whole)
+    assert builder.tokens == len(topk)
+    if weights is None:
+        got = {
+            tuple(int(e) for e in r): float(w)
+            for r, w in zip(whole.subsets, whole.weights, strict=True)
+        }
+        assert got == reference_table(topk)
+
+
+@settings(max_examples=60, deadline=None)
+@given(topk_arrays(max_tokens=120), st.data())
+def test_merge_of_merges_is_the_same_table(case, data):
+    topk, num_experts = case
+    bounds = cuts(data.draw, len(topk), 4)
+    parts = [mf.SubsetTable.from_topk(topk[a:b], num_experts) for a, b in pairwise(bounds)]
+    whole = mf.SubsetTable.from_topk(topk, num_experts)
+    assert_same_table(mf.SubsetTable.merge(parts), whole)
+    nested = mf.SubsetTable.merge(
+        [mf.SubsetTable.merge(parts[:2]), mf.SubsetTable.merge(parts[2:])]
+    )
+    assert_same_table(nested, whole)
+    assert_same_table(table_from_arrays(table_to_arrays(whole)), whole)
+
+
+def test_wide_rows_merge_like_packed_rows():
+    # k = 16 over 1000 experts takes the array-key path of the core.
+    rng = np.random.default_rng(3)
+    pool = np.array([rng.choice(1000, 16, replace=False) for _ in range(40)])
+    topk = pool[rng.integers(0, 40, size=3000)]
+    whole = mf.SubsetTable.from_topk(topk, 1000)
+    builder = SubsetTableBuilder(1000)
+    for chunk in np.array_split(topk, 10):
+        builder.add(chunk)
+    assert_same_table(builder.finish(), whole)
+
+
+def test_merge_refuses_mixed_shapes_and_nothing():
+    a = mf.SubsetTable.from_topk([[0, 1]], 4)
+    with pytest.raises(ValueError, match=r"tables\[1\]"):
+        mf.SubsetTable.merge([a, mf.SubsetTable.from_topk([[0, 1, 2]], 4)])
+    with pytest.raises(ValueError, match="at least one"):
+        mf.SubsetTable.merge([])
+    with pytest.raises(ValueError, match="no chunk"):
+        SubsetTableBuilder(4).finish()
+    with pytest.raises(TypeError):
+        mf.SubsetTable.merge([a, "table"])
+
+
+def test_builder_reports_bad_chunks_like_from_topk():
+    builder = SubsetTableBuilder(4)
+    builder.add([[0, 1]])
+    with pytest.raises(ValueError, match="out of range"):
+        builder.add([[0, 4]])
+
+
+# ---------------------------------------------------------------- chunked reading
+
+
+def small_trace(tokens: int = 500, weighted: bool = False, seed: int = 0) -> mf.Trace:
+    trace = mf.synthetic_trace(tokens, 16, 3, 4, seed=seed, layer_ids=[3, 4, 5, 7])
+    if weighted:
+        trace.weights = np.random.default_rng(seed).integers(0, 5, tokens) / 2
+    return trace
+
+
+def concatenated(chunks: list[mf.Trace]) -> mf.Trace:
+    first = chunks[0]
+    weights = None if first.weights is None else np.concatenate([c.weights for c in chunks])
+    topk = np.concatenate([c.topk for c in chunks])
+    return mf.Trace(topk, first.num_experts, first.layer_ids, weights)
+
+
+def assert_same_trace(got: mf.Trace, want: mf.Trace) -> None:
+    np.testing.assert_array_equal(got.topk, want.topk)
+    assert (got.num_experts, got.layer_ids) == (want.num_experts, want.layer_ids)
+    if want.weights is None:
+        assert got.weights is None
+    else:
+        np.testing.assert_array_equal(got.weights, want.weights)
+
+
+def write_jsonl(trace: mf.Trace, path) -> None:
+    import json
+
+    with open(path, "w") as f:
+        for t in range(trace.num_tokens):
+            for p, layer in enumerate(trace.layer_ids):
+                ids = trace.topk[t, p].tolist()
+                f.write(json.dumps({"layer": layer, "experts": ids, "token_idx": t}) + "\n")
+
+
+def test_iter_trace_chunks_npz_shards_and_jsonl(tmp_path):
+    trace = small_trace(weighted=True)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(500), 3)):
+        mf.Trace(trace.topk[part], 16, trace.layer_ids, trace.weights[part]).save(
+            shards / f"part{i}.npz"
+        )
+    chunks = list(mf.iter_trace(shards, chunk_tokens=64))
+    assert max(c.num_tokens for c in chunks) <= 64
+    assert_same_trace(concatenated(chunks), trace)
+
+    unweighted = small_trace(60, seed=1)
+    write_jsonl(unweighted, tmp_path / "t.jsonl")
+    chunks = list(mf.iter_trace([tmp_path / "t.jsonl"], chunk_tokens=7, num_experts=16))
+    assert len(chunks) == 9
+    assert_same_trace(concatenated(chunks), unweighted)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_convert_writes_an_arrow_trace_read_back_exactly(tmp_path, weighted):
+    pytest.importorskip("pyarrow")
+    trace = small_trace(weighted=weighted)
+    trace.save(tmp_path / "t.npz")
+    out = tmp_path / "t.arrow"
+    assert mf.convert(tmp_path / "t.npz", out, chunk_tokens=128) == 500
+    chunks = list(mf.iter_trace(out, chunk_tokens=100))
+    assert [c.num_tokens for c in chunks] == [100, 28, 100, 28, 100, 28, 100, 16]
+    assert_same_trace(concatenated(chunks), trace)
+    assert_same_trace(mf.load_trace(out), trace)
+
+
+def test_arrow_ids_are_read_without_copy(tmp_path):
+    pytest.importorskip("pyarrow")
+    from moefast.streaming import ArrowTrace
+
+    small_trace().save(tmp_path / "t.npz")
+    mf.convert(tmp_path / "t.npz", tmp_path / "t.arrow", chunk_tokens=200)
+    arrow = ArrowTrace.open(tmp_path / "t.arrow")
+    ids = arrow.batch_layer(0, 1)
+    assert ids.shape == (200, 3) and ids.dtype == np.uint8
+    assert not ids.flags.owndata and not ids.flags.writeable  # a view of the mapped file
+
+
+def test_convert_refuses_mixed_models_and_leaves_no_file(tmp_path):
+    pytest.importorskip("pyarrow")
+    small_trace().save(tmp_path / "a.npz")
+    mf.Trace(np.tile(np.arange(3, dtype=np.int32), (5, 4, 1)), 32, [3, 4, 5, 7]).save(
+        tmp_path / "b.npz"
+    )
+    out = tmp_path / "t.arrow"
+    with pytest.raises(ValueError, match="differ in num_experts"):
+        mf.convert([tmp_path / "a.npz", tmp_path / "b.npz"], out)
+    assert list(tmp_path.iterdir()) == sorted(tmp_path.iterdir()) and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_a_foreign_arrow_file_is_refused(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.ipc
+
+    path = tmp_path / "x.arrow"
+    with pyarrow.ipc.new_file(str(path), pa.schema([("a", pa.int32())])) as w:
+        w.write_batch(pa.record_batch([pa.array([1, 2], pa.int32())], names=["a"]))
+    with pytest.raises(ValueError, match="not a moefast trace"):
+        list(mf.iter_trace(path))
+    (tmp_path / "y.arrow").write_bytes(b"ARROW1 but nothing else")
+    with pytest.raises(ValueError, match="not a readable Arrow"):
+        list(mf.iter_trace(tmp_path / "y.arrow"))
+
+
+def test_cli_convert_joins_traces(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from moefast.cli import main
+
+    trace = small_trace()
+    trace.save(tmp_path / "a.npz")
+    out = tmp_path / "all.arrow"
+    assert (
+        main(["convert", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--out", str(out)]) == 0
+    )
+    assert "1000 tokens" in capsys.readouterr().out
+    both = mf.load_trace(out)
+    np.testing.assert_array_equal(both.topk, np.concatenate([trace.topk, trace.topk]))
