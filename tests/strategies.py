@@ -32,3 +32,21 @@ def random_replicas(rng, num_experts: int, num_gpus: int, max_replicas: int) -> 
         count = rng.integers(1, min(max_replicas, num_gpus) + 1)
         replicas[e, rng.choice(num_gpus, size=count, replace=False)] = True
     return replicas
+
+
+@st.composite
+def tiny_batches(draw, max_tokens: int = 4):
+    """Batches small enough for brute force: up to `max_tokens` tokens of k <= 2 experts
+    over E <= 4 experts, on G <= 3 GPUs with random replica lists."""
+    num_experts = draw(st.integers(1, 4))
+    num_gpus = draw(st.integers(1, 3))
+    lists = [
+        sorted(draw(st.sets(st.integers(0, num_gpus - 1), min_size=1, max_size=num_gpus)))
+        for _ in range(num_experts)
+    ]
+    k = draw(st.integers(1, min(2, num_experts)))
+    tokens = draw(st.integers(1, max_tokens))
+    topk = np.array(
+        [draw(st.permutations(range(num_experts)))[:k] for _ in range(tokens)], dtype=np.int64
+    )
+    return topk, lists, num_gpus

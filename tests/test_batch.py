@@ -7,27 +7,11 @@ from batch_reference import brute_force_batch_time, expert_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from moefast.model import ModelPlacement
-
-
-@st.composite
-def tiny_cases(draw):
-    """B <= 4 tokens of k <= 2 experts over E <= 4 experts on G <= 3 GPUs."""
-    num_experts = draw(st.integers(1, 4))
-    num_gpus = draw(st.integers(1, 3))
-    lists = [
-        sorted(draw(st.sets(st.integers(0, num_gpus - 1), min_size=1, max_size=num_gpus)))
-        for _ in range(num_experts)
-    ]
-    k = draw(st.integers(1, min(2, num_experts)))
-    tokens = draw(st.integers(1, 4))
-    topk = np.array(
-        [draw(st.permutations(range(num_experts)))[:k] for _ in range(tokens)], dtype=np.int64
-    )
-    return topk, lists, num_gpus
+from strategies import tiny_batches
 
 
 @settings(max_examples=300, deadline=None)
-@given(tiny_cases(), st.floats(0.1, 100))
+@given(tiny_batches(max_tokens=4), st.floats(0.1, 100))
 def test_exact_when_beta_is_zero(case, alpha):
     topk, lists, g = case
     p = mf.Placement.from_lists(lists, g)
@@ -36,7 +20,7 @@ def test_exact_when_beta_is_zero(case, alpha):
 
 
 @settings(max_examples=300, deadline=None)
-@given(tiny_cases(), st.floats(0.1, 100), st.sampled_from([1.0, 1.5, 2.0, math.inf]))
+@given(tiny_batches(max_tokens=4), st.floats(0.1, 100), st.sampled_from([1.0, 1.5, 2.0, math.inf]))
 def test_exact_when_alpha_is_zero(case, beta, shape):
     topk, lists, g = case
     p = mf.Placement.from_lists(lists, g)
@@ -45,7 +29,7 @@ def test_exact_when_alpha_is_zero(case, beta, shape):
 
 
 @settings(max_examples=400, deadline=None)
-@given(tiny_cases(), st.floats(0.01, 10), st.sampled_from([1.0, 1.5, 2.0, math.inf]))
+@given(tiny_batches(max_tokens=4), st.floats(0.01, 10), st.sampled_from([1.0, 1.5, 2.0, math.inf]))
 def test_mixed_within_five_percent_and_never_below(case, ratio, shape):
     topk, lists, g = case
     p = mf.Placement.from_lists(lists, g)

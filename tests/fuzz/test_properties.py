@@ -22,7 +22,7 @@ from reference import (
     reference_expected_cost,
     reference_table,
 )
-from strategies import random_replicas, topk_arrays
+from strategies import random_replicas, tiny_batches, topk_arrays
 
 pytestmark = pytest.mark.fuzz
 
@@ -133,25 +133,9 @@ def test_scaling_every_weight_keeps_the_greedy_placement(problem, exponent, seed
     )
 
 
-@st.composite
-def tiny_batches(draw):
-    num_experts = draw(st.integers(1, 4))
-    num_gpus = draw(st.integers(1, 3))
-    lists = [
-        sorted(draw(st.sets(st.integers(0, num_gpus - 1), min_size=1, max_size=num_gpus)))
-        for _ in range(num_experts)
-    ]
-    k = draw(st.integers(1, min(2, num_experts)))
-    tokens = draw(st.integers(1, 3))
-    topk = np.array(
-        [draw(st.permutations(range(num_experts)))[:k] for _ in range(tokens)], dtype=np.int64
-    )
-    return topk, lists, num_gpus
-
-
 @PROFILE
 @given(
-    tiny_batches(),
+    tiny_batches(max_tokens=3),
     st.floats(0, 200),
     st.floats(0, 5),
     st.sampled_from([1.0, 1.5, 2.0, 3.0, math.inf]),
