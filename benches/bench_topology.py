@@ -17,6 +17,8 @@ import time
 
 import moefast as mf
 import numpy as np
+from moefast.eplb import rebalance_experts
+from moefast.formats import placement_from_slots
 from moefast.topology import Topology, batch_time, expected_time, place
 
 E, K, GROUPS, TOP_GROUPS = 256, 8, 8, 4
@@ -51,49 +53,12 @@ def group_limited_topk(
     return np.argsort(-masked, axis=1)[:, :K]
 
 
-def pack(loads: np.ndarray, bins: int, per_bin: int) -> list[list[int]]:
-    """Heaviest item first to the lightest bin with room (EPLB's balanced packing)."""
-    content: list[list[int]] = [[] for _ in range(bins)]
-    total = np.zeros(bins)
-    for i in np.argsort(-loads, kind="stable"):
-        open_bins = [b for b in range(bins) if len(content[b]) < per_bin]
-        b = min(open_bins, key=lambda b: total[b])
-        content[b].append(int(i))
-        total[b] += loads[i]
-    return content
-
-
-def replicate(loads: np.ndarray, slots: int) -> np.ndarray:
-    """Replica counts: one each, then one more to the highest load per replica."""
-    count = np.ones(len(loads), dtype=int)
-    for _ in range(slots - len(loads)):
-        count[np.argmax(loads / count)] += 1
-    return count
-
-
 def eplb(load: np.ndarray, hierarchical: bool) -> mf.Placement:
-    """DeepSeek EPLB's policy: groups packed on nodes (hierarchical) or one big node,
-    replicas by load per replica, replicas packed on GPUs (distinct experts per GPU)."""
-    nodes = NODES if hierarchical else 1
-    per_group = E // GROUPS
-    group_load = load.reshape(GROUPS, per_group).sum(axis=1)
-    node_groups = pack(group_load, nodes, GROUPS // nodes)
-    lists: list[list[int]] = [[] for _ in range(E)]
-    gpn = G // nodes
-    for n, groups in enumerate(node_groups):
-        experts = np.concatenate([np.arange(g * per_group, (g + 1) * per_group) for g in groups])
-        count = replicate(load[experts], gpn * SLOTS)
-        items = [(load[e] / c, e) for e, c in zip(experts, count, strict=True) for _ in range(c)]
-        items.sort(key=lambda x: -x[0])
-        gpu_load = np.zeros(gpn)
-        on: list[set[int]] = [set() for _ in range(gpn)]
-        for w, e in items:
-            free = [g for g in range(gpn) if len(on[g]) < SLOTS and e not in on[g]]
-            g = min(free, key=lambda g: gpu_load[g])
-            on[g].add(int(e))
-            gpu_load[g] += w
-            lists[int(e)].append(n * gpn + g)
-    return mf.Placement.from_lists(lists, num_gpus=G)
+    """DeepSeek EPLB's placement (`moefast.eplb.rebalance_experts`, the reference's rules):
+    groups packed on nodes first (hierarchical), or the global policy (one group, one node)."""
+    groups, nodes = (GROUPS, NODES) if hierarchical else (1, 1)
+    phy2log, _, _ = rebalance_experts(load[None, :], G * SLOTS, groups, nodes, G)
+    return placement_from_slots(phy2log[0], G, E, "EPLB")
 
 
 def layer_times(topk: np.ndarray, table, placement, topology) -> dict[int, float]:

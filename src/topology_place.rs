@@ -171,40 +171,31 @@ impl<'a> Search<'a> {
         let gpus = self.layout.gpus_of(e as usize);
         let from = gpus[rng.below(gpus.len())];
         let gpn = self.topology.gpus_per_node;
-        let mv = if rng.below(3) == 0 {
-            // A second replica elsewhere becomes a replica of e, on a GPU of a node the
-            // row already uses or anywhere.
-            let to = if rng.below(2) == 0 {
-                let other = row[rng.below(row.len())];
-                let og = self.layout.gpus_of(other as usize);
-                let node = og[rng.below(og.len())] as usize / gpn;
-                (node * gpn + rng.below(gpn)) as u16
-            } else {
-                rng.below(g) as u16
-            };
-            let on = self.layout.experts_on(to as usize);
-            let old = on[rng.below(on.len())];
+        // A third of the moves put a second replica of e on `to` (replacing an expert
+        // there); the rest trade e with an expert on `to`. `to` is a GPU of a node the row
+        // already uses half the time, anywhere otherwise.
+        let replace = rng.below(3) == 0;
+        let to = if rng.below(2) == 0 {
+            let other = row[rng.below(row.len())];
+            let og = self.layout.gpus_of(other as usize);
+            let node = og[rng.below(og.len())] as usize / gpn;
+            (node * gpn + rng.below(gpn)) as u16
+        } else {
+            rng.below(g) as u16
+        };
+        let on = self.layout.experts_on(to as usize);
+        let there = on[rng.below(on.len())];
+        let mv = if replace {
             Move::Replace {
-                old,
+                old: there,
                 gpu: to,
                 new: e,
             }
         } else {
-            // e trades GPUs with an expert on another GPU, preferably of a node the row uses.
-            let to = if rng.below(2) == 0 {
-                let other = row[rng.below(row.len())];
-                let og = self.layout.gpus_of(other as usize);
-                let node = og[rng.below(og.len())] as usize / gpn;
-                (node * gpn + rng.below(gpn)) as u16
-            } else {
-                rng.below(g) as u16
-            };
-            let on = self.layout.experts_on(to as usize);
-            let second = on[rng.below(on.len())];
             Move::Swap {
                 first: e,
                 from,
-                second,
+                second: there,
                 to,
             }
         };

@@ -31,14 +31,20 @@ def check_writable(path: str | os.PathLike, what: str = "output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder, not a file")
-    parent = path.parent
+    _check_creatable(path, path.parent, what)
+    return path
+
+
+def _check_creatable(path: Path, start: Path, what: str) -> None:
+    """ValueError naming ``path`` unless the nearest existing ancestor of ``start`` (or
+    ``start`` itself) is a writable folder, so that ``start`` exists or can be made."""
+    parent = start
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{what} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: folder {parent} is not writable")
-    return path
 
 
 def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -46,13 +52,7 @@ def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file, not a folder")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{what} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {path}: folder {parent} is not writable")
+    _check_creatable(path, path, what)
     return path
 
 

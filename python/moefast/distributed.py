@@ -159,19 +159,17 @@ def plan_layer(
     work_budget: int | None,
     options: dict[str, Any],
 ) -> np.ndarray:
-    """Runs on a worker: one layer planned as `moefast.planner.plan_layers` plans it (the
-    estimator's table, then `optimize`); the placement as a bool matrix [E, G]."""
-    from moefast.optimizers import optimize
+    """Runs on a worker: one layer planned as `moefast.planner.plan_layers` plans it
+    (`plan_one_layer`); the placement as a bool matrix [E, G]."""
+    from moefast.planner import plan_one_layer
 
-    table = table_from_arrays(arrays)
-    if estimator.coverage < 1.0:
-        table = table.prune(coverage=estimator.coverage)
-    placement = optimize(
-        table,
+    placement = plan_one_layer(
+        table_from_arrays(arrays),
         num_gpus,
         slots_per_gpu,
-        method=method,
-        seed=seed,
+        method,
+        estimator,
+        seed,
         work_budget=work_budget,
         **options,
     )

@@ -17,6 +17,7 @@ from moefast._core import expected_cost
 from moefast.model import ModelPlacement
 from moefast.optimizers import optimize
 from moefast.trace import Trace
+from moefast.validation import check_int
 
 
 @dataclass
@@ -39,8 +40,7 @@ def drift_windows(
     seed: int = 0,
 ) -> list[Window]:
     """The fixed ``model`` and re-planned placements on ``windows`` consecutive windows."""
-    if isinstance(windows, bool) or not isinstance(windows, (int, np.integer)):
-        raise TypeError(f"windows must be an int, got {type(windows).__name__}")
+    windows = check_int("windows", windows)
     if not 1 <= windows <= trace.num_tokens:
         raise ValueError(f"windows must be in [1, tokens = {trace.num_tokens}], got {windows}")
     fixed = model.placements_for(trace.layer_ids)

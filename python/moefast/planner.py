@@ -69,6 +69,33 @@ def layer_tables(
     )
 
 
+def plan_one_layer(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    estimator: Estimator,
+    seed: int,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
+    **optimize_options: Any,
+) -> Placement:
+    """One layer's placement, planned on the table the estimator makes of ``table``
+    (`plan_layers` runs it on threads, `moefast.distributed` on workers)."""
+    if estimator.coverage < 1.0:
+        table = table.prune(coverage=estimator.coverage)
+    return optimize(
+        table,
+        num_gpus,
+        slots_per_gpu,
+        method=method,
+        seed=seed,
+        time_budget=time_budget,
+        work_budget=work_budget,
+        **optimize_options,
+    )
+
+
 def plan_layers(
     tables: Sequence[SubsetTable],
     num_gpus: int,
@@ -97,16 +124,14 @@ def plan_layers(
         return max(0.0, (deadline - time.perf_counter()) * min(workers, left) / left)
 
     def plan_layer(table: SubsetTable) -> Placement:
-        budget = layer_budget()
-        if estimator.coverage < 1.0:
-            table = table.prune(coverage=estimator.coverage)
-        return optimize(
+        return plan_one_layer(
             table,
             num_gpus,
             slots_per_gpu,
-            method=method,
-            seed=seed,
-            time_budget=budget,
+            method,
+            estimator,
+            seed,
+            time_budget=layer_budget(),
             work_budget=None if work_budget is None else work_budget // len(tables),
             **optimize_options,
         )

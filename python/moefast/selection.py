@@ -81,7 +81,7 @@ def pair_count_error(trace: Trace, tables: Sequence[SubsetTable] | None = None) 
 def candidates(coverage: float) -> list[Estimator]:
     """The plain table first, then the unpruned table (when the user prunes)."""
     plain = Estimator(coverage)
-    return [plain, *(Estimator(c) for c in (1.0,) if c != coverage)]
+    return [plain] if coverage == 1.0 else [plain, Estimator(1.0)]
 
 
 def select_estimator(

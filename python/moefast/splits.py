@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moefast.validation import check_int, check_number
+
 if TYPE_CHECKING:
     from moefast.trace import Trace
 
@@ -22,13 +24,10 @@ MIN_BOOTSTRAP_REQUESTS = 20
 
 
 def _check_fraction(test_fraction: float) -> float:
-    if isinstance(test_fraction, bool) or not isinstance(
-        test_fraction, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"test_fraction must be a number, got {type(test_fraction).__name__}")
+    test_fraction = check_number("test_fraction", test_fraction)
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    return float(test_fraction)
+    return test_fraction
 
 
 def _check_by(by: str, trace: Trace) -> None:
@@ -79,8 +78,7 @@ def fold_positions(
     trace: Trace, k: int, by: str = "time", seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """k (train, test) position pairs; the test parts partition the tokens."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = check_int("k", k)
     _check_by(by, trace)
     n = trace.num_tokens
     if by == "time":
