@@ -37,7 +37,7 @@ const EXACT_GROUP: usize = 4;
 /// Moves whose bound promises less than this many expert runs (f(1)) over the sample are
 /// not re-timed. The bound counts whole runs; what it cannot see is the per-token part of
 /// the time, so these are the moves that only shift a few tokens' compute between GPUs. On
-/// the DeepSeek-V3-size layer of `benches/bench_v3_batch.py` (B = 64) there are thousands
+/// a DeepSeek-V3-size layer of `benches/bench_v3_batch.py` (B = 64) there are thousands
 /// of them; re-timing them took three quarters of the search, and making the ones that
 /// gained (about 1e-4 of the step time each, on the sample) left the step time of held
 /// batches 0.5% higher than without them. At B = 1 every gain is a multiple of f(1).
@@ -205,13 +205,17 @@ pub struct BatchSearchOptions {
 
 impl BatchSearchOptions {
     /// Single tokens are timed by the 64-bit matching (~0.1 us), so B = 1 affords 8,192
-    /// of them; larger batches get about 2,048 tokens in all, 16 to 512 batches: enough
-    /// that the sample's mean step time is stable, few enough to score thousands of moves.
+    /// of them; larger batches get about 4,096 tokens in all, 16 to 512 batches: enough
+    /// that what the search gains on the sample carries to other batches, few enough to
+    /// score thousands of moves. (With 2,048 tokens, 32 batches at B = 64, plans of the
+    /// DeepSeek-V3-size layers of `benches/bench_v3_batch.py` fitted their sample: 6 of
+    /// 16 layers took up to 1.2% longer on held batches than before the rounds screen,
+    /// which lets the search afford twice the batches; with 4,096 all 16 are faster.)
     pub fn default_num_batches(batch_size: usize) -> usize {
         if batch_size <= 1 {
             8192
         } else {
-            (2048 / batch_size).clamp(16, 512)
+            (4096 / batch_size).clamp(16, 512)
         }
     }
 }
