@@ -12,7 +12,10 @@
 //! - expert level: a replica on a busy GPU trades places with one on another GPU (`Swap`),
 //!   or a spare replica of a light expert becomes one of a heavy expert (`Replace`).
 //!
-//! "Busy" and "heavy" come from the table's expert loads divided among replicas. With
+//! "Busy" and "heavy" come from the table's expert loads divided among replicas. A second
+//! sample of as many batches (another seed, the same table) guards against fitting the
+//! first one's noise: every few rounds the layout is scored on it, and the search returns
+//! the layout of its path (start included) that is best there. With
 //! `num_groups`, experts are in `num_groups` equal groups of consecutive ids (DeepSeek-V3:
 //! 8 groups of 32) and every group must live on one node, as group-limited routing
 //! assumes: the start placements must satisfy it and every step keeps it.
@@ -29,9 +32,11 @@ use crate::table::SubsetTable;
 use crate::topology::Topology;
 use crate::topology_cost::{batch_time_bounds, check_topology};
 
-/// Steps scored per round (in parallel), and rounds without progress before it stops.
+/// Steps scored per round (in parallel), rounds without progress before it stops, and
+/// rounds between two checks on the validation sample.
 const CHUNK: usize = 8;
 const PATIENCE: usize = 25;
+const CHECK_EVERY: usize = 12;
 
 /// Options of `improve_batch`.
 #[derive(Clone, Copy, Debug)]
@@ -117,8 +122,9 @@ fn apply(layout: &mut Layout, step: Step) {
     }
 }
 
-/// Row indices of `num_batches` batches of `batch_size` rows drawn by weight.
-fn draw_batches(table: &SubsetTable, options: &BatchOptions) -> Vec<Vec<i64>> {
+/// Expert ids of `num_batches` batches of `batch_size` rows drawn by weight (`stream`
+/// picks the sample: 0 the search's, 1 the validation one).
+fn draw_batches(table: &SubsetTable, options: &BatchOptions, stream: u64) -> Vec<Vec<i64>> {
     let mut cumulative = Vec::with_capacity(table.len());
     let mut total = 0.0;
     for &w in table.weights() {
@@ -128,14 +134,18 @@ fn draw_batches(table: &SubsetTable, options: &BatchOptions) -> Vec<Vec<i64>> {
     let k = table.k();
     (0..options.num_batches)
         .map(|b| {
-            let mut rng = SplitMix64::stream(options.seed, 0x70b0, b as u64);
+            let mut rng = SplitMix64::stream(options.seed, 0x70b0 + stream, b as u64);
             let mut ids = Vec::with_capacity(options.batch_size * k);
             for _ in 0..options.batch_size {
                 let x = rng.unit() * total;
                 let r = cumulative
                     .partition_point(|&c| c <= x)
                     .min(cumulative.len() - 1);
-                ids.extend(table.subsets()[r * k..(r + 1) * k].iter().map(|&e| e as i64));
+                ids.extend(
+                    table.subsets()[r * k..(r + 1) * k]
+                        .iter()
+                        .map(|&e| e as i64),
+                );
             }
             ids
         })
@@ -144,6 +154,7 @@ fn draw_batches(table: &SubsetTable, options: &BatchOptions) -> Vec<Vec<i64>> {
 
 struct Search<'a> {
     batches: Vec<Vec<i64>>,
+    validation: Vec<Vec<i64>>,
     k: usize,
     model: CostModel,
     topology: &'a Topology,
@@ -156,12 +167,27 @@ struct Search<'a> {
 impl Search<'_> {
     /// Sum of the batches' achievable times under `layout`.
     fn total(&self, layout: &Layout) -> Result<f64> {
+        self.sum_over(&self.batches, layout)
+    }
+
+    fn sum_over(&self, batches: &[Vec<i64>], layout: &Layout) -> Result<f64> {
         let p = layout.to_placement()?;
         let mut sum = 0.0;
-        for ids in &self.batches {
+        for ids in batches {
             sum += batch_time_bounds(ids, self.k, &p, self.model, self.topology)?.0;
         }
         Ok(sum)
+    }
+
+    /// Sum over the validation sample, its batches in parallel.
+    fn validate(&self, layout: &Layout) -> Result<f64> {
+        let p = layout.to_placement()?;
+        let times = self
+            .validation
+            .par_iter()
+            .map(|ids| Ok(batch_time_bounds(ids, self.k, &p, self.model, self.topology)?.0))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(times.iter().sum())
     }
 
     fn node(&self, gpu: u16) -> usize {
@@ -202,7 +228,13 @@ impl Search<'_> {
             return (a / gpn != b / gpn).then_some(Step::Gpus(a, b));
         }
         let gpu_load: Vec<f64> = (0..g)
-            .map(|gpu| layout.experts_on(gpu).iter().map(|&e| per_replica(e as usize)).sum())
+            .map(|gpu| {
+                layout
+                    .experts_on(gpu)
+                    .iter()
+                    .map(|&e| per_replica(e as usize))
+                    .sum()
+            })
             .collect();
         let mv = if kind < 7 {
             let from = self.gpu_by_load(&gpu_load, true, rng);
@@ -211,7 +243,10 @@ impl Search<'_> {
             } else {
                 rng.below(g) as u16
             };
-            let (on_from, on_to) = (layout.experts_on(from as usize), layout.experts_on(to as usize));
+            let (on_from, on_to) = (
+                layout.experts_on(from as usize),
+                layout.experts_on(to as usize),
+            );
             if on_from.is_empty() || on_to.is_empty() {
                 return None;
             }
@@ -301,7 +336,12 @@ pub fn improve_batch(
                 first.num_gpus()
             )));
         }
-        if let Some((g, &n)) = s.slots_used().iter().enumerate().find(|(_, &n)| n > slots_per_gpu) {
+        if let Some((g, &n)) = s
+            .slots_used()
+            .iter()
+            .enumerate()
+            .find(|(_, &n)| n > slots_per_gpu)
+        {
             return Err(MoeError::value(format!(
                 "starts[{i}] puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
             )));
@@ -322,7 +362,8 @@ pub fn improve_batch(
         }
     };
     let mut search = Search {
-        batches: draw_batches(table, &options),
+        batches: draw_batches(table, &options, 0),
+        validation: draw_batches(table, &options, 1),
         k: table.k(),
         model,
         topology,
@@ -343,8 +384,19 @@ pub fn improve_batch(
     let mut layout = Layout::from_placement(&starts[best]);
     let mut total = totals[best];
     let mut rng = SplitMix64::new(options.seed);
-    let (mut evaluations, mut idle) = (0, 0);
+    let (mut evaluations, mut idle, mut rounds) = (0, 0, 0);
+    // The layout of the path best on the validation sample, its score and sample total.
+    let mut kept = (layout.clone(), search.validate(&layout)?, total);
+    let mut changed = false;
     while evaluations < options.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
+        rounds += 1;
+        if changed && rounds % CHECK_EVERY == 0 {
+            let v = search.validate(&layout)?;
+            if v < kept.1 {
+                kept = (layout.clone(), v, total);
+            }
+            changed = false;
+        }
         let steps: Vec<Step> = (0..CHUNK)
             .filter_map(|_| search.candidate(&layout, &mut rng))
             .take(options.max_evaluations - evaluations)
@@ -368,11 +420,15 @@ pub fn improve_batch(
                 apply(&mut layout, step);
                 total = t;
                 idle = 0;
+                changed = true;
             }
             None => idle += 1,
         }
     }
-    Ok((layout.to_placement()?, total / options.num_batches as f64))
+    if changed && search.validate(&layout)? < kept.1 {
+        kept = (layout, 0.0, total);
+    }
+    Ok((kept.0.to_placement()?, kept.2 / options.num_batches as f64))
 }
 
 /// Mean achievable layer time (us) of `placement` on the fixed sample `improve_batch`
@@ -385,8 +441,12 @@ pub fn sample_mean_time(
     options: BatchOptions,
 ) -> Result<f64> {
     crate::cost::check_compatible(table, placement)?;
+    if table.is_empty() || table.total_weight().is_nan() || table.total_weight() <= 0.0 {
+        return Err(MoeError::value("the table is empty (total weight 0)"));
+    }
     let search = Search {
-        batches: draw_batches(table, &options),
+        batches: draw_batches(table, &options, 0),
+        validation: Vec::new(),
         k: table.k(),
         model,
         topology,

@@ -3,7 +3,9 @@
 //! A local search on the exact one-token time of `crate::topology_cost` (compute of the
 //! busiest GPU plus dispatch and combine of the nodes used): it starts from a placement
 //! (the compute-only greedy's, or the one being served) and makes the best of a few
-//! sampled moves while it lowers the table's expected time. Moves keep every GPU full:
+//! sampled moves while it lowers the table's expected time. A fresh plan (no `max_moves`,
+//! no target) first lets pairs of GPUs of different nodes trade all their experts while
+//! that helps: a token's rounds on a set of GPUs stay the same, the nodes it reaches change. Moves keep every GPU full:
 //! `Swap` (two replicas trade GPUs) and `Replace` (a second replica of one expert becomes a
 //! replica of another). Candidates come from the heavy rows whose time is above the best
 //! a row can have; each is scored exactly on the rows its experts appear in.

@@ -167,11 +167,14 @@ def place_batch(
 ) -> tuple[Placement, float]:
     """(placement, its mean time in us on the sample): the best of `starts` on a fixed
     sample of `num_batches` batches of `batch_size` rows of `table` (drawn by weight;
-    default about 4,096 tokens in all, 8 to 64 batches), improved by local search for the
-    layer time with communication: GPUs of different nodes trading their experts, swaps
-    of replicas off busy GPUs, spare replicas of light experts turned into replicas of
-    heavy ones. At most `max_evaluations` steps are scored. Never worse than the best
-    start on the sample. With `num_groups`, every start must keep each of `num_groups`
+    default about 8,192 tokens in all, 16 to 128 batches), improved by local search for
+    the layer time with communication: GPUs of different nodes trading their experts,
+    swaps of replicas off busy GPUs, spare replicas of light experts turned into replicas
+    of heavy ones. At most `max_evaluations` steps are scored. A second sample of as many
+    batches (same table, another stream) picks, among the layouts the search passes
+    through (the start included), the one returned: the best there, so that the search
+    does not just fit the first sample's noise. Never worse than the best start on the
+    sample. With `num_groups`, every start must keep each of `num_groups`
     groups of consecutive expert ids on one node, and so does the result."""
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -181,7 +184,7 @@ def place_batch(
             raise TypeError(f"starts[{i}] must be a Placement, got {type(s).__name__}")
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
-        num_batches = min(64, max(8, 4096 // batch_size))
+        num_batches = min(128, max(16, 8192 // batch_size))
     return _core.improve_batch_placement(
         table,
         starts,
@@ -212,7 +215,7 @@ def sample_batch_time(
     with the same `batch_size`, `num_batches` and `seed`."""
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
-        num_batches = min(64, max(8, 4096 // batch_size))
+        num_batches = min(128, max(16, 8192 // batch_size))
     _, mean = _core.improve_batch_placement(
         table,
         [placement],

@@ -183,10 +183,14 @@ fn improve_batch_placement(
         let [one] = &starts[..] else {
             return Err(PyValueError::new_err("score_only takes one placement"));
         };
-        let mean = py.detach(|| {
-            topology_batch::sample_mean_time(&table, one, model, &t, options)
-        })?;
-        return Ok((PyPlacement { inner: Arc::new(one.clone()) }, mean));
+        let mean =
+            py.detach(|| topology_batch::sample_mean_time(&table, one, model, &t, options))?;
+        return Ok((
+            PyPlacement {
+                inner: Arc::new(one.clone()),
+            },
+            mean,
+        ));
     }
     let (p, mean) = interruptible(py, || {
         topology_batch::improve_batch(&table, &starts, slots, model, &t, options)

@@ -64,8 +64,14 @@ fn group_nodes_finds_each_groups_node_or_the_first_stray_replica() {
     lists[5].push(3);
     let stray = Placement::from_lists(&lists, 4).unwrap();
     let msg = group_nodes(&stray, 4, 2).unwrap_err().to_string();
-    assert!(msg.contains("expert 5 (group 1)") && msg.contains("GPU 3"), "{msg}");
-    assert!(group_nodes(&p, 3, 2).unwrap_err().to_string().contains("divide"));
+    assert!(
+        msg.contains("expert 5 (group 1)") && msg.contains("GPU 3"),
+        "{msg}"
+    );
+    assert!(group_nodes(&p, 3, 2)
+        .unwrap_err()
+        .to_string()
+        .contains("divide"));
 }
 
 #[test]
