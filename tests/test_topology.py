@@ -191,3 +191,20 @@ def test_batch_search_with_communication_and_groups():
         place_batch(table, [spread], 5, num_groups=4, **kw)
     with pytest.raises(TypeError, match=r"starts\[1\] must be a Placement"):
         place_batch(table, [grouped, "x"], 5, **kw)  # type: ignore[list-item]
+
+
+def test_optimize_batch_objective_with_a_topology():
+    rng = np.random.default_rng(6)
+    topk = np.array([rng.choice(16, 4, replace=False) for _ in range(1500)])
+    table = mf.SubsetTable.from_topk(topk, num_experts=16)
+    topology = Topology.preset("h800_normal", gpus_per_node=2)
+    model = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
+    kw = {"objective": "batch", "batch_size": 32, "cost_model": model, "max_evaluations": 200}
+    compute_only = mf.optimize(table, 4, 5, **kw)
+    node_aware = mf.optimize(table, 4, 5, topology=topology, **kw)
+    score = {"topology": topology, "cost_model": model, "batch_size": 32}
+    # The compute-only result is one of the starts of the search with communication.
+    assert sample_batch_time(table, node_aware, **score) <= sample_batch_time(
+        table, compute_only, **score
+    )
+    assert max(node_aware.slots_used) <= 5

@@ -98,7 +98,7 @@ fn the_group_constraint_holds_through_the_search() {
     let model = CostModel::new(47.0, 0.11, 1.5).unwrap();
     let start = grouped_placement();
     let o = options(16, Some(4));
-    let (p, mean) = improve_batch(&t, &[start.clone()], 5, model, &topo, o).unwrap();
+    let (p, mean) = improve_batch(&t, std::slice::from_ref(&start), 5, model, &topo, o).unwrap();
     assert_eq!(group_nodes(&p, 4, 2).unwrap(), vec![0, 0, 1, 1]);
     assert!(mean <= sample_mean_time(&t, &start, model, &topo, o).unwrap());
     // A start off the constraint is refused, naming it.
@@ -120,7 +120,7 @@ fn rejects_bad_options() {
             .unwrap_err()
             .to_string()
     };
-    assert!(err(options(0, None), &[p.clone()]).contains("at least 1"));
+    assert!(err(options(0, None), std::slice::from_ref(&p)).contains("at least 1"));
     assert!(err(options(4, None), &[]).contains("at least one"));
-    assert!(err(options(4, Some(3)), &[p.clone()]).contains("divide"));
+    assert!(err(options(4, Some(3)), std::slice::from_ref(&p)).contains("divide"));
 }
