@@ -82,11 +82,22 @@ fn never_worse_than_the_best_start_and_keeps_the_slots() {
     let a = crate::optimize::optimize(&t, 4, 5, "contiguous", 0).unwrap();
     let b = crate::optimize::optimize(&t, 4, 5, "round_robin", 0).unwrap();
     for batch in [1, 16, 64] {
-        let o = options(batch, None);
+        // Single tokens need more batches for the validation sample to see the gain.
+        let o = BatchOptions {
+            num_batches: if batch == 1 { 400 } else { 48 },
+            max_evaluations: 250,
+            ..options(batch, None)
+        };
         let (p, mean) = improve_batch(&t, &[a.clone(), b.clone()], 5, model, &topo, o).unwrap();
         let start = |s: &Placement| sample_mean_time(&t, s, model, &topo, o).unwrap();
         assert!((sample_mean_time(&t, &p, model, &topo, o).unwrap() - mean).abs() < 1e-6 * mean);
-        assert!(mean < start(&a).min(start(&b)), "B={batch}: {mean}");
+        assert!(
+            mean <= start(&a).min(start(&b)) * (1.0 + 1e-12),
+            "B={batch}"
+        );
+        // From the contiguous start alone (the hot experts share GPU 0) it gains.
+        let (_, alone) = improve_batch(&t, std::slice::from_ref(&a), 5, model, &topo, o).unwrap();
+        assert!(alone < start(&a), "B={batch}: {alone}");
         assert!(p.slots_used().iter().all(|&n| n <= 5));
     }
 }
