@@ -6,7 +6,7 @@
 //! The sample is fixed (common random numbers): `num_batches` batches of `batch_size` rows
 //! of the table drawn by weight with a seeded stream, so two placements are compared on
 //! the same batches. The search starts from the best of the given placements on the
-//! sample and makes, chunk by chunk, the best improving of a few sampled steps:
+//! sample and the validation sample below together and makes, chunk by chunk, the best improving of a few sampled steps:
 //! - node level: two GPUs of different nodes trade all their experts (the compute of any
 //!   batch is unchanged, only which experts share a node, so the traffic, changes);
 //! - expert level: a replica on a busy GPU trades places with one on another GPU (`Swap`),
@@ -295,8 +295,9 @@ impl Search<'_> {
     }
 }
 
-/// The best of `starts` on a fixed sample of batches of the table, improved for the mean
-/// layer time with communication (module docs). Returns the placement and its mean time
+/// The best of `starts` on a fixed sample of batches of the table and a validation sample
+/// together, improved for the mean layer time with communication (module docs): never
+/// worse than that start on either sample. Returns the placement and its mean time
 /// (us) on the sample.
 pub fn improve_batch(
     table: &SubsetTable,
@@ -371,13 +372,19 @@ pub fn improve_batch(
         load: table.expert_load(),
         groups: None,
     };
-    let totals = starts
+    // The start: the best on both samples together (a start fitted to one sample by an
+    // earlier search is not favoured by that sample's noise alone).
+    let scores = starts
         .iter()
-        .map(|s| search.total(&Layout::from_placement(s)))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|s| {
+            let l = Layout::from_placement(s);
+            Ok((search.total(&l)?, search.validate(&l)?))
+        })
+        .collect::<Result<Vec<(f64, f64)>>>()?;
     let best = (0..starts.len())
-        .min_by(|&a, &b| totals[a].total_cmp(&totals[b]))
+        .min_by(|&a, &b| (scores[a].0 + scores[a].1).total_cmp(&(scores[b].0 + scores[b].1)))
         .unwrap_or(0);
+    let totals: Vec<f64> = scores.iter().map(|s| s.0).collect();
     if let Some((nodes, size)) = groups {
         search.groups = Some((nodes[best].clone(), size));
     }
@@ -386,7 +393,7 @@ pub fn improve_batch(
     let mut rng = SplitMix64::new(options.seed);
     let (mut evaluations, mut idle, mut rounds) = (0, 0, 0);
     // The layout of the path best on the validation sample, its score and sample total.
-    let mut kept = (layout.clone(), search.validate(&layout)?, total);
+    let mut kept = (layout.clone(), scores[best].1, total);
     let mut changed = false;
     while evaluations < options.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
         rounds += 1;
@@ -432,20 +439,22 @@ pub fn improve_batch(
 }
 
 /// Mean achievable layer time (us) of `placement` on the fixed sample `improve_batch`
-/// draws with these options (to compare placements on the same batches).
+/// draws with these options (`validation`: on its validation sample), to compare
+/// placements on the same batches.
 pub fn sample_mean_time(
     table: &SubsetTable,
     placement: &Placement,
     model: CostModel,
     topology: &Topology,
     options: BatchOptions,
+    validation: bool,
 ) -> Result<f64> {
     crate::cost::check_compatible(table, placement)?;
     if table.is_empty() || table.total_weight().is_nan() || table.total_weight() <= 0.0 {
         return Err(MoeError::value("the table is empty (total weight 0)"));
     }
     let search = Search {
-        batches: draw_batches(table, &options, 0),
+        batches: draw_batches(table, &options, u64::from(validation)),
         validation: Vec::new(),
         k: table.k(),
         model,

@@ -181,7 +181,13 @@ def test_batch_search_with_communication_and_groups():
     kw = {"topology": topology, "cost_model": model, "batch_size": 32, "num_batches": 16}
     found, mean = place_batch(table, [grouped, spread], 5, max_evaluations=300, **kw)
     assert mean == pytest.approx(sample_batch_time(table, found, **kw))
-    assert mean < min(sample_batch_time(table, p, **kw) for p in (grouped, spread))
+
+    def both(p):
+        return sample_batch_time(table, p, **kw) + sample_batch_time(
+            table, p, validation=True, **kw
+        )
+
+    assert both(found) < min(both(p) for p in (grouped, spread))
     assert max(found.slots_used) <= 5
     # Groups kept on their nodes; a start that spreads them is refused.
     kept, kept_mean = place_batch(table, [grouped], 5, num_groups=4, max_evaluations=300, **kw)
@@ -203,8 +209,13 @@ def test_optimize_batch_objective_with_a_topology():
     compute_only = mf.optimize(table, 4, 5, **kw)
     node_aware = mf.optimize(table, 4, 5, topology=topology, **kw)
     score = {"topology": topology, "cost_model": model, "batch_size": 32}
-    # The compute-only result is one of the starts of the search with communication.
-    assert sample_batch_time(table, node_aware, **score) <= sample_batch_time(
-        table, compute_only, **score
-    )
+
+    # The compute-only result is one of the starts of the search with communication,
+    # which is never worse than its best start on its two samples together.
+    def both(p):
+        return sample_batch_time(table, p, **score) + sample_batch_time(
+            table, p, validation=True, **score
+        )
+
+    assert both(node_aware) <= both(compute_only)
     assert max(node_aware.slots_used) <= 5

@@ -232,6 +232,7 @@ def improve_batch_placement(
     max_evaluations: int,
     num_groups: int | None = None,
     score_only: bool = False,
+    validation: bool = False,
 ) -> tuple[Placement, float]:
     """(placement, mean time us on the sample): the best start improved for the layer time
     of sampled batches with communication (or, with score_only, one placement's time)."""

@@ -166,14 +166,14 @@ def place_batch(
     num_groups: int | None = None,
 ) -> tuple[Placement, float]:
     """(placement, its mean time in us on the sample): the best of `starts` on a fixed
-    sample of `num_batches` batches of `batch_size` rows of `table` (drawn by weight;
+    sample and a validation sample (below) together, on the sample of `num_batches` batches of `batch_size` rows of `table` (drawn by weight;
     default about 8,192 tokens in all, 16 to 128 batches), improved by local search for
     the layer time with communication: GPUs of different nodes trading their experts,
     swaps of replicas off busy GPUs, spare replicas of light experts turned into replicas
     of heavy ones. At most `max_evaluations` steps are scored. A second sample of as many
     batches (same table, another stream) picks, among the layouts the search passes
     through (the start included), the one returned: the best there, so that the search
-    does not just fit the first sample's noise. Never worse than the best start on the
+    does not just fit the first sample's noise. Never worse than that start on either
     sample. With `num_groups`, every start must keep each of `num_groups`
     groups of consecutive expert ids on one node, and so does the result."""
     if not isinstance(table, SubsetTable):
@@ -210,9 +210,11 @@ def sample_batch_time(
     batch_size: int,
     num_batches: int | None = None,
     seed: int = 0,
+    validation: bool = False,
 ) -> float:
     """Mean achievable layer time (us) of `placement` on the sample `place_batch` draws
-    with the same `batch_size`, `num_batches` and `seed`."""
+    with the same `batch_size`, `num_batches` and `seed` (`validation`: on its validation
+    sample)."""
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = min(128, max(16, 8192 // batch_size))
@@ -230,6 +232,7 @@ def sample_batch_time(
         0,
         None,
         True,
+        bool(validation),
     )
     return float(mean)
 

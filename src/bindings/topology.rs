@@ -147,7 +147,7 @@ fn improve_placement(
 /// (placement, mean time us on the sample): the best of `starts` on a fixed sample of
 /// batches of the table, improved for the layer time with communication.
 #[pyfunction]
-#[pyo3(signature = (table, starts, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, num_groups=None, score_only=false))]
+#[pyo3(signature = (table, starts, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, num_groups=None, score_only=false, validation=false))]
 #[allow(clippy::too_many_arguments)]
 fn improve_batch_placement(
     py: Python<'_>,
@@ -164,6 +164,7 @@ fn improve_batch_placement(
     max_evaluations: &Bound<'_, PyAny>,
     num_groups: Option<&Bound<'_, PyAny>>,
     score_only: bool,
+    validation: bool,
 ) -> PyResult<(PyPlacement, f64)> {
     let model = CostModel::new(alpha, beta, p)?;
     let options = topology_batch::BatchOptions {
@@ -183,8 +184,9 @@ fn improve_batch_placement(
         let [one] = &starts[..] else {
             return Err(PyValueError::new_err("score_only takes one placement"));
         };
-        let mean =
-            py.detach(|| topology_batch::sample_mean_time(&table, one, model, &t, options))?;
+        let mean = py.detach(|| {
+            topology_batch::sample_mean_time(&table, one, model, &t, options, validation)
+        })?;
         return Ok((
             PyPlacement {
                 inner: Arc::new(one.clone()),

@@ -111,7 +111,7 @@ fn the_group_constraint_holds_through_the_search() {
     let o = options(16, Some(4));
     let (p, mean) = improve_batch(&t, std::slice::from_ref(&start), 5, model, &topo, o).unwrap();
     assert_eq!(group_nodes(&p, 4, 2).unwrap(), vec![0, 0, 1, 1]);
-    assert!(mean <= sample_mean_time(&t, &start, model, &topo, o).unwrap());
+    assert!(mean <= sample_mean_time(&t, &start, model, &topo, o, false).unwrap());
     // A start off the constraint is refused, naming it.
     let spread = crate::optimize::optimize(&t, 4, 5, "round_robin", 0).unwrap();
     let msg = improve_batch(&t, &[spread], 5, model, &topo, o)
