@@ -165,17 +165,17 @@ def place_batch(
     seed: int = 0,
     num_groups: int | None = None,
 ) -> tuple[Placement, float]:
-    """(placement, its mean time in us on the sample): the best of `starts` on a fixed
-    sample and a validation sample (below) together, on the sample of `num_batches` batches of `batch_size` rows of `table` (drawn by weight;
-    default about 8,192 tokens in all, 16 to 128 batches), improved by local search for
-    the layer time with communication: GPUs of different nodes trading their experts,
-    swaps of replicas off busy GPUs, spare replicas of light experts turned into replicas
-    of heavy ones. At most `max_evaluations` steps are scored. A second sample of as many
-    batches (same table, another stream) picks, among the layouts the search passes
-    through (the start included), the one returned: the best there, so that the search
-    does not just fit the first sample's noise. Never worse than that start on either
-    sample. With `num_groups`, every start must keep each of `num_groups`
-    groups of consecutive expert ids on one node, and so does the result."""
+    """(placement, its mean time in us on the sample): a local search for the layer time
+    of batches of `batch_size` tokens with communication, on a fixed sample of
+    `num_batches` batches of rows of `table` drawn by weight (default about 8,192 tokens
+    in all, 16 to 128 batches): GPUs of different nodes trading their experts, swaps of
+    replicas off busy GPUs, spare replicas of light experts turned into replicas of heavy
+    ones; at most `max_evaluations` steps are scored. A validation sample of as many
+    batches (same table, another stream) guards against fitting the sample's noise: the
+    start is the best of `starts` on both samples together, and the layout returned is the
+    one of the search's path (the start included) best on the validation sample. Never
+    worse than that start on either sample. With `num_groups`, every start must keep each
+    of `num_groups` groups of consecutive expert ids on one node, and so does the result."""
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
     starts = list(starts)
