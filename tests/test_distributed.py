@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import re
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import pairwise
@@ -155,12 +156,52 @@ def require_ray() -> None:
         )
 
 
+def die() -> None:
+    """Ends the worker process that runs it, as an out-of-memory kill does."""
+    os._exit(3)
+
+
+# Pickled by value, so that a Ray worker, which cannot import the tests, runs it.
+die.__module__ = "__main__"
+
+
+class KillingExecutor(Executor):
+    """Runs every task as `die` on the workers of ``inner``: real worker deaths."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self.inner.submit(die)
+
+
+def test_a_killed_pool_worker_names_its_file_and_the_cli_writes_nothing(
+    shards, tmp_path, monkeypatch, capsys
+):
+    import moefast.distributed
+
+    class KillingPool(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            return super().submit(os._exit, 3)
+
+    _, paths = shards
+    monkeypatch.setattr(moefast.distributed, "ProcessPoolExecutor", KillingPool)
+    out = tmp_path / "p.json"
+    files = [str(p) for p in paths]
+    args = ["--gpus", "4", "--slots", "10", "--format", "json", "--workers", "2", "--out", str(out)]
+    assert main(["plan", *files, *args]) == 2
+    assert re.search(r"counting .*part\d\.npz failed: BrokenProcessPool", capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_the_ray_path_equals_the_local_plan(shards):
     require_ray()
     trace, paths = shards
     with RayExecutor("local", num_workers=2) as ray_pool:
         got = mf.plan(paths, GPUS, SLOTS, seed=5, executor=ray_pool)
         whole = mf.plan(paths, GPUS, SLOTS, seed=5, holdout=0, executor=ray_pool)
+        with pytest.raises(RuntimeError, match=r"counting .*part\d\.npz failed: \w*Worker"):
+            mf.plan(paths, GPUS, SLOTS, executor=KillingExecutor(ray_pool))
     # held out as the local streamed plan holds out; in-sample, the in-memory plan
     assert got.settings["cost_basis"] == "held-out"
     assert_same_model(got, mf.plan(paths, GPUS, SLOTS, seed=5))
