@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--ray", action="store_true", help="also time counting on Ray")
     parser.add_argument("--ray-shards", type=int, default=4)
+    parser.add_argument(
+        "--count-only", action="store_true", help="only the counting throughputs (with --ray)"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="moefast-bench-", dir=args.dir))
     try:
@@ -163,41 +166,51 @@ def main() -> None:
         print(f"{len(files)} shards, {size:.2f} GB, written in {time.perf_counter() - t0:.0f} s")
         names = [str(p) for p in files]
         print(f"load average before the runs: {os.getloadavg()[0]:.1f} (2 cores shared)")
-        small = child(IN_MEMORY, names[:1])
-        small["tokens"] = SHARD_TOKENS
-        big = child(STREAMING, names)
-        big["tokens"] = SHARD_TOKENS * len(names)
-        for name, r in (("in memory, 1 shard", small), (f"streaming, {len(names)} shards", big)):
-            print(
-                f"{name}: {r['tokens']:,} tokens, plan {r['plan_s']:.1f} s wall, {r['cpu_s']:.1f} s"
-                f" CPU ({r['tokens'] / r['plan_s'] / 1e3:.1f} k tokens/s wall,"
-                f" {r['tokens'] / r['cpu_s'] / 1e3:.1f} k tokens per CPU second), peak RSS"
-                f" {r['rss_gb']:.2f} GB; {r['basis']}: {r['note']}"
-            )
-        wall = (big["tokens"] / big["plan_s"]) / (small["tokens"] / small["plan_s"])
-        cpu = (big["tokens"] / big["cpu_s"]) / (small["tokens"] / small["cpu_s"])
-        print(
-            f"streaming / in-memory tokens per second: {wall:.0%} wall, {cpu:.0%} CPU"
-            f" (target >= 50%); streaming peak RSS {big['rss_gb']:.2f} GB (target <= 2 GB)"
-        )
+        if not args.count_only:
+            plan_both(names)
         if args.ray:
-            some = names[: args.ray_shards]
-            tokens = SHARD_TOKENS * len(some)
-            one_core = child(COUNT, ["0", *some], {"RAYON_NUM_THREADS": "1"})
-            print(
-                f"counting, one core: {tokens / one_core['cpu_s'] / 1e6:.2f} M tokens per CPU"
-                f" second, {tokens / one_core['count_s'] / 1e6:.2f} M tokens/s wall"
-                f" ({LAYERS} layers a token, {len(some)} shards)"
-            )
-            for workers in (1, 2):
-                r = child(COUNT, [str(workers), *some], {"RAYON_NUM_THREADS": "1"})
-                print(
-                    f"counting on Ray, {workers} worker(s): {tokens / r['count_s'] / 1e6:.2f} M"
-                    f" tokens/s wall (load average {os.getloadavg()[0]:.1f})"
-                )
+            count_throughputs(names[: args.ray_shards])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"deleted {folder}")
+
+
+def plan_both(names: list[str]) -> None:
+    """The streamed plan of all the shards against the in-memory plan of one."""
+    small = child(IN_MEMORY, names[:1])
+    small["tokens"] = SHARD_TOKENS
+    big = child(STREAMING, names)
+    big["tokens"] = SHARD_TOKENS * len(names)
+    for name, r in (("in memory, 1 shard", small), (f"streaming, {len(names)} shards", big)):
+        print(
+            f"{name}: {r['tokens']:,} tokens, plan {r['plan_s']:.1f} s wall, {r['cpu_s']:.1f} s"
+            f" CPU ({r['tokens'] / r['plan_s'] / 1e3:.1f} k tokens/s wall,"
+            f" {r['tokens'] / r['cpu_s'] / 1e3:.1f} k tokens per CPU second), peak RSS"
+            f" {r['rss_gb']:.2f} GB; {r['basis']}: {r['note']}"
+        )
+    wall = (big["tokens"] / big["plan_s"]) / (small["tokens"] / small["plan_s"])
+    cpu = (big["tokens"] / big["cpu_s"]) / (small["tokens"] / small["cpu_s"])
+    print(
+        f"streaming / in-memory tokens per second: {wall:.0%} wall, {cpu:.0%} CPU"
+        f" (target >= 50%); streaming peak RSS {big['rss_gb']:.2f} GB (target <= 2 GB)"
+    )
+
+
+def count_throughputs(some: list[str]) -> None:
+    """Counting alone: one core, then Ray with 1 and 2 workers (one core each)."""
+    tokens = SHARD_TOKENS * len(some)
+    one_core = child(COUNT, ["0", *some], {"RAYON_NUM_THREADS": "1"})
+    print(
+        f"counting, one core: {tokens / one_core['cpu_s'] / 1e6:.2f} M tokens per CPU"
+        f" second, {tokens / one_core['count_s'] / 1e6:.2f} M tokens/s wall"
+        f" ({LAYERS} layers a token, {len(some)} shards)"
+    )
+    for workers in (1, 2):
+        r = child(COUNT, [str(workers), *some], {"RAYON_NUM_THREADS": "1"})
+        print(
+            f"counting on Ray, {workers} worker(s): {tokens / r['count_s'] / 1e6:.2f} M"
+            f" tokens/s wall (load average {os.getloadavg()[0]:.1f})"
+        )
 
 
 if __name__ == "__main__":
