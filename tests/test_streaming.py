@@ -290,3 +290,16 @@ def test_trtllm_raw_ids_out_of_range_name_the_folder(tmp_path):
     trtllm_folder(tmp_path / "bad", topk)
     with pytest.raises(ValueError, match=r"bad.*out of range"):
         list(iter_trace(tmp_path / "bad", chunk_tokens=3))
+
+
+def test_a_streamed_trtllm_folder_holds_out_its_last_tokens(tmp_path):
+    pytest.importorskip("safetensors")
+    trace = mf.synthetic_trace(700, 16, 4, 2, seed=3)
+    trtllm_folder(tmp_path / "t", trace.topk, twins_at=1)
+    whole = mf.load_trace(tmp_path / "t")
+    got = mf.plan(tmp_path / "t", 2, 10, chunk_tokens=64, progress=False)
+    want = mf.plan(whole, 2, 10, split_by="time", progress=False)
+    assert got.settings["cost_basis"] == "held-out"
+    for a, b in zip(got.placements, want.placements, strict=True):
+        np.testing.assert_array_equal(a.replicas, b.replicas)
+    np.testing.assert_allclose(got.layer_costs, want.layer_costs, rtol=1e-12)

@@ -398,11 +398,13 @@ def _layer_chunks(
     positions: Sequence[int],
     chunk_tokens: int,
     batches: tuple[int, int] | None = None,
+    holdout: float | None = None,
     **options,
 ) -> tuple[int, Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]]:
-    """The file's number of tokens, and per chunk: its first token's position in the file,
-    the ids of the layers at ``positions``, the weights, the shape. ``batches`` (start,
-    stop) limits an Arrow file to those record batches."""
+    """The file's number of tokens (0 where counting them costs a pass and ``holdout`` is
+    off), and per chunk: its first token's position in the file, the ids of the layers at
+    ``positions``, the weights, the shape. ``batches`` (start, stop) limits an Arrow file to
+    those record batches."""
     if is_arrow_trace(path):
         arrow = ArrowTrace.open(path)
         shape = TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
@@ -418,7 +420,9 @@ def _layer_chunks(
         return int(starts[-1]), arrow_chunks()
     if is_trtllm_raw(path):
         raw = TrtllmRawTrace.open(path, **options)
-        total = raw.num_tokens()
+        # Twins are found by content: the count is a pass over the ids, made only when a
+        # tail is held out.
+        total = raw.num_tokens() if holdout else 0
 
         def raw_chunks() -> Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]:
             start = 0
@@ -491,8 +495,8 @@ def count_file(
     naming the file."""
     counts = FileCounts.empty(shape.num_experts, len(positions), holdout) if into is None else into
     before = sum(counts.tokens)
-    total, chunks = _layer_chunks(path, positions, chunk_tokens, batches, **options)
-    split = total - held_out_tokens(total, holdout)
+    total, chunks = _layer_chunks(path, positions, chunk_tokens, batches, holdout, **options)
+    split = total - held_out_tokens(total, holdout) if holdout else None
     for start, ids, weights, got in chunks:
         if (got.num_experts, got.layer_ids, got.k) != (shape.num_experts, shape.layer_ids, shape.k):
             raise ValueError(
@@ -501,7 +505,7 @@ def count_file(
                 f" {shape.k}: all files must come from one model"
             )
         n = len(ids[0])
-        cut = min(max(split - start, 0), n)
+        cut = n if split is None else min(max(split - start, 0), n)
         parts = [(counts.train, slice(0, cut))]
         if counts.test is not None:
             parts.append((counts.test, slice(cut, n)))
