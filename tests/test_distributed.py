@@ -273,3 +273,12 @@ def test_a_process_pool_holds_out_like_one_process(shards, tmp_path):
     np.testing.assert_array_equal(
         got.evaluation.costs["round_robin"], local.evaluation.costs["round_robin"]
     )
+
+
+def test_progress_bars_over_files_and_layers(shards, monkeypatch, capsys):
+    _, paths = shards
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    mf.plan(paths, GPUS, SLOTS, progress=True)
+    err = capsys.readouterr().err
+    assert "counting files" in err and "3/3" in err
+    assert "planning layers" in err and "6/6" in err
