@@ -135,6 +135,17 @@ if executor is not None:
 """
 
 
+TABLES_IN_MEMORY = """
+import json, sys, time
+import moefast as mf
+t0, c0 = time.perf_counter(), time.process_time()
+for path in sys.argv[1:]:
+    tables = mf.load_trace(path).tables()
+t1, c1 = time.perf_counter(), time.process_time()
+print(json.dumps(dict(count_s=t1 - t0, cpu_s=c1 - c0)))
+"""
+
+
 def child(code: str, args: list[str], env: dict[str, str] | None = None) -> dict:
     source = code.format(chunk=CHUNK_TOKENS, gpus=GPUS, slots=SLOTS)
     out = subprocess.run(
@@ -200,15 +211,17 @@ def count_throughputs(some: list[str]) -> None:
     """Counting alone: one core, then Ray with 1 and 2 workers (one core each)."""
     tokens = SHARD_TOKENS * len(some)
     one_core = child(COUNT, ["0", *some], {"RAYON_NUM_THREADS": "1"})
-    print(
-        f"counting, one core: {tokens / one_core['cpu_s'] / 1e6:.2f} M tokens per CPU"
-        f" second, {tokens / one_core['count_s'] / 1e6:.2f} M tokens/s wall"
-        f" ({LAYERS} layers a token, {len(some)} shards)"
-    )
+    whole = child(TABLES_IN_MEMORY, some, {"RAYON_NUM_THREADS": "1"})
+    for name, r in (("streaming", one_core), ("in memory, shard by shard", whole)):
+        print(
+            f"counting ({name}), one core: {tokens / r['cpu_s'] / 1e6:.3f} M tokens per CPU"
+            f" second, {tokens / r['count_s'] / 1e6:.3f} M tokens/s wall"
+            f" ({LAYERS} layers a token, {len(some)} shards)"
+        )
     for workers in (1, 2):
         r = child(COUNT, [str(workers), *some], {"RAYON_NUM_THREADS": "1"})
         print(
-            f"counting on Ray, {workers} worker(s): {tokens / r['count_s'] / 1e6:.2f} M"
+            f"counting on Ray, {workers} worker(s): {tokens / r['count_s'] / 1e6:.3f} M"
             f" tokens/s wall (load average {os.getloadavg()[0]:.1f})"
         )
 
