@@ -134,8 +134,7 @@ def _add(builders: Sequence[SubsetTableBuilder], part: tuple[int, list[TableArra
     if not tokens:
         return
     for builder, table in zip(builders, arrays, strict=True):
-        builder.add_table(table_from_arrays(table))
-        builder.tokens += tokens
+        builder.add_table(table_from_arrays(table), tokens)
 
 
 def stream_split_tables(

@@ -63,15 +63,17 @@ class SubsetTableBuilder:
 
     def add(self, topk: Any, weights: Any = None) -> None:
         """Counts a chunk of top-k ids [tokens, k] (with optional float [tokens] weights)."""
-        self.add_table(SubsetTable.from_topk(topk, self.num_experts, weights))
-        self.tokens += int(np.shape(topk)[0])
+        table = SubsetTable.from_topk(topk, self.num_experts, weights)
+        self.add_table(table, int(np.shape(topk)[0]))
 
-    def add_table(self, table: SubsetTable) -> None:
-        """Adds a partial table (counted elsewhere, for instance on a worker)."""
+    def add_table(self, table: SubsetTable, tokens: int = 0) -> None:
+        """Adds a partial table counted elsewhere (for instance on a worker) from
+        ``tokens`` tokens."""
         if table.num_experts != self.num_experts:
             raise ValueError(
                 f"table has num_experts = {table.num_experts}, the builder {self.num_experts}"
             )
+        self.tokens += tokens
         self._tables.append(table)
         self._rows += len(table)
         largest = max(len(t) for t in self._tables)
