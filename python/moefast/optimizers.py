@@ -140,7 +140,7 @@ def optimize(
         if max_moves is not None:
             raise ValueError("max_moves needs current= (the placement being served)")
         if method == "milp":
-            return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
+            return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
         return _core.optimize_placement(
             table, num_gpus, slots_per_gpu, method, seed, time_budget, work_budget
         )
