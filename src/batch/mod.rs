@@ -8,12 +8,14 @@
 //! - `batch_time`: that time for a batch given as token rows, with its input checks;
 //! - `simulate`: step times of batches drawn from a trace;
 //! - `sample`: the fixed sample of batches that search scores placements on;
+//! - `rounds`: expert rounds of sampled batches, kept per batch to bound a move's gain;
 //! - `optimize`: the batch-aware placement search.
 
 pub mod batch_time;
 pub mod cost_model;
 pub mod flow;
 pub mod optimize;
+pub mod rounds;
 pub mod sample;
 pub mod simulate;
 pub mod step_time;

@@ -4,14 +4,21 @@
 //!
 //! The placement under search is a `Layout` and the moves are `crate::layout::Move`s
 //! (swap, replace, relocate, add), as in the decode search. A move changes the replicas of
-//! at most two experts, so only the sampled batches that hold one of them are re-timed,
-//! on a per-thread copy of the layout with the move made and then taken back. Candidate
-//! moves are scored in parallel in chunks; the best improving move of a chunk is made,
-//! until a whole pass finds none.
+//! at most two experts, so only the sampled batches that hold one of them can change.
+//! Candidate moves are screened in parallel in chunks by a lower bound on their change of
+//! the objective: a batch takes at least f(1) times its expert rounds, which `rounds`
+//! keeps per batch and updates in a few lookups for most moves. Only the moves whose bound
+//! promises at least half an expert run (`MIN_GAIN`) and could beat the best move found so
+//! far in the chunk are re-timed exactly (best bound first, on a per-thread copy of the
+//! layout with the move made and then taken back); the best improving move of a chunk is
+//! made, until a whole pass finds none. The bound never exceeds the exact change, so among
+//! the moves that pass `MIN_GAIN` the one chosen is the one exact scoring of all of them
+//! would choose (up to ties).
 
 use rayon::prelude::*;
 
 use super::cost_model::CostModel;
+use super::rounds::{BatchRounds, RoundsSolver};
 use super::sample::{sample_batches, time_batch, Sample};
 use super::simulate::Trace;
 use super::step_time::StepTimeSolver;
@@ -19,11 +26,24 @@ use crate::cancel;
 use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
+use crate::matching::SemiMatching;
 use crate::placement::Placement;
 use crate::rng::SplitMix64;
 
 /// Candidate moves scored per parallel round (a few per thread keeps threads busy).
 const CHUNK: usize = 32;
+/// Moves re-timed exactly at once, best bound first.
+const EXACT_GROUP: usize = 4;
+/// Moves whose bound promises less than this many expert runs (f(1)) over the sample are
+/// not re-timed. The bound counts whole runs; what it cannot see is the per-token part of
+/// the time, so these are the moves that only shift a few tokens' compute between GPUs. On
+/// a DeepSeek-V3-size layer of `benches/bench_v3_batch.py` (B = 64) there are thousands
+/// of them; re-timing them took three quarters of the search, and making the ones that
+/// gained (about 1e-4 of the step time each, on the sample) left the step time of held
+/// batches 0.5% higher than without them. At B = 1 every gain is a multiple of f(1).
+const MIN_GAIN: f64 = 0.5;
+/// Relative slack of the bound: a sum of r times f(n >= 1) is at least r f(1) up to rounding.
+const BOUND_SLACK: f64 = 1e-12;
 
 /// A scored move: the change of the weighted step-time sum and the new times of the
 /// batches it touches.
@@ -40,6 +60,9 @@ struct Search<'a> {
     slots: usize,
     layout: Layout,
     times: Vec<f64>,
+    rounds: Vec<BatchRounds>,
+    /// f(1): the least time of one expert run.
+    unit: f64,
 }
 
 impl Search<'_> {
@@ -80,6 +103,31 @@ impl Search<'_> {
             batches,
             new_times,
         })
+    }
+
+    /// A lower bound on the change of the weighted sum of step times if `mv` were made
+    /// (None: not allowed now). `scratch` is a copy of the search's layout.
+    fn bound(&self, scratch: &mut Layout, matching: &mut SemiMatching, mv: Move) -> Option<f64> {
+        if !self.layout.allows(mv, self.slots) {
+            return None;
+        }
+        scratch.apply(mv);
+        let changes = mv.changes();
+        let mut bound = 0.0;
+        for b in self.affected(mv) {
+            let b = b as usize;
+            let experts = &self.sample.experts[b];
+            let cached = &self.rounds[b];
+            let rounds = if cached.unchanged_by(experts, &changes, &*scratch) {
+                cached.rounds
+            } else {
+                matching.solve(experts.len(), |i| scratch.gpus_of(experts[i] as usize))
+            };
+            let least = self.unit * rounds as f64 * (1.0 - BOUND_SLACK);
+            bound += self.sample.weights[b] * (least - self.times[b]);
+        }
+        scratch.undo(mv);
+        Some(bound)
     }
 
     fn candidates(&self, rng: &mut SplitMix64) -> Vec<Move> {
@@ -157,13 +205,17 @@ pub struct BatchSearchOptions {
 
 impl BatchSearchOptions {
     /// Single tokens are timed by the 64-bit matching (~0.1 us), so B = 1 affords 8,192
-    /// of them; larger batches get about 2,048 tokens in all, 16 to 512 batches: enough
-    /// that the sample's mean step time is stable, few enough to score thousands of moves.
+    /// of them; larger batches get about 4,096 tokens in all, 16 to 512 batches: enough
+    /// that what the search gains on the sample carries to other batches, few enough to
+    /// score thousands of moves. (With 2,048 tokens, 32 batches at B = 64, plans of the
+    /// DeepSeek-V3-size layers of `benches/bench_v3_batch.py` fitted their sample: 6 of
+    /// 16 layers took up to 1.2% longer on held batches than before the rounds screen,
+    /// which lets the search afford twice the batches; with 4,096 all 16 are faster.)
     pub fn default_num_batches(batch_size: usize) -> usize {
         if batch_size <= 1 {
             8192
         } else {
-            (2048 / batch_size).clamp(16, 512)
+            (4096 / batch_size).clamp(16, 512)
         }
     }
 }
@@ -220,12 +272,19 @@ pub fn optimize_batch(
     let times: Vec<f64> = (0..sample.weights.len())
         .map(|b| time_batch(&mut solver, &sample, b))
         .collect();
+    let layout = Layout::from_placement(start);
+    let mut rounds_solver = RoundsSolver::new(layout.num_gpus());
+    let rounds = (0..sample.weights.len())
+        .map(|b| rounds_solver.solve(&layout, &sample.experts[b]))
+        .collect();
     let mut search = Search {
         sample: &sample,
         model,
         slots: slots_per_gpu,
-        layout: Layout::from_placement(start),
+        layout,
         times,
+        rounds,
+        unit: model.expert_time(1),
     };
     let mut evaluations = 0;
     for pass in 0u64.. {
@@ -237,13 +296,6 @@ pub fn optimize_batch(
                 break;
             }
             evaluations += chunk.len();
-            let scored: Vec<_> = chunk
-                .par_iter()
-                .map_init(
-                    || search.layout.clone(),
-                    |scratch, &mv| search.score(scratch, mv),
-                )
-                .collect();
             let objective: f64 = search
                 .times
                 .iter()
@@ -251,21 +303,66 @@ pub fn optimize_batch(
                 .map(|(t, w)| t * w)
                 .sum();
             let tol = 1e-9 * objective.max(1e-300);
-            let best = scored
-                .into_iter()
-                .flatten()
-                .filter(|s| s.delta < -tol)
-                .min_by(|a, b| a.delta.total_cmp(&b.delta));
-            if let Some(Scored {
-                mv,
-                batches,
-                new_times,
-                ..
-            }) = best
+            let screen = tol.max(MIN_GAIN * search.unit);
+            let bounds: Vec<Option<f64>> = chunk
+                .par_iter()
+                .map_init(
+                    || {
+                        (
+                            search.layout.clone(),
+                            SemiMatching::new(search.layout.num_gpus()),
+                        )
+                    },
+                    |(scratch, matching), &mv| search.bound(scratch, matching, mv),
+                )
+                .collect();
+            // Moves that might improve, best bound first (ties: chunk order).
+            let mut order: Vec<(f64, usize)> = bounds
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| b.filter(|&b| b < -screen).map(|b| (b, i)))
+                .collect();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut best: Option<(usize, Scored)> = None;
+            for group in order.chunks(EXACT_GROUP) {
+                let limit = best.as_ref().map_or(-tol, |(_, s)| s.delta);
+                if group[0].0 >= limit {
+                    break;
+                }
+                let scored: Vec<(usize, Option<Scored>)> = group
+                    .par_iter()
+                    .filter(|&&(b, _)| b < limit)
+                    .map_init(
+                        || search.layout.clone(),
+                        |scratch, &(_, i)| (i, search.score(scratch, chunk[i])),
+                    )
+                    .collect();
+                for (i, s) in scored {
+                    let Some(s) = s else { continue };
+                    let better = match &best {
+                        None => s.delta < -tol,
+                        Some((j, b)) => s.delta < b.delta || s.delta == b.delta && i < *j,
+                    };
+                    if better {
+                        best = Some((i, s));
+                    }
+                }
+            }
+            if let Some((
+                _,
+                Scored {
+                    mv,
+                    batches,
+                    new_times,
+                    ..
+                },
+            )) = best
             {
                 search.layout.apply(mv);
                 for (b, t) in batches.into_iter().zip(new_times) {
                     search.times[b as usize] = t;
+                    search.rounds[b as usize] =
+                        rounds_solver.solve(&search.layout, &sample.experts[b as usize]);
                 }
                 improved = true;
             }
@@ -338,6 +435,74 @@ mod tests {
             };
             assert!(eval(&p) <= eval(&start) + 1e-9);
         }
+    }
+
+    /// The screen's bound never exceeds the exact change (re-timing every touched batch
+    /// from scratch), for every candidate move of random layouts, batch sizes and models.
+    #[test]
+    fn bound_is_below_the_exact_change() {
+        let mut rng = SplitMix64::new(3);
+        let mut checked = 0;
+        for case in 0..12 {
+            let (experts, gpus, slots) = [(12, 4, 4), (20, 6, 4), (9, 3, 5)][case % 3];
+            let ids: Vec<i64> = (0..400)
+                .flat_map(|_| {
+                    let a = rng.below(experts) as i64;
+                    let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
+                    [a, b]
+                })
+                .collect();
+            let trace = Trace::new(&ids, 1, 2, &[experts], None).unwrap();
+            let mut layout = Layout::new(experts, gpus);
+            for e in 0..experts {
+                layout.add(e, e % gpus);
+            }
+            for _ in 0..gpus * slots {
+                let (e, g) = (rng.below(experts), rng.below(gpus));
+                if !layout.holds(e, g) && layout.used(g) < slots {
+                    layout.add(e, g);
+                }
+            }
+            let model = [
+                CostModel::new(47.0, 0.11, 1.5).unwrap(),
+                CostModel::new(5.0, 1.0, 1.0).unwrap(),
+            ][case % 2];
+            let batch = [1, 3, 16][case % 3];
+            let sample = sample_batches(&trace, experts, batch, 40, case as u64);
+            let start = layout.to_placement().unwrap();
+            let mut solver = StepTimeSolver::new(&start, model);
+            let times = (0..sample.weights.len())
+                .map(|b| time_batch(&mut solver, &sample, b))
+                .collect();
+            let mut rounds_solver = RoundsSolver::new(gpus);
+            let rounds = (0..sample.weights.len())
+                .map(|b| rounds_solver.solve(&layout, &sample.experts[b]))
+                .collect();
+            let search = Search {
+                sample: &sample,
+                model,
+                slots: slots + 1,
+                layout: layout.clone(),
+                times,
+                rounds,
+                unit: model.expert_time(1),
+            };
+            let mut scratch = layout.clone();
+            let mut matching = SemiMatching::new(gpus);
+            for mv in search.candidates(&mut rng) {
+                let Some(bound) = search.bound(&mut scratch, &mut matching, mv) else {
+                    continue;
+                };
+                let exact = search.score(&mut scratch, mv).unwrap().delta;
+                assert!(
+                    bound <= exact + 1e-9 * exact.abs().max(1.0),
+                    "{mv:?}: {bound} > {exact}"
+                );
+                checked += 1;
+            }
+            assert_eq!(scratch, layout);
+        }
+        assert!(checked > 1000, "{checked}");
     }
 
     #[test]
