@@ -162,3 +162,56 @@ def test_bad_input_is_refused():
         mf.optimize(table, 4, 4, current=served.replicas)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="max_moves must be an int"):
         mf.optimize(table, 4, 4, current=served, max_moves=2.5)  # type: ignore[arg-type]
+
+
+def test_cli_plans_from_the_current_placement_within_max_moves(tmp_path, capsys):
+    from moefast.cli import main
+    from moefast.formats import load_placement
+
+    def synth(name: str, seed: int) -> str:
+        out = tmp_path / name
+        args = ["synth", "--experts=32", "--k=4", "--layers=2", "--tokens=2000"]
+        assert main([*args, f"--seed={seed}", "--out", str(out)]) == 0
+        return str(out)
+
+    before, after = synth("a.npz", 1), synth("b.npz", 2)
+    served = tmp_path / "served.json"
+    common = ["--gpus", "8", "--slots", "5"]
+    assert main(["plan", before, *common, "--format", "json", "--out", str(served)]) == 0
+    out = tmp_path / "sglang.json"
+    layout = ["--num-layers", "2", "--moe-layers", "0-1"]
+    args = ["plan", after, *common, *layout, "--out", str(out), "--current", str(served)]
+    capsys.readouterr()
+    assert main([*args, "--max-moves", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "share of full gain" in printed and "full re-plan" in printed
+    # The engine file loads, and each layer copies at most 3 experts' weights.
+    new = load_placement(out, num_gpus=8)
+    old = load_placement(served)
+    for p, q in zip(old, new, strict=True):
+        assert plain_copies(p.replicas, q.replicas) <= 3
+        assert (q.replicas.sum(axis=0) == 5).all()
+    # Bad input: a budget without a served placement, a negative budget, other GPUs.
+    assert (
+        main(
+            ["plan", after, *common, "--out", str(tmp_path / "x.json"), *layout, "--max-moves", "3"]
+        )
+        == 2
+    )
+    assert "need --current" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--max-moves", "-1"])
+    bad_gpus = ["--gpus", "4", "--slots", "10"]
+    code = main(
+        [
+            "plan",
+            after,
+            *bad_gpus,
+            *layout,
+            "--out",
+            str(tmp_path / "y.json"),
+            "--current",
+            str(served),
+        ]
+    )
+    assert code == 2 and "current has 8 GPUs, not num_gpus = 4" in capsys.readouterr().err

@@ -249,3 +249,38 @@ def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[s
             }
         )
     return rows
+
+
+def replan_summary(
+    replans: Sequence[Replan], max_moves: int | None, copy_cost: float | None, slots: int
+) -> dict[str, Any]:
+    """What `plan` records of a re-plan (JSON): per layer the copies and costs (rounds, on
+    the tables re-planned for), and the gain against moves at 0, 1/4, 1/2, 3/4 of the
+    budget and the budget (or of the most copies a layer used), then the full re-plan."""
+    top = max_moves if max_moves is not None else max(r.copies for r in replans)
+    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
+    return {
+        "max_moves": max_moves,
+        "copy_cost": copy_cost,
+        "slots": slots,
+        "copies": [r.copies for r in replans],
+        "costs": [r.cost for r in replans],
+        "stale_costs": [r.stale_cost for r in replans],
+        "full_copies": [r.full_copies for r in replans],
+        "full_costs": [r.full_cost for r in replans],
+        "curve": gain_curve(replans, budgets),
+    }
+
+
+def curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The gain-against-moves table of `replan_summary` as text columns."""
+    header = ["moves per layer", "share of slots", "mean cost (rounds)", "share of full gain"]
+    rows = []
+    for row in summary["curve"]:
+        moves = row["moves"]
+        slots = f"{moves / summary['slots']:.1%}" if isinstance(moves, int) else ""
+        share = row["share_of_full_gain"]
+        rows.append(
+            [str(moves), slots, f"{row['cost']:.4f}", "" if share is None else f"{share:.0%}"]
+        )
+    return header, rows
