@@ -7,8 +7,9 @@ token; 4 nodes x 8 GPUs, 9 slots: 288 slots), compute-only decode cost in expert
 A plan for one trace is re-planned for another with at most m copies (5%, 10%, 20% of the
 slots): `moefast.replan` (the relabelled full re-plan and the walk by exact gain per
 copy) beside the node-aware search's sampled moves toward the full re-plan
-(`moefast.topology.place`, the previous re-planner), in the same run. Reported: the share
-of the full re-plan's gain recovered, and CPU seconds of this process.
+(`moefast.topology.place`, the previous re-planner) at 10% of the slots, in the same
+run. Reported: the share of the full re-plan's gain recovered, and CPU seconds of this
+process.
 """
 
 from __future__ import annotations
@@ -45,16 +46,20 @@ def shift(name: str, before_topk, after_topk) -> dict[int, float]:
         t0 = time.process_time()
         r = replan(after, served, SLOTS, target=full, max_moves=m)
         ours_s = time.process_time() - t0
-        t0 = time.process_time()
-        p, moved = place(after, served, SLOTS, max_moves=m, max_evaluations=8_000, target=full)
-        theirs_s = time.process_time() - t0
-        assert r.copies <= m and moved <= m and copies(served, r.placement) == r.copies
+        assert r.copies <= m and copies(served, r.placement) == r.copies
         assert abs(mf.expected_cost(after, r.placement) - r.cost) < 1e-9
-        theirs = mf.expected_cost(after, p)
         shares[m] = (stale - r.cost) / gain
+        sampled = ""
+        if m == 29:  # the sampled search is slow: at 10% of the slots only
+            t0 = time.process_time()
+            p, moved = place(after, served, SLOTS, max_moves=m, max_evaluations=8_000, target=full)
+            theirs_s = time.process_time() - t0
+            assert moved <= m
+            theirs = mf.expected_cost(after, p)
+            sampled = f"{theirs:.4f}, {(stale - theirs) / gain:.0%}, {theirs_s:.1f}"
         print(
             f"| {m} | {m / (G * SLOTS):.0%} | {r.cost:.4f}, {shares[m]:.0%}, {ours_s:.1f} |"
-            f" {theirs:.4f}, {(stale - theirs) / gain:.0%}, {theirs_s:.1f} |"
+            f" {sampled} |"
         )
     return shares
 
