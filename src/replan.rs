@@ -15,7 +15,9 @@
 //! `current`: each step evaluates exactly (on the rows of the experts a move changes) the
 //! moves toward the relabelled target, the swaps that lower co-activation on a GPU and the
 //! replica reassignments of largest exact gain, and makes the improving move of largest
-//! gain per copy that fits the budget (a move that copies nothing first). With a
+//! gain per copy that fits the budget (a move that copies nothing first). When none fits,
+//! an exchange pairs a move that gives copies back (toward `current`) with one that spends
+//! them, if the pair lowers the cost (on the bench it adds about one point). With a
 //! `copy_cost` (the price of one copy in expert rounds per token), a move is made only if
 //! its gain exceeds the price of its copies. The better of the two answers is returned,
 //! with the walk's cost after each move (the gain against copies).
@@ -37,6 +39,9 @@ const SWAP_CANDIDATES: usize = 256;
 /// New experts tried per replica slot, and candidates kept, for reassignments.
 const EXPERTS_PER_SLOT: usize = 4;
 const REPLACE_CANDIDATES: usize = 256;
+/// Moves that give copies back, and moves that spend them, paired in an exchange.
+const EXCHANGE_BACK: usize = 6;
+const EXCHANGE_SPEND: usize = 48;
 
 /// What the re-plan may copy.
 #[derive(Clone, Copy, Debug, Default)]
@@ -238,6 +243,55 @@ pub fn check_current(table: &SubsetTable, current: &Placement, slots: usize) -> 
     Ok(())
 }
 
+/// Moves that give a GPU an expert `target` has there, in place of one it does not want
+/// there (replace, or swap with a replica of the new expert elsewhere), or into a free slot.
+fn toward(layout: &Layout, target: &Layout, slots: usize) -> Vec<Move> {
+    let mut moves = Vec::new();
+    let t = target;
+    for g in 0..layout.num_gpus() {
+        let wanted: Vec<u16> = t
+            .experts_on(g)
+            .iter()
+            .copied()
+            .filter(|&e| !layout.holds(e as usize, g))
+            .collect();
+        let unwanted: Vec<u16> = layout
+            .experts_on(g)
+            .iter()
+            .copied()
+            .filter(|&e| !t.holds(e as usize, g))
+            .collect();
+        for &new in &wanted {
+            if layout.used(g) < slots {
+                moves.push(Move::Add {
+                    expert: new,
+                    gpu: g as u16,
+                });
+            }
+            for &old in &unwanted {
+                if layout.replicas(old as usize) >= 2 {
+                    moves.push(Move::Replace {
+                        old,
+                        gpu: g as u16,
+                        new,
+                    });
+                }
+                for &h in layout.gpus_of(new as usize) {
+                    if !layout.holds(old as usize, h as usize) {
+                        moves.push(Move::Swap {
+                            first: new,
+                            from: h,
+                            second: old,
+                            to: g as u16,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    moves
+}
+
 /// The moves a step evaluates exactly (module docs), without repeats.
 fn candidates(
     state: &State,
@@ -248,50 +302,9 @@ fn candidates(
     let layout = &state.layout;
     let (num_experts, num_gpus) = (layout.num_experts(), layout.num_gpus());
     let mut moves: Vec<Move> = Vec::new();
-    // Toward the target: give GPU g an expert the target has there, in place of one it
-    // does not want there (replace, or swap with a replica of the new expert elsewhere).
+    // Toward the target (the relabelled full re-plan).
     if let Some(t) = target {
-        for g in 0..num_gpus {
-            let wanted: Vec<u16> = t
-                .experts_on(g)
-                .iter()
-                .copied()
-                .filter(|&e| !layout.holds(e as usize, g))
-                .collect();
-            let unwanted: Vec<u16> = layout
-                .experts_on(g)
-                .iter()
-                .copied()
-                .filter(|&e| !t.holds(e as usize, g))
-                .collect();
-            for &new in &wanted {
-                if layout.used(g) < slots {
-                    moves.push(Move::Add {
-                        expert: new,
-                        gpu: g as u16,
-                    });
-                }
-                for &old in &unwanted {
-                    if layout.replicas(old as usize) >= 2 {
-                        moves.push(Move::Replace {
-                            old,
-                            gpu: g as u16,
-                            new,
-                        });
-                    }
-                    for &h in layout.gpus_of(new as usize) {
-                        if !layout.holds(old as usize, h as usize) {
-                            moves.push(Move::Swap {
-                                first: new,
-                                from: h,
-                                second: old,
-                                to: g as u16,
-                            });
-                        }
-                    }
-                }
-            }
-        }
+        moves.extend(toward(layout, t, slots));
     }
     // Swaps that lower co-activation on a GPU (the greedy's cheap score).
     let coactivation = &state.problem.coactivation;
@@ -379,6 +392,72 @@ fn candidates(
     moves
 }
 
+/// When no move fits what is left of the budget (`left` copies): a move that gives copies
+/// back (toward `home`, the current placement) made together with one of `spend` (moves
+/// that did not fit: move, copies, delta), the pair of lowest exact delta that fits and
+/// lowers the cost by more than its copies' price. Returns (back, forward, net copies).
+fn exchange(
+    state: &State,
+    home: &Layout,
+    current: &Placement,
+    slots: usize,
+    left: isize,
+    price: f64,
+    spend: &[(Move, isize, i64)],
+) -> Option<(Move, Move, isize)> {
+    let num_gpus = state.layout.num_gpus();
+    let back: Vec<(Move, isize)> = toward(&state.layout, home, slots)
+        .into_iter()
+        .filter(|&mv| state.layout.allows(mv, slots))
+        .map(|mv| (mv, move_copies(current, mv)))
+        .filter(|&(_, c)| c < 0)
+        .collect();
+    let losses: Vec<i64> = back
+        .par_iter()
+        .map_init(
+            || RowScratch::new(num_gpus),
+            |s, &(mv, _)| state.move_delta(mv, s).0,
+        )
+        .collect();
+    // The give-backs that lose least per copy returned.
+    let mut ranked: Vec<(f64, Move, isize, i64)> = back
+        .iter()
+        .zip(&losses)
+        .map(|(&(mv, c), &d)| (d as f64 / -c as f64, mv, c, d))
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.1.cmp(&b.1))
+    });
+    ranked.truncate(EXCHANGE_BACK);
+    let pairs: Vec<(i64, Move, Move, isize)> = ranked
+        .par_iter()
+        .filter_map(|&(_, b, cb, db)| {
+            let mut after = state.clone();
+            after.apply(b);
+            let mut scratch = RowScratch::new(num_gpus);
+            let mut best: Option<(i64, Move, Move, isize)> = None;
+            for &(f, cf, _) in spend {
+                let net = cb + cf;
+                if net > left || !after.layout.allows(f, slots) {
+                    continue;
+                }
+                let d = db + after.move_delta(f, &mut scratch).0;
+                let worth = d < 0 && (-d as f64) > price * net.max(0) as f64;
+                if worth && best.is_none_or(|x| (d, b, f) < (x.0, x.1, x.2)) {
+                    best = Some((d, b, f, net));
+                }
+            }
+            best
+        })
+        .collect();
+    pairs
+        .into_iter()
+        .min_by_key(|x| (x.0, x.1, x.2))
+        .map(|(_, b, f, net)| (b, f, net))
+}
+
 /// Re-plans `current` for `table` within `limits` (module docs). `current` may leave
 /// slots free (up to `slots_per_gpu` per GPU); filling one is a copy.
 pub fn replan(
@@ -420,15 +499,17 @@ pub fn replan(
     let budget = limits.max_copies.unwrap_or(usize::MAX);
     let mut state = State::new(&problem, Layout::from_placement(current));
     let target_layout = target.as_ref().map(Layout::from_placement);
+    let home = Layout::from_placement(current);
     let mut used = 0usize;
     let mut path = vec![(0, expected(state.total))];
     while !crate::cancel::requested() {
         let gains = GainTable::new(&state);
+        // Moves beyond what is left of the budget are kept for exchanges.
         let moves: Vec<(Move, isize)> =
             candidates(&state, &gains, target_layout.as_ref(), slots_per_gpu)
                 .into_iter()
                 .map(|mv| (mv, move_copies(current, mv)))
-                .filter(|&(_, c)| c <= 0 || used + c as usize <= budget)
+                .filter(|&(_, c)| c <= 0 || c as usize <= budget)
                 .collect();
         let deltas: Vec<i64> = moves
             .par_iter()
@@ -441,7 +522,10 @@ pub fn replan(
         let best = moves
             .iter()
             .zip(&deltas)
-            .filter(|&(&(_, c), &d)| d < 0 && (-d as f64) > price * c.max(0) as f64)
+            .filter(|&(&(_, c), &d)| {
+                let fits = c <= 0 || used + c as usize <= budget;
+                fits && d < 0 && (-d as f64) > price * c.max(0) as f64
+            })
             .map(|(&(mv, c), &d)| {
                 let per_copy = if c <= 0 {
                     d as f64
@@ -456,9 +540,37 @@ pub fn replan(
                     .unwrap_or(std::cmp::Ordering::Equal)
                     .then(x.2.cmp(&y.2))
             });
-        let Some((_, _, mv, c)) = best else { break };
-        state.apply(mv);
-        used = (used as isize + c) as usize;
+        if let Some((_, _, mv, c)) = best {
+            state.apply(mv);
+            used = (used as isize + c) as usize;
+            path.push((used, expected(state.total)));
+            continue;
+        }
+        if used == 0 {
+            break;
+        }
+        let left = isize::try_from(budget - used).unwrap_or(isize::MAX);
+        let mut spend: Vec<(Move, isize, i64)> = moves
+            .iter()
+            .zip(&deltas)
+            .filter(|&(&(_, c), &d)| c > 0 && d < 0)
+            .map(|(&(mv, c), &d)| (mv, c, d))
+            .collect();
+        spend.sort_by(|a, b| {
+            (a.2 as f64 / a.1 as f64)
+                .partial_cmp(&(b.2 as f64 / b.1 as f64))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.0.cmp(&b.0))
+        });
+        spend.truncate(EXCHANGE_SPEND);
+        let Some((back, forward, net)) =
+            exchange(&state, &home, current, slots_per_gpu, left, price, &spend)
+        else {
+            break;
+        };
+        state.apply(back);
+        state.apply(forward);
+        used = (used as isize + net) as usize;
         path.push((used, expected(state.total)));
     }
     let walked = state.layout.to_placement()?;
