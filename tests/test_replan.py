@@ -182,9 +182,11 @@ def test_cli_plans_from_the_current_placement_within_max_moves(tmp_path, capsys)
     layout = ["--num-layers", "2", "--moe-layers", "0-1"]
     args = ["plan", after, *common, *layout, "--out", str(out), "--current", str(served)]
     capsys.readouterr()
-    assert main([*args, "--max-moves", "3"]) == 0
+    report = tmp_path / "report"
+    assert main([*args, "--max-moves", "3", "--report", str(report), "--no-sweep"]) == 0
     printed = capsys.readouterr().out
     assert "share of full gain" in printed and "full re-plan" in printed
+    assert "gain against moves" in (report / "report.md").read_text()
     # The engine file loads, and each layer copies at most 3 experts' weights.
     new = load_placement(out, num_gpus=8)
     old = load_placement(served)

@@ -208,6 +208,13 @@ def _write_report(
         "estimator": model.settings.get("estimator", "plain table"),
         "costs": f"{comparison.basis} ({comparison.note})",
     }
+    if "replan" in model.settings:
+        from moefast.replan import curve_rows
+
+        _, rows = curve_rows(model.settings["replan"])
+        facts["gain against moves (per layer: cost, share of the full re-plan's gain)"] = "; ".join(
+            f"{moves}: {cost} ({share})" for moves, _, cost, share in rows
+        )
     launch = getattr(args, "launch", None)
     if launch:
         facts["engine settings"] = "; ".join(f"{k}: {v}" for k, v in launch.items())
