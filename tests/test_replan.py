@@ -217,3 +217,20 @@ def test_cli_plans_from_the_current_placement_within_max_moves(tmp_path, capsys)
         ]
     )
     assert code == 2 and "current has 8 GPUs, not num_gpus = 4" in capsys.readouterr().err
+
+
+def test_plan_re_plans_every_layer_from_the_current_placements():
+    rng = np.random.default_rng(8)
+    before = [mf.SubsetTable.from_topk(skewed_topk(rng, 300, 16, 3, 4), num_experts=16)] * 2
+    after = [mf.SubsetTable.from_topk(skewed_topk(rng, 300, 16, 3, 4), num_experts=16)] * 2
+    served = mf.plan(before, 4, 5, holdout=0)
+    model = mf.plan(after, 4, 5, holdout=0, current=served, max_moves=2)
+    for p, q in zip(served.placements, model.placements, strict=True):
+        assert plain_copies(p.replicas, q.replicas) <= 2
+    summary = model.settings["replan"]
+    assert summary["max_moves"] == 2 and max(summary["copies"]) <= 2
+    assert [row["moves"] for row in summary["curve"][:-1]] == [0, 1, 2]
+    with pytest.raises(ValueError, match="current has 1 layers, the trace 2"):
+        mf.plan(after, 4, 5, holdout=0, current=served.placements[:1])
+    with pytest.raises(ValueError, match="needs current"):
+        mf.plan(after, 4, 5, holdout=0, max_moves=2)
