@@ -186,7 +186,6 @@ def optimize(
                 "objective='batch' re-plans with max_moves only (no copy_cost, topology)"
             )
         max_moves, _ = check_move_limits(max_moves, None)
-        batch_options = {"batch_size": batch_size, "cost_model": cost_model}
         fresh = optimize(
             table,
             num_gpus,
@@ -194,9 +193,10 @@ def optimize(
             method=method,
             seed=seed,
             objective="batch",
+            batch_size=batch_size,
+            cost_model=cost_model,
             num_batches=num_batches,
             max_evaluations=max_evaluations,
-            **batch_options,  # type: ignore[arg-type]
         )
         relabelled = relabel(current, fresh)
         walked = replan(table, current, slots_per_gpu, target=relabelled, max_moves=max_moves)
