@@ -11,6 +11,7 @@ pub mod limits;
 pub mod matching;
 pub mod optimize;
 pub mod placement;
+pub mod replan;
 pub mod rng;
 pub mod table;
 pub mod topology;

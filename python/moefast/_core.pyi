@@ -27,6 +27,9 @@ __all__ = [
     "optimize_batch",
     "optimize_placement",
     "rebalance_experts",
+    "relabel_gpus",
+    "replan_placement",
+    "replica_copies",
     "simulate_steps",
     "subset_costs",
     "topology_batch_time",
@@ -239,6 +242,23 @@ def improve_batch_placement(
 
 def topology_group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> list[int]:
     """The node of each expert group when every group lives on one node."""
+
+def replan_placement(
+    table: SubsetTable,
+    current: Placement,
+    slots_per_gpu: int,
+    max_moves: int | None = None,
+    copy_cost: float = 0.0,
+    target: Placement | None = None,
+) -> tuple[Placement, int, float, list[tuple[int, float]], tuple[Placement, int, float] | None]:
+    """(placement, copies, expected cost, walk [(copies, cost)], (relabelled target, its
+    copies, its cost) or None): `current` re-planned with at most `max_moves` copies."""
+
+def relabel_gpus(current: Placement, target: Placement, gpus_per_node: int) -> Placement:
+    """`target` with its GPUs renamed to share the most replicas with `current`."""
+
+def replica_copies(current: Placement, placement: Placement) -> int:
+    """Replicas of `placement` that `current` lacks on their GPU (weight copies)."""
 
 def interrupt() -> None:
     """Stops every running core call (each raises KeyboardInterrupt); for Python code that

@@ -47,9 +47,12 @@ def _plan(
     estimator: Literal["plain", "auto"] = "plain",
     time_budget: float | None = None,
     work_budget: int | None = None,
+    current: ModelPlacement | None = None,
+    max_moves: int | None = None,
+    copy_cost: float | None = None,
 ) -> ModelPlacement:
     """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
-    unless `holdout` is given."""
+    unless `holdout` is given; from `current` with few moves when it is given."""
     return moefast.plan(
         trace,
         gpus,
@@ -65,6 +68,9 @@ def _plan(
         estimator=estimator,
         time_budget=time_budget,
         work_budget=work_budget,
+        current=current,
+        max_moves=max_moves,
+        copy_cost=copy_cost,
     )
 
 
@@ -99,10 +105,15 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
         estimator=args.estimator,
         time_budget=getattr(args, "time_budget", None),
         work_budget=getattr(args, "work_budget", None),
+        current=_current(trace, args),
+        max_moves=getattr(args, "max_moves", None),
+        copy_cost=getattr(args, "copy_cost", None),
     )
     comparison = model.evaluation
     assert comparison is not None
     _print_comparison(comparison, args.gpus, args.slots)
+    if "replan" in model.settings:
+        _print_replan(model.settings["replan"])
     print(f"estimator: {model.settings['estimator']}")
     if report_dir is not None:
         folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -112,6 +123,40 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
             folds = [split_positions(trace, args.holdout, by, args.seed)]
         _write_report(trace, args, title, report_dir, comparison, folds, model)
     return model
+
+
+def _current(trace: Trace, args) -> ModelPlacement | None:
+    """The served placement of --current, its layers matched to the trace's."""
+    path = getattr(args, "current", None)
+    if path is None:
+        if (
+            getattr(args, "max_moves", None) is not None
+            or getattr(args, "copy_cost", None) is not None
+        ):
+            raise ValueError(
+                "--max-moves and --copy-cost need --current FILE (the served placement)"
+            )
+        return None
+    return load_placement(
+        path,
+        args.current_format,
+        num_gpus=args.gpus,
+        num_experts=trace.num_experts,
+        layer_ids=trace.layer_ids,
+        model=args.model,
+    )
+
+
+def _print_replan(summary: dict) -> None:
+    from moefast.replan import curve_rows
+
+    copies = summary["copies"]
+    print(
+        f"re-planned from the current placement: {sum(copies)} copies in all, at most"
+        f" {max(copies)} per layer (budget {summary['max_moves']}); gain against moves"
+        " (costs on the tables planned on):"
+    )
+    print(text_tables.format_table(*curve_rows(summary)))
 
 
 def _write_report(
@@ -163,6 +208,13 @@ def _write_report(
         "estimator": model.settings.get("estimator", "plain table"),
         "costs": f"{comparison.basis} ({comparison.note})",
     }
+    if "replan" in model.settings:
+        from moefast.replan import curve_rows
+
+        _, rows = curve_rows(model.settings["replan"])
+        facts["gain against moves (per layer: cost, share of the full re-plan's gain)"] = "; ".join(
+            f"{moves}: {cost} ({share})" for moves, _, cost, share in rows
+        )
     launch = getattr(args, "launch", None)
     if launch:
         facts["engine settings"] = "; ".join(f"{k}: {v}" for k, v in launch.items())
@@ -250,6 +302,10 @@ def cmd_plan(args) -> int:
     if _streaming(args):
         from moefast.distributed import plan_files_cli
 
+        if args.current is not None:
+            raise ValueError(
+                "--current needs one trace read whole; leave out --chunk-tokens/--workers/--ray"
+            )
         if args.layers_are_positions:
             raise ValueError(
                 "--layers-are-positions needs one trace read whole; convert the files with"
@@ -702,6 +758,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help="optimize the mean step time of batches of B tokens (cost model below)"
         " instead of decode",
+    )
+    p.add_argument(
+        "--current",
+        default=None,
+        metavar="FILE",
+        help="the placement being served (any placement format moefast reads): re-plan from it",
+    )
+    p.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
+    p.add_argument(
+        "--max-moves",
+        type=_at_least(0),
+        default=None,
+        metavar="M",
+        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2)",
+    )
+    p.add_argument(
+        "--copy-cost",
+        type=float,
+        default=None,
+        metavar="ROUNDS",
+        help="with --current: make a move only if it gains more than this many expert rounds"
+        " per token per copy (moefast.replan.price_per_copy)",
     )
     _cost_model_options(p)
     _trace_format_option(p)

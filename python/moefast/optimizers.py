@@ -14,7 +14,8 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.topology import V3_ROUND_US, Topology, place, place_batch
+from moefast.replan import check_current, check_move_limits, copies, relabel, replan
+from moefast.topology import V3_ROUND_US, Topology, expected_time, place, place_batch
 from moefast.validation import (
     check_count,
     check_int,
@@ -57,6 +58,7 @@ def optimize(
     round_us: float = V3_ROUND_US,
     current: Placement | None = None,
     max_moves: int | None = None,
+    copy_cost: float | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
@@ -82,8 +84,17 @@ def optimize(
     plus dispatch and combine between nodes (`moefast.topology.place`, from `method`'s
     placement). With `topology` and `objective="batch"`, the layer time of batches with
     communication (`moefast.topology.place_batch`, from the starts and the compute-only
-    batch search's result). With `current`, the search starts from the served placement instead, and
-    `max_moves` bounds the replicas the result adds to it (weight copies).
+    batch search's result).
+
+    With `current` (the placement being served), the result is re-planned from it
+    (`moefast.replan`): at most `max_moves` copies (an expert's weights sent to a GPU that
+    did not hold it: replace or relocate = 1, swap = 2), or with `copy_cost` (rounds per
+    token per copy, `moefast.replan.price_per_copy`) only moves that gain more than they
+    cost. The full re-plan by `method` is relabelled to share the most replicas with
+    `current` and is the result when it fits. With a topology the node-aware search walks
+    from `current` (`copy_cost` is for the compute-only decode cost); with
+    `objective="batch"` the decode re-plan, the relabelled batch plan (if it fits) and
+    `current` are compared by simulated step time.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -111,6 +122,13 @@ def optimize(
         ]
         if given:
             raise ValueError(f"{', '.join(given)} need objective='batch'")
+        if current is not None:
+            check_current(current, table, num_gpus, slots_per_gpu)
+            max_moves, price = check_move_limits(max_moves, copy_cost)
+        elif max_moves is not None or copy_cost is not None:
+            raise ValueError(
+                "max_moves needs current= (the placement being served), and so does copy_cost"
+            )
         if topology is not None or current is not None:
             fresh = optimize(
                 table,
@@ -122,10 +140,23 @@ def optimize(
                 time_budget=time_budget,
                 work_budget=work_budget,
             )
-            if current is not None and current.num_gpus != num_gpus:
-                raise ValueError(f"current has {current.num_gpus} GPUs, not num_gpus = {num_gpus}")
+            if current is not None and topology is None:
+                return replan(
+                    table,
+                    current,
+                    slots_per_gpu,
+                    target=fresh,
+                    max_moves=max_moves,
+                    copy_cost=price,
+                ).placement
+            if current is not None and copy_cost is not None:
+                raise ValueError(
+                    "copy_cost is for the compute-only cost: with a topology use max_moves"
+                )
             # From the served placement, moves toward the fresh plan are among the candidates.
             start, target = (fresh, None) if current is None else (current, fresh)
+            if current is not None and topology is not None:
+                target = relabel(current, fresh, topology.gpus_per_node)
             found, _ = place(
                 table,
                 start,
@@ -136,9 +167,12 @@ def optimize(
                 seed=seed,
                 target=target,
             )
+            if current is not None and target is not None and topology is not None:
+                fits = max_moves is None or copies(current, target) <= max_moves
+                time_of = lambda p: expected_time(table, p, topology, round_us=round_us)  # noqa: E731
+                if fits and time_of(target) < time_of(found):
+                    return target
             return found
-        if max_moves is not None:
-            raise ValueError("max_moves needs current= (the placement being served)")
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
         return _core.optimize_placement(
@@ -147,6 +181,35 @@ def optimize(
     if batch_size is None or cost_model is None:
         raise ValueError("objective='batch' needs batch_size and cost_model")
     batch_size = check_count("batch_size", batch_size)
+    if current is not None:
+        check_current(current, table, num_gpus, slots_per_gpu)
+        if copy_cost is not None or topology is not None:
+            raise ValueError(
+                "objective='batch' re-plans with max_moves only (no copy_cost, topology)"
+            )
+        max_moves, _ = check_move_limits(max_moves, None)
+        fresh = optimize(
+            table,
+            num_gpus,
+            slots_per_gpu,
+            method=method,
+            seed=seed,
+            objective="batch",
+            batch_size=batch_size,
+            cost_model=cost_model,
+            num_batches=num_batches,
+            max_evaluations=max_evaluations,
+        )
+        relabelled = relabel(current, fresh)
+        walked = replan(table, current, slots_per_gpu, target=relabelled, max_moves=max_moves)
+        options = [current, walked.placement]
+        if max_moves is None or copies(current, relabelled) <= max_moves:
+            options.append(relabelled)
+        return fastest_placement(table, options, cost_model, batch_size, seed=seed)
+    if max_moves is not None or copy_cost is not None:
+        raise ValueError(
+            "max_moves needs current= (the placement being served), and so does copy_cost"
+        )
     starts = ("greedy", "eplb") if method == "greedy" else (method,)
     candidates = [
         optimize(

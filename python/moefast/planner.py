@@ -243,6 +243,9 @@ def plan(
     time_budget: float | None = None,
     work_budget: int | None = None,
     model: str | ModelLayout | None = None,
+    current: ModelPlacement | Sequence[Placement] | None = None,
+    max_moves: int | None = None,
+    copy_cost: float | None = None,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
     scores it, with the baselines, on tokens it has not seen.
@@ -280,6 +283,11 @@ def plan(
     which needs token order). With an
     ``executor`` (a process pool, `moefast.distributed.RayExecutor`, Dask's), files are
     counted and layers optimized on its workers; the result is identical.
+
+    ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
+    one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
+    weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
+    ``settings["replan"]`` records each layer's copies and the gain against moves.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
@@ -338,7 +346,30 @@ def plan(
         by = split_by or ("request" if plan_trace.request_ids is not None else "time")
         selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
         chosen, estimator_note = selection.estimator, selection.note
-    if executor is not None:
+    replans = None
+    if current is not None:
+        if executor is not None:
+            raise ValueError("current= is not supported with an executor: plan in one process")
+        from moefast.replan import replan_layers
+
+        replans = replan_layers(
+            plan_tables,
+            _current_layers(current, layer_ids),
+            num_gpus,
+            slots_per_gpu,
+            max_moves=max_moves,
+            copy_cost=copy_cost,
+            coverage=chosen.coverage,
+            method=method,
+            seed=seed,
+            **options,
+        )
+        placements = [r.placement for r in replans]
+    elif max_moves is not None or copy_cost is not None:
+        raise ValueError(
+            "max_moves needs current= (the placement being served), and so does copy_cost"
+        )
+    elif executor is not None:
         from moefast.distributed import optimize_layers
 
         placements = optimize_layers(
@@ -402,6 +433,10 @@ def plan(
         settings["work_budget"] = work_budget
     if layout is not None and PRESETS.get(layout.name) == layout:
         settings["model"] = layout.name  # save() writes engine files for it
+    if replans is not None:
+        from moefast.replan import replan_summary
+
+        settings["replan"] = replan_summary(replans, max_moves, copy_cost, num_gpus * slots_per_gpu)
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
@@ -414,6 +449,32 @@ def plan(
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _current_layers(
+    current: ModelPlacement | Sequence[Placement], layer_ids: list[int]
+) -> list[Placement]:
+    """The served placement of each layer: a ModelPlacement's by layer id, or a list's
+    in order."""
+    if isinstance(current, ModelPlacement) and not current.layer_ids:
+        current = current.placements
+    if isinstance(current, ModelPlacement):
+        by_id = dict(zip(current.layer_ids, current.placements, strict=True))
+        missing = [i for i in layer_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"current has no placement for layer(s) {missing[:5]}")
+        return [by_id[i] for i in layer_ids]
+    if isinstance(current, Placement) or not isinstance(current, Sequence):
+        raise TypeError(
+            "current must be a ModelPlacement or a sequence of Placement (one per layer),"
+            f" got {type(current).__name__}"
+        )
+    if len(current) != len(layer_ids):
+        raise ValueError(
+            f"current has {len(current)} layers, the trace {len(layer_ids)}: one placement per"
+            " layer is needed"
+        )
+    return list(current)
 
 
 def _score(

@@ -13,6 +13,7 @@ mod eplb;
 mod input;
 mod interrupt;
 mod optimize;
+mod replan;
 mod table;
 mod topology;
 
@@ -72,6 +73,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     batch::register(m)?;
     eplb::register(m)?;
     topology::register(m)?;
+    replan::register(m)?;
     m.add_function(wrap_pyfunction!(interrupt::interrupt, m)?)?;
     Ok(())
 }

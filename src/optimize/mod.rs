@@ -13,13 +13,13 @@
 mod baselines;
 mod budgets;
 mod effort;
-mod gains;
+pub(crate) mod gains;
 mod greedy;
 mod initial;
 mod kicks;
-mod problem;
+pub(crate) mod problem;
 mod reassign;
-mod state;
+pub(crate) mod state;
 mod swaps;
 
 pub use effort::SearchBudget;

@@ -1,0 +1,286 @@
+"""Re-planning with few moves (issue 14): from the placement an engine serves, a placement
+for a new workload that copies few expert weights.
+
+What counts as a move: one **copy**, an expert's weights sent to a GPU slot, i.e. a
+replica of the new placement that the current one does not hold on that GPU. Dropping a
+replica is free. Replacing an expert in a slot by another, or relocating a replica to
+another GPU, is one copy; swapping two experts between two GPUs is two; a move that puts
+back a replica the current placement holds there gives a copy back. The budget
+(`max_moves`) is per layer. `copies(current, placement)` counts them.
+
+How (the core's `src/replan.rs`): the full re-plan is relabelled (GPU labels are free for
+the decode cost) to share the most replicas with the current placement, by an exact
+assignment; if it fits the budget it is a candidate as it is. A greedy walks from the
+current placement, each step making the improving move of largest exact gain per copy
+(moves toward the relabelled re-plan, co-activation swaps, replica reassignments), until
+the budget is spent or nothing improves. Its path gives the gain against moves.
+
+`copy_cost` prices a copy instead of (or beside) a hard budget: a move is made only if it
+lowers the expected cost by more than its copies' price. `price_per_copy` turns an
+expert's bytes, the link bandwidth and the tokens served until the next re-plan into that
+price.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moefast import _core
+from moefast._core import Placement, SubsetTable
+from moefast.validation import check_count, check_non_negative, check_positive
+
+#: Time of one expert round in decode (us), the default of `price_per_copy`: a
+#: DeepSeek-V3 expert's weight read on an H100 (`moefast.topology.V3_ROUND_US`).
+ROUND_US = 47.0
+
+
+@dataclass(frozen=True)
+class Replan:
+    """One layer re-planned: the placement, its copies and expected cost (rounds per
+    token, on the table re-planned for), the current placement's cost, the walk as
+    (copies, cost) points from the current placement, and the full re-plan (relabelled),
+    its copies and cost when one was given."""
+
+    placement: Placement
+    copies: int
+    cost: float
+    stale_cost: float
+    path: tuple[tuple[int, float], ...]
+    full: Placement | None = None
+    full_copies: int | None = None
+    full_cost: float | None = None
+
+    def cost_within(self, moves: int) -> float:
+        """The lowest cost this re-plan found with at most `moves` copies: a point of the
+        walk, or the full re-plan when it fits."""
+        costs = [cost for copies, cost in self.path if copies <= moves]
+        full = self.full_copies, self.full_cost
+        if full[0] is not None and full[1] is not None and full[0] <= moves:
+            costs.append(full[1])
+        if self.copies <= moves:
+            costs.append(self.cost)
+        return min(costs)
+
+    def share_of_full_gain(self, cost: float) -> float | None:
+        """(stale - cost) / (stale - full re-plan): the share of a full re-plan's gain a
+        placement of this cost recovers; None without a full re-plan or when it gains
+        nothing."""
+        if self.full_cost is None or self.stale_cost - self.full_cost <= 0:
+            return None
+        return (self.stale_cost - cost) / (self.stale_cost - self.full_cost)
+
+
+def price_per_copy(
+    expert_bytes: float, bandwidth_gb_s: float, tokens: float, *, round_us: float = ROUND_US
+) -> float:
+    """The price of one copy in expert rounds per token: the copy's time
+    (expert_bytes / bandwidth) spread over the `tokens` this layer serves until the next
+    re-plan, in rounds of `round_us` microseconds. A DeepSeek-V3 expert in FP8 is about
+    44 MB; 50 GB/s RDMA copies it in ~0.9 ms."""
+    expert_bytes = check_positive("expert_bytes", expert_bytes)
+    bandwidth_gb_s = check_positive("bandwidth_gb_s", bandwidth_gb_s)
+    tokens = check_positive("tokens", tokens)
+    round_us = check_positive("round_us", round_us)
+    copy_us = expert_bytes / (bandwidth_gb_s * 1e3)
+    return copy_us / round_us / tokens
+
+
+def copies(current: Placement, placement: Placement) -> int:
+    """Replicas of `placement` that `current` lacks on their GPU: the weight copies that
+    turn the current placement into it."""
+    _check_placement("current", current)
+    _check_placement("placement", placement)
+    return _core.replica_copies(current, placement)
+
+
+def relabel(current: Placement, target: Placement, gpus_per_node: int = 1) -> Placement:
+    """`target` with its GPUs renamed to share the most replicas with `current` (exact).
+    With `gpus_per_node` > 1, only nodes and GPUs inside a node are renamed, so times with
+    communication are kept too."""
+    _check_placement("current", current)
+    _check_placement("target", target)
+    return _core.relabel_gpus(current, target, gpus_per_node)
+
+
+def _check_placement(name: str, p: object) -> None:
+    if not isinstance(p, Placement):
+        raise TypeError(f"{name} must be a moefast.Placement, got {type(p).__name__}")
+
+
+def check_current(current: object, table: SubsetTable, num_gpus: int, slots_per_gpu: int) -> None:
+    """The served placement must be a Placement of the table's experts on `num_gpus` GPUs
+    with at most `slots_per_gpu` experts on each."""
+    _check_placement("current", current)
+    assert isinstance(current, Placement)
+    if current.num_gpus != num_gpus:
+        raise ValueError(f"current has {current.num_gpus} GPUs, not num_gpus = {num_gpus}")
+    if current.num_experts != table.num_experts:
+        raise ValueError(
+            f"current has {current.num_experts} experts, not the table's {table.num_experts}"
+        )
+    used = np.asarray(current.slots_used)
+    if used.max() > slots_per_gpu:
+        g = int(np.argmax(used))
+        raise ValueError(
+            f"current puts {int(used[g])} experts on GPU {g}, more than"
+            f" slots_per_gpu = {slots_per_gpu}"
+        )
+
+
+def check_move_limits(max_moves: int | None, copy_cost: float | None) -> tuple[int | None, float]:
+    """`max_moves` (an int >= 0 or None) and `copy_cost` (finite, >= 0; None is 0)."""
+    if max_moves is not None:
+        max_moves = check_count("max_moves", max_moves, low=0)
+    cost = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
+    return max_moves, cost
+
+
+def replan(
+    table: SubsetTable,
+    current: Placement,
+    slots_per_gpu: int,
+    *,
+    target: Placement | None = None,
+    max_moves: int | None = None,
+    copy_cost: float | None = None,
+) -> Replan:
+    """`current` re-planned for `table` (decode cost) with at most `max_moves` copies
+    (None: any) and `copy_cost` rounds per token per copy, moving toward `target` (the
+    full re-plan, any GPU labels) when given. The result never costs more than `current`,
+    and with enough moves no more than `target`."""
+    if not isinstance(table, SubsetTable):
+        raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
+    _check_placement("current", current)
+    check_current(current, table, current.num_gpus, slots_per_gpu)
+    if target is not None:
+        _check_placement("target", target)
+    max_moves, price = check_move_limits(max_moves, copy_cost)
+    placement, moved, cost, path, full = _core.replan_placement(
+        table, current, slots_per_gpu, max_moves, price, target
+    )
+    return Replan(
+        placement=placement,
+        copies=moved,
+        cost=cost,
+        stale_cost=path[0][1],
+        path=tuple((int(c), float(x)) for c, x in path),
+        full=None if full is None else full[0],
+        full_copies=None if full is None else full[1],
+        full_cost=None if full is None else full[2],
+    )
+
+
+def replan_layers(
+    tables: Sequence[SubsetTable],
+    currents: Sequence[Placement],
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    max_moves: int | None = None,
+    copy_cost: float | None = None,
+    coverage: float = 1.0,
+    method: str = "greedy",
+    seed: int = 0,
+    **optimize_options: Any,
+) -> list[Replan]:
+    """Every layer re-planned (layers in parallel): the full re-plan by `optimize`
+    (`method`, `seed`, ``optimize_options``) on the table pruned to `coverage`, then
+    `replan` toward it from that layer's current placement."""
+    from moefast.optimizers import optimize
+
+    if len(currents) != len(tables):
+        raise ValueError(
+            f"current has {len(currents)} layers, the trace {len(tables)}: one placement per"
+            " layer is needed"
+        )
+    for t, c in zip(tables, currents, strict=True):
+        check_current(c, t, num_gpus, slots_per_gpu)
+    max_moves, price = check_move_limits(max_moves, copy_cost)
+
+    def one(table: SubsetTable, current: Placement) -> Replan:
+        if coverage < 1.0:
+            table = table.prune(coverage=coverage)
+        full = optimize(
+            table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options
+        )
+        return replan(
+            table, current, slots_per_gpu, target=full, max_moves=max_moves, copy_cost=price
+        )
+
+    workers = max(1, min(len(tables), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, tables, currents))
+
+
+def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[str, Any]]:
+    """Gain against moves over layers: for each budget (copies per layer), the mean cost
+    over layers of the best point each layer's re-plan found within it, and the share of
+    the full re-plans' gain (summed over layers) it recovers; a last row for the full
+    re-plan (its copies: the mean over layers)."""
+    if not replans:
+        raise ValueError("replans is empty")
+    stale = float(np.mean([r.stale_cost for r in replans]))
+    full = [r.full_cost for r in replans]
+    full_mean = None if any(x is None for x in full) else float(np.mean(full))  # type: ignore[arg-type]
+    gain = None if full_mean is None or stale - full_mean <= 0 else stale - full_mean
+    rows: list[dict[str, Any]] = []
+    for b in budgets:
+        cost = float(np.mean([r.cost_within(b) for r in replans]))
+        rows.append(
+            {
+                "moves": int(b),
+                "cost": cost,
+                "share_of_full_gain": None if gain is None else (stale - cost) / gain,
+            }
+        )
+    if full_mean is not None:
+        mean_copies = float(np.mean([r.full_copies for r in replans]))
+        rows.append(
+            {
+                "moves": f"full re-plan ({mean_copies:.0f} per layer)",
+                "cost": full_mean,
+                "share_of_full_gain": None if gain is None else 1.0,
+            }
+        )
+    return rows
+
+
+def replan_summary(
+    replans: Sequence[Replan], max_moves: int | None, copy_cost: float | None, slots: int
+) -> dict[str, Any]:
+    """What `plan` records of a re-plan (JSON): per layer the copies and costs (rounds, on
+    the tables re-planned for), and the gain against moves at 0, 1/4, 1/2, 3/4 of the
+    budget and the budget (or of the most copies a layer used), then the full re-plan."""
+    top = max_moves if max_moves is not None else max(r.copies for r in replans)
+    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
+    return {
+        "max_moves": max_moves,
+        "copy_cost": copy_cost,
+        "slots": slots,
+        "copies": [r.copies for r in replans],
+        "costs": [r.cost for r in replans],
+        "stale_costs": [r.stale_cost for r in replans],
+        "full_copies": [r.full_copies for r in replans],
+        "full_costs": [r.full_cost for r in replans],
+        "curve": gain_curve(replans, budgets),
+    }
+
+
+def curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The gain-against-moves table of `replan_summary` as text columns."""
+    header = ["moves per layer", "share of slots", "mean cost (rounds)", "share of full gain"]
+    rows = []
+    for row in summary["curve"]:
+        moves = row["moves"]
+        slots = f"{moves / summary['slots']:.1%}" if isinstance(moves, int) else ""
+        share = row["share_of_full_gain"]
+        rows.append(
+            [str(moves), slots, f"{row['cost']:.4f}", "" if share is None else f"{share:.0%}"]
+        )
+    return header, rows
