@@ -4,11 +4,12 @@
 
 Writes a DeepSeek-V3-shaped synthetic trace (58 MoE layers, 256 experts, top-8) of at least
 ``--gb`` GB as Arrow shards of 500k tokens (uint8 ids, 464 bytes a token), plans it with
-`plan(files, chunk_tokens=...)` in a child process and prints its peak resident memory
-(target <= 2 GB) and tokens per second, against the in-memory path (`load_trace` + `plan`)
-on one shard (target: streaming >= 50% of its tokens per second). With ``--ray`` it also
-measures counting alone: one core (RAYON_NUM_THREADS=1), and the Ray path with 1 and 2
-workers. The shards are deleted at the end.
+`plan(files, chunk_tokens=...)` in a child process (held out: the last 20% of each shard)
+and prints its peak resident memory (target <= 2 GB) and tokens per second, against the
+in-memory path (`load_trace` + `plan`, the last 20% held out) on one shard, the size that
+fits in memory beside the others (target: streaming >= 50% of its tokens per second).
+With ``--ray`` it also measures counting alone: one core (RAYON_NUM_THREADS=1), and the
+Ray path with 1 and 2 workers. The shards are deleted at the end.
 
 Routing: one skewed, correlated 200k-token routing of moefast.synthetic (DeepSeek-scale
 settings, as benches/bench_plan.py), experts relabelled per layer; every shard draws its
@@ -88,33 +89,31 @@ def write_shards(folder: Path, gigabytes: float) -> list[Path]:
     return paths
 
 
-# Child processes: each measures itself and prints one JSON line.
+# Child processes: each measures itself and prints one JSON line (peak RSS: ru_maxrss,
+# which counts the memory-mapped pages of the Arrow shards it has touched too).
 STREAMING = """
 import json, resource, sys, time
 import moefast as mf
-from moefast.distributed import tables_from_files
 files = sys.argv[1:]
-t0 = time.perf_counter()
-tables, layer_ids = tables_from_files(files, chunk_tokens={chunk}, progress=False)
-t1 = time.perf_counter()
-model = mf.plan(tables, {gpus}, {slots}, progress=False)
-t2 = time.perf_counter()
-print(json.dumps(dict(tokens=tables[0].total_weight, count_s=t1 - t0, plan_s=t2 - t0,
+t0, c0 = time.perf_counter(), time.process_time()
+model = mf.plan(files, {gpus}, {slots}, chunk_tokens={chunk}, progress=False)
+t1, c1 = time.perf_counter(), time.process_time()
+print(json.dumps(dict(plan_s=t1 - t0, cpu_s=c1 - c0,
     rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    basis=model.settings["cost_basis"], note=model.settings["cost_note"],
     cost=float(model.layer_costs.sum()))))
 """
 
 IN_MEMORY = """
 import json, resource, sys, time
 import moefast as mf
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 trace = mf.load_trace(sys.argv[1])
-tables = trace.tables()
-t1 = time.perf_counter()
-model = mf.plan(tables, {gpus}, {slots}, progress=False)
-t2 = time.perf_counter()
-print(json.dumps(dict(tokens=trace.num_tokens, count_s=t1 - t0, plan_s=t2 - t0,
+model = mf.plan(trace, {gpus}, {slots}, split_by="time", progress=False)
+t1, c1 = time.perf_counter(), time.process_time()
+print(json.dumps(dict(plan_s=t1 - t0, cpu_s=c1 - c0,
     rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    basis=model.settings["cost_basis"], note=model.settings["cost_note"],
     cost=float(model.layer_costs.sum()))))
 """
 
@@ -127,12 +126,23 @@ executor = RayExecutor("local", num_workers=workers) if workers else None
 if executor is not None:  # start the workers before the clock
     from moefast.streaming import trace_shape
     list(executor.map(trace_shape, [files[0]] * workers))
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 tables, _ = tables_from_files(files, chunk_tokens={chunk}, executor=executor, progress=False)
-seconds = time.perf_counter() - t0
-print(json.dumps(dict(tokens=tables[0].total_weight, count_s=seconds)))
+t1, c1 = time.perf_counter(), time.process_time()
+print(json.dumps(dict(count_s=t1 - t0, cpu_s=c1 - c0)))
 if executor is not None:
     executor.shutdown()
+"""
+
+
+TABLES_IN_MEMORY = """
+import json, sys, time
+import moefast as mf
+t0, c0 = time.perf_counter(), time.process_time()
+for path in sys.argv[1:]:
+    tables = mf.load_trace(path).tables()
+t1, c1 = time.perf_counter(), time.process_time()
+print(json.dumps(dict(count_s=t1 - t0, cpu_s=c1 - c0)))
 """
 
 
@@ -155,6 +165,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--ray", action="store_true", help="also time counting on Ray")
     parser.add_argument("--ray-shards", type=int, default=4)
+    parser.add_argument(
+        "--count-only", action="store_true", help="only the counting throughputs (with --ray)"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="moefast-bench-", dir=args.dir))
     try:
@@ -163,37 +176,54 @@ def main() -> None:
         size = sum(p.stat().st_size for p in files) / 1e9
         print(f"{len(files)} shards, {size:.2f} GB, written in {time.perf_counter() - t0:.0f} s")
         names = [str(p) for p in files]
-        small = child(IN_MEMORY, names[:1])
-        big = child(STREAMING, names)
-        for name, r in (("in memory, 1 shard", small), ("streaming, all shards", big)):
-            print(
-                f"{name}: {r['tokens']:,.0f} tokens, tables {r['count_s']:.1f} s"
-                f" ({r['tokens'] / r['count_s'] / 1e6:.2f} M tokens/s), plan {r['plan_s']:.1f} s"
-                f" ({r['tokens'] / r['plan_s'] / 1e6:.2f} M tokens/s), peak RSS"
-                f" {r['rss_gb']:.2f} GB"
-            )
-        ratio = (big["tokens"] / big["plan_s"]) / (small["tokens"] / small["plan_s"])
-        count_ratio = (big["tokens"] / big["count_s"]) / (small["tokens"] / small["count_s"])
-        print(
-            f"streaming / in-memory tokens per second: plan {ratio:.0%}, tables {count_ratio:.0%};"
-            f" streaming peak RSS {big['rss_gb']:.2f} GB (target <= 2 GB)"
-        )
+        print(f"load average before the runs: {os.getloadavg()[0]:.1f} (2 cores shared)")
+        if not args.count_only:
+            plan_both(names)
         if args.ray:
-            some = names[: args.ray_shards]
-            one_core = child(COUNT, ["0", *some], {"RAYON_NUM_THREADS": "1"})
-            print(
-                f"counting, one core: {one_core['tokens'] / one_core['count_s'] / 1e6:.2f} M"
-                f" tokens/s ({LAYERS} layers a token)"
-            )
-            for workers in (1, 2):
-                r = child(COUNT, [str(workers), *some], {"RAYON_NUM_THREADS": "1"})
-                print(
-                    f"counting on Ray, {workers} worker(s): "
-                    f"{r['tokens'] / r['count_s'] / 1e6:.2f} M tokens/s"
-                )
+            count_throughputs(names[: args.ray_shards])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"deleted {folder}")
+
+
+def plan_both(names: list[str]) -> None:
+    """The streamed plan of all the shards against the in-memory plan of one."""
+    small = child(IN_MEMORY, names[:1])
+    small["tokens"] = SHARD_TOKENS
+    big = child(STREAMING, names)
+    big["tokens"] = SHARD_TOKENS * len(names)
+    for name, r in (("in memory, 1 shard", small), (f"streaming, {len(names)} shards", big)):
+        print(
+            f"{name}: {r['tokens']:,} tokens, plan {r['plan_s']:.1f} s wall, {r['cpu_s']:.1f} s"
+            f" CPU ({r['tokens'] / r['plan_s'] / 1e3:.1f} k tokens/s wall,"
+            f" {r['tokens'] / r['cpu_s'] / 1e3:.1f} k tokens per CPU second), peak RSS"
+            f" {r['rss_gb']:.2f} GB; {r['basis']}: {r['note']}"
+        )
+    wall = (big["tokens"] / big["plan_s"]) / (small["tokens"] / small["plan_s"])
+    cpu = (big["tokens"] / big["cpu_s"]) / (small["tokens"] / small["cpu_s"])
+    print(
+        f"streaming / in-memory tokens per second: {wall:.0%} wall, {cpu:.0%} CPU"
+        f" (target >= 50%); streaming peak RSS {big['rss_gb']:.2f} GB (target <= 2 GB)"
+    )
+
+
+def count_throughputs(some: list[str]) -> None:
+    """Counting alone: one core, then Ray with 1 and 2 workers (one core each)."""
+    tokens = SHARD_TOKENS * len(some)
+    one_core = child(COUNT, ["0", *some], {"RAYON_NUM_THREADS": "1"})
+    whole = child(TABLES_IN_MEMORY, some, {"RAYON_NUM_THREADS": "1"})
+    for name, r in (("streaming", one_core), ("in memory, shard by shard", whole)):
+        print(
+            f"counting ({name}), one core: {tokens / r['cpu_s'] / 1e6:.3f} M tokens per CPU"
+            f" second, {tokens / r['count_s'] / 1e6:.3f} M tokens/s wall"
+            f" ({LAYERS} layers a token, {len(some)} shards)"
+        )
+    for workers in (1, 2):
+        r = child(COUNT, [str(workers), *some], {"RAYON_NUM_THREADS": "1"})
+        print(
+            f"counting on Ray, {workers} worker(s): {tokens / r['count_s'] / 1e6:.3f} M"
+            f" tokens/s wall (load average {os.getloadavg()[0]:.1f})"
+        )
 
 
 if __name__ == "__main__":

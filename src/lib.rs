@@ -14,6 +14,7 @@ pub mod placement;
 pub mod rng;
 pub mod table;
 pub mod topology;
+pub mod topology_batch;
 pub mod topology_cost;
 pub mod topology_place;
 

@@ -3,7 +3,9 @@
 //! A local search on the exact one-token time of `crate::topology_cost` (compute of the
 //! busiest GPU plus dispatch and combine of the nodes used): it starts from a placement
 //! (the compute-only greedy's, or the one being served) and makes the best of a few
-//! sampled moves while it lowers the table's expected time. Moves keep every GPU full:
+//! sampled moves while it lowers the table's expected time. A fresh plan (no `max_moves`,
+//! no target) first lets pairs of GPUs of different nodes trade all their experts while
+//! that helps: a token's rounds on a set of GPUs stay the same, the nodes it reaches change. Moves keep every GPU full:
 //! `Swap` (two replicas trade GPUs) and `Replace` (a second replica of one expert becomes a
 //! replica of another). Candidates come from the heavy rows whose time is above the best
 //! a row can have; each is scored exactly on the rows its experts appear in.
@@ -20,6 +22,7 @@ use crate::placement::Placement;
 use crate::rng::SplitMix64;
 use crate::table::SubsetTable;
 use crate::topology::Topology;
+use crate::topology_batch::swap_gpus;
 use crate::topology_cost::{check_topology, token_time, TokenScratch};
 
 /// Candidates scored per step, and steps without progress before the search stops.
@@ -122,6 +125,73 @@ impl<'a> Search<'a> {
                 &mut self.scratch,
             )
             .0;
+        }
+    }
+
+    /// The change of the weighted time sum if GPUs a and b traded all their experts, or
+    /// (with `keep`) the trade made and the row times updated.
+    fn gpu_swap(&mut self, a: usize, b: usize, keep: bool) -> f64 {
+        self.epoch += 1;
+        let mut experts: Vec<u16> = self.layout.experts_on(a).to_vec();
+        experts.extend_from_slice(self.layout.experts_on(b));
+        swap_gpus(&mut self.layout, a, b);
+        let mut d = 0.0;
+        for e in experts {
+            for i in 0..self.rows_of[e as usize].len() {
+                let r = self.rows_of[e as usize][i] as usize;
+                if self.stamp[r] == self.epoch {
+                    continue;
+                }
+                self.stamp[r] = self.epoch;
+                let row = self.row(r);
+                let t = token_time(
+                    row,
+                    &self.layout,
+                    self.topology,
+                    self.round_us,
+                    &mut self.scratch,
+                )
+                .0;
+                d += self.table.weights()[r] * (t - self.times[r]);
+                if keep {
+                    self.times[r] = t;
+                }
+            }
+        }
+        if !keep {
+            swap_gpus(&mut self.layout, a, b);
+        }
+        d
+    }
+
+    /// Node level: pairs of GPUs on different nodes trade their experts while that lowers
+    /// the time (the rounds of a token on a set of GPUs do not change, the nodes it
+    /// reaches do), in passes over the pairs in a seeded order, within `budget` scores.
+    fn permute_nodes(&mut self, budget: usize, eps: f64, rng: &mut SplitMix64) -> usize {
+        let (g, gpn) = (self.layout.num_gpus(), self.topology.gpus_per_node);
+        let mut pairs: Vec<(usize, usize)> = (0..g)
+            .flat_map(|a| (a + 1..g).map(move |b| (a, b)))
+            .filter(|&(a, b)| a / gpn != b / gpn)
+            .collect();
+        let mut used = 0;
+        loop {
+            for i in (1..pairs.len()).rev() {
+                pairs.swap(i, rng.below(i + 1));
+            }
+            let mut improved = false;
+            for &(a, b) in &pairs {
+                if used >= budget || crate::cancel::requested() {
+                    return used;
+                }
+                used += 1;
+                if self.gpu_swap(a, b, false) < -eps {
+                    self.gpu_swap(a, b, true);
+                    improved = true;
+                }
+            }
+            if !improved {
+                return used;
+            }
         }
     }
 
@@ -270,6 +340,11 @@ pub fn improve(
     let mut evaluations = 0;
     let mut idle = 0;
     let eps = 1e-9 * table.total_weight().max(1.0);
+    // A fresh plan (no move budget, no target) first permutes GPUs among nodes, within
+    // a quarter of the evaluations.
+    if limits.max_moves.is_none() && limits.target.is_none() && topology.gpus_per_node < g {
+        evaluations += s.permute_nodes(limits.max_evaluations / 4, eps, &mut rng);
+    }
     while evaluations < limits.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
         // Rows by the time they lose over the floor, weighted: sample one per candidate.
         let mut cumulative = Vec::with_capacity(s.times.len());
@@ -323,8 +398,10 @@ pub fn improve(
             None => idle += 1,
         }
     }
-    let moved = s.moved;
-    Ok((s.layout.to_placement()?, moved))
+    let found = s.layout.to_placement()?;
+    let moved = replica_moves(start, &found);
+    debug_assert!(limits.max_moves.is_none() || moved == s.moved);
+    Ok((found, moved))
 }
 
 /// Replicas of `to` that `from` lacks (the weight copies that turn `from` into `to`).
@@ -408,6 +485,27 @@ mod tests {
         let (q, _) = improve(&t, &start, 5, &topo, 1.0, limits(Some(10))).unwrap();
         let cost = |x: &Placement| expected_time(&t, x, &topo, 1.0).unwrap();
         assert!(cost(&p) < cost(&start) && cost(&q) < cost(&start));
+    }
+
+    #[test]
+    fn gpus_trade_nodes_so_that_partners_share_one() {
+        // Tokens pick {0, 1} or {2, 3}; each pair starts split over the two nodes.
+        let ids: Vec<i64> = (0..200)
+            .flat_map(|i| if i % 2 == 0 { [0, 1] } else { [2, 3] })
+            .collect();
+        let t = SubsetTable::from_topk(&ids, 2, 4, None).unwrap();
+        let start = Placement::from_lists(&[vec![0], vec![2], vec![1], vec![3]], 4).unwrap();
+        let topo = Topology {
+            gpus_per_node: 2,
+            ..Topology::h800_normal()
+        };
+        let one_node = 47.0 + topo.token_comm_us(2, 1, 4);
+        assert!(expected_time(&t, &start, &topo, 47.0).unwrap() > one_node + 0.1);
+        let (p, moved) = improve(&t, &start, 1, &topo, 47.0, limits(None)).unwrap();
+        assert!((expected_time(&t, &p, &topo, 47.0).unwrap() - one_node).abs() < 1e-9);
+        // Same rounds (one per token), every expert on a new GPU or not.
+        assert_eq!(crate::cost::subset_costs(&t, &p).unwrap(), vec![1, 1]);
+        assert_eq!(moved, replica_moves(&start, &p));
     }
 
     #[test]

@@ -81,3 +81,19 @@ def test_milp_never_returns_worse_than_its_start():
     assert result.cost <= mf.expected_cost(table, start) + 1e-12
     assert result.bound <= result.cost
     assert placement.slots_used.tolist() == [5] * 4
+
+
+def test_milp_stopped_before_any_placement_returns_the_start():
+    # A limit too short for HiGHS to find a placement used to give "expert 0 has no
+    # replica" (the column values were not a placement); now the start is returned.
+    table = skewed_table(3, 16, 4, tokens=3000)
+    start = mf.optimize(table, 4, 5)
+    result = mf.milp.solve_milp(table, 4, 5, time_limit=1e-6, start=start)
+    assert not result.optimal
+    assert result.cost <= mf.expected_cost(table, start) + 1e-12
+    assert result.bound <= result.cost
+    with pytest.raises(RuntimeError, match="no placement within the time limit"):
+        mf.milp.solve_milp(table, 4, 5, time_limit=1e-6)
+    with pytest.warns(mf.NotProvenOptimalWarning):
+        placement = mf.optimize(table, 4, 5, method="milp", time_limit=1e-6)
+    assert mf.expected_cost(table, placement) <= mf.expected_cost(table, start) + 1e-12

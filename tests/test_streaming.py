@@ -216,3 +216,90 @@ def test_cli_convert_joins_traces(tmp_path, capsys):
     assert "1000 tokens" in capsys.readouterr().out
     both = mf.load_trace(out)
     np.testing.assert_array_equal(both.topk, np.concatenate([trace.topk, trace.topk]))
+
+
+def test_builder_holds_a_bounded_number_of_rows():
+    # 200 chunks drawn from 300 subsets: the builder never holds more than about three
+    # times the final table's rows, however many chunks come.
+    rng = np.random.default_rng(4)
+    pool = np.stack([rng.choice(64, 4, replace=False) for _ in range(300)])
+    builder = SubsetTableBuilder(64)
+    chunks = [pool[rng.integers(0, 300, 100)] for _ in range(200)]
+    most = 0
+    for chunk in chunks:
+        builder.add(chunk)
+        most = max(most, builder.rows_held)
+    table = builder.finish()
+    assert most <= 3 * len(table) + 100
+    want = mf.SubsetTable.from_topk(np.concatenate(chunks), 64)
+    np.testing.assert_array_equal(table.subsets, want.subsets)
+    np.testing.assert_array_equal(table.weights, want.weights)
+
+
+def trtllm_folder(folder, topk, twins_at=None):
+    """A TensorRT-LLM statistics folder of ``topk`` [tokens, layers, k] (E = 16): 5
+    iterations of 2 ranks; at iteration ``twins_at`` both ranks hold the same block (tensor
+    parallelism), which readers keep once."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    (folder / "meta_info.json").write_text(json.dumps({"num_experts": 16}))
+    raws: list[dict[str, np.ndarray]] = [{}, {}]
+    for it, chunk in enumerate(np.array_split(np.arange(len(topk)), 5)):
+        halves = [chunk, chunk] if it == twins_at else np.array_split(chunk, 2)
+        for r, mine in enumerate(halves):
+            for position, layer in enumerate([3, 4]):
+                raws[r][f"{it}_{layer}"] = topk[mine, position].astype(np.int32)
+    for r in range(2):
+        save_file(raws[r], str(folder / f"rank{r}_raw.safetensors"))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 1000])
+def test_trtllm_raw_folders_stream_in_chunks_like_load_trace(tmp_path, chunk_tokens):
+    pytest.importorskip("safetensors")
+    from moefast.streaming import iter_trace
+
+    rng = np.random.default_rng(6)
+    topk = np.stack(
+        [np.stack([rng.choice(16, 4, replace=False) for _ in range(2)]) for _ in range(61)]
+    )
+    trtllm_folder(tmp_path / "t", topk, twins_at=2)
+    whole = mf.load_trace(tmp_path / "t")
+    assert whole.layer_ids == [3, 4]
+    chunks = list(iter_trace(tmp_path / "t", chunk_tokens=chunk_tokens))
+    sizes = [c.num_tokens for c in chunks]
+    assert all(s == chunk_tokens for s in sizes[:-1]) and 0 < sizes[-1] <= chunk_tokens
+    np.testing.assert_array_equal(np.concatenate([c.topk for c in chunks]), whole.topk)
+    assert all(c.layer_ids == [3, 4] and c.num_experts == 16 for c in chunks)
+    # the twin block counts once: 61 tokens less the duplicated iteration's second copy
+    assert whole.num_tokens == 61
+    got = mf.plan(tmp_path / "t", 2, 10, chunk_tokens=chunk_tokens, holdout=0, progress=False)
+    want = mf.plan(whole.tables(), 2, 10, progress=False)
+    for a, b in zip(got.placements, want.placements, strict=True):
+        np.testing.assert_array_equal(a.replicas, b.replicas)
+
+
+def test_trtllm_raw_ids_out_of_range_name_the_folder(tmp_path):
+    pytest.importorskip("safetensors")
+    from moefast.streaming import iter_trace
+
+    topk = np.tile(np.arange(4), (10, 2, 1))
+    topk[7, 1, 0] = 16
+    trtllm_folder(tmp_path / "bad", topk)
+    with pytest.raises(ValueError, match=r"bad.*out of range"):
+        list(iter_trace(tmp_path / "bad", chunk_tokens=3))
+
+
+def test_a_streamed_trtllm_folder_holds_out_its_last_tokens(tmp_path):
+    pytest.importorskip("safetensors")
+    trace = mf.synthetic_trace(700, 16, 4, 2, seed=3)
+    trtllm_folder(tmp_path / "t", trace.topk, twins_at=1)
+    whole = mf.load_trace(tmp_path / "t")
+    got = mf.plan(tmp_path / "t", 2, 10, chunk_tokens=64, progress=False)
+    want = mf.plan(whole, 2, 10, split_by="time", progress=False)
+    assert got.settings["cost_basis"] == "held-out"
+    for a, b in zip(got.placements, want.placements, strict=True):
+        np.testing.assert_array_equal(a.replicas, b.replicas)
+    np.testing.assert_allclose(got.layer_costs, want.layer_costs, rtol=1e-12)

@@ -7,7 +7,16 @@ import itertools
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.topology import Topology, batch_time, expected_time, place, subset_times
+from moefast.topology import (
+    Topology,
+    batch_time,
+    expected_time,
+    group_nodes,
+    place,
+    place_batch,
+    sample_batch_time,
+    subset_times,
+)
 
 
 def random_case(rng: np.random.Generator, experts: int, gpus: int, k: int, extra: int):
@@ -103,3 +112,110 @@ def test_replanning_respects_max_moves():
         mf.optimize(table, 8, 4, max_moves=3)
     with pytest.raises(ValueError, match="not num_gpus"):
         mf.optimize(table, 4, 8, current=served)
+
+
+def grouped_lists(num_groups: int, group_size: int, nodes: int, gpn: int, slots: int):
+    """Each node holds num_groups / nodes whole groups, spread over its GPUs, its spare
+    slots filled with second replicas of its first experts (plain construction)."""
+    lists: list[list[int]] = [[] for _ in range(num_groups * group_size)]
+    per_node = num_groups // nodes * group_size
+    for node in range(nodes):
+        experts = list(range(node * per_node, (node + 1) * per_node))
+        cells = [node * gpn + i % gpn for i in range(gpn * slots)]
+        for e, g in zip(experts, cells, strict=False):
+            lists[e].append(g)
+        spare = cells[len(experts) :]
+        for e, g in zip(experts, spare, strict=False):
+            if g not in lists[e]:
+                lists[e].append(g)
+    return lists
+
+
+def brute_group_nodes(placement, num_groups, gpn):
+    size = placement.num_experts // num_groups
+    nodes = []
+    for group in range(num_groups):
+        on = {
+            g // gpn
+            for e in range(group * size, (group + 1) * size)
+            for g in placement.to_lists()[e]
+        }
+        if len(on) != 1:
+            return None
+        nodes.append(on.pop())
+    return nodes
+
+
+def test_group_nodes_against_a_plain_check():
+    rng = np.random.default_rng(4)
+    grouped = mf.Placement.from_lists(grouped_lists(4, 4, 2, 2, 5), num_gpus=4)
+    assert group_nodes(grouped, 4, 2) == brute_group_nodes(grouped, 4, 2) == [0, 0, 1, 1]
+    for case in range(40):
+        # A grouped placement with one replica added anywhere (often off its node).
+        lists = grouped_lists(4, 4, 2, 2, 5)
+        e, g = int(rng.integers(16)), int(rng.integers(4))
+        if g not in lists[e]:
+            lists[e].append(g)
+        placement = mf.Placement.from_lists(lists, num_gpus=4)
+        if case % 4 == 0:
+            placement, _ = random_case(rng, 16, 4, 2, case)
+        expected = brute_group_nodes(placement, 4, 2)
+        if expected is None:
+            with pytest.raises(ValueError, match="a group must live on one node"):
+                group_nodes(placement, 4, 2)
+        else:
+            assert group_nodes(placement, 4, 2) == expected
+    with pytest.raises(ValueError, match="must divide"):
+        group_nodes(grouped, 3, 2)
+
+
+def test_batch_search_with_communication_and_groups():
+    rng = np.random.default_rng(5)
+    hot = np.r_[[3.0] * 4, [1.0] * 12]
+    topk = np.array([rng.choice(16, 4, replace=False, p=hot / hot.sum()) for _ in range(2000)])
+    table = mf.SubsetTable.from_topk(topk, num_experts=16)
+    topology = Topology.preset("h800_normal", gpus_per_node=2)
+    model = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
+    grouped = mf.Placement.from_lists(grouped_lists(4, 4, 2, 2, 5), num_gpus=4)
+    spread = mf.optimize(table, 4, 5, method="round_robin")
+    kw = {"topology": topology, "cost_model": model, "batch_size": 32, "num_batches": 16}
+    found, mean = place_batch(table, [grouped, spread], 5, max_evaluations=300, **kw)
+    assert mean == pytest.approx(sample_batch_time(table, found, **kw))
+
+    def both(p):
+        return sample_batch_time(table, p, **kw) + sample_batch_time(
+            table, p, validation=True, **kw
+        )
+
+    assert both(found) < min(both(p) for p in (grouped, spread))
+    assert max(found.slots_used) <= 5
+    # Groups kept on their nodes; a start that spreads them is refused.
+    kept, kept_mean = place_batch(table, [grouped], 5, num_groups=4, max_evaluations=300, **kw)
+    assert group_nodes(kept, 4, 2) == [0, 0, 1, 1]
+    assert kept_mean <= sample_batch_time(table, grouped, **kw)
+    with pytest.raises(ValueError, match=r"starts\[0\]: expert"):
+        place_batch(table, [spread], 5, num_groups=4, **kw)
+    with pytest.raises(TypeError, match=r"starts\[1\] must be a Placement"):
+        place_batch(table, [grouped, "x"], 5, **kw)  # type: ignore[list-item]
+
+
+def test_optimize_batch_objective_with_a_topology():
+    rng = np.random.default_rng(6)
+    topk = np.array([rng.choice(16, 4, replace=False) for _ in range(1500)])
+    table = mf.SubsetTable.from_topk(topk, num_experts=16)
+    topology = Topology.preset("h800_normal", gpus_per_node=2)
+    model = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
+    kw = {"objective": "batch", "batch_size": 32, "cost_model": model, "max_evaluations": 200}
+    compute_only = mf.optimize(table, 4, 5, **kw)
+    node_aware = mf.optimize(table, 4, 5, topology=topology, **kw)
+    score = {"topology": topology, "cost_model": model, "batch_size": 32}
+
+    # The compute-only result is one of the starts of the search with communication,
+    # which is never worse than its best start on its two samples together.
+    def both(p):
+        return sample_batch_time(table, p, **score) + sample_batch_time(
+            table, p, validation=True, **score
+        )
+
+    assert both(node_aware) <= both(compute_only)
+    assert max(node_aware.slots_used) <= 5

@@ -20,6 +20,7 @@ __all__ = [
     "check_memory",
     "expected_cost",
     "fill_free_slots",
+    "improve_batch_placement",
     "improve_placement",
     "interrupt",
     "lower_bound",
@@ -30,6 +31,7 @@ __all__ = [
     "subset_costs",
     "topology_batch_time",
     "topology_comm_us",
+    "topology_group_nodes",
     "topology_preset",
     "topology_subset_times",
 ]
@@ -215,6 +217,28 @@ def improve_placement(
     target: Placement | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the token time under the topology."""
+
+def improve_batch_placement(
+    table: SubsetTable,
+    starts: Sequence[Placement],
+    slots_per_gpu: int,
+    alpha: float,
+    beta: float,
+    p: float,
+    topology: _Topology,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    max_evaluations: int,
+    num_groups: int | None = None,
+    score_only: bool = False,
+    validation: bool = False,
+) -> tuple[Placement, float]:
+    """(placement, mean time us on the sample): the best start improved for the layer time
+    of sampled batches with communication (or, with score_only, one placement's time)."""
+
+def topology_group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> list[int]:
+    """The node of each expert group when every group lives on one node."""
 
 def interrupt() -> None:
     """Stops every running core call (each raises KeyboardInterrupt); for Python code that

@@ -25,6 +25,7 @@ from moefast.progress import progress as progress_bar
 from moefast.streaming import (
     DEFAULT_CHUNK_TOKENS,
     ArrowTrace,
+    FileCounts,
     SubsetTableBuilder,
     TraceShape,
     count_file,
@@ -71,12 +72,26 @@ def count_tasks(files: Sequence[Path]) -> list[CountTask]:
 
 
 def count_task(
-    task: CountTask, shape: TraceShape, chunk_tokens: int, options: dict[str, Any]
-) -> list[TableArrays]:
-    """Runs on a worker: the partial table of every layer of the task, as arrays."""
+    task: CountTask,
+    shape: TraceShape,
+    chunk_tokens: int,
+    options: dict[str, Any],
+    holdout: float | None = None,
+) -> tuple[tuple[int, list[TableArrays]], tuple[int, list[TableArrays]] | None]:
+    """Runs on a worker: the tokens and partial tables of every layer of the task (train,
+    and with ``holdout`` the held-out tail's), as arrays."""
     positions = range(len(shape.layer_ids))
-    tables = count_file(task.path, positions, chunk_tokens, shape, task.batches, **options)
-    return [table_to_arrays(t) for t in tables]
+    counts = count_file(task.path, positions, chunk_tokens, shape, task.batches, holdout, **options)
+    train = (counts.train[0].tokens, _arrays(counts.train))
+    return train, None if counts.test is None else (counts.test[0].tokens, _arrays(counts.test))
+
+
+def _arrays(builders: Sequence[SubsetTableBuilder]) -> list[TableArrays]:
+    return [table_to_arrays(b.finish()) if b.tokens else _NO_TABLE for b in builders]
+
+
+#: A task's layer that counted no tokens (a record-batch range wholly in the test tail).
+_NO_TABLE: TableArrays = (np.zeros((0, 0), np.uint16), np.zeros(0), 0)
 
 
 def _result(future: Future, what: str) -> Any:
@@ -101,6 +116,80 @@ def check_executor(executor: Executor) -> None:
             )
 
 
+@dataclass
+class StreamedTables:
+    """Per-layer tables of trace files: the tokens planned on (``train``) and, with a
+    holdout, the last tokens of each file (``test``, None without)."""
+
+    train: list[SubsetTable]
+    test: list[SubsetTable] | None
+    layer_ids: list[int]
+    num_files: int
+    #: (train, test) tokens counted
+    tokens: tuple[int, int]
+
+
+def _add(builders: Sequence[SubsetTableBuilder], part: tuple[int, list[TableArrays]]) -> None:
+    tokens, arrays = part
+    if not tokens:
+        return
+    for builder, table in zip(builders, arrays, strict=True):
+        builder.add_table(table_from_arrays(table), tokens)
+
+
+def stream_split_tables(
+    path_or_paths: PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+    holdout: float | None = None,
+    **options: Any,
+) -> StreamedTables:
+    """One table per layer of the trace in the files, built by streaming (memory holds the
+    tables and a chunk, not the trace); with ``holdout``, the last `held_out_tokens` of each
+    file are counted into separate test tables (a split by time, file by file). With an
+    ``executor``, files (and ranges of Arrow record batches) are counted on its workers."""
+    chunk_tokens = check_count(
+        "chunk_tokens", DEFAULT_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    )
+    files = trace_files(path_or_paths)
+    shape = trace_shape(files[0], **options)
+    counts = FileCounts.empty(shape.num_experts, len(shape.layer_ids), holdout)
+    if executor is None:
+        positions = range(len(shape.layer_ids))
+        shown = (
+            progress_bar(files, len(files), "counting files") if progress is not False else files
+        )
+        for path in shown:
+            count_file(path, positions, chunk_tokens, shape, None, holdout, counts, **options)
+    else:
+        check_executor(executor)
+        tasks = count_tasks(files)
+        futures = {
+            executor.submit(count_task, task, shape, chunk_tokens, dict(options), holdout): task
+            for task in tasks
+        }
+        try:
+            done: Iterable[Future] = as_completed(futures)
+            if progress is not False:
+                done = progress_bar(done, len(futures), "counting files")
+            for future in done:
+                train, test = _result(future, f"counting {futures[future]}")
+                _add(counts.train, train)
+                if counts.test is not None:
+                    _add(counts.test, test)
+        finally:
+            for future in futures:
+                future.cancel()
+    test = None
+    if counts.test is not None and counts.test[0].tokens:
+        test = [b.finish() for b in counts.test]
+    return StreamedTables(
+        [b.finish() for b in counts.train], test, list(shape.layer_ids), len(files), counts.tokens
+    )
+
+
 def tables_from_files(
     path_or_paths: PathLike | Sequence[PathLike],
     *,
@@ -109,44 +198,12 @@ def tables_from_files(
     progress: bool | None = None,
     **options: Any,
 ) -> tuple[list[SubsetTable], list[int]]:
-    """One table per layer of the trace in the files, and the layers' ids, built by
-    streaming (memory holds the tables and a chunk, not the trace); with an ``executor``,
-    files (and ranges of Arrow record batches) are counted on its workers."""
-    chunk_tokens = check_count(
-        "chunk_tokens", DEFAULT_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+    """One table per layer of all the tokens in the files, and the layers' ids, built by
+    streaming (`stream_split_tables` without holdout)."""
+    streamed = stream_split_tables(
+        path_or_paths, chunk_tokens=chunk_tokens, executor=executor, progress=progress, **options
     )
-    show = progress if progress is not None else None
-    files = trace_files(path_or_paths)
-    shape = trace_shape(files[0], **options)
-    builders = [SubsetTableBuilder(shape.num_experts) for _ in shape.layer_ids]
-    if executor is None:
-        positions = range(len(shape.layer_ids))
-        shown = progress_bar(files, len(files), "counting files") if show is not False else files
-        for path in shown:
-            for builder, table in zip(
-                builders, count_file(path, positions, chunk_tokens, shape, **options), strict=True
-            ):
-                builder.add_table(table)
-    else:
-        check_executor(executor)
-        tasks = count_tasks(files)
-        futures = {
-            executor.submit(count_task, task, shape, chunk_tokens, dict(options)): task
-            for task in tasks
-        }
-        try:
-            done: Iterable[Future] = as_completed(futures)
-            if show is not False:
-                done = progress_bar(done, len(futures), "counting files")
-            for future in done:
-                for builder, arrays in zip(
-                    builders, _result(future, f"counting {futures[future]}"), strict=True
-                ):
-                    builder.add_table(table_from_arrays(arrays))
-        finally:
-            for future in futures:
-                future.cancel()
-    return [b.finish() for b in builders], list(shape.layer_ids)
+    return streamed.train, streamed.layer_ids
 
 
 def plan_layer(
@@ -269,7 +326,7 @@ def plan_files_cli(
 ) -> Any:
     """``moefast plan`` on trace files by streaming, locally or on workers (``--workers``,
     ``--ray``): plans, prints the comparison with the baselines (``show``), returns the
-    model. Scores are in-sample: a streamed trace is not split."""
+    model. Scores are held out as `plan` holds them out for files (the last tokens of each)."""
     import multiprocessing
     from contextlib import ExitStack
 
@@ -298,6 +355,8 @@ def plan_files_cli(
             method=args.method,
             coverage=args.coverage,
             seed=args.seed,
+            holdout=args.holdout,
+            split_by=args.split_by,
             objective="decode" if batch_size is None else "batch",
             batch_size=batch_size,
             cost_model=cost_model(args) if batch_size is not None else None,

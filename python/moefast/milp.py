@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moefast import _core
 from moefast._core import Placement, SubsetTable, expected_cost, fill_free_slots, subset_costs
 
 #: Above this many assignment variables the MILP is refused unless a time limit is given.
@@ -166,9 +167,20 @@ def solve_milp(
         highspy.HighsModelStatus.kInterrupt,
     ):
         raise RuntimeError(f"HiGHS found no placement: {solver.modelStatusToString(status)}")
-    replicas = values[:num_x].reshape(num_experts, num_gpus) > 0.5
-    placement = fill_free_slots(Placement(replicas), slots_per_gpu, table.expert_load())
     info = solver.getInfo()
+    if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
+        # Stopped (time limit, Ctrl-C) before HiGHS held any placement: its column values
+        # are then not a placement, so the start (if any) is the best one known.
+        if start is None:
+            raise RuntimeError(
+                f"HiGHS found no placement within the time limit of {time_limit} s"
+                " (it stopped before its first feasible solution); raise time_limit"
+                " or pass start= (say the greedy's placement)"
+            )
+        replicas = start.replicas
+    else:
+        replicas = values[:num_x].reshape(num_experts, num_gpus) > 0.5
+    placement = fill_free_slots(Placement(replicas), slots_per_gpu, table.expert_load())
     optimal = status == highspy.HighsModelStatus.kOptimal
     achieved = expected_cost(table, placement)
     bound = achieved if optimal else min(achieved, float(info.mip_dual_bound))
@@ -176,11 +188,20 @@ def solve_milp(
 
 
 def milp_placement(
-    table: SubsetTable, num_gpus: int, slots_per_gpu: int, time_limit: float | None = None
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    time_limit: float | None = None,
+    seed: int = 0,
 ) -> Placement:
     """`solve_milp`'s placement; warns with NotProvenOptimalWarning when the time limit
-    stopped the solver before it proved the placement optimal."""
-    result = solve_milp(table, num_gpus, slots_per_gpu, time_limit=time_limit)
+    stopped the solver before it proved the placement optimal. Under a time limit HiGHS
+    starts from the greedy's placement, so the result is never worse than the greedy's,
+    even when the limit ends the search before HiGHS finds a placement of its own."""
+    start = None
+    if time_limit is not None:
+        start = _core.optimize_placement(table, num_gpus, slots_per_gpu, "greedy", seed, None, None)
+    result = solve_milp(table, num_gpus, slots_per_gpu, time_limit=time_limit, start=start)
     if not result.optimal:
         warnings.warn(
             f"the MILP stopped at its {time_limit} s time limit: cost {result.cost:.4f},"

@@ -14,7 +14,7 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.topology import V3_ROUND_US, Topology, place
+from moefast.topology import V3_ROUND_US, Topology, place, place_batch
 from moefast.validation import (
     check_count,
     check_int,
@@ -80,7 +80,9 @@ def optimize(
 
     With `topology` (decode), the token time in us is minimized: round_us per expert round
     plus dispatch and combine between nodes (`moefast.topology.place`, from `method`'s
-    placement). With `current`, the search starts from the served placement instead, and
+    placement). With `topology` and `objective="batch"`, the layer time of batches with
+    communication (`moefast.topology.place_batch`, from the starts and the compute-only
+    batch search's result). With `current`, the search starts from the served placement instead, and
     `max_moves` bounds the replicas the result adds to it (weight copies).
     """
     if not isinstance(table, SubsetTable):
@@ -138,7 +140,7 @@ def optimize(
         if max_moves is not None:
             raise ValueError("max_moves needs current= (the placement being served)")
         if method == "milp":
-            return milp_placement(table, num_gpus, slots_per_gpu, time_limit)
+            return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
         return _core.optimize_placement(
             table, num_gpus, slots_per_gpu, method, seed, time_budget, work_budget
         )
@@ -160,7 +162,7 @@ def optimize(
         for m in starts
     ]
     start = fastest_placement(table, candidates, cost_model, batch_size, seed=seed)
-    return optimize_batch(
+    found = optimize_batch(
         table,
         start,
         slots_per_gpu,
@@ -170,6 +172,19 @@ def optimize(
         num_batches=num_batches,
         max_evaluations=max_evaluations,
     )
+    if topology is None:
+        return found
+    placed, _ = place_batch(
+        table,
+        [*candidates, found],
+        slots_per_gpu,
+        topology=topology,
+        cost_model=cost_model,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        seed=seed,
+    )
+    return placed
 
 
 def check_budgets(

@@ -9,13 +9,20 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.comparison import BASELINES, Comparison, compare_methods
 from moefast.cost_model import CostModel
-from moefast.heldout import Split, baseline_placements, choose_split, score_methods
+from moefast.heldout import (
+    MIN_HOLDOUT_TOKENS,
+    Split,
+    baseline_placements,
+    choose_split,
+    score_methods,
+)
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
@@ -67,6 +74,60 @@ def layer_tables(
         " trace file paths, got"
         f" {type(trace_or_tables).__name__}"
     )
+
+
+@dataclass
+class StreamedSplit:
+    """Tables of streamed trace files: planned on ``train``, scored on ``test`` (None:
+    in-sample), and the split's note."""
+
+    train: list[SubsetTable]
+    test: list[SubsetTable] | None
+    layer_ids: list[int]
+    split: Split
+
+
+def _stream(
+    paths: PathLike | Sequence[PathLike],
+    holdout: float | None,
+    split_by: str | None,
+    chunk_tokens: int | None,
+    executor: Executor | None,
+    progress: bool,
+) -> StreamedSplit:
+    """Streams the files' tables; with ``holdout``, the last tokens of each file are held
+    out (the rule of a split by time, file by file: a file is a rank's or a shard's record
+    in time order), if the files hold at least `MIN_HOLDOUT_TOKENS` tokens."""
+    from moefast.distributed import stream_split_tables
+
+    choose_split(None, holdout)  # checks holdout
+    if split_by not in (None, "time"):
+        raise ValueError(
+            f"split_by={split_by!r}: streamed trace files are split by time (the last tokens"
+            " of each file are held out); read the trace with load_trace to split by request"
+        )
+    streamed = stream_split_tables(
+        paths, chunk_tokens=chunk_tokens, executor=executor, progress=progress, holdout=holdout
+    )
+    (train, test), files = streamed.tokens, streamed.num_files
+    if streamed.test is None or train + test < MIN_HOLDOUT_TOKENS:
+        tables = streamed.train
+        if streamed.test is not None:  # too few tokens to hold some out: count them all
+            tables = [SubsetTable.merge([a, b]) for a, b in zip(tables, streamed.test, strict=True)]
+        why = (
+            "held-out evaluation off (holdout=0)"
+            if not holdout
+            else f"held-out evaluation off: {train + test} tokens, fewer than the"
+            f" {MIN_HOLDOUT_TOKENS} needed to hold {100 * holdout:.0f}% out"
+        )
+        note = f"{why}; figures are in-sample, on the {train + test} tokens of {files} file(s)"
+        return StreamedSplit(tables, None, streamed.layer_ids, Split(None, None, note))
+    note = (
+        f"planned on {train} tokens, scored on {test} held-out tokens (the last"
+        f" {100 * test / (train + test):.0f}% of each of {files} file(s), split by time;"
+        " streamed tables keep no token order, so no bootstrap interval)"
+    )
+    return StreamedSplit(streamed.train, streamed.test, streamed.layer_ids, Split(None, None, note))
 
 
 def plan_one_layer(
@@ -215,7 +276,10 @@ def plan(
     a work budget keeps the plan deterministic for a given seed, a time budget does not.
 
     Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
-    ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace. With an
+    ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace; the last
+    ``holdout`` of each file's tokens are counted apart and score the plan (a split by time,
+    file by file; costs as a held-out plan of the same tokens, without the bootstrap interval,
+    which needs token order). With an
     ``executor`` (a process pool, `moefast.distributed.RayExecutor`, Dask's), files are
     counted and layers optimized on its workers; the result is identical.
     """
@@ -226,14 +290,19 @@ def plan(
         raise ValueError("time_budget is not supported with an executor: use work_budget")
     if progress is None:
         progress = sys.stderr.isatty()
-    # A trace's own tables are built only where needed: held out, only its parts are.
-    tables, layer_ids = (
-        ([], list(trace.layer_ids))
-        if trace
-        else layer_tables(
-            trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+    streamed: StreamedSplit | None = None
+    if trace is None and _is_paths(trace_or_tables):
+        streamed = _stream(trace_or_tables, holdout, split_by, chunk_tokens, executor, progress)  # type: ignore[arg-type]
+        tables, layer_ids = streamed.train, streamed.layer_ids
+    else:
+        # A trace's own tables are built only where needed: held out, only its parts are.
+        tables, layer_ids = (
+            ([], list(trace.layer_ids))
+            if trace
+            else layer_tables(
+                trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+            )
         )
-    )
     num_experts = trace.num_experts if trace else tables[0].num_experts
     check_memory(num_experts, num_gpus, slots_per_gpu)
     layout = model_layout(model)
@@ -254,7 +323,7 @@ def plan(
         "cost_model": cost_model,
     }
 
-    split = choose_split(trace, holdout, split_by, seed)
+    split = streamed.split if streamed is not None else choose_split(trace, holdout, split_by, seed)
     plan_trace = split.train if split.train is not None else trace
     plan_tables = plan_trace.tables() if plan_trace is not None else tables
 
@@ -305,6 +374,7 @@ def plan(
     comparison = _score(
         trace,
         split,
+        None if streamed is None else streamed.test,
         tables,
         plan_tables,
         layer_ids,
@@ -359,6 +429,7 @@ def layers_budget(time_budget: float, spent: float) -> float:
 def _score(
     trace: Trace | None,
     split: Split,
+    test_tables: list[SubsetTable] | None,
     tables: list[SubsetTable],
     plan_tables: list[SubsetTable],
     layer_ids: list[int],
@@ -368,8 +439,22 @@ def _score(
     method: str,
     seed: int,
 ) -> Comparison:
-    """The comparison with the baselines: held-out on the test part when there is one."""
+    """The comparison with the baselines: held-out on the test part when there is one
+    (``test_tables``: the held-out tables of streamed files)."""
     baselines = [m for m in BASELINES if m != method]
+    if test_tables is not None:  # streamed and held out: scored on the test tables
+        return compare_methods(
+            test_tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            main={method: placements},
+            methods=baselines,
+            seed=seed,
+            plan_tables=plan_tables,
+            basis="held-out",
+            note=split.note,
+        )
     if trace is None:  # tables only: in-sample, no tokens to bootstrap
         return compare_methods(
             tables,

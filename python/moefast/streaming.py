@@ -27,6 +27,7 @@ import numpy as np
 
 from moefast._core import SubsetTable
 from moefast.progress import progress
+from moefast.readers.trtllm import TrtllmRawTrace, is_trtllm_raw
 from moefast.trace import PathLike, Trace
 from moefast.validation import check_count, check_layer_ids
 
@@ -37,7 +38,7 @@ DEFAULT_CHUNK_TOKENS = 1 << 20
 #: Schema metadata key and value that mark a moefast Arrow trace.
 ARROW_FORMAT = "moefast-trace/1"
 
-#: Partial tables a builder keeps before merging them into one.
+#: Most partial tables a builder keeps before merging them into one.
 _FAN_IN = 8
 
 
@@ -45,38 +46,54 @@ class SubsetTableBuilder:
     """One layer's `SubsetTable`, fed chunk by chunk.
 
     ``add(topk_chunk, weights=None)`` counts a chunk [tokens, k] into a partial table;
-    every few chunks the partial tables are merged in the core, so memory holds at most a
-    few tables. ``finish()`` returns the table `SubsetTable.from_topk` gives over the
-    concatenated chunks: same rows, weights and order. Token counts (and weights whose sums
-    are exact in float64, such as integers) are identical whatever the chunking; other float
-    weights may differ in the last bits, as any change of summation order does.
+    the partial tables are merged in the core as soon as they hold twice the rows of the
+    largest one (or number eight), so memory holds at most about three times the final
+    table's rows, however many chunks come. ``finish()`` returns the table
+    `SubsetTable.from_topk` gives over the concatenated chunks: same rows, weights and
+    order. Token counts (and weights whose sums are exact in float64, such as integers) are
+    identical whatever the chunking; other float weights may differ in the last bits, as any
+    change of summation order does.
     """
 
     def __init__(self, num_experts: int) -> None:
         self.num_experts = num_experts
         self._tables: list[SubsetTable] = []
+        self._rows = 0
         self.tokens = 0
 
     def add(self, topk: Any, weights: Any = None) -> None:
         """Counts a chunk of top-k ids [tokens, k] (with optional float [tokens] weights)."""
-        self.add_table(SubsetTable.from_topk(topk, self.num_experts, weights))
-        self.tokens += int(np.shape(topk)[0])
+        table = SubsetTable.from_topk(topk, self.num_experts, weights)
+        self.add_table(table, int(np.shape(topk)[0]))
 
-    def add_table(self, table: SubsetTable) -> None:
-        """Adds a partial table (counted elsewhere, for instance on a worker)."""
+    def add_table(self, table: SubsetTable, tokens: int = 0) -> None:
+        """Adds a partial table counted elsewhere (for instance on a worker) from
+        ``tokens`` tokens."""
         if table.num_experts != self.num_experts:
             raise ValueError(
                 f"table has num_experts = {table.num_experts}, the builder {self.num_experts}"
             )
+        self.tokens += tokens
         self._tables.append(table)
-        if len(self._tables) >= _FAN_IN:
+        self._rows += len(table)
+        largest = max(len(t) for t in self._tables)
+        if len(self._tables) > 1 and (
+            len(self._tables) >= _FAN_IN or self._rows >= 2 * max(largest, 1)
+        ):
             self._tables = [SubsetTable.merge(self._tables)]
+            self._rows = len(self._tables[0])
+
+    @property
+    def rows_held(self) -> int:
+        """Rows of the partial tables held now (what bounds the builder's memory)."""
+        return self._rows
 
     def finish(self) -> SubsetTable:
         if not self._tables:
             raise ValueError("no chunk was added: a table needs at least one chunk")
         if len(self._tables) > 1:
             self._tables = [SubsetTable.merge(self._tables)]
+            self._rows = len(self._tables[0])
         return self._tables[0]
 
 
@@ -151,6 +168,12 @@ class ArrowTrace:
     @property
     def num_batches(self) -> int:
         return int(self.reader.num_record_batches)
+
+    def batch_starts(self) -> np.ndarray:
+        """int [batches + 1]: the first token of each record batch, then the file's tokens
+        (from the batches' headers: no ids are read)."""
+        rows = [self.reader.get_batch(b).num_rows for b in range(self.num_batches)]
+        return np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
 
     def batch_layer(self, batch: int, position: int) -> np.ndarray:
         """Ids of the layer at ``position`` in record batch ``batch``, [tokens, k] (no copy)."""
@@ -282,12 +305,16 @@ def trace_files(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 def iter_file(path: Path, chunk_tokens: int, **options) -> Iterator[Trace]:
-    """The chunks of one file (or SGLang folder), each at most ``chunk_tokens`` tokens."""
+    """The chunks of one file (or SGLang or TensorRT-LLM folder), each at most
+    ``chunk_tokens`` tokens."""
     if is_arrow_trace(path):
         arrow = ArrowTrace.open(path)
         for b in range(arrow.num_batches):
             trace = arrow.batch_trace(b)
             yield from _slices(trace, chunk_tokens)
+        return
+    if is_trtllm_raw(path):
+        yield from TrtllmRawTrace.open(path, **options).chunks(chunk_tokens)
         return
     from moefast.trace import load_trace
 
@@ -321,10 +348,11 @@ def iter_trace(
     """Reads one or many trace files as `Trace` chunks of at most ``chunk_tokens`` tokens.
 
     Reads every format `load_trace` reads plus moefast's Arrow traces (`convert`). Arrow
-    files are memory-mapped and read a record batch at a time; npz, JSONL and fingerprint
-    files one file at a time, and a folder of SGLang per-rank dumps as one unit (ranks
-    are deduplicated together), so for those a file bounds the memory: shard big traces or
-    `convert` them. A folder of ``.arrow``/``.npz`` shards is read shard by shard.
+    files are memory-mapped and read a record batch at a time; the ``rank<r>_raw``
+    safetensors of a TensorRT-LLM statistics folder one iteration at a time; npz, JSONL and
+    fingerprint files one file at a time, and a folder of SGLang per-rank dumps as one unit
+    (ranks are deduplicated together), so for those a file bounds the memory: shard big
+    traces or `convert` them. A folder of ``.arrow``/``.npz`` shards is read shard by shard.
     ``options`` go to `load_trace` (``num_experts`` for JSONL).
     """
     chunk_tokens = check_count("chunk_tokens", chunk_tokens)
@@ -359,26 +387,66 @@ class TraceShape:
     k: int
 
 
+def held_out_tokens(num_tokens: int, holdout: float | None) -> int:
+    """Tokens at the end of a file that are held out: the rule of a split by time
+    (`moefast.splits.split_positions`), at least one and never all; none without holdout."""
+    if not holdout or num_tokens < 2:
+        return 0
+    return min(num_tokens - 1, max(1, round(holdout * num_tokens)))
+
+
 def _layer_chunks(
     path: Path,
     positions: Sequence[int],
     chunk_tokens: int,
     batches: tuple[int, int] | None = None,
+    holdout: float | None = None,
     **options,
-) -> Iterator[tuple[list[np.ndarray], np.ndarray | None, TraceShape]]:
-    """Per chunk of a file: the ids of the layers at ``positions``, the weights, the shape.
-    ``batches`` (start, stop) limits an Arrow file to those record batches."""
+) -> tuple[int, Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]]:
+    """The file's number of tokens (0 where counting them costs a pass and ``holdout`` is
+    off), and per chunk: its first token's position in the file, the ids of the layers at
+    ``positions``, the weights, the shape. ``batches`` (start, stop) limits an Arrow file to
+    those record batches."""
     if is_arrow_trace(path):
         arrow = ArrowTrace.open(path)
         shape = TraceShape(arrow.num_experts, arrow.layer_ids, arrow.k)
-        start, stop = (0, arrow.num_batches) if batches is None else batches
-        for b in range(start, min(stop, arrow.num_batches)):
-            # Only the asked layers' bytes are touched.
-            yield [arrow.batch_layer(b, p) for p in positions], arrow.batch_weights(b), shape
-        return
-    for chunk in iter_file(path, chunk_tokens, **options):
-        shape = TraceShape(chunk.num_experts, list(chunk.layer_ids), chunk.k)
-        yield [chunk.topk[:, p, :] for p in positions], chunk.weights, shape
+        starts = arrow.batch_starts()
+        first, stop = (0, arrow.num_batches) if batches is None else batches
+
+        def arrow_chunks() -> Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]:
+            for b in range(first, min(stop, arrow.num_batches)):
+                # Only the asked layers' bytes are touched.
+                layers = [arrow.batch_layer(b, p) for p in positions]
+                yield int(starts[b]), layers, arrow.batch_weights(b), shape
+
+        return int(starts[-1]), arrow_chunks()
+    if is_trtllm_raw(path):
+        raw = TrtllmRawTrace.open(path, **options)
+        # Twins are found by content: the count is a pass over the ids, made only when a
+        # tail is held out.
+        total = raw.num_tokens() if holdout else 0
+
+        def raw_chunks() -> Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]:
+            start = 0
+            for chunk in raw.chunks(chunk_tokens):
+                shape = TraceShape(chunk.num_experts, list(chunk.layer_ids), chunk.k)
+                yield start, [chunk.topk[:, p, :] for p in positions], None, shape
+                start += chunk.num_tokens
+
+        return total, raw_chunks()
+    from moefast.trace import load_trace
+
+    # Other formats are read a file at a time: a shard's size bounds the memory.
+    trace = load_trace(path, **options)
+
+    def slices() -> Iterator[tuple[int, list[np.ndarray], np.ndarray | None, TraceShape]]:
+        shape = TraceShape(trace.num_experts, list(trace.layer_ids), trace.k)
+        for start in range(0, trace.num_tokens, chunk_tokens):
+            stop = start + chunk_tokens
+            weights = None if trace.weights is None else trace.weights[start:stop]
+            yield start, [trace.topk[start:stop, p, :] for p in positions], weights, shape
+
+    return trace.num_tokens, slices()
 
 
 def trace_shape(path: PathLike, **options) -> TraceShape:
@@ -392,33 +460,68 @@ def trace_shape(path: PathLike, **options) -> TraceShape:
     raise ValueError(f"{path}: the trace holds no tokens")
 
 
+@dataclass
+class FileCounts:
+    """One file's (or record-batch range's) tables per layer: the tokens planned on and the
+    held-out tail (``test`` None without holdout)."""
+
+    train: list[SubsetTableBuilder]
+    test: list[SubsetTableBuilder] | None
+
+    @classmethod
+    def empty(cls, num_experts: int, layers: int, holdout: float | None) -> FileCounts:
+        def builders() -> list[SubsetTableBuilder]:
+            return [SubsetTableBuilder(num_experts) for _ in range(layers)]
+
+        return cls(builders(), builders() if holdout else None)
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """(train, test) tokens counted."""
+        return self.train[0].tokens, 0 if self.test is None else self.test[0].tokens
+
+
 def count_file(
     path: Path,
     positions: Sequence[int],
     chunk_tokens: int,
     shape: TraceShape,
     batches: tuple[int, int] | None = None,
+    holdout: float | None = None,
+    into: FileCounts | None = None,
     **options,
-) -> list[SubsetTable]:
-    """One table per layer position of one file (or of its record ``batches``), counted
-    chunk by chunk. Bad ids raise a ValueError naming the file."""
-    builders = [SubsetTableBuilder(shape.num_experts) for _ in positions]
-    chunks = _layer_chunks(path, positions, chunk_tokens, batches, **options)
-    for ids, weights, got in chunks:
+) -> FileCounts:
+    """Counts one file (or its record ``batches``) into one table builder per layer
+    position (``into``: builders to add to; default new ones). With ``holdout``, the last
+    `held_out_tokens` of the file go to the test builders. Bad ids raise a ValueError
+    naming the file."""
+    counts = FileCounts.empty(shape.num_experts, len(positions), holdout) if into is None else into
+    before = sum(counts.tokens)
+    total, chunks = _layer_chunks(path, positions, chunk_tokens, batches, holdout, **options)
+    split = total - held_out_tokens(total, holdout) if holdout else None
+    for start, ids, weights, got in chunks:
         if (got.num_experts, got.layer_ids, got.k) != (shape.num_experts, shape.layer_ids, shape.k):
             raise ValueError(
                 f"{path}: num_experts {got.num_experts}, layers {got.layer_ids}, k {got.k}"
                 f" differ from the first file's {shape.num_experts}, {shape.layer_ids},"
                 f" {shape.k}: all files must come from one model"
             )
-        for p, builder, layer in zip(positions, builders, ids, strict=True):
-            try:
-                builder.add(layer, weights)
-            except ValueError as err:
-                raise ValueError(f"{path}, layer {shape.layer_ids[p]}: {err}") from err
-    if not builders[0].tokens:
+        n = len(ids[0])
+        cut = n if split is None else min(max(split - start, 0), n)
+        parts = [(counts.train, slice(0, cut))]
+        if counts.test is not None:
+            parts.append((counts.test, slice(cut, n)))
+        for p, layer, *builders in zip(positions, ids, *(b for b, _ in parts), strict=True):
+            for builder, (_, rows) in zip(builders, parts, strict=True):
+                if rows.stop <= rows.start:
+                    continue
+                try:
+                    builder.add(layer[rows], None if weights is None else weights[rows])
+                except ValueError as err:
+                    raise ValueError(f"{path}, layer {shape.layer_ids[p]}: {err}") from err
+    if sum(counts.tokens) == before:
         raise ValueError(f"{path}: the trace holds no tokens")
-    return [b.finish() for b in builders]
+    return counts
 
 
 def stream_tables(
@@ -442,12 +545,9 @@ def stream_tables(
     )
     for first in range(0, layers, per_pass):
         positions = list(range(first, min(first + per_pass, layers)))
-        builders = [SubsetTableBuilder(shape.num_experts) for _ in positions]
+        counts = FileCounts.empty(shape.num_experts, len(positions), None)
         shown = progress(files, total=len(files), desc="counting files") if progress_bar else files
         for path in shown:
-            for builder, table in zip(
-                builders, count_file(path, positions, chunk_tokens, shape, **options), strict=True
-            ):
-                builder.add_table(table)
-        for p, builder in zip(positions, builders, strict=True):
+            count_file(path, positions, chunk_tokens, shape, into=counts, **options)
+        for p, builder in zip(positions, counts.train, strict=True):
             yield shape.layer_ids[p], builder.finish()

@@ -10,7 +10,10 @@ low-latency kernel times within 5% at EP 8 to 256, normal-kernel bandwidths with
 With a topology, the time of a token is round_us x (expert rounds of the busiest GPU) plus
 dispatch and combine; the replica choice per token is exact (`subset_times`). A batch is
 bounded (`batch_time`). `place` improves a placement for that time, or re-plans a served
-placement with at most `max_moves` new replicas.
+placement with at most `max_moves` new replicas; `place_batch` improves one for the layer
+time of batches of B tokens (compute plus communication) on a fixed sample of batches.
+`num_groups` keeps each expert group on one node, as DeepSeek-V3's group-limited routing
+assumes (`group_nodes` checks it).
 """
 
 from __future__ import annotations
@@ -147,3 +150,96 @@ def place(
         check_seed("seed", seed),
         target,
     )
+
+
+def place_batch(
+    table: SubsetTable,
+    starts: Sequence[Placement],
+    slots_per_gpu: int,
+    *,
+    topology: Topology,
+    cost_model: CostModel,
+    batch_size: int,
+    num_batches: int | None = None,
+    max_evaluations: int = 2_000,
+    seed: int = 0,
+    num_groups: int | None = None,
+) -> tuple[Placement, float]:
+    """(placement, its mean time in us on the sample): a local search for the layer time
+    of batches of `batch_size` tokens with communication, on a fixed sample of
+    `num_batches` batches of rows of `table` drawn by weight (default about 8,192 tokens
+    in all, 16 to 128 batches): GPUs of different nodes trading their experts, swaps of
+    replicas off busy GPUs, spare replicas of light experts turned into replicas of heavy
+    ones; at most `max_evaluations` steps are scored. A validation sample of as many
+    batches (same table, another stream) guards against fitting the sample's noise: the
+    start is the best of `starts` on both samples together, and the layout returned is the
+    one of the search's path (the start included) best on the validation sample. Never
+    worse than that start on either sample. With `num_groups`, every start must keep each
+    of `num_groups` groups of consecutive expert ids on one node, and so does the result."""
+    if not isinstance(table, SubsetTable):
+        raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
+    starts = list(starts)
+    for i, s in enumerate(starts):
+        if not isinstance(s, Placement):
+            raise TypeError(f"starts[{i}] must be a Placement, got {type(s).__name__}")
+    batch_size = check_count("batch_size", batch_size)
+    if num_batches is None:
+        num_batches = min(128, max(16, 8192 // batch_size))
+    return _core.improve_batch_placement(
+        table,
+        starts,
+        check_count("slots_per_gpu", slots_per_gpu),
+        cost_model.alpha,
+        cost_model.beta,
+        cost_model.p,
+        topology.as_tuple(),
+        batch_size,
+        check_count("num_batches", num_batches),
+        check_seed("seed", seed),
+        check_count("max_evaluations", max_evaluations, low=0),
+        None if num_groups is None else check_count("num_groups", num_groups),
+    )
+
+
+def sample_batch_time(
+    table: SubsetTable,
+    placement: Placement,
+    *,
+    topology: Topology,
+    cost_model: CostModel,
+    batch_size: int,
+    num_batches: int | None = None,
+    seed: int = 0,
+    validation: bool = False,
+) -> float:
+    """Mean achievable layer time (us) of `placement` on the sample `place_batch` draws
+    with the same `batch_size`, `num_batches` and `seed` (`validation`: on its validation
+    sample)."""
+    batch_size = check_count("batch_size", batch_size)
+    if num_batches is None:
+        num_batches = min(128, max(16, 8192 // batch_size))
+    _, mean = _core.improve_batch_placement(
+        table,
+        [placement],
+        1,
+        cost_model.alpha,
+        cost_model.beta,
+        cost_model.p,
+        topology.as_tuple(),
+        batch_size,
+        check_count("num_batches", num_batches),
+        check_seed("seed", seed),
+        0,
+        None,
+        True,
+        bool(validation),
+    )
+    return float(mean)
+
+
+def group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> list[int]:
+    """The node of each of `num_groups` groups of consecutive expert ids when every
+    replica of a group is on one node (DeepSeek-V3's assumption for group-limited routing:
+    a token's top groups then reach at most that many nodes); ValueError naming the first
+    replica off its group's node otherwise."""
+    return _core.topology_group_nodes(placement, num_groups, gpus_per_node)

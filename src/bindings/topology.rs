@@ -12,7 +12,7 @@ use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::batch::CostModel;
 use crate::topology::{Topology, Transfer};
-use crate::{topology_cost, topology_place};
+use crate::{topology_batch, topology_cost, topology_place};
 
 /// A transfer as Python passes it: (bytes_per_token, 3 latencies us, 3 bandwidths GB/s),
 /// link classes in the order same GPU, NVLink, RDMA.
@@ -144,7 +144,80 @@ fn improve_placement(
     Ok((PyPlacement { inner: Arc::new(p) }, moved))
 }
 
+/// (placement, mean time us on the sample): the best of `starts` on a fixed sample of
+/// batches of the table, improved for the layer time with communication.
+#[pyfunction]
+#[pyo3(signature = (table, starts, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, num_groups=None, score_only=false, validation=false))]
+#[allow(clippy::too_many_arguments)]
+fn improve_batch_placement(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    starts: Vec<PyRef<'_, PyPlacement>>,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    topology: TopologyTuple,
+    batch_size: &Bound<'_, PyAny>,
+    num_batches: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    max_evaluations: &Bound<'_, PyAny>,
+    num_groups: Option<&Bound<'_, PyAny>>,
+    score_only: bool,
+    validation: bool,
+) -> PyResult<(PyPlacement, f64)> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let options = topology_batch::BatchOptions {
+        batch_size: count_arg(batch_size, "batch_size", 1)?,
+        num_batches: count_arg(num_batches, "num_batches", 1)?,
+        seed: count_arg(seed, "seed", 0)? as u64,
+        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
+        num_groups: num_groups
+            .map(|n| count_arg(n, "num_groups", 1))
+            .transpose()?,
+    };
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let t = self::topology(topology);
+    let table = table.inner.clone();
+    let starts: Vec<_> = starts.iter().map(|s| (*s.inner).clone()).collect();
+    if score_only {
+        let [one] = &starts[..] else {
+            return Err(PyValueError::new_err("score_only takes one placement"));
+        };
+        let mean = py.detach(|| {
+            topology_batch::sample_mean_time(&table, one, model, &t, options, validation)
+        })?;
+        return Ok((
+            PyPlacement {
+                inner: Arc::new(one.clone()),
+            },
+            mean,
+        ));
+    }
+    let (p, mean) = interruptible(py, || {
+        topology_batch::improve_batch(&table, &starts, slots, model, &t, options)
+    })?;
+    Ok((PyPlacement { inner: Arc::new(p) }, mean))
+}
+
+/// The node of each expert group when every group lives on one node (ValueError naming
+/// the first stray replica otherwise).
+#[pyfunction]
+fn topology_group_nodes(
+    placement: &PyPlacement,
+    num_groups: &Bound<'_, PyAny>,
+    gpus_per_node: &Bound<'_, PyAny>,
+) -> PyResult<Vec<usize>> {
+    Ok(topology_batch::group_nodes(
+        &placement.inner,
+        count_arg(num_groups, "num_groups", 1)?,
+        count_arg(gpus_per_node, "gpus_per_node", 1)?,
+    )?)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(improve_batch_placement, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_group_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(topology_preset, m)?)?;
     m.add_function(wrap_pyfunction!(topology_comm_us, m)?)?;
     m.add_function(wrap_pyfunction!(topology_subset_times, m)?)?;

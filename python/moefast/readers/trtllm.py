@@ -9,7 +9,9 @@ With the MoE load balancer on while recording, ids and counts are per *slot* and
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,123 @@ def read_trtllm_trace(path: Path, num_experts: int | None = None) -> Trace:
             " only; read them with load_expert_load",
         )
     return trace_from_trtllm_raw(meta, _load_ranks(files), path, num_experts)
+
+
+def is_trtllm_raw(path: Path) -> bool:
+    """A TensorRT-LLM statistics folder with per-token ids (``rank<r>_raw.safetensors``)."""
+    return path.is_dir() and (path / "meta_info.json").is_file() and bool(_rank_files(path, True))
+
+
+@dataclass
+class TrtllmRawTrace:
+    """The raw rank files of a statistics folder, read one iteration at a time (tensors are
+    loaded lazily by key), so a chunk's memory, not the folder's, bounds what is held.
+    Blocks come in `trace_from_trtllm_raw`'s order, twins dropped the same way."""
+
+    path: Path
+    num_experts: int
+    files: list[Path]
+    #: per rank: (iteration, layer) -> tensor key
+    keys: list[dict[tuple[int, int], str]]
+    layer_ids: list[int]
+
+    @classmethod
+    def open(
+        cls, path: Path, num_experts: int | None = None, format: str | None = None
+    ) -> TrtllmRawTrace:
+        if format not in (None, "trtllm"):
+            raise ValueError(f"{path}: a TensorRT-LLM folder, not format {format!r}")
+        meta = read_json(path / "meta_info.json")
+        experts = _meta_experts(meta, path, num_experts)
+        files = _rank_files(path, raw=True)
+        if not files:
+            raise malformed(path, "no rank<r>_raw.safetensors (per-token ids)")
+        st = require("safetensors", "reading TensorRT-LLM statistics")
+        keys: list[dict[tuple[int, int], str]] = []
+        for r, f in enumerate(files):
+            try:
+                with st.safe_open(str(f), framework="numpy") as handle:
+                    names = list(handle.keys())
+            except Exception as err:  # safetensors raises its own error types
+                raise malformed(f, f"not a readable safetensors file ({err})") from err
+            rank: dict[tuple[int, int], str] = {}
+            for key in names:
+                match = _KEY.match(key)
+                if not match:
+                    raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
+                rank[int(match.group(1)), int(match.group(2))] = key
+            keys.append(rank)
+        blocks: dict[tuple[int, int], list[int]] = {}
+        for r, rank in enumerate(keys):
+            for it, layer in rank:
+                blocks.setdefault((it, r), []).append(layer)
+        if not blocks:
+            raise malformed(path, "no tensors in any raw rank file")
+        layer_ids = sorted(blocks[min(blocks)])
+        for (it, r), layers in sorted(blocks.items()):
+            if sorted(layers) != layer_ids:
+                raise malformed(
+                    path, f"iteration {it} rank {r}: layers {sorted(layers)}, not {layer_ids}"
+                )
+        return cls(path, experts, files, keys, layer_ids)
+
+    def _blocks(self) -> Iterator[np.ndarray]:
+        """int64 [tokens, layers, k] per (iteration, rank), twins of an iteration kept once."""
+        st = require("safetensors", "reading TensorRT-LLM statistics")
+        iterations = sorted({it for rank in self.keys for it, _ in rank})
+        with ExitStack() as stack:
+            handles = [
+                stack.enter_context(st.safe_open(str(f), framework="numpy")) for f in self.files
+            ]
+            for it in iterations:
+                twins: list[np.ndarray] = []
+                for r, (rank, handle) in enumerate(zip(self.keys, handles, strict=True)):
+                    if (it, self.layer_ids[0]) not in rank:
+                        continue
+                    layers = []
+                    for layer in self.layer_ids:
+                        key = rank[it, layer]
+                        ids = to_numpy(handle.get_tensor(key), self.path, key)
+                        if ids.ndim != 2 or (ids.size and ids.dtype.kind not in "iu"):
+                            raise malformed(
+                                self.path,
+                                f"rank {r}: '{key}' must be int [tokens, k], got {ids.shape}",
+                            )
+                        layers.append(ids)
+                    shapes = {x.shape for x in layers}
+                    if len(shapes) != 1:
+                        raise malformed(
+                            self.path, f"iteration {it} rank {r}: layers hold {sorted(shapes)} ids"
+                        )
+                    block = np.stack(layers, axis=1).astype(np.int64)
+                    if any(t.shape == block.shape and np.array_equal(t, block) for t in twins):
+                        continue
+                    twins.append(block)
+                    yield block
+
+    def num_tokens(self) -> int:
+        """Tokens of the trace (a pass over the ids: twins are found by content)."""
+        return sum(len(b) for b in self._blocks())
+
+    def chunks(self, chunk_tokens: int) -> Iterator[Trace]:
+        """The trace `read_trtllm_trace` reads, as chunks of ``chunk_tokens`` tokens (the last
+        one shorter), holding about one chunk of ids at a time."""
+        held: list[np.ndarray] = []
+        count = 0
+        for block in self._blocks():
+            held.append(block)
+            count += len(block)
+            if count >= chunk_tokens:
+                ids = np.concatenate(held)
+                whole = count - count % chunk_tokens
+                for start in range(0, whole, chunk_tokens):
+                    yield self._trace(ids[start : start + chunk_tokens])
+                held, count = [ids[whole:]], count - whole
+        if count:
+            yield self._trace(np.concatenate(held))
+
+    def _trace(self, topk: np.ndarray) -> Trace:
+        try:
+            return Trace(topk, self.num_experts, self.layer_ids)
+        except (ValueError, TypeError) as err:
+            raise malformed(self.path, str(err)) from err

@@ -1,0 +1,470 @@
+//! Batch-aware placement with communication (issue 14): a local search on the layer time
+//! of sampled batches, the busiest GPU's compute plus dispatch and combine
+//! (`topology_cost::batch_time_bounds`, its achievable choice: a time some replica choice
+//! reaches, not a bound).
+//!
+//! The sample is fixed (common random numbers): `num_batches` batches of `batch_size` rows
+//! of the table drawn by weight with a seeded stream, so two placements are compared on
+//! the same batches. The search starts from the best of the given placements on the
+//! sample and the validation sample below together and makes, chunk by chunk, the best improving of a few sampled steps:
+//! - node level: two GPUs of different nodes trade all their experts (the compute of any
+//!   batch is unchanged, only which experts share a node, so the traffic, changes);
+//! - expert level: a replica on a busy GPU trades places with one on another GPU (`Swap`),
+//!   or a spare replica of a light expert becomes one of a heavy expert (`Replace`).
+//!
+//! "Busy" and "heavy" come from the table's expert loads divided among replicas. A second
+//! sample of as many batches (another seed, the same table) guards against fitting the
+//! first one's noise: every few rounds the layout is scored on it, and the search returns
+//! the layout of its path (start included) that is best there. With
+//! `num_groups`, experts are in `num_groups` equal groups of consecutive ids (DeepSeek-V3:
+//! 8 groups of 32) and every group must live on one node, as group-limited routing
+//! assumes: the start placements must satisfy it and every step keeps it.
+
+use rayon::prelude::*;
+
+use crate::batch::cost_model::CostModel;
+use crate::error::{MoeError, Result};
+use crate::layout::{Layout, Move};
+use crate::limits::check_memory;
+use crate::placement::Placement;
+use crate::rng::SplitMix64;
+use crate::table::SubsetTable;
+use crate::topology::Topology;
+use crate::topology_cost::{batch_time_bounds, check_topology};
+
+/// Steps scored per round (in parallel), rounds without progress before it stops, and
+/// rounds between two checks on the validation sample.
+const CHUNK: usize = 8;
+const PATIENCE: usize = 25;
+const CHECK_EVERY: usize = 12;
+
+/// Options of `improve_batch`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    pub batch_size: usize,
+    pub num_batches: usize,
+    pub seed: u64,
+    /// Most steps scored.
+    pub max_evaluations: usize,
+    /// Expert groups that must each live on one node (None: no constraint).
+    pub num_groups: Option<usize>,
+}
+
+/// Two GPUs trade every expert they hold.
+pub fn swap_gpus(layout: &mut Layout, a: usize, b: usize) {
+    let on_a = layout.experts_on(a).to_vec();
+    let on_b = layout.experts_on(b).to_vec();
+    for &e in &on_a {
+        layout.remove(e as usize, a);
+    }
+    for &e in &on_b {
+        layout.remove(e as usize, b);
+    }
+    for &e in &on_a {
+        layout.add(e as usize, b);
+    }
+    for &e in &on_b {
+        layout.add(e as usize, a);
+    }
+}
+
+/// The node of each of `num_groups` groups of consecutive expert ids when every replica
+/// of a group is on one node of `gpus_per_node` GPUs; otherwise an error naming the
+/// first expert and GPU off its group's node.
+pub fn group_nodes(
+    placement: &Placement,
+    num_groups: usize,
+    gpus_per_node: usize,
+) -> Result<Vec<usize>> {
+    let e = placement.num_experts();
+    if num_groups == 0 || e % num_groups != 0 {
+        return Err(MoeError::value(format!(
+            "num_groups = {num_groups} must divide the {e} experts"
+        )));
+    }
+    if gpus_per_node == 0 || placement.num_gpus() % gpus_per_node != 0 {
+        return Err(MoeError::value(format!(
+            "gpus_per_node = {gpus_per_node} must divide the {} GPUs",
+            placement.num_gpus()
+        )));
+    }
+    let size = e / num_groups;
+    let mut nodes = vec![usize::MAX; num_groups];
+    for expert in 0..e {
+        let group = expert / size;
+        for &g in placement.gpus_of(expert) {
+            let node = g as usize / gpus_per_node;
+            if nodes[group] == usize::MAX {
+                nodes[group] = node;
+            } else if nodes[group] != node {
+                return Err(MoeError::value(format!(
+                    "expert {expert} (group {group}) has a replica on GPU {g}, node {node}, \
+                     but its group is on node {}: a group must live on one node",
+                    nodes[group]
+                )));
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// One step of the search.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Gpus(usize, usize),
+    Expert(Move),
+}
+
+fn apply(layout: &mut Layout, step: Step) {
+    match step {
+        Step::Gpus(a, b) => swap_gpus(layout, a, b),
+        Step::Expert(mv) => layout.apply(mv),
+    }
+}
+
+/// Expert ids of `num_batches` batches of `batch_size` rows drawn by weight (`stream`
+/// picks the sample: 0 the search's, 1 the validation one).
+fn draw_batches(table: &SubsetTable, options: &BatchOptions, stream: u64) -> Vec<Vec<i64>> {
+    let mut cumulative = Vec::with_capacity(table.len());
+    let mut total = 0.0;
+    for &w in table.weights() {
+        total += w;
+        cumulative.push(total);
+    }
+    let k = table.k();
+    (0..options.num_batches)
+        .map(|b| {
+            let mut rng = SplitMix64::stream(options.seed, 0x70b0 + stream, b as u64);
+            let mut ids = Vec::with_capacity(options.batch_size * k);
+            for _ in 0..options.batch_size {
+                let x = rng.unit() * total;
+                let r = cumulative
+                    .partition_point(|&c| c <= x)
+                    .min(cumulative.len() - 1);
+                ids.extend(
+                    table.subsets()[r * k..(r + 1) * k]
+                        .iter()
+                        .map(|&e| e as i64),
+                );
+            }
+            ids
+        })
+        .collect()
+}
+
+struct Search<'a> {
+    batches: Vec<Vec<i64>>,
+    validation: Vec<Vec<i64>>,
+    k: usize,
+    model: CostModel,
+    topology: &'a Topology,
+    slots: usize,
+    load: Vec<f64>,
+    /// The node each group must stay on, and the group size.
+    groups: Option<(Vec<usize>, usize)>,
+}
+
+impl Search<'_> {
+    /// Sum of the batches' achievable times under `layout`.
+    fn total(&self, layout: &Layout) -> Result<f64> {
+        self.sum_over(&self.batches, layout)
+    }
+
+    fn sum_over(&self, batches: &[Vec<i64>], layout: &Layout) -> Result<f64> {
+        let p = layout.to_placement()?;
+        let mut sum = 0.0;
+        for ids in batches {
+            sum += batch_time_bounds(ids, self.k, &p, self.model, self.topology)?.0;
+        }
+        Ok(sum)
+    }
+
+    /// Sum over the validation sample, its batches in parallel.
+    fn validate(&self, layout: &Layout) -> Result<f64> {
+        let p = layout.to_placement()?;
+        let times = self
+            .validation
+            .par_iter()
+            .map(|ids| Ok(batch_time_bounds(ids, self.k, &p, self.model, self.topology)?.0))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(times.iter().sum())
+    }
+
+    fn node(&self, gpu: u16) -> usize {
+        gpu as usize / self.topology.gpus_per_node
+    }
+
+    /// Whether expert e may have a replica on `gpu` under the group constraint.
+    fn may_hold(&self, e: u16, gpu: u16) -> bool {
+        match &self.groups {
+            None => true,
+            Some((nodes, size)) => nodes[e as usize / size] == self.node(gpu),
+        }
+    }
+
+    /// Of three sampled GPUs, the busiest (or the least busy).
+    fn gpu_by_load(&self, gpu_load: &[f64], busy: bool, rng: &mut SplitMix64) -> u16 {
+        let mut best = rng.below(gpu_load.len());
+        for _ in 0..2 {
+            let g = rng.below(gpu_load.len());
+            if (gpu_load[g] > gpu_load[best]) == busy {
+                best = g;
+            }
+        }
+        best as u16
+    }
+
+    fn candidate(&self, layout: &Layout, rng: &mut SplitMix64) -> Option<Step> {
+        let g = layout.num_gpus();
+        let gpn = self.topology.gpus_per_node;
+        let per_replica = |e: usize| self.load[e] / layout.replicas(e) as f64;
+        let kind = rng.below(10);
+        if kind < 2 {
+            if self.groups.is_some() || gpn >= g {
+                return None;
+            }
+            let a = rng.below(g);
+            let b = rng.below(g);
+            return (a / gpn != b / gpn).then_some(Step::Gpus(a, b));
+        }
+        let gpu_load: Vec<f64> = (0..g)
+            .map(|gpu| {
+                layout
+                    .experts_on(gpu)
+                    .iter()
+                    .map(|&e| per_replica(e as usize))
+                    .sum()
+            })
+            .collect();
+        let mv = if kind < 7 {
+            let from = self.gpu_by_load(&gpu_load, true, rng);
+            let to = if rng.below(2) == 0 {
+                self.gpu_by_load(&gpu_load, false, rng)
+            } else {
+                rng.below(g) as u16
+            };
+            let (on_from, on_to) = (
+                layout.experts_on(from as usize),
+                layout.experts_on(to as usize),
+            );
+            if on_from.is_empty() || on_to.is_empty() {
+                return None;
+            }
+            let first = on_from[rng.below(on_from.len())];
+            let second = on_to[rng.below(on_to.len())];
+            if !self.may_hold(first, to) || !self.may_hold(second, from) {
+                return None;
+            }
+            Move::Swap {
+                first,
+                from,
+                second,
+                to,
+            }
+        } else {
+            // A spare replica of the lightest of three sampled experts with several...
+            let e = layout.num_experts();
+            let mut old = None;
+            for _ in 0..3 {
+                let x = rng.below(e);
+                if layout.replicas(x) >= 2 && old.is_none_or(|o| per_replica(x) < per_replica(o)) {
+                    old = Some(x);
+                }
+            }
+            let old = old?;
+            let gpus = layout.gpus_of(old);
+            let gpu = gpus[rng.below(gpus.len())];
+            // ...becomes one of the heaviest of three sampled experts.
+            let mut new = rng.below(e);
+            for _ in 0..2 {
+                let x = rng.below(e);
+                if per_replica(x) > per_replica(new) {
+                    new = x;
+                }
+            }
+            if !self.may_hold(new as u16, gpu) {
+                return None;
+            }
+            Move::Replace {
+                old: old as u16,
+                gpu,
+                new: new as u16,
+            }
+        };
+        layout.allows(mv, self.slots).then_some(Step::Expert(mv))
+    }
+}
+
+/// The best of `starts` on a fixed sample of batches of the table and a validation sample
+/// together, improved for the mean layer time with communication (module docs): never
+/// worse than that start on either sample. Returns the placement and its mean time
+/// (us) on the sample.
+pub fn improve_batch(
+    table: &SubsetTable,
+    starts: &[Placement],
+    slots_per_gpu: usize,
+    model: CostModel,
+    topology: &Topology,
+    options: BatchOptions,
+) -> Result<(Placement, f64)> {
+    let Some(first) = starts.first() else {
+        return Err(MoeError::value("starts: give at least one placement"));
+    };
+    if options.batch_size == 0 || options.num_batches == 0 {
+        return Err(MoeError::value(
+            "batch_size and num_batches must be at least 1",
+        ));
+    }
+    if options.batch_size.saturating_mul(options.num_batches) > crate::limits::MAX_SAMPLED_TOKENS {
+        return Err(MoeError::value(format!(
+            "batch_size x num_batches = {} x {} is more than {} sampled tokens",
+            options.batch_size,
+            options.num_batches,
+            crate::limits::MAX_SAMPLED_TOKENS
+        )));
+    }
+    if table.is_empty() || table.total_weight().is_nan() || table.total_weight() <= 0.0 {
+        return Err(MoeError::value("the table is empty (total weight 0)"));
+    }
+    check_memory(table.num_experts(), first.num_gpus(), slots_per_gpu)?;
+    for (i, s) in starts.iter().enumerate() {
+        crate::cost::check_compatible(table, s)?;
+        check_topology(topology, s)?;
+        if s.num_gpus() != first.num_gpus() {
+            return Err(MoeError::value(format!(
+                "starts[{i}] has {} GPUs, starts[0] {}",
+                s.num_gpus(),
+                first.num_gpus()
+            )));
+        }
+        if let Some((g, &n)) = s
+            .slots_used()
+            .iter()
+            .enumerate()
+            .find(|(_, &n)| n > slots_per_gpu)
+        {
+            return Err(MoeError::value(format!(
+                "starts[{i}] puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
+            )));
+        }
+    }
+    let groups = match options.num_groups {
+        None => None,
+        Some(n) => {
+            let nodes = starts
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    group_nodes(s, n, topology.gpus_per_node)
+                        .map_err(|e| MoeError::value(format!("starts[{i}]: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some((nodes, table.num_experts() / n))
+        }
+    };
+    let mut search = Search {
+        batches: draw_batches(table, &options, 0),
+        validation: draw_batches(table, &options, 1),
+        k: table.k(),
+        model,
+        topology,
+        slots: slots_per_gpu,
+        load: table.expert_load(),
+        groups: None,
+    };
+    // The start: the best on both samples together (a start fitted to one sample by an
+    // earlier search is not favoured by that sample's noise alone).
+    let scores = starts
+        .iter()
+        .map(|s| {
+            let l = Layout::from_placement(s);
+            Ok((search.total(&l)?, search.validate(&l)?))
+        })
+        .collect::<Result<Vec<(f64, f64)>>>()?;
+    let best = (0..starts.len())
+        .min_by(|&a, &b| (scores[a].0 + scores[a].1).total_cmp(&(scores[b].0 + scores[b].1)))
+        .unwrap_or(0);
+    let totals: Vec<f64> = scores.iter().map(|s| s.0).collect();
+    if let Some((nodes, size)) = groups {
+        search.groups = Some((nodes[best].clone(), size));
+    }
+    let mut layout = Layout::from_placement(&starts[best]);
+    let mut total = totals[best];
+    let mut rng = SplitMix64::new(options.seed);
+    let (mut evaluations, mut idle, mut rounds) = (0, 0, 0);
+    // The layout of the path best on the validation sample, its score and sample total.
+    let mut kept = (layout.clone(), scores[best].1, total);
+    let mut changed = false;
+    while evaluations < options.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
+        rounds += 1;
+        if changed && rounds % CHECK_EVERY == 0 {
+            let v = search.validate(&layout)?;
+            if v < kept.1 {
+                kept = (layout.clone(), v, total);
+            }
+            changed = false;
+        }
+        let steps: Vec<Step> = (0..CHUNK)
+            .filter_map(|_| search.candidate(&layout, &mut rng))
+            .take(options.max_evaluations - evaluations)
+            .collect();
+        evaluations += steps.len();
+        let scored = steps
+            .par_iter()
+            .map(|&step| {
+                let mut l = layout.clone();
+                apply(&mut l, step);
+                Ok((search.total(&l)?, step))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tol = 1e-9 * total.max(1e-300);
+        match scored
+            .into_iter()
+            .filter(|(t, _)| *t < total - tol)
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+        {
+            Some((t, step)) => {
+                apply(&mut layout, step);
+                total = t;
+                idle = 0;
+                changed = true;
+            }
+            None => idle += 1,
+        }
+    }
+    if changed && search.validate(&layout)? < kept.1 {
+        kept = (layout, 0.0, total);
+    }
+    Ok((kept.0.to_placement()?, kept.2 / options.num_batches as f64))
+}
+
+/// Mean achievable layer time (us) of `placement` on the fixed sample `improve_batch`
+/// draws with these options (`validation`: on its validation sample), to compare
+/// placements on the same batches.
+pub fn sample_mean_time(
+    table: &SubsetTable,
+    placement: &Placement,
+    model: CostModel,
+    topology: &Topology,
+    options: BatchOptions,
+    validation: bool,
+) -> Result<f64> {
+    crate::cost::check_compatible(table, placement)?;
+    if table.is_empty() || table.total_weight().is_nan() || table.total_weight() <= 0.0 {
+        return Err(MoeError::value("the table is empty (total weight 0)"));
+    }
+    let search = Search {
+        batches: draw_batches(table, &options, u64::from(validation)),
+        validation: Vec::new(),
+        k: table.k(),
+        model,
+        topology,
+        slots: 0,
+        load: Vec::new(),
+        groups: None,
+    };
+    Ok(search.total(&Layout::from_placement(placement))? / options.num_batches as f64)
+}
+
+#[cfg(test)]
+mod tests;
