@@ -156,6 +156,11 @@ pub fn cost_from_masks(masks: &[u64]) -> u32 {
     if one_round {
         return u32::from(!masks.is_empty());
     }
+    // Over GPU ids below 6 (placements on few GPUs, where rows are deep) Hall's formula
+    // over GPU sets is cheaper than the matching's paths.
+    if used < 1 << FEW_GPUS && masks.iter().all(|&m| m < 1 << FEW_GPUS) {
+        return few_gpus_cost(masks);
+    }
     let mut m = MaskMatching::new(masks);
     for i in 0..masks.len() {
         m.add(i);
@@ -165,6 +170,39 @@ pub fn cost_from_masks(masks: &[u64]) -> u32 {
     } else {
         m.t as u32
     }
+}
+
+/// GPU ids below this take `few_gpus_cost`.
+const FEW_GPUS: u32 = 6;
+
+/// Hall's formula over GPU sets: the cost is the largest ceil(|X(Y)| / |Y|) over sets Y
+/// of GPUs, X(Y) the experts all of whose replicas are in Y (for any expert set X,
+/// Y = N(X) has X in X(Y); and X(Y) needs at least that many rounds on Y). |X(Y)| for
+/// every Y is a sum over subsets (zeta transform) of the count of each mask: 2^6 * 6
+/// additions at most, whatever the number of experts. Masks must be below 2^FEW_GPUS.
+fn few_gpus_cost(masks: &[u64]) -> u32 {
+    let union = masks.iter().fold(0u64, |a, &m| a | m);
+    let bits = 64 - union.leading_zeros();
+    let size = 1usize << bits;
+    let mut inside = [0u8; 1 << FEW_GPUS];
+    for &m in masks {
+        inside[m as usize] += 1;
+    }
+    for b in 0..bits {
+        for y in 0..size {
+            if y >> b & 1 == 1 {
+                inside[y] += inside[y ^ (1 << b)];
+            }
+        }
+    }
+    let mut t = 0u32;
+    for (y, &n) in inside[..size].iter().enumerate().skip(1) {
+        let gpus = (y as u32).count_ones();
+        while n as u32 > t * gpus {
+            t += 1;
+        }
+    }
+    t
 }
 
 /// Which single new replica lowers the cost `t` of a subset by one (DESIGN 3), found by
@@ -537,6 +575,26 @@ mod tests {
             let masks = random_masks(&mut rng, k, g, 3);
             assert_eq!(cost_from_masks(&masks), hall_cost(&masks), "{masks:?}");
         }
+    }
+
+    /// Rows on GPU ids below 6 take Hall's formula over GPU sets; deep rows (k up to 16
+    /// on few GPUs, replicas) equal the formula over expert sets.
+    #[test]
+    fn few_gpus_cost_equals_hall_formula() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut deep = 0;
+        for _ in 0..4000 {
+            let k = rng.random_range(1..=16);
+            let g = rng.random_range(1..=7);
+            let masks = random_masks(&mut rng, k, g, 3);
+            let t = hall_cost(&masks);
+            assert_eq!(cost_from_masks(&masks), t, "{masks:?}");
+            if masks.iter().all(|&m| m < 1 << FEW_GPUS) {
+                assert_eq!(few_gpus_cost(&masks), t, "{masks:?}");
+                deep += usize::from(t >= 3);
+            }
+        }
+        assert!(deep > 200, "{deep} rows of 3 rounds or more");
     }
 
     #[test]

@@ -73,3 +73,14 @@ def test_plan_budgets(table):
     timed = mf.plan(trace, 4, 10, time_budget=0.0, progress=False)
     assert all(p.slots_used.tolist() == [10] * 4 for p in timed)
     assert timed.settings["time_budget"] == 0.0
+
+
+def test_plan_time_budget_keeps_a_reserve_for_the_scoring():
+    from moefast.planner import layers_budget
+
+    # As long as the tables took, at most half the budget, is kept for the scoring.
+    assert layers_budget(8.0, 0.0) == 8.0
+    assert layers_budget(8.0, 1.0) == 6.0
+    assert layers_budget(8.0, 3.0) == 2.0
+    assert layers_budget(8.0, 5.0) == 0.0
+    assert layers_budget(8.0, 20.0) == 0.0

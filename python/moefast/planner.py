@@ -273,7 +273,9 @@ def plan(
 
     `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
     exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
-    layer gets, when it starts, its share of the time left, or an equal share of the rows;
+    layer gets, when it starts, its share of the time left (less a reserve for the scoring,
+    as long as building the tables took, at most half the budget), or an equal share of
+    the rows;
     a work budget keeps the plan deterministic for a given seed, a time budget does not.
 
     Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
@@ -396,7 +398,7 @@ def plan(
             progress,
             time_budget=None
             if time_budget is None
-            else max(0.0, time_budget - (time.perf_counter() - began)),
+            else layers_budget(time_budget, time.perf_counter() - began),
             work_budget=work_budget,
             **options,
         )
@@ -475,6 +477,14 @@ def _current_layers(
             " layer is needed"
         )
     return list(current)
+
+
+def layers_budget(time_budget: float, spent: float) -> float:
+    """What a plan's time budget leaves for its layers' searches: the budget less the
+    seconds ``spent`` so far (reading the trace, building its tables) and as much again, at
+    most half of the budget, for the scoring that follows them (it reads every token of
+    every layer again)."""
+    return max(0.0, time_budget - spent - min(spent, time_budget / 2))
 
 
 def _score(

@@ -136,6 +136,8 @@ class UnitSums:
             return None
         rng = np.random.default_rng(seed)
         counts = rng.multinomial(len(used), np.full(len(used), 1 / len(used)), size=resamples)
+        # Cast once (the counts are exact in float64), not once per product below.
+        counts = counts.astype(np.float64)
         weight = (counts @ self.weight[used])[:, None]
         mean = {m: (counts @ self.sums[m][used]) / weight for m in (main, *baselines)}
         best = np.min([mean[m] for m in baselines], axis=0).sum(axis=1)

@@ -9,7 +9,7 @@ use super::swaps::Limits;
 /// Kernighan-Lin swaps of the balanced one-replica start.
 pub const START_SEARCH: Limits = Limits {
     candidates: 16,
-    batches: 16,
+    batches: 8,
     max_rows: 20_000_000,
     // Measured on DeepSeek-V3-size layers with distinct subsets (issue 12): 1M instead
     // of 4M saves 30% of the time but costs one layer in 58 0.5% (0.06% on average).

@@ -3,7 +3,8 @@
 //! any thread count), and an optional deadline (anytime: the best placement found when
 //! it passes, which depends on the machine's speed). The construction of a complete
 //! placement (start, then every level's fill by exact gains) always runs; the budgets
-//! bound the searches that improve it.
+//! bound the searches that improve it, the start's searches at half of each budget
+//! (`limit_to`) so that the later levels keep a share.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,8 +23,14 @@ pub struct SearchBudget {
 pub struct Effort {
     spent: AtomicUsize,
     work: Option<usize>,
-    deadline: Option<Instant>,
+    start: Instant,
+    seconds: Option<f64>,
+    /// Per mille of the budgets the current stage may use up to (`limit_to`).
+    share: AtomicUsize,
 }
+
+/// The whole budget, in per mille.
+const WHOLE: usize = 1000;
 
 impl Effort {
     pub fn unlimited() -> Self {
@@ -35,10 +42,16 @@ impl Effort {
         Effort {
             spent: AtomicUsize::new(0),
             work: budget.work,
-            deadline: budget
-                .seconds
-                .map(|s| start + Duration::from_secs_f64(s.clamp(0.0, 1e9))),
+            start,
+            seconds: budget.seconds.map(|s| s.clamp(0.0, 1e9)),
+            share: AtomicUsize::new(WHOLE),
         }
+    }
+
+    /// Lets the stages that follow use only `per_mille` of each budget (all of it with
+    /// 1000), so that an early stage leaves some for the later ones.
+    pub fn limit_to(&self, per_mille: usize) {
+        self.share.store(per_mille.min(WHOLE), Ordering::Relaxed);
     }
 
     /// Counts rows read by an exact evaluation.
@@ -54,8 +67,12 @@ impl Effort {
     /// True once the work budget is spent, the deadline has passed or a stop was requested
     /// (Ctrl-C, `crate::cancel`): searches stop and keep the best layout they have.
     pub fn exhausted(&self) -> bool {
-        self.work.is_some_and(|w| self.spent() >= w)
-            || self.deadline.is_some_and(|d| Instant::now() >= d)
+        let share = self.share.load(Ordering::Relaxed);
+        self.work
+            .is_some_and(|w| self.spent() as u128 * WHOLE as u128 >= w as u128 * share as u128)
+            || self.seconds.is_some_and(|s| {
+                self.start.elapsed() >= Duration::from_secs_f64(s * share as f64 / WHOLE as f64)
+            })
             || crate::cancel::requested()
     }
 }
@@ -76,7 +93,14 @@ mod tests {
             },
             Instant::now(),
         );
-        e.spend(99);
+        e.spend(49);
+        e.limit_to(500);
+        assert!(!e.exhausted());
+        e.spend(1);
+        assert!(e.exhausted());
+        e.limit_to(1000);
+        assert!(!e.exhausted());
+        e.spend(49);
         assert!(!e.exhausted());
         e.spend(1);
         assert!(e.exhausted());

@@ -11,7 +11,9 @@
 //! give a worse placement, and no baseline is ever better. Once a level reaches the
 //! lower bound (every row at ceil(k / G) rounds) the remaining slots are filled
 //! without search. The searches stop early when the caller's budget runs out
-//! (`effort`): the result is then the best placement built so far.
+//! (`effort`), the start's searches at half of the budget so that the fill by exact
+//! gains keeps its share: the result is then the best placement built so far. After a
+//! stop request (Ctrl-C) slots still empty are filled as the baselines fill them.
 
 use super::baselines;
 use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
@@ -23,6 +25,9 @@ use super::reassign;
 use super::state::{total_cost, State};
 use super::swaps::{self, Limits};
 use crate::layout::Layout;
+
+/// Per mille of a budget the start's searches may use.
+const START_SHARE: usize = 500;
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {
@@ -65,8 +70,12 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
     let num_experts = problem.num_experts();
     let num_gpus = problem.num_gpus;
     let mut state = State::new(problem, initial::assign(problem, seed));
+    // The start's searches may use half of a budget: the fill by exact gains that follows
+    // is worth more than their last swaps.
+    problem.effort.limit_to(START_SHARE);
     swaps::improve(&mut state, START_SEARCH);
     kicks::search(&mut state, KICKS, stage_seed(seed, 0));
+    problem.effort.limit_to(1000);
     // The same loads as the public baselines, so that they are the same placements.
     let load = problem.table.expert_load();
     let mut layout = state.layout;
@@ -124,6 +133,18 @@ fn fill(state: &mut State, capacity: usize) -> bool {
     if (0..num_gpus).all(|g| state.layout.used(g) >= capacity) {
         return false;
     }
+    // After a stop request (Ctrl-C) the slots are filled as the baselines fill them: the
+    // placement is complete at once, without the gain table's pass over the rows. A spent
+    // budget does not skip the fill: its exact gains are most of the greedy's lead.
+    let fill_as_baselines = |state: &mut State| {
+        let mut layout = state.layout.clone();
+        baselines::fill_with_loaded(&mut layout, &state.problem.table.expert_load(), capacity);
+        *state = State::new(state.problem, layout);
+    };
+    if crate::cancel::requested() {
+        fill_as_baselines(state);
+        return true;
+    }
     let mut gains = GainTable::new(state);
     loop {
         let open: Vec<usize> = (0..num_gpus)
@@ -131,6 +152,10 @@ fn fill(state: &mut State, capacity: usize) -> bool {
             .collect();
         if open.is_empty() {
             reassign::improve(state, &mut gains, REASSIGN);
+            return true;
+        }
+        if crate::cancel::requested() {
+            fill_as_baselines(state);
             return true;
         }
         let choice = best_gain(state, &gains, &open).or_else(|| most_loaded(state, &open));

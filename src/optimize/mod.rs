@@ -58,8 +58,8 @@ pub fn optimize(
 /// `optimize` with the greedy's searches bounded by `budget`: a work budget (rows read
 /// by exact evaluations; the result is then still a function of the inputs and the seed)
 /// and/or a time budget in seconds (anytime: the best placement found when the time is
-/// up, which depends on the machine). A complete placement is always built first;
-/// baselines ignore the budget.
+/// up, which depends on the machine). A complete placement is always built; the
+/// start's searches may use half of the budget. Baselines ignore the budget.
 pub fn optimize_within(
     table: &SubsetTable,
     num_gpus: usize,

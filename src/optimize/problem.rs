@@ -14,6 +14,9 @@ use crate::table::{ExpertIndex, SubsetTable};
 /// below i64::MAX, and a row lighter than 2^-40 of the total is negligible.
 const WEIGHT_SCALE: f64 = (1u64 << 40) as f64;
 
+/// Index entries copied per parallel task.
+const ROWS_PER_COPY: usize = 8192;
+
 /// Pairwise co-activation weights (weight of the rows holding both experts), sparse.
 pub struct CoActivation {
     offsets: Vec<usize>,
@@ -41,6 +44,11 @@ pub struct Problem<'a> {
     pub num_gpus: usize,
     pub index: ExpertIndex,
     pub weights: Vec<i64>,
+    /// The subsets and weights of the index's rows in its order (expert by expert): an
+    /// exact evaluation reads an expert's rows from one contiguous block instead of
+    /// from all over the table (the searches' time is mostly waiting on those reads).
+    by_expert: Vec<u16>,
+    weights_by_expert: Vec<i64>,
     /// Weight of the rows holding each expert (token load).
     pub load: Vec<i64>,
     pub coactivation: CoActivation,
@@ -71,11 +79,24 @@ impl<'a> Problem<'a> {
             .map(|e| index.rows_of(e).iter().map(|&r| weights[r as usize]).sum())
             .collect();
         let coactivation = coactivation(table, &index, &weights);
+        let k = table.k();
+        let mut by_expert = vec![0u16; index.rows.len() * k];
+        by_expert
+            .par_chunks_mut(ROWS_PER_COPY * k)
+            .zip(index.rows.par_chunks(ROWS_PER_COPY))
+            .for_each(|(out, rows)| {
+                for (o, &r) in out.chunks_exact_mut(k).zip(rows) {
+                    o.copy_from_slice(table.subset(r as usize));
+                }
+            });
+        let weights_by_expert = index.rows.iter().map(|&r| weights[r as usize]).collect();
         Problem {
             table,
             num_gpus,
             index,
             weights,
+            by_expert,
+            weights_by_expert,
             load,
             coactivation,
             effort: Effort::unlimited(),
@@ -92,6 +113,18 @@ impl<'a> Problem<'a> {
 
     pub fn row(&self, r: usize) -> &[u16] {
         self.table.subset(r)
+    }
+
+    /// The rows holding `expert`: their ids, their subsets (k ids each, in the same
+    /// order) and their weights.
+    pub fn rows_with(&self, expert: usize) -> (&[u32], &[u16], &[i64]) {
+        let range = self.index.offsets[expert]..self.index.offsets[expert + 1];
+        let k = self.k();
+        (
+            &self.index.rows[range.clone()],
+            &self.by_expert[range.start * k..range.end * k],
+            &self.weights_by_expert[range],
+        )
     }
 
     /// Weighted cost every placement reaches at least: each row costs >= ceil(k / G).

@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use super::problem::Problem;
 use crate::layout::{Change, Layout, Move};
-use crate::matching::RowScratch;
+use crate::limits::MAX_K;
+use crate::matching::{cost_from_masks, single_replica_cost, RowScratch};
+use crate::placement::Replicas;
 
 /// Rows per parallel task: a row costs 30-300 ns.
 pub const ROWS_PER_TASK: usize = 2048;
@@ -173,20 +175,73 @@ impl<'p> State<'p> {
     /// Exact change of the total if `changes` (of one or two distinct experts) were
     /// made, and the number of rows it read.
     pub fn delta(&self, changes: &[Change], scratch: &mut RowScratch) -> (i64, usize) {
+        if let Some(masks) = Replicas::masks(&self.layout) {
+            return self.delta_masks(masks, changes);
+        }
         let problem = self.problem;
+        let k = problem.k();
         let mut delta = 0i64;
         let mut read = 0usize;
         for (n, change) in changes.iter().enumerate() {
-            let rows = problem.index.rows_of(change.expert as usize);
+            let (rows, subsets, weights) = problem.rows_with(change.expert as usize);
             read += rows.len();
-            for &r in rows {
-                let row = problem.row(r as usize);
+            for ((&r, row), &w) in rows.iter().zip(subsets.chunks_exact(k)).zip(weights) {
                 // A row of several changed experts is counted with the first of them.
                 if changes[..n].iter().any(|c| row.contains(&c.expert)) {
                     continue;
                 }
                 let c = self.layout.row_cost(row, changes, scratch) as i64;
-                delta += (c - self.costs[r as usize] as i64) * problem.weights[r as usize];
+                delta += (c - self.costs[r as usize] as i64) * w;
+            }
+        }
+        (delta, read)
+    }
+
+    /// `delta` on at most 64 GPUs: the changes overlaid on the experts' GPU masks in
+    /// one tight loop per row (the searches' hot path).
+    fn delta_masks(&self, masks: &[u64], changes: &[Change]) -> (i64, usize) {
+        let problem = self.problem;
+        let k = problem.k();
+        // Per change: (expert, bits kept, bits added).
+        let overlay: Vec<(u16, u64, u64)> = changes
+            .iter()
+            .map(|c| {
+                let bit = |g: Option<u16>| g.map_or(0, |g| 1u64 << g);
+                (c.expert, !bit(c.remove), bit(c.add))
+            })
+            .collect();
+        let mut delta = 0i64;
+        let mut read = 0usize;
+        let mut row_masks = [0u64; MAX_K];
+        for (n, change) in changes.iter().enumerate() {
+            let (rows, subsets, weights) = problem.rows_with(change.expert as usize);
+            read += rows.len();
+            let earlier = &overlay[..n];
+            'rows: for ((&r, row), &w) in rows.iter().zip(subsets.chunks_exact(k)).zip(weights) {
+                let out = &mut row_masks[..k];
+                let mut union = 0u64;
+                let mut single = true;
+                for (o, &e) in out.iter_mut().zip(row) {
+                    // A row of several changed experts is counted with the first of them.
+                    if earlier.iter().any(|c| c.0 == e) {
+                        continue 'rows;
+                    }
+                    let mut m = masks[e as usize];
+                    for &(x, keep, add) in &overlay[n..] {
+                        if x == e {
+                            m = (m & keep) | add;
+                        }
+                    }
+                    union |= m;
+                    single &= m.is_power_of_two();
+                    *o = m;
+                }
+                let c = if single && union.count_ones() as usize == k {
+                    1
+                } else {
+                    single_replica_cost(out).unwrap_or_else(|| cost_from_masks(out))
+                };
+                delta += (c as i64 - self.costs[r as usize] as i64) * w;
             }
         }
         (delta, read)
@@ -205,6 +260,83 @@ impl<'p> State<'p> {
 mod tests {
     use super::*;
     use crate::table::SubsetTable;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Every kind of move's exact delta (the mask loop up to 64 GPUs, the general path
+    /// beyond) equals making the move and recomputing the total from scratch, on random
+    /// tables and layouts with replicas, and the state's costs stay exact.
+    #[test]
+    fn deltas_equal_recomputed_totals() {
+        let mut rng = SmallRng::seed_from_u64(17);
+        let mut checked = 0;
+        for case in 0..300 {
+            let num_gpus = if case % 5 == 0 {
+                rng.random_range(65..=90)
+            } else {
+                rng.random_range(2..=8)
+            };
+            let e = rng.random_range(4..=20);
+            let k = rng.random_range(1..=e.min(16));
+            let table = crate::optimize::skewed_table(case, 60, e as u64, k, 3, 61);
+            let problem = Problem::new(&table, num_gpus);
+            // Few GPUs in use so that rows of several rounds are common; some replicas.
+            let spread = rng.random_range(1..=num_gpus.min(4));
+            let mut layout = Layout::new(e, num_gpus);
+            for x in 0..e {
+                layout.add(x, rng.random_range(0..spread));
+                if rng.random_bool(0.3) {
+                    let g = rng.random_range(0..num_gpus);
+                    if !layout.holds(x, g) {
+                        layout.add(x, g);
+                    }
+                }
+            }
+            let mut state = State::new(&problem, layout);
+            let mut scratch = RowScratch::new(num_gpus);
+            for _ in 0..20 {
+                let x = rng.random_range(0..e) as u16;
+                let y = rng.random_range(0..e) as u16;
+                let g = rng.random_range(0..num_gpus) as u16;
+                let l = &state.layout;
+                let from = l.gpus_of(x as usize)[rng.random_range(0..l.replicas(x as usize))];
+                let to = l.gpus_of(y as usize)[0];
+                let mv = match rng.random_range(0..4) {
+                    0 => Move::Swap {
+                        first: x,
+                        from,
+                        second: y,
+                        to,
+                    },
+                    1 => Move::Replace {
+                        old: x,
+                        gpu: from,
+                        new: y,
+                    },
+                    2 => Move::Relocate {
+                        expert: x,
+                        from,
+                        to: g,
+                    },
+                    _ => Move::Add { expert: x, gpu: g },
+                };
+                if !l.allows(mv, usize::MAX) {
+                    continue;
+                }
+                let (delta, _) = state.move_delta(mv, &mut scratch);
+                let before = state.total;
+                state.apply(mv);
+                assert_eq!(state.total, before + delta, "case {case} {mv:?}");
+                assert_eq!(
+                    state.total,
+                    total_cost(&problem, &state.layout),
+                    "case {case}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "{checked} moves checked");
+    }
 
     #[test]
     fn swap_delta_matches_recomputed_total() {

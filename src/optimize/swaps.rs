@@ -46,9 +46,14 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let mut checkpoint = (0usize, state.total);
     let mut scratch = RowScratch::new(state.layout.num_gpus());
     let effort = &state.problem.effort;
+    // Every `patience` rows the total must have fallen by MIN_PROGRESS of itself.
+    let out_of_patience = |spent: usize, total: i64, checkpoint: (usize, i64)| {
+        spent - checkpoint.0 >= limits.patience
+            && ((checkpoint.1 - total) as f64) < MIN_PROGRESS * checkpoint.1 as f64
+    };
     'search: while spent < limits.max_rows && state.total > floor && !effort.exhausted() {
         if spent - checkpoint.0 >= limits.patience {
-            if ((checkpoint.1 - state.total) as f64) < MIN_PROGRESS * checkpoint.1 as f64 {
+            if out_of_patience(spent, state.total, checkpoint) {
                 break;
             }
             checkpoint = (spent, state.total);
@@ -82,7 +87,12 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
                 improved = true;
                 break;
             }
-            if spent >= limits.max_rows || effort.exhausted() {
+            // The patience is checked between batches too: one pass down a long list of
+            // candidates may read several times the patience for a last small gain.
+            if spent >= limits.max_rows
+                || effort.exhausted()
+                || out_of_patience(spent, state.total, checkpoint)
+            {
                 break 'search;
             }
         }
