@@ -176,7 +176,7 @@ def optimize_batch(
     replica of an expert that has several into one of another expert, move or add a
     replica where a slot is free) from `start_placement`, keeping every move that lowers
     the mean step time of a fixed sample of `num_batches` batches of `batch_size` tokens
-    drawn from the trace (default: 8,192 single tokens at B = 1, else about 4,096
+    drawn from the trace (default: 8,192 single tokens at B = 1, else about 8,192
     tokens in all, 16 to 512 batches).
 
     Never worse than `start_placement` on its sample; at most `max_evaluations`

@@ -205,17 +205,18 @@ pub struct BatchSearchOptions {
 
 impl BatchSearchOptions {
     /// Single tokens are timed by the 64-bit matching (~0.1 us), so B = 1 affords 8,192
-    /// of them; larger batches get about 4,096 tokens in all, 16 to 512 batches: enough
+    /// of them; larger batches get about 8,192 tokens in all, 16 to 512 batches: enough
     /// that what the search gains on the sample carries to other batches, few enough to
-    /// score thousands of moves. (With 2,048 tokens, 32 batches at B = 64, plans of the
-    /// DeepSeek-V3-size layers of `benches/bench_v3_batch.py` fitted their sample: 6 of
-    /// 16 layers took up to 1.2% longer on held batches than before the rounds screen,
-    /// which lets the search afford twice the batches; with 4,096 all 16 are faster.)
+    /// score thousands of moves. On the DeepSeek-V3-size layers of
+    /// `benches/bench_v3_batch.py` at B = 64, plans on 2,048 tokens (32 batches) fitted
+    /// their sample (6 of 16 layers up to 1.2% slower on held batches than the search
+    /// before the rounds screen); on 4,096 one of 16 layers was still 0.18% slower; on
+    /// 8,192 every one is faster (worst -0.08%), for 1.5x the CPU of 4,096.
     pub fn default_num_batches(batch_size: usize) -> usize {
         if batch_size <= 1 {
             8192
         } else {
-            (4096 / batch_size).clamp(16, 512)
+            (8192 / batch_size).clamp(16, 512)
         }
     }
 }
