@@ -19,6 +19,7 @@ use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::check_memory;
 use crate::placement::Placement;
+use crate::replan::copies;
 use crate::rng::SplitMix64;
 use crate::table::SubsetTable;
 use crate::topology::Topology;
@@ -80,10 +81,18 @@ impl<'a> Search<'a> {
 
     /// The change of the weighted time sum if `mv` were made (made and taken back).
     fn delta(&mut self, mv: Move) -> f64 {
-        self.epoch += 1;
         self.layout.apply(mv);
+        let d = self.retime(mv.experts(), false);
+        self.layout.undo(mv);
+        d
+    }
+
+    /// The change of the weighted time sum from the rows of `experts` (each row once)
+    /// between their recorded times and the layout's; with `keep`, those times recorded.
+    fn retime(&mut self, experts: impl IntoIterator<Item = u16>, keep: bool) -> f64 {
+        self.epoch += 1;
         let mut d = 0.0;
-        for e in mv.experts() {
+        for e in experts {
             for i in 0..self.rows_of[e as usize].len() {
                 let r = self.rows_of[e as usize][i] as usize;
                 if self.stamp[r] == self.epoch {
@@ -100,9 +109,11 @@ impl<'a> Search<'a> {
                 )
                 .0;
                 d += self.table.weights()[r] * (t - self.times[r]);
+                if keep {
+                    self.times[r] = t;
+                }
             }
         }
-        self.layout.undo(mv);
         d
     }
 
@@ -131,33 +142,10 @@ impl<'a> Search<'a> {
     /// The change of the weighted time sum if GPUs a and b traded all their experts, or
     /// (with `keep`) the trade made and the row times updated.
     fn gpu_swap(&mut self, a: usize, b: usize, keep: bool) -> f64 {
-        self.epoch += 1;
         let mut experts: Vec<u16> = self.layout.experts_on(a).to_vec();
         experts.extend_from_slice(self.layout.experts_on(b));
         swap_gpus(&mut self.layout, a, b);
-        let mut d = 0.0;
-        for e in experts {
-            for i in 0..self.rows_of[e as usize].len() {
-                let r = self.rows_of[e as usize][i] as usize;
-                if self.stamp[r] == self.epoch {
-                    continue;
-                }
-                self.stamp[r] = self.epoch;
-                let row = self.row(r);
-                let t = token_time(
-                    row,
-                    &self.layout,
-                    self.topology,
-                    self.round_us,
-                    &mut self.scratch,
-                )
-                .0;
-                d += self.table.weights()[r] * (t - self.times[r]);
-                if keep {
-                    self.times[r] = t;
-                }
-            }
-        }
+        let d = self.retime(experts, keep);
         if !keep {
             swap_gpus(&mut self.layout, a, b);
         }
@@ -399,21 +387,9 @@ pub fn improve(
         }
     }
     let found = s.layout.to_placement()?;
-    let moved = replica_moves(start, &found);
+    let moved = copies(start, &found);
     debug_assert!(limits.max_moves.is_none() || moved == s.moved);
     Ok((found, moved))
-}
-
-/// Replicas of `to` that `from` lacks (the weight copies that turn `from` into `to`).
-pub fn replica_moves(from: &Placement, to: &Placement) -> usize {
-    (0..to.num_experts())
-        .map(|e| {
-            to.gpus_of(e)
-                .iter()
-                .filter(|&&g| !from.holds(e, g as usize))
-                .count()
-        })
-        .sum()
 }
 
 #[cfg(test)]
@@ -443,7 +419,7 @@ mod tests {
         let (p, moved) = improve(&t, &start, 3, &topo, 47.0, limits(None)).unwrap();
         let after = expected_time(&t, &p, &topo, 47.0).unwrap();
         assert!(after < before, "{after} vs {before}");
-        assert_eq!(moved, replica_moves(&start, &p));
+        assert_eq!(moved, copies(&start, &p));
         assert_eq!(p.slots_used(), vec![3; 16]);
     }
 
@@ -456,10 +432,7 @@ mod tests {
         let mut last = before;
         for m in [0, 2, 6, 20] {
             let (p, moved) = improve(&t, &start, 5, &topo, 1.0, limits(Some(m))).unwrap();
-            assert!(
-                moved <= m && replica_moves(&start, &p) == moved,
-                "{m}: {moved}"
-            );
+            assert!(moved <= m && copies(&start, &p) == moved, "{m}: {moved}");
             let cost = expected_time(&t, &p, &topo, 1.0).unwrap();
             assert!(cost <= before + 1e-12);
             if m == 0 {
@@ -505,7 +478,7 @@ mod tests {
         assert!((expected_time(&t, &p, &topo, 47.0).unwrap() - one_node).abs() < 1e-9);
         // Same rounds (one per token), every expert on a new GPU or not.
         assert_eq!(crate::cost::subset_costs(&t, &p).unwrap(), vec![1, 1]);
-        assert_eq!(moved, replica_moves(&start, &p));
+        assert_eq!(moved, copies(&start, &p));
     }
 
     #[test]
