@@ -184,8 +184,11 @@ def test_scaling_every_weight_keeps_the_batch_placement(bundled_tables):
 
 INTERRUPTED_RUN = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import moefast as mf
+    # As at a terminal, even when the tests run where SIGINT is ignored (nohup, a
+    # background job): Python keeps an ignored SIGINT ignored at start-up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     trace = mf.synthetic_trace(40_000, 64, 6, 2, seed=1)
     print("ready", flush=True)
     began = time.perf_counter()
