@@ -120,23 +120,7 @@ impl<'a> Search<'a> {
     fn make(&mut self, mv: Move) {
         self.moved = (self.moved as isize + self.moves_delta(mv)) as usize;
         self.layout.apply(mv);
-        let mut done: Vec<u32> = Vec::new();
-        for e in mv.experts() {
-            done.extend(&self.rows_of[e as usize]);
-        }
-        done.sort_unstable();
-        done.dedup();
-        for r in done {
-            let row = self.row(r as usize);
-            self.times[r as usize] = token_time(
-                row,
-                &self.layout,
-                self.topology,
-                self.round_us,
-                &mut self.scratch,
-            )
-            .0;
-        }
+        self.retime(mv.experts(), true);
     }
 
     /// The change of the weighted time sum if GPUs a and b traded all their experts, or

@@ -152,6 +152,12 @@ def place(
     )
 
 
+def _default_num_batches(batch_size: int) -> int:
+    """The sample `place_batch` searches on (and `sample_batch_time` scores) by default:
+    about 8,192 tokens in all, 16 to 128 batches."""
+    return min(128, max(16, 8192 // batch_size))
+
+
 def place_batch(
     table: SubsetTable,
     starts: Sequence[Placement],
@@ -184,7 +190,7 @@ def place_batch(
             raise TypeError(f"starts[{i}] must be a Placement, got {type(s).__name__}")
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
-        num_batches = min(128, max(16, 8192 // batch_size))
+        num_batches = _default_num_batches(batch_size)
     return _core.improve_batch_placement(
         table,
         starts,
@@ -217,7 +223,7 @@ def sample_batch_time(
     sample)."""
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
-        num_batches = min(128, max(16, 8192 // batch_size))
+        num_batches = _default_num_batches(batch_size)
     _, mean = _core.improve_batch_placement(
         table,
         [placement],

@@ -234,18 +234,9 @@ mod tests {
             weights.push(rng.random_range(1..=5) as f64);
         }
         let table = SubsetTable::from_subsets(&ids, k, e, &weights).unwrap();
-        let mut layout = Layout::new(e, num_gpus);
         // Few GPUs in use so that costs above 1 are common.
         let spread = rng.random_range(1..=3.min(num_gpus));
-        for x in 0..e {
-            layout.add(x, rng.random_range(0..spread));
-            if rng.random_bool(0.3) {
-                let g = rng.random_range(0..num_gpus);
-                if !layout.holds(x, g) {
-                    layout.add(x, g);
-                }
-            }
-        }
+        let layout = crate::optimize::random_layout(rng, e, num_gpus, spread);
         (table, layout)
     }
 

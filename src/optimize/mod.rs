@@ -176,6 +176,30 @@ pub(crate) fn skewed_table(
     SubsetTable::from_topk(&ids, k, experts as usize, None).unwrap()
 }
 
+/// The optimizers' one random test layout: each of `experts` on one of the first `spread`
+/// GPUs (few GPUs in use, so rows of several rounds are common), and with probability 0.3
+/// a second replica on any of `num_gpus`.
+#[cfg(test)]
+pub(crate) fn random_layout(
+    rng: &mut rand::rngs::SmallRng,
+    experts: usize,
+    num_gpus: usize,
+    spread: usize,
+) -> crate::layout::Layout {
+    use rand::Rng;
+    let mut layout = crate::layout::Layout::new(experts, num_gpus);
+    for x in 0..experts {
+        layout.add(x, rng.random_range(0..spread));
+        if rng.random_bool(0.3) {
+            let g = rng.random_range(0..num_gpus);
+            if !layout.holds(x, g) {
+                layout.add(x, g);
+            }
+        }
+    }
+    layout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

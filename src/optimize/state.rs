@@ -282,16 +282,7 @@ mod tests {
             let problem = Problem::new(&table, num_gpus);
             // Few GPUs in use so that rows of several rounds are common; some replicas.
             let spread = rng.random_range(1..=num_gpus.min(4));
-            let mut layout = Layout::new(e, num_gpus);
-            for x in 0..e {
-                layout.add(x, rng.random_range(0..spread));
-                if rng.random_bool(0.3) {
-                    let g = rng.random_range(0..num_gpus);
-                    if !layout.holds(x, g) {
-                        layout.add(x, g);
-                    }
-                }
-            }
+            let layout = crate::optimize::random_layout(&mut rng, e, num_gpus, spread);
             let mut state = State::new(&problem, layout);
             let mut scratch = RowScratch::new(num_gpus);
             for _ in 0..20 {
