@@ -195,11 +195,12 @@ INTERRUPTED_RUN = textwrap.dedent(
     if sys.argv[1] == "plan":  # layers on a thread pool, greedy in each; plans again
         while time.perf_counter() - began < 3.0:  # so that a faster build still runs 3 s
             mf.plan(trace, 8, 12, coverage=1.0, progress=False)
-    else:  # one batch-aware search
+    else:  # batch-aware searches, again until 3 s have passed
         table = trace.table(0)
         start = mf.optimize(table, 8, 12, method="eplb")
-        mf.batch.optimize_batch(table, start, 12, mf.CostModel(130.0, 0.5), 64,
-                                num_batches=64, max_evaluations=800)
+        while time.perf_counter() - began < 3.0:
+            mf.batch.optimize_batch(table, start, 12, mf.CostModel(130.0, 0.5), 64,
+                                    num_batches=64, max_evaluations=800)
     print(f"finished {time.perf_counter() - began:.3f}", flush=True)
     """
 )
