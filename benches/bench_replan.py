@@ -3,13 +3,20 @@
     pytest benches/bench_replan.py -s
 
 The DeepSeek-V3-size layer of `bench_topology` (256 experts, top-8 with 4 of 8 groups per
-token; 4 nodes x 8 GPUs, 9 slots: 288 slots), compute-only decode cost in expert rounds.
-A plan for one trace is re-planned for another with at most m copies (5%, 10%, 20% of the
-slots): `moefast.replan` (the relabelled full re-plan and the walk by exact gain per
-copy) beside the node-aware search's sampled moves toward the full re-plan
-(`moefast.topology.place`, the previous re-planner) at 10% of the slots, in the same
-run. Reported: the share of the full re-plan's gain recovered, and CPU seconds of this
-process.
+token; 4 nodes x 8 GPUs, 9 slots: 288 slots). A plan for one trace (20,000 tokens) is
+re-planned for another: of 40,000 tokens after the shift, the first half plans (the full
+re-plan and the re-plan with at most m copies) and the second half scores (held out).
+
+Decode (compute-only cost in expert rounds): `moefast.replan` at 5%, 10% and 20% of the
+slots, its share of the full re-plan's gain held out and in-sample (on the tokens planned
+on), beside the node-aware search's sampled moves toward the full re-plan
+(`moefast.topology.place`, the previous re-planner) at 10%.
+
+Batches (`optimize(objective="batch", current=, max_moves=)`, DeepSeek-V3 expert times
+of DESIGN 2.2) at B = 64 and 256: mean step time of 48 held-out batches for the served
+placement, the full batch re-plan and the re-plan with 10% of the slots, beside the
+previous batch re-plan (the decode walk, then the faster of it and the served placement
+by simulated step time). CPU seconds of this process.
 """
 
 from __future__ import annotations
@@ -17,28 +24,51 @@ from __future__ import annotations
 import time
 
 import moefast as mf
-from bench_topology import SLOTS, E, G, group_limited_topk
+import numpy as np
+from bench_topology import COST, SLOTS, E, G, group_limited_topk
+from moefast.batch import batch_time, fastest_placement
 from moefast.replan import copies, relabel, replan
 from moefast.topology import place
 
 BUDGETS = (14, 29, 58)  # 5%, 10%, 20% of the 288 slots
+TENTH = 29
+SHIFTS = {
+    # The same router, another mix of requests (topics in another order of popularity).
+    "request mix": (dict(seed=1), dict(seed=1, mix_seed=5)),
+    # Another router altogether (every expert's popularity and partners redrawn).
+    "router redrawn": (dict(seed=1), dict(seed=2)),
+}
 
 
-def shift(name: str, before_topk, after_topk) -> dict[int, float]:
-    before = mf.SubsetTable.from_topk(before_topk, num_experts=E).prune(coverage=0.9)
-    after = mf.SubsetTable.from_topk(after_topk, num_experts=E).prune(coverage=0.9)
+def traces(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The served trace, and the shifted trace's planning and held-out halves."""
+    before, after = SHIFTS[name]
+    shifted = group_limited_topk(40_000, **after)
+    return group_limited_topk(20_000, **before), shifted[:20_000], shifted[20_000:]
+
+
+def share(stale: float, full: float, cost: float) -> float:
+    return (stale - cost) / (stale - full)
+
+
+def decode_shift(name: str) -> dict[int, tuple[float, float]]:
+    served_ids, plan_ids, held_ids = traces(name)
+    before = mf.SubsetTable.from_topk(served_ids, num_experts=E).prune(coverage=0.9)
+    after = mf.SubsetTable.from_topk(plan_ids, num_experts=E).prune(coverage=0.9)
+    held = mf.SubsetTable.from_topk(held_ids, num_experts=E)
     served = mf.optimize(before, G, SLOTS)
     full = mf.optimize(after, G, SLOTS)
-    stale, fresh = mf.expected_cost(after, served), mf.expected_cost(after, full)
-    gain = stale - fresh
+    stale, fresh = mf.expected_cost(held, served), mf.expected_cost(held, full)
+    stale_in, fresh_in = mf.expected_cost(after, served), mf.expected_cost(after, full)
     print(
-        f"\n{name}: served plan {stale:.4f} rounds on the new trace, full re-plan {fresh:.4f};"
-        f" the full re-plan copies {copies(served, full)} replicas,"
-        f" {copies(served, relabel(served, full))} once its GPUs are relabelled"
+        f"\n{name}, decode: served plan {stale:.4f} rounds held out ({stale_in:.4f} in-sample),"
+        f" full re-plan {fresh:.4f} ({fresh_in:.4f}); the full re-plan copies"
+        f" {copies(served, full)} replicas, {copies(served, relabel(served, full))} once its"
+        " GPUs are relabelled"
     )
     print(
-        "| max_moves | share of slots | moefast.replan: rounds, share of gain, CPU s |"
-        " place (sampled): rounds, share of gain, CPU s |"
+        "| max_moves | share of slots | moefast.replan: held-out rounds, share of gain"
+        " (in-sample share), CPU s | place (sampled): held-out rounds, share (in-sample), CPU s |"
     )
     print("| --- | --- | --- | --- |")
     shares = {}
@@ -48,35 +78,83 @@ def shift(name: str, before_topk, after_topk) -> dict[int, float]:
         ours_s = time.process_time() - t0
         assert r.copies <= m and copies(served, r.placement) == r.copies
         assert abs(mf.expected_cost(after, r.placement) - r.cost) < 1e-9
-        shares[m] = (stale - r.cost) / gain
+        cost = mf.expected_cost(held, r.placement)
+        shares[m] = (share(stale, fresh, cost), share(stale_in, fresh_in, r.cost))
         sampled = ""
-        if m == 29:  # the sampled search is slow: at 10% of the slots only
+        if m == TENTH:  # the sampled search is slow: at 10% of the slots only
             t0 = time.process_time()
             p, moved = place(after, served, SLOTS, max_moves=m, max_evaluations=8_000, target=full)
             theirs_s = time.process_time() - t0
             assert moved <= m
-            theirs = mf.expected_cost(after, p)
-            sampled = f"{theirs:.4f}, {(stale - theirs) / gain:.0%}, {theirs_s:.1f}"
+            theirs = mf.expected_cost(held, p)
+            theirs_in = share(stale_in, fresh_in, mf.expected_cost(after, p))
+            sampled = (
+                f"{theirs:.4f}, {share(stale, fresh, theirs):.0%} ({theirs_in:.0%}), {theirs_s:.1f}"
+            )
         print(
-            f"| {m} | {m / (G * SLOTS):.0%} | {r.cost:.4f}, {shares[m]:.0%}, {ours_s:.1f} |"
-            f" {sampled} |"
+            f"| {m} | {m / (G * SLOTS):.0%} | {cost:.4f}, {shares[m][0]:.0%}"
+            f" ({shares[m][1]:.0%}), {ours_s:.1f} | {sampled} |"
+        )
+    return shares
+
+
+def held_batch_time(held_ids: np.ndarray, placement: mf.Placement, b: int) -> float:
+    """Mean modeled step time (us) of 48 batches of `b` held-out tokens (the same batches
+    for every placement)."""
+    rng = np.random.default_rng(7)
+    draws = [held_ids[rng.choice(len(held_ids), b, replace=False)] for _ in range(48)]
+    return float(np.mean([batch_time(d, placement, COST) for d in draws]))
+
+
+def batch_shift(name: str) -> dict[int, float]:
+    served_ids, plan_ids, held_ids = traces(name)
+    before = mf.SubsetTable.from_topk(served_ids, num_experts=E).prune(coverage=0.9)
+    after = mf.SubsetTable.from_topk(plan_ids, num_experts=E).prune(coverage=0.9)
+    print(f"\n{name}, batches: held-out mean step time (us), re-plans at {TENTH} copies")
+    print(
+        "| B | served | full re-plan (copies) | moefast re-plan: time, share of gain, copies,"
+        " CPU s | previous (decode walk): time, share |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    shares = {}
+    for b in (64, 256):
+        options = {"objective": "batch", "batch_size": b, "cost_model": COST}
+        served = mf.optimize(before, G, SLOTS, **options)
+        t0 = time.process_time()
+        full = mf.optimize(after, G, SLOTS, **options)
+        full_s = time.process_time() - t0
+        t0 = time.process_time()
+        ours = mf.optimize(after, G, SLOTS, current=served, max_moves=TENTH, **options)
+        ours_s = time.process_time() - t0
+        assert copies(served, ours) <= TENTH
+        walked = replan(after, served, SLOTS, target=relabel(served, full), max_moves=TENTH)
+        previous = fastest_placement(after, [served, walked.placement], COST, b)
+        stale, fresh = held_batch_time(held_ids, served, b), held_batch_time(held_ids, full, b)
+        t_ours, t_prev = held_batch_time(held_ids, ours, b), held_batch_time(held_ids, previous, b)
+        shares[b] = share(stale, fresh, t_ours)
+        print(
+            f"| {b} | {stale:.1f} | {fresh:.1f} ({copies(served, relabel(served, full))},"
+            f" {full_s:.1f} s) | {t_ours:.1f}, {shares[b]:.0%}, {copies(served, ours)},"
+            f" {ours_s:.1f} | {t_prev:.1f}, {share(stale, fresh, t_prev):.0%} |"
         )
     return shares
 
 
 def test_replanning_with_few_moves_after_a_shift():
-    # The same router, another mix of requests (topics in another order of popularity).
-    mix = shift(
-        "request-mix shift",
-        group_limited_topk(20_000, seed=1),
-        group_limited_topk(20_000, seed=1, mix_seed=5),
+    decode = {name: decode_shift(name) for name in SHIFTS}
+    batches = {name: batch_shift(name) for name in SHIFTS}
+    print(
+        f"\n{TENTH} copies (10% of the slots), share of a full re-plan's gain, held out:"
+        + "".join(
+            f"\n  {name}: decode {decode[name][TENTH][0]:.0%}"
+            f" (in-sample {decode[name][TENTH][1]:.0%}),"
+            + ", ".join(f" B = {b}: {s:.0%}" for b, s in batches[name].items())
+            for name in SHIFTS
+        )
     )
-    # Another router altogether (every expert's popularity and partners redrawn).
-    other = shift(
-        "router redrawn",
-        group_limited_topk(20_000, seed=1),
-        group_limited_topk(20_000, seed=2),
-    )
-    print(f"\n10% of the slots: {mix[29]:.0%} (request mix), {other[29]:.0%} (router redrawn)")
-    # More moves never recover less (each run is a walk of its own, so this can fail).
-    assert 0 < mix[14] <= mix[29] <= mix[58] and 0 < other[29] <= other[58]
+    for name, shares in decode.items():
+        # More moves never recover less in-sample (each run is a walk of its own, so this
+        # can fail), and every re-plan gains.
+        in_sample = [shares[m][1] for m in BUDGETS]
+        assert 0 < in_sample[0] <= in_sample[1] <= in_sample[2], name
+        assert all(s > 0 for s in batches[name].values()), name

@@ -82,7 +82,7 @@ pub fn copies(from: &Placement, to: &Placement) -> usize {
 }
 
 /// Copies a move adds (negative: it puts back replicas `current` holds).
-fn move_copies(current: &Placement, mv: Move) -> isize {
+pub(crate) fn move_copies(current: &Placement, mv: Move) -> isize {
     let mut d = 0;
     for c in mv.changes().iter() {
         let e = c.expert as usize;

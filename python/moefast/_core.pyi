@@ -179,8 +179,10 @@ def optimize_batch(
     seed: int,
     num_batches: int | None,
     max_evaluations: int,
+    max_copies: int | None = None,
 ) -> Placement:
-    """Local search of the mean step time at `batch_size` from `start`."""
+    """Local search of the mean step time at `batch_size` from `start`; with
+    `max_copies`, a re-plan of `start` within that many copies."""
 
 _Transfer = tuple[float, Sequence[float], Sequence[float]]
 _Topology = tuple[int, bool, _Transfer, _Transfer]

@@ -171,6 +171,7 @@ def optimize_batch(
     seed: int = 0,
     num_batches: int | None = None,
     max_evaluations: int = 40_000,
+    max_moves: int | None = None,
 ) -> Placement:
     """Batch-aware placement of one layer: local search (swap two replicas, turn a
     replica of an expert that has several into one of another expert, move or add a
@@ -181,6 +182,12 @@ def optimize_batch(
 
     Never worse than `start_placement` on its sample; at most `max_evaluations`
     candidate moves are scored. Deterministic for a given seed.
+
+    With `max_moves`, `start_placement` is the placement being served and the result
+    copies at most `max_moves` expert replicas it lacks (`moefast.replan.copies`): each
+    step bounds every move the budget allows and makes the one of largest exact gain per
+    copy (moves that copy nothing first), until none gains; `max_evaluations` then
+    bounds the moves timed exactly.
     """
     cm = _cost_model(cost_model)
     start = _placement(start_placement, "start_placement")
@@ -200,6 +207,8 @@ def optimize_batch(
     max_evaluations = check_count("max_evaluations", max_evaluations, low=0)
     if num_batches is not None:
         num_batches = check_count("num_batches", num_batches)
+    if max_moves is not None:
+        max_moves = check_count("max_moves", max_moves, low=0)
     return _core.optimize_batch(
         topk,
         weights,
@@ -212,6 +221,7 @@ def optimize_batch(
         seed,
         num_batches,
         max_evaluations,
+        max_moves,
     )
 
 

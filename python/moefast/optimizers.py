@@ -92,9 +92,10 @@ def optimize(
     token per copy, `moefast.replan.price_per_copy`) only moves that gain more than they
     cost. The full re-plan by `method` is relabelled to share the most replicas with
     `current` and is the result when it fits. With a topology the node-aware search walks
-    from `current` (`copy_cost` is for the compute-only decode cost); with
-    `objective="batch"` the decode re-plan, the relabelled batch plan (if it fits) and
-    `current` are compared by simulated step time.
+    from `current` (`copy_cost` is for the compute-only decode cost). With
+    `objective="batch"` the batch search walks from `current` by the best gain in step
+    time per copy (`moefast.batch.optimize_batch(max_moves=)`); it, the relabelled batch
+    plan (if it fits) and `current` are compared by simulated step time.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -201,8 +202,18 @@ def optimize(
             max_evaluations=max_evaluations,
         )
         relabelled = relabel(current, fresh)
-        walked = replan(table, current, slots_per_gpu, target=relabelled, max_moves=max_moves)
-        options = [current, walked.placement]
+        walked = optimize_batch(
+            table,
+            current,
+            slots_per_gpu,
+            cost_model,
+            batch_size,
+            seed=seed,
+            num_batches=num_batches,
+            max_evaluations=max_evaluations,
+            max_moves=max_moves,
+        )
+        options = [current, walked]
         if max_moves is None or copies(current, relabelled) <= max_moves:
             options.append(relabelled)
         return fastest_placement(table, options, cost_model, batch_size, seed=seed)

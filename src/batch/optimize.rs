@@ -28,6 +28,7 @@ use crate::layout::{Layout, Move};
 use crate::limits::{MAX_BATCH, MAX_SAMPLED_TOKENS, MAX_SAMPLE_BATCHES};
 use crate::matching::SemiMatching;
 use crate::placement::Placement;
+use crate::replan::move_copies;
 use crate::rng::SplitMix64;
 
 /// Candidate moves scored per parallel round (a few per thread keeps threads busy).
@@ -42,6 +43,10 @@ const EXACT_GROUP: usize = 4;
 /// gained (about 1e-4 of the step time each, on the sample) left the step time of held
 /// batches 0.5% higher than without them. At B = 1 every gain is a multiple of f(1).
 const MIN_GAIN: f64 = 0.5;
+/// Re-planning (`Search::walk`): moves kept from a screen of all moves for the steps
+/// after it, and moves re-timed exactly at most per step.
+const SHORTLIST: usize = 2048;
+const EXACT_PER_STEP: usize = 512;
 /// Relative slack of the bound: a sum of r times f(n >= 1) is at least r f(1) up to rounding.
 const BOUND_SLACK: f64 = 1e-12;
 
@@ -128,6 +133,229 @@ impl Search<'_> {
         }
         scratch.undo(mv);
         Some(bound)
+    }
+
+    /// The search without a budget: passes over all moves in a seeded order, in chunks;
+    /// each chunk's best improving move is made, until a pass finds none.
+    fn passes(&mut self, rounds_solver: &mut RoundsSolver, options: BatchSearchOptions) {
+        let mut evaluations = 0;
+        for pass in 0u64.. {
+            let mut rng = SplitMix64::stream(options.seed, pass, 0x5eed);
+            let candidates = self.candidates(&mut rng);
+            let mut improved = false;
+            for chunk in candidates.chunks(CHUNK) {
+                if evaluations >= options.max_evaluations || cancel::requested() {
+                    break;
+                }
+                evaluations += chunk.len();
+                let objective: f64 = self
+                    .times
+                    .iter()
+                    .zip(&self.sample.weights)
+                    .map(|(t, w)| t * w)
+                    .sum();
+                let tol = 1e-9 * objective.max(1e-300);
+                let screen = tol.max(MIN_GAIN * self.unit);
+                let bounds: Vec<Option<f64>> = chunk
+                    .par_iter()
+                    .map_init(
+                        || {
+                            (
+                                self.layout.clone(),
+                                SemiMatching::new(self.layout.num_gpus()),
+                            )
+                        },
+                        |(scratch, matching), &mv| self.bound(scratch, matching, mv),
+                    )
+                    .collect();
+                // Moves that might improve, best bound first (ties: chunk order).
+                let mut order: Vec<(f64, usize)> = bounds
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, b)| b.filter(|&b| b < -screen).map(|b| (b, i)))
+                    .collect();
+                order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let mut best: Option<(usize, Scored)> = None;
+                for group in order.chunks(EXACT_GROUP) {
+                    let limit = best.as_ref().map_or(-tol, |(_, s)| s.delta);
+                    if group[0].0 >= limit {
+                        break;
+                    }
+                    let scored: Vec<(usize, Option<Scored>)> = group
+                        .par_iter()
+                        .filter(|&&(b, _)| b < limit)
+                        .map_init(
+                            || self.layout.clone(),
+                            |scratch, &(_, i)| (i, self.score(scratch, chunk[i])),
+                        )
+                        .collect();
+                    for (i, s) in scored {
+                        let Some(s) = s else { continue };
+                        let better = match &best {
+                            None => s.delta < -tol,
+                            Some((j, b)) => s.delta < b.delta || s.delta == b.delta && i < *j,
+                        };
+                        if better {
+                            best = Some((i, s));
+                        }
+                    }
+                }
+                if let Some((_, scored)) = best {
+                    self.make(rounds_solver, scored);
+                    improved = true;
+                }
+            }
+            if !improved || evaluations >= options.max_evaluations || cancel::requested() {
+                break;
+            }
+        }
+    }
+
+    /// Makes a scored move: the layout, the new times of the batches it touched and
+    /// their rounds.
+    fn make(&mut self, rounds_solver: &mut RoundsSolver, scored: Scored) {
+        self.layout.apply(scored.mv);
+        for (b, t) in scored.batches.into_iter().zip(scored.new_times) {
+            self.times[b as usize] = t;
+            self.rounds[b as usize] =
+                rounds_solver.solve(&self.layout, &self.sample.experts[b as usize]);
+        }
+    }
+
+    /// The improving move of `moves` (with their copies) of best exact change per copy:
+    /// every move is bounded, and the moves whose bound could beat the best found so far
+    /// are re-timed, best bound per copy first. The bound never exceeds the exact change,
+    /// so this is the best of the moves the screen passes (moves that copy nothing first;
+    /// ties: the order of `moves`), unless `cap` re-timings stop it first. Returns it
+    /// (index, scored), the screened moves best bound first, and the moves re-timed.
+    fn best_per_copy(
+        &self,
+        moves: &[(Move, isize)],
+        cap: usize,
+    ) -> (Option<(usize, Scored)>, Vec<usize>, usize) {
+        // (copies something, change per copy): the smaller the better.
+        let key = |delta: f64, copies: isize| {
+            if copies > 0 {
+                (1u8, delta / copies as f64)
+            } else {
+                (0u8, delta)
+            }
+        };
+        let before = |a: (u8, f64), b: (u8, f64)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).is_lt();
+        let objective: f64 = self
+            .times
+            .iter()
+            .zip(&self.sample.weights)
+            .map(|(t, w)| t * w)
+            .sum();
+        let tol = 1e-9 * objective.max(1e-300);
+        let screen = tol.max(MIN_GAIN * self.unit);
+        let bounds: Vec<Option<f64>> = moves
+            .par_iter()
+            .map_init(
+                || {
+                    (
+                        self.layout.clone(),
+                        SemiMatching::new(self.layout.num_gpus()),
+                    )
+                },
+                |(scratch, matching), &(mv, _)| self.bound(scratch, matching, mv),
+            )
+            .collect();
+        let mut order: Vec<((u8, f64), usize)> = bounds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.filter(|&b| b < -screen).map(|b| (key(b, moves[i].1), i)))
+            .collect();
+        order.sort_by(|a, b| {
+            (a.0 .0.cmp(&b.0 .0))
+                .then(a.0 .1.total_cmp(&b.0 .1))
+                .then(a.1.cmp(&b.1))
+        });
+        let mut best: Option<((u8, f64), usize, Scored)> = None;
+        let mut timed = 0;
+        for group in order.chunks(EXACT_GROUP) {
+            let limit = best.as_ref().map(|b| b.0);
+            if limit.is_some_and(|l| !before(group[0].0, l)) || timed >= cap {
+                break;
+            }
+            let scored: Vec<(usize, Option<Scored>)> = group
+                .par_iter()
+                .filter(|&&(k, _)| limit.is_none_or(|l| before(k, l)))
+                .map_init(
+                    || self.layout.clone(),
+                    |scratch, &(_, i)| (i, self.score(scratch, moves[i].0)),
+                )
+                .collect();
+            timed += scored.len();
+            for (i, s) in scored {
+                let Some(s) = s else { continue };
+                if s.delta >= -tol {
+                    continue;
+                }
+                let k = key(s.delta, moves[i].1);
+                let better = best
+                    .as_ref()
+                    .is_none_or(|b| before(k, b.0) || !before(b.0, k) && i < b.1);
+                if better {
+                    best = Some((k, i, s));
+                }
+            }
+        }
+        let screened = order.into_iter().map(|x| x.1).collect();
+        (best.map(|b| (b.1, b.2)), screened, timed)
+    }
+
+    /// Re-planning within `max_copies` copies from `home`, the layout the search started
+    /// from: each step makes the improving move of best exact change per copy that the
+    /// budget still allows (`best_per_copy`). A step screens the `SHORTLIST` moves that
+    /// screened best at the last screen of all moves; all moves are screened again when
+    /// none of those improves. Stops when no move improves, or when
+    /// `options.max_evaluations` moves were re-timed.
+    fn walk(
+        &mut self,
+        rounds_solver: &mut RoundsSolver,
+        home: &Placement,
+        max_copies: usize,
+        options: BatchSearchOptions,
+    ) {
+        let mut used = 0isize;
+        let mut evaluations = 0;
+        let mut shortlist: Vec<(Move, isize)> = Vec::new();
+        let mut everything = true;
+        for step in 0u64.. {
+            if evaluations >= options.max_evaluations || cancel::requested() {
+                break;
+            }
+            let left = max_copies as isize - used;
+            let moves: Vec<(Move, isize)> = if everything {
+                let mut rng = SplitMix64::stream(options.seed, step, 0x3e9a);
+                self.candidates(&mut rng)
+                    .into_iter()
+                    .map(|mv| (mv, move_copies(home, mv)))
+                    .filter(|&(_, c)| c <= left)
+                    .collect()
+            } else {
+                let fits =
+                    |&&(mv, c): &&(Move, isize)| c <= left && self.layout.allows(mv, self.slots);
+                shortlist.iter().filter(fits).copied().collect()
+            };
+            let cap = EXACT_PER_STEP.min(options.max_evaluations - evaluations);
+            let (best, screened, timed) = self.best_per_copy(&moves, cap);
+            evaluations += timed;
+            if everything {
+                shortlist = screened.iter().take(SHORTLIST).map(|&i| moves[i]).collect();
+            }
+            match best {
+                Some((i, scored)) => {
+                    used += moves[i].1;
+                    self.make(rounds_solver, scored);
+                    everything = false;
+                }
+                None if everything => break,
+                None => everything = true,
+            }
+        }
     }
 
     fn candidates(&self, rng: &mut SplitMix64) -> Vec<Move> {
@@ -231,6 +459,33 @@ pub fn optimize_batch(
     model: CostModel,
     options: BatchSearchOptions,
 ) -> Result<Placement> {
+    search_batch(trace, start, slots_per_gpu, model, options, None)
+}
+
+/// Re-planning for batches: from `current` (the placement served), the walk by gain per
+/// copy (`Search::walk`) within `max_copies` copies, replicas of the result that
+/// `current` lacks on their GPU (`crate::replan::copies`). Never worse than `current` on
+/// the sample. `options.max_evaluations` bounds the moves re-timed exactly.
+pub fn replan_batch(
+    trace: &Trace,
+    current: &Placement,
+    slots_per_gpu: usize,
+    model: CostModel,
+    options: BatchSearchOptions,
+    max_copies: usize,
+) -> Result<Placement> {
+    let budget = Some((current, max_copies));
+    search_batch(trace, current, slots_per_gpu, model, options, budget)
+}
+
+fn search_batch(
+    trace: &Trace,
+    start: &Placement,
+    slots_per_gpu: usize,
+    model: CostModel,
+    options: BatchSearchOptions,
+    budget: Option<(&Placement, usize)>,
+) -> Result<Placement> {
     if trace.num_layers() != 1 {
         return Err(MoeError::value(format!(
             "optimize_batch takes one layer, the trace has {}",
@@ -287,90 +542,9 @@ pub fn optimize_batch(
         rounds,
         unit: model.expert_time(1),
     };
-    let mut evaluations = 0;
-    for pass in 0u64.. {
-        let mut rng = SplitMix64::stream(options.seed, pass, 0x5eed);
-        let candidates = search.candidates(&mut rng);
-        let mut improved = false;
-        for chunk in candidates.chunks(CHUNK) {
-            if evaluations >= options.max_evaluations || cancel::requested() {
-                break;
-            }
-            evaluations += chunk.len();
-            let objective: f64 = search
-                .times
-                .iter()
-                .zip(&sample.weights)
-                .map(|(t, w)| t * w)
-                .sum();
-            let tol = 1e-9 * objective.max(1e-300);
-            let screen = tol.max(MIN_GAIN * search.unit);
-            let bounds: Vec<Option<f64>> = chunk
-                .par_iter()
-                .map_init(
-                    || {
-                        (
-                            search.layout.clone(),
-                            SemiMatching::new(search.layout.num_gpus()),
-                        )
-                    },
-                    |(scratch, matching), &mv| search.bound(scratch, matching, mv),
-                )
-                .collect();
-            // Moves that might improve, best bound first (ties: chunk order).
-            let mut order: Vec<(f64, usize)> = bounds
-                .iter()
-                .enumerate()
-                .filter_map(|(i, b)| b.filter(|&b| b < -screen).map(|b| (b, i)))
-                .collect();
-            order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            let mut best: Option<(usize, Scored)> = None;
-            for group in order.chunks(EXACT_GROUP) {
-                let limit = best.as_ref().map_or(-tol, |(_, s)| s.delta);
-                if group[0].0 >= limit {
-                    break;
-                }
-                let scored: Vec<(usize, Option<Scored>)> = group
-                    .par_iter()
-                    .filter(|&&(b, _)| b < limit)
-                    .map_init(
-                        || search.layout.clone(),
-                        |scratch, &(_, i)| (i, search.score(scratch, chunk[i])),
-                    )
-                    .collect();
-                for (i, s) in scored {
-                    let Some(s) = s else { continue };
-                    let better = match &best {
-                        None => s.delta < -tol,
-                        Some((j, b)) => s.delta < b.delta || s.delta == b.delta && i < *j,
-                    };
-                    if better {
-                        best = Some((i, s));
-                    }
-                }
-            }
-            if let Some((
-                _,
-                Scored {
-                    mv,
-                    batches,
-                    new_times,
-                    ..
-                },
-            )) = best
-            {
-                search.layout.apply(mv);
-                for (b, t) in batches.into_iter().zip(new_times) {
-                    search.times[b as usize] = t;
-                    search.rounds[b as usize] =
-                        rounds_solver.solve(&search.layout, &sample.experts[b as usize]);
-                }
-                improved = true;
-            }
-        }
-        if !improved || evaluations >= options.max_evaluations || cancel::requested() {
-            break;
-        }
+    match budget {
+        None => search.passes(&mut rounds_solver, options),
+        Some((home, max_copies)) => search.walk(&mut rounds_solver, home, max_copies, options),
     }
     search.layout.to_placement()
 }
@@ -504,6 +678,111 @@ mod tests {
             assert_eq!(scratch, layout);
         }
         assert!(checked > 1000, "{checked}");
+    }
+
+    /// Re-planning keeps its budget, is never worse than the served placement on its
+    /// sample, and with one copy at B = 1 (every gain a whole expert run, so the screen
+    /// passes every improving move) is at least as good as the best single move of one
+    /// copy found by timing every move of every case exactly.
+    #[test]
+    fn replanning_keeps_its_budget_and_beats_every_single_copy() {
+        let mut rng = SplitMix64::new(17);
+        let m = CostModel::new(47.0, 0.11, 1.5).unwrap();
+        let mut improved = 0;
+        for case in 0..10 {
+            let (experts, gpus, slots) = [(10, 3, 4), (13, 4, 4), (9, 4, 3)][case % 3];
+            let ids: Vec<i64> = (0..600)
+                .flat_map(|_| {
+                    let a = rng.below(experts / 2) as i64;
+                    let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
+                    [a, b]
+                })
+                .collect();
+            let trace = Trace::new(&ids, 1, 2, &[experts], None).unwrap();
+            let mut layout = Layout::new(experts, gpus);
+            for e in 0..experts {
+                layout.add(e, (e + case) % gpus);
+            }
+            while (0..gpus).any(|g| layout.used(g) < slots) {
+                let (e, g) = (rng.below(experts), rng.below(gpus));
+                if !layout.holds(e, g) && layout.used(g) < slots {
+                    layout.add(e, g);
+                }
+            }
+            let current = layout.to_placement().unwrap();
+            let batch = [1, 4][case % 2];
+            let opts = BatchSearchOptions {
+                batch_size: batch,
+                num_batches: 48,
+                seed: case as u64,
+                max_evaluations: 100_000,
+            };
+            let sample = sample_batches(&trace, experts, batch, 48, case as u64);
+            let objective = |p: &Placement| {
+                let mut solver = StepTimeSolver::new(p, m);
+                (0..sample.weights.len())
+                    .map(|b| sample.weights[b] * time_batch(&mut solver, &sample, b))
+                    .sum::<f64>()
+            };
+            let stale = objective(&current);
+            for budget in [0, 1, 2, 4] {
+                let p = replan_batch(&trace, &current, slots, m, opts, budget).unwrap();
+                assert!(crate::replan::copies(&current, &p) <= budget, "case {case}");
+                assert!(p.slots_used().iter().all(|&n| n <= slots));
+                assert!(objective(&p) <= stale + 1e-9 * stale, "case {case}");
+                if budget == 0 {
+                    assert_eq!(objective(&p), stale);
+                }
+                if budget == 4 && objective(&p) < stale * (1.0 - 1e-6) {
+                    improved += 1;
+                }
+                if budget == 1 && batch == 1 {
+                    let search_layout = Layout::from_placement(&current);
+                    let mut best = stale;
+                    let mut tried = 0;
+                    for mv in all_moves(&search_layout, slots) {
+                        if move_copies(&current, mv) > 1 {
+                            continue;
+                        }
+                        let mut l = search_layout.clone();
+                        l.apply(mv);
+                        best = best.min(objective(&l.to_placement().unwrap()));
+                        tried += 1;
+                    }
+                    assert!(tried > 10);
+                    assert!(objective(&p) <= best + 1e-9 * best, "case {case}");
+                }
+            }
+        }
+        assert!(improved >= 5, "only {improved} of 10 re-plans gained");
+    }
+
+    /// Every swap and replacement of `layout` (the moves of a full layout), plainly.
+    fn all_moves(layout: &Layout, slots: usize) -> Vec<Move> {
+        let (experts, gpus) = (layout.num_experts() as u16, layout.num_gpus() as u16);
+        let mut out = Vec::new();
+        for e in 0..experts {
+            for &g in layout.gpus_of(e as usize) {
+                for f in 0..experts {
+                    for &h in layout.gpus_of(f as usize) {
+                        out.push(Move::Swap {
+                            first: e,
+                            from: g,
+                            second: f,
+                            to: h,
+                        });
+                    }
+                    out.push(Move::Replace {
+                        old: e,
+                        gpu: g,
+                        new: f,
+                    });
+                }
+            }
+        }
+        assert!(gpus > 0);
+        out.retain(|&mv| layout.allows(mv, slots));
+        out
     }
 
     #[test]

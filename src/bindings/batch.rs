@@ -94,9 +94,10 @@ fn simulate_steps<'py>(
 
 /// A placement lowering the mean step time of sampled batches of `batch_size` tokens
 /// drawn from `topk` [tokens, k] (rows weighted by `weights` if given), by local search
-/// from `start` within `slots_per_gpu` experts per GPU.
+/// from `start` within `slots_per_gpu` experts per GPU; with `max_copies`, `start` is the
+/// placement served and the search re-plans it within that many copies.
 #[pyfunction]
-#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations))]
+#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations, max_copies=None))]
 #[allow(clippy::too_many_arguments)]
 fn optimize_batch(
     py: Python<'_>,
@@ -111,8 +112,13 @@ fn optimize_batch(
     seed: &Bound<'_, PyAny>,
     num_batches: Option<&Bound<'_, PyAny>>,
     max_evaluations: &Bound<'_, PyAny>,
+    max_copies: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyPlacement> {
     let model = CostModel::new(alpha, beta, p)?;
+    let max_copies = max_copies
+        .map(|m| non_negative("max_copies", m))
+        .transpose()?
+        .map(|m| m as usize);
     let slots = non_negative("slots_per_gpu", slots_per_gpu)? as usize;
     let batch_size = non_negative("batch_size", batch_size)? as usize;
     let seed = non_negative("seed", seed)?;
@@ -137,7 +143,10 @@ fn optimize_batch(
     };
     let placement = interruptible(py, || -> crate::Result<Placement> {
         let trace = Trace::new(&ids, 1, k, &[start.num_experts()], weights.as_deref())?;
-        optimize::optimize_batch(&trace, &start, slots, model, options)
+        match max_copies {
+            None => optimize::optimize_batch(&trace, &start, slots, model, options),
+            Some(m) => optimize::replan_batch(&trace, &start, slots, model, options, m),
+        }
     })?;
     Ok(PyPlacement {
         inner: std::sync::Arc::new(placement),
