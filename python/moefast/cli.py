@@ -114,6 +114,10 @@ def _print_topology(record: dict) -> None:
     from moefast.topology_plan import headline, time_rows
 
     print(
+        "(with --topology the rounds above are the node-aware plan's; its times with"
+        " communication follow)"
+    )
+    print(
         f"{record['basis']} modeled layer time with communication per layer"
         f" ({record['measure']}; {record['note']}); percent: slower than node-aware:"
     )
