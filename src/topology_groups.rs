@@ -128,12 +128,17 @@ impl Groups {
         for &m in &node {
             count[m] += 1;
         }
+        // A row's weight times its distinct nodes (a row has at most MAX_K groups; nodes
+        // may be more than 64, so no bit mask).
         let reached = |node: &[usize], r: usize| -> f64 {
-            let mut mask = 0u64;
-            for &g in &rows[r].0 {
-                mask |= 1 << node[g as usize];
-            }
-            rows[r].1 * f64::from(mask.count_ones())
+            let groups = &rows[r].0;
+            let distinct = (0..groups.len())
+                .filter(|&i| {
+                    let n = node[groups[i] as usize];
+                    groups[..i].iter().all(|&h| node[h as usize] != n)
+                })
+                .count();
+            rows[r].1 * distinct as f64
         };
         // The change of the weighted node count if groups `a` and `b` swapped nodes (b = None:
         // `a` moved to node `to`).
@@ -345,6 +350,19 @@ mod tests {
         assert!(msg(Groups::new(256, 32, 8, 65, 64)).contains("fewer than the slots_per_gpu"));
         let ok = Groups::new(256, 32, 8, 9, 8).unwrap();
         assert_eq!((ok.size, ok.num_nodes), (32, 4));
+    }
+
+    #[test]
+    fn more_than_64_nodes_are_counted_right() {
+        // 160 groups of 1 on 80 nodes of 1 GPU: tokens pick {2i, 2i+1}, pairs that fit a node
+        // of 2 slots; every pair should share a node (one node per token).
+        let ids: Vec<i64> = (0..800)
+            .flat_map(|i| [2 * (i % 80), 2 * (i % 80) + 1])
+            .collect();
+        let t = SubsetTable::from_topk(&ids, 2, 160, None).unwrap();
+        let groups = Groups::new(160, 80, 1, 2, 160).unwrap();
+        let node = groups.assign(&t);
+        assert!((0..80).all(|i| node[2 * i] == node[2 * i + 1]), "{node:?}");
     }
 
     #[test]

@@ -307,7 +307,9 @@ def plan(
     communication (`moefast.topology_plan.TimeComparison`) of the node-aware plan, EPLB
     hierarchical (with ``num_groups``), EPLB global and the compute-only plan, scored on the
     same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
-    rounds of ``evaluation`` are the node-aware plan's. Without a topology nothing changes.
+    rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
+    the compute-only searches only, and ``current=`` is refused with a topology (re-plan
+    with `optimize(current=, topology=)`). Without a topology nothing changes.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
