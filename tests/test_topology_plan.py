@@ -158,6 +158,10 @@ def test_plan_with_a_topology_reports_held_out_times_with_communication():
     in_sample = mf.plan(trace, 8, 5, topology=topo, holdout=0)
     assert in_sample.settings["topology"]["basis"] == "in-sample"
     assert EPLB_HIERARCHICAL not in in_sample.settings["topology"]["layer_times_us"]
+    # 3 nodes of 4 GPUs x 4 slots, 4 groups of 8 (not a multiple of the nodes).
+    odd = mf.plan(trace, 12, 4, topology=topo, num_groups=4)
+    assert EPLB_HIERARCHICAL not in odd.settings["topology"]["layer_times_us"]
+    assert "EPLB takes its global policy" in odd.settings["topology"]["note"]
     with pytest.raises(ValueError, match="num_groups needs topology"):
         mf.plan(trace, 8, 5, num_groups=4)
     with pytest.raises(ValueError, match="must divide the 32 experts"):

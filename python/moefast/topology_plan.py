@@ -236,6 +236,12 @@ def compare_times(
         ]
         if all(h is not None for h in hierarchical):
             placed[EPLB_HIERARCHICAL] = hierarchical  # type: ignore[assignment]
+        else:
+            nodes = num_gpus // topology.gpus_per_node
+            note += (
+                f"; no EPLB hierarchical column: with {num_groups} groups on {nodes} nodes"
+                " (not a multiple) EPLB takes its global policy"
+            )
     placed[EPLB_GLOBAL] = eplb_global
     placed[compute_only_label] = compute_only
     if batch_size is None:
