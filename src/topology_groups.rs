@@ -18,9 +18,30 @@ use crate::error::{MoeError, Result};
 use crate::layout::Layout;
 use crate::placement::Placement;
 use crate::table::SubsetTable;
+use crate::topology::Topology;
 
 /// Most rows re-counted by the group-to-node search (about a second at worst).
 const ASSIGN_WORK: usize = 20_000_000;
+
+/// What the group-to-node search weighs, per token: `node_us[m]`, the communication of a
+/// token reaching m nodes, and `pair_us`, the expected cost of two of its experts sharing a
+/// node (they may share a GPU: a round of `round_us` with chance 1 / GPUs per node).
+#[derive(Clone, Debug)]
+pub struct AssignCost {
+    pub node_us: Vec<f64>,
+    pub pair_us: f64,
+}
+
+impl AssignCost {
+    pub fn new(topology: &Topology, k: usize, num_gpus: usize, round_us: f64) -> Self {
+        AssignCost {
+            node_us: (0..=k)
+                .map(|m| topology.token_comm_us(k, m.max(1), num_gpus))
+                .collect(),
+            pair_us: round_us / topology.gpus_per_node as f64,
+        }
+    }
+}
 
 /// A feasible grouping: `num_groups` groups of `size` consecutive expert ids on
 /// `num_nodes` nodes of `gpus_per_node` GPUs.
@@ -97,29 +118,34 @@ impl Groups {
     }
 
     /// A node per group, each node holding `num_groups / num_nodes` groups or one more,
-    /// chosen so that the table's tokens reach few nodes: the weighted sum over rows of
-    /// the distinct nodes of their groups, lowered by exchanges of groups between nodes
-    /// (and moves from a fuller node to a less full one) from a round-robin start.
-    pub fn assign(&self, table: &SubsetTable) -> Vec<usize> {
+    /// chosen for the table's tokens by `cost` (`AssignCost`: the communication of the
+    /// nodes a token reaches against the rounds lost when its experts crowd one node),
+    /// lowered by exchanges of groups between nodes (and moves from a fuller node to a less
+    /// full one) from a round-robin start.
+    pub fn assign(&self, table: &SubsetTable, cost: &AssignCost) -> Vec<usize> {
         let (n, nodes) = (self.num_groups, self.num_nodes);
-        // Rows as their distinct groups, equal ones merged; only rows over 2+ groups matter.
-        let mut merged: HashMap<Vec<u32>, f64> = HashMap::new();
+        // Rows as (group, experts of the row in it), equal ones merged; only rows over 2+
+        // groups depend on the assignment.
+        let mut merged: HashMap<Vec<(u32, u32)>, f64> = HashMap::new();
         for (row, &w) in table.subsets().chunks_exact(table.k()).zip(table.weights()) {
-            let mut g: Vec<u32> = row
-                .iter()
-                .map(|&e| self.group_of(e as usize) as u32)
-                .collect();
+            let mut g: Vec<(u32, u32)> = Vec::with_capacity(row.len());
+            for &e in row {
+                let x = self.group_of(e as usize) as u32;
+                match g.iter_mut().find(|(y, _)| *y == x) {
+                    Some((_, c)) => *c += 1,
+                    None => g.push((x, 1)),
+                }
+            }
             g.sort_unstable();
-            g.dedup();
             if g.len() >= 2 {
                 *merged.entry(g).or_insert(0.0) += w;
             }
         }
-        let mut rows: Vec<(Vec<u32>, f64)> = merged.into_iter().collect();
+        let mut rows: Vec<(Vec<(u32, u32)>, f64)> = merged.into_iter().collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order: sums do not depend on hashing
         let mut rows_of = vec![Vec::new(); n];
         for (r, (g, _)) in rows.iter().enumerate() {
-            for &x in g {
+            for &(x, _) in g {
                 rows_of[x as usize].push(r);
             }
         }
@@ -128,17 +154,26 @@ impl Groups {
         for &m in &node {
             count[m] += 1;
         }
-        // A row's weight times its distinct nodes (a row has at most MAX_K groups; nodes
+        // A row's weighted cost: its distinct nodes' communication plus its pairs of
+        // experts of different groups on one node (a row has at most MAX_K groups; nodes
         // may be more than 64, so no bit mask).
         let reached = |node: &[usize], r: usize| -> f64 {
             let groups = &rows[r].0;
-            let distinct = (0..groups.len())
-                .filter(|&i| {
-                    let n = node[groups[i] as usize];
-                    groups[..i].iter().all(|&h| node[h as usize] != n)
-                })
-                .count();
-            rows[r].1 * distinct as f64
+            let (mut distinct, mut pairs) = (0, 0u32);
+            for (i, &(x, c)) in groups.iter().enumerate() {
+                let m = node[x as usize];
+                let mut first = true;
+                for &(y, d) in &groups[..i] {
+                    if node[y as usize] == m {
+                        first = false;
+                        pairs += c * d;
+                    }
+                }
+                distinct += usize::from(first);
+            }
+            rows[r].1
+                * (cost.node_us[distinct.min(cost.node_us.len() - 1)]
+                    + cost.pair_us * f64::from(pairs))
         };
         // The change of the weighted node count if groups `a` and `b` swapped nodes (b = None:
         // `a` moved to node `to`).
@@ -245,20 +280,49 @@ fn full(layout: Layout, slots: usize, what: &str) -> Result<Placement> {
     layout.to_placement()
 }
 
+/// The checked grouping and its node per group (`Groups::assign` under the topology).
+fn grouping(
+    table: &SubsetTable,
+    num_gpus: usize,
+    slots_per_gpu: usize,
+    topology: &Topology,
+    round_us: f64,
+    num_groups: usize,
+) -> Result<(Groups, Vec<usize>)> {
+    topology.check(num_gpus)?;
+    if !(round_us.is_finite() && round_us >= 0.0) {
+        return Err(MoeError::value(format!(
+            "round_us = {round_us}: must be finite and non-negative"
+        )));
+    }
+    let e = table.num_experts();
+    let groups = Groups::new(
+        e,
+        num_gpus,
+        topology.gpus_per_node,
+        slots_per_gpu,
+        num_groups,
+    )?;
+    let cost = AssignCost::new(topology, table.k(), num_gpus, round_us);
+    let nodes = groups.assign(table, &cost);
+    Ok((groups, nodes))
+}
+
 /// `source` made to keep each of `num_groups` expert groups on one node of
 /// `gpus_per_node` GPUs (module docs), every GPU full with `slots_per_gpu` experts.
 pub fn regroup(
     table: &SubsetTable,
     source: &Placement,
     slots_per_gpu: usize,
-    gpus_per_node: usize,
+    topology: &Topology,
+    round_us: f64,
     num_groups: usize,
 ) -> Result<Placement> {
     crate::cost::check_compatible(table, source)?;
     let (e, g) = (source.num_experts(), source.num_gpus());
     crate::limits::check_memory(e, g, slots_per_gpu)?;
-    let groups = Groups::new(e, g, gpus_per_node, slots_per_gpu, num_groups)?;
-    let nodes = groups.assign(table);
+    let (groups, nodes) = grouping(table, g, slots_per_gpu, topology, round_us, num_groups)?;
+    let gpus_per_node = groups.gpus_per_node;
     let load = count_load(table);
     // Heavy experts first, so that they keep the GPUs the source gave them.
     let mut order: Vec<usize> = (0..e).collect();
@@ -292,6 +356,73 @@ pub fn regroup(
     }
     fill_within_nodes(&mut layout, &groups, &nodes, &load, slots_per_gpu);
     full(layout, slots_per_gpu, "regroup")
+}
+
+/// A placement that keeps each group on one node, built from the table alone: groups on
+/// nodes as in `regroup`, each node's experts (heaviest first) on the GPU of the node where
+/// they are co-activated least with the experts already there (balanced: at most
+/// ceil(experts / GPUs) each), then free slots filled with the node's heaviest experts.
+pub fn spread_groups(
+    table: &SubsetTable,
+    num_gpus: usize,
+    slots_per_gpu: usize,
+    topology: &Topology,
+    round_us: f64,
+    num_groups: usize,
+) -> Result<Placement> {
+    let e = table.num_experts();
+    crate::limits::check_memory(e, num_gpus, slots_per_gpu)?;
+    let (groups, nodes) = grouping(
+        table,
+        num_gpus,
+        slots_per_gpu,
+        topology,
+        round_us,
+        num_groups,
+    )?;
+    let gpus_per_node = groups.gpus_per_node;
+    let node_of = |x: usize| nodes[groups.group_of(x)];
+    // co[a * e + b]: weight of the rows holding both a and b, for a and b on one node.
+    let mut co = vec![0.0f64; e * e];
+    for (row, &w) in table.subsets().chunks_exact(table.k()).zip(table.weights()) {
+        for (i, &a) in row.iter().enumerate() {
+            for &b in &row[i + 1..] {
+                let (a, b) = (a as usize, b as usize);
+                if node_of(a) == node_of(b) {
+                    co[a * e + b] += w;
+                    co[b * e + a] += w;
+                }
+            }
+        }
+    }
+    let load = count_load(table);
+    let mut order: Vec<usize> = (0..e).collect();
+    order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
+    let mut layout = Layout::new(e, num_gpus);
+    for &x in &order {
+        let node = node_of(x);
+        let here = (0..e).filter(|&y| node_of(y) == node).count();
+        let cap = here.div_ceil(gpus_per_node).min(slots_per_gpu);
+        let first = node * gpus_per_node;
+        let score = |g: usize| -> (f64, usize) {
+            let clash: f64 = layout
+                .experts_on(g)
+                .iter()
+                .map(|&y| co[x * e + y as usize])
+                .sum();
+            (clash, layout.used(g))
+        };
+        let at = (first..first + gpus_per_node)
+            .filter(|&g| layout.used(g) < cap)
+            .min_by(|&a, &b| {
+                let (sa, sb) = (score(a), score(b));
+                sa.0.total_cmp(&sb.0).then(sa.1.cmp(&sb.1)).then(a.cmp(&b))
+            })
+            .expect("a node has room for each of its experts");
+        layout.add(x, at);
+    }
+    fill_within_nodes(&mut layout, &groups, &nodes, &load, slots_per_gpu);
+    full(layout, slots_per_gpu, "spread_groups")
 }
 
 /// DeepSeek EPLB's hierarchical placement of the table's load (`crate::eplb`, groups
@@ -361,26 +492,44 @@ mod tests {
             .collect();
         let t = SubsetTable::from_topk(&ids, 2, 160, None).unwrap();
         let groups = Groups::new(160, 80, 1, 2, 160).unwrap();
-        let node = groups.assign(&t);
+        let together = AssignCost {
+            node_us: vec![0.0, 1.0, 2.0],
+            pair_us: 0.0,
+        };
+        let node = groups.assign(&t, &together);
         assert!((0..80).all(|i| node[2 * i] == node[2 * i + 1]), "{node:?}");
     }
 
     #[test]
-    fn assignment_puts_co_activated_groups_on_one_node() {
+    fn assignment_weighs_nodes_reached_against_crowded_nodes() {
         // 4 groups of 2 on 2 nodes; tokens pick groups {0, 2} or {1, 3}.
         let ids: Vec<i64> = (0..100)
             .flat_map(|i| if i % 2 == 0 { [0, 4] } else { [2, 6] })
             .collect();
         let t = SubsetTable::from_topk(&ids, 2, 8, None).unwrap();
         let groups = Groups::new(8, 4, 2, 2, 4).unwrap();
-        let node = groups.assign(&t);
-        assert_eq!(node[0], node[2]);
-        assert_eq!(node[1], node[3]);
+        // Expensive nodes, free crowding: partners share a node.
+        let together = AssignCost {
+            node_us: vec![0.0, 10.0, 20.0],
+            pair_us: 1.0,
+        };
+        let node = groups.assign(&t, &together);
+        assert_eq!((node[0], node[1]), (node[2], node[3]));
         assert_ne!(node[0], node[1]);
+        // Cheap nodes, costly crowding: partners on different nodes.
+        let apart = AssignCost {
+            node_us: vec![0.0, 10.0, 10.5],
+            pair_us: 1.0,
+        };
+        let node = groups.assign(&t, &apart);
+        assert!(node[0] != node[2] && node[1] != node[3], "{node:?}");
+        // The V3 preset's costs: a node is ~0.3 us, a crowded pair 47 / 8 us.
+        let v3 = AssignCost::new(&Topology::h800_normal(), 8, 32, 47.0);
+        assert!(v3.node_us[2] - v3.node_us[1] < v3.pair_us);
     }
 
     #[test]
-    fn regrouped_and_eplb_placements_keep_groups_on_nodes_and_fill_every_slot() {
+    fn regrouped_spread_and_eplb_placements_keep_groups_on_nodes_and_fill_every_slot() {
         for (seed, (e, g, gpn, slots, n)) in [
             (256, 32, 8, 9, 8),
             (64, 8, 4, 10, 4),
@@ -392,9 +541,17 @@ mod tests {
         {
             let t = crate::optimize::skewed_table(seed as u64, 2000, e as u64, 6, 8, 58);
             let source = crate::optimize::optimize(&t, g, slots, "greedy", 0).unwrap();
-            let p = regroup(&t, &source, slots, gpn, n).unwrap();
-            assert!(group_nodes(&p, n, gpn).is_ok(), "{e} {g} {gpn} {slots} {n}");
-            assert_eq!(p.slots_used(), vec![slots; g]);
+            let topo = Topology {
+                gpus_per_node: gpn,
+                ..Topology::h800_normal()
+            };
+            for p in [
+                regroup(&t, &source, slots, &topo, 47.0, n).unwrap(),
+                spread_groups(&t, g, slots, &topo, 47.0, n).unwrap(),
+            ] {
+                assert!(group_nodes(&p, n, gpn).is_ok(), "{e} {g} {gpn} {slots} {n}");
+                assert_eq!(p.slots_used(), vec![slots; g]);
+            }
             if let Some(h) = eplb_hierarchical(&t, g, slots, gpn, n).unwrap() {
                 assert!(group_nodes(&h, n, gpn).is_ok());
                 assert_eq!(h.slots_used(), vec![slots; g]);

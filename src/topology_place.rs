@@ -554,7 +554,7 @@ mod tests {
                 ..Topology::h800_normal()
             };
             let greedy = crate::optimize::optimize(&t, 16, 6, "greedy", seed).unwrap();
-            let start = crate::topology_groups::regroup(&t, &greedy, 6, 4, 8).unwrap();
+            let start = crate::topology_groups::regroup(&t, &greedy, 6, &topo, 47.0, 8).unwrap();
             let nodes = group_nodes(&start, 8, 4).unwrap();
             let l = SearchLimits {
                 num_groups: Some(8),

@@ -16,6 +16,7 @@ from moefast.topology import (
     place,
     regroup,
     sample_batch_time,
+    spread_groups,
 )
 from moefast.topology_plan import EPLB_GLOBAL, EPLB_HIERARCHICAL, NODE_AWARE, node_aware_decode
 from test_topology import brute_group_nodes
@@ -54,7 +55,7 @@ def test_grouped_decode_search_keeps_each_group_on_its_node_and_never_loses(shap
     for case in range(2):
         table = mf.SubsetTable.from_topk(grouped_topk(rng, 500, experts, groups, 4), experts)
         greedy = mf.optimize(table, gpus, slots, seed=case)
-        start = regroup(table, greedy, slots, num_groups=groups, gpus_per_node=gpn)
+        start = regroup(table, greedy, slots, num_groups=groups, topology=topology)
         nodes = full_and_grouped(start, slots, groups, gpn)
         assert nodes is not None
         found, _ = place(table, start, slots, topology=topology, num_groups=groups, seed=case)
@@ -63,7 +64,9 @@ def test_grouped_decode_search_keeps_each_group_on_its_node_and_never_loses(shap
         # optimize: never worse than the best grouped start (regrouped greedy, EPLB's).
         planned = mf.optimize(table, gpus, slots, topology=topology, num_groups=groups, seed=case)
         assert full_and_grouped(planned, slots, groups, gpn) is not None
-        starts = [start]
+        spread = spread_groups(table, gpus, slots, num_groups=groups, topology=topology)
+        assert full_and_grouped(spread, slots, groups, gpn) is not None
+        starts = [start, spread]
         hierarchical = eplb_hierarchical(table, gpus, slots, num_groups=groups, gpus_per_node=gpn)
         if groups % (gpus // gpn) == 0:
             assert hierarchical is not None

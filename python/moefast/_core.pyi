@@ -39,6 +39,7 @@ __all__ = [
     "topology_group_nodes",
     "topology_preset",
     "topology_regroup",
+    "topology_spread_groups",
     "topology_subset_times",
 ]
 __version__: Final[str]
@@ -262,10 +263,21 @@ def topology_regroup(
     table: SubsetTable,
     placement: Placement,
     slots_per_gpu: int,
-    gpus_per_node: int,
+    topology: _Topology,
+    round_us: float,
     num_groups: int,
 ) -> Placement:
     """`placement` made to keep each expert group on one node, every GPU full."""
+
+def topology_spread_groups(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    topology: _Topology,
+    round_us: float,
+    num_groups: int,
+) -> Placement:
+    """A placement keeping each expert group on one node, from the table's co-activation."""
 
 def topology_eplb_hierarchical(
     table: SubsetTable,

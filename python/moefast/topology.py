@@ -13,8 +13,9 @@ bounded (`batch_time`). `place` improves a placement for that time, or re-plans 
 placement with at most `max_moves` new replicas; `place_batch` improves one for the layer
 time of batches of B tokens (compute plus communication) on a fixed sample of batches.
 `num_groups` keeps each expert group on one node, as DeepSeek-V3's group-limited routing
-assumes (`group_nodes` checks it; `regroup` and `eplb_hierarchical` make placements that
-keep it, the starts of the grouped searches; `check` says whether a grouping fits at all).
+assumes (`group_nodes` checks it; `regroup`, `spread_groups` and `eplb_hierarchical` make
+placements that keep it, the starts of the grouped searches; `check` says whether a
+grouping fits at all).
 """
 
 from __future__ import annotations
@@ -287,14 +288,37 @@ def regroup(
     slots_per_gpu: int,
     *,
     num_groups: int,
-    gpus_per_node: int,
+    topology: Topology,
+    round_us: float = V3_ROUND_US,
 ) -> Placement:
     """`placement` (say, the compute-only greedy's) made to keep each of `num_groups` groups
-    of consecutive expert ids on one node: groups go to nodes so that the table's tokens
-    reach few nodes, each replica keeps its GPU's index inside the node, and free slots get
-    replicas of the node's heaviest experts. Every GPU is full. ValueError when the
-    grouping cannot fit (`check`)."""
-    return _core.topology_regroup(table, placement, slots_per_gpu, gpus_per_node, num_groups)
+    of consecutive expert ids on one node of `topology`: groups go to nodes by the table's
+    tokens (the communication of the nodes a token reaches against `round_us` per round
+    lost when its experts crowd one node: two experts of a node share a GPU with chance 1 /
+    GPUs per node), each replica keeps its GPU's index inside the node, and free slots get
+    replicas of the node's heaviest experts. Every GPU is full. ValueError when the grouping
+    cannot fit (`check`)."""
+    return _core.topology_regroup(
+        table, placement, slots_per_gpu, topology.as_tuple(), float(round_us), num_groups
+    )
+
+
+def spread_groups(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    num_groups: int,
+    topology: Topology,
+    round_us: float = V3_ROUND_US,
+) -> Placement:
+    """A placement that keeps each of `num_groups` groups on one node, from the table alone:
+    groups on nodes as in `regroup`, each node's experts (heaviest first) on the node's GPU
+    where they are co-activated least with the experts already there (at most
+    ceil(experts / GPUs) each), free slots filled with the node's heaviest experts."""
+    return _core.topology_spread_groups(
+        table, num_gpus, slots_per_gpu, topology.as_tuple(), float(round_us), num_groups
+    )
 
 
 def eplb_hierarchical(

@@ -5,10 +5,10 @@ communication that `moefast.plan` reports for them (issue 14).
 `plan(topology=...)` run after the compute-only plan: the decode search
 (`moefast.topology.place`) or the batch search (`place_batch`), with `num_groups` from
 the best start that keeps each expert group on one node (the compute-only starts
-regrouped, and EPLB's hierarchical placement). `compare_times` scores the node-aware plan
-beside EPLB (hierarchical when there are groups, global) and the compute-only plan, in us
-of modeled layer time with communication, on held-out tables when the plan holds tokens
-out.
+regrouped, one built from the table, and EPLB's hierarchical placement). `compare_times`
+scores the node-aware plan beside EPLB (hierarchical when there are groups, global) and the
+compute-only plan, in us of modeled layer time with communication, on held-out tables when
+the plan holds tokens out.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from moefast.topology import (
     place_batch,
     regroup,
     sample_batch_time,
+    spread_groups,
 )
 
 NODE_AWARE = "node-aware (moefast)"
@@ -41,17 +42,35 @@ def grouped_starts(
     starts: Sequence[Placement],
     slots_per_gpu: int,
     topology: Topology,
+    round_us: float,
     num_groups: int,
 ) -> list[Placement]:
     """Starts that keep each of `num_groups` groups on one node: each of `starts`
-    regrouped (`moefast.topology.regroup`), then EPLB's hierarchical placement when EPLB
-    takes that policy."""
-    gpn = topology.gpus_per_node
+    regrouped (`moefast.topology.regroup`), one built from the table (`spread_groups`),
+    then EPLB's hierarchical placement when EPLB takes that policy."""
+    num_gpus = starts[0].num_gpus
     out = [
-        regroup(table, s, slots_per_gpu, num_groups=num_groups, gpus_per_node=gpn) for s in starts
+        regroup(
+            table, s, slots_per_gpu, num_groups=num_groups, topology=topology, round_us=round_us
+        )
+        for s in starts
     ]
+    out.append(
+        spread_groups(
+            table,
+            num_gpus,
+            slots_per_gpu,
+            num_groups=num_groups,
+            topology=topology,
+            round_us=round_us,
+        )
+    )
     hierarchical = eplb_hierarchical(
-        table, starts[0].num_gpus, slots_per_gpu, num_groups=num_groups, gpus_per_node=gpn
+        table,
+        num_gpus,
+        slots_per_gpu,
+        num_groups=num_groups,
+        gpus_per_node=topology.gpus_per_node,
     )
     return out if hierarchical is None else [*out, hierarchical]
 
@@ -68,7 +87,7 @@ def best_decode_start(
     (`grouped_starts`) of least expected token time (the first on ties)."""
     if num_groups is None:
         return starts[0]
-    candidates = grouped_starts(table, starts, slots_per_gpu, topology, num_groups)
+    candidates = grouped_starts(table, starts, slots_per_gpu, topology, round_us, num_groups)
     times = [expected_time(table, p, topology, round_us=round_us) for p in candidates]
     return candidates[int(np.argmin(times))]
 
@@ -113,7 +132,10 @@ def node_aware_batch(
     """The batch search with communication (`place_batch`) from the best of `starts`
     (with `num_groups`: of the grouped starts, every group kept on one node)."""
     if num_groups is not None:
-        starts = grouped_starts(table, starts, slots_per_gpu, topology, num_groups)
+        # A round of decode is the cost model's weight read (alpha).
+        starts = grouped_starts(
+            table, starts, slots_per_gpu, topology, cost_model.alpha, num_groups
+        )
     placed, _ = place_batch(
         table,
         starts,

@@ -240,21 +240,43 @@ fn topology_check(
     Ok(())
 }
 
-/// `placement` made to keep each expert group on one node, every GPU full.
+/// `placement` made to keep each expert group on one node, every GPU full (groups placed
+/// on nodes for the topology's communication against round_us per crowded round).
 #[pyfunction]
 fn topology_regroup(
     py: Python<'_>,
     table: &PySubsetTable,
     placement: &PyPlacement,
     slots_per_gpu: &Bound<'_, PyAny>,
-    gpus_per_node: &Bound<'_, PyAny>,
+    topology: TopologyTuple,
+    round_us: f64,
     num_groups: &Bound<'_, PyAny>,
 ) -> PyResult<PyPlacement> {
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
-    let gpn = count_arg(gpus_per_node, "gpus_per_node", 1)?;
     let n = count_arg(num_groups, "num_groups", 1)?;
+    let t = self::topology(topology);
     let (table, placement) = (table.inner.clone(), placement.inner.clone());
-    let p = py.detach(|| topology_groups::regroup(&table, &placement, slots, gpn, n))?;
+    let p = py.detach(|| topology_groups::regroup(&table, &placement, slots, &t, round_us, n))?;
+    Ok(PyPlacement { inner: Arc::new(p) })
+}
+
+/// A placement that keeps each group on one node, built from the table's co-activation.
+#[pyfunction]
+fn topology_spread_groups(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    topology: TopologyTuple,
+    round_us: f64,
+    num_groups: &Bound<'_, PyAny>,
+) -> PyResult<PyPlacement> {
+    let g = count_arg(num_gpus, "num_gpus", 1)?;
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let n = count_arg(num_groups, "num_groups", 1)?;
+    let t = self::topology(topology);
+    let table = table.inner.clone();
+    let p = py.detach(|| topology_groups::spread_groups(&table, g, slots, &t, round_us, n))?;
     Ok(PyPlacement { inner: Arc::new(p) })
 }
 
@@ -289,5 +311,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topology_check, m)?)?;
     m.add_function(wrap_pyfunction!(topology_regroup, m)?)?;
     m.add_function(wrap_pyfunction!(topology_eplb_hierarchical, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_spread_groups, m)?)?;
     Ok(())
 }
