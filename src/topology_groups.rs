@@ -20,7 +20,7 @@ use crate::placement::Placement;
 use crate::table::SubsetTable;
 use crate::topology::Topology;
 
-/// Most rows re-counted by the group-to-node search (about a second at worst).
+/// Most rows re-counted (or pairs of groups tried) by the group-to-node search.
 const ASSIGN_WORK: usize = 20_000_000;
 
 /// What the group-to-node search weighs, per token: `node_us[m]`, the communication of a
@@ -188,7 +188,7 @@ impl Groups {
                 .copied()
                 .filter(|&r| std::mem::replace(&mut stamp[r], epoch) != epoch)
                 .collect();
-            work.set(work.get() + touched.len());
+            work.set(work.get() + touched.len().max(1));
             let before: f64 = touched.iter().map(|&r| reached(node, r)).sum();
             let from = node[a];
             node[a] = to;
@@ -207,6 +207,9 @@ impl Groups {
         loop {
             let mut improved = false;
             for a in 0..n {
+                if work.get() > ASSIGN_WORK {
+                    return node;
+                }
                 for b in a + 1..n {
                     if node[a] == node[b] {
                         continue;
@@ -382,15 +385,15 @@ pub fn spread_groups(
     )?;
     let gpus_per_node = groups.gpus_per_node;
     let node_of = |x: usize| nodes[groups.group_of(x)];
-    // co[a * e + b]: weight of the rows holding both a and b, for a and b on one node.
-    let mut co = vec![0.0f64; e * e];
+    // co[a][b]: weight of the rows holding both a and b, for a and b on one node (sparse:
+    // up to 65,535 experts).
+    let mut co: Vec<HashMap<u16, f64>> = vec![HashMap::new(); e];
     for (row, &w) in table.subsets().chunks_exact(table.k()).zip(table.weights()) {
         for (i, &a) in row.iter().enumerate() {
             for &b in &row[i + 1..] {
-                let (a, b) = (a as usize, b as usize);
-                if node_of(a) == node_of(b) {
-                    co[a * e + b] += w;
-                    co[b * e + a] += w;
+                if node_of(a as usize) == node_of(b as usize) {
+                    *co[a as usize].entry(b).or_insert(0.0) += w;
+                    *co[b as usize].entry(a).or_insert(0.0) += w;
                 }
             }
         }
@@ -398,17 +401,20 @@ pub fn spread_groups(
     let load = count_load(table);
     let mut order: Vec<usize> = (0..e).collect();
     order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
+    let mut on_node = vec![0usize; groups.num_nodes];
+    for x in 0..e {
+        on_node[node_of(x)] += 1;
+    }
     let mut layout = Layout::new(e, num_gpus);
     for &x in &order {
         let node = node_of(x);
-        let here = (0..e).filter(|&y| node_of(y) == node).count();
-        let cap = here.div_ceil(gpus_per_node).min(slots_per_gpu);
+        let cap = on_node[node].div_ceil(gpus_per_node).min(slots_per_gpu);
         let first = node * gpus_per_node;
         let score = |g: usize| -> (f64, usize) {
             let clash: f64 = layout
                 .experts_on(g)
                 .iter()
-                .map(|&y| co[x * e + y as usize])
+                .filter_map(|y| co[x].get(y))
                 .sum();
             (clash, layout.used(g))
         };

@@ -489,32 +489,22 @@ def plan(
             score_tables = split.test.tables()
         else:
             score_tables = list(plan_tables)
-        times = compare_times(
+        settings["topology"] = _topology_settings(
             score_tables,
             plan_tables,
             layer_ids,
+            placements,
+            compute_only,
+            comparison,
             num_gpus,
             slots_per_gpu,
-            node_aware=placements,
-            compute_only=compute_only,
-            compute_only_label=f"compute-only {'batch search' if objective == 'batch' else method}",
-            eplb_global=[optimize(t, num_gpus, slots_per_gpu, method="eplb") for t in plan_tables],
-            topology=topology,
-            round_us=round_us,
-            num_groups=num_groups,
-            basis=comparison.basis,
-            note=comparison.note,
-            cost_model=cost_model if objective == "batch" else None,
-            batch_size=batch_size if objective == "batch" else None,
-            seed=seed,
+            method,
+            seed,
+            topology,
+            round_us,
+            num_groups,
+            options,
         )
-        settings["topology"] = {
-            "gpus_per_node": topology.gpus_per_node,
-            "per_pair": topology.per_pair,
-            "num_groups": num_groups,
-            "round_us": round_us if objective == "decode" else None,
-            **times.as_settings(),
-        }
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
@@ -527,6 +517,54 @@ def plan(
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _topology_settings(
+    score_tables: Sequence[SubsetTable],
+    plan_tables: Sequence[SubsetTable],
+    layer_ids: list[int],
+    node_aware: Sequence[Placement],
+    compute_only: Sequence[Placement],
+    comparison: Comparison,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+    topology: Topology,
+    round_us: float,
+    num_groups: int | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """``settings["topology"]``: the topology, and each layer's time with communication of
+    the node-aware plan beside EPLB and the compute-only plan, scored on ``score_tables``
+    (the tokens ``comparison`` was scored on)."""
+    batch = options["objective"] == "batch"
+    times = compare_times(
+        score_tables,
+        plan_tables,
+        layer_ids,
+        num_gpus,
+        slots_per_gpu,
+        node_aware=node_aware,
+        compute_only=compute_only,
+        compute_only_label=f"compute-only {'batch search' if batch else method}",
+        eplb_global=[optimize(t, num_gpus, slots_per_gpu, method="eplb") for t in plan_tables],
+        topology=topology,
+        round_us=round_us,
+        num_groups=num_groups,
+        basis=comparison.basis,
+        note=comparison.note,
+        cost_model=options["cost_model"] if batch else None,
+        batch_size=options["batch_size"] if batch else None,
+        seed=seed,
+    )
+    return {
+        "gpus_per_node": topology.gpus_per_node,
+        "per_pair": topology.per_pair,
+        "num_groups": num_groups,
+        "round_us": None if batch else round_us,
+        **times.as_settings(),
+    }
 
 
 def _node_aware_layers(
