@@ -546,7 +546,7 @@ mod tests {
         .enumerate()
         {
             let t = crate::optimize::skewed_table(seed as u64, 2000, e as u64, 6, 8, 58);
-            let source = crate::optimize::optimize(&t, g, slots, "greedy", 0).unwrap();
+            let source = crate::optimize::optimize(&t, g, slots, "round_robin", 0).unwrap();
             let topo = Topology {
                 gpus_per_node: gpn,
                 ..Topology::h800_normal()

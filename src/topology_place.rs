@@ -547,24 +547,25 @@ mod tests {
     #[test]
     fn grouped_search_keeps_every_group_on_its_node_and_never_loses() {
         use crate::topology_batch::group_nodes;
-        for seed in 0..4u64 {
-            let t = crate::optimize::skewed_table(seed, 1500, 64, 6, 8, 58);
+        for seed in 0..2u64 {
+            let t = crate::optimize::skewed_table(seed, 600, 64, 6, 8, 58);
             let topo = Topology {
                 gpus_per_node: 4,
                 ..Topology::h800_normal()
             };
-            let greedy = crate::optimize::optimize(&t, 16, 6, "greedy", seed).unwrap();
-            let start = crate::topology_groups::regroup(&t, &greedy, 6, &topo, 47.0, 8).unwrap();
+            let source = crate::optimize::optimize(&t, 16, 6, "round_robin", 0).unwrap();
+            let start = crate::topology_groups::regroup(&t, &source, 6, &topo, 47.0, 8).unwrap();
             let nodes = group_nodes(&start, 8, 4).unwrap();
             let l = SearchLimits {
                 num_groups: Some(8),
                 seed,
+                max_evaluations: 800,
                 ..limits(None)
             };
             let (p, _) = improve(&t, &start, 6, &topo, 47.0, l).unwrap();
             assert_eq!(group_nodes(&p, 8, 4).unwrap(), nodes);
             let time = |x: &Placement| expected_time(&t, x, &topo, 47.0).unwrap();
-            assert!(time(&p) <= time(&start) + 1e-9);
+            assert!(time(&p) < time(&start), "{} vs {}", time(&p), time(&start));
             assert_eq!(p.slots_used(), vec![6; 16]);
         }
         // A start that splits a group is refused.
