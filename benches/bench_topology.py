@@ -1,6 +1,8 @@
 """Placement with communication (issue 14; re-planning with few moves: bench_replan.py).
 
     pytest benches/bench_topology.py -s
+    pytest benches/bench_topology.py -s -k grouped      # the grouped decode search
+    pytest benches/bench_topology.py -s -k cli          # moefast plan --topology, 4 V3 layers
 
 A DeepSeek-V3-size layer (256 experts, top-8 of 8 groups with top-4 groups per token) on
 4 nodes x 8 GPUs with 9 slots each, DeepEP's H800 normal-kernel topology. 60,000 tokens of
@@ -15,11 +17,13 @@ mean over the held-out table; B = 64, 256: mean achievable time of 48 held-out b
 
 from __future__ import annotations
 
+import resource
 import time
 
 import moefast as mf
 import numpy as np
 from moefast.batch import optimize_batch
+from moefast.cli import main
 from moefast.eplb import rebalance_experts
 from moefast.formats import placement_from_slots
 from moefast.topology import (
@@ -165,3 +169,70 @@ def test_node_aware_placement_against_eplb_and_compute_only():
         assert all(ours[b] < results[name][b] for b in (1, 64, 256)), name
     grouped = results["node-aware, groups on one node (moefast)"]
     assert all(grouped[b] < results["EPLB hierarchical"][b] for b in (1, 64, 256))
+
+
+def test_grouped_decode_search_against_eplb_hierarchical():
+    """B = 1, held out: the decode node-aware search with each of the 8 groups kept on one
+    node (`optimize(topology=, num_groups=8)`: from the better of the compute-only greedy
+    regrouped and EPLB hierarchical) against EPLB hierarchical, the unconstrained
+    node-aware search, EPLB global and the compute-only greedy."""
+    tokens = group_limited_topk(60_000, seed=1)
+    plan_tokens, held = tokens[:30_000], tokens[30_000:]
+    table = mf.SubsetTable.from_topk(plan_tokens, num_experts=E).prune(coverage=0.9)
+    held_table = mf.SubsetTable.from_topk(held, num_experts=E)
+    topology = Topology.preset("h800_normal")
+    load = np.bincount(plan_tokens.ravel(), minlength=E).astype(float)
+    greedy = mf.optimize(table, G, SLOTS)
+    cpu = {}
+    placed = {}
+    for name, groups in (("node-aware, 8 groups on one node each", GROUPS), ("node-aware", None)):
+        start = time.process_time()
+        placed[name] = mf.optimize(
+            table, G, SLOTS, topology=topology, round_us=COST.alpha, num_groups=groups
+        )
+        cpu[name] = time.process_time() - start
+    placed["EPLB hierarchical"] = eplb(load, hierarchical=True)
+    placed["EPLB global"] = eplb(load, hierarchical=False)
+    placed["compute-only greedy"] = greedy
+    grouped = placed["node-aware, 8 groups on one node each"]
+    assert group_nodes(grouped, GROUPS, GPN) is not None
+    times = {
+        name: expected_time(held_table, p, topology, round_us=COST.alpha)
+        for name, p in placed.items()
+    }
+    ours = times["node-aware, 8 groups on one node each"]
+    print(f"\nB = 1, 30,000 held-out tokens; CPU seconds of optimize (greedy included): {cpu}")
+    print("| placement | B=1 (us) | vs grouped node-aware |")
+    print("| --- | --- | --- |")
+    for name, t in times.items():
+        print(f"| {name} | {t:.2f} | {100 * (t / ours - 1):+.2f}% |")
+    assert ours < times["EPLB hierarchical"]
+
+
+def test_cli_plan_with_topology_on_v3_size_layers(tmp_path):
+    """`moefast plan --topology h800_normal --gpus-per-node 8 --num-groups 8` on 4 layers of
+    V3 size (256 experts, top-8, group-limited; 20,000 tokens each, 20% held out): CPU
+    seconds of the whole command (every thread of the process) beside the same command
+    without a topology."""
+    layers = np.stack([group_limited_topk(20_000, seed=s) for s in range(4)], axis=1)
+    trace = tmp_path / "v3.npz"
+    mf.Trace(layers, E, layer_ids=[3, 4, 5, 6]).save(trace)
+    base = ["plan", str(trace), "--gpus", str(G), "--slots", str(SLOTS), "--format", "json"]
+    base += ["--out", str(tmp_path / "p.json"), "--no-sweep"]
+    runs = {}
+    for name, extra in (
+        ("compute-only", []),
+        ("topology", ["--topology", "h800_normal", "--gpus-per-node", "8", "--num-groups", "8"]),
+    ):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        wall = time.perf_counter()
+        assert main([*base, *extra]) == 0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+        runs[name] = (cpu, time.perf_counter() - wall)
+    print()
+    for name, (cpu, wall) in runs.items():
+        print(f"moefast plan ({name}): {cpu:.1f} s CPU, {wall:.1f} s wall")
+    print(
+        f"ratio topology / compute-only: {runs['topology'][0] / runs['compute-only'][0]:.2f} (CPU)"
+    )

@@ -17,6 +17,7 @@ pub mod table;
 pub mod topology;
 pub mod topology_batch;
 pub mod topology_cost;
+pub mod topology_groups;
 pub mod topology_place;
 
 #[cfg(feature = "python")]

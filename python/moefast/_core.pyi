@@ -33,9 +33,13 @@ __all__ = [
     "simulate_steps",
     "subset_costs",
     "topology_batch_time",
+    "topology_check",
     "topology_comm_us",
+    "topology_eplb_hierarchical",
     "topology_group_nodes",
     "topology_preset",
+    "topology_regroup",
+    "topology_spread_groups",
     "topology_subset_times",
 ]
 __version__: Final[str]
@@ -220,8 +224,10 @@ def improve_placement(
     max_evaluations: int,
     seed: int,
     target: Placement | None = None,
+    num_groups: int | None = None,
 ) -> tuple[Placement, int]:
-    """(placement, replicas moved): `start` improved for the token time under the topology."""
+    """(placement, replicas moved): `start` improved for the token time under the topology;
+    with `num_groups`, each expert group stays on the node it has in `start`."""
 
 def improve_batch_placement(
     table: SubsetTable,
@@ -244,6 +250,45 @@ def improve_batch_placement(
 
 def topology_group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> list[int]:
     """The node of each expert group when every group lives on one node."""
+
+def topology_check(
+    topology: _Topology,
+    num_experts: int,
+    num_gpus: int,
+    slots_per_gpu: int,
+    num_groups: int | None = None,
+) -> None:
+    """ValueError unless the topology fits `num_gpus` GPUs and `num_groups` expert groups
+    can each live on one node with `slots_per_gpu` slots per GPU."""
+
+def topology_regroup(
+    table: SubsetTable,
+    placement: Placement,
+    slots_per_gpu: int,
+    topology: _Topology,
+    round_us: float,
+    num_groups: int,
+) -> Placement:
+    """`placement` made to keep each expert group on one node, every GPU full."""
+
+def topology_spread_groups(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    topology: _Topology,
+    round_us: float,
+    num_groups: int,
+) -> Placement:
+    """A placement keeping each expert group on one node, from the table's co-activation."""
+
+def topology_eplb_hierarchical(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    gpus_per_node: int,
+    num_groups: int,
+) -> Placement | None:
+    """DeepSeek EPLB's hierarchical placement (None where EPLB takes its global policy)."""
 
 def replan_placement(
     table: SubsetTable,

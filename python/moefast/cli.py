@@ -30,6 +30,8 @@ from moefast.selection import Estimator
 from moefast.slot_sweep import default_slots, slot_sweep
 from moefast.splits import SPLIT_BY, fold_positions, split_positions
 from moefast.synthetic import synthetic_trace
+from moefast.topology import PRESETS as TOPOLOGY_PRESETS
+from moefast.topology import V3_ROUND_US, Topology
 from moefast.trace import Trace, load_trace
 
 
@@ -50,9 +52,13 @@ def _plan(
     current: ModelPlacement | None = None,
     max_moves: int | None = None,
     copy_cost: float | None = None,
+    topology: Topology | None = None,
+    num_groups: int | None = None,
+    round_us: float = V3_ROUND_US,
 ) -> ModelPlacement:
     """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
-    unless `holdout` is given; from `current` with few moves when it is given."""
+    unless `holdout` is given; from `current` with few moves when it is given; node-aware
+    with a topology."""
     return moefast.plan(
         trace,
         gpus,
@@ -71,7 +77,57 @@ def _plan(
         current=current,
         max_moves=max_moves,
         copy_cost=copy_cost,
+        topology=topology,
+        num_groups=num_groups,
+        round_us=round_us,
     )
+
+
+def _topology(args) -> Topology | None:
+    """The topology of --topology PRESET --gpus-per-node N, checked against --gpus; the
+    other topology options refused without it."""
+    name = getattr(args, "topology", None)
+    if name is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--gpus-per-node", getattr(args, "gpus_per_node", None)),
+                ("--num-groups", getattr(args, "num_groups", None)),
+                ("--round-us", getattr(args, "round_us", None)),
+            )
+            if value is not None
+        ]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(f"{', '.join(given)} {verb} --topology PRESET")
+        return None
+    gpus_per_node = 8 if args.gpus_per_node is None else args.gpus_per_node
+    if args.gpus % gpus_per_node:
+        raise ValueError(
+            f"--gpus {args.gpus} is not a multiple of --gpus-per-node {gpus_per_node}:"
+            " GPUs come in whole nodes"
+        )
+    return Topology.preset(name, gpus_per_node=gpus_per_node)
+
+
+def _print_topology(record: dict) -> None:
+    from moefast.topology_plan import headline, time_rows
+
+    print(
+        "(with --topology the rounds above are the node-aware plan's; its times with"
+        " communication follow)"
+    )
+    print(
+        f"{record['basis']} modeled layer time with communication per layer"
+        f" ({record['measure']}; {record['note']}); percent: slower than node-aware:"
+    )
+    print(text_tables.format_table(*time_rows(record)))
+    if record["num_groups"] is not None:
+        print(
+            f"node-aware and EPLB hierarchical keep each of the {record['num_groups']} expert"
+            " groups on one node; EPLB global and the compute-only plan do not"
+        )
+    print(headline(record))
 
 
 def _check_memory(trace: Trace, gpus: int, slots: int) -> None:
@@ -108,10 +164,16 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
         current=_current(trace, args),
         max_moves=getattr(args, "max_moves", None),
         copy_cost=getattr(args, "copy_cost", None),
+        topology=_topology(args),
+        num_groups=getattr(args, "num_groups", None),
+        round_us=V3_ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
     )
     comparison = model.evaluation
     assert comparison is not None
     _print_comparison(comparison, args.gpus, args.slots)
+    if "topology" in model.settings:
+        model.settings["topology"]["preset"] = args.topology
+        _print_topology(model.settings["topology"])
     if "replan" in model.settings:
         _print_replan(model.settings["replan"])
     print(f"estimator: {model.settings['estimator']}")
@@ -208,6 +270,10 @@ def _write_report(
         "estimator": model.settings.get("estimator", "plain table"),
         "costs": f"{comparison.basis} ({comparison.note})",
     }
+    if "topology" in model.settings:
+        from moefast.topology_plan import headline
+
+        facts["layer time with communication"] = headline(model.settings["topology"])
     if "replan" in model.settings:
         from moefast.replan import curve_rows
 
@@ -305,6 +371,10 @@ def cmd_plan(args) -> int:
         if args.current is not None:
             raise ValueError(
                 "--current needs one trace read whole; leave out --chunk-tokens/--workers/--ray"
+            )
+        if args.topology is not None:
+            raise ValueError(
+                "--topology needs one trace read whole; leave out --chunk-tokens/--workers/--ray"
             )
         if args.layers_are_positions:
             raise ValueError(
@@ -780,6 +850,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROUNDS",
         help="with --current: make a move only if it gains more than this many expert rounds"
         " per token per copy (moefast.replan.price_per_copy)",
+    )
+    p.add_argument(
+        "--topology",
+        choices=TOPOLOGY_PRESETS,
+        default=None,
+        metavar="PRESET",
+        help="plan node-aware for this topology (h800_normal, h800_low_latency: DeepEP's H800"
+        " figures) and report modeled layer times with communication against EPLB",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=_at_least(1),
+        default=None,
+        metavar="N",
+        help="with --topology: GPUs per node (8); --gpus must be a multiple",
+    )
+    p.add_argument(
+        "--num-groups",
+        type=_at_least(1),
+        default=None,
+        metavar="G",
+        help="with --topology: keep each of G groups of consecutive expert ids on one node"
+        " (group-limited routing: 8 for DeepSeek-V3)",
+    )
+    p.add_argument(
+        "--round-us",
+        type=float,
+        default=None,
+        metavar="US",
+        help=f"with --topology, decode: time of one expert round in us ({V3_ROUND_US:g}:"
+        " a DeepSeek-V3 expert on an H100); batches use --alpha/--beta/--p",
     )
     _cost_model_options(p)
     _trace_format_option(p)

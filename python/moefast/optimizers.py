@@ -15,7 +15,8 @@ from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
 from moefast.replan import check_current, check_move_limits, copies, relabel, replan
-from moefast.topology import V3_ROUND_US, Topology, expected_time, place, place_batch
+from moefast.topology import V3_ROUND_US, Topology, check, expected_time, group_nodes, place
+from moefast.topology_plan import best_decode_start, node_aware_batch, node_aware_decode
 from moefast.validation import (
     check_count,
     check_int,
@@ -59,6 +60,7 @@ def optimize(
     current: Placement | None = None,
     max_moves: int | None = None,
     copy_cost: float | None = None,
+    num_groups: int | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
 
@@ -84,7 +86,11 @@ def optimize(
     plus dispatch and combine between nodes (`moefast.topology.place`, from `method`'s
     placement). With `topology` and `objective="batch"`, the layer time of batches with
     communication (`moefast.topology.place_batch`, from the starts and the compute-only
-    batch search's result).
+    batch search's result). `num_groups` (with a topology) keeps each of `num_groups`
+    groups of consecutive expert ids on one node, as DeepSeek-V3's group-limited routing
+    assumes: the searches start from the best of those placements regrouped
+    (`moefast.topology.regroup`) and EPLB's hierarchical placement, and every move keeps
+    the groups; a grouping that cannot fit raises ValueError (`moefast.topology.check`).
 
     With `current` (the placement being served), the result is re-planned from it
     (`moefast.replan`): at most `max_moves` copies (an expert's weights sent to a GPU that
@@ -111,6 +117,10 @@ def optimize(
         # HiGHS ignores an invalid limit and would run without one.
         time_limit = check_positive("time_limit", time_limit)
     time_budget, work_budget = check_budgets(time_budget, work_budget)
+    if num_groups is not None:
+        if topology is None:
+            raise ValueError("num_groups needs topology= (groups are kept on nodes)")
+        check(topology, table.num_experts, num_gpus, slots_per_gpu, num_groups)
     if objective == "decode":
         given = [
             name
@@ -154,10 +164,28 @@ def optimize(
                 raise ValueError(
                     "copy_cost is for the compute-only cost: with a topology use max_moves"
                 )
-            # From the served placement, moves toward the fresh plan are among the candidates.
-            start, target = (fresh, None) if current is None else (current, fresh)
-            if current is not None and topology is not None:
-                target = relabel(current, fresh, topology.gpus_per_node)
+            assert topology is not None
+            if current is None:
+                return node_aware_decode(
+                    table,
+                    [fresh],
+                    slots_per_gpu,
+                    topology=topology,
+                    round_us=round_us,
+                    seed=seed,
+                    num_groups=num_groups,
+                )
+            if num_groups is not None:
+                try:
+                    group_nodes(current, num_groups, topology.gpus_per_node)
+                except ValueError as e:
+                    raise ValueError(f"current: {e}") from None
+                fresh = best_decode_start(
+                    table, [fresh], slots_per_gpu, topology, round_us, num_groups
+                )
+            # From the served placement, moves toward the fresh plan are among the candidates
+            # (renamed by whole nodes and GPUs inside them, so groups stay on one node).
+            start, target = current, relabel(current, fresh, topology.gpus_per_node)
             found, _ = place(
                 table,
                 start,
@@ -167,12 +195,12 @@ def optimize(
                 max_moves=max_moves,
                 seed=seed,
                 target=target,
+                num_groups=num_groups,
             )
-            if current is not None and target is not None and topology is not None:
-                fits = max_moves is None or copies(current, target) <= max_moves
-                time_of = lambda p: expected_time(table, p, topology, round_us=round_us)  # noqa: E731
-                if fits and time_of(target) < time_of(found):
-                    return target
+            fits = max_moves is None or copies(current, target) <= max_moves
+            time_of = lambda p: expected_time(table, p, topology, round_us=round_us)  # noqa: E731
+            if fits and time_of(target) < time_of(found):
+                return target
             return found
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
@@ -248,7 +276,7 @@ def optimize(
     )
     if topology is None:
         return found
-    placed, _ = place_batch(
+    return node_aware_batch(
         table,
         [*candidates, found],
         slots_per_gpu,
@@ -257,8 +285,8 @@ def optimize(
         batch_size=batch_size,
         num_batches=num_batches,
         seed=seed,
+        num_groups=num_groups,
     )
-    return placed
 
 
 def check_budgets(

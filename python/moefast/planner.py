@@ -27,8 +27,11 @@ from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
 from moefast.selection import Estimator, select_estimator
+from moefast.topology import V3_ROUND_US, Topology
+from moefast.topology import check as check_topology
+from moefast.topology_plan import compare_times, node_aware_batch, node_aware_decode
 from moefast.trace import PathLike, Trace
-from moefast.validation import check_number
+from moefast.validation import check_non_negative, check_number
 
 ESTIMATOR_CHOICES = ("plain", "auto")
 PLAIN = Estimator()
@@ -246,6 +249,9 @@ def plan(
     current: ModelPlacement | Sequence[Placement] | None = None,
     max_moves: int | None = None,
     copy_cost: float | None = None,
+    topology: Topology | None = None,
+    num_groups: int | None = None,
+    round_us: float = V3_ROUND_US,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
     scores it, with the baselines, on tokens it has not seen.
@@ -290,6 +296,20 @@ def plan(
     one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
     weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
     ``settings["replan"]`` records each layer's copies and the gain against moves.
+
+    ``topology`` (a `moefast.topology.Topology`: GPUs in nodes, dispatch and combine) plans
+    every layer node-aware after its compute-only plan: for decode the node-aware search
+    (`moefast.topology.place`, ``round_us`` us per expert round), for
+    ``objective="batch"`` the batch search with communication (`place_batch`).
+    ``num_groups`` keeps each of that many groups of consecutive expert ids on one node
+    (DeepSeek-V3's group-limited routing; ValueError before any work when the grouping
+    cannot fit). ``settings["topology"]`` records each layer's modeled time in us with
+    communication (`moefast.topology_plan.TimeComparison`) of the node-aware plan, EPLB
+    hierarchical (with ``num_groups``), EPLB global and the compute-only plan, scored on the
+    same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
+    rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
+    the compute-only searches only, and ``current=`` is refused with a topology (re-plan
+    with `optimize(current=, topology=)`). Without a topology nothing changes.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
@@ -316,6 +336,16 @@ def plan(
     layout = model_layout(model)
     if layout is not None:
         layout.check_layers(layer_ids, num_experts)
+    if topology is not None:
+        check_topology(topology, num_experts, num_gpus, slots_per_gpu, num_groups)
+        round_us = check_non_negative("round_us", round_us)
+        if current is not None:
+            raise ValueError(
+                "current= with topology= is not supported by plan: re-plan each layer with"
+                " optimize(current=..., topology=..., max_moves=...)"
+            )
+    elif num_groups is not None:
+        raise ValueError("num_groups needs topology= (groups are kept on nodes)")
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
@@ -402,6 +432,19 @@ def plan(
             work_budget=work_budget,
             **options,
         )
+    compute_only = placements
+    if topology is not None:
+        placements = _node_aware_layers(
+            plan_tables,
+            compute_only,
+            chosen.coverage,
+            slots_per_gpu,
+            topology,
+            round_us,
+            num_groups,
+            seed,
+            options,
+        )
     comparison = _score(
         trace,
         split,
@@ -439,6 +482,29 @@ def plan(
         from moefast.replan import replan_summary
 
         settings["replan"] = replan_summary(replans, max_moves, copy_cost, num_gpus * slots_per_gpu)
+    if topology is not None:
+        if streamed is not None and streamed.test is not None:
+            score_tables = streamed.test
+        elif split.test is not None:
+            score_tables = split.test.tables()
+        else:
+            score_tables = list(plan_tables)
+        settings["topology"] = _topology_settings(
+            score_tables,
+            plan_tables,
+            layer_ids,
+            placements,
+            compute_only,
+            comparison,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            seed,
+            topology,
+            round_us,
+            num_groups,
+            options,
+        )
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
@@ -451,6 +517,103 @@ def plan(
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _topology_settings(
+    score_tables: Sequence[SubsetTable],
+    plan_tables: Sequence[SubsetTable],
+    layer_ids: list[int],
+    node_aware: Sequence[Placement],
+    compute_only: Sequence[Placement],
+    comparison: Comparison,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+    topology: Topology,
+    round_us: float,
+    num_groups: int | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """``settings["topology"]``: the topology, and each layer's time with communication of
+    the node-aware plan beside EPLB and the compute-only plan, scored on ``score_tables``
+    (the tokens ``comparison`` was scored on)."""
+    batch = options["objective"] == "batch"
+    times = compare_times(
+        score_tables,
+        plan_tables,
+        layer_ids,
+        num_gpus,
+        slots_per_gpu,
+        node_aware=node_aware,
+        compute_only=compute_only,
+        compute_only_label=f"compute-only {'batch search' if batch else method}",
+        eplb_global=[optimize(t, num_gpus, slots_per_gpu, method="eplb") for t in plan_tables],
+        topology=topology,
+        round_us=round_us,
+        num_groups=num_groups,
+        basis=comparison.basis,
+        note=comparison.note,
+        cost_model=options["cost_model"] if batch else None,
+        batch_size=options["batch_size"] if batch else None,
+        seed=seed,
+    )
+    return {
+        "gpus_per_node": topology.gpus_per_node,
+        "per_pair": topology.per_pair,
+        "num_groups": num_groups,
+        "round_us": None if batch else round_us,
+        **times.as_settings(),
+    }
+
+
+def _node_aware_layers(
+    tables: Sequence[SubsetTable],
+    compute_only: Sequence[Placement],
+    coverage: float,
+    slots_per_gpu: int,
+    topology: Topology,
+    round_us: float,
+    num_groups: int | None,
+    seed: int,
+    options: dict[str, Any],
+) -> list[Placement]:
+    """Each layer's node-aware plan from its compute-only plan, on the table pruned as the
+    compute-only plan's was; layers in parallel."""
+
+    def one(table: SubsetTable, start: Placement) -> Placement:
+        if coverage < 1.0:
+            table = table.prune(coverage=coverage)
+        if options["objective"] == "batch":
+            return node_aware_batch(
+                table,
+                [start],
+                slots_per_gpu,
+                topology=topology,
+                cost_model=options["cost_model"],
+                batch_size=options["batch_size"],
+                num_batches=None,
+                seed=seed,
+                num_groups=num_groups,
+            )
+        return node_aware_decode(
+            table,
+            [start],
+            slots_per_gpu,
+            topology=topology,
+            round_us=round_us,
+            seed=seed,
+            num_groups=num_groups,
+        )
+
+    workers = max(1, min(len(tables), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, t, p) for t, p in zip(tables, compute_only, strict=True)]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            _stop(futures)
+            raise
 
 
 def _current_layers(

@@ -13,7 +13,9 @@ bounded (`batch_time`). `place` improves a placement for that time, or re-plans 
 placement with at most `max_moves` new replicas; `place_batch` improves one for the layer
 time of batches of B tokens (compute plus communication) on a fixed sample of batches.
 `num_groups` keeps each expert group on one node, as DeepSeek-V3's group-limited routing
-assumes (`group_nodes` checks it).
+assumes (`group_nodes` checks it; `regroup`, `spread_groups` and `eplb_hierarchical` make
+placements that keep it, the starts of the grouped searches; `check` says whether a
+grouping fits at all).
 """
 
 from __future__ import annotations
@@ -130,11 +132,15 @@ def place(
     max_evaluations: int = 20_000,
     seed: int = 0,
     target: Placement | None = None,
+    num_groups: int | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the expected token time under
     `topology` (without one: the compute-only cost, round_us = 1), adding at most
     `max_moves` replicas that `start` lacks (each one copy of an expert's weights).
-    With `target` (a fresh plan), half the candidate moves bring `start` toward it."""
+    With `target` (a fresh plan), half the candidate moves bring `start` toward it.
+    With `num_groups`, `start` must keep each of `num_groups` groups of consecutive expert
+    ids on one node (ValueError naming a stray replica otherwise), and so does the result:
+    every move keeps each group on its node. Never worse than `start`."""
     if topology is None:
         topology, round_us = Topology.free(), 1.0
     if max_moves is not None:
@@ -149,6 +155,7 @@ def place(
         check_count("max_evaluations", max_evaluations, low=0),
         check_seed("seed", seed),
         target,
+        None if num_groups is None else check_count("num_groups", num_groups),
     )
 
 
@@ -249,3 +256,83 @@ def group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> li
     a token's top groups then reach at most that many nodes); ValueError naming the first
     replica off its group's node otherwise."""
     return _core.topology_group_nodes(placement, num_groups, gpus_per_node)
+
+
+def check(
+    topology: Topology,
+    num_experts: int,
+    num_gpus: int,
+    slots_per_gpu: int,
+    num_groups: int | None = None,
+) -> None:
+    """ValueError unless `topology` fits `num_gpus` GPUs (whole nodes) and, with
+    `num_groups`, the groups can each live on one node: `num_groups` divides the experts,
+    the groups spread evenly over the nodes fit in a node's slots, and a node has at least
+    as many experts as a GPU's slots (its GPUs hold distinct experts)."""
+    if not isinstance(topology, Topology):
+        raise TypeError(
+            f"topology must be a moefast.topology.Topology, got {type(topology).__name__}"
+        )
+    _core.topology_check(
+        topology.as_tuple(),
+        check_count("num_experts", num_experts),
+        check_count("num_gpus", num_gpus),
+        check_count("slots_per_gpu", slots_per_gpu),
+        None if num_groups is None else check_count("num_groups", num_groups),
+    )
+
+
+def regroup(
+    table: SubsetTable,
+    placement: Placement,
+    slots_per_gpu: int,
+    *,
+    num_groups: int,
+    topology: Topology,
+    round_us: float = V3_ROUND_US,
+) -> Placement:
+    """`placement` (say, the compute-only greedy's) made to keep each of `num_groups` groups
+    of consecutive expert ids on one node of `topology`: groups go to nodes by the table's
+    tokens (the communication of the nodes a token reaches against `round_us` per round
+    lost when its experts crowd one node: two experts of a node share a GPU with chance 1 /
+    GPUs per node), each replica keeps its GPU's index inside the node, and free slots get
+    replicas of the node's heaviest experts. Every GPU is full. ValueError when the grouping
+    cannot fit (`check`)."""
+    return _core.topology_regroup(
+        table, placement, slots_per_gpu, topology.as_tuple(), float(round_us), num_groups
+    )
+
+
+def spread_groups(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    num_groups: int,
+    topology: Topology,
+    round_us: float = V3_ROUND_US,
+) -> Placement:
+    """A placement that keeps each of `num_groups` groups on one node, from the table alone:
+    groups on nodes as in `regroup`, each node's experts (heaviest first) on the node's GPU
+    where they are co-activated least with the experts already there (at most
+    ceil(experts / GPUs) each), free slots filled with the node's heaviest experts."""
+    return _core.topology_spread_groups(
+        table, num_gpus, slots_per_gpu, topology.as_tuple(), float(round_us), num_groups
+    )
+
+
+def eplb_hierarchical(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    num_groups: int,
+    gpus_per_node: int,
+) -> Placement | None:
+    """DeepSeek EPLB's hierarchical placement of the table's load (groups packed onto
+    nodes, then replicas onto each node's GPUs; a GPU's repeated replicas merged and the
+    freed slots filled with its node's heaviest experts), or None where EPLB takes its
+    global policy (`num_groups` not a multiple of the nodes)."""
+    return _core.topology_eplb_hierarchical(
+        table, num_gpus, slots_per_gpu, gpus_per_node, num_groups
+    )

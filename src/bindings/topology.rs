@@ -12,7 +12,7 @@ use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::batch::CostModel;
 use crate::topology::{Topology, Transfer};
-use crate::{topology_batch, topology_cost, topology_place};
+use crate::{topology_batch, topology_cost, topology_groups, topology_place};
 
 /// A transfer as Python passes it: (bytes_per_token, 3 latencies us, 3 bandwidths GB/s),
 /// link classes in the order same GPU, NVLink, RDMA.
@@ -110,9 +110,10 @@ fn topology_batch_time(
 }
 
 /// (placement, replicas moved): `start` improved for the expected one-token time under
-/// the topology, adding at most `max_moves` replicas that `start` lacks.
+/// the topology, adding at most `max_moves` replicas that `start` lacks; with
+/// `num_groups`, every expert group stays on the node it has in `start`.
 #[pyfunction]
-#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None))]
+#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None, num_groups=None))]
 #[allow(clippy::too_many_arguments)]
 fn improve_placement(
     py: Python<'_>,
@@ -125,6 +126,7 @@ fn improve_placement(
     max_evaluations: &Bound<'_, PyAny>,
     seed: &Bound<'_, PyAny>,
     target: Option<&PyPlacement>,
+    num_groups: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(PyPlacement, usize)> {
     let target = target.map(|t| t.inner.clone());
     let limits = topology_place::SearchLimits {
@@ -134,6 +136,9 @@ fn improve_placement(
         max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
         seed: count_arg(seed, "seed", 0)? as u64,
         target: target.as_deref(),
+        num_groups: num_groups
+            .map(|n| count_arg(n, "num_groups", 1))
+            .transpose()?,
     };
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let t = self::topology(topology);
@@ -215,6 +220,86 @@ fn topology_group_nodes(
     )?)
 }
 
+/// Checks a topology for `num_gpus` GPUs and, with `num_groups`, that the groups can be
+/// placed one per node with `slots_per_gpu` slots (ValueError saying why not).
+#[pyfunction]
+#[pyo3(signature = (topology, num_experts, num_gpus, slots_per_gpu, num_groups=None))]
+fn topology_check(
+    topology: TopologyTuple,
+    num_experts: usize,
+    num_gpus: usize,
+    slots_per_gpu: usize,
+    num_groups: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let t = self::topology(topology);
+    t.check(num_gpus)?;
+    if let Some(n) = num_groups {
+        let n = count_arg(n, "num_groups", 1)?;
+        topology_groups::Groups::new(num_experts, num_gpus, t.gpus_per_node, slots_per_gpu, n)?;
+    }
+    Ok(())
+}
+
+/// `placement` made to keep each expert group on one node, every GPU full (groups placed
+/// on nodes for the topology's communication against round_us per crowded round).
+#[pyfunction]
+fn topology_regroup(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    placement: &PyPlacement,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    topology: TopologyTuple,
+    round_us: f64,
+    num_groups: &Bound<'_, PyAny>,
+) -> PyResult<PyPlacement> {
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let n = count_arg(num_groups, "num_groups", 1)?;
+    let t = self::topology(topology);
+    let (table, placement) = (table.inner.clone(), placement.inner.clone());
+    let p = py.detach(|| topology_groups::regroup(&table, &placement, slots, &t, round_us, n))?;
+    Ok(PyPlacement { inner: Arc::new(p) })
+}
+
+/// A placement that keeps each group on one node, built from the table's co-activation.
+#[pyfunction]
+fn topology_spread_groups(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    topology: TopologyTuple,
+    round_us: f64,
+    num_groups: &Bound<'_, PyAny>,
+) -> PyResult<PyPlacement> {
+    let g = count_arg(num_gpus, "num_gpus", 1)?;
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let n = count_arg(num_groups, "num_groups", 1)?;
+    let t = self::topology(topology);
+    let table = table.inner.clone();
+    let p = py.detach(|| topology_groups::spread_groups(&table, g, slots, &t, round_us, n))?;
+    Ok(PyPlacement { inner: Arc::new(p) })
+}
+
+/// DeepSeek EPLB's hierarchical placement of the table's load, or None when EPLB would
+/// take its global policy.
+#[pyfunction]
+fn topology_eplb_hierarchical(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    gpus_per_node: &Bound<'_, PyAny>,
+    num_groups: &Bound<'_, PyAny>,
+) -> PyResult<Option<PyPlacement>> {
+    let g = count_arg(num_gpus, "num_gpus", 1)?;
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let gpn = count_arg(gpus_per_node, "gpus_per_node", 1)?;
+    let n = count_arg(num_groups, "num_groups", 1)?;
+    let table = table.inner.clone();
+    let p = py.detach(|| topology_groups::eplb_hierarchical(&table, g, slots, gpn, n))?;
+    Ok(p.map(|p| PyPlacement { inner: Arc::new(p) }))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(improve_batch_placement, m)?)?;
     m.add_function(wrap_pyfunction!(topology_group_nodes, m)?)?;
@@ -223,5 +308,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topology_subset_times, m)?)?;
     m.add_function(wrap_pyfunction!(topology_batch_time, m)?)?;
     m.add_function(wrap_pyfunction!(improve_placement, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_check, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_regroup, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_eplb_hierarchical, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_spread_groups, m)?)?;
     Ok(())
 }
