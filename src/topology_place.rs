@@ -307,6 +307,28 @@ pub fn improve(
     round_us: f64,
     limits: SearchLimits<'_>,
 ) -> Result<(Placement, usize)> {
+    let walk = improve_walk(table, start, slots_per_gpu, topology, round_us, limits)?;
+    Ok((walk.placement, walk.moved))
+}
+
+/// What `improve_walk` returns: the placement, its replicas that the start lacks, and
+/// the search's path as (copies, expected time in us) after each move made, the start
+/// first: the gain against moves of a re-plan.
+pub struct Walk {
+    pub placement: Placement,
+    pub moved: usize,
+    pub path: Vec<(usize, f64)>,
+}
+
+/// `improve`, keeping the path of the search.
+pub fn improve_walk(
+    table: &SubsetTable,
+    start: &Placement,
+    slots_per_gpu: usize,
+    topology: &Topology,
+    round_us: f64,
+    limits: SearchLimits<'_>,
+) -> Result<Walk> {
     check_topology(topology, start)?;
     if let Some(t) = limits.target {
         if (t.num_experts(), t.num_gpus()) != (start.num_experts(), start.num_gpus()) {
@@ -381,6 +403,18 @@ pub fn improve(
     let mut evaluations = 0;
     let mut idle = 0;
     let eps = 1e-9 * table.total_weight().max(1.0);
+    let total_weight = table.total_weight().max(f64::MIN_POSITIVE);
+    let mean_time = |s: &Search<'_>| -> f64 {
+        s.times
+            .iter()
+            .zip(table.weights())
+            .map(|(t, w)| t * w)
+            .sum::<f64>()
+            / total_weight
+    };
+    let mut path = vec![(0, mean_time(&s))];
+    // Copies are counted move by move only when re-planning (no uncounted first pass).
+    let replanning = limits.max_moves.is_some() || limits.target.is_some();
     // A fresh plan (no move budget, no target) first permutes GPUs among nodes, within
     // a quarter of the evaluations (not under groups: a GPU's experts would leave theirs).
     if limits.max_moves.is_none()
@@ -443,6 +477,9 @@ pub fn improve(
         match best {
             Some((_, mv)) => {
                 s.make(mv);
+                if replanning {
+                    path.push((s.moved, mean_time(&s)));
+                }
                 idle = 0;
             }
             None => idle += 1,
@@ -451,7 +488,14 @@ pub fn improve(
     let found = s.layout.to_placement()?;
     let moved = copies(start, &found);
     debug_assert!(limits.max_moves.is_none() || moved == s.moved);
-    Ok((found, moved))
+    if !replanning && path.len() == 1 {
+        path.push((moved, mean_time(&s)));
+    }
+    Ok(Walk {
+        placement: found,
+        moved,
+        path,
+    })
 }
 
 #[cfg(test)]
@@ -504,6 +548,26 @@ mod tests {
             last = last.min(cost);
         }
         assert!(last < before);
+    }
+
+    #[test]
+    fn the_walk_records_copies_and_times_from_the_start() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology {
+            gpus_per_node: 4,
+            ..Topology::h800_normal()
+        };
+        let start = crate::optimize::optimize(&t, 8, 5, "contiguous", 0).unwrap();
+        let w = improve_walk(&t, &start, 5, &topo, 47.0, limits(Some(12))).unwrap();
+        let time = |p: &Placement| expected_time(&t, p, &topo, 47.0).unwrap();
+        assert!(w.path.len() > 2, "{:?}", w.path);
+        assert_eq!(w.path[0], (0, time(&start)));
+        let &(moved, last) = w.path.last().unwrap();
+        assert_eq!(moved, w.moved);
+        assert!((last - time(&w.placement)).abs() < 1e-9 * last);
+        for pair in w.path.windows(2) {
+            assert!(pair[1].1 < pair[0].1 && pair[1].0 <= 12, "{pair:?}");
+        }
     }
 
     #[test]

@@ -183,7 +183,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="not num_gpus = 6"):
         mf.optimize(table, 6, 4, current=served)
     other = mf.optimize(mf.SubsetTable.from_topk(np.array([[0, 1, 2]]), num_experts=13), 4, 4)
-    with pytest.raises(ValueError, match="13 experts, not the table's 12"):
+    with pytest.raises(ValueError, match="13 experts, not the trace's 12"):
         mf.optimize(table, 4, 4, current=other)
     with pytest.raises(ValueError, match="puts 4 experts on GPU 0, more than slots_per_gpu = 3"):
         mf.optimize(table, 4, 3, current=served)

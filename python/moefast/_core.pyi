@@ -225,9 +225,11 @@ def improve_placement(
     seed: int,
     target: Placement | None = None,
     num_groups: int | None = None,
-) -> tuple[Placement, int]:
-    """(placement, replicas moved): `start` improved for the token time under the topology;
-    with `num_groups`, each expert group stays on the node it has in `start`."""
+) -> tuple[Placement, int, list[tuple[int, float]]]:
+    """(placement, replicas moved, path): `start` improved for the token time under the
+    topology; with `num_groups`, each expert group stays on the node it has in `start`.
+    The path: (copies, expected time in us) from the start after each move when
+    re-planning (a budget or a target), else the start and the end."""
 
 def improve_batch_placement(
     table: SubsetTable,

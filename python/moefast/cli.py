@@ -161,7 +161,7 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
         estimator=args.estimator,
         time_budget=getattr(args, "time_budget", None),
         work_budget=getattr(args, "work_budget", None),
-        current=_current(trace, args),
+        current=_current(args, trace.num_experts, trace.layer_ids),
         max_moves=getattr(args, "max_moves", None),
         copy_cost=getattr(args, "copy_cost", None),
         topology=_topology(args),
@@ -171,11 +171,7 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
     comparison = model.evaluation
     assert comparison is not None
     _print_comparison(comparison, args.gpus, args.slots)
-    if "topology" in model.settings:
-        model.settings["topology"]["preset"] = args.topology
-        _print_topology(model.settings["topology"])
-    if "replan" in model.settings:
-        _print_replan(model.settings["replan"])
+    _print_topology_and_replan(model, args)
     print(f"estimator: {model.settings['estimator']}")
     if report_dir is not None:
         folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -187,7 +183,15 @@ def _run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelP
     return model
 
 
-def _current(trace: Trace, args) -> ModelPlacement | None:
+def _print_topology_and_replan(model: ModelPlacement, args) -> None:
+    if "topology" in model.settings:
+        model.settings["topology"]["preset"] = args.topology
+        _print_topology(model.settings["topology"])
+    if "replan" in model.settings:
+        _print_replan(model.settings["replan"])
+
+
+def _current(args, num_experts: int, layer_ids: Sequence[int]) -> ModelPlacement | None:
     """The served placement of --current, its layers matched to the trace's."""
     path = getattr(args, "current", None)
     if path is None:
@@ -203,8 +207,8 @@ def _current(trace: Trace, args) -> ModelPlacement | None:
         path,
         args.current_format,
         num_gpus=args.gpus,
-        num_experts=trace.num_experts,
-        layer_ids=trace.layer_ids,
+        num_experts=num_experts,
+        layer_ids=layer_ids,
         model=args.model,
     )
 
@@ -368,21 +372,32 @@ def cmd_plan(args) -> int:
     if _streaming(args):
         from moefast.distributed import plan_files_cli
 
-        if args.current is not None:
-            raise ValueError(
-                "--current needs one trace read whole; leave out --chunk-tokens/--workers/--ray"
-            )
-        if args.topology is not None:
-            raise ValueError(
-                "--topology needs one trace read whole; leave out --chunk-tokens/--workers/--ray"
-            )
         if args.layers_are_positions:
             raise ValueError(
                 "--layers-are-positions needs one trace read whole; convert the files with"
                 " layer ids first, or leave out --chunk-tokens/--workers/--ray"
             )
+        current = None
+        if args.current is not None:
+            from moefast.streaming import trace_files, trace_shape
+
+            # The files' experts and layer ids, from the first file's header (or first
+            # chunk): a served placement that does not fit is refused before the counting.
+            first = trace_files(args.trace)[0]
+            shape = trace_shape(first)
+            try:
+                current = _current(args, shape.num_experts, shape.layer_ids)
+            except ValueError as err:
+                raise ValueError(
+                    f"--current {args.current} against the trace {first}: {err}"
+                ) from None
+        else:
+            _current(args, 0, [])  # refuses --max-moves/--copy-cost without --current
         # plan() refuses layer ids that are not the model's before the planning work.
-        model = plan_files_cli(args, _cost_model, _print_comparison, layout)
+        model = plan_files_cli(
+            args, _cost_model, _print_comparison, layout, current, _topology(args)
+        )
+        _print_topology_and_replan(model, args)
         num_experts = model.num_experts
     else:
         trace = load_trace(args.trace[0], args.trace_format)

@@ -11,6 +11,7 @@ is pickled; the results are identical to the single-process plan.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -278,6 +279,70 @@ def optimize_layers(
     return [r for r in results if r is not None]
 
 
+def replan_layer_task(
+    arrays: TableArrays,
+    current: np.ndarray,
+    num_gpus: int,
+    slots_per_gpu: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """Runs on a worker: one layer re-planned (`moefast.replan.replan_layer`) from the
+    served placement's bool matrix; placements come back as bool matrices."""
+    from moefast.replan import replan_layer
+
+    found = replan_layer(
+        table_from_arrays(arrays), Placement(current), num_gpus, slots_per_gpu, **options
+    )
+    fields = {f.name: getattr(found, f.name) for f in dataclasses.fields(found)}
+    for name in _PLACEMENT_FIELDS:
+        p = fields[name]
+        fields[name] = None if p is None else p.replicas
+    return fields
+
+
+_PLACEMENT_FIELDS = ("placement", "full", "compute_only")
+
+
+def replan_on(
+    executor: Executor,
+    tables: Sequence[SubsetTable],
+    currents: Sequence[Placement],
+    layer_ids: Sequence[int],
+    num_gpus: int,
+    slots_per_gpu: int,
+    options: dict[str, Any],
+) -> list[Any]:
+    """`moefast.replan.replan_layers`' re-plans, each layer on a worker of ``executor``."""
+    from moefast.replan import Replan
+
+    check_executor(executor)
+    futures = {
+        executor.submit(
+            replan_layer_task,
+            table_to_arrays(t),
+            c.replicas,
+            num_gpus,
+            slots_per_gpu,
+            options,
+        ): i
+        for i, (t, c) in enumerate(zip(tables, currents, strict=True))
+    }
+    results: list[Replan | None] = [None] * len(tables)
+    try:
+        for future in as_completed(futures):
+            i = futures[future]
+            fields = _result(future, f"re-planning layer {layer_ids[i]}")
+            for name in _PLACEMENT_FIELDS:
+                if fields[name] is not None:
+                    fields[name] = Placement(fields[name])
+            fields["path"] = tuple((int(c), float(x)) for c, x in fields["path"])
+            results[i] = Replan(**fields)
+    finally:
+        for future in futures:
+            future.cancel()
+    return [r for r in results if r is not None]
+
+
 class RayExecutor(Executor):
     """A `concurrent.futures.Executor` running each call as a Ray task (``pip install
     'moefast[ray]'``). ``address`` None or ``"local"`` starts a local cluster of
@@ -323,14 +388,19 @@ def plan_files_cli(
     cost_model: Callable[[Any], Any],
     show: Callable[[Any, int, int], None],
     model_layout: Any = None,
+    current: Any = None,
+    topology: Any = None,
 ) -> Any:
     """``moefast plan`` on trace files by streaming, locally or on workers (``--workers``,
-    ``--ray``): plans, prints the comparison with the baselines (``show``), returns the
-    model. Scores are held out as `plan` holds them out for files (the last tokens of each)."""
+    ``--ray``): plans (from the served placement ``current`` with ``--max-moves`` and
+    ``--copy-cost``; node-aware for ``topology`` with ``--num-groups`` and ``--round-us``),
+    prints the comparison with the baselines (``show``), returns the model. Scores are held
+    out as `plan` holds them out for files (the last tokens of each)."""
     import multiprocessing
     from contextlib import ExitStack
 
     from moefast.planner import plan
+    from moefast.topology import V3_ROUND_US
 
     if args.report is not None:
         raise ValueError("--report needs one trace read whole; leave it out when streaming")
@@ -365,6 +435,12 @@ def plan_files_cli(
             chunk_tokens=args.chunk_tokens,
             executor=executor,
             model=model_layout,
+            current=current,
+            max_moves=getattr(args, "max_moves", None),
+            copy_cost=getattr(args, "copy_cost", None),
+            topology=topology,
+            num_groups=getattr(args, "num_groups", None),
+            round_us=V3_ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
         )
     print(f"{len(trace_files(args.trace))} trace file(s) read by streaming")
     show(model.evaluation, args.gpus, args.slots)

@@ -15,8 +15,8 @@ from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
 from moefast.replan import check_current, check_move_limits, copies, relabel, replan
-from moefast.topology import V3_ROUND_US, Topology, check, expected_time, group_nodes, place
-from moefast.topology_plan import best_decode_start, node_aware_batch, node_aware_decode
+from moefast.topology import V3_ROUND_US, Topology, check
+from moefast.topology_plan import node_aware_batch, node_aware_decode, replan_node_aware
 from moefast.validation import (
     check_count,
     check_int,
@@ -134,7 +134,7 @@ def optimize(
         if given:
             raise ValueError(f"{', '.join(given)} need objective='batch'")
         if current is not None:
-            check_current(current, table, num_gpus, slots_per_gpu)
+            check_current(current, table.num_experts, num_gpus, slots_per_gpu)
             max_moves, price = check_move_limits(max_moves, copy_cost)
         elif max_moves is not None or copy_cost is not None:
             raise ValueError(
@@ -175,33 +175,17 @@ def optimize(
                     seed=seed,
                     num_groups=num_groups,
                 )
-            if num_groups is not None:
-                try:
-                    group_nodes(current, num_groups, topology.gpus_per_node)
-                except ValueError as e:
-                    raise ValueError(f"current: {e}") from None
-                fresh = best_decode_start(
-                    table, [fresh], slots_per_gpu, topology, round_us, num_groups
-                )
-            # From the served placement, moves toward the fresh plan are among the candidates
-            # (renamed by whole nodes and GPUs inside them, so groups stay on one node).
-            start, target = current, relabel(current, fresh, topology.gpus_per_node)
-            found, _ = place(
+            return replan_node_aware(
                 table,
-                start,
+                current,
+                fresh,
                 slots_per_gpu,
                 topology=topology,
                 round_us=round_us,
                 max_moves=max_moves,
                 seed=seed,
-                target=target,
                 num_groups=num_groups,
-            )
-            fits = max_moves is None or copies(current, target) <= max_moves
-            time_of = lambda p: expected_time(table, p, topology, round_us=round_us)  # noqa: E731
-            if fits and time_of(target) < time_of(found):
-                return target
-            return found
+            ).placement
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
         return _core.optimize_placement(
@@ -211,7 +195,7 @@ def optimize(
         raise ValueError("objective='batch' needs batch_size and cost_model")
     batch_size = check_count("batch_size", batch_size)
     if current is not None:
-        check_current(current, table, num_gpus, slots_per_gpu)
+        check_current(current, table.num_experts, num_gpus, slots_per_gpu)
         if copy_cost is not None or topology is not None:
             raise ValueError(
                 "objective='batch' re-plans with max_moves only (no copy_cost, topology)"

@@ -26,6 +26,7 @@ from moefast.heldout import (
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
+from moefast.replan import check_current, check_move_limits, check_replan_options, replan_layers
 from moefast.selection import Estimator, select_estimator
 from moefast.topology import V3_ROUND_US, Topology
 from moefast.topology import check as check_topology
@@ -295,7 +296,16 @@ def plan(
     ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
     one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
     weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
-    ``settings["replan"]`` records each layer's copies and the gain against moves.
+    ``settings["replan"]`` records each layer's copies and the gain against moves. It is
+    checked against the trace's experts and layer ids before any work (for files, against
+    the first file's). With trace files and an ``executor`` the layers are re-planned on
+    its workers; the result is the in-process one. With a ``topology`` (decode) each layer
+    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=)`
+    does, or is the full node-aware plan (relabelled) when that fits the budget and is
+    faster; the gain against moves is in us per token with communication, measured against
+    that full plan, and ``settings["topology"]`` has a column for the served placement.
+    Refused with a topology: ``copy_cost`` (a price in compute-only rounds) and
+    ``objective="batch"`` (the batch search with communication takes no move budget).
 
     ``topology`` (a `moefast.topology.Topology`: GPUs in nodes, dispatch and combine) plans
     every layer node-aware after its compute-only plan: for decode the node-aware search
@@ -308,8 +318,7 @@ def plan(
     hierarchical (with ``num_groups``), EPLB global and the compute-only plan, scored on the
     same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
     rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
-    the compute-only searches only, and ``current=`` is refused with a topology (re-plan
-    with `optimize(current=, topology=)`). Without a topology nothing changes.
+    the compute-only searches only. Without a topology nothing changes.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
@@ -318,8 +327,16 @@ def plan(
         raise ValueError("time_budget is not supported with an executor: use work_budget")
     if progress is None:
         progress = sys.stderr.isatty()
+    if current is not None:
+        check_replan_options(topology, copy_cost, objective)
+        check_move_limits(max_moves, copy_cost)
     streamed: StreamedSplit | None = None
     if trace is None and _is_paths(trace_or_tables):
+        if current is not None:  # a mismatch is found before the files are counted
+            from moefast.streaming import trace_files, trace_shape
+
+            shape = trace_shape(trace_files(trace_or_tables)[0])  # type: ignore[arg-type]
+            _served_layers(current, shape.layer_ids, shape.num_experts, num_gpus, slots_per_gpu)
         streamed = _stream(trace_or_tables, holdout, split_by, chunk_tokens, executor, progress)  # type: ignore[arg-type]
         tables, layer_ids = streamed.train, streamed.layer_ids
     else:
@@ -339,13 +356,10 @@ def plan(
     if topology is not None:
         check_topology(topology, num_experts, num_gpus, slots_per_gpu, num_groups)
         round_us = check_non_negative("round_us", round_us)
-        if current is not None:
-            raise ValueError(
-                "current= with topology= is not supported by plan: re-plan each layer with"
-                " optimize(current=..., topology=..., max_moves=...)"
-            )
     elif num_groups is not None:
         raise ValueError("num_groups needs topology= (groups are kept on nodes)")
+    if current is not None:
+        currents = _served_layers(current, layer_ids, num_experts, num_gpus, slots_per_gpu)
     # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
     coverage = check_number("coverage", coverage)
     if not 0 < coverage <= 1:
@@ -380,13 +394,9 @@ def plan(
         chosen, estimator_note = selection.estimator, selection.note
     replans = None
     if current is not None:
-        if executor is not None:
-            raise ValueError("current= is not supported with an executor: plan in one process")
-        from moefast.replan import replan_layers
-
         replans = replan_layers(
             plan_tables,
-            _current_layers(current, layer_ids),
+            currents,
             num_gpus,
             slots_per_gpu,
             max_moves=max_moves,
@@ -394,6 +404,11 @@ def plan(
             coverage=chosen.coverage,
             method=method,
             seed=seed,
+            topology=topology,
+            round_us=round_us,
+            num_groups=num_groups,
+            executor=executor,
+            layer_ids=layer_ids,
             **options,
         )
         placements = [r.placement for r in replans]
@@ -433,7 +448,9 @@ def plan(
             **options,
         )
     compute_only = placements
-    if topology is not None:
+    if replans is not None and topology is not None:  # re-planned node-aware already
+        compute_only = [r.compute_only for r in replans]  # type: ignore[misc]
+    elif topology is not None:
         placements = _node_aware_layers(
             plan_tables,
             compute_only,
@@ -481,7 +498,13 @@ def plan(
     if replans is not None:
         from moefast.replan import replan_summary
 
-        settings["replan"] = replan_summary(replans, max_moves, copy_cost, num_gpus * slots_per_gpu)
+        settings["replan"] = replan_summary(
+            replans,
+            max_moves,
+            copy_cost,
+            num_gpus * slots_per_gpu,
+            "rounds" if topology is None else "us per token, with communication",
+        )
     if topology is not None:
         if streamed is not None and streamed.test is not None:
             score_tables = streamed.test
@@ -504,6 +527,7 @@ def plan(
             round_us,
             num_groups,
             options,
+            None if replans is None else currents,
         )
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
@@ -534,10 +558,12 @@ def _topology_settings(
     round_us: float,
     num_groups: int | None,
     options: dict[str, Any],
+    served: Sequence[Placement] | None = None,
 ) -> dict[str, Any]:
     """``settings["topology"]``: the topology, and each layer's time with communication of
-    the node-aware plan beside EPLB and the compute-only plan, scored on ``score_tables``
-    (the tokens ``comparison`` was scored on)."""
+    the node-aware plan (or re-plan from ``served``, beside it) beside EPLB and the
+    compute-only plan, scored on ``score_tables`` (the tokens ``comparison`` was scored
+    on)."""
     batch = options["objective"] == "batch"
     times = compare_times(
         score_tables,
@@ -557,6 +583,7 @@ def _topology_settings(
         cost_model=options["cost_model"] if batch else None,
         batch_size=options["batch_size"] if batch else None,
         seed=seed,
+        served=served,
     )
     return {
         "gpus_per_node": topology.gpus_per_node,
@@ -614,6 +641,24 @@ def _node_aware_layers(
         except KeyboardInterrupt:
             _stop(futures)
             raise
+
+
+def _served_layers(
+    current: ModelPlacement | Sequence[Placement],
+    layer_ids: list[int],
+    num_experts: int,
+    num_gpus: int,
+    slots_per_gpu: int,
+) -> list[Placement]:
+    """The served placement of each layer (`_current_layers`), each checked against the
+    trace's experts, the GPUs and their slots; errors name the layer."""
+    currents = _current_layers(current, layer_ids)
+    for layer, c in zip(layer_ids, currents, strict=True):
+        try:
+            check_current(c, num_experts, num_gpus, slots_per_gpu)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"current, layer {layer}: {e}") from None
+    return currents
 
 
 def _current_layers(

@@ -23,17 +23,21 @@ price.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.validation import check_count, check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    from moefast.topology import Topology
 
 #: Time of one expert round in decode (us), the default of `price_per_copy`: a
 #: DeepSeek-V3 expert's weight read on an H100 (`moefast.topology.V3_ROUND_US`).
@@ -55,6 +59,8 @@ class Replan:
     full: Placement | None = None
     full_copies: int | None = None
     full_cost: float | None = None
+    #: With a topology: the compute-only plan the node-aware re-plan started from.
+    compute_only: Placement | None = None
 
     def cost_within(self, moves: int) -> float:
         """The lowest cost this re-plan found with at most `moves` copies: a point of the
@@ -113,16 +119,16 @@ def _check_placement(name: str, p: object) -> None:
         raise TypeError(f"{name} must be a moefast.Placement, got {type(p).__name__}")
 
 
-def check_current(current: object, table: SubsetTable, num_gpus: int, slots_per_gpu: int) -> None:
-    """The served placement must be a Placement of the table's experts on `num_gpus` GPUs
-    with at most `slots_per_gpu` experts on each."""
+def check_current(current: object, num_experts: int, num_gpus: int, slots_per_gpu: int) -> None:
+    """The served placement must be a Placement of `num_experts` experts (the table's) on
+    `num_gpus` GPUs with at most `slots_per_gpu` experts on each."""
     _check_placement("current", current)
     assert isinstance(current, Placement)
     if current.num_gpus != num_gpus:
         raise ValueError(f"current has {current.num_gpus} GPUs, not num_gpus = {num_gpus}")
-    if current.num_experts != table.num_experts:
+    if current.num_experts != num_experts:
         raise ValueError(
-            f"current has {current.num_experts} experts, not the table's {table.num_experts}"
+            f"current has {current.num_experts} experts, not the trace's {num_experts}"
         )
     used = np.asarray(current.slots_used)
     if used.max() > slots_per_gpu:
@@ -130,6 +136,17 @@ def check_current(current: object, table: SubsetTable, num_gpus: int, slots_per_
         raise ValueError(
             f"current puts {int(used[g])} experts on GPU {g}, more than"
             f" slots_per_gpu = {slots_per_gpu}"
+        )
+
+
+def _check_full(current: Placement, slots_per_gpu: int) -> None:
+    """The node-aware search keeps every GPU full, and starts full."""
+    used = np.asarray(current.slots_used)
+    if (used != slots_per_gpu).any():
+        g = int(np.argmax(used != slots_per_gpu))
+        raise ValueError(
+            f"current puts {int(used[g])} experts on GPU {g}: re-planning with a topology"
+            f" needs every GPU full (slots_per_gpu = {slots_per_gpu})"
         )
 
 
@@ -157,7 +174,7 @@ def replan(
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
     _check_placement("current", current)
-    check_current(current, table, current.num_gpus, slots_per_gpu)
+    check_current(current, table.num_experts, current.num_gpus, slots_per_gpu)
     if target is not None:
         _check_placement("target", target)
     max_moves, price = check_move_limits(max_moves, copy_cost)
@@ -176,6 +193,82 @@ def replan(
     )
 
 
+def replan_layer(
+    table: SubsetTable,
+    current: Placement,
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    max_moves: int | None = None,
+    copy_cost: float | None = None,
+    coverage: float = 1.0,
+    method: str = "greedy",
+    seed: int = 0,
+    topology: Topology | None = None,
+    round_us: float = ROUND_US,
+    num_groups: int | None = None,
+    **optimize_options: Any,
+) -> Replan:
+    """One layer re-planned: the full re-plan by `optimize` (`method`, `seed`,
+    ``optimize_options``) on the table pruned to `coverage`, then `replan` toward it from
+    the layer's current placement. With `topology` (decode), costs are us per token: the
+    node-aware re-plan of `moefast.topology_plan.replan_node_aware` from that compute-only
+    plan, measured against the full node-aware plan (`node_aware_decode`) as `plan`
+    without `current` would make it."""
+    from moefast.optimizers import optimize
+    from moefast.topology_plan import node_aware_decode, replan_node_aware
+
+    if coverage < 1.0:
+        table = table.prune(coverage=coverage)
+    fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options)
+    if topology is None:
+        return replan(
+            table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=copy_cost
+        )
+    full = node_aware_decode(
+        table,
+        [fresh],
+        slots_per_gpu,
+        topology=topology,
+        round_us=round_us,
+        seed=seed,
+        num_groups=num_groups,
+    )
+    found = replan_node_aware(
+        table,
+        current,
+        fresh,
+        slots_per_gpu,
+        topology=topology,
+        round_us=round_us,
+        max_moves=max_moves,
+        seed=seed,
+        num_groups=num_groups,
+        full=full,
+    )
+    return dataclasses.replace(found, compute_only=fresh)
+
+
+def check_replan_options(
+    topology: Topology | None,
+    copy_cost: float | None,
+    objective: str,
+) -> None:
+    """Re-planning with a topology walks the decode time with communication under a move
+    budget: `copy_cost` prices copies in compute-only rounds, and the batch search with
+    communication has no move budget."""
+    if topology is None:
+        return
+    if copy_cost is not None:
+        raise ValueError("copy_cost is for the compute-only cost: with a topology use max_moves")
+    if objective != "decode":
+        raise ValueError(
+            "current= with topology= re-plans for decode (objective='decode'): the batch"
+            " search with communication takes no move budget; re-plan for batches without"
+            " topology="
+        )
+
+
 def replan_layers(
     tables: Sequence[SubsetTable],
     currents: Sequence[Placement],
@@ -187,31 +280,51 @@ def replan_layers(
     coverage: float = 1.0,
     method: str = "greedy",
     seed: int = 0,
+    topology: Topology | None = None,
+    round_us: float = ROUND_US,
+    num_groups: int | None = None,
+    executor: Executor | None = None,
+    layer_ids: Sequence[int] | None = None,
     **optimize_options: Any,
 ) -> list[Replan]:
-    """Every layer re-planned (layers in parallel): the full re-plan by `optimize`
-    (`method`, `seed`, ``optimize_options``) on the table pruned to `coverage`, then
-    `replan` toward it from that layer's current placement."""
-    from moefast.optimizers import optimize
-
+    """Every layer re-planned by `replan_layer`, layers in parallel: on threads, or on the
+    workers of ``executor`` (`moefast.distributed.replan_on`; the same results).
+    ``layer_ids`` name the layers in errors (default: positions)."""
     if len(currents) != len(tables):
         raise ValueError(
             f"current has {len(currents)} layers, the trace {len(tables)}: one placement per"
             " layer is needed"
         )
-    for t, c in zip(tables, currents, strict=True):
-        check_current(c, t, num_gpus, slots_per_gpu)
+    ids = list(range(len(tables))) if layer_ids is None else list(layer_ids)
+    for layer, t, c in zip(ids, tables, currents, strict=True):
+        try:
+            check_current(c, t.num_experts, num_gpus, slots_per_gpu)
+            if topology is not None:
+                _check_full(c, slots_per_gpu)
+            if num_groups is not None and topology is not None:
+                _core.topology_group_nodes(c, num_groups, topology.gpus_per_node)
+        except ValueError as e:
+            raise ValueError(f"layer {layer}: {e}") from None
+    check_replan_options(topology, copy_cost, optimize_options.get("objective", "decode"))
     max_moves, price = check_move_limits(max_moves, copy_cost)
+    options = dict(
+        optimize_options,
+        max_moves=max_moves,
+        copy_cost=None if topology is not None else price,
+        coverage=coverage,
+        method=method,
+        seed=seed,
+        topology=topology,
+        round_us=round_us,
+        num_groups=num_groups,
+    )
+    if executor is not None:
+        from moefast.distributed import replan_on
+
+        return replan_on(executor, tables, currents, ids, num_gpus, slots_per_gpu, options)
 
     def one(table: SubsetTable, current: Placement) -> Replan:
-        if coverage < 1.0:
-            table = table.prune(coverage=coverage)
-        full = optimize(
-            table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options
-        )
-        return replan(
-            table, current, slots_per_gpu, target=full, max_moves=max_moves, copy_cost=price
-        )
+        return replan_layer(table, current, num_gpus, slots_per_gpu, **options)
 
     workers = max(1, min(len(tables), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -252,17 +365,23 @@ def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[s
 
 
 def replan_summary(
-    replans: Sequence[Replan], max_moves: int | None, copy_cost: float | None, slots: int
+    replans: Sequence[Replan],
+    max_moves: int | None,
+    copy_cost: float | None,
+    slots: int,
+    unit: str = "rounds",
 ) -> dict[str, Any]:
-    """What `plan` records of a re-plan (JSON): per layer the copies and costs (rounds, on
-    the tables re-planned for), and the gain against moves at 0, 1/4, 1/2, 3/4 of the
-    budget and the budget (or of the most copies a layer used), then the full re-plan."""
+    """What `plan` records of a re-plan (JSON): per layer the copies and costs (``unit``:
+    expert rounds, or us per token with a topology; on the tables re-planned for), and the
+    gain against moves at 0, 1/4, 1/2, 3/4 of the budget and the budget (or of the most
+    copies a layer used), then the full re-plan."""
     top = max_moves if max_moves is not None else max(r.copies for r in replans)
     budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
     return {
         "max_moves": max_moves,
         "copy_cost": copy_cost,
         "slots": slots,
+        "unit": unit,
         "copies": [r.copies for r in replans],
         "costs": [r.cost for r in replans],
         "stale_costs": [r.stale_cost for r in replans],
@@ -274,7 +393,8 @@ def replan_summary(
 
 def curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The gain-against-moves table of `replan_summary` as text columns."""
-    header = ["moves per layer", "share of slots", "mean cost (rounds)", "share of full gain"]
+    unit = summary.get("unit", "rounds")
+    header = ["moves per layer", "share of slots", f"mean cost ({unit})", "share of full gain"]
     rows = []
     for row in summary["curve"]:
         moves = row["moves"]

@@ -141,6 +141,37 @@ def place(
     With `num_groups`, `start` must keep each of `num_groups` groups of consecutive expert
     ids on one node (ValueError naming a stray replica otherwise), and so does the result:
     every move keeps each group on its node. Never worse than `start`."""
+    placement, moved, _ = place_walk(
+        table,
+        start,
+        slots_per_gpu,
+        topology=topology,
+        round_us=round_us,
+        max_moves=max_moves,
+        max_evaluations=max_evaluations,
+        seed=seed,
+        target=target,
+        num_groups=num_groups,
+    )
+    return placement, moved
+
+
+def place_walk(
+    table: SubsetTable,
+    start: Placement,
+    slots_per_gpu: int,
+    *,
+    topology: Topology | None = None,
+    round_us: float = V3_ROUND_US,
+    max_moves: int | None = None,
+    max_evaluations: int = 20_000,
+    seed: int = 0,
+    target: Placement | None = None,
+    num_groups: int | None = None,
+) -> tuple[Placement, int, list[tuple[int, float]]]:
+    """`place`, and its search's path: (copies, expected time in us) from `start` after
+    each move when re-planning (`max_moves` or `target` given), else `start` and the end:
+    the gain against moves of a re-plan."""
     if topology is None:
         topology, round_us = Topology.free(), 1.0
     if max_moves is not None:

@@ -21,12 +21,15 @@ import numpy as np
 
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
+from moefast.replan import Replan, copies, relabel
 from moefast.topology import (
     Topology,
     eplb_hierarchical,
     expected_time,
+    group_nodes,
     place,
     place_batch,
+    place_walk,
     regroup,
     sample_batch_time,
     spread_groups,
@@ -35,6 +38,7 @@ from moefast.topology import (
 NODE_AWARE = "node-aware (moefast)"
 EPLB_HIERARCHICAL = "EPLB hierarchical"
 EPLB_GLOBAL = "EPLB global"
+SERVED = "served (current)"
 
 
 def grouped_starts(
@@ -115,6 +119,70 @@ def node_aware_decode(
         num_groups=num_groups,
     )
     return found
+
+
+def replan_node_aware(
+    table: SubsetTable,
+    current: Placement,
+    fresh: Placement,
+    slots_per_gpu: int,
+    *,
+    topology: Topology,
+    round_us: float,
+    max_moves: int | None,
+    seed: int,
+    num_groups: int | None = None,
+    full: Placement | None = None,
+) -> Replan:
+    """`current` re-planned for the decode time with communication (us per token) with at
+    most `max_moves` copies: the node-aware search walks from it, half its candidate moves
+    toward the compute-only plan `fresh` (with `num_groups`: the best grouped start made
+    from it), renamed by whole nodes and GPUs inside them to share the most replicas with
+    `current`; that target is the result when it fits the budget and is faster, and so is
+    `full` (the full node-aware re-plan, renamed likewise; the gain against moves is
+    measured against it). Costs are in us."""
+    if num_groups is not None:
+        try:
+            group_nodes(current, num_groups, topology.gpus_per_node)
+        except ValueError as e:
+            raise ValueError(f"current: {e}") from None
+        fresh = best_decode_start(table, [fresh], slots_per_gpu, topology, round_us, num_groups)
+    target = relabel(current, fresh, topology.gpus_per_node)
+    found, _, path = place_walk(
+        table,
+        current,
+        slots_per_gpu,
+        topology=topology,
+        round_us=round_us,
+        max_moves=max_moves,
+        seed=seed,
+        target=target,
+        num_groups=num_groups,
+    )
+
+    def time_of(p: Placement) -> float:
+        return expected_time(table, p, topology, round_us=round_us)
+
+    best, best_time = found, time_of(found)
+    if full is not None:
+        full = relabel(current, full, topology.gpus_per_node)
+    for candidate in (target, full):
+        if candidate is None:
+            continue
+        if max_moves is None or copies(current, candidate) <= max_moves:
+            t = time_of(candidate)
+            if t < best_time:
+                best, best_time = candidate, t
+    return Replan(
+        placement=best,
+        copies=copies(current, best),
+        cost=best_time,
+        stale_cost=path[0][1],
+        path=tuple((int(c), float(x)) for c, x in path),
+        full=full,
+        full_copies=None if full is None else copies(current, full),
+        full_cost=None if full is None else time_of(full),
+    )
 
 
 def node_aware_batch(
@@ -236,6 +304,7 @@ def compare_times(
     cost_model: CostModel | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    served: Sequence[Placement] | None = None,
 ) -> TimeComparison:
     """Each layer's modeled time with communication on ``score_tables`` (the held-out
     tables when the plan holds tokens out) for the node-aware plan, EPLB hierarchical
@@ -243,7 +312,8 @@ def compare_times(
     global and the compute-only plan. Decode (no ``batch_size``): one token's exact mean
     time (`expected_time`, ``round_us`` per round); batches: the mean achievable time of a
     fixed sample of batches of ``batch_size`` rows drawn by weight from each score table
-    (`sample_batch_time`), the same batches for every placement."""
+    (`sample_batch_time`), the same batches for every placement. ``served``: the
+    placement re-planned from (a re-plan's column beside it)."""
     placed: dict[str, Sequence[Placement]] = {NODE_AWARE: node_aware}
     if num_groups is not None:
         hierarchical = [
@@ -266,6 +336,8 @@ def compare_times(
             )
     placed[EPLB_GLOBAL] = eplb_global
     placed[compute_only_label] = compute_only
+    if served is not None:
+        placed[SERVED] = served
     if batch_size is None:
         measure = (
             f"mean time of one token (B = 1), us: {round_us:g} us per expert round plus"

@@ -109,9 +109,11 @@ fn topology_batch_time(
     Ok(py.detach(|| topology_cost::batch_time_bounds(&ids, k, &placement, model, &t))?)
 }
 
-/// (placement, replicas moved): `start` improved for the expected one-token time under
-/// the topology, adding at most `max_moves` replicas that `start` lacks; with
-/// `num_groups`, every expert group stays on the node it has in `start`.
+/// (placement, replicas moved, path): `start` improved for the expected one-token time
+/// under the topology, adding at most `max_moves` replicas that `start` lacks; with
+/// `num_groups`, every expert group stays on the node it has in `start`. The path:
+/// (copies, expected time in us) from the start after each move (re-planning), or the
+/// start and the end (a fresh plan).
 #[pyfunction]
 #[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None, num_groups=None))]
 #[allow(clippy::too_many_arguments)]
@@ -127,7 +129,7 @@ fn improve_placement(
     seed: &Bound<'_, PyAny>,
     target: Option<&PyPlacement>,
     num_groups: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(PyPlacement, usize)> {
+) -> PyResult<(PyPlacement, usize, Vec<(usize, f64)>)> {
     let target = target.map(|t| t.inner.clone());
     let limits = topology_place::SearchLimits {
         max_moves: max_moves
@@ -143,10 +145,11 @@ fn improve_placement(
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let t = self::topology(topology);
     let (table, start) = (table.inner.clone(), start.inner.clone());
-    let (p, moved) = interruptible(py, || {
-        topology_place::improve(&table, &start, slots, &t, round_us, limits)
+    let walk = interruptible(py, || {
+        topology_place::improve_walk(&table, &start, slots, &t, round_us, limits)
     })?;
-    Ok((PyPlacement { inner: Arc::new(p) }, moved))
+    let inner = Arc::new(walk.placement);
+    Ok((PyPlacement { inner }, walk.moved, walk.path))
 }
 
 /// (placement, mean time us on the sample): the best of `starts` on a fixed sample of
