@@ -109,6 +109,9 @@ fn topology_batch_time(
     Ok(py.detach(|| topology_cost::batch_time_bounds(&ids, k, &placement, model, &t))?)
 }
 
+/// (copies, expected time in us) after each move of a search.
+type WalkPath = Vec<(usize, f64)>;
+
 /// (placement, replicas moved, path): `start` improved for the expected one-token time
 /// under the topology, adding at most `max_moves` replicas that `start` lacks; with
 /// `num_groups`, every expert group stays on the node it has in `start`. The path:
@@ -129,7 +132,7 @@ fn improve_placement(
     seed: &Bound<'_, PyAny>,
     target: Option<&PyPlacement>,
     num_groups: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(PyPlacement, usize, Vec<(usize, f64)>)> {
+) -> PyResult<(PyPlacement, usize, WalkPath)> {
     let target = target.map(|t| t.inner.clone());
     let limits = topology_place::SearchLimits {
         max_moves: max_moves
