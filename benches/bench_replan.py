@@ -158,3 +158,31 @@ def test_replanning_with_few_moves_after_a_shift():
         in_sample = [shares[m][1] for m in BUDGETS]
         assert 0 < in_sample[0] <= in_sample[1] <= in_sample[2], name
         assert all(s > 0 for s in batches[name].values()), name
+
+
+def test_decode_share_over_instances():
+    """The decode share at 10% of the slots moves by several points with the instance:
+    the two shifts again with other routers and mixes (about a minute)."""
+    shares: dict[str, list[tuple[float, float]]] = {"request mix": [], "router redrawn": []}
+    for s in (3, 5, 7):
+        shifted = {"request mix": dict(seed=s, mix_seed=s + 4), "router redrawn": dict(seed=s + 1)}
+        for name, after_kw in shifted.items():
+            served_ids = group_limited_topk(20_000, seed=s)
+            after_ids = group_limited_topk(40_000, **after_kw)
+            before = mf.SubsetTable.from_topk(served_ids, num_experts=E).prune(coverage=0.9)
+            after = mf.SubsetTable.from_topk(after_ids[:20_000], num_experts=E).prune(coverage=0.9)
+            held = mf.SubsetTable.from_topk(after_ids[20_000:], num_experts=E)
+            served, full = mf.optimize(before, G, SLOTS), mf.optimize(after, G, SLOTS)
+            r = replan(after, served, SLOTS, target=full, max_moves=TENTH)
+            held_share = share(
+                mf.expected_cost(held, served),
+                mf.expected_cost(held, full),
+                mf.expected_cost(held, r.placement),
+            )
+            in_share = share(mf.expected_cost(after, served), mf.expected_cost(after, full), r.cost)
+            shares[name].append((held_share, in_share))
+            print(f"\nseed {s}, {name}: {held_share:.0%} held out ({in_share:.0%} in-sample)")
+            assert 0 < in_share <= 1, name
+    for name, values in shares.items():
+        held = sorted(v[0] for v in values)
+        print(f"{name}: {', '.join(f'{h:.0%}' for h in held)} held out")

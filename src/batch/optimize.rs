@@ -135,6 +135,36 @@ impl Search<'_> {
         Some(bound)
     }
 
+    /// (tolerance, screen): changes of the weighted sum within the tolerance are no
+    /// change; moves whose bound does not promise the screen are not re-timed.
+    fn tolerances(&self) -> (f64, f64) {
+        let objective: f64 = self
+            .times
+            .iter()
+            .zip(&self.sample.weights)
+            .map(|(t, w)| t * w)
+            .sum();
+        let tol = 1e-9 * objective.max(1e-300);
+        (tol, tol.max(MIN_GAIN * self.unit))
+    }
+
+    /// `bound` of every move, in parallel.
+    fn bounds(&self, moves: impl Iterator<Item = Move>) -> Vec<Option<f64>> {
+        let moves: Vec<Move> = moves.collect();
+        moves
+            .par_iter()
+            .map_init(
+                || {
+                    (
+                        self.layout.clone(),
+                        SemiMatching::new(self.layout.num_gpus()),
+                    )
+                },
+                |(scratch, matching), &mv| self.bound(scratch, matching, mv),
+            )
+            .collect()
+    }
+
     /// The search without a budget: passes over all moves in a seeded order, in chunks;
     /// each chunk's best improving move is made, until a pass finds none.
     fn passes(&mut self, rounds_solver: &mut RoundsSolver, options: BatchSearchOptions) {
@@ -148,26 +178,8 @@ impl Search<'_> {
                     break;
                 }
                 evaluations += chunk.len();
-                let objective: f64 = self
-                    .times
-                    .iter()
-                    .zip(&self.sample.weights)
-                    .map(|(t, w)| t * w)
-                    .sum();
-                let tol = 1e-9 * objective.max(1e-300);
-                let screen = tol.max(MIN_GAIN * self.unit);
-                let bounds: Vec<Option<f64>> = chunk
-                    .par_iter()
-                    .map_init(
-                        || {
-                            (
-                                self.layout.clone(),
-                                SemiMatching::new(self.layout.num_gpus()),
-                            )
-                        },
-                        |(scratch, matching), &mv| self.bound(scratch, matching, mv),
-                    )
-                    .collect();
+                let (tol, screen) = self.tolerances();
+                let bounds = self.bounds(chunk.iter().copied());
                 // Moves that might improve, best bound first (ties: chunk order).
                 let mut order: Vec<(f64, usize)> = bounds
                     .iter()
@@ -242,26 +254,8 @@ impl Search<'_> {
             }
         };
         let before = |a: (u8, f64), b: (u8, f64)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).is_lt();
-        let objective: f64 = self
-            .times
-            .iter()
-            .zip(&self.sample.weights)
-            .map(|(t, w)| t * w)
-            .sum();
-        let tol = 1e-9 * objective.max(1e-300);
-        let screen = tol.max(MIN_GAIN * self.unit);
-        let bounds: Vec<Option<f64>> = moves
-            .par_iter()
-            .map_init(
-                || {
-                    (
-                        self.layout.clone(),
-                        SemiMatching::new(self.layout.num_gpus()),
-                    )
-                },
-                |(scratch, matching), &(mv, _)| self.bound(scratch, matching, mv),
-            )
-            .collect();
+        let (tol, screen) = self.tolerances();
+        let bounds = self.bounds(moves.iter().map(|m| m.0));
         let mut order: Vec<((u8, f64), usize)> = bounds
             .iter()
             .enumerate()
