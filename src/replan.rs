@@ -13,8 +13,9 @@
 //! solved exactly, `relabel`; with nodes, a permutation of nodes and of GPUs inside each).
 //! If it is within the budget, it is a candidate answer as it is. Then a greedy walks from
 //! `current`: each step evaluates exactly (on the rows of the experts a move changes) the
-//! moves toward the relabelled target, the swaps that lower co-activation on a GPU and the
-//! replica reassignments of largest exact gain, and makes the improving move of largest
+//! moves toward the relabelled target (its swaps: those the greedy's co-activation score
+//! ranks best), the swaps that lower co-activation on a GPU and the replica reassignments
+//! of largest exact gain, and makes the improving move of largest
 //! gain per copy that fits the budget (a move that copies nothing first). When none fits,
 //! an exchange pairs a move that gives copies back (toward `current`) with one that spends
 //! them, if the pair lowers the cost (on the bench it adds about one point). With a
