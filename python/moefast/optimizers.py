@@ -14,7 +14,14 @@ from moefast._core import MAX_GPUS, Placement, SubsetTable
 from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
-from moefast.replan import check_current, check_move_limits, copies, relabel, replan
+from moefast.replan import (
+    check_current,
+    check_move_limits,
+    check_replan_options,
+    copies,
+    relabel,
+    replan,
+)
 from moefast.topology import V3_ROUND_US, Topology, check
 from moefast.topology_plan import node_aware_batch, node_aware_decode, replan_node_aware
 from moefast.validation import (
@@ -160,10 +167,8 @@ def optimize(
                     max_moves=max_moves,
                     copy_cost=price,
                 ).placement
-            if current is not None and copy_cost is not None:
-                raise ValueError(
-                    "copy_cost is for the compute-only cost: with a topology use max_moves"
-                )
+            if current is not None:
+                check_replan_options(topology, copy_cost, objective)
             assert topology is not None
             if current is None:
                 return node_aware_decode(
