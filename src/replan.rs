@@ -296,6 +296,13 @@ fn toward(layout: &Layout, target: &Layout, slots: usize) -> Vec<Move> {
     moves
 }
 
+/// The greedy's cheap score of swapping expert `i` (on GPU `a`) with `j` (on `b`): the
+/// change of their co-activation with the GPUs' other experts; lower is better.
+fn swap_score(state: &State, i: usize, a: usize, j: usize, b: usize) -> i64 {
+    let pair = state.problem.coactivation.weight(i, j);
+    state.conn(i, b) - state.conn(i, a) - 2 * pair + state.conn(j, a) - state.conn(j, b)
+}
+
 /// The moves a step evaluates exactly (module docs), without repeats.
 fn candidates(
     state: &State,
@@ -306,7 +313,6 @@ fn candidates(
     let layout = &state.layout;
     let (num_experts, num_gpus) = (layout.num_experts(), layout.num_gpus());
     let mut moves: Vec<Move> = Vec::new();
-    let coactivation = &state.problem.coactivation;
     // Toward the target (the relabelled full re-plan): every replacement, and the swaps
     // the greedy's cheap score ranks best.
     if let Some(t) = target {
@@ -327,10 +333,7 @@ fn candidates(
                     unreachable!("partitioned by kind")
                 };
                 let (i, j, a, b) = (first as usize, second as usize, from as usize, to as usize);
-                let score = state.conn(i, b) - state.conn(i, a) - 2 * coactivation.weight(i, j)
-                    + state.conn(j, a)
-                    - state.conn(j, b);
-                (score, mv)
+                (swap_score(state, i, a, j, b), mv)
             })
             .collect();
         let keep = TOWARD_SWAPS.min(ranked.len());
@@ -355,14 +358,12 @@ fn candidates(
                     continue;
                 }
                 targets.select_nth_unstable(keep - 1);
-                for &(leave, b) in &targets[..keep] {
+                for &(_, b) in &targets[..keep] {
                     for &j in layout.experts_on(b as usize) {
                         if j as usize == i || layout.holds(j as usize, a as usize) {
                             continue;
                         }
-                        let pair = coactivation.weight(i, j as usize);
-                        let score = leave - 2 * pair + state.conn(j as usize, a as usize)
-                            - state.conn(j as usize, b as usize);
+                        let score = swap_score(state, i, a as usize, j as usize, b as usize);
                         found.push((
                             score,
                             Move::Swap {

@@ -141,16 +141,23 @@ impl Search<'_> {
     /// The forced times of every batch under the search's layout (`forced`).
     fn count_forced(&mut self) {
         let num_gpus = self.layout.num_gpus();
-        let mut forced = vec![0.0; self.sample.weights.len() * num_gpus];
-        for (b, out) in forced.chunks_exact_mut(num_gpus).enumerate() {
-            let (experts, counts) = (&self.sample.experts[b], &self.sample.counts[b]);
-            for (&e, &n) in experts.iter().zip(counts) {
-                if let [g] = self.layout.gpus_of(e as usize) {
-                    out[*g as usize] += self.model.expert_time(n);
-                }
+        self.forced = vec![0.0; self.sample.weights.len() * num_gpus];
+        for b in 0..self.sample.weights.len() {
+            self.count_forced_batch(b);
+        }
+    }
+
+    /// Batch `b`'s row of `forced`, counted again under the search's layout.
+    fn count_forced_batch(&mut self, b: usize) {
+        let num_gpus = self.layout.num_gpus();
+        let out = &mut self.forced[b * num_gpus..(b + 1) * num_gpus];
+        out.fill(0.0);
+        let (experts, counts) = (&self.sample.experts[b], &self.sample.counts[b]);
+        for (&e, &n) in experts.iter().zip(counts) {
+            if let [g] = self.layout.gpus_of(e as usize) {
+                out[*g as usize] += self.model.expert_time(n);
             }
         }
-        self.forced = forced;
     }
 
     /// A lower bound on batch `b`'s time once `mv` is made (`after`: the layout with it
@@ -162,23 +169,27 @@ impl Search<'_> {
         }
         let num_gpus = self.layout.num_gpus();
         let (experts, counts) = (&self.sample.experts[b], &self.sample.counts[b]);
-        let mut change: Vec<(usize, f64)> = Vec::with_capacity(4);
+        // At most two experts change: (GPU, change of its forced time), without allocating.
+        let mut change = [(usize::MAX, 0.0f64); 4];
+        let mut n = 0;
         for x in mv.experts() {
             let Ok(i) = experts.binary_search(&(x as u32)) else {
                 continue;
             };
             let f = self.model.expert_time(counts[i]);
             if let [g] = self.layout.gpus_of(x as usize) {
-                change.push((*g as usize, -f));
+                change[n] = (*g as usize, -f);
+                n += 1;
             }
             if let [g] = after.gpus_of(x as usize) {
-                change.push((*g as usize, f));
+                change[n] = (*g as usize, f);
+                n += 1;
             }
         }
         let row = &self.forced[b * num_gpus..(b + 1) * num_gpus];
         let mut most = 0.0f64;
         for (g, &t) in row.iter().enumerate() {
-            let shift: f64 = change.iter().filter(|c| c.0 == g).map(|c| c.1).sum();
+            let shift: f64 = change[..n].iter().filter(|c| c.0 == g).map(|c| c.1).sum();
             most = most.max(t + shift);
         }
         most
@@ -272,11 +283,15 @@ impl Search<'_> {
         }
     }
 
-    /// Makes a scored move: the layout, the new times of the batches it touched and
-    /// their rounds.
+    /// Makes a scored move: the layout, the new times of the batches it touched, their
+    /// rounds and (where the search keeps them) forced times.
     fn make(&mut self, rounds_solver: &mut RoundsSolver, scored: Scored) {
         self.layout.apply(scored.mv);
+        let keeps_forced = !self.forced.is_empty();
         for (b, t) in scored.batches.into_iter().zip(scored.new_times) {
+            if keeps_forced {
+                self.count_forced_batch(b as usize);
+            }
             self.times[b as usize] = t;
             self.rounds[b as usize] =
                 rounds_solver.solve(&self.layout, &self.sample.experts[b as usize]);
@@ -397,7 +412,6 @@ impl Search<'_> {
                 Some((i, scored)) => {
                     used += moves[i].1;
                     self.make(rounds_solver, scored);
-                    self.count_forced();
                     everything = false;
                 }
                 None if everything => break,
