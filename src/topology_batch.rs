@@ -19,6 +19,17 @@
 //! `num_groups`, experts are in `num_groups` equal groups of consecutive ids (DeepSeek-V3:
 //! 8 groups of 32) and every group must live on one node, as group-limited routing
 //! assumes: the start placements must satisfy it and every step keeps it.
+//!
+//! Re-planning (`replan_batch`): the search walks from the served placement alone within
+//! a move budget. A move is a copy, a replica of the result that the served placement
+//! lacks on its GPU (`crate::replan::copies`; dropping is free): each candidate's change
+//! of copies is counted (a trade of two GPUs counts every replica it brings to a GPU that
+//! lacked it), candidates over `max_moves` are skipped, a step is made only if it lowers
+//! the sample's mean time by more than `copy_price` per copy, and the improving step of
+//! largest gain per copy is made (steps that copy nothing or give copies back first).
+//! With a target (a fresh plan relabelled to the served one), half the candidates bring a
+//! replica of the target to its GPU. Every layout of the path is within the budget, so
+//! the one the validation sample keeps is too.
 
 use rayon::prelude::*;
 
@@ -27,6 +38,7 @@ use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::check_memory;
 use crate::placement::Placement;
+use crate::replan::{copies, move_copies};
 use crate::rng::SplitMix64;
 use crate::table::SubsetTable;
 use crate::topology::Topology;
@@ -37,6 +49,8 @@ use crate::topology_cost::{batch_time_bounds, check_topology};
 const CHUNK: usize = 8;
 const PATIENCE: usize = 25;
 const CHECK_EVERY: usize = 12;
+/// Steps scored per round when re-planning: ranked by gain per copy, more to choose from.
+const REPLAN_CHUNK: usize = 2 * CHUNK;
 
 /// Options of `improve_batch`.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +62,31 @@ pub struct BatchOptions {
     pub max_evaluations: usize,
     /// Expert groups that must each live on one node (None: no constraint).
     pub num_groups: Option<usize>,
+}
+
+/// A move budget relative to the served placement (`replan_batch`).
+#[derive(Clone, Copy, Debug)]
+pub struct MoveLimits<'a> {
+    /// Most copies: replicas of the result that the served placement lacks on their GPU
+    /// (None: any number).
+    pub max_moves: Option<usize>,
+    /// Mean time (us) a copy must buy: a step is made only if it lowers the sample's
+    /// mean time by more than its copies' price (finite, >= 0).
+    pub copy_price: f64,
+    /// A fresh plan, already relabelled to share replicas with the served placement
+    /// (`crate::replan::relabel`): half the candidates move toward it.
+    pub target: Option<&'a Placement>,
+}
+
+/// What `replan_batch` returns: the placement, its mean time (us) on the sample, its
+/// copies from the served placement, and the path as (copies, sample mean time) after
+/// each step made, the served placement first: the gain against moves.
+#[derive(Clone, Debug)]
+pub struct BatchWalk {
+    pub placement: Placement,
+    pub mean: f64,
+    pub moved: usize,
+    pub path: Vec<(usize, f64)>,
 }
 
 /// Two GPUs trade every expert they hold.
@@ -119,6 +158,25 @@ fn apply(layout: &mut Layout, step: Step) {
     match step {
         Step::Gpus(a, b) => swap_gpus(layout, a, b),
         Step::Expert(mv) => layout.apply(mv),
+    }
+}
+
+/// Copies a step adds against `current` (negative: it puts back replicas `current`
+/// holds); a trade of two GPUs moves every replica of both.
+fn step_copies(current: &Placement, layout: &Layout, step: Step) -> isize {
+    match step {
+        Step::Expert(mv) => move_copies(current, mv),
+        Step::Gpus(a, b) => {
+            let lacks = |e: u16, g: usize| isize::from(!current.holds(e as usize, g));
+            let moved = |from: usize, to: usize| -> isize {
+                layout
+                    .experts_on(from)
+                    .iter()
+                    .map(|&e| lacks(e, to) - lacks(e, from))
+                    .sum()
+            };
+            moved(a, b) + moved(b, a)
+        }
     }
 }
 
@@ -214,6 +272,73 @@ impl Search<'_> {
         best as u16
     }
 
+    /// A move that gives a sampled GPU a replica `target` has there and the layout
+    /// lacks: added in a free slot, or in place of a replica the target does not want
+    /// there: replaced (one copy) when such a replica's expert has another one, else
+    /// swapped with one of the new expert's replicas, from a GPU where the target wants
+    /// the expert sent back if there is one (both copies toward it), else from one where
+    /// it does not want the new expert.
+    fn toward(&self, layout: &Layout, target: &Placement, rng: &mut SplitMix64) -> Option<Move> {
+        let g = rng.below(layout.num_gpus());
+        let gpu = g as u16;
+        let wanted: Vec<u16> = (0..target.num_experts())
+            .filter(|&e| target.holds(e, g) && !layout.holds(e, g))
+            .map(|e| e as u16)
+            .filter(|&e| self.may_hold(e, gpu))
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        let new = wanted[rng.below(wanted.len())];
+        if layout.used(g) < self.slots {
+            let mv = Move::Add { expert: new, gpu };
+            return layout.allows(mv, self.slots).then_some(mv);
+        }
+        let unwanted: Vec<u16> = layout
+            .experts_on(g)
+            .iter()
+            .copied()
+            .filter(|&e| !target.holds(e as usize, g))
+            .collect();
+        let spare: Vec<u16> = unwanted
+            .iter()
+            .copied()
+            .filter(|&e| layout.replicas(e as usize) >= 2)
+            .collect();
+        let mv = if !spare.is_empty() {
+            let old = spare[rng.below(spare.len())];
+            Move::Replace { old, gpu, new }
+        } else if !unwanted.is_empty() {
+            let old = unwanted[rng.below(unwanted.len())];
+            let from: Vec<u16> = layout
+                .gpus_of(new as usize)
+                .iter()
+                .copied()
+                .filter(|&f| self.may_hold(old, f) && !layout.holds(old as usize, f as usize))
+                .collect();
+            let back: Vec<u16> = from
+                .iter()
+                .copied()
+                .filter(|&f| target.holds(old as usize, f as usize))
+                .collect();
+            let free: Vec<u16> = from
+                .iter()
+                .copied()
+                .filter(|&f| !target.holds(new as usize, f as usize))
+                .collect();
+            let pool = [back, free, from].into_iter().find(|p| !p.is_empty())?;
+            Move::Swap {
+                first: new,
+                from: pool[rng.below(pool.len())],
+                second: old,
+                to: gpu,
+            }
+        } else {
+            return None;
+        };
+        layout.allows(mv, self.slots).then_some(mv)
+    }
+
     fn candidate(&self, layout: &Layout, rng: &mut SplitMix64) -> Option<Step> {
         let g = layout.num_gpus();
         let gpn = self.topology.gpus_per_node;
@@ -307,6 +432,65 @@ pub fn improve_batch(
     topology: &Topology,
     options: BatchOptions,
 ) -> Result<(Placement, f64)> {
+    let walk = run(table, starts, slots_per_gpu, model, topology, options, None)?;
+    Ok((walk.placement, walk.mean))
+}
+
+/// `current` (the served placement) re-planned by the batch search within `limits`
+/// (module docs): the result has at most `max_moves` replicas `current` lacks on their
+/// GPU and is never worse than `current` on the sample (nor, its copies priced, on the
+/// validation sample); with `max_moves` = 0 it is `current`.
+pub fn replan_batch(
+    table: &SubsetTable,
+    current: &Placement,
+    slots_per_gpu: usize,
+    model: CostModel,
+    topology: &Topology,
+    options: BatchOptions,
+    limits: MoveLimits<'_>,
+) -> Result<BatchWalk> {
+    if !(limits.copy_price.is_finite() && limits.copy_price >= 0.0) {
+        return Err(MoeError::value(format!(
+            "copy_price = {}: must be finite and non-negative",
+            limits.copy_price
+        )));
+    }
+    if let Some(t) = limits.target {
+        if (t.num_experts(), t.num_gpus()) != (current.num_experts(), current.num_gpus()) {
+            return Err(MoeError::value(format!(
+                "the target placement has {} experts on {} GPUs, the current one {} on {}",
+                t.num_experts(),
+                t.num_gpus(),
+                current.num_experts(),
+                current.num_gpus()
+            )));
+        }
+    }
+    let starts = std::slice::from_ref(current);
+    let walk = run(
+        table,
+        starts,
+        slots_per_gpu,
+        model,
+        topology,
+        options,
+        Some(limits),
+    )?;
+    debug_assert!(limits.max_moves.is_none_or(|m| walk.moved <= m));
+    Ok(walk)
+}
+
+/// The search of `improve_batch` (no limits) and `replan_batch` (`starts` is the served
+/// placement alone).
+fn run(
+    table: &SubsetTable,
+    starts: &[Placement],
+    slots_per_gpu: usize,
+    model: CostModel,
+    topology: &Topology,
+    options: BatchOptions,
+    limits: Option<MoveLimits<'_>>,
+) -> Result<BatchWalk> {
     let Some(first) = starts.first() else {
         return Err(MoeError::value("starts: give at least one placement"));
     };
@@ -327,6 +511,11 @@ pub fn improve_batch(
         return Err(MoeError::value("the table is empty (total weight 0)"));
     }
     check_memory(table.num_experts(), first.num_gpus(), slots_per_gpu)?;
+    // Errors name the start, or the served placement when re-planning.
+    let name = |i: usize| match limits {
+        Some(_) => "current".to_string(),
+        None => format!("starts[{i}]"),
+    };
     for (i, s) in starts.iter().enumerate() {
         crate::cost::check_compatible(table, s)?;
         check_topology(topology, s)?;
@@ -344,7 +533,8 @@ pub fn improve_batch(
             .find(|(_, &n)| n > slots_per_gpu)
         {
             return Err(MoeError::value(format!(
-                "starts[{i}] puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
+                "{} puts {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}",
+                name(i)
             )));
         }
     }
@@ -356,7 +546,7 @@ pub fn improve_batch(
                 .enumerate()
                 .map(|(i, s)| {
                     group_nodes(s, n, topology.gpus_per_node)
-                        .map_err(|e| MoeError::value(format!("starts[{i}]: {e}")))
+                        .map_err(|e| MoeError::value(format!("{}: {e}", name(i))))
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some((nodes, table.num_experts() / n))
@@ -388,15 +578,82 @@ pub fn improve_batch(
     if let Some((nodes, size)) = groups {
         search.groups = Some((nodes[best].clone(), size));
     }
+    let batches = options.num_batches as f64;
     let mut layout = Layout::from_placement(&starts[best]);
     let mut total = totals[best];
     let mut rng = SplitMix64::new(options.seed);
     let (mut evaluations, mut idle, mut rounds) = (0, 0, 0);
-    // The layout of the path best on the validation sample, its score and sample total.
+    // The layout of the path best on the validation sample (plus the price of its
+    // copies, when re-planning), that score and its sample total.
     let mut kept = (layout.clone(), scores[best].1, total);
     let mut changed = false;
+    // Re-planning: copies so far, the price of one in sums over the sample, the path.
+    let mut moved = 0isize;
+    let price = limits.map_or(0.0, |l| l.copy_price * batches);
+    let mut path = vec![(0usize, total / batches)];
     while evaluations < options.max_evaluations && idle < PATIENCE && !crate::cancel::requested() {
         rounds += 1;
+        if let Some(limits) = limits {
+            let left = options.max_evaluations - evaluations;
+            let mut steps: Vec<(Step, isize)> = Vec::with_capacity(REPLAN_CHUNK);
+            for _ in 0..REPLAN_CHUNK {
+                if steps.len() >= left {
+                    break;
+                }
+                let step = match limits.target {
+                    Some(t) if rng.below(2) == 0 => {
+                        search.toward(&layout, t, &mut rng).map(Step::Expert)
+                    }
+                    _ => search.candidate(&layout, &mut rng),
+                };
+                let Some(step) = step else { continue };
+                let c = step_copies(first, &layout, step);
+                if limits.max_moves.is_some_and(|m| moved + c > m as isize) {
+                    continue;
+                }
+                steps.push((step, c));
+            }
+            evaluations += steps.len();
+            let scored = steps
+                .par_iter()
+                .map(|&(step, c)| {
+                    let mut l = layout.clone();
+                    apply(&mut l, step);
+                    Ok((search.total(&l)?, step, c))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let tol = 1e-9 * total.max(1e-300);
+            // Steps that copy nothing (or give copies back) first, then by gain per copy.
+            let key = |t: f64, c: isize| {
+                if c > 0 {
+                    (1u8, (t - total) / c as f64)
+                } else {
+                    (0u8, t - total)
+                }
+            };
+            let best = scored
+                .into_iter()
+                .filter(|&(t, _, c)| t < total - tol && total - t > price * c.max(0) as f64)
+                .min_by(|a, b| {
+                    let (x, y) = (key(a.0, a.2), key(b.0, b.2));
+                    x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))
+                });
+            match best {
+                Some((t, step, c)) => {
+                    apply(&mut layout, step);
+                    total = t;
+                    moved += c;
+                    path.push((moved as usize, total / batches));
+                    idle = 0;
+                    let v = search.validate(&layout)? + price * moved as f64;
+                    if v < kept.1 {
+                        kept = (layout.clone(), v, total);
+                    }
+                }
+                None => idle += 1,
+            }
+            continue;
+        }
         if changed && rounds % CHECK_EVERY == 0 {
             let v = search.validate(&layout)?;
             if v < kept.1 {
@@ -435,7 +692,17 @@ pub fn improve_batch(
     if changed && search.validate(&layout)? < kept.1 {
         kept = (layout, 0.0, total);
     }
-    Ok((kept.0.to_placement()?, kept.2 / options.num_batches as f64))
+    let placement = kept.0.to_placement()?;
+    let moved = copies(first, &placement);
+    if limits.is_none() {
+        path.push((moved, kept.2 / batches));
+    }
+    Ok(BatchWalk {
+        placement,
+        mean: kept.2 / batches,
+        moved,
+        path,
+    })
 }
 
 /// Mean achievable layer time (us) of `placement` on the fixed sample `improve_batch`

@@ -84,18 +84,6 @@ def test_bad_combinations_and_served_placements_are_refused():
     served = mf.plan(workload(1), GPUS, SLOTS, holdout=0)
     with pytest.raises(ValueError, match="copy_cost is for the compute-only cost"):
         mf.plan(after, GPUS, SLOTS, current=served, copy_cost=0.01, topology=TOPO)
-    with pytest.raises(ValueError, match="re-plans for decode"):
-        mf.plan(
-            after,
-            GPUS,
-            SLOTS,
-            current=served,
-            max_moves=2,
-            topology=TOPO,
-            objective="batch",
-            batch_size=8,
-            cost_model=mf.CostModel(alpha=40.0, beta=0.1, p=1.0),
-        )
     other = mf.plan(mf.synthetic_trace(500, 40, 4, 2, seed=1, layer_ids=[3, 5]), GPUS, SLOTS)
     with pytest.raises(ValueError, match="current, layer 3: current has 40 experts"):
         mf.plan(after, GPUS, SLOTS, current=other, max_moves=2)

@@ -28,6 +28,7 @@ __all__ = [
     "optimize_placement",
     "rebalance_experts",
     "relabel_gpus",
+    "replan_batch_placement",
     "replan_placement",
     "replica_copies",
     "simulate_steps",
@@ -249,6 +250,27 @@ def improve_batch_placement(
 ) -> tuple[Placement, float]:
     """(placement, mean time us on the sample): the best start improved for the layer time
     of sampled batches with communication (or, with score_only, one placement's time)."""
+
+def replan_batch_placement(
+    table: SubsetTable,
+    current: Placement,
+    slots_per_gpu: int,
+    alpha: float,
+    beta: float,
+    p: float,
+    topology: _Topology,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    max_evaluations: int,
+    max_moves: int | None = None,
+    copy_price: float = 0.0,
+    target: Placement | None = None,
+    num_groups: int | None = None,
+) -> tuple[Placement, float, int, list[tuple[int, float]]]:
+    """(placement, mean time us on the sample, copies, path): `current` re-planned by the
+    batch search with communication within max_moves copies and copy_price us per copy,
+    half the candidates toward `target`; the path as (copies, sample mean time)."""
 
 def topology_group_nodes(placement: Placement, num_groups: int, gpus_per_node: int) -> list[int]:
     """The node of each expert group when every group lives on one node."""

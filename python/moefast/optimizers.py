@@ -23,7 +23,12 @@ from moefast.replan import (
     replan,
 )
 from moefast.topology import V3_ROUND_US, Topology, check
-from moefast.topology_plan import node_aware_batch, node_aware_decode, replan_node_aware
+from moefast.topology_plan import (
+    node_aware_batch,
+    node_aware_decode,
+    replan_node_aware,
+    replan_node_aware_batch,
+)
 from moefast.validation import (
     check_count,
     check_int,
@@ -108,7 +113,11 @@ def optimize(
     from `current` (`copy_cost` is for the compute-only decode cost). With
     `objective="batch"` the batch search walks from `current` by the best gain in step
     time per copy (`moefast.batch.optimize_batch(max_moves=)`); it, the relabelled batch
-    plan (if it fits) and `current` are compared by simulated step time.
+    plan (if it fits) and `current` are compared by simulated step time. With
+    `objective="batch"` and a topology, the batch search with communication walks from
+    `current` toward the full node-aware batch plan relabelled by nodes and GPUs inside
+    them (`moefast.topology_plan.replan_node_aware_batch`), and the fastest of `current`,
+    the walk and that plan (if it fits) on the search's sampled batches is the result.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -201,10 +210,9 @@ def optimize(
     batch_size = check_count("batch_size", batch_size)
     if current is not None:
         check_current(current, table.num_experts, num_gpus, slots_per_gpu)
-        if copy_cost is not None or topology is not None:
-            raise ValueError(
-                "objective='batch' re-plans with max_moves only (no copy_cost, topology)"
-            )
+        check_replan_options(topology, copy_cost, objective)
+        if copy_cost is not None:
+            raise ValueError("objective='batch' re-plans with max_moves only (no copy_cost)")
         max_moves, _ = check_move_limits(max_moves, None)
         fresh = optimize(
             table,
@@ -217,7 +225,23 @@ def optimize(
             cost_model=cost_model,
             num_batches=num_batches,
             max_evaluations=max_evaluations,
+            topology=topology,
+            num_groups=num_groups,
         )
+        if topology is not None:
+            return replan_node_aware_batch(
+                table,
+                current,
+                fresh,
+                slots_per_gpu,
+                topology=topology,
+                cost_model=cost_model,
+                batch_size=batch_size,
+                num_batches=num_batches,
+                max_moves=max_moves,
+                seed=seed,
+                num_groups=num_groups,
+            ).placement
         relabelled = relabel(current, fresh)
         walked = optimize_batch(
             table,

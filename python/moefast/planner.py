@@ -304,8 +304,11 @@ def plan(
     does, or is the full node-aware plan (relabelled) when that fits the budget and is
     faster; the gain against moves is in us per token with communication, measured against
     that full plan, and ``settings["topology"]`` has a column for the served placement.
-    Refused with a topology: ``copy_cost`` (a price in compute-only rounds) and
-    ``objective="batch"`` (the batch search with communication takes no move budget).
+    With a topology and ``objective="batch"``, each layer is re-planned as
+    `optimize(objective="batch", current=, topology=, max_moves=)` does, toward the full
+    node-aware batch plan as ``plan`` without ``current`` makes it; costs in us per batch
+    of ``batch_size`` tokens on the batch search's sample. Refused with a topology:
+    ``copy_cost`` (a price in compute-only rounds).
 
     ``topology`` (a `moefast.topology.Topology`: GPUs in nodes, dispatch and combine) plans
     every layer node-aware after its compute-only plan: for decode the node-aware search
@@ -503,7 +506,7 @@ def plan(
             max_moves,
             copy_cost,
             num_gpus * slots_per_gpu,
-            "rounds" if topology is None else "us per token, with communication",
+            _replan_unit(topology, objective, batch_size),
         )
     if topology is not None:
         if streamed is not None and streamed.test is not None:
@@ -541,6 +544,15 @@ def plan(
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:
+    """The unit of ``settings["replan"]``'s costs."""
+    if topology is None:
+        return "rounds"
+    if objective == "batch":
+        return f"us per batch of {batch_size} tokens, with communication"
+    return "us per token, with communication"
 
 
 def _topology_settings(

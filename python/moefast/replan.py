@@ -214,9 +214,17 @@ def replan_layer(
     the layer's current placement. With `topology` (decode), costs are us per token: the
     node-aware re-plan of `moefast.topology_plan.replan_node_aware` from that compute-only
     plan, measured against the full node-aware plan (`node_aware_decode`) as `plan`
-    without `current` would make it."""
+    without `current` would make it. With a topology and ``objective="batch"``, costs are
+    us per batch of ``batch_size`` tokens on the batch search's sample:
+    `moefast.topology_plan.replan_node_aware_batch` walks toward the full node-aware
+    batch plan (`node_aware_batch` from the compute-only batch plan)."""
     from moefast.optimizers import optimize
-    from moefast.topology_plan import node_aware_decode, replan_node_aware
+    from moefast.topology_plan import (
+        node_aware_batch,
+        node_aware_decode,
+        replan_node_aware,
+        replan_node_aware_batch,
+    )
 
     if coverage < 1.0:
         table = table.prune(coverage=coverage)
@@ -225,6 +233,32 @@ def replan_layer(
         return replan(
             table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=copy_cost
         )
+    if optimize_options.get("objective") == "batch":
+        full = node_aware_batch(
+            table,
+            [fresh],
+            slots_per_gpu,
+            topology=topology,
+            cost_model=optimize_options["cost_model"],
+            batch_size=optimize_options["batch_size"],
+            num_batches=None,
+            seed=seed,
+            num_groups=num_groups,
+        )
+        found = replan_node_aware_batch(
+            table,
+            current,
+            full,
+            slots_per_gpu,
+            topology=topology,
+            cost_model=optimize_options["cost_model"],
+            batch_size=optimize_options["batch_size"],
+            num_batches=None,
+            max_moves=max_moves,
+            seed=seed,
+            num_groups=num_groups,
+        )
+        return dataclasses.replace(found, compute_only=fresh)
     full = node_aware_decode(
         table,
         [fresh],
@@ -254,19 +288,13 @@ def check_replan_options(
     copy_cost: float | None,
     objective: str,
 ) -> None:
-    """Re-planning with a topology walks the decode time with communication under a move
-    budget: `copy_cost` prices copies in compute-only rounds, and the batch search with
-    communication has no move budget."""
+    """Re-planning with a topology walks the decode time, or the batch step time
+    (`objective`), with communication under a move budget: `copy_cost` prices copies in
+    compute-only rounds."""
     if topology is None:
         return
     if copy_cost is not None:
         raise ValueError("copy_cost is for the compute-only cost: with a topology use max_moves")
-    if objective != "decode":
-        raise ValueError(
-            "current= with topology= re-plans for decode (objective='decode'): the batch"
-            " search with communication takes no move budget; re-plan for batches without"
-            " topology="
-        )
 
 
 def replan_layers(
@@ -299,7 +327,7 @@ def replan_layers(
     for layer, t, c in zip(ids, tables, currents, strict=True):
         try:
             check_current(c, t.num_experts, num_gpus, slots_per_gpu)
-            if topology is not None:
+            if topology is not None and optimize_options.get("objective") != "batch":
                 _check_full(c, slots_per_gpu)
             if num_groups is not None and topology is not None:
                 _core.topology_group_nodes(c, num_groups, topology.gpus_per_node)

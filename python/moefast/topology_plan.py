@@ -2,7 +2,8 @@
 communication that `moefast.plan` reports for them (issue 14).
 
 `node_aware_decode` and `node_aware_batch` are what `optimize(topology=...)` and
-`plan(topology=...)` run after the compute-only plan: the decode search
+`plan(topology=...)` run after the compute-only plan (`replan_node_aware` and
+`replan_node_aware_batch` when re-planning from a served placement): the decode search
 (`moefast.topology.place`) or the batch search (`place_batch`), with `num_groups` from
 the best start that keeps each expert group on one node (the compute-only starts
 regrouped, one built from the table, and EPLB's hierarchical placement). `compare_times`
@@ -29,10 +30,12 @@ from moefast.topology import (
     group_nodes,
     place,
     place_batch,
+    place_batch_walk,
     place_walk,
     regroup,
     sample_batch_time,
     spread_groups,
+    walk_batches,
 )
 
 NODE_AWARE = "node-aware (moefast)"
@@ -216,6 +219,82 @@ def node_aware_batch(
         num_groups=num_groups,
     )
     return placed
+
+
+def replan_node_aware_batch(
+    table: SubsetTable,
+    current: Placement,
+    full: Placement,
+    slots_per_gpu: int,
+    *,
+    topology: Topology,
+    cost_model: CostModel,
+    batch_size: int,
+    num_batches: int | None,
+    max_moves: int | None,
+    seed: int,
+    max_evaluations: int = 2_000,
+    num_groups: int | None = None,
+) -> Replan:
+    """`current` re-planned for the layer time of batches of `batch_size` tokens with
+    communication (us), with at most `max_moves` copies: the batch search walks from it
+    (`place_batch_walk`), half its candidate steps toward `full` (the full node-aware
+    batch plan) renamed by whole nodes and GPUs inside them to share the most replicas
+    with `current`. The walk's sample is `num_batches` batches (default `walk_batches`,
+    four times `place_batch`'s). The result is the fastest of `current`, the walk and that
+    renamed plan (when it fits the budget) on that sample and its validation sample
+    together (the walk was fitted to the first alone, the plan to a quarter of it); the
+    costs recorded are on the walk's sample, where its path is."""
+    if num_groups is not None:
+        try:
+            group_nodes(current, num_groups, topology.gpus_per_node)
+        except ValueError as e:
+            raise ValueError(f"current: {e}") from None
+    target = relabel(current, full, topology.gpus_per_node)
+    if num_batches is None:
+        num_batches = walk_batches(batch_size)
+    walked, _, _, path = place_batch_walk(
+        table,
+        current,
+        slots_per_gpu,
+        topology=topology,
+        cost_model=cost_model,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        seed=seed,
+        max_moves=max_moves,
+        target=target,
+        max_evaluations=max_evaluations,
+        num_groups=num_groups,
+    )
+
+    def time_of(p: Placement, validation: bool = False) -> float:
+        return sample_batch_time(
+            table,
+            p,
+            topology=topology,
+            cost_model=cost_model,
+            batch_size=batch_size,
+            num_batches=num_batches,
+            seed=seed,
+            validation=validation,
+        )
+
+    candidates = [current, walked]
+    if max_moves is None or copies(current, target) <= max_moves:
+        candidates.append(target)
+    both = [time_of(p) + time_of(p, validation=True) for p in candidates]
+    best = candidates[int(np.argmin(both))]
+    return Replan(
+        placement=best,
+        copies=copies(current, best),
+        cost=time_of(best),
+        stale_cost=path[0][1],
+        path=tuple(path),
+        full=target,
+        full_copies=copies(current, target),
+        full_cost=time_of(target),
+    )
 
 
 @dataclass

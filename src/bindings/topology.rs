@@ -211,6 +211,61 @@ fn improve_batch_placement(
     Ok((PyPlacement { inner: Arc::new(p) }, mean))
 }
 
+/// (placement, mean time us on the sample, copies, path): `current` re-planned by the
+/// batch search with communication, at most `max_moves` replicas `current` lacks on their
+/// GPU, a step made only if it gains more than `copy_price` us per copy, half the
+/// candidates toward `target` when given; the path as (copies, sample mean time) after
+/// each step, `current` first.
+#[pyfunction]
+#[pyo3(signature = (table, current, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, max_moves=None, copy_price=0.0, target=None, num_groups=None))]
+#[allow(clippy::too_many_arguments)]
+fn replan_batch_placement(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    current: &PyPlacement,
+    slots_per_gpu: &Bound<'_, PyAny>,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    topology: TopologyTuple,
+    batch_size: &Bound<'_, PyAny>,
+    num_batches: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    max_evaluations: &Bound<'_, PyAny>,
+    max_moves: Option<&Bound<'_, PyAny>>,
+    copy_price: f64,
+    target: Option<&PyPlacement>,
+    num_groups: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(PyPlacement, f64, usize, WalkPath)> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let options = topology_batch::BatchOptions {
+        batch_size: count_arg(batch_size, "batch_size", 1)?,
+        num_batches: count_arg(num_batches, "num_batches", 1)?,
+        seed: count_arg(seed, "seed", 0)? as u64,
+        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
+        num_groups: num_groups
+            .map(|n| count_arg(n, "num_groups", 1))
+            .transpose()?,
+    };
+    let max_moves = max_moves
+        .map(|m| count_arg(m, "max_moves", 0))
+        .transpose()?;
+    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
+    let t = self::topology(topology);
+    let (table, current) = (table.inner.clone(), current.inner.clone());
+    let target = target.map(|t| t.inner.clone());
+    let limits = topology_batch::MoveLimits {
+        max_moves,
+        copy_price,
+        target: target.as_deref(),
+    };
+    let walk = interruptible(py, || {
+        topology_batch::replan_batch(&table, &current, slots, model, &t, options, limits)
+    })?;
+    let inner = Arc::new(walk.placement);
+    Ok((PyPlacement { inner }, walk.mean, walk.moved, walk.path))
+}
+
 /// The node of each expert group when every group lives on one node (ValueError naming
 /// the first stray replica otherwise).
 #[pyfunction]
@@ -308,6 +363,7 @@ fn topology_eplb_hierarchical(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(improve_batch_placement, m)?)?;
+    m.add_function(wrap_pyfunction!(replan_batch_placement, m)?)?;
     m.add_function(wrap_pyfunction!(topology_group_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(topology_preset, m)?)?;
     m.add_function(wrap_pyfunction!(topology_comm_us, m)?)?;
