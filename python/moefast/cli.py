@@ -217,10 +217,11 @@ def _print_replan(summary: dict) -> None:
     from moefast.replan import curve_rows
 
     copies = summary["copies"]
+    price = "" if summary["copy_cost"] is None else f", copy cost {summary['copy_cost']}"
     print(
         f"re-planned from the current placement: {sum(copies)} copies in all, at most"
-        f" {max(copies)} per layer (budget {summary['max_moves']}); gain against moves"
-        " (costs on the tables planned on):"
+        f" {max(copies)} per layer (budget {summary['max_moves']}{price}); gain against"
+        " moves (costs on the tables planned on):"
     )
     print(text_tables.format_table(*curve_rows(summary)))
 
@@ -864,7 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ROUNDS",
         help="with --current: make a move only if it gains more than this many expert rounds"
-        " per token per copy (moefast.replan.price_per_copy)",
+        " per token per copy (moefast.replan.price_per_copy; with --topology, times"
+        " --round-us us per token per copy)",
     )
     p.add_argument(
         "--topology",

@@ -26,7 +26,13 @@ from moefast.heldout import (
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
-from moefast.replan import check_current, check_move_limits, check_replan_options, replan_layers
+from moefast.replan import (
+    CopyPrice,
+    check_current,
+    check_move_limits,
+    check_replan_options,
+    replan_layers,
+)
 from moefast.selection import Estimator, select_estimator
 from moefast.topology import V3_ROUND_US, Topology
 from moefast.topology import check as check_topology
@@ -249,7 +255,7 @@ def plan(
     model: str | ModelLayout | None = None,
     current: ModelPlacement | Sequence[Placement] | None = None,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     topology: Topology | None = None,
     num_groups: int | None = None,
     round_us: float = V3_ROUND_US,
@@ -300,12 +306,14 @@ def plan(
     checked against the trace's experts and layer ids before any work (for files, against
     the first file's). With trace files and an ``executor`` the layers are re-planned on
     its workers; the result is the in-process one. With a ``topology`` (decode) each layer
-    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=)`
-    does, or is the full node-aware plan (relabelled) when that fits the budget and is
-    faster; the gain against moves is in us per token with communication, measured against
-    that full plan, and ``settings["topology"]`` has a column for the served placement.
-    Refused with a topology: ``copy_cost`` (a price in compute-only rounds) and
-    ``objective="batch"`` (the batch search with communication takes no move budget).
+    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=,
+    copy_cost=)` does (a copy priced ``copy_cost`` x ``round_us`` us per token, or by link
+    with a `moefast.replan.CopyPrice`), or is the full node-aware plan (relabelled) when
+    that fits the budget and is faster (time plus copies' price); the gain against moves
+    is in us per token with communication, measured against that full plan, and
+    ``settings["topology"]`` has a column for the served placement. Refused with a
+    topology: ``objective="batch"`` (the batch search with communication takes no move
+    budget).
 
     ``topology`` (a `moefast.topology.Topology`: GPUs in nodes, dispatch and combine) plans
     every layer node-aware after its compute-only plan: for decode the node-aware search
@@ -329,7 +337,7 @@ def plan(
         progress = sys.stderr.isatty()
     if current is not None:
         check_replan_options(topology, copy_cost, objective)
-        check_move_limits(max_moves, copy_cost)
+        check_move_limits(max_moves, None)
     streamed: StreamedSplit | None = None
     if trace is None and _is_paths(trace_or_tables):
         if current is not None:  # a mismatch is found before the files are counted

@@ -18,7 +18,11 @@ the budget is spent or nothing improves. Its path gives the gain against moves.
 `copy_cost` prices a copy instead of (or beside) a hard budget: a move is made only if it
 lowers the expected cost by more than its copies' price. `price_per_copy` turns an
 expert's bytes, the link bandwidth and the tokens served until the next re-plan into that
-price.
+price, in expert rounds per token. The same number means the same with a topology, where
+times are us per token: the node-aware walk prices a copy `copy_cost` x `round_us` us per
+token, and `Topology.copy_price` gives a `CopyPrice` by link (NVLink inside a node, RDMA
+across). For batches (`objective="batch"`), a copy costs `copy_cost` x `round_us` x
+`batch_size` us of mean step time: the per-token price times the tokens of a step.
 """
 
 from __future__ import annotations
@@ -88,13 +92,58 @@ def price_per_copy(
     """The price of one copy in expert rounds per token: the copy's time
     (expert_bytes / bandwidth) spread over the `tokens` this layer serves until the next
     re-plan, in rounds of `round_us` microseconds. A DeepSeek-V3 expert in FP8 is about
-    44 MB; 50 GB/s RDMA copies it in ~0.9 ms."""
+    44 MB; 50 GB/s RDMA copies it in ~0.9 ms. The same price serves the node-aware
+    re-plan (a copy costs price x `round_us` us per token there; `Topology.copy_price`
+    prices by link) and batches (price x `round_us` x `batch_size` us per step)."""
     expert_bytes = check_positive("expert_bytes", expert_bytes)
     bandwidth_gb_s = check_positive("bandwidth_gb_s", bandwidth_gb_s)
     tokens = check_positive("tokens", tokens)
     round_us = check_positive("round_us", round_us)
     copy_us = expert_bytes / (bandwidth_gb_s * 1e3)
     return copy_us / round_us / tokens
+
+
+@dataclass(frozen=True)
+class CopyPrice:
+    """The price of one copy in expert rounds per token, by the link the copy crosses
+    (with a topology): `in_node` when the served placement holds the expert on another
+    GPU of the destination's node (an NVLink copy), `across_nodes` otherwise (RDMA).
+    `moefast.topology.Topology.copy_price` makes one from an expert's bytes; a float
+    `copy_cost` is one price for both."""
+
+    in_node: float
+    across_nodes: float
+
+    def __post_init__(self) -> None:
+        for name in ("in_node", "across_nodes"):
+            value = check_non_negative(f"copy_cost.{name}", getattr(self, name))
+            object.__setattr__(self, name, value)
+
+    def us(self, round_us: float) -> tuple[float, float]:
+        """(in node, across nodes) in us per token: the prices times `round_us`."""
+        return self.in_node * round_us, self.across_nodes * round_us
+
+
+def check_copy_cost(copy_cost: float | CopyPrice | None) -> CopyPrice:
+    """`copy_cost` as a `CopyPrice` (None: free; a float, finite and >= 0: one price)."""
+    if isinstance(copy_cost, CopyPrice):
+        return copy_cost
+    price = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
+    return CopyPrice(price, price)
+
+
+def copies_price(
+    current: Placement, placement: Placement, price: CopyPrice, gpus_per_node: int
+) -> float:
+    """The price (rounds per token) of the copies that turn `current` into `placement`,
+    each by its link (`CopyPrice`)."""
+    held = current.replicas
+    added = placement.replicas & ~held
+    nodes = held.reshape(held.shape[0], -1, gpus_per_node).any(axis=2)
+    in_node = np.repeat(nodes, gpus_per_node, axis=1)
+    return float(
+        price.in_node * (added & in_node).sum() + price.across_nodes * (added & ~in_node).sum()
+    )
 
 
 def copies(current: Placement, placement: Placement) -> int:
@@ -150,12 +199,20 @@ def _check_full(current: Placement, slots_per_gpu: int) -> None:
         )
 
 
-def check_move_limits(max_moves: int | None, copy_cost: float | None) -> tuple[int | None, float]:
-    """`max_moves` (an int >= 0 or None) and `copy_cost` (finite, >= 0; None is 0)."""
+def check_move_limits(
+    max_moves: int | None, copy_cost: float | CopyPrice | None
+) -> tuple[int | None, float]:
+    """`max_moves` (an int >= 0 or None) and `copy_cost` (finite, >= 0; None is 0) as one
+    price: a `CopyPrice` must price both links alike (its links need a topology)."""
     if max_moves is not None:
         max_moves = check_count("max_moves", max_moves, low=0)
-    cost = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
-    return max_moves, cost
+    price = check_copy_cost(copy_cost)
+    if price.in_node != price.across_nodes:
+        raise ValueError(
+            "a CopyPrice by link (in_node != across_nodes) needs topology=: without one a"
+            " copy has one price"
+        )
+    return max_moves, price.in_node
 
 
 def replan(
@@ -200,7 +257,7 @@ def replan_layer(
     slots_per_gpu: int,
     *,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     coverage: float = 1.0,
     method: str = "greedy",
     seed: int = 0,
@@ -214,7 +271,8 @@ def replan_layer(
     the layer's current placement. With `topology` (decode), costs are us per token: the
     node-aware re-plan of `moefast.topology_plan.replan_node_aware` from that compute-only
     plan, measured against the full node-aware plan (`node_aware_decode`) as `plan`
-    without `current` would make it."""
+    without `current` would make it; `copy_cost` (rounds per token per copy, or a
+    `CopyPrice` by link) prices a copy `copy_cost` x `round_us` us per token there."""
     from moefast.optimizers import optimize
     from moefast.topology_plan import node_aware_decode, replan_node_aware
 
@@ -222,8 +280,9 @@ def replan_layer(
         table = table.prune(coverage=coverage)
     fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options)
     if topology is None:
+        _, price = check_move_limits(max_moves, copy_cost)
         return replan(
-            table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=copy_cost
+            table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=price
         )
     full = node_aware_decode(
         table,
@@ -242,6 +301,7 @@ def replan_layer(
         topology=topology,
         round_us=round_us,
         max_moves=max_moves,
+        copy_cost=copy_cost,
         seed=seed,
         num_groups=num_groups,
         full=full,
@@ -251,16 +311,16 @@ def replan_layer(
 
 def check_replan_options(
     topology: Topology | None,
-    copy_cost: float | None,
+    copy_cost: float | CopyPrice | None,
     objective: str,
 ) -> None:
     """Re-planning with a topology walks the decode time with communication under a move
-    budget: `copy_cost` prices copies in compute-only rounds, and the batch search with
-    communication has no move budget."""
+    budget and a copy price (`copy_cost`, a float or a `CopyPrice` by link); without one a
+    copy has one price; the batch search with communication has no move budget."""
+    price = check_copy_cost(copy_cost)
     if topology is None:
+        check_move_limits(None, price)
         return
-    if copy_cost is not None:
-        raise ValueError("copy_cost is for the compute-only cost: with a topology use max_moves")
     if objective != "decode":
         raise ValueError(
             "current= with topology= re-plans for decode (objective='decode'): the batch"
@@ -276,7 +336,7 @@ def replan_layers(
     slots_per_gpu: int,
     *,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     coverage: float = 1.0,
     method: str = "greedy",
     seed: int = 0,
@@ -306,11 +366,13 @@ def replan_layers(
         except ValueError as e:
             raise ValueError(f"layer {layer}: {e}") from None
     check_replan_options(topology, copy_cost, optimize_options.get("objective", "decode"))
-    max_moves, price = check_move_limits(max_moves, copy_cost)
+    price = check_copy_cost(copy_cost)
+    if max_moves is not None:
+        max_moves = check_count("max_moves", max_moves, low=0)
     options = dict(
         optimize_options,
         max_moves=max_moves,
-        copy_cost=None if topology is not None else price,
+        copy_cost=price,
         coverage=coverage,
         method=method,
         seed=seed,
@@ -367,7 +429,7 @@ def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[s
 def replan_summary(
     replans: Sequence[Replan],
     max_moves: int | None,
-    copy_cost: float | None,
+    copy_cost: float | CopyPrice | None,
     slots: int,
     unit: str = "rounds",
 ) -> dict[str, Any]:
@@ -379,7 +441,9 @@ def replan_summary(
     budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
     return {
         "max_moves": max_moves,
-        "copy_cost": copy_cost,
+        "copy_cost": dataclasses.asdict(copy_cost)
+        if isinstance(copy_cost, CopyPrice)
+        else copy_cost,
         "slots": slots,
         "unit": unit,
         "copies": [r.copies for r in replans],

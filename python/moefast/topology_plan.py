@@ -21,7 +21,7 @@ import numpy as np
 
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
-from moefast.replan import Replan, copies, relabel
+from moefast.replan import CopyPrice, Replan, check_copy_cost, copies, copies_price, relabel
 from moefast.topology import (
     Topology,
     eplb_hierarchical,
@@ -133,6 +133,7 @@ def replan_node_aware(
     seed: int,
     num_groups: int | None = None,
     full: Placement | None = None,
+    copy_cost: float | CopyPrice | None = None,
 ) -> Replan:
     """`current` re-planned for the decode time with communication (us per token) with at
     most `max_moves` copies: the node-aware search walks from it, half its candidate moves
@@ -140,7 +141,11 @@ def replan_node_aware(
     from it), renamed by whole nodes and GPUs inside them to share the most replicas with
     `current`; that target is the result when it fits the budget and is faster, and so is
     `full` (the full node-aware re-plan, renamed likewise; the gain against moves is
-    measured against it). Costs are in us."""
+    measured against it). Costs are in us. `copy_cost` (rounds per token per copy, or a
+    `CopyPrice` by link) prices a copy `copy_cost` x `round_us` us per token: the walk
+    makes a move only if it gains more than that, and the result is the one of least time
+    plus its copies' price."""
+    price = check_copy_cost(copy_cost)
     if num_groups is not None:
         try:
             group_nodes(current, num_groups, topology.gpus_per_node)
@@ -158,10 +163,14 @@ def replan_node_aware(
         seed=seed,
         target=target,
         num_groups=num_groups,
+        copy_cost=price,
     )
 
     def time_of(p: Placement) -> float:
         return expected_time(table, p, topology, round_us=round_us)
+
+    def net(p: Placement, time: float) -> float:
+        return time + round_us * copies_price(current, p, price, topology.gpus_per_node)
 
     best, best_time = found, time_of(found)
     if full is not None:
@@ -171,7 +180,7 @@ def replan_node_aware(
             continue
         if max_moves is None or copies(current, candidate) <= max_moves:
             t = time_of(candidate)
-            if t < best_time:
+            if net(candidate, t) < net(best, best_time):
                 best, best_time = candidate, t
     return Replan(
         placement=best,
