@@ -224,6 +224,22 @@ def _print_replan(summary: dict) -> None:
         " moves (costs on the tables planned on):"
     )
     print(text_tables.format_table(*curve_rows(summary)))
+    held = summary.get("held_out")
+    if held is not None:
+        unit = summary.get("unit", "rounds")
+        line = (
+            f"held out (tokens not planned on), mean per layer in {unit}: served"
+            f" {held['served']:.4f}, re-planned {held['replanned']:.4f}"
+        )
+        if held["full"] is not None:
+            line += f", full re-plan {held['full']:.4f}"
+        share = held["share_of_full_gain"]
+        line += (
+            ": the full re-plan gains nothing here"
+            if share is None
+            else f": {share:.0%} of the full re-plan's gain"
+        )
+        print(line)
 
 
 def _write_report(

@@ -302,7 +302,9 @@ def plan(
     ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
     one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
     weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
-    ``settings["replan"]`` records each layer's copies and the gain against moves. It is
+    ``settings["replan"]`` records each layer's copies and the gain against moves, and
+    for decode with tokens held out, ``held_out``: the served placement, the re-plan and the
+    full re-plan scored on them (`moefast.replan.held_out_gain`). It is
     checked against the trace's experts and layer ids before any work (for files, against
     the first file's). With trace files and an ``executor`` the layers are re-planned on
     its workers; the result is the in-process one. With a ``topology`` (decode) each layer
@@ -503,23 +505,26 @@ def plan(
         settings["work_budget"] = work_budget
     if layout is not None and PRESETS.get(layout.name) == layout:
         settings["model"] = layout.name  # save() writes engine files for it
+    held_tables: list[SubsetTable] | None = None  # tokens not planned on, per layer
+    if streamed is not None and streamed.test is not None:
+        held_tables = list(streamed.test)
+    elif split.test is not None:
+        held_tables = split.test.tables()
     if replans is not None:
-        from moefast.replan import replan_summary
+        from moefast.replan import held_out_gain, replan_summary
 
-        settings["replan"] = replan_summary(
+        summary = replan_summary(
             replans,
             max_moves,
             copy_cost,
             num_gpus * slots_per_gpu,
             "rounds" if topology is None else "us per token, with communication",
         )
+        if held_tables is not None and objective == "decode":
+            summary["held_out"] = held_out_gain(held_tables, replans, currents, topology, round_us)
+        settings["replan"] = summary
     if topology is not None:
-        if streamed is not None and streamed.test is not None:
-            score_tables = streamed.test
-        elif split.test is not None:
-            score_tables = split.test.tables()
-        else:
-            score_tables = list(plan_tables)
+        score_tables = held_tables if held_tables is not None else list(plan_tables)
         settings["topology"] = _topology_settings(
             score_tables,
             plan_tables,

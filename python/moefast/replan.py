@@ -455,6 +455,41 @@ def replan_summary(
     }
 
 
+def held_out_gain(
+    tables: Sequence[SubsetTable],
+    replans: Sequence[Replan],
+    currents: Sequence[Placement],
+    topology: Topology | None = None,
+    round_us: float = ROUND_US,
+) -> dict[str, Any]:
+    """The re-plan scored on held-out tables (tokens not planned on), one per layer: mean
+    cost per layer of the served placement, the re-plan and the full re-plan (expert
+    rounds; with `topology`, us per token with communication), and the share of the full
+    re-plan's gain (summed over layers) that the re-plan recovers (None when the full
+    re-plan is not faster held out: no gain to recover)."""
+    from moefast.topology import expected_time
+
+    def cost(table: SubsetTable, placement: Placement) -> float:
+        if topology is None:
+            return float(_core.expected_cost(table, placement))
+        return expected_time(table, placement, topology, round_us=round_us)
+
+    served = [cost(t, c) for t, c in zip(tables, currents, strict=True)]
+    ours = [cost(t, r.placement) for t, r in zip(tables, replans, strict=True)]
+    fulls = [
+        None if r.full is None else cost(t, r.full) for t, r in zip(tables, replans, strict=True)
+    ]
+    full = None if any(x is None for x in fulls) else float(np.mean(fulls))  # type: ignore[arg-type]
+    stale, mean = float(np.mean(served)), float(np.mean(ours))
+    gain = None if full is None or stale - full <= 0 else stale - full
+    return {
+        "served": stale,
+        "replanned": mean,
+        "full": full,
+        "share_of_full_gain": None if gain is None else (stale - mean) / gain,
+    }
+
+
 def curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The gain-against-moves table of `replan_summary` as text columns."""
     unit = summary.get("unit", "rounds")
