@@ -299,3 +299,27 @@ def test_plan_re_plans_every_layer_from_the_current_placements():
         mf.plan(after, 4, 5, holdout=0, current=served.placements[:1])
     with pytest.raises(ValueError, match="needs current"):
         mf.plan(after, 4, 5, holdout=0, max_moves=2)
+
+
+def test_plan_re_plans_batches_with_the_batch_walk_as_optimize_does():
+    """`plan(objective="batch", current=)` re-plans each layer for step time (the batch
+    walk, the relabelled batch plan or the served placement, by simulated step time), as
+    `optimize(objective="batch", current=)` does, not by the decode walk."""
+    model = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
+    before = mf.synthetic_trace(1500, 24, 4, 2, seed=1)
+    after = mf.synthetic_trace(1500, 24, 4, 2, seed=2)
+    batch = dict(objective="batch", batch_size=8, cost_model=model)
+    served = mf.plan(before, 6, 5, holdout=0, progress=False, **batch)
+    replanned = mf.plan(
+        after, 6, 5, holdout=0, progress=False, current=served, max_moves=3, **batch
+    )
+    for layer in range(2):
+        table = after.table(layer).prune(coverage=0.99)
+        expected = mf.optimize(table, 6, 5, current=served[layer], max_moves=3, **batch)
+        assert replanned[layer] == expected
+        assert plain_copies(served[layer].replicas, replanned[layer].replicas) <= 3
+    summary = replanned.settings["replan"]
+    assert summary["unit"] == "us per step of 8 tokens, simulated"
+    # The batch walk keeps its end only: the gain against moves at 0 and the budget.
+    assert [row["moves"] for row in summary["curve"][:-1]] == [0, 3]
+    assert all(c <= s + 1e-9 for c, s in zip(summary["costs"], summary["stale_costs"], strict=True))

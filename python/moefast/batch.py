@@ -244,22 +244,16 @@ def fastest_placement(
     *,
     seed: int = 0,
     steps: int = 256,
-    extra: Sequence[float] | None = None,
 ) -> Placement:
     """The candidate with the lowest mean step time over `steps` simulated steps of
-    `batch_size` tokens drawn from `table` (the first of equals), plus `extra[i]` for
-    candidate i when given (a re-plan's copies' price, in the same unit)."""
+    `batch_size` tokens drawn from `table` (the first of equals)."""
     if not candidates:
         raise ValueError("candidates is empty")
-    if extra is not None and len(extra) != len(candidates):
-        raise ValueError(f"extra has {len(extra)} values for {len(candidates)} candidates")
     if len(candidates) == 1:
         return _placement(candidates[0], "each candidate")
-    added = [0.0] * len(candidates) if extra is None else [float(x) for x in extra]
 
-    def mean_step(i: int) -> float:
-        placement = candidates[i]
+    def mean_step(placement: Placement) -> float:
         (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=steps)
-        return result["mean_step_time"] + added[i]
+        return result["mean_step_time"]
 
-    return candidates[min(range(len(candidates)), key=mean_step)]
+    return min(candidates, key=mean_step)

@@ -20,9 +20,8 @@ from moefast.replan import (
     check_current,
     check_move_limits,
     check_replan_options,
-    copies,
-    relabel,
     replan,
+    replan_for_batches,
 )
 from moefast.topology import V3_ROUND_US, Topology, check
 from moefast.topology_plan import node_aware_batch, node_aware_decode, replan_node_aware
@@ -226,32 +225,20 @@ def optimize(
             num_batches=num_batches,
             max_evaluations=max_evaluations,
         )
-        relabelled = relabel(current, fresh)
-        walked = optimize_batch(
+        return replan_for_batches(
             table,
             current,
+            fresh,
             slots_per_gpu,
-            cost_model,
-            batch_size,
-            seed=seed,
-            num_batches=num_batches,
-            max_evaluations=max_evaluations,
+            cost_model=cost_model,
+            batch_size=batch_size,
             max_moves=max_moves,
             copy_cost=per_token,
             round_us=round_us,
-        )
-        options = [current, walked]
-        if max_moves is None or copies(current, relabelled) <= max_moves:
-            options.append(relabelled)
-        step_price = per_token * round_us * batch_size
-        return fastest_placement(
-            table,
-            options,
-            cost_model,
-            batch_size,
             seed=seed,
-            extra=[step_price * copies(current, p) for p in options],
-        )
+            num_batches=num_batches,
+            max_evaluations=max_evaluations,
+        ).placement
     if max_moves is not None or copy_cost is not None:
         raise ValueError(
             "max_moves needs current= (the placement being served), and so does copy_cost"

@@ -518,7 +518,8 @@ def plan(
             max_moves,
             copy_cost,
             num_gpus * slots_per_gpu,
-            "rounds" if topology is None else "us per token, with communication",
+            _replan_unit(topology, objective, batch_size),
+            walk_points=objective == "decode" or topology is not None,
         )
         if held_tables is not None and objective == "decode":
             summary["held_out"] = held_out_gain(held_tables, replans, currents, topology, round_us)
@@ -554,6 +555,14 @@ def plan(
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:
+    """The unit of ``settings["replan"]``'s costs."""
+    if objective == "batch":
+        where = "simulated" if topology is None else "with communication"
+        return f"us per step of {batch_size} tokens, {where}"
+    return "rounds" if topology is None else "us per token, with communication"
 
 
 def _topology_settings(

@@ -41,6 +41,7 @@ from moefast._core import Placement, SubsetTable
 from moefast.validation import check_count, check_non_negative, check_positive
 
 if TYPE_CHECKING:
+    from moefast.cost_model import CostModel
     from moefast.topology import Topology
 
 #: Time of one expert round in decode (us), the default of `price_per_copy`: a
@@ -250,6 +251,71 @@ def replan(
     )
 
 
+def replan_for_batches(
+    table: SubsetTable,
+    current: Placement,
+    fresh: Placement,
+    slots_per_gpu: int,
+    *,
+    cost_model: CostModel,
+    batch_size: int,
+    max_moves: int | None = None,
+    copy_cost: float = 0.0,
+    round_us: float = ROUND_US,
+    seed: int = 0,
+    num_batches: int | None = None,
+    max_evaluations: int = 40_000,
+) -> Replan:
+    """`current` re-planned for batches of `batch_size` tokens (no topology): the batch
+    walk from `current` (`moefast.batch.optimize_batch(max_moves=, copy_cost=)`), the full
+    batch plan `fresh` relabelled to share the most replicas with `current` (when it fits
+    the budget) and `current` itself; the one of least simulated step time plus its
+    copies' price (`copy_cost` x `round_us` x `batch_size` us per copy) is kept. Costs are
+    mean step times (us) of 256 simulated steps drawn from `table`, the same steps for
+    every candidate; the path has the walk's end only (its intermediate placements are
+    not kept)."""
+    from moefast.batch import optimize_batch, simulate
+
+    full = relabel(current, fresh)
+    walked = optimize_batch(
+        table,
+        current,
+        slots_per_gpu,
+        cost_model,
+        batch_size,
+        seed=seed,
+        num_batches=num_batches,
+        max_evaluations=max_evaluations,
+        max_moves=max_moves,
+        copy_cost=copy_cost,
+        round_us=round_us,
+    )
+
+    def step_time(placement: Placement) -> float:
+        (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
+        return float(result["mean_step_time"])
+
+    step_price = copy_cost * round_us * batch_size
+    candidates = [current, walked, full]
+    times = [step_time(p) for p in candidates]
+    moved = [copies(current, p) for p in candidates]
+    fits = [max_moves is None or m <= max_moves for m in moved]
+    best = min((i for i in range(3) if fits[i]), key=lambda i: times[i] + step_price * moved[i])
+    path = [(0, times[0])]
+    if moved[1] > 0:
+        path.append((moved[1], times[1]))
+    return Replan(
+        placement=candidates[best],
+        copies=moved[best],
+        cost=times[best],
+        stale_cost=times[0],
+        path=tuple(path),
+        full=full,
+        full_copies=moved[2],
+        full_cost=times[2],
+    )
+
+
 def replan_layer(
     table: SubsetTable,
     current: Placement,
@@ -281,6 +347,21 @@ def replan_layer(
     fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options)
     if topology is None:
         _, price = check_move_limits(max_moves, copy_cost)
+        if optimize_options.get("objective") == "batch":
+            return replan_for_batches(
+                table,
+                current,
+                fresh,
+                slots_per_gpu,
+                cost_model=optimize_options["cost_model"],
+                batch_size=optimize_options["batch_size"],
+                max_moves=max_moves,
+                copy_cost=price,
+                round_us=round_us,
+                seed=seed,
+                num_batches=optimize_options.get("num_batches"),
+                max_evaluations=optimize_options.get("max_evaluations", 40_000),
+            )
         return replan(
             table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=price
         )
@@ -432,13 +513,15 @@ def replan_summary(
     copy_cost: float | CopyPrice | None,
     slots: int,
     unit: str = "rounds",
+    walk_points: bool = True,
 ) -> dict[str, Any]:
     """What `plan` records of a re-plan (JSON): per layer the copies and costs (``unit``:
     expert rounds, or us per token with a topology; on the tables re-planned for), and the
     gain against moves at 0, 1/4, 1/2, 3/4 of the budget and the budget (or of the most
-    copies a layer used), then the full re-plan."""
+    copies a layer used), then the full re-plan; at 0 and the budget only when the paths
+    hold no point between (`walk_points` False: the batch walk keeps its end only)."""
     top = max_moves if max_moves is not None else max(r.copies for r in replans)
-    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
+    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top} if walk_points else {0, top})
     return {
         "max_moves": max_moves,
         "copy_cost": dataclasses.asdict(copy_cost)
