@@ -320,6 +320,12 @@ def test_plan_re_plans_batches_with_the_batch_walk_as_optimize_does():
         assert plain_copies(served[layer].replicas, replanned[layer].replicas) <= 3
     summary = replanned.settings["replan"]
     assert summary["unit"] == "us per step of 8 tokens, simulated"
+    assert "held_out" not in summary  # holdout=0: nothing held out
     # The batch walk keeps its end only: the gain against moves at 0 and the budget.
     assert [row["moves"] for row in summary["curve"][:-1]] == [0, 3]
     assert all(c <= s + 1e-9 for c, s in zip(summary["costs"], summary["stale_costs"], strict=True))
+
+    # With tokens held out, the re-plan is scored on them in step time too.
+    held = mf.plan(after, 6, 5, progress=False, current=served, max_moves=3, **batch)
+    record = held.settings["replan"]["held_out"]
+    assert record["served"] > 0 and record["replanned"] > 0 and record["full"] > 0

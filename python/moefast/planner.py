@@ -303,8 +303,9 @@ def plan(
     one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
     weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
     ``settings["replan"]`` records each layer's copies and the gain against moves, and
-    for decode with tokens held out, ``held_out``: the served placement, the re-plan and the
-    full re-plan scored on them (`moefast.replan.held_out_gain`). It is
+    with tokens held out, ``held_out``: the served placement, the re-plan and the full
+    re-plan scored on them (`moefast.replan.held_out_gain`; decode, and batches without a
+    topology). It is
     checked against the trace's experts and layer ids before any work (for files, against
     the first file's). With trace files and an ``executor`` the layers are re-planned on
     its workers; the result is the in-process one. With a ``topology`` (decode) each layer
@@ -521,8 +522,17 @@ def plan(
             _replan_unit(topology, objective, batch_size),
             walk_points=objective == "decode" or topology is not None,
         )
-        if held_tables is not None and objective == "decode":
-            summary["held_out"] = held_out_gain(held_tables, replans, currents, topology, round_us)
+        if held_tables is not None and (objective == "decode" or topology is None):
+            summary["held_out"] = held_out_gain(
+                held_tables,
+                replans,
+                currents,
+                topology,
+                round_us,
+                cost_model=cost_model,
+                batch_size=batch_size,
+                seed=seed,
+            )
         settings["replan"] = summary
     if topology is not None:
         score_tables = held_tables if held_tables is not None else list(plan_tables)

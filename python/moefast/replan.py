@@ -544,15 +544,25 @@ def held_out_gain(
     currents: Sequence[Placement],
     topology: Topology | None = None,
     round_us: float = ROUND_US,
+    *,
+    cost_model: CostModel | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The re-plan scored on held-out tables (tokens not planned on), one per layer: mean
     cost per layer of the served placement, the re-plan and the full re-plan (expert
-    rounds; with `topology`, us per token with communication), and the share of the full
+    rounds; with `topology`, us per token with communication; with `cost_model` and
+    `batch_size` and no topology, the mean step time in us of 256 steps of `batch_size`
+    held-out tokens, the same steps for each placement), and the share of the full
     re-plan's gain (summed over layers) that the re-plan recovers (None when the full
     re-plan is not faster held out: no gain to recover)."""
+    from moefast.batch import simulate
     from moefast.topology import expected_time
 
     def cost(table: SubsetTable, placement: Placement) -> float:
+        if cost_model is not None and batch_size is not None and topology is None:
+            (run,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
+            return float(run["mean_step_time"])
         if topology is None:
             return float(_core.expected_cost(table, placement))
         return expected_time(table, placement, topology, round_us=round_us)
