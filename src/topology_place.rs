@@ -12,8 +12,12 @@
 //!
 //! With `max_moves`, the result differs from the start by at most that many replicas
 //! (expert copies to a GPU that did not hold them): the best the search reaches with that
-//! many weight copies. Under `Topology::free` and `round_us` = 1 the time is the
-//! compute-only cost, so the same search re-plans the compute-only placement.
+//! many weight copies. With a `CopyPrice` (us per token per copy, the search's time
+//! unit), a move is made only if it lowers the expected time by more than the price of
+//! the copies it adds (a move that gives copies back gains theirs), ranked by that net
+//! gain per copy: the search minimizes time + price x copies. Under `Topology::free` and
+//! `round_us` = 1 the time is the compute-only cost, so the same search re-plans the
+//! compute-only placement.
 
 use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
@@ -34,11 +38,53 @@ const CANDIDATES: usize = 24;
 const PATIENCE: usize = 40;
 const GROUPED_PATIENCE: usize = 160;
 
+/// The price of one copy in the search's time unit per token (us with a topology,
+/// rounds under `Topology::free` with `round_us` = 1): `in_node` for an expert the start
+/// holds on another GPU of the destination's node (an NVLink copy), `across_nodes` for
+/// one it holds on other nodes only (an RDMA copy). A copy's link depends only on the
+/// start and the (expert, GPU) copied, so the price of a result does not depend on the
+/// path that reached it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CopyPrice {
+    pub in_node: f64,
+    pub across_nodes: f64,
+}
+
+impl CopyPrice {
+    /// One price whatever the link.
+    pub fn flat(price: f64) -> Self {
+        CopyPrice {
+            in_node: price,
+            across_nodes: price,
+        }
+    }
+
+    fn is_free(&self) -> bool {
+        self.in_node == 0.0 && self.across_nodes == 0.0
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, x) in [
+            ("in_node", self.in_node),
+            ("across_nodes", self.across_nodes),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                return Err(MoeError::value(format!(
+                    "copy price {name} = {x}: must be finite and non-negative"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the search may do.
 #[derive(Clone, Copy, Debug)]
 pub struct SearchLimits<'t> {
     /// Most replicas of the result not in the start.
     pub max_moves: Option<usize>,
+    /// The price of a copy (zero: copies are free, the search of a budget alone).
+    pub copy_price: CopyPrice,
     /// Most candidate moves scored.
     pub max_evaluations: usize,
     /// Half the candidates move toward this placement (a fresh plan) when given.
@@ -83,6 +129,36 @@ impl<'a> Search<'a> {
             }
             if let Some(g) = c.add {
                 d += isize::from(!self.start.holds(e, g as usize));
+            }
+        }
+        d
+    }
+
+    /// The price (per token) of the copies `mv` adds that the start lacks, less that of
+    /// those it gives back.
+    fn price_delta(&self, mv: Move, price: CopyPrice) -> f64 {
+        let gpn = self.topology.gpus_per_node;
+        let of = |e: usize, g: usize| {
+            let node = g / gpn;
+            if self
+                .start
+                .gpus_of(e)
+                .iter()
+                .any(|&h| h as usize / gpn == node)
+            {
+                price.in_node
+            } else {
+                price.across_nodes
+            }
+        };
+        let mut d = 0.0;
+        for c in mv.changes().iter() {
+            let e = c.expert as usize;
+            if let Some(g) = c.remove.filter(|&g| !self.start.holds(e, g as usize)) {
+                d -= of(e, g as usize);
+            }
+            if let Some(g) = c.add.filter(|&g| !self.start.holds(e, g as usize)) {
+                d += of(e, g as usize);
             }
         }
         d
@@ -358,6 +434,7 @@ pub fn improve_walk(
             "round_us = {round_us}: must be finite and non-negative"
         )));
     }
+    limits.copy_price.check()?;
     let groups = match limits.num_groups {
         None => None,
         Some(n) => {
@@ -413,15 +490,15 @@ pub fn improve_walk(
             / total_weight
     };
     let mut path = vec![(0, mean_time(&s))];
+    let priced = !limits.copy_price.is_free();
     // Copies are counted move by move only when re-planning (no uncounted first pass).
-    let replanning = limits.max_moves.is_some() || limits.target.is_some();
-    // A fresh plan (no move budget, no target) first permutes GPUs among nodes, within
-    // a quarter of the evaluations (not under groups: a GPU's experts would leave theirs).
-    if limits.max_moves.is_none()
-        && limits.target.is_none()
-        && s.groups.is_none()
-        && topology.gpus_per_node < g
-    {
+    let replanning = limits.max_moves.is_some() || limits.target.is_some() || priced;
+    // Under a budget or a price, moves are ranked by (net) gain per copy.
+    let per_copy = limits.max_moves.is_some() || priced;
+    // A fresh plan (no move budget, no target, no price) first permutes GPUs among nodes,
+    // within a quarter of the evaluations (not under groups: a GPU's experts would leave
+    // theirs).
+    if !replanning && s.groups.is_none() && topology.gpus_per_node < g {
         evaluations += s.permute_nodes(limits.max_evaluations / 4, eps, &mut rng);
     }
     let patience = if s.groups.is_some() {
@@ -440,12 +517,9 @@ pub fn improve_walk(
         if total <= eps {
             break;
         }
-        // Under a move budget, more candidates per step, ranked by gain per replica copied.
-        let candidates = if limits.max_moves.is_some() {
-            4 * CANDIDATES
-        } else {
-            CANDIDATES
-        };
+        // Under a move budget or a price, more candidates per step, ranked by (net) gain
+        // per replica copied.
+        let candidates = if per_copy { 4 * CANDIDATES } else { CANDIDATES };
         let mut best: Option<(f64, Move)> = None;
         for _ in 0..candidates {
             let x = rng.unit() * total;
@@ -467,7 +541,10 @@ pub fn improve_walk(
             }
             evaluations += 1;
             let mut d = s.delta(mv);
-            if d < -eps && limits.max_moves.is_some() {
+            if priced {
+                d += s.price_delta(mv, limits.copy_price) * total_weight;
+            }
+            if d < -eps && per_copy {
                 d /= copies.max(1) as f64;
             }
             if d < -eps && best.is_none_or(|(bd, _)| d < bd) {
@@ -506,6 +583,7 @@ mod tests {
     fn limits(max_moves: Option<usize>) -> SearchLimits<'static> {
         SearchLimits {
             max_moves,
+            copy_price: CopyPrice::default(),
             max_evaluations: 3_000,
             seed: 3,
             target: None,
@@ -568,6 +646,88 @@ mod tests {
         for pair in w.path.windows(2) {
             assert!(pair[1].1 < pair[0].1 && pair[1].0 <= 12, "{pair:?}");
         }
+    }
+
+    /// A copy's price stops the walk: at a huge one nothing moves; at a moderate one
+    /// every step lowers time + price x copies (a step that gives copies back may
+    /// lose time, by less than their price), the budget still holds, and copies are
+    /// fewer than without a price.
+    #[test]
+    fn a_copy_price_stops_the_walk() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology {
+            gpus_per_node: 4,
+            ..Topology::h800_normal()
+        };
+        let start = crate::optimize::optimize(&t, 8, 5, "contiguous", 0).unwrap();
+        let fresh = crate::optimize::optimize(&t, 8, 5, "greedy", 0).unwrap();
+        let priced = |price: f64, max_moves: Option<usize>| SearchLimits {
+            copy_price: CopyPrice::flat(price),
+            target: Some(&fresh),
+            ..limits(max_moves)
+        };
+        let huge = improve_walk(&t, &start, 5, &topo, 47.0, priced(1e6, None)).unwrap();
+        assert_eq!((huge.placement == start, huge.moved), (true, 0));
+        assert_eq!(huge.path.len(), 1);
+        let free = improve_walk(&t, &start, 5, &topo, 47.0, priced(0.0, None)).unwrap();
+        let gain_per_copy = (free.path[0].1 - free.path.last().unwrap().1) / free.moved as f64;
+        let price = gain_per_copy / 2.0;
+        for max_moves in [None, Some(6)] {
+            let w = improve_walk(&t, &start, 5, &topo, 47.0, priced(price, max_moves)).unwrap();
+            assert!(
+                w.moved > 0 && w.moved < free.moved,
+                "{} vs {}",
+                w.moved,
+                free.moved
+            );
+            assert!(w.moved <= max_moves.unwrap_or(usize::MAX));
+            let net = |(c, x): (usize, f64)| x + price * c as f64;
+            for pair in w.path.windows(2) {
+                assert!(net(pair[1]) < net(pair[0]), "{pair:?}");
+                assert!(pair[1].0 <= max_moves.unwrap_or(usize::MAX));
+            }
+            let time = expected_time(&t, &w.placement, &topo, 47.0).unwrap();
+            assert!((time - w.path.last().unwrap().1).abs() < 1e-9 * time);
+        }
+    }
+
+    /// With a price per link, copies inside a node free and copies across nodes dear,
+    /// every copy the walk makes is of an expert the start holds on the same node.
+    #[test]
+    fn copies_across_nodes_are_priced_apart() {
+        let t = crate::optimize::skewed_table(4, 3000, 32, 4, 6, 58);
+        let topo = Topology {
+            gpus_per_node: 4,
+            ..Topology::h800_normal()
+        };
+        let start = crate::optimize::optimize(&t, 8, 5, "round_robin", 0).unwrap();
+        let l = SearchLimits {
+            copy_price: CopyPrice {
+                in_node: 0.0,
+                across_nodes: 1e6,
+            },
+            ..limits(None)
+        };
+        let w = improve_walk(&t, &start, 5, &topo, 47.0, l).unwrap();
+        assert!(w.moved > 0, "{:?}", w.path);
+        for e in 0..32 {
+            for &g in w.placement.gpus_of(e) {
+                let g = g as usize;
+                if !start.holds(e, g) {
+                    let same = start.gpus_of(e).iter().any(|&h| h as usize / 4 == g / 4);
+                    assert!(same, "expert {e} copied to GPU {g} from another node");
+                }
+            }
+        }
+        let bad = SearchLimits {
+            copy_price: CopyPrice::flat(f64::NAN),
+            ..limits(None)
+        };
+        let msg = improve_walk(&t, &start, 5, &topo, 47.0, bad)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("copy price in_node = NaN"), "{msg}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ import itertools
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.replan import copies, gain_curve, price_per_copy, relabel, replan
+from moefast.replan import copies, gain_curve, held_out_gain, price_per_copy, relabel, replan
 from reference import all_full_placements, reference_expected_cost, reference_table
 
 
@@ -163,6 +163,40 @@ def test_batch_replanning_gains_within_its_budget():
         optimize_batch(plan_on, served, 5, model, 4, max_moves=-1)
 
 
+def test_held_out_gain_scores_the_served_placement_the_re_plan_and_the_full_re_plan():
+    rng = np.random.default_rng(6)
+    tables = []
+    for shift in (0, 5):
+        ids = (skewed_topk(rng, 1200, 24, 4, 5) + shift) % 24
+        tables.append(mf.SubsetTable.from_topk(ids, num_experts=24))
+    plan_on, held = (
+        tables,
+        [
+            mf.SubsetTable.from_topk((skewed_topk(rng, 600, 24, 4, 5) + s) % 24, num_experts=24)
+            for s in (0, 5)
+        ],
+    )
+    served = [mf.optimize(plan_on[1], 6, 5)] * 2  # layer 1 is served its own plan
+    replans = [
+        replan(t, c, 5, target=mf.optimize(t, 6, 5), max_moves=3)
+        for t, c in zip(plan_on, served, strict=True)
+    ]
+    got = held_out_gain(held, replans, served)
+    cost = [
+        [mf.expected_cost(h, p) for h, p in zip(held, ps, strict=True)]
+        for ps in (served, [r.placement for r in replans], [r.full for r in replans])
+    ]
+    assert got["served"] == pytest.approx(np.mean(cost[0]))
+    assert got["replanned"] == pytest.approx(np.mean(cost[1]))
+    assert got["full"] == pytest.approx(np.mean(cost[2]))
+    gain = sum(cost[0]) - sum(cost[2])
+    assert gain > 0
+    assert got["share_of_full_gain"] == pytest.approx((sum(cost[0]) - sum(cost[1])) / gain)
+    # No gain to recover when the full re-plan is no faster on the held-out tokens.
+    same = held_out_gain(held[1:], replans[1:], [replans[1].full])
+    assert same["share_of_full_gain"] is None
+
+
 def test_price_per_copy_spreads_the_copy_over_the_tokens():
     # 44 MB at 50 GB/s is 880 us; over 1000 tokens of 47 us rounds: 0.0187 rounds a token.
     assert price_per_copy(44e6, 50.0, 1000) == pytest.approx(880 / 47 / 1000)
@@ -215,6 +249,8 @@ def test_cli_plans_from_the_current_placement_within_max_moves(tmp_path, capsys)
     assert main([*args, "--max-moves", "3", "--report", str(report), "--no-sweep"]) == 0
     printed = capsys.readouterr().out
     assert "share of full gain" in printed and "full re-plan" in printed
+    # The re-plan is also scored on the tokens held out of planning (the last 20%).
+    assert "held out (tokens not planned on), mean per layer in rounds: served" in printed
     assert "gain against moves" in (report / "report.md").read_text()
     # The engine file loads, and each layer copies at most 3 experts' weights.
     new = load_placement(out, num_gpus=8)
@@ -263,3 +299,33 @@ def test_plan_re_plans_every_layer_from_the_current_placements():
         mf.plan(after, 4, 5, holdout=0, current=served.placements[:1])
     with pytest.raises(ValueError, match="needs current"):
         mf.plan(after, 4, 5, holdout=0, max_moves=2)
+
+
+def test_plan_re_plans_batches_with_the_batch_walk_as_optimize_does():
+    """`plan(objective="batch", current=)` re-plans each layer for step time (the batch
+    walk, the relabelled batch plan or the served placement, by simulated step time), as
+    `optimize(objective="batch", current=)` does, not by the decode walk."""
+    model = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
+    before = mf.synthetic_trace(1500, 24, 4, 2, seed=1)
+    after = mf.synthetic_trace(1500, 24, 4, 2, seed=2)
+    batch = dict(objective="batch", batch_size=8, cost_model=model)
+    served = mf.plan(before, 6, 5, holdout=0, progress=False, **batch)
+    replanned = mf.plan(
+        after, 6, 5, holdout=0, progress=False, current=served, max_moves=3, **batch
+    )
+    for layer in range(2):
+        table = after.table(layer).prune(coverage=0.99)
+        expected = mf.optimize(table, 6, 5, current=served[layer], max_moves=3, **batch)
+        assert replanned[layer] == expected
+        assert plain_copies(served[layer].replicas, replanned[layer].replicas) <= 3
+    summary = replanned.settings["replan"]
+    assert summary["unit"] == "us per step of 8 tokens, simulated"
+    assert "held_out" not in summary  # holdout=0: nothing held out
+    # The batch walk keeps its end only: the gain against moves at 0 and the budget.
+    assert [row["moves"] for row in summary["curve"][:-1]] == [0, 3]
+    assert all(c <= s + 1e-9 for c, s in zip(summary["costs"], summary["stale_costs"], strict=True))
+
+    # With tokens held out, the re-plan is scored on them in step time too.
+    held = mf.plan(after, 6, 5, progress=False, current=served, max_moves=3, **batch)
+    record = held.settings["replan"]["held_out"]
+    assert record["served"] > 0 and record["replanned"] > 0 and record["full"] > 0

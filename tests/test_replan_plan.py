@@ -12,7 +12,7 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.cli import main
-from moefast.replan import copies
+from moefast.replan import CopyPrice, copies
 from moefast.topology import Topology, expected_time
 from moefast.topology_plan import NODE_AWARE, SERVED
 from test_topology import brute_group_nodes
@@ -82,8 +82,8 @@ def test_groups_stay_on_their_nodes_and_a_served_placement_must_keep_them():
 def test_bad_combinations_and_served_placements_are_refused():
     after = workload(2)
     served = mf.plan(workload(1), GPUS, SLOTS, holdout=0)
-    with pytest.raises(ValueError, match="copy_cost is for the compute-only cost"):
-        mf.plan(after, GPUS, SLOTS, current=served, copy_cost=0.01, topology=TOPO)
+    with pytest.raises(ValueError, match=r"CopyPrice by link .* needs topology="):
+        mf.plan(after, GPUS, SLOTS, current=served, copy_cost=CopyPrice(0.0, 0.01))
     other = mf.plan(mf.synthetic_trace(500, 40, 4, 2, seed=1, layer_ids=[3, 5]), GPUS, SLOTS)
     with pytest.raises(ValueError, match="current, layer 3: current has 40 experts"):
         mf.plan(after, GPUS, SLOTS, current=other, max_moves=2)

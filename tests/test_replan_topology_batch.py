@@ -10,7 +10,7 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.cli import main
-from moefast.replan import relabel
+from moefast.replan import CopyPrice, relabel
 from moefast.topology import (
     Topology,
     group_nodes,
@@ -107,6 +107,23 @@ def test_optimize_re_plans_within_max_moves_and_never_loses(shift):
     assert both(relabel(served, full, GPN)) == pytest.approx(both(full))
 
 
+def test_a_copy_cost_prices_each_copy_in_step_time(shift):
+    """`copy_cost` (rounds per token per copy) costs copy_cost x round_us x batch_size us
+    of step time per copy: a huge price keeps the served placement; with a small one the
+    result never loses against the served placement net of its copies' price."""
+    _, after, served, _ = shift
+    kw = {"topology": TOPO, "current": served, **FAST}
+    assert mf.optimize(after, GPUS, SLOTS, copy_cost=1e6, **kw) == served
+    price = 0.002  # 0.002 x 47 x 8 = 0.75 us per copy
+    priced = mf.optimize(after, GPUS, SLOTS, copy_cost=price, **kw)
+    n = plain_copies(served.replicas, priced.replicas)
+
+    def both(p):
+        return (sample(after, p) + sample(after, p, validation=True)) / 2
+
+    assert both(priced) + price * 47 * 8 * n <= both(served) + 1e-9
+
+
 def test_groups_stay_on_their_nodes_and_a_served_placement_must_keep_them(shift):
     before, after, _, _ = shift
     kw = {"topology": TOPO, "num_groups": 4, **FAST}
@@ -137,8 +154,10 @@ def test_bad_input_is_refused(shift):
         walk(after, served, max_moves=-1)
     with pytest.raises(ValueError, match="copy_price"):
         walk(after, served, copy_price=-1.0)
-    with pytest.raises(ValueError, match="copy_cost is for the compute-only cost"):
-        mf.optimize(after, GPUS, SLOTS, max_moves=2, copy_cost=0.1, **kw)
+    with pytest.raises(ValueError, match=r"a CopyPrice by link .* is for the decode"):
+        mf.optimize(after, GPUS, SLOTS, max_moves=2, copy_cost=CopyPrice(0.0, 0.1), **kw)
+    with pytest.raises(ValueError, match="copy_cost must be"):
+        mf.optimize(after, GPUS, SLOTS, max_moves=2, copy_cost=-0.1, **kw)
     with pytest.raises(ValueError, match="current has 8 GPUs, not num_gpus = 4"):
         mf.optimize(after, 4, 10, max_moves=2, **kw)
     wide = mf.optimize(mf.SubsetTable.from_topk(np.array([[0, 1, 2, 3]]), num_experts=40), 8, 5)
@@ -161,7 +180,7 @@ def test_plan_and_the_cli_re_plan_batches_with_a_topology(tmp_path, capsys):
     served = mf.plan(before, 4, 5, holdout=0, **kw)
     model = mf.plan(after, 4, 5, holdout=0, current=served, max_moves=3, **kw)
     summary = model.settings["replan"]
-    assert summary["unit"] == "us per batch of 4 tokens, with communication"
+    assert summary["unit"] == "us per step of 4 tokens, with communication"
     old, new = served.placements[0], model.placements[0]
     pruned = after.tables()[0].prune(coverage=0.99)
     assert plain_copies(old.replicas, new.replicas) == summary["copies"][0] <= 3
@@ -180,6 +199,6 @@ def test_plan_and_the_cli_re_plan_batches_with_a_topology(tmp_path, capsys):
     args += ["--topology", "h800_normal", "--gpus-per-node", "2"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "gain against moves" in text and "us per batch of 4 tokens" in text
+    assert "gain against moves" in text and "us per step of 4 tokens" in text
     saved = mf.load_placement(tmp_path / "new.json")
     assert saved.settings["replan"]["copies"] == summary["copies"]

@@ -185,9 +185,11 @@ def optimize_batch(
     num_batches: int | None,
     max_evaluations: int,
     max_copies: int | None = None,
+    copy_price: float = 0.0,
 ) -> Placement:
     """Local search of the mean step time at `batch_size` from `start`; with
-    `max_copies`, a re-plan of `start` within that many copies."""
+    `max_copies` or `copy_price` (> 0: time units of mean step time per copy), a re-plan
+    of `start` within that many copies, each move gaining more than its copies' price."""
 
 _Transfer = tuple[float, Sequence[float], Sequence[float]]
 _Topology = tuple[int, bool, _Transfer, _Transfer]
@@ -226,11 +228,14 @@ def improve_placement(
     seed: int,
     target: Placement | None = None,
     num_groups: int | None = None,
+    copy_price: tuple[float, float] | None = None,
 ) -> tuple[Placement, int, list[tuple[int, float]]]:
     """(placement, replicas moved, path): `start` improved for the token time under the
-    topology; with `num_groups`, each expert group stays on the node it has in `start`.
-    The path: (copies, expected time in us) from the start after each move when
-    re-planning (a budget or a target), else the start and the end."""
+    topology; with `num_groups`, each expert group stays on the node it has in `start`;
+    with `copy_price` (in node, across nodes; us per token per copy), each move gains
+    more than its copies' price. The path: (copies, expected time in us) from the start
+    after each move when re-planning (a budget, a target or a price), else the start and
+    the end."""
 
 def improve_batch_placement(
     table: SubsetTable,

@@ -15,8 +15,9 @@ from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
 from moefast.model import ModelPlacement
+from moefast.replan import ROUND_US
 from moefast.trace import Trace
-from moefast.validation import check_count, check_ints, check_seed
+from moefast.validation import check_count, check_ints, check_non_negative, check_seed
 
 __all__ = ["CostModel", "batch_time", "fastest_placement", "optimize_batch", "simulate"]
 
@@ -172,6 +173,8 @@ def optimize_batch(
     num_batches: int | None = None,
     max_evaluations: int = 40_000,
     max_moves: int | None = None,
+    copy_cost: float | None = None,
+    round_us: float = ROUND_US,
 ) -> Placement:
     """Batch-aware placement of one layer: local search (swap two replicas, turn a
     replica of an expert that has several into one of another expert, move or add a
@@ -187,7 +190,12 @@ def optimize_batch(
     copies at most `max_moves` expert replicas it lacks (`moefast.replan.copies`): each
     step bounds every move the budget allows and makes the one of largest exact gain per
     copy (moves that copy nothing first), until none gains; `max_evaluations` then
-    bounds the moves timed exactly.
+    bounds the moves timed exactly. `copy_cost` (expert rounds per token per copy,
+    `moefast.replan.price_per_copy`) prices a copy `copy_cost` x `round_us` x
+    `batch_size` in the cost model's unit of mean step time (us for the presets): the
+    per-token price times the tokens of a step. With it (with or without `max_moves`)
+    the walk makes a move only if it lowers the mean step time of the sample by more
+    than its copies' price; `copy_cost` 0 or None changes nothing.
     """
     cm = _cost_model(cost_model)
     start = _placement(start_placement, "start_placement")
@@ -209,6 +217,8 @@ def optimize_batch(
         num_batches = check_count("num_batches", num_batches)
     if max_moves is not None:
         max_moves = check_count("max_moves", max_moves, low=0)
+    price = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
+    step_price = price * check_non_negative("round_us", round_us) * batch_size
     return _core.optimize_batch(
         topk,
         weights,
@@ -222,6 +232,7 @@ def optimize_batch(
         num_batches,
         max_evaluations,
         max_moves,
+        step_price,
     )
 
 

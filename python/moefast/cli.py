@@ -217,12 +217,29 @@ def _print_replan(summary: dict) -> None:
     from moefast.replan import curve_rows
 
     copies = summary["copies"]
+    price = "" if summary["copy_cost"] is None else f", copy cost {summary['copy_cost']}"
     print(
         f"re-planned from the current placement: {sum(copies)} copies in all, at most"
-        f" {max(copies)} per layer (budget {summary['max_moves']}); gain against moves"
-        " (costs on the tables planned on):"
+        f" {max(copies)} per layer (budget {summary['max_moves']}{price}); gain against"
+        " moves (costs on the tables planned on):"
     )
     print(text_tables.format_table(*curve_rows(summary)))
+    held = summary.get("held_out")
+    if held is not None:
+        unit = summary.get("unit", "rounds")
+        line = (
+            f"held out (tokens not planned on), mean per layer in {unit}: served"
+            f" {held['served']:.4f}, re-planned {held['replanned']:.4f}"
+        )
+        if held["full"] is not None:
+            line += f", full re-plan {held['full']:.4f}"
+        share = held["share_of_full_gain"]
+        line += (
+            ": the full re-plan gains nothing here"
+            if share is None
+            else f": {share:.0%} of the full re-plan's gain"
+        )
+        print(line)
 
 
 def _write_report(
@@ -864,7 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ROUNDS",
         help="with --current: make a move only if it gains more than this many expert rounds"
-        " per token per copy (moefast.replan.price_per_copy)",
+        " per token per copy (moefast.replan.price_per_copy; with --topology, times"
+        " --round-us us per token per copy)",
     )
     p.add_argument(
         "--topology",

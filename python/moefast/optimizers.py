@@ -15,12 +15,13 @@ from moefast.batch import fastest_placement, optimize_batch
 from moefast.cost_model import CostModel
 from moefast.milp import milp_placement
 from moefast.replan import (
+    CopyPrice,
+    check_copy_cost,
     check_current,
     check_move_limits,
     check_replan_options,
-    copies,
-    relabel,
     replan,
+    replan_for_batches,
 )
 from moefast.topology import V3_ROUND_US, Topology, check
 from moefast.topology_plan import (
@@ -71,7 +72,7 @@ def optimize(
     round_us: float = V3_ROUND_US,
     current: Placement | None = None,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     num_groups: int | None = None,
 ) -> Placement:
     """A placement of `table`'s experts on `num_gpus` GPUs of `slots_per_gpu` slots each.
@@ -110,14 +111,17 @@ def optimize(
     token per copy, `moefast.replan.price_per_copy`) only moves that gain more than they
     cost. The full re-plan by `method` is relabelled to share the most replicas with
     `current` and is the result when it fits. With a topology the node-aware search walks
-    from `current` (`copy_cost` is for the compute-only decode cost). With
+    from `current`, a copy priced `copy_cost` x `round_us` us per token (`copy_cost` may
+    be a `moefast.replan.CopyPrice` by link, `Topology.copy_price`). With
     `objective="batch"` the batch search walks from `current` by the best gain in step
-    time per copy (`moefast.batch.optimize_batch(max_moves=)`); it, the relabelled batch
-    plan (if it fits) and `current` are compared by simulated step time. With
-    `objective="batch"` and a topology, the batch search with communication walks from
+    time per copy (`moefast.batch.optimize_batch(max_moves=, copy_cost=)`, a copy priced
+    `copy_cost` x `round_us` x `batch_size` us of step time); it, the relabelled batch
+    plan (if it fits) and `current` are compared by simulated step time plus their
+    copies' price. With a topology, the batch search with communication walks from
     `current` toward the full node-aware batch plan relabelled by nodes and GPUs inside
-    them (`moefast.topology_plan.replan_node_aware_batch`), and the fastest of `current`,
-    the walk and that plan (if it fits) on the search's sampled batches is the result.
+    them (`moefast.topology_plan.replan_node_aware_batch`, the same price per copy), and
+    the fastest of `current`, the walk and that plan (if it fits) on the walk's sampled
+    batches, plus the copies' price, is the result.
     """
     if not isinstance(table, SubsetTable):
         raise TypeError(f"table must be a SubsetTable, got {type(table).__name__}")
@@ -151,7 +155,10 @@ def optimize(
             raise ValueError(f"{', '.join(given)} need objective='batch'")
         if current is not None:
             check_current(current, table.num_experts, num_gpus, slots_per_gpu)
-            max_moves, price = check_move_limits(max_moves, copy_cost)
+            check_replan_options(topology, copy_cost, objective)
+            if max_moves is not None:
+                max_moves = check_count("max_moves", max_moves, low=0)
+            price = check_copy_cost(copy_cost)
         elif max_moves is not None or copy_cost is not None:
             raise ValueError(
                 "max_moves needs current= (the placement being served), and so does copy_cost"
@@ -174,10 +181,8 @@ def optimize(
                     slots_per_gpu,
                     target=fresh,
                     max_moves=max_moves,
-                    copy_cost=price,
+                    copy_cost=price.in_node,
                 ).placement
-            if current is not None:
-                check_replan_options(topology, copy_cost, objective)
             assert topology is not None
             if current is None:
                 return node_aware_decode(
@@ -199,6 +204,7 @@ def optimize(
                 max_moves=max_moves,
                 seed=seed,
                 num_groups=num_groups,
+                copy_cost=price,
             ).placement
         if method == "milp":
             return milp_placement(table, num_gpus, slots_per_gpu, time_limit, seed)
@@ -211,9 +217,8 @@ def optimize(
     if current is not None:
         check_current(current, table.num_experts, num_gpus, slots_per_gpu)
         check_replan_options(topology, copy_cost, objective)
-        if copy_cost is not None:
-            raise ValueError("objective='batch' re-plans with max_moves only (no copy_cost)")
-        max_moves, _ = check_move_limits(max_moves, None)
+        max_moves, per_token = check_move_limits(max_moves, copy_cost)
+        round_us = check_non_negative("round_us", round_us)
         fresh = optimize(
             table,
             num_gpus,
@@ -239,25 +244,24 @@ def optimize(
                 batch_size=batch_size,
                 num_batches=num_batches,
                 max_moves=max_moves,
+                copy_price=per_token * round_us * batch_size,
                 seed=seed,
                 num_groups=num_groups,
             ).placement
-        relabelled = relabel(current, fresh)
-        walked = optimize_batch(
+        return replan_for_batches(
             table,
             current,
+            fresh,
             slots_per_gpu,
-            cost_model,
-            batch_size,
+            cost_model=cost_model,
+            batch_size=batch_size,
+            max_moves=max_moves,
+            copy_cost=per_token,
+            round_us=round_us,
             seed=seed,
             num_batches=num_batches,
             max_evaluations=max_evaluations,
-            max_moves=max_moves,
-        )
-        options = [current, walked]
-        if max_moves is None or copies(current, relabelled) <= max_moves:
-            options.append(relabelled)
-        return fastest_placement(table, options, cost_model, batch_size, seed=seed)
+        ).placement
     if max_moves is not None or copy_cost is not None:
         raise ValueError(
             "max_moves needs current= (the placement being served), and so does copy_cost"

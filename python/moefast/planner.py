@@ -26,7 +26,13 @@ from moefast.heldout import (
 from moefast.model import ModelPlacement
 from moefast.models import PRESETS, ModelLayout, model_layout
 from moefast.optimizers import check_budgets, check_memory, optimize
-from moefast.replan import check_current, check_move_limits, check_replan_options, replan_layers
+from moefast.replan import (
+    CopyPrice,
+    check_current,
+    check_move_limits,
+    check_replan_options,
+    replan_layers,
+)
 from moefast.selection import Estimator, select_estimator
 from moefast.topology import V3_ROUND_US, Topology
 from moefast.topology import check as check_topology
@@ -249,7 +255,7 @@ def plan(
     model: str | ModelLayout | None = None,
     current: ModelPlacement | Sequence[Placement] | None = None,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     topology: Topology | None = None,
     num_groups: int | None = None,
     round_us: float = V3_ROUND_US,
@@ -296,19 +302,22 @@ def plan(
     ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
     one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
     weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.replan`);
-    ``settings["replan"]`` records each layer's copies and the gain against moves. It is
+    ``settings["replan"]`` records each layer's copies and the gain against moves, and
+    with tokens held out, ``held_out``: the served placement, the re-plan and the full
+    re-plan scored on them (`moefast.replan.held_out_gain`). It is
     checked against the trace's experts and layer ids before any work (for files, against
     the first file's). With trace files and an ``executor`` the layers are re-planned on
     its workers; the result is the in-process one. With a ``topology`` (decode) each layer
-    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=)`
-    does, or is the full node-aware plan (relabelled) when that fits the budget and is
-    faster; the gain against moves is in us per token with communication, measured against
-    that full plan, and ``settings["topology"]`` has a column for the served placement.
-    With a topology and ``objective="batch"``, each layer is re-planned as
-    `optimize(objective="batch", current=, topology=, max_moves=)` does, toward the full
-    node-aware batch plan as ``plan`` without ``current`` makes it; costs in us per batch
-    of ``batch_size`` tokens on the batch search's sample. Refused with a topology:
-    ``copy_cost`` (a price in compute-only rounds).
+    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=,
+    copy_cost=)` does (a copy priced ``copy_cost`` x ``round_us`` us per token, or by link
+    with a `moefast.replan.CopyPrice`), or is the full node-aware plan (relabelled) when
+    that fits the budget and is faster (time plus copies' price); the gain against moves
+    is in us per token with communication, measured against that full plan, and
+    ``settings["topology"]`` has a column for the served placement. With a topology and
+    ``objective="batch"``, each layer is re-planned as `optimize(objective="batch",
+    current=, topology=, max_moves=, copy_cost=)` does, toward the full node-aware batch
+    plan as ``plan`` without ``current`` makes it; costs in us per step of ``batch_size``
+    tokens on the walk's sample.
 
     ``topology`` (a `moefast.topology.Topology`: GPUs in nodes, dispatch and combine) plans
     every layer node-aware after its compute-only plan: for decode the node-aware search
@@ -332,7 +341,7 @@ def plan(
         progress = sys.stderr.isatty()
     if current is not None:
         check_replan_options(topology, copy_cost, objective)
-        check_move_limits(max_moves, copy_cost)
+        check_move_limits(max_moves, None)
     streamed: StreamedSplit | None = None
     if trace is None and _is_paths(trace_or_tables):
         if current is not None:  # a mismatch is found before the files are counted
@@ -498,23 +507,36 @@ def plan(
         settings["work_budget"] = work_budget
     if layout is not None and PRESETS.get(layout.name) == layout:
         settings["model"] = layout.name  # save() writes engine files for it
+    held_tables: list[SubsetTable] | None = None  # tokens not planned on, per layer
+    if streamed is not None and streamed.test is not None:
+        held_tables = list(streamed.test)
+    elif split.test is not None:
+        held_tables = split.test.tables()
     if replans is not None:
-        from moefast.replan import replan_summary
+        from moefast.replan import held_out_gain, replan_summary
 
-        settings["replan"] = replan_summary(
+        summary = replan_summary(
             replans,
             max_moves,
             copy_cost,
             num_gpus * slots_per_gpu,
             _replan_unit(topology, objective, batch_size),
+            walk_points=objective == "decode" or topology is not None,
         )
+        if held_tables is not None:
+            summary["held_out"] = held_out_gain(
+                held_tables,
+                replans,
+                currents,
+                topology,
+                round_us,
+                cost_model=cost_model,
+                batch_size=batch_size,
+                seed=seed,
+            )
+        settings["replan"] = summary
     if topology is not None:
-        if streamed is not None and streamed.test is not None:
-            score_tables = streamed.test
-        elif split.test is not None:
-            score_tables = split.test.tables()
-        else:
-            score_tables = list(plan_tables)
+        score_tables = held_tables if held_tables is not None else list(plan_tables)
         settings["topology"] = _topology_settings(
             score_tables,
             plan_tables,
@@ -548,11 +570,10 @@ def plan(
 
 def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:
     """The unit of ``settings["replan"]``'s costs."""
-    if topology is None:
-        return "rounds"
     if objective == "batch":
-        return f"us per batch of {batch_size} tokens, with communication"
-    return "us per token, with communication"
+        where = "simulated" if topology is None else "with communication"
+        return f"us per step of {batch_size} tokens, {where}"
+    return "rounds" if topology is None else "us per token, with communication"
 
 
 def _topology_settings(

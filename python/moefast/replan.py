@@ -18,7 +18,11 @@ the budget is spent or nothing improves. Its path gives the gain against moves.
 `copy_cost` prices a copy instead of (or beside) a hard budget: a move is made only if it
 lowers the expected cost by more than its copies' price. `price_per_copy` turns an
 expert's bytes, the link bandwidth and the tokens served until the next re-plan into that
-price.
+price, in expert rounds per token. The same number means the same with a topology, where
+times are us per token: the node-aware walk prices a copy `copy_cost` x `round_us` us per
+token, and `Topology.copy_price` gives a `CopyPrice` by link (NVLink inside a node, RDMA
+across). For batches (`objective="batch"`), a copy costs `copy_cost` x `round_us` x
+`batch_size` us of mean step time: the per-token price times the tokens of a step.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from moefast._core import Placement, SubsetTable
 from moefast.validation import check_count, check_non_negative, check_positive
 
 if TYPE_CHECKING:
+    from moefast.cost_model import CostModel
     from moefast.topology import Topology
 
 #: Time of one expert round in decode (us), the default of `price_per_copy`: a
@@ -88,13 +93,58 @@ def price_per_copy(
     """The price of one copy in expert rounds per token: the copy's time
     (expert_bytes / bandwidth) spread over the `tokens` this layer serves until the next
     re-plan, in rounds of `round_us` microseconds. A DeepSeek-V3 expert in FP8 is about
-    44 MB; 50 GB/s RDMA copies it in ~0.9 ms."""
+    44 MB; 50 GB/s RDMA copies it in ~0.9 ms. The same price serves the node-aware
+    re-plan (a copy costs price x `round_us` us per token there; `Topology.copy_price`
+    prices by link) and batches (price x `round_us` x `batch_size` us per step)."""
     expert_bytes = check_positive("expert_bytes", expert_bytes)
     bandwidth_gb_s = check_positive("bandwidth_gb_s", bandwidth_gb_s)
     tokens = check_positive("tokens", tokens)
     round_us = check_positive("round_us", round_us)
     copy_us = expert_bytes / (bandwidth_gb_s * 1e3)
     return copy_us / round_us / tokens
+
+
+@dataclass(frozen=True)
+class CopyPrice:
+    """The price of one copy in expert rounds per token, by the link the copy crosses
+    (with a topology): `in_node` when the served placement holds the expert on another
+    GPU of the destination's node (an NVLink copy), `across_nodes` otherwise (RDMA).
+    `moefast.topology.Topology.copy_price` makes one from an expert's bytes; a float
+    `copy_cost` is one price for both."""
+
+    in_node: float
+    across_nodes: float
+
+    def __post_init__(self) -> None:
+        for name in ("in_node", "across_nodes"):
+            value = check_non_negative(f"copy_cost.{name}", getattr(self, name))
+            object.__setattr__(self, name, value)
+
+    def us(self, round_us: float) -> tuple[float, float]:
+        """(in node, across nodes) in us per token: the prices times `round_us`."""
+        return self.in_node * round_us, self.across_nodes * round_us
+
+
+def check_copy_cost(copy_cost: float | CopyPrice | None) -> CopyPrice:
+    """`copy_cost` as a `CopyPrice` (None: free; a float, finite and >= 0: one price)."""
+    if isinstance(copy_cost, CopyPrice):
+        return copy_cost
+    price = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
+    return CopyPrice(price, price)
+
+
+def copies_price(
+    current: Placement, placement: Placement, price: CopyPrice, gpus_per_node: int
+) -> float:
+    """The price (rounds per token) of the copies that turn `current` into `placement`,
+    each by its link (`CopyPrice`)."""
+    held = current.replicas
+    added = placement.replicas & ~held
+    nodes = held.reshape(held.shape[0], -1, gpus_per_node).any(axis=2)
+    in_node = np.repeat(nodes, gpus_per_node, axis=1)
+    return float(
+        price.in_node * (added & in_node).sum() + price.across_nodes * (added & ~in_node).sum()
+    )
 
 
 def copies(current: Placement, placement: Placement) -> int:
@@ -150,12 +200,20 @@ def _check_full(current: Placement, slots_per_gpu: int) -> None:
         )
 
 
-def check_move_limits(max_moves: int | None, copy_cost: float | None) -> tuple[int | None, float]:
-    """`max_moves` (an int >= 0 or None) and `copy_cost` (finite, >= 0; None is 0)."""
+def check_move_limits(
+    max_moves: int | None, copy_cost: float | CopyPrice | None
+) -> tuple[int | None, float]:
+    """`max_moves` (an int >= 0 or None) and `copy_cost` (finite, >= 0; None is 0) as one
+    price: a `CopyPrice` must price both links alike (its links need a topology)."""
     if max_moves is not None:
         max_moves = check_count("max_moves", max_moves, low=0)
-    cost = 0.0 if copy_cost is None else check_non_negative("copy_cost", copy_cost)
-    return max_moves, cost
+    price = check_copy_cost(copy_cost)
+    if price.in_node != price.across_nodes:
+        raise ValueError(
+            "a CopyPrice by link (in_node != across_nodes) needs topology=: without one a"
+            " copy has one price"
+        )
+    return max_moves, price.in_node
 
 
 def replan(
@@ -193,6 +251,71 @@ def replan(
     )
 
 
+def replan_for_batches(
+    table: SubsetTable,
+    current: Placement,
+    fresh: Placement,
+    slots_per_gpu: int,
+    *,
+    cost_model: CostModel,
+    batch_size: int,
+    max_moves: int | None = None,
+    copy_cost: float = 0.0,
+    round_us: float = ROUND_US,
+    seed: int = 0,
+    num_batches: int | None = None,
+    max_evaluations: int = 40_000,
+) -> Replan:
+    """`current` re-planned for batches of `batch_size` tokens (no topology): the batch
+    walk from `current` (`moefast.batch.optimize_batch(max_moves=, copy_cost=)`), the full
+    batch plan `fresh` relabelled to share the most replicas with `current` (when it fits
+    the budget) and `current` itself; the one of least simulated step time plus its
+    copies' price (`copy_cost` x `round_us` x `batch_size` us per copy) is kept. Costs are
+    mean step times (us) of 256 simulated steps drawn from `table`, the same steps for
+    every candidate; the path has the walk's end only (its intermediate placements are
+    not kept)."""
+    from moefast.batch import optimize_batch, simulate
+
+    full = relabel(current, fresh)
+    walked = optimize_batch(
+        table,
+        current,
+        slots_per_gpu,
+        cost_model,
+        batch_size,
+        seed=seed,
+        num_batches=num_batches,
+        max_evaluations=max_evaluations,
+        max_moves=max_moves,
+        copy_cost=copy_cost,
+        round_us=round_us,
+    )
+
+    def step_time(placement: Placement) -> float:
+        (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
+        return float(result["mean_step_time"])
+
+    step_price = copy_cost * round_us * batch_size
+    candidates = [current, walked, full]
+    times = [step_time(p) for p in candidates]
+    moved = [copies(current, p) for p in candidates]
+    fits = [max_moves is None or m <= max_moves for m in moved]
+    best = min((i for i in range(3) if fits[i]), key=lambda i: times[i] + step_price * moved[i])
+    path = [(0, times[0])]
+    if moved[1] > 0:
+        path.append((moved[1], times[1]))
+    return Replan(
+        placement=candidates[best],
+        copies=moved[best],
+        cost=times[best],
+        stale_cost=times[0],
+        path=tuple(path),
+        full=full,
+        full_copies=moved[2],
+        full_cost=times[2],
+    )
+
+
 def replan_layer(
     table: SubsetTable,
     current: Placement,
@@ -200,7 +323,7 @@ def replan_layer(
     slots_per_gpu: int,
     *,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     coverage: float = 1.0,
     method: str = "greedy",
     seed: int = 0,
@@ -214,10 +337,12 @@ def replan_layer(
     the layer's current placement. With `topology` (decode), costs are us per token: the
     node-aware re-plan of `moefast.topology_plan.replan_node_aware` from that compute-only
     plan, measured against the full node-aware plan (`node_aware_decode`) as `plan`
-    without `current` would make it. With a topology and ``objective="batch"``, costs are
-    us per batch of ``batch_size`` tokens on the batch search's sample:
-    `moefast.topology_plan.replan_node_aware_batch` walks toward the full node-aware
-    batch plan (`node_aware_batch` from the compute-only batch plan)."""
+    without `current` would make it; `copy_cost` (rounds per token per copy, or a
+    `CopyPrice` by link) prices a copy `copy_cost` x `round_us` us per token there. With a
+    topology and ``objective="batch"``, costs are us per step of ``batch_size`` tokens on
+    the walk's sample: `moefast.topology_plan.replan_node_aware_batch` walks toward the
+    full node-aware batch plan (`node_aware_batch` from the compute-only batch plan), a
+    copy priced ``copy_cost`` x ``round_us`` x ``batch_size`` us of step time."""
     from moefast.optimizers import optimize
     from moefast.topology_plan import (
         node_aware_batch,
@@ -230,10 +355,28 @@ def replan_layer(
         table = table.prune(coverage=coverage)
     fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options)
     if topology is None:
+        _, price = check_move_limits(max_moves, copy_cost)
+        if optimize_options.get("objective") == "batch":
+            return replan_for_batches(
+                table,
+                current,
+                fresh,
+                slots_per_gpu,
+                cost_model=optimize_options["cost_model"],
+                batch_size=optimize_options["batch_size"],
+                max_moves=max_moves,
+                copy_cost=price,
+                round_us=round_us,
+                seed=seed,
+                num_batches=optimize_options.get("num_batches"),
+                max_evaluations=optimize_options.get("max_evaluations", 40_000),
+            )
         return replan(
-            table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=copy_cost
+            table, current, slots_per_gpu, target=fresh, max_moves=max_moves, copy_cost=price
         )
     if optimize_options.get("objective") == "batch":
+        _, per_token = check_move_limits(max_moves, copy_cost)
+        batch_size = optimize_options["batch_size"]
         full = node_aware_batch(
             table,
             [fresh],
@@ -252,9 +395,10 @@ def replan_layer(
             slots_per_gpu,
             topology=topology,
             cost_model=optimize_options["cost_model"],
-            batch_size=optimize_options["batch_size"],
+            batch_size=batch_size,
             num_batches=None,
             max_moves=max_moves,
+            copy_price=per_token * round_us * batch_size,
             seed=seed,
             num_groups=num_groups,
         )
@@ -276,6 +420,7 @@ def replan_layer(
         topology=topology,
         round_us=round_us,
         max_moves=max_moves,
+        copy_cost=copy_cost,
         seed=seed,
         num_groups=num_groups,
         full=full,
@@ -285,16 +430,21 @@ def replan_layer(
 
 def check_replan_options(
     topology: Topology | None,
-    copy_cost: float | None,
+    copy_cost: float | CopyPrice | None,
     objective: str,
 ) -> None:
     """Re-planning with a topology walks the decode time, or the batch step time
-    (`objective`), with communication under a move budget: `copy_cost` prices copies in
-    compute-only rounds."""
+    (`objective`), with communication under a move budget and a copy price (`copy_cost`,
+    a float or, for decode, a `CopyPrice` by link); without one a copy has one price."""
+    price = check_copy_cost(copy_cost)
     if topology is None:
+        check_move_limits(None, price)
         return
-    if copy_cost is not None:
-        raise ValueError("copy_cost is for the compute-only cost: with a topology use max_moves")
+    if objective != "decode" and price.in_node != price.across_nodes:
+        raise ValueError(
+            "a CopyPrice by link (in_node != across_nodes) is for the decode node-aware"
+            " re-plan: with objective='batch' a copy has one price (a float copy_cost)"
+        )
 
 
 def replan_layers(
@@ -304,7 +454,7 @@ def replan_layers(
     slots_per_gpu: int,
     *,
     max_moves: int | None = None,
-    copy_cost: float | None = None,
+    copy_cost: float | CopyPrice | None = None,
     coverage: float = 1.0,
     method: str = "greedy",
     seed: int = 0,
@@ -334,11 +484,13 @@ def replan_layers(
         except ValueError as e:
             raise ValueError(f"layer {layer}: {e}") from None
     check_replan_options(topology, copy_cost, optimize_options.get("objective", "decode"))
-    max_moves, price = check_move_limits(max_moves, copy_cost)
+    price = check_copy_cost(copy_cost)
+    if max_moves is not None:
+        max_moves = check_count("max_moves", max_moves, low=0)
     options = dict(
         optimize_options,
         max_moves=max_moves,
-        copy_cost=None if topology is not None else price,
+        copy_cost=price,
         coverage=coverage,
         method=method,
         seed=seed,
@@ -395,19 +547,23 @@ def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[s
 def replan_summary(
     replans: Sequence[Replan],
     max_moves: int | None,
-    copy_cost: float | None,
+    copy_cost: float | CopyPrice | None,
     slots: int,
     unit: str = "rounds",
+    walk_points: bool = True,
 ) -> dict[str, Any]:
     """What `plan` records of a re-plan (JSON): per layer the copies and costs (``unit``:
     expert rounds, or us per token with a topology; on the tables re-planned for), and the
     gain against moves at 0, 1/4, 1/2, 3/4 of the budget and the budget (or of the most
-    copies a layer used), then the full re-plan."""
+    copies a layer used), then the full re-plan; at 0 and the budget only when the paths
+    hold no point between (`walk_points` False: the batch walk keeps its end only)."""
     top = max_moves if max_moves is not None else max(r.copies for r in replans)
-    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top})
+    budgets = sorted({0, top // 4, top // 2, 3 * top // 4, top} if walk_points else {0, top})
     return {
         "max_moves": max_moves,
-        "copy_cost": copy_cost,
+        "copy_cost": dataclasses.asdict(copy_cost)
+        if isinstance(copy_cost, CopyPrice)
+        else copy_cost,
         "slots": slots,
         "unit": unit,
         "copies": [r.copies for r in replans],
@@ -416,6 +572,62 @@ def replan_summary(
         "full_copies": [r.full_copies for r in replans],
         "full_costs": [r.full_cost for r in replans],
         "curve": gain_curve(replans, budgets),
+    }
+
+
+def held_out_gain(
+    tables: Sequence[SubsetTable],
+    replans: Sequence[Replan],
+    currents: Sequence[Placement],
+    topology: Topology | None = None,
+    round_us: float = ROUND_US,
+    *,
+    cost_model: CostModel | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The re-plan scored on held-out tables (tokens not planned on), one per layer: mean
+    cost per layer of the served placement, the re-plan and the full re-plan (expert
+    rounds; with `topology`, us per token with communication; with `cost_model` and
+    `batch_size` and no topology, the mean step time in us of 256 steps of `batch_size`
+    held-out tokens, the same steps for each placement; with a topology too, the mean
+    achievable layer time with communication of `sample_batch_time`'s batches of them),
+    and the share of the full
+    re-plan's gain (summed over layers) that the re-plan recovers (None when the full
+    re-plan is not faster held out: no gain to recover)."""
+    from moefast.batch import simulate
+    from moefast.topology import expected_time, sample_batch_time
+
+    def cost(table: SubsetTable, placement: Placement) -> float:
+        if cost_model is not None and batch_size is not None:
+            if topology is None:
+                (run,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
+                return float(run["mean_step_time"])
+            return sample_batch_time(
+                table,
+                placement,
+                topology=topology,
+                cost_model=cost_model,
+                batch_size=batch_size,
+                seed=seed,
+            )
+        if topology is None:
+            return float(_core.expected_cost(table, placement))
+        return expected_time(table, placement, topology, round_us=round_us)
+
+    served = [cost(t, c) for t, c in zip(tables, currents, strict=True)]
+    ours = [cost(t, r.placement) for t, r in zip(tables, replans, strict=True)]
+    fulls = [
+        None if r.full is None else cost(t, r.full) for t, r in zip(tables, replans, strict=True)
+    ]
+    full = None if any(x is None for x in fulls) else float(np.mean(fulls))  # type: ignore[arg-type]
+    stale, mean = float(np.mean(served)), float(np.mean(ours))
+    gain = None if full is None or stale - full <= 0 else stale - full
+    return {
+        "served": stale,
+        "replanned": mean,
+        "full": full,
+        "share_of_full_gain": None if gain is None else (stale - mean) / gain,
     }
 
 

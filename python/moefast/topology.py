@@ -29,8 +29,8 @@ import numpy as np
 from moefast import _core
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
-from moefast.replan import check_current
-from moefast.validation import check_count, check_non_negative, check_seed
+from moefast.replan import CopyPrice, check_copy_cost, check_current
+from moefast.validation import check_count, check_non_negative, check_positive, check_seed
 
 #: Time of one expert round in decode (us): a DeepSeek-V3 expert's weight read on an H100
 #: (DESIGN 2.2, alpha of 7168x2048), the default when no cost model is given.
@@ -91,6 +91,28 @@ class Topology:
 
         return (int(self.gpus_per_node), bool(self.per_pair), tr(self.dispatch), tr(self.combine))
 
+    def copy_us(self, expert_bytes: float) -> tuple[float, float]:
+        """The time (us) of copying one expert of `expert_bytes` bytes (in node, across
+        nodes): over NVLink and over RDMA at the dispatch transfer's bandwidths. Those are
+        DeepEP's measured all-to-all bandwidths (153-156 GB/s NVLink, 43-58 GB/s RDMA in
+        its README), a conservative figure for one point-to-point copy; the kernel
+        latency is left out (33 us beside ~850 us for a 44 MB expert over RDMA)."""
+        expert_bytes = check_positive("expert_bytes", expert_bytes)
+        bw = self.dispatch.bandwidth_gb_s
+        return expert_bytes / (bw[1] * 1e3), expert_bytes / (bw[2] * 1e3)
+
+    def copy_price(
+        self, expert_bytes: float, tokens: float, *, round_us: float = V3_ROUND_US
+    ) -> CopyPrice:
+        """The price of a copy by link (`moefast.replan.CopyPrice`, expert rounds per
+        token): `copy_us` spread over the `tokens` this layer serves until the next
+        re-plan, in rounds of `round_us`, as `moefast.replan.price_per_copy` prices one
+        link."""
+        tokens = check_positive("tokens", tokens)
+        round_us = check_positive("round_us", round_us)
+        in_node, across = self.copy_us(expert_bytes)
+        return CopyPrice(in_node / round_us / tokens, across / round_us / tokens)
+
     def comm_us(self, tokens: int, k: int, node_sum: int, num_gpus: int) -> float:
         """Dispatch + combine time (us) of `tokens` tokens of `k` experts reaching
         `node_sum` nodes in all (summed over tokens) on `num_gpus` GPUs."""
@@ -135,6 +157,7 @@ def place(
     seed: int = 0,
     target: Placement | None = None,
     num_groups: int | None = None,
+    copy_cost: float | CopyPrice | None = None,
 ) -> tuple[Placement, int]:
     """(placement, replicas moved): `start` improved for the expected token time under
     `topology` (without one: the compute-only cost, round_us = 1), adding at most
@@ -142,7 +165,12 @@ def place(
     With `target` (a fresh plan), half the candidate moves bring `start` toward it.
     With `num_groups`, `start` must keep each of `num_groups` groups of consecutive expert
     ids on one node (ValueError naming a stray replica otherwise), and so does the result:
-    every move keeps each group on its node. Never worse than `start`."""
+    every move keeps each group on its node. With `copy_cost` (expert rounds per token per
+    copy, `moefast.replan.price_per_copy`, or a `CopyPrice` by link), a copy costs
+    `copy_cost` x `round_us` (us per token with a topology, so the same number means the
+    same as without one): a move is made only if it lowers the expected time by more than
+    its copies' price (a move that gives copies back gains theirs), ranked by that net
+    gain per copy. Never worse than `start` (in time plus the copies' price)."""
     placement, moved, _ = place_walk(
         table,
         start,
@@ -154,6 +182,7 @@ def place(
         seed=seed,
         target=target,
         num_groups=num_groups,
+        copy_cost=copy_cost,
     )
     return placement, moved
 
@@ -170,10 +199,13 @@ def place_walk(
     seed: int = 0,
     target: Placement | None = None,
     num_groups: int | None = None,
+    copy_cost: float | CopyPrice | None = None,
 ) -> tuple[Placement, int, list[tuple[int, float]]]:
     """`place`, and its search's path: (copies, expected time in us) from `start` after
-    each move when re-planning (`max_moves` or `target` given), else `start` and the end:
-    the gain against moves of a re-plan."""
+    each move when re-planning (`max_moves`, `target` or a `copy_cost` given), else
+    `start` and the end: the gain against moves of a re-plan. Under a price, a move that
+    gives copies back may raise the time (by less than their price)."""
+    price = check_copy_cost(copy_cost)
     if topology is None:
         topology, round_us = Topology.free(), 1.0
     if max_moves is not None:
@@ -189,6 +221,7 @@ def place_walk(
         check_seed("seed", seed),
         target,
         None if num_groups is None else check_count("num_groups", num_groups),
+        price.us(float(round_us)),
     )
 
 

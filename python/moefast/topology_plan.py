@@ -22,7 +22,7 @@ import numpy as np
 
 from moefast._core import Placement, SubsetTable
 from moefast.cost_model import CostModel
-from moefast.replan import Replan, copies, relabel
+from moefast.replan import CopyPrice, Replan, check_copy_cost, copies, copies_price, relabel
 from moefast.topology import (
     Topology,
     eplb_hierarchical,
@@ -136,6 +136,7 @@ def replan_node_aware(
     seed: int,
     num_groups: int | None = None,
     full: Placement | None = None,
+    copy_cost: float | CopyPrice | None = None,
 ) -> Replan:
     """`current` re-planned for the decode time with communication (us per token) with at
     most `max_moves` copies: the node-aware search walks from it, half its candidate moves
@@ -143,7 +144,11 @@ def replan_node_aware(
     from it), renamed by whole nodes and GPUs inside them to share the most replicas with
     `current`; that target is the result when it fits the budget and is faster, and so is
     `full` (the full node-aware re-plan, renamed likewise; the gain against moves is
-    measured against it). Costs are in us."""
+    measured against it). Costs are in us. `copy_cost` (rounds per token per copy, or a
+    `CopyPrice` by link) prices a copy `copy_cost` x `round_us` us per token: the walk
+    makes a move only if it gains more than that, and the result is the one of least time
+    plus its copies' price."""
+    price = check_copy_cost(copy_cost)
     if num_groups is not None:
         try:
             group_nodes(current, num_groups, topology.gpus_per_node)
@@ -161,10 +166,14 @@ def replan_node_aware(
         seed=seed,
         target=target,
         num_groups=num_groups,
+        copy_cost=price,
     )
 
     def time_of(p: Placement) -> float:
         return expected_time(table, p, topology, round_us=round_us)
+
+    def net(p: Placement, time: float) -> float:
+        return time + round_us * copies_price(current, p, price, topology.gpus_per_node)
 
     best, best_time = found, time_of(found)
     if full is not None:
@@ -174,7 +183,7 @@ def replan_node_aware(
             continue
         if max_moves is None or copies(current, candidate) <= max_moves:
             t = time_of(candidate)
-            if t < best_time:
+            if net(candidate, t) < net(best, best_time):
                 best, best_time = candidate, t
     return Replan(
         placement=best,
@@ -233,6 +242,7 @@ def replan_node_aware_batch(
     num_batches: int | None,
     max_moves: int | None,
     seed: int,
+    copy_price: float = 0.0,
     max_evaluations: int = 2_000,
     num_groups: int | None = None,
 ) -> Replan:
@@ -241,10 +251,11 @@ def replan_node_aware_batch(
     (`place_batch_walk`), half its candidate steps toward `full` (the full node-aware
     batch plan) renamed by whole nodes and GPUs inside them to share the most replicas
     with `current`. The walk's sample is `num_batches` batches (default `walk_batches`,
-    four times `place_batch`'s). The result is the fastest of `current`, the walk and that
+    four times `place_batch`'s); a step is made only if it gains more than `copy_price`
+    us of step time per copy. The result is the fastest of `current`, the walk and that
     renamed plan (when it fits the budget) on that sample and its validation sample
-    together (the walk was fitted to the first alone, the plan to a quarter of it); the
-    costs recorded are on the walk's sample, where its path is."""
+    together (the walk was fitted to the first alone, the plan to a quarter of it), plus
+    its copies' price; the costs recorded are on the walk's sample, where its path is."""
     if num_groups is not None:
         try:
             group_nodes(current, num_groups, topology.gpus_per_node)
@@ -263,6 +274,7 @@ def replan_node_aware_batch(
         num_batches=num_batches,
         seed=seed,
         max_moves=max_moves,
+        copy_price=copy_price,
         target=target,
         max_evaluations=max_evaluations,
         num_groups=num_groups,
@@ -283,7 +295,10 @@ def replan_node_aware_batch(
     candidates = [current, walked]
     if max_moves is None or copies(current, target) <= max_moves:
         candidates.append(target)
-    both = [time_of(p) + time_of(p, validation=True) for p in candidates]
+    both = [
+        (time_of(p) + time_of(p, validation=True)) / 2 + copy_price * copies(current, p)
+        for p in candidates
+    ]
     best = candidates[int(np.argmin(both))]
     return Replan(
         placement=best,

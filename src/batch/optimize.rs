@@ -298,7 +298,8 @@ impl Search<'_> {
         }
     }
 
-    /// The improving move of `moves` (with their copies) of best exact change per copy:
+    /// The improving move of `moves` (with their copies) of best exact net change per
+    /// copy (the change of the weighted step-time sum plus `price` per copy, in its units):
     /// every move is bounded, and the moves whose bound could beat the best found so far
     /// are re-timed, best bound per copy first. The bound never exceeds the exact change,
     /// so this is the best of the moves the screen passes (moves that copy nothing first;
@@ -308,13 +309,16 @@ impl Search<'_> {
         &self,
         moves: &[(Move, isize)],
         cap: usize,
+        price: f64,
     ) -> (Option<(usize, Scored)>, Vec<usize>, usize) {
-        // (copies something, change per copy): the smaller the better.
+        // (copies something, net change per copy): the smaller the better. A move that
+        // gives copies back gains their price.
         let key = |delta: f64, copies: isize| {
+            let net = delta + price * copies as f64;
             if copies > 0 {
-                (1u8, delta / copies as f64)
+                (1u8, net / copies as f64)
             } else {
-                (0u8, delta)
+                (0u8, net)
             }
         };
         let before = |a: (u8, f64), b: (u8, f64)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).is_lt();
@@ -323,7 +327,11 @@ impl Search<'_> {
         let mut order: Vec<((u8, f64), usize)> = bounds
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| b.filter(|&b| b < -screen).map(|b| (key(b, moves[i].1), i)))
+            .filter_map(|(i, b)| {
+                let c = moves[i].1;
+                b.filter(|&b| b + price * (c as f64) < -screen)
+                    .map(|b| (key(b, c), i))
+            })
             .collect();
         order.sort_by(|a, b| {
             (a.0 .0.cmp(&b.0 .0))
@@ -348,7 +356,7 @@ impl Search<'_> {
             timed += scored.len();
             for (i, s) in scored {
                 let Some(s) = s else { continue };
-                if s.delta >= -tol {
+                if s.delta + price * moves[i].1 as f64 >= -tol {
                     continue;
                 }
                 let k = key(s.delta, moves[i].1);
@@ -364,9 +372,10 @@ impl Search<'_> {
         (best.map(|b| (b.1, b.2)), screened, timed)
     }
 
-    /// Re-planning within `max_copies` copies from `home`, the layout the search started
-    /// from: each step makes the improving move of best exact change per copy that the
-    /// budget still allows (`best_per_copy`). The bounds also use each GPU's forced time
+    /// Re-planning within `limits.max_copies` copies from `home`, the layout the search
+    /// started from: each step makes the improving move of best exact change per copy that
+    /// the budget still allows (`best_per_copy`); with `limits.copy_price`, only moves
+    /// that lower the mean step time by more than their copies' price improve. The bounds also use each GPU's forced time
     /// (`forced_time`), which the rounds alone leave loose where tokens outweigh rounds:
     /// at B = 256 on a DeepSeek-V3-size layer the rounds passed 44k of 55k moves to exact
     /// timing, and the walk took 2.5x the CPU. A step screens the `SHORTLIST` moves that
@@ -377,9 +386,14 @@ impl Search<'_> {
         &mut self,
         rounds_solver: &mut RoundsSolver,
         home: &Placement,
-        max_copies: usize,
+        limits: CopyLimits,
         options: BatchSearchOptions,
     ) {
+        let max_copies = limits
+            .max_copies
+            .map_or(isize::MAX, |m| isize::try_from(m).unwrap_or(isize::MAX));
+        // The price in units of the weighted sum of step times.
+        let price = limits.copy_price * self.sample.weights.iter().sum::<f64>();
         let mut used = 0isize;
         let mut evaluations = 0;
         let mut shortlist: Vec<(Move, isize)> = Vec::new();
@@ -389,7 +403,7 @@ impl Search<'_> {
             if evaluations >= options.max_evaluations || cancel::requested() {
                 break;
             }
-            let left = max_copies as isize - used;
+            let left = max_copies - used;
             let moves: Vec<(Move, isize)> = if everything {
                 let mut rng = SplitMix64::stream(options.seed, step, 0x3e9a);
                 self.candidates(&mut rng)
@@ -403,7 +417,7 @@ impl Search<'_> {
                 shortlist.iter().filter(fits).copied().collect()
             };
             let cap = EXACT_PER_STEP.min(options.max_evaluations - evaluations);
-            let (best, screened, timed) = self.best_per_copy(&moves, cap);
+            let (best, screened, timed) = self.best_per_copy(&moves, cap, price);
             evaluations += timed;
             if everything {
                 shortlist = screened.iter().take(SHORTLIST).map(|&i| moves[i]).collect();
@@ -524,19 +538,37 @@ pub fn optimize_batch(
     search_batch(trace, start, slots_per_gpu, model, options, None)
 }
 
+/// What a batch re-plan may copy: at most `max_copies` copies (None: any), each priced
+/// `copy_price` in the cost model's time unit of mean step time (us for the presets): a
+/// move is made only if it lowers the mean step time of the sample by more than its
+/// copies' price. A copy of `c` us amortized over the `T` tokens served until the next
+/// re-plan costs `c x B / T` per step of B tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyLimits {
+    pub max_copies: Option<usize>,
+    pub copy_price: f64,
+}
+
 /// Re-planning for batches: from `current` (the placement served), the walk by gain per
-/// copy (`Search::walk`) within `max_copies` copies, replicas of the result that
+/// copy (`Search::walk`) within `limits`, copies being replicas of the result that
 /// `current` lacks on their GPU (`crate::replan::copies`). Never worse than `current` on
-/// the sample. `options.max_evaluations` bounds the moves re-timed exactly.
+/// the sample (time plus the copies' price). `options.max_evaluations` bounds the moves
+/// re-timed exactly.
 pub fn replan_batch(
     trace: &Trace,
     current: &Placement,
     slots_per_gpu: usize,
     model: CostModel,
     options: BatchSearchOptions,
-    max_copies: usize,
+    limits: CopyLimits,
 ) -> Result<Placement> {
-    let budget = Some((current, max_copies));
+    if !(limits.copy_price.is_finite() && limits.copy_price >= 0.0) {
+        return Err(MoeError::value(format!(
+            "copy_price = {}: must be finite and non-negative",
+            limits.copy_price
+        )));
+    }
+    let budget = Some((current, limits));
     search_batch(trace, current, slots_per_gpu, model, options, budget)
 }
 
@@ -546,7 +578,7 @@ fn search_batch(
     slots_per_gpu: usize,
     model: CostModel,
     options: BatchSearchOptions,
-    budget: Option<(&Placement, usize)>,
+    budget: Option<(&Placement, CopyLimits)>,
 ) -> Result<Placement> {
     if trace.num_layers() != 1 {
         return Err(MoeError::value(format!(
@@ -607,7 +639,7 @@ fn search_batch(
     };
     match budget {
         None => search.passes(&mut rounds_solver, options),
-        Some((home, max_copies)) => search.walk(&mut rounds_solver, home, max_copies, options),
+        Some((home, limits)) => search.walk(&mut rounds_solver, home, limits, options),
     }
     search.layout.to_placement()
 }
@@ -806,7 +838,11 @@ mod tests {
             };
             let stale = objective(&current);
             for budget in [0, 1, 2, 4] {
-                let p = replan_batch(&trace, &current, slots, m, opts, budget).unwrap();
+                let l = CopyLimits {
+                    max_copies: Some(budget),
+                    copy_price: 0.0,
+                };
+                let p = replan_batch(&trace, &current, slots, m, opts, l).unwrap();
                 assert!(crate::replan::copies(&current, &p) <= budget, "case {case}");
                 assert!(p.slots_used().iter().all(|&n| n <= slots));
                 assert!(objective(&p) <= stale + 1e-9 * stale, "case {case}");
@@ -835,6 +871,74 @@ mod tests {
             }
         }
         assert!(improved >= 5, "only {improved} of 10 re-plans gained");
+    }
+
+    /// A copy's price: a huge one keeps the served placement; a moderate one copies no
+    /// more than the free walk, lowers the mean step time on the sample by more than the
+    /// copies' price, and keeps the budget given with it; a negative or NaN one is refused.
+    #[test]
+    fn a_copy_price_holds_back_the_batch_walk() {
+        let mut rng = SplitMix64::new(5);
+        let (experts, gpus, slots) = (13, 4, 4);
+        let ids: Vec<i64> = (0..600)
+            .flat_map(|_| {
+                let a = rng.below(experts / 2) as i64;
+                let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
+                [a, b]
+            })
+            .collect();
+        let trace = Trace::new(&ids, 1, 2, &[experts], None).unwrap();
+        let lists: Vec<Vec<usize>> = (0..experts).map(|e| vec![e % gpus]).collect();
+        let mut layout = Layout::from_placement(&Placement::from_lists(&lists, gpus).unwrap());
+        while (0..gpus).any(|g| layout.used(g) < slots) {
+            let (e, g) = (rng.below(experts), rng.below(gpus));
+            if !layout.holds(e, g) && layout.used(g) < slots {
+                layout.add(e, g);
+            }
+        }
+        let current = layout.to_placement().unwrap();
+        let m = CostModel::new(47.0, 0.11, 1.5).unwrap();
+        let opts = BatchSearchOptions {
+            batch_size: 4,
+            num_batches: 48,
+            seed: 2,
+            max_evaluations: 100_000,
+        };
+        let sample = sample_batches(&trace, experts, 4, 48, 2);
+        let mean = |p: &Placement| {
+            let mut solver = StepTimeSolver::new(p, m);
+            (0..sample.weights.len())
+                .map(|b| sample.weights[b] * time_batch(&mut solver, &sample, b))
+                .sum::<f64>()
+                / sample.weights.iter().sum::<f64>()
+        };
+        let run = |max_copies: Option<usize>, copy_price: f64| {
+            let l = CopyLimits {
+                max_copies,
+                copy_price,
+            };
+            replan_batch(&trace, &current, slots, m, opts, l)
+        };
+        let copies = |p: &Placement| crate::replan::copies(&current, p);
+        let free = run(None, 0.0).unwrap();
+        let stale = mean(&current);
+        let gain = stale - mean(&free);
+        assert!(gain > 0.0 && copies(&free) > 1, "{gain} {}", copies(&free));
+        assert_eq!(run(None, 1e9).unwrap(), current);
+        let price = gain / copies(&free) as f64;
+        for budget in [None, Some(2)] {
+            let p = run(budget, price).unwrap();
+            let c = copies(&p);
+            assert!(
+                c <= copies(&free) && c <= budget.unwrap_or(usize::MAX),
+                "{c}"
+            );
+            assert!(mean(&p) + price * c as f64 <= stale, "{} {c}", mean(&p));
+        }
+        for bad in [-1.0, f64::NAN] {
+            let msg = run(Some(1), bad).unwrap_err().to_string();
+            assert!(msg.contains("copy_price"), "{msg}");
+        }
     }
 
     /// Every swap and replacement of `layout` (the moves of a full layout), plainly.

@@ -95,9 +95,11 @@ fn simulate_steps<'py>(
 /// A placement lowering the mean step time of sampled batches of `batch_size` tokens
 /// drawn from `topk` [tokens, k] (rows weighted by `weights` if given), by local search
 /// from `start` within `slots_per_gpu` experts per GPU; with `max_copies`, `start` is the
-/// placement served and the search re-plans it within that many copies.
+/// placement served and the search re-plans it within that many copies; with
+/// `copy_price` (> 0, in the cost model's unit of mean step time per copy) too, moves gain
+/// more than their copies' price.
 #[pyfunction]
-#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations, max_copies=None))]
+#[pyo3(signature = (topk, weights, start, slots_per_gpu, alpha, beta, p, batch_size, seed, num_batches, max_evaluations, max_copies=None, copy_price=0.0))]
 #[allow(clippy::too_many_arguments)]
 fn optimize_batch(
     py: Python<'_>,
@@ -113,6 +115,7 @@ fn optimize_batch(
     num_batches: Option<&Bound<'_, PyAny>>,
     max_evaluations: &Bound<'_, PyAny>,
     max_copies: Option<&Bound<'_, PyAny>>,
+    copy_price: f64,
 ) -> PyResult<PyPlacement> {
     let model = CostModel::new(alpha, beta, p)?;
     let max_copies = max_copies
@@ -143,10 +146,14 @@ fn optimize_batch(
     };
     let placement = interruptible(py, || -> crate::Result<Placement> {
         let trace = Trace::new(&ids, 1, k, &[start.num_experts()], weights.as_deref())?;
-        match max_copies {
-            None => optimize::optimize_batch(&trace, &start, slots, model, options),
-            Some(m) => optimize::replan_batch(&trace, &start, slots, model, options, m),
+        if max_copies.is_none() && copy_price == 0.0 {
+            return optimize::optimize_batch(&trace, &start, slots, model, options);
         }
+        let limits = optimize::CopyLimits {
+            max_copies,
+            copy_price,
+        };
+        optimize::replan_batch(&trace, &start, slots, model, options, limits)
     })?;
     Ok(PyPlacement {
         inner: std::sync::Arc::new(placement),

@@ -116,9 +116,10 @@ type WalkPath = Vec<(usize, f64)>;
 /// under the topology, adding at most `max_moves` replicas that `start` lacks; with
 /// `num_groups`, every expert group stays on the node it has in `start`. The path:
 /// (copies, expected time in us) from the start after each move (re-planning), or the
-/// start and the end (a fresh plan).
+/// start and the end (a fresh plan). `copy_price`: (in node, across nodes) in us per
+/// token per copy (None: free); a move is made only if it gains more than its copies' price.
 #[pyfunction]
-#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None, num_groups=None))]
+#[pyo3(signature = (table, start, slots_per_gpu, topology, round_us, max_moves, max_evaluations, seed, target=None, num_groups=None, copy_price=None))]
 #[allow(clippy::too_many_arguments)]
 fn improve_placement(
     py: Python<'_>,
@@ -132,12 +133,18 @@ fn improve_placement(
     seed: &Bound<'_, PyAny>,
     target: Option<&PyPlacement>,
     num_groups: Option<&Bound<'_, PyAny>>,
+    copy_price: Option<(f64, f64)>,
 ) -> PyResult<(PyPlacement, usize, WalkPath)> {
+    let (in_node, across_nodes) = copy_price.unwrap_or((0.0, 0.0));
     let target = target.map(|t| t.inner.clone());
     let limits = topology_place::SearchLimits {
         max_moves: max_moves
             .map(|m| count_arg(m, "max_moves", 0))
             .transpose()?,
+        copy_price: topology_place::CopyPrice {
+            in_node,
+            across_nodes,
+        },
         max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
         seed: count_arg(seed, "seed", 0)? as u64,
         target: target.as_deref(),
