@@ -191,6 +191,13 @@ def test_plan_and_the_cli_re_plan_batches_with_a_topology(tmp_path, capsys):
     assert summary["stale_costs"][0] == pytest.approx(sample_batch_time(pruned, old, **score))
     assert summary["costs"][0] <= summary["stale_costs"][0] + 1e-9
     assert "served (current)" in model.settings["topology"]["layer_times_us"]
+    # Held out: the served placement and the re-plan scored on the tokens not planned on.
+    held = mf.plan(after, 4, 5, holdout=0.3, current=served, max_moves=3, **kw)
+    _, test = after.split(0.3, by="time")
+    record = held.settings["replan"]["held_out"]
+    score = {"topology": topo, "cost_model": MODEL, "batch_size": 4}
+    for key, p in (("served", old), ("replanned", held.placements[0])):
+        assert record[key] == pytest.approx(sample_batch_time(test.tables()[0], p, **score))
     served.save(tmp_path / "served.json", "json")
     after.save(tmp_path / "after.npz")
     args = ["plan", str(tmp_path / "after.npz"), "--gpus", "4", "--slots", "5", "--no-sweep"]

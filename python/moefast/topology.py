@@ -236,7 +236,7 @@ def walk_batches(batch_size: int) -> int:
     (about 32,768 tokens). A walk of few steps, each the best gain per copy of a few
     candidates, fits the noise of a smaller sample: on the V3-size layer of
     benches/bench_replan_topology.py at B = 64, with 8,192 tokens the walk's gain on the
-    search's own sample was 2.3x its gain on the validation sample (1.2x with 32,768)."""
+    search's own sample was 2.3x its gain on the validation sample (1.1x with 32,768)."""
     return 4 * _default_num_batches(check_count("batch_size", batch_size))
 
 
