@@ -162,6 +162,25 @@ fn improve_placement(
     Ok((PyPlacement { inner }, walk.moved, walk.path))
 }
 
+/// The batch search's options from Python's arguments (each checked and named).
+fn batch_options(
+    batch_size: &Bound<'_, PyAny>,
+    num_batches: &Bound<'_, PyAny>,
+    seed: &Bound<'_, PyAny>,
+    max_evaluations: &Bound<'_, PyAny>,
+    num_groups: Option<&Bound<'_, PyAny>>,
+) -> PyResult<topology_batch::BatchOptions> {
+    Ok(topology_batch::BatchOptions {
+        batch_size: count_arg(batch_size, "batch_size", 1)?,
+        num_batches: count_arg(num_batches, "num_batches", 1)?,
+        seed: count_arg(seed, "seed", 0)? as u64,
+        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
+        num_groups: num_groups
+            .map(|n| count_arg(n, "num_groups", 1))
+            .transpose()?,
+    })
+}
+
 /// (placement, mean time us on the sample): the best of `starts` on a fixed sample of
 /// batches of the table, improved for the layer time with communication.
 #[pyfunction]
@@ -185,15 +204,7 @@ fn improve_batch_placement(
     validation: bool,
 ) -> PyResult<(PyPlacement, f64)> {
     let model = CostModel::new(alpha, beta, p)?;
-    let options = topology_batch::BatchOptions {
-        batch_size: count_arg(batch_size, "batch_size", 1)?,
-        num_batches: count_arg(num_batches, "num_batches", 1)?,
-        seed: count_arg(seed, "seed", 0)? as u64,
-        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
-        num_groups: num_groups
-            .map(|n| count_arg(n, "num_groups", 1))
-            .transpose()?,
-    };
+    let options = batch_options(batch_size, num_batches, seed, max_evaluations, num_groups)?;
     let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let t = self::topology(topology);
     let table = table.inner.clone();
@@ -245,15 +256,7 @@ fn replan_batch_placement(
     num_groups: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(PyPlacement, f64, usize, WalkPath)> {
     let model = CostModel::new(alpha, beta, p)?;
-    let options = topology_batch::BatchOptions {
-        batch_size: count_arg(batch_size, "batch_size", 1)?,
-        num_batches: count_arg(num_batches, "num_batches", 1)?,
-        seed: count_arg(seed, "seed", 0)? as u64,
-        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
-        num_groups: num_groups
-            .map(|n| count_arg(n, "num_groups", 1))
-            .transpose()?,
-    };
+    let options = batch_options(batch_size, num_batches, seed, max_evaluations, num_groups)?;
     let max_moves = max_moves
         .map(|m| count_arg(m, "max_moves", 0))
         .transpose()?;
