@@ -4,8 +4,9 @@
 
 The DeepSeek-V3-size layer of `bench_topology` (256 experts, top-8 with 4 of 8 groups per
 token; 4 nodes x 8 GPUs, 9 slots: 288 slots). A plan for one trace (20,000 tokens) is
-re-planned for another: of 40,000 tokens after the shift, the first half plans (the full
-re-plan and the re-plan with at most m copies) and the second half scores (held out).
+re-planned for another: of 100,000 tokens after the shift, the first 20,000 plan (the full
+re-plan and the re-plan with at most m copies) and the other 80,000 score (held out: at
+20,000 the held-out shares carried about 2 points of noise).
 
 Decode (compute-only cost in expert rounds): `moefast.replan` at 5%, 10% and 20% of the
 slots, its share of the full re-plan's gain held out and in-sample (on the tokens planned
@@ -41,9 +42,9 @@ SHIFTS = {
 
 
 def traces(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The served trace, and the shifted trace's planning and held-out halves."""
+    """The served trace, and the shifted trace's planning and held-out parts."""
     before, after = SHIFTS[name]
-    shifted = group_limited_topk(40_000, **after)
+    shifted = group_limited_topk(100_000, **after)
     return group_limited_topk(20_000, **before), shifted[:20_000], shifted[20_000:]
 
 
@@ -100,15 +101,17 @@ def decode_shift(name: str) -> dict[int, tuple[float, float]]:
 
 def held_batch_time(held_ids: np.ndarray, placement: mf.Placement, b: int) -> float:
     """Mean modeled step time (us) of the held-out tokens shuffled (seed 7) into disjoint
-    batches of `b`: every held-out token once, the same batches for every placement (312
-    at B = 64, 78 at B = 256). 48 drawn batches, scored here before, moved a walk's
-    share by 20 points between two draws at B = 64."""
+    batches of `b`: every held-out token once, the same batches for every placement (1,250
+    at B = 64, 312 at B = 256). 48 drawn batches, scored here before, moved a walk's share
+    by 20 points between two draws at B = 64."""
     order = np.random.default_rng(7).permutation(len(held_ids))
     batches = [held_ids[order[i : i + b]] for i in range(0, len(order) - b + 1, b)]
     return float(np.mean([batch_time(d, placement, COST) for d in batches]))
 
 
-def batch_shift(name: str) -> dict[int, float]:
+def batch_shift(name: str) -> dict[int, tuple[float, float, float]]:
+    """Per B: held-out mean step time of the served placement, the full batch re-plan and
+    the re-plan with 10% of the slots."""
     served_ids, plan_ids, held_ids = traces(name)
     before = mf.SubsetTable.from_topk(served_ids, num_experts=E).prune(coverage=0.9)
     after = mf.SubsetTable.from_topk(plan_ids, num_experts=E).prune(coverage=0.9)
@@ -133,13 +136,21 @@ def batch_shift(name: str) -> dict[int, float]:
         previous = fastest_placement(after, [served, walked.placement], COST, b)
         stale, fresh = held_batch_time(held_ids, served, b), held_batch_time(held_ids, full, b)
         t_ours, t_prev = held_batch_time(held_ids, ours, b), held_batch_time(held_ids, previous, b)
-        shares[b] = share(stale, fresh, t_ours)
+        shares[b] = (stale, fresh, t_ours)
         print(
             f"| {b} | {stale:.1f} | {fresh:.1f} ({copies(served, relabel(served, full))},"
-            f" {full_s:.1f} s) | {t_ours:.1f}, {shares[b]:.0%}, {copies(served, ours)},"
-            f" {ours_s:.1f} | {t_prev:.1f}, {share(stale, fresh, t_prev):.0%} |"
+            f" {full_s:.1f} s) | {t_ours:.1f}, {share_text(stale, fresh, t_ours)},"
+            f" {copies(served, ours)}, {ours_s:.1f} | {t_prev:.1f},"
+            f" {share_text(stale, fresh, t_prev)} |"
         )
     return shares
+
+
+def share_text(stale: float, fresh: float, time: float) -> str:
+    """The share of the full re-plan's held-out gain, or the change when it gains nothing."""
+    if fresh >= stale:
+        return f"no gain to recover ({time - stale:+.1f} us)"
+    return f"{share(stale, fresh, time):.0%}"
 
 
 def test_replanning_with_few_moves_after_a_shift():
@@ -150,7 +161,7 @@ def test_replanning_with_few_moves_after_a_shift():
         + "".join(
             f"\n  {name}: decode {decode[name][TENTH][0]:.0%}"
             f" (in-sample {decode[name][TENTH][1]:.0%}),"
-            + ", ".join(f" B = {b}: {s:.0%}" for b, s in batches[name].items())
+            + ", ".join(f" B = {b}: {share_text(*t)}" for b, t in batches[name].items())
             for name in SHIFTS
         )
     )
@@ -159,13 +170,17 @@ def test_replanning_with_few_moves_after_a_shift():
         # can fail), and every re-plan gains.
         in_sample = [shares[m][1] for m in BUDGETS]
         assert 0 < in_sample[0] <= in_sample[1] <= in_sample[2], name
-        assert all(s > 0 for s in batches[name].values()), name
+        # The batch re-plan is never slower than the served placement held out (by more
+        # than 0.1%: it plans on a sample), and gains where a full re-plan gains.
+        for stale, fresh, ours in batches[name].values():
+            assert ours <= stale * 1.001, name
+            assert fresh >= stale or ours < stale, name
 
 
 def test_decode_share_over_instances():
     """The decode share at 10% of the slots moves by several points with the instance:
     the two shifts with the bench's router (seed 1) and three others, each scored on
-    80,000 held-out tokens (a smaller noise than the 20,000 above; about 3 minutes)."""
+    80,000 held-out tokens, as above (seed 1 is the table above; about 3 minutes)."""
     shares: dict[str, list[tuple[float, float]]] = {"request mix": [], "router redrawn": []}
     for s in (1, 3, 5, 7):
         shifted = {
