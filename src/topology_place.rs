@@ -23,7 +23,7 @@ use crate::error::{MoeError, Result};
 use crate::layout::{Layout, Move};
 use crate::limits::check_memory;
 use crate::placement::Placement;
-use crate::replan::copies;
+use crate::replan::{copies, move_copies};
 use crate::rng::SplitMix64;
 use crate::table::SubsetTable;
 use crate::topology::Topology;
@@ -99,7 +99,8 @@ struct Search<'a> {
     topology: &'a Topology,
     round_us: f64,
     layout: Layout,
-    start: Layout,
+    /// The placement re-planned from (copies are counted against it).
+    start: &'a Placement,
     rows_of: Vec<Vec<u32>>,
     times: Vec<f64>,
     /// The best time each row can have: ceil(k / G) rounds on one node; under groups,
@@ -117,21 +118,6 @@ impl<'a> Search<'a> {
     fn row(&self, r: usize) -> &'a [u16] {
         let k = self.table.k();
         &self.table.subsets()[r * k..(r + 1) * k]
-    }
-
-    /// Replicas a move adds that the start lacks, minus those it gives back.
-    fn moves_delta(&self, mv: Move) -> isize {
-        let mut d = 0;
-        for c in mv.changes().iter() {
-            let e = c.expert as usize;
-            if let Some(g) = c.remove {
-                d -= isize::from(!self.start.holds(e, g as usize));
-            }
-            if let Some(g) = c.add {
-                d += isize::from(!self.start.holds(e, g as usize));
-            }
-        }
-        d
     }
 
     /// The price (per token) of the copies `mv` adds that the start lacks, less that of
@@ -215,7 +201,7 @@ impl<'a> Search<'a> {
     }
 
     fn make(&mut self, mv: Move) {
-        self.moved = (self.moved as isize + self.moves_delta(mv)) as usize;
+        self.moved = (self.moved as isize + move_copies(self.start, mv)) as usize;
         self.layout.apply(mv);
         self.retime(mv.experts(), true);
     }
@@ -465,7 +451,7 @@ pub fn improve_walk(
         table,
         topology,
         round_us,
-        start: layout.clone(),
+        start,
         layout,
         rows_of,
         times,
@@ -533,7 +519,7 @@ pub fn improve_walk(
             let Some(mv) = mv.filter(|&mv| s.keeps_groups(mv)) else {
                 continue;
             };
-            let copies = s.moves_delta(mv);
+            let copies = move_copies(s.start, mv);
             if let Some(m) = limits.max_moves {
                 if (s.moved as isize + copies) as usize > m {
                     continue;

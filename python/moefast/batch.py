@@ -236,6 +236,21 @@ def optimize_batch(
     )
 
 
+def mean_step_time(
+    table: SubsetTable,
+    placement: Placement,
+    cost_model: CostModel,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    steps: int = 256,
+) -> float:
+    """Mean step time of `placement` over `steps` simulated steps of `batch_size` tokens
+    drawn from `table` (the same steps for every placement with the same seed)."""
+    (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=steps)
+    return float(result["mean_step_time"])
+
+
 def fastest_placement(
     table: SubsetTable,
     candidates: Sequence[Placement],
@@ -251,9 +266,7 @@ def fastest_placement(
         raise ValueError("candidates is empty")
     if len(candidates) == 1:
         return _placement(candidates[0], "each candidate")
-
-    def mean_step(placement: Placement) -> float:
-        (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=steps)
-        return result["mean_step_time"]
-
-    return min(candidates, key=mean_step)
+    return min(
+        candidates,
+        key=lambda p: mean_step_time(table, p, cost_model, batch_size, seed=seed, steps=steps),
+    )

@@ -274,7 +274,7 @@ def replan_for_batches(
     mean step times (us) of 256 simulated steps drawn from `table`, the same steps for
     every candidate; the path has the walk's end only (its intermediate placements are
     not kept)."""
-    from moefast.batch import optimize_batch, simulate
+    from moefast.batch import mean_step_time, optimize_batch
 
     full = relabel(current, fresh)
     walked = optimize_batch(
@@ -291,13 +291,9 @@ def replan_for_batches(
         round_us=round_us,
     )
 
-    def step_time(placement: Placement) -> float:
-        (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
-        return float(result["mean_step_time"])
-
     step_price = copy_cost * round_us * batch_size
     candidates = [current, walked, full]
-    times = [step_time(p) for p in candidates]
+    times = [mean_step_time(table, p, cost_model, batch_size, seed=seed) for p in candidates]
     moved = [copies(current, p) for p in candidates]
     fits = [max_moves is None or m <= max_moves for m in moved]
     best = min((i for i in range(3) if fits[i]), key=lambda i: times[i] + step_price * moved[i])
@@ -383,7 +379,7 @@ def replan_layer(
             slots_per_gpu,
             topology=topology,
             cost_model=optimize_options["cost_model"],
-            batch_size=optimize_options["batch_size"],
+            batch_size=batch_size,
             num_batches=None,
             seed=seed,
             num_groups=num_groups,
@@ -592,17 +588,15 @@ def held_out_gain(
     `batch_size` and no topology, the mean step time in us of 256 steps of `batch_size`
     held-out tokens, the same steps for each placement; with a topology too, the mean
     achievable layer time with communication of `sample_batch_time`'s batches of them),
-    and the share of the full
-    re-plan's gain (summed over layers) that the re-plan recovers (None when the full
-    re-plan is not faster held out: no gain to recover)."""
-    from moefast.batch import simulate
+    and the share of the full re-plan's gain (summed over layers) that the re-plan
+    recovers (None when the full re-plan is not faster held out: no gain to recover)."""
+    from moefast.batch import mean_step_time
     from moefast.topology import expected_time, sample_batch_time
 
     def cost(table: SubsetTable, placement: Placement) -> float:
         if cost_model is not None and batch_size is not None:
             if topology is None:
-                (run,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=256)
-                return float(run["mean_step_time"])
+                return mean_step_time(table, placement, cost_model, batch_size, seed=seed)
             return sample_batch_time(
                 table,
                 placement,
