@@ -648,6 +648,18 @@ fn search_batch(
 mod tests {
     use super::*;
 
+    /// 600 tokens of two experts each, the first among the lower half of the ids.
+    fn pair_trace(rng: &mut SplitMix64, experts: usize) -> Trace {
+        let ids: Vec<i64> = (0..600)
+            .flat_map(|_| {
+                let a = rng.below(experts / 2) as i64;
+                let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
+                [a, b]
+            })
+            .collect();
+        Trace::new(&ids, 1, 2, &[experts], None).unwrap()
+    }
+
     fn mean_time(trace: &Trace, p: &Placement, m: CostModel, batch: usize) -> f64 {
         let s = sample_batches(trace, p.num_experts(), batch, 2000, 99);
         let mut solver = StepTimeSolver::new(p, m);
@@ -803,14 +815,7 @@ mod tests {
         let mut improved = 0;
         for case in 0..10 {
             let (experts, gpus, slots) = [(10, 3, 4), (13, 4, 4), (9, 4, 3)][case % 3];
-            let ids: Vec<i64> = (0..600)
-                .flat_map(|_| {
-                    let a = rng.below(experts / 2) as i64;
-                    let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
-                    [a, b]
-                })
-                .collect();
-            let trace = Trace::new(&ids, 1, 2, &[experts], None).unwrap();
+            let trace = pair_trace(&mut rng, experts);
             let mut layout = Layout::new(experts, gpus);
             for e in 0..experts {
                 layout.add(e, (e + case) % gpus);
@@ -880,14 +885,7 @@ mod tests {
     fn a_copy_price_holds_back_the_batch_walk() {
         let mut rng = SplitMix64::new(5);
         let (experts, gpus, slots) = (13, 4, 4);
-        let ids: Vec<i64> = (0..600)
-            .flat_map(|_| {
-                let a = rng.below(experts / 2) as i64;
-                let b = (a + 1 + rng.below(experts - 1) as i64) % experts as i64;
-                [a, b]
-            })
-            .collect();
-        let trace = Trace::new(&ids, 1, 2, &[experts], None).unwrap();
+        let trace = pair_trace(&mut rng, experts);
         let lists: Vec<Vec<usize>> = (0..experts).map(|e| vec![e % gpus]).collect();
         let mut layout = Layout::from_placement(&Placement::from_lists(&lists, gpus).unwrap());
         while (0..gpus).any(|g| layout.used(g) < slots) {
