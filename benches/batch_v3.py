@@ -1,4 +1,4 @@
-"""The batch-aware plan of a whole DeepSeek-V3-size model (issue 12, item 6), shared by
+"""The batch-aware plan of a whole DeepSeek-V3-size model, shared by
 `bench_v3_batch.py` and the script that records its reference:
 
     python benches/batch_v3.py [LAYERS]    (writes distinct_v3_batch_reference.json)
@@ -23,7 +23,7 @@ import moefast as mf
 import numpy as np
 
 GPUS, SLOTS, BATCH = 32, 9, 64
-#: DeepSeek-V3 expert on an H100 (DESIGN 2.2; benches/bench_topology.py).
+#: DeepSeek-V3 expert on an H100 (docs/cost-model.md#a-batch; benches/bench_topology.py).
 COST = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)
 #: The held batches each layer is scored on.
 HELD_SEED, HELD_STEPS = 20_261_130, 512
@@ -59,7 +59,7 @@ def held_step_times(trace: mf.Trace, placements: list[mf.Placement]) -> list[flo
 
 
 def main(layers: int) -> None:
-    from workloads import distinct_v3_model
+    from support.workloads import distinct_v3_model
 
     trace = distinct_v3_model(layers)
     placements, wall, cpu = plan_batch(trace)
@@ -70,7 +70,7 @@ def main(layers: int) -> None:
     record = {
         "what": (
             "per-layer mean step time (us) on held batches of the batch-aware plan before"
-            f" issue 12 item 6 (commit {commit}): moefast.plan(objective='batch',"
+            f" the whole-model target (commit {commit}): moefast.plan(objective='batch',"
             f" batch_size={BATCH}, cost_model={COST}, holdout=0) on"
             f" workloads.distinct_v3_model({layers}), {GPUS} GPUs x {SLOTS} slots;"
             f" held batches: simulate(seed={HELD_SEED} + layer, steps={HELD_STEPS})"

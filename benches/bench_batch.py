@@ -1,4 +1,4 @@
-"""Benchmarks of the batch cost model (issue 5). Each asserts its result and prints a
+"""Benchmarks of the batch cost model. Each asserts its result and prints a
 ratio against a plain reference measured in the same run.
 
     pytest benches/bench_batch.py -s --benchmark-disable-gc    (after maturin develop --release)
@@ -11,9 +11,9 @@ import time
 import moefast as mf
 import numpy as np
 import pytest
-from batch_reference import reference_layer_time
-from moefast.model import ModelPlacement
-from workloads import skewed_topk
+from moefast.placement import ModelPlacement
+from support.batch_reference import reference_layer_time
+from support.workloads import skewed_topk
 
 #: DeepSeek-V3 expert on an H100, fitted from shared/calibration (CUDA graphs).
 DEEPSEEK_V3 = mf.CostModel(47.26, 0.110, 1.4)

@@ -1,4 +1,4 @@
-"""Speed of the core engine (issue 2): subset costs and table building.
+"""Speed of the core engine: subset costs and table building.
 
 RAYON_NUM_THREADS=1 pytest benches/bench_core.py   # the one-core figures
 pytest benches/bench_core.py                        # both cores
@@ -12,9 +12,9 @@ import time
 import moefast as mf
 import numpy as np
 import pytest
-from reference import reference_cost
-from strategies import random_replicas
-from workloads import skewed_topk
+from support.reference import reference_cost
+from support.strategies import random_replicas
+from support.workloads import skewed_topk
 
 THREADS = os.environ.get("RAYON_NUM_THREADS", "all")
 

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import pytest
-from eplb_reference import rebalance_experts as reference
 from moefast.eplb import rebalance_experts
-from shared_data import DEEPSEEK_DECODE_LOAD
+from support.eplb_reference import rebalance_experts as reference
+from support.shared_data import DEEPSEEK_DECODE_LOAD
 
 
 @pytest.mark.parametrize("groups, nodes", [(8, 4), (1, 3)], ids=["hierarchical", "global"])

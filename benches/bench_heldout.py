@@ -1,4 +1,4 @@
-"""Gains that hold on traffic the plan has not seen (issue 11).
+"""Gains that hold on traffic the plan has not seen.
 
 For every real per-token trace (the bundled gpt-oss-20b trace split by answer, each answer
 scored by placements planned on the other two; OLMoE and Qwen1.5-MoE layer 0 and FLAME-MoE
@@ -21,20 +21,21 @@ import time
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.heldout import baseline_placements, pooled_held_out, score_methods
-from moefast.learning_curve import learning_curve
-from moefast.planner import plan_layers
-from moefast.selection import Estimator, select_estimator
+from moefast.data import GPTOSS20B_DECODE
+from moefast.evaluate.heldout import baseline_placements, pooled_held_out, score_methods
+from moefast.evaluate.learning_curve import learning_curve
+from moefast.evaluate.selection import Estimator, select_estimator
+from moefast.planning.plan import plan_layers
 from moefast.splits import fold_positions
 from moefast.trace import Trace
-from shared_data import SHARED_DATA
+from support.shared_data import SHARED_DATA
 
 SMALL = SHARED_DATA / "real_small_traces"
 
 
 def real_traces() -> list[tuple[str, Trace, list[tuple[np.ndarray, np.ndarray]], str]]:
     """(name, trace, folds, split) of every real per-token trace at hand."""
-    gptoss = mf.load_trace(mf.data.GPTOSS20B_DECODE)
+    gptoss = mf.load_trace(GPTOSS20B_DECODE)
     cases = [("gpt-oss-20b, 24 layers", gptoss, fold_positions(gptoss, 3, "request"), "by answer")]
     for pattern, name in (
         ("olmoe-*.npz", "OLMoE layer 0"),

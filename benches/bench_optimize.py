@@ -1,4 +1,4 @@
-"""Optimizer benchmarks on skewed, correlated synthetic traces (moefast.synthetic).
+"""Optimizer benchmarks on skewed, correlated synthetic traces (moefast.io.synthetic).
 
 Run: pytest benches/bench_optimize.py -s   (after `maturin develop --release`)
 
@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 from moefast import _core, load_trace
-from moefast.synthetic import synthetic_topk
-from shared_data import SHARED_DATA
+from moefast.io.synthetic import synthetic_topk
+from support.shared_data import SHARED_DATA
 
 BASELINES = ["contiguous", "round_robin", "eplb"]
 

@@ -1,4 +1,4 @@
-"""A whole DeepSeek-V3-scale model planned at once (issue 3):
+"""A whole DeepSeek-V3-scale model planned at once:
 
     pytest benches/bench_plan.py -s
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import moefast as mf
 import numpy as np
-from workloads import skewed_topk
+from support.workloads import skewed_topk
 
 LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9
 

@@ -1,4 +1,4 @@
-"""Quality of the greedy against the exact MILP on real co-activation (issue 3).
+"""Quality of the greedy against the exact MILP on real co-activation.
 
     pytest benches/bench_quality.py -s
 
@@ -14,6 +14,7 @@ import time
 
 import moefast as mf
 import pytest
+from moefast.search.milp import solve_milp
 from real_tables import MIXTRAL_FRACTIONS, gptoss_dbrx_size_tables, mixtral_tables
 
 DBRX_LAYERS = (0, 6, 12, 18)
@@ -24,7 +25,7 @@ def compare(table, num_gpus, slots, time_limit=None):
     start = time.perf_counter()
     greedy = mf.expected_cost(table, mf.optimize(table, num_gpus, slots))
     greedy_seconds = time.perf_counter() - start
-    exact = mf.milp.solve_milp(table, num_gpus, slots, time_limit=time_limit)
+    exact = solve_milp(table, num_gpus, slots, time_limit=time_limit)
     return greedy, greedy_seconds, exact
 
 

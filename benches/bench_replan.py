@@ -1,4 +1,4 @@
-"""Re-planning with few moves after a workload shift (issue 14).
+"""Re-planning with few moves after a workload shift.
 
     pytest benches/bench_replan.py -s
 
@@ -8,13 +8,13 @@ re-planned for another: of 100,000 tokens after the shift, the first 20,000 plan
 re-plan and the re-plan with at most m copies) and the other 80,000 score (held out: at
 20,000 the held-out shares carried about 2 points of noise).
 
-Decode (compute-only cost in expert rounds): `moefast.replan` at 5%, 10% and 20% of the
+Decode (compute-only cost in expert rounds): `moefast.moves` at 5%, 10% and 20% of the
 slots, its share of the full re-plan's gain held out and in-sample (on the tokens planned
 on), beside the node-aware search's sampled moves toward the full re-plan
-(`moefast.topology.place`, the previous re-planner) at 10%.
+(`moefast.search.node.place`, the previous re-planner) at 10%.
 
 Batches (`optimize(objective="batch", current=, max_moves=)`, DeepSeek-V3 expert times
-of DESIGN 2.2) at B = 64 and 256: mean step time of all held-out tokens in disjoint
+of docs/cost-model.md#a-batch) at B = 64 and 256: mean step time of all held-out tokens in disjoint
 batches for the served placement, the full batch re-plan and the re-plan with 10% of the
 slots, beside the previous batch re-plan (the decode walk, then the faster of it and the
 served placement by simulated step time). CPU seconds of this process.
@@ -27,9 +27,11 @@ import time
 import moefast as mf
 import numpy as np
 from bench_topology import COST, SLOTS, E, G, group_limited_topk
-from moefast.batch import batch_time, fastest_placement
-from moefast.replan import copies, relabel, replan
-from moefast.topology import place
+from moefast.batch.times import batch_time
+from moefast.moves import copies, relabel
+from moefast.search.batch import fastest_placement
+from moefast.search.node import place
+from moefast.search.replan import replan
 
 BUDGETS = (14, 29, 58)  # 5%, 10%, 20% of the 288 slots
 TENTH = 29
@@ -68,7 +70,7 @@ def decode_shift(name: str) -> dict[int, tuple[float, float]]:
         " GPUs are relabelled"
     )
     print(
-        "| max_moves | share of slots | moefast.replan: held-out rounds, share of gain"
+        "| max_moves | share of slots | moefast.moves: held-out rounds, share of gain"
         " (in-sample share), CPU s | place (sampled): held-out rounds, share (in-sample), CPU s |"
     )
     print("| --- | --- | --- | --- |")

@@ -1,4 +1,4 @@
-"""Decode re-planning with few moves after shifts measured in serving (issue 14).
+"""Decode re-planning with few moves after shifts measured in serving.
 
     pytest benches/bench_replan_loads.py -s
 
@@ -13,7 +13,7 @@ short answers: total variation of the load about 0.10), to `prefill_in1024` (pre
 about 0.30), to `decode_in500out1500` (about 0.02: hardly a shift).
 
 Per layer, 32 GPUs x 9 slots (288 slots): the served plan is made on 20,000 tokens of the
-served workload; after the shift, 20,000 tokens plan (the full re-plan and `moefast.replan`
+served workload; after the shift, 20,000 tokens plan (the full re-plan and `moefast.moves`
 with at most 14 and 29 copies, 5% and 10% of the slots) and 60,000 others score (held out).
 The share of the gain is summed over the layers (the model's time is their sum): (served -
 re-plan) / (served - full re-plan), held out, in-sample in brackets. A layer where the full
@@ -29,9 +29,9 @@ import time
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.replan import replan
-from moefast.synthetic import synthetic_trace
-from shared_data import SHARED_DATA
+from moefast.io.synthetic import synthetic_trace
+from moefast.search.replan import replan
+from support.shared_data import SHARED_DATA
 
 LOADS = SHARED_DATA / "deepseek_v3_sglang_expert_distribution"
 E, K, G, SLOTS = 256, 8, 32, 9

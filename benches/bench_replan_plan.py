@@ -1,4 +1,4 @@
-"""Re-planning trace files with `moefast plan --current` (issue 14), not run in CI:
+"""Re-planning trace files with `moefast plan --current`, not run in CI:
 
     python benches/bench_replan_plan.py [--layers 3] [--tokens 40000] [--chunk-tokens 5000]
 

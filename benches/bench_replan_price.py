@@ -1,4 +1,4 @@
-"""Re-planning with a price per copy (issue 14): what a realistic price buys.
+"""Re-planning with a price per copy: what a realistic price buys.
 
     pytest benches/bench_replan_price.py -s
 
@@ -20,10 +20,10 @@ import time
 import moefast as mf
 from bench_replan import held_batch_time, traces
 from bench_topology import COST, SLOTS, E, G
-from moefast.batch import optimize_batch
-from moefast.replan import check_copy_cost, copies, copies_price, price_per_copy
-from moefast.topology import Topology, expected_time
-from moefast.topology_plan import node_aware_decode, replan_node_aware
+from moefast.moves import check_copy_cost, copies, copies_price, price_per_copy
+from moefast.search.batch import optimize_batch
+from moefast.search.node_plan import node_aware_decode, replan_node_aware
+from moefast.topology.times import Topology, expected_time
 
 TOPO = Topology.preset("h800_normal", gpus_per_node=8)
 ROUND_US, B = 47.0, 64

@@ -1,18 +1,19 @@
-"""Re-planning for batches with communication after a workload shift (issue 14).
+"""Re-planning for batches with communication after a workload shift.
 
     pytest benches/bench_replan_topology.py -s
 
 The DeepSeek-V3-size layer of `bench_topology` (256 experts, top-8 with 4 of 8 groups per
 token) on 4 nodes x 8 GPUs x 9 slots (288 slots), DeepEP's H800 normal-kernel topology,
-DeepSeek-V3 expert times (DESIGN 2.2). The "request mix" shift of `bench_replan`: the
+DeepSeek-V3 expert times (docs/cost-model.md#a-batch). The "request mix" shift of
+`bench_replan`: the
 served placement is the node-aware batch plan (`optimize(objective="batch",
 topology=)`) for 20,000 tokens of one mix; of 40,000 tokens of another mix, the first
 half plans (the full node-aware batch re-plan, and the re-plan from the served placement
 with at most 29 copies, 10% of the slots) and the second half scores: mean modeled step
-time (us, with communication: `moefast.topology.batch_time`) of the 20,000 held-out
+time (us, with communication: `moefast.topology.times.batch_time`) of the 20,000 held-out
 tokens in disjoint batches of B (312 at B = 64, 78 at B = 256). CPU seconds of this
 process: the full re-plan, and the budgeted re-plan given it
-(`moefast.topology_plan.replan_node_aware_batch`, what `optimize(objective="batch",
+(`moefast.search.node_plan.replan_node_aware_batch`, what `optimize(objective="batch",
 topology=, current=, max_moves=)` runs after the full plan).
 """
 
@@ -23,9 +24,9 @@ import time
 import moefast as mf
 import numpy as np
 from bench_topology import COST, SLOTS, E, G, group_limited_topk
-from moefast.replan import copies
-from moefast.topology import Topology, batch_time
-from moefast.topology_plan import replan_node_aware_batch
+from moefast.moves import copies
+from moefast.search.node_plan import replan_node_aware_batch
+from moefast.topology.times import Topology, batch_time
 
 TENTH = 29  # 10% of the 288 slots
 TOPOLOGY = Topology.preset("h800_normal")

@@ -1,4 +1,4 @@
-"""Planning a trace larger than memory (issue 13), not run in CI:
+"""Planning a trace larger than memory, not run in CI:
 
     python benches/bench_streaming.py [--gb 5] [--dir /tmp/moefast-bench] [--ray]
 
@@ -11,7 +11,7 @@ fits in memory beside the others (target: streaming >= 50% of its tokens per sec
 With ``--ray`` it also measures counting alone: one core (RAYON_NUM_THREADS=1), and the
 Ray path with 1 and 2 workers. The shards are deleted at the end.
 
-Routing: one skewed, correlated 200k-token routing of moefast.synthetic (DeepSeek-scale
+Routing: one skewed, correlated 200k-token routing of moefast.io.synthetic (DeepSeek-scale
 settings, as benches/bench_plan.py), experts relabelled per layer; every shard draws its
 tokens from it at random, so each layer's table holds at most 200k subsets however long the
 trace (real decode routing repeats its subsets too), while the shards hold distinct bytes.
@@ -57,8 +57,8 @@ class RawChunk:
 
 
 def write_shards(folder: Path, gigabytes: float) -> list[Path]:
-    from moefast.streaming import write_arrow_trace
-    from moefast.synthetic import synthetic_topk
+    from moefast.io.readers.arrow import write_arrow_trace
+    from moefast.io.synthetic import synthetic_topk
 
     base = synthetic_topk(
         POOL,
@@ -119,12 +119,12 @@ print(json.dumps(dict(plan_s=t1 - t0, cpu_s=c1 - c0,
 
 COUNT = """
 import json, sys, time
-from moefast.distributed import RayExecutor, tables_from_files
+from moefast.planning.executors import RayExecutor, tables_from_files
 workers = int(sys.argv[1])
 files = sys.argv[2:]
 executor = RayExecutor("local", num_workers=workers) if workers else None
 if executor is not None:  # start the workers before the clock
-    from moefast.streaming import trace_shape
+    from moefast.io.streaming import trace_shape
     list(executor.map(trace_shape, [files[0]] * workers))
 t0, c0 = time.perf_counter(), time.process_time()
 tables, _ = tables_from_files(files, chunk_tokens={chunk}, executor=executor, progress=False)

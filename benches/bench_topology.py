@@ -1,4 +1,4 @@
-"""Placement with communication (issue 14; re-planning with few moves: bench_replan.py).
+"""Placement with communication (re-planning with few moves: bench_replan.py).
 
     pytest benches/bench_topology.py -s
     pytest benches/bench_topology.py -s -k grouped      # the grouped decode search
@@ -22,22 +22,18 @@ import time
 
 import moefast as mf
 import numpy as np
-from moefast.batch import optimize_batch
 from moefast.cli import main
 from moefast.eplb import rebalance_experts
-from moefast.formats import placement_from_slots
-from moefast.topology import (
-    Topology,
-    batch_time,
-    expected_time,
-    group_nodes,
-    place_batch,
-)
+from moefast.io.engines import placement_from_slots
+from moefast.search.batch import optimize_batch
+from moefast.search.node import place_batch
+from moefast.topology.groups import group_nodes
+from moefast.topology.times import Topology, batch_time, expected_time
 
 E, K, GROUPS, TOP_GROUPS = 256, 8, 8, 4
 NODES, GPN, SLOTS = 4, 8, 9
 G = NODES * GPN
-COST = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)  # DESIGN 2.2, DeepSeek-V3 expert
+COST = mf.CostModel(alpha=47.0, beta=0.11, p=1.5)  # docs/cost-model.md#a-batch, DeepSeek-V3 expert
 
 
 def group_limited_topk(

@@ -1,11 +1,12 @@
-"""DeepSeek-V3 at full size on realistic tables (issue 12):
+"""DeepSeek-V3 at full size on realistic tables:
 
     pytest benches/bench_v3.py -s          (after `maturin develop --release`)
     MOEFAST_REFERENCE=/path/to/old/python pytest benches/bench_v3.py -s
 
 58 MoE layers x 200,000 tokens, 256 experts, top-8, where >= 95% of the tokens are a subset
 of their own (`tests/workloads.distinct_v3_model`), 32 GPUs x 9 slots. The quality reference is
-the per-layer cost of the greedy before issue 12 (`distinct_v3_reference.json`, full tables);
+the per-layer cost of the greedy before the V3-scale speedups (`distinct_v3_reference.json`,
+full tables);
 MOEFAST_REFERENCE names a folder holding an older build of the `moefast` package, which is
 then timed on the same trace in the same run (in a subprocess, before the current code) and
 the ratio printed (the current `plan` also places and scores the baselines, which the older
@@ -25,8 +26,8 @@ from pathlib import Path
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.synthetic import synthetic_topk
-from workloads import distinct_v3_model
+from moefast.io.synthetic import synthetic_topk
+from support.workloads import distinct_v3_model
 
 LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9
 REFERENCE = json.loads((Path(__file__).parent / "distinct_v3_reference.json").read_text())
@@ -42,7 +43,7 @@ def trace() -> mf.Trace:
     return trace
 
 
-#: Issue 12's "Done when" targets, in seconds of wall time on the project's 2-core machine.
+#: The V3-scale targets, in seconds of wall time on the project's 2-core machine.
 TARGET_PLAN_SECONDS, TARGET_WIDE_SECONDS, TARGET_K16_SECONDS = 30.0, 1.0, 5.0
 
 
@@ -102,7 +103,7 @@ def test_decode_plan(benchmark, trace, tmp_path):
     print(
         f"\nplan, {LAYERS} layers x {TOKENS:,} tokens (>= 95% distinct), E={EXPERTS} k={K},"
         f" {GPUS} GPUs x {SLOTS} slots: {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
-        f" recorded greedy before issue 12: {REFERENCE['cpu_seconds']} s CPU"
+        f" recorded greedy before the V3-scale speedups: {REFERENCE['cpu_seconds']} s CPU"
         f" ({REFERENCE['cpu_seconds'] / cpu:.2f}x)\n"
         f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
         f" best {ratio.min():.4f}; model {costs.sum():.3f} rounds per token"
@@ -167,7 +168,7 @@ def test_early_exit_at_the_bound(trace):
 
 
 def test_k16():
-    """E=32, k=16, G=4, S=10, 20,000 rows (94 s before issue 12)."""
+    """E=32, k=16, G=4, S=10, 20,000 rows (94 s before the V3-scale speedups)."""
     table = mf.SubsetTable.from_topk(synthetic_topk(20_000, 32, 16, seed=0), 32)
     placement, wall, cpu, load = timed(mf.optimize, table, 4, 10)
     eplb = mf.expected_cost(table, mf.optimize(table, 4, 10, method="eplb"))

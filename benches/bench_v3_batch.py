@@ -1,4 +1,4 @@
-"""The batch-aware plan of a whole DeepSeek-V3-size model at B = 64 (issue 12, item 6):
+"""The batch-aware plan of a whole DeepSeek-V3-size model at B = 64:
 
     pytest benches/bench_v3_batch.py -s          (after `maturin develop --release`)
 
@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 from batch_v3 import REFERENCE, held_step_times, plan_batch
-from workloads import distinct_v3_model
+from support.workloads import distinct_v3_model
 
 LAYERS = 58
 TARGET_WALL = 180.0

@@ -16,7 +16,7 @@ from itertools import combinations
 import moefast as mf
 import numpy as np
 from moefast.data import GPTOSS20B_DECODE
-from shared_data import SHARED_DATA
+from support.shared_data import SHARED_DATA
 
 MIXTRAL_FRACTIONS = SHARED_DATA / "mixtral_mmlu_expert_fractions" / "frac_vecs"
 

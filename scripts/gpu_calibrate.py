@@ -1,5 +1,5 @@
 """Measures MoE expert FFN time vs tokens on the GPU it runs on and fits the batch cost
-model f(n) = (alpha^p + (beta*n)^p)^(1/p) (DESIGN 2.2).
+model f(n) = (alpha^p + (beta*n)^p)^(1/p) (docs/cost-model.md#a-batch).
 
 For each expert shape, t distinct bf16 SwiGLU experts (gate, up: intermediate x hidden;
 down: hidden x intermediate) run one after the other on n tokens each. Each (t, n)
@@ -25,7 +25,7 @@ try:
 except ImportError:  # the module must import (and do nothing) where torch is absent
     torch = None
 
-from moefast.cost_model import EXPERT_SHAPES, CostModel
+from moefast.batch.cost_model import EXPERT_SHAPES, CostModel
 
 DEFAULT_MODELS = ["mixtral-8x7b", "deepseek-v3", "deepseek-v2-lite", "qwen3-30b-a3b", "olmoe-1b-7b"]
 EXPERTS = [1, 2, 4, 8]

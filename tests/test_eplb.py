@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from eplb_reference import rebalance_experts as reference
 from moefast import Placement, SubsetTable, data, optimize
-from moefast.eplb import logical_maps, rebalance_experts
-from shared_data import SHARED_DATA
+from moefast.eplb import rebalance_experts
+from moefast.io.engines import logical_maps
+from support.eplb_reference import rebalance_experts as reference
+from support.shared_data import SHARED_DATA
 
 SGLANG_STATS = sorted((SHARED_DATA / "deepseek_v3_sglang_expert_distribution").glob("*.json"))
 
@@ -108,7 +109,7 @@ def test_method_eplb_is_the_reference_global_policy():
 
 
 def test_method_eplb_ignores_a_constant_scale_of_the_weights():
-    # Issue 9, finding 13: integer counts scaled by a constant broke ties differently.
+    # Integer counts scaled by a constant broke ties differently.
     topk = np.load(data.GPTOSS20B_DECODE)["topk"]
     for layer in (0, 5):
         table = SubsetTable.from_topk(topk[:, layer, :], num_experts=32)
@@ -151,7 +152,7 @@ def test_torch_in_torch_out():
 
 @pytest.mark.skipif(not SGLANG_STATS, reason="needs ../shared/data")
 def test_method_eplb_equals_the_reference_on_every_deepseek_layer():
-    # Issue 10: method="eplb" differed from the reference on 23 of these 58 layers. The
+    # method="eplb" once differed from the reference on 23 of these 58 layers. The
     # reference itself sometimes packs two replicas of one expert onto a GPU (the 32nd and
     # 33rd heaviest replicas both land on the GPU that got the lightest of the first 32);
     # there moefast keeps one and gives the slot to the most useful expert the GPU lacks.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import moefast
 import numpy as np
 import pytest
-from moefast.trace import Trace, load_trace
-from reference import reference_table
+from moefast.io.readers import load_trace
+from moefast.trace import Trace
+from support.reference import reference_table
 
 
 def small_trace(weights=None) -> Trace:

@@ -2,9 +2,12 @@
 
 Reads routing traces, builds the table of co-activated expert subsets, evaluates and
 optimizes placements of expert replicas on GPUs, and writes them for inference engines.
+
+The names below are the documented API; the subpackages (`moefast.io`, `moefast.search`,
+`moefast.evaluate`, `moefast.planning`, `moefast.report.report`, `moefast.batch.times`,
+`moefast.topology.times`) and `moefast.eplb` (DeepSeek's EPLB as a drop-in) are imported by name.
 """
 
-from moefast import data, eplb, milp, models  # submodules, as mf.data, mf.eplb, ...
 from moefast._core import (
     Placement,
     SubsetTable,
@@ -13,18 +16,19 @@ from moefast._core import (
     lower_bound,
     subset_costs,
 )
-from moefast.batch import batch_time, simulate
-from moefast.cost_model import CostModel
-from moefast.formats import load_placement
-from moefast.milp import NotProvenOptimalWarning
-from moefast.model import ModelPlacement
-from moefast.optimizers import METHODS, optimize
-from moefast.planner import plan
-from moefast.readers import load_expert_load
-from moefast.recorder import RoutingRecorder
-from moefast.streaming import SubsetTableBuilder, convert, iter_trace
-from moefast.synthetic import synthetic_trace
-from moefast.trace import Trace, load_trace
+from moefast.batch.cost_model import CostModel
+from moefast.batch.times import batch_time, simulate
+from moefast.io.engines import load_placement
+from moefast.io.readers import load_expert_load, load_trace
+from moefast.io.recorder import RoutingRecorder
+from moefast.io.streaming import SubsetTableBuilder, convert, iter_trace
+from moefast.io.synthetic import synthetic_trace
+from moefast.placement import ModelPlacement
+from moefast.planning.plan import plan
+from moefast.search.methods import METHODS, optimize
+from moefast.search.milp import NotProvenOptimalWarning
+from moefast.topology.times import Topology
+from moefast.trace import Trace
 
 __all__ = [
     "METHODS",
@@ -35,23 +39,25 @@ __all__ = [
     "RoutingRecorder",
     "SubsetTable",
     "SubsetTableBuilder",
+    "Topology",
     "Trace",
     "__version__",
     "batch_time",
     "convert",
-    "data",
-    "eplb",
     "expected_cost",
     "iter_trace",
     "load_expert_load",
     "load_placement",
     "load_trace",
     "lower_bound",
-    "milp",
-    "models",
     "optimize",
     "plan",
     "simulate",
     "subset_costs",
     "synthetic_trace",
 ]
+
+
+def __dir__() -> list[str]:
+    # The documented names only: importing them binds the subpackages as attributes too.
+    return sorted(__all__)

@@ -53,7 +53,7 @@ MAX_K: Final[int]
 MAX_GPUS: Final[int]
 #: Most tokens in one simulated step.
 MAX_BATCH: Final[int]
-#: The methods `optimize_placement` implements ("milp" is Python's, in moefast.milp).
+#: The methods `optimize_placement` implements ("milp" is Python's, in moefast.search.milp).
 METHODS: Final[tuple[str, ...]]
 
 @final

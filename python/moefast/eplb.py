@@ -21,22 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from moefast import _core
+import moefast._core as _core
 from moefast._core import Placement, SubsetTable
-
-
-def logical_maps(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
-    """log2phy [L, E, X] (-1 padded, slots in ascending order) and logcnt [L, E] (slots per
-    expert; each row sums to P) of a physical-to-logical map [L, P]."""
-    phy2log = np.asarray(phy2log, dtype=np.int64)
-    layers, slots = phy2log.shape
-    logcnt = np.stack([np.bincount(row, minlength=num_experts) for row in phy2log])
-    log2phy = np.full((layers, num_experts, max(int(logcnt.max()), 1)), -1, dtype=np.int64)
-    for layer, row in enumerate(phy2log):
-        order = np.argsort(row, kind="stable")  # slots of expert 0 first, ascending
-        rank = np.arange(slots) - np.repeat(np.cumsum(logcnt[layer]) - logcnt[layer], logcnt[layer])
-        log2phy[layer, row[order], rank] = order
-    return log2phy, logcnt
+from moefast.io.engines import gpu_slots, logical_maps
+from moefast.search.methods import optimize
 
 
 def _tensor_like(arrays: tuple[np.ndarray, ...], like: Any) -> tuple[Any, ...]:
@@ -98,8 +86,6 @@ def _placements_phy2log(
     num_gpus: int,
     seed: int,
 ) -> np.ndarray:
-    from moefast.formats import gpu_slots
-    from moefast.optimizers import optimize
 
     tables = list(tables)
     if len(tables) != weight.shape[0]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moefast.validation import check_int, check_number
+from moefast._util.checks import check_int, check_number
 
 if TYPE_CHECKING:
     from moefast.trace import Trace

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from moefast._core import MAX_EXPERTS, SubsetTable
-from moefast.atomic import atomic_open
-from moefast.validation import check_int, check_layer_ids
+from moefast._util.atomic import atomic_open
+from moefast._util.checks import check_int, check_layer_ids
+from moefast.splits import fold_positions, split_positions
 
 PathLike = str | os.PathLike
 
@@ -187,7 +188,6 @@ class Trace:
         drawn at random with ``seed``, go to the test part until it holds at least
         ``test_fraction`` of the tokens; needs ``request_ids`` and at least two requests.
         """
-        from moefast.splits import split_positions
 
         train, test = split_positions(self, test_fraction, by, seed)
         return self.select_tokens(train), self.select_tokens(test)
@@ -196,7 +196,6 @@ class Trace:
         """k (train, test) pairs for cross-validation: every token is in exactly one test
         part. ``by="time"``: k consecutive blocks; ``by="request"``: requests dealt at random
         (with ``seed``) into k groups of about equal tokens."""
-        from moefast.splits import fold_positions
 
         return [
             (self.select_tokens(train), self.select_tokens(test))
@@ -219,18 +218,3 @@ class Trace:
         # np.savez appends ".npz" to other names, which would surprise the caller.
         with atomic_open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
-
-
-def load_trace(path: PathLike, format: str | None = None, **options) -> Trace:
-    """Read a routing trace from ``path``.
-
-    ``format`` is one of ``"npz"``, ``"jsonl"``, ``"sglang"`` (SGLang ``per_token`` dumps:
-    one ``.pt`` file or a folder of them, one per rank; needs torch), ``"fingerprint"``
-    (per-token ``router_data`` JSON of the gpt-oss expert-fingerprinting recorder), or None
-    to guess it from the name and content. ``options`` go to the format's reader (for
-    ``"jsonl"``: ``num_experts``). Raises ValueError naming the file (and line) for
-    malformed input.
-    """
-    from moefast.readers import read_trace
-
-    return read_trace(Path(path), format, **options)

@@ -14,7 +14,8 @@ from functools import partial
 import moefast as mf
 import numpy as np
 import pytest
-from conftest import COUNTS, SEED, THREAD_ROUNDS
+from moefast.search.batch import optimize_batch
+from support.fuzz import COUNTS, SEED, THREAD_ROUNDS
 
 pytestmark = pytest.mark.fuzz
 
@@ -62,7 +63,7 @@ def test_ids_written_by_another_thread():
             (mf.SubsetTable.from_topk, topk, num_experts),
             (mf.batch_time, topk, placement, cm),
             (partial(mf.simulate, steps=20), topk[:, None, :], model, [4], cm),
-            (partial(mf.batch.optimize_batch, max_evaluations=50), topk, placement, 16, cm, 8),
+            (partial(optimize_batch, max_evaluations=50), topk, placement, 16, cm, 8),
         ]
         for outcome in _with_writer(topk, BAD_VALUES + good, calls, SEED + round_):
             if isinstance(outcome, ValueError):

@@ -23,10 +23,10 @@ import moefast as mf
 import numpy as np
 import pytest
 import yaml
-from conftest import COUNTS, MUTATIONS, SEED
 from moefast.cli import main
-from moefast.formats import load_placement
-from moefast.model import ModelPlacement
+from moefast.io.engines import load_placement
+from moefast.placement import ModelPlacement
+from support.fuzz import COUNTS, MUTATIONS, SEED
 
 pytestmark = pytest.mark.fuzz
 
@@ -345,7 +345,7 @@ def test_placement_values_of_wrong_types(tmp_path, fmt):
 
 def test_sglang_dumps_as_dicts():
     """The per_token conversion on dicts of lists (no torch needed): fields of wrong types."""
-    from moefast.readers.sglang import trace_from_sglang_per_token
+    from moefast.io.readers.sglang import trace_from_sglang_per_token
 
     ids = np.array([[[0, 1], [2, 3]], [[-1, -1], [-1, -1]]]).tolist()
     base = {

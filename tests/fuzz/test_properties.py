@@ -11,18 +11,18 @@ import pickle
 import moefast as mf
 import numpy as np
 import pytest
-from batch_reference import brute_force_batch_time
-from batch_reference import expert_time as reference_expert_time
-from conftest import COUNTS, PROFILE
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import (
+from support.batch_reference import brute_force_batch_time
+from support.batch_reference import expert_time as reference_expert_time
+from support.fuzz import COUNTS, PROFILE
+from support.reference import (
     all_full_placements,
     reference_cost,
     reference_expected_cost,
     reference_table,
 )
-from strategies import random_replicas, tiny_batches, topk_arrays
+from support.strategies import random_replicas, tiny_batches, topk_arrays
 
 pytestmark = pytest.mark.fuzz
 

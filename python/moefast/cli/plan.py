@@ -1,0 +1,274 @@
+"""``moefast plan``: a placement of every MoE layer of a trace, written for an engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from moefast._util.atomic import check_folder, check_writable
+from moefast.cli.options import (
+    at_least,
+    cost_model_from_args,
+    cost_model_options,
+    int_list,
+    placement_options,
+    topology_from_args,
+    trace_format_option,
+)
+from moefast.cli.output import (
+    plan_files_cli,
+    print_comparison,
+    print_topology_and_replan,
+    run_plan,
+    served_placement,
+)
+from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
+from moefast.io.layouts import map_positions, model_layout
+from moefast.io.readers import load_trace
+from moefast.io.readers.arrow import is_arrow_trace
+from moefast.io.streaming import trace_files, trace_shape
+from moefast.moves import ROUND_US
+from moefast.planning.plan import ESTIMATOR_CHOICES
+from moefast.splits import SPLIT_BY
+from moefast.topology.times import PRESETS as TOPOLOGY_PRESETS
+
+
+def is_streaming(args) -> bool:
+    """Many files, a chunk size, workers, or an Arrow trace: plan by streaming."""
+
+    files = trace_files(args.trace)
+    return (
+        len(files) > 1
+        or args.chunk_tokens is not None
+        or args.ray is not None
+        or args.workers is not None
+        or is_arrow_trace(files[0])
+    )
+
+
+def cmd_plan(args) -> int:
+
+    # Before the work: a bad output path found after minutes of planning loses them.
+    check_writable(args.out, "--out")
+    check_file_name(args.out, args.format)
+    if args.report is not None:
+        check_folder(args.report, "--report")
+    moe_layers = None if args.moe_layers is None else int_list(args.moe_layers, "--moe-layers")
+    layout = model_layout(args.model, args.num_layers, moe_layers)
+    if layout is None and args.format in ("sglang", "trtllm", "vllm-ascend"):
+        raise ValueError(
+            f"the {args.format} file holds rows for the model's layers: say which model with"
+            " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
+        )
+    if is_streaming(args):
+        if args.layers_are_positions:
+            raise ValueError(
+                "--layers-are-positions needs one trace read whole; convert the files with"
+                " layer ids first, or leave out --chunk-tokens/--workers/--ray"
+            )
+        current = None
+        if args.current is not None:
+            # The files' experts and layer ids, from the first file's header (or first
+            # chunk): a served placement that does not fit is refused before the counting.
+            first = trace_files(args.trace)[0]
+            shape = trace_shape(first)
+            try:
+                current = served_placement(args, shape.num_experts, shape.layer_ids)
+            except ValueError as err:
+                raise ValueError(
+                    f"--current {args.current} against the trace {first}: {err}"
+                ) from None
+        else:
+            served_placement(args, 0, [])  # refuses --max-moves/--copy-cost without --current
+        # plan() refuses layer ids that are not the model's before the planning work.
+        model = plan_files_cli(
+            args, cost_model_from_args, print_comparison, layout, current, topology_from_args(args)
+        )
+        print_topology_and_replan(model, args)
+        num_experts = model.num_experts
+    else:
+        trace = load_trace(args.trace[0], args.trace_format)
+        if args.layers_are_positions:
+            if layout is None:
+                raise ValueError("--layers-are-positions needs --model (or --moe-layers)")
+            trace = map_positions(trace, layout)
+        # Refuse a trace whose layers cannot be the model's before the planning work.
+        if layout is not None:
+            layout.check_layers(trace.layer_ids, trace.num_experts)
+        num_experts = trace.num_experts
+        if args.slots is not None:
+            args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
+        model = run_plan(trace, args, f"moefast plan: {Path(args.trace[0]).name}", args.report)
+    if layout is not None and args.model:
+        model.settings["model"] = layout.name
+    if getattr(args, "launch", None) is None and args.slots is not None:
+        args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
+    model.settings["launch"] = getattr(args, "launch", None)
+    launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
+    print(f"placement ({args.format}): {args.out}")
+    print("start the engine with:")
+    for key, value in launch.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="compute a placement from a trace",
+        description="Computes a placement of every MoE layer and writes it for an engine.",
+    )
+    p.add_argument(
+        "trace",
+        nargs="+",
+        help="routing trace(s) (.npz, .jsonl, .arrow, SGLang per_token .pt or folder, folders of"
+        " shards); several files, --chunk-tokens, --workers or --ray plan by streaming",
+    )
+    placement_options(p)
+    p.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="read the traces this many tokens at a time (memory holds the tables, not the trace)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="count files and plan layers in this many local processes",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="count and plan on a Ray cluster: 'local', 'auto' or ray://HOST:10001"
+        " (pip install 'moefast[ray]')",
+    )
+    p.add_argument(
+        "--format",
+        default="sglang",
+        choices=PLACEMENT_FORMATS,
+        help="placement file format (sglang)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model preset giving its layers (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b, ...;"
+        " see moefast.io.layouts.PRESETS)",
+    )
+    p.add_argument(
+        "--num-layers", type=at_least(1), default=None, help="the model's decoder layer count"
+    )
+    p.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
+    p.add_argument(
+        "--layers-are-positions",
+        action="store_true",
+        help="the trace numbers its layers 0..L-1: map them to the model's first L MoE layers",
+    )
+    p.add_argument(
+        "--mtp",
+        action="store_true",
+        help="add the model's MTP layers (TensorRT-LLM and vLLM-Ascend files)",
+    )
+    p.add_argument("--out", required=True, help="placement file to write")
+    p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the greedy's searches when the plan has taken this long (not deterministic)",
+    )
+    p.add_argument(
+        "--work-budget",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help="stop the greedy's searches after this many rows read in all (deterministic)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of tokens held out to score the plan and the baselines on (0.2; 0: in-sample;"
+        " off by itself below 500 tokens)",
+    )
+    p.add_argument(
+        "--split-by",
+        choices=SPLIT_BY,
+        default=None,
+        help="hold out the last tokens (time) or whole requests (request); default: request"
+        " when the trace knows at least 5 requests",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATOR_CHOICES,
+        default="plain",
+        help="table to plan on: plain (the empirical table pruned to --coverage) or auto (that"
+        " or the unpruned table, chosen by cross-validation on the train part)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        default=None,
+        metavar="B",
+        help="optimize the mean step time of batches of B tokens (cost model below)"
+        " instead of decode",
+    )
+    p.add_argument(
+        "--current",
+        default=None,
+        metavar="FILE",
+        help="the placement being served (any placement format moefast reads): re-plan from it",
+    )
+    p.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
+    p.add_argument(
+        "--max-moves",
+        type=at_least(0),
+        default=None,
+        metavar="M",
+        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2)",
+    )
+    p.add_argument(
+        "--copy-cost",
+        type=float,
+        default=None,
+        metavar="ROUNDS",
+        help="with --current: make a move only if it gains more than this many expert rounds"
+        " per token per copy (moefast.moves.price_per_copy; with --topology, times"
+        " --round-us us per token per copy)",
+    )
+    p.add_argument(
+        "--topology",
+        choices=TOPOLOGY_PRESETS,
+        default=None,
+        metavar="PRESET",
+        help="plan node-aware for this topology (h800_normal, h800_low_latency: DeepEP's H800"
+        " figures) and report modeled layer times with communication against EPLB",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=at_least(1),
+        default=None,
+        metavar="N",
+        help="with --topology: GPUs per node (8); --gpus must be a multiple",
+    )
+    p.add_argument(
+        "--num-groups",
+        type=at_least(1),
+        default=None,
+        metavar="G",
+        help="with --topology: keep each of G groups of consecutive expert ids on one node"
+        " (group-limited routing: 8 for DeepSeek-V3)",
+    )
+    p.add_argument(
+        "--round-us",
+        type=float,
+        default=None,
+        metavar="US",
+        help=f"with --topology, decode: time of one expert round in us ({ROUND_US:g}:"
+        " a DeepSeek-V3 expert on an H100); batches use --alpha/--beta/--p",
+    )
+    cost_model_options(p)
+    trace_format_option(p)
+    p.set_defaults(run=cmd_plan)

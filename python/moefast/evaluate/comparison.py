@@ -1,0 +1,117 @@
+"""Expected cost of a placement beside the baselines engines use, layer by layer, and the gain.
+
+A `Comparison` says on which tokens its costs were measured (``basis``: "held-out" when the
+placements never saw them, "in-sample" when they were planned on them) and, when it was
+scored token by token, the bootstrap 95% interval of the gain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
+from moefast._util.progress import progress
+from moefast.search.methods import optimize
+
+BASELINES = ("contiguous", "round_robin", "eplb")
+METHOD_LABELS = {
+    "contiguous": "contiguous",
+    "round_robin": "round-robin",
+    "eplb": "EPLB",
+    "greedy": "greedy",
+    "milp": "MILP",
+}
+#: "evaluated": a given placement scored on a trace it may or may not have been planned on
+#: (the note says which parts are which).
+BASES = ("held-out", "in-sample", "evaluated")
+
+
+@dataclass
+class Comparison:
+    """Expected cost (expert rounds per token) of each method in each layer.
+
+    ``basis`` is "held-out" or "in-sample"; ``note`` says which tokens planned and which
+    scored; ``gain_interval`` is the bootstrap 95% interval of `total_gain` (None when the
+    costs come from tables without tokens), resampling ``units``.
+    """
+
+    layer_ids: list[int]
+    costs: dict[str, np.ndarray]  # method -> float [layers]
+    lower_bounds: np.ndarray
+    main_method: str = "greedy"
+    placements: dict[str, list[Placement]] = field(default_factory=dict)
+    basis: str = "in-sample"
+    note: str = ""
+    gain_interval: tuple[float, float] | None = None
+    units: str = ""
+
+    def __post_init__(self) -> None:
+        if self.basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {self.basis!r}")
+
+    @property
+    def baselines(self) -> list[str]:
+        return [m for m in BASELINES if m in self.costs and m != self.main_method]
+
+    @property
+    def best_baseline(self) -> np.ndarray:
+        """Per layer, the lowest cost among the baselines present (the main method left out)."""
+        return np.min([self.costs[m] for m in self.baselines], axis=0)
+
+    def gain(self) -> np.ndarray:
+        """Per layer, the main method's relative saving over the best baseline (0.1 = 10%)."""
+        best = self.best_baseline
+        return (best - self.costs[self.main_method]) / best
+
+    def total_gain(self) -> float:
+        """The whole model's saving: summed costs of the main method against the summed
+        per-layer best baselines."""
+        best = self.best_baseline.sum()
+        return float((best - self.costs[self.main_method].sum()) / best)
+
+    def headline(self) -> str:
+        """One line: the gain, its interval and its basis."""
+        label = METHOD_LABELS.get(self.main_method, self.main_method)
+        text = f"{label}: {100 * self.total_gain():.1f}% below the best baseline"
+        if self.gain_interval is not None:
+            low, high = self.gain_interval
+            text += f" (95% interval {100 * low:.1f}% to {100 * high:.1f}%)"
+        text += f", {self.basis}"
+        return text + (f": {self.note}" if self.note else "")
+
+
+def compare_methods(
+    tables: Sequence[SubsetTable],
+    layer_ids: Sequence[int],
+    num_gpus: int,
+    slots_per_gpu: int,
+    main: dict[str, Sequence[Placement]] | None = None,
+    methods: Sequence[str] = BASELINES,
+    seed: int = 0,
+    plan_tables: Sequence[SubsetTable] | None = None,
+    basis: str = "in-sample",
+    note: str = "",
+) -> Comparison:
+    """Cost of every layer under the baselines and given placements (``main``), scored on
+    ``tables``. Baselines are computed on ``plan_tables`` (default: ``tables``); pass the
+    train part there and the test part as ``tables`` for held-out costs, with
+    ``basis="held-out"``."""
+    planned = list(tables if plan_tables is None else plan_tables)
+    placed: dict[str, list[Placement]] = {m: list(p) for m, p in (main or {}).items()}
+    for method in methods:
+        if method in placed:
+            continue
+        placed[method] = [
+            optimize(t, num_gpus, slots_per_gpu, method=method, seed=seed)
+            for t in progress(planned, len(planned), method)
+        ]
+    costs = {
+        m: np.array([expected_cost(t, p) for t, p in zip(tables, ps, strict=True)])
+        for m, ps in placed.items()
+    }
+    bounds = np.array([lower_bound(t, num_gpus) for t in tables])
+    main_method = next(iter(main)) if main else methods[0]
+    return Comparison(list(layer_ids), costs, bounds, main_method, placed, basis, note)

@@ -1,0 +1,747 @@
+"""Planning whole models: one optimized placement per MoE layer, layers in parallel, scored
+on tokens the plan has not seen (`moefast.evaluate.heldout`) when the trace has enough of them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import moefast._core as _core
+from moefast._core import Placement, SubsetTable
+from moefast._util.checks import check_non_negative, check_number
+from moefast.batch.cost_model import CostModel
+from moefast.evaluate.comparison import BASELINES, Comparison, compare_methods
+from moefast.evaluate.heldout import (
+    MIN_HOLDOUT_TOKENS,
+    Split,
+    baseline_placements,
+    choose_split,
+    score_methods,
+)
+from moefast.evaluate.selection import Estimator, select_estimator
+from moefast.io.layouts import PRESETS, ModelLayout, model_layout
+from moefast.io.streaming import trace_files, trace_shape
+from moefast.moves import (
+    ROUND_US,
+    CopyPrice,
+    check_current,
+    check_move_limits,
+    check_replan_options,
+)
+from moefast.placement import ModelPlacement
+from moefast.planning.executors import optimize_layers, stream_split_tables, tables_from_files
+from moefast.planning.layer import plan_one_layer
+from moefast.planning.replan import held_out_gain, replan_layers, replan_summary
+from moefast.search.methods import check_budgets, check_memory, optimize
+from moefast.search.node_plan import compare_times, node_aware_batch, node_aware_decode
+from moefast.topology.groups import check as check_topology
+from moefast.topology.times import Topology
+from moefast.trace import PathLike, Trace
+
+ESTIMATOR_CHOICES = ("plain", "auto")
+PLAIN = Estimator()
+
+
+def _is_paths(obj: object) -> bool:
+    if isinstance(obj, (str, os.PathLike)):
+        return True
+    return (
+        isinstance(obj, Sequence)
+        and len(obj) > 0
+        and all(isinstance(p, (str, os.PathLike)) for p in obj)
+    )
+
+
+def layer_tables(
+    trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
+    *,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
+    progress: bool | None = None,
+) -> tuple[list[SubsetTable], list[int]]:
+    """The subset table and model layer number of every layer of a trace, table list
+    (a list's layers are numbered from 0), or trace files (read by streaming,
+    `moefast.planning.executors.tables_from_files`)."""
+    if _is_paths(trace_or_tables):
+        return tables_from_files(
+            trace_or_tables,  # type: ignore[arg-type]
+            chunk_tokens=chunk_tokens,
+            executor=executor,
+            progress=progress,
+        )
+    if isinstance(trace_or_tables, Trace):
+        return trace_or_tables.tables(), list(trace_or_tables.layer_ids)
+    if isinstance(trace_or_tables, Sequence) and not isinstance(trace_or_tables, (str, bytes)):
+        tables = [t for t in trace_or_tables if isinstance(t, SubsetTable)]
+        if tables and len(tables) == len(trace_or_tables):
+            return tables, list(range(len(tables)))
+    raise TypeError(
+        "expected a moefast.Trace or a non-empty sequence of SubsetTable (one per layer), or"
+        " trace file paths, got"
+        f" {type(trace_or_tables).__name__}"
+    )
+
+
+@dataclass
+class StreamedSplit:
+    """Tables of streamed trace files: planned on ``train``, scored on ``test`` (None:
+    in-sample), and the split's note."""
+
+    train: list[SubsetTable]
+    test: list[SubsetTable] | None
+    layer_ids: list[int]
+    split: Split
+
+
+def _stream(
+    paths: PathLike | Sequence[PathLike],
+    holdout: float | None,
+    split_by: str | None,
+    chunk_tokens: int | None,
+    executor: Executor | None,
+    progress: bool,
+) -> StreamedSplit:
+    """Streams the files' tables; with ``holdout``, the last tokens of each file are held
+    out (the rule of a split by time, file by file: a file is a rank's or a shard's record
+    in time order), if the files hold at least `MIN_HOLDOUT_TOKENS` tokens."""
+
+    choose_split(None, holdout)  # checks holdout
+    if split_by not in (None, "time"):
+        raise ValueError(
+            f"split_by={split_by!r}: streamed trace files are split by time (the last tokens"
+            " of each file are held out); read the trace with load_trace to split by request"
+        )
+    streamed = stream_split_tables(
+        paths, chunk_tokens=chunk_tokens, executor=executor, progress=progress, holdout=holdout
+    )
+    (train, test), files = streamed.tokens, streamed.num_files
+    if streamed.test is None or train + test < MIN_HOLDOUT_TOKENS:
+        tables = streamed.train
+        if streamed.test is not None:  # too few tokens to hold some out: count them all
+            tables = [SubsetTable.merge([a, b]) for a, b in zip(tables, streamed.test, strict=True)]
+        why = (
+            "held-out evaluation off (holdout=0)"
+            if not holdout
+            else f"held-out evaluation off: {train + test} tokens, fewer than the"
+            f" {MIN_HOLDOUT_TOKENS} needed to hold {100 * holdout:.0f}% out"
+        )
+        note = f"{why}; figures are in-sample, on the {train + test} tokens of {files} file(s)"
+        return StreamedSplit(tables, None, streamed.layer_ids, Split(None, None, note))
+    note = (
+        f"planned on {train} tokens, scored on {test} held-out tokens (the last"
+        f" {100 * test / (train + test):.0f}% of each of {files} file(s), split by time;"
+        " streamed tables keep no token order, so no bootstrap interval)"
+    )
+    return StreamedSplit(streamed.train, streamed.test, streamed.layer_ids, Split(None, None, note))
+
+
+def plan_layers(
+    tables: Sequence[SubsetTable],
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str = "greedy",
+    estimator: Estimator = PLAIN,
+    seed: int = 0,
+    progress: bool = False,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
+    **optimize_options: Any,
+) -> list[Placement]:
+    """One placement per table, planned on the table the estimator makes of it
+    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model).
+    `time_budget` (seconds, for all the layers) gives each layer, when it starts, its share
+    of the time left; `work_budget` (rows read, for all the layers) an equal share."""
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    workers = min(len(tables), os.cpu_count() or 1)
+    deadline = None if time_budget is None else time.perf_counter() + time_budget
+    started = itertools.count()  # next() on it is atomic in CPython
+
+    def layer_budget() -> float | None:
+        if deadline is None:
+            return None
+        left = len(tables) - next(started)  # layers not started yet, this one included
+        return max(0.0, (deadline - time.perf_counter()) * min(workers, left) / left)
+
+    def plan_layer(table: SubsetTable) -> Placement:
+        return plan_one_layer(
+            table,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            estimator,
+            seed,
+            time_budget=layer_budget(),
+            work_budget=None if work_budget is None else work_budget // len(tables),
+            **optimize_options,
+        )
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(plan_layer, table) for table in tables]
+        try:
+            results = (f.result() for f in futures)
+            if progress:
+                from tqdm import tqdm
+
+                results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
+            return list(results)
+        except KeyboardInterrupt:
+            _stop(futures)
+            raise
+
+
+def _stop(futures: list[Future]) -> None:
+    """After Ctrl-C: drop the layers not started and stop the running ones, whose core
+    calls would otherwise run to their end before the pool lets the program exit (signals
+    reach the main thread only)."""
+    for f in futures:
+        f.cancel()
+    while not all(f.done() for f in futures):
+        _core.interrupt()
+        wait(futures, timeout=0.02)
+
+
+def plan(
+    trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
+    num_gpus: int,
+    slots_per_gpu: int,
+    *,
+    method: str = "greedy",
+    coverage: float = 0.99,
+    seed: int = 0,
+    progress: bool | None = None,
+    holdout: float | None = 0.2,
+    split_by: Literal["time", "request"] | None = None,
+    estimator: Literal["plain", "auto"] = "plain",
+    time_limit: float | None = None,
+    objective: Literal["decode", "batch"] = "decode",
+    batch_size: int | None = None,
+    cost_model: CostModel | None = None,
+    chunk_tokens: int | None = None,
+    executor: Executor | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
+    model: str | ModelLayout | None = None,
+    current: ModelPlacement | Sequence[Placement] | None = None,
+    max_moves: int | None = None,
+    copy_cost: float | CopyPrice | None = None,
+    topology: Topology | None = None,
+    num_groups: int | None = None,
+    round_us: float = ROUND_US,
+) -> ModelPlacement:
+    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
+    scores it, with the baselines, on tokens it has not seen.
+
+    ``model`` (a `moefast.io.layouts` preset name or layout) refuses, before any work, layer ids
+    that are not the model's MoE layers, and is recorded so that `ModelPlacement.save` writes
+    engine files for it.
+
+    With a trace of at least `moefast.evaluate.heldout.MIN_HOLDOUT_TOKENS` tokens, ``holdout``
+    of them are held out (``split_by`` "time": the last tokens; "request": whole requests; default
+    by request when the trace knows at least 5 requests): the placements are planned on the
+    rest, and ``layer_costs`` are the returned placement's expected costs on the held-out
+    tokens. Otherwise (or with ``holdout=0``/None) costs are in-sample.
+    ``settings["cost_basis"]`` ("held-out"/"in-sample") and ``settings["cost_note"]`` say
+    which and why; ``evaluation`` compares every layer with the baselines (planned on the
+    same train part, scored on the same tokens) with a bootstrap 95% interval of the gain.
+
+    Tables are pruned to `coverage` for optimizing. ``estimator="auto"`` chooses between
+    that table and the unpruned one by cross-validation on the train part, paired over the
+    same greedy seeds (`moefast.evaluate.selection`); "plain" (the default: on the real traces
+    measured, no estimator beat it) plans on the pruned empirical table. Layers run in
+    parallel; `progress` shows a bar per layer (default: when stderr is a terminal).
+    `method`, `seed`, `time_limit`, `objective`, `batch_size` and `cost_model` are
+    `optimize`'s.
+
+    `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
+    exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
+    layer gets, when it starts, its share of the time left (less a reserve for the scoring,
+    as long as building the tables took, at most half the budget), or an equal share of
+    the rows;
+    a work budget keeps the plan deterministic for a given seed, a time budget does not.
+
+    Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
+    ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace; the last
+    ``holdout`` of each file's tokens are counted apart and score the plan (a split by time,
+    file by file; costs as a held-out plan of the same tokens, without the bootstrap interval,
+    which needs token order). With an
+    ``executor`` (a process pool, `moefast.planning.executors.RayExecutor`, Dask's), files are
+    counted and layers optimized on its workers; the result is identical.
+
+    ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
+    one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
+    weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.moves`);
+    ``settings["replan"]`` records each layer's copies and the gain against moves, and
+    with tokens held out, ``held_out``: the served placement, the re-plan and the full
+    re-plan scored on them (`moefast.planning.replan.held_out_gain`). It is
+    checked against the trace's experts and layer ids before any work (for files, against
+    the first file's). With trace files and an ``executor`` the layers are re-planned on
+    its workers; the result is the in-process one. With a ``topology`` (decode) each layer
+    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=,
+    copy_cost=)` does (a copy priced ``copy_cost`` x ``round_us`` us per token, or by link
+    with a `moefast.moves.CopyPrice`), or is the full node-aware plan (relabelled) when
+    that fits the budget and is faster (time plus copies' price); the gain against moves
+    is in us per token with communication, measured against that full plan, and
+    ``settings["topology"]`` has a column for the served placement. With a topology and
+    ``objective="batch"``, each layer is re-planned as `optimize(objective="batch",
+    current=, topology=, max_moves=, copy_cost=)` does, toward the full node-aware batch
+    plan as ``plan`` without ``current`` makes it; costs in us per step of ``batch_size``
+    tokens on the walk's sample.
+
+    ``topology`` (a `moefast.topology.times.Topology`: GPUs in nodes, dispatch and combine) plans
+    every layer node-aware after its compute-only plan: for decode the node-aware search
+    (`moefast.search.node.place`, ``round_us`` us per expert round), for
+    ``objective="batch"`` the batch search with communication (`place_batch`).
+    ``num_groups`` keeps each of that many groups of consecutive expert ids on one node
+    (DeepSeek-V3's group-limited routing; ValueError before any work when the grouping
+    cannot fit). ``settings["topology"]`` records each layer's modeled time in us with
+    communication (`moefast.search.node_plan.TimeComparison`) of the node-aware plan, EPLB
+    hierarchical (with ``num_groups``), EPLB global and the compute-only plan, scored on the
+    same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
+    rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
+    the compute-only searches only. Without a topology nothing changes.
+    """
+    began = time.perf_counter()
+    time_budget, work_budget = check_budgets(time_budget, work_budget)
+    trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
+    if executor is not None and time_budget is not None:
+        raise ValueError("time_budget is not supported with an executor: use work_budget")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if current is not None:
+        check_replan_options(topology, copy_cost, objective)
+        check_move_limits(max_moves, None)
+    streamed: StreamedSplit | None = None
+    if trace is None and _is_paths(trace_or_tables):
+        if current is not None:  # a mismatch is found before the files are counted
+            shape = trace_shape(trace_files(trace_or_tables)[0])  # type: ignore[arg-type]
+            _served_layers(current, shape.layer_ids, shape.num_experts, num_gpus, slots_per_gpu)
+        streamed = _stream(trace_or_tables, holdout, split_by, chunk_tokens, executor, progress)  # type: ignore[arg-type]
+        tables, layer_ids = streamed.train, streamed.layer_ids
+    else:
+        # A trace's own tables are built only where needed: held out, only its parts are.
+        tables, layer_ids = (
+            ([], list(trace.layer_ids))
+            if trace
+            else layer_tables(
+                trace_or_tables, chunk_tokens=chunk_tokens, executor=executor, progress=progress
+            )
+        )
+    num_experts = trace.num_experts if trace else tables[0].num_experts
+    check_memory(num_experts, num_gpus, slots_per_gpu)
+    layout = model_layout(model)
+    if layout is not None:
+        layout.check_layers(layer_ids, num_experts)
+    if topology is not None:
+        check_topology(topology, num_experts, num_gpus, slots_per_gpu, num_groups)
+        round_us = check_non_negative("round_us", round_us)
+    elif num_groups is not None:
+        raise ValueError("num_groups needs topology= (groups are kept on nodes)")
+    if current is not None:
+        currents = _served_layers(current, layer_ids, num_experts, num_gpus, slots_per_gpu)
+    # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
+    coverage = check_number("coverage", coverage)
+    if not 0 < coverage <= 1:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    if estimator not in ESTIMATOR_CHOICES:
+        raise ValueError(f"estimator must be one of {ESTIMATOR_CHOICES}, got {estimator!r}")
+    if tables and {t.num_experts for t in tables} != {num_experts}:
+        raise ValueError("all layers must have the same number of experts")
+    options: dict[str, Any] = {
+        "time_limit": time_limit,
+        "objective": objective,
+        "batch_size": batch_size,
+        "cost_model": cost_model,
+    }
+
+    split = streamed.split if streamed is not None else choose_split(trace, holdout, split_by, seed)
+    plan_trace = split.train if split.train is not None else trace
+    plan_tables = plan_trace.tables() if plan_trace is not None else tables
+
+    def planner(
+        layer_tables: Sequence[SubsetTable], chosen: Estimator, cv_seed: int
+    ) -> list[Placement]:
+        return plan_layers(
+            layer_tables, num_gpus, slots_per_gpu, method, chosen, cv_seed, False, **options
+        )
+
+    chosen = Estimator(coverage)
+    estimator_note = chosen.name
+    if estimator == "auto" and plan_trace is not None and objective == "decode":
+        by = split_by or ("request" if plan_trace.request_ids is not None else "time")
+        selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
+        chosen, estimator_note = selection.estimator, selection.note
+    replans = None
+    if current is not None:
+        replans = replan_layers(
+            plan_tables,
+            currents,
+            num_gpus,
+            slots_per_gpu,
+            max_moves=max_moves,
+            copy_cost=copy_cost,
+            coverage=chosen.coverage,
+            method=method,
+            seed=seed,
+            topology=topology,
+            round_us=round_us,
+            num_groups=num_groups,
+            executor=executor,
+            layer_ids=layer_ids,
+            **options,
+        )
+        placements = [r.placement for r in replans]
+    elif max_moves is not None or copy_cost is not None:
+        raise ValueError(
+            "max_moves needs current= (the placement being served), and so does copy_cost"
+        )
+    elif executor is not None:
+        placements = optimize_layers(
+            executor,
+            plan_tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            work_budget,
+            options,
+            progress,
+        )
+    else:
+        placements = plan_layers(
+            plan_tables,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            chosen,
+            seed,
+            progress,
+            time_budget=None
+            if time_budget is None
+            else layers_budget(time_budget, time.perf_counter() - began),
+            work_budget=work_budget,
+            **options,
+        )
+    compute_only = placements
+    if replans is not None and topology is not None:  # re-planned node-aware already
+        compute_only = [r.compute_only for r in replans]  # type: ignore[misc]
+    elif topology is not None:
+        placements = _node_aware_layers(
+            plan_tables,
+            compute_only,
+            chosen.coverage,
+            slots_per_gpu,
+            topology,
+            round_us,
+            num_groups,
+            seed,
+            options,
+        )
+    comparison = _score(
+        trace,
+        split,
+        None if streamed is None else streamed.test,
+        tables,
+        plan_tables,
+        layer_ids,
+        placements,
+        num_gpus,
+        slots_per_gpu,
+        method,
+        seed,
+    )
+    interval = comparison.gain_interval
+    settings: dict[str, object] = {
+        "method": method,
+        "coverage": coverage,
+        "seed": seed,
+        "num_gpus": num_gpus,
+        "cost_basis": comparison.basis,
+        "cost_note": comparison.note,
+        "estimator": estimator_note,
+        "gain_vs_best_baseline": comparison.total_gain() if comparison.baselines else None,
+        "gain_interval_95": None if interval is None else list(interval),
+    }
+    if time_limit is not None:
+        settings["time_limit"] = time_limit
+    if time_budget is not None:
+        settings["time_budget"] = time_budget
+    if work_budget is not None:
+        settings["work_budget"] = work_budget
+    if layout is not None and PRESETS.get(layout.name) == layout:
+        settings["model"] = layout.name  # save() writes engine files for it
+    held_tables: list[SubsetTable] | None = None  # tokens not planned on, per layer
+    if streamed is not None and streamed.test is not None:
+        held_tables = list(streamed.test)
+    elif split.test is not None:
+        held_tables = split.test.tables()
+    if replans is not None:
+        summary = replan_summary(
+            replans,
+            max_moves,
+            copy_cost,
+            num_gpus * slots_per_gpu,
+            _replan_unit(topology, objective, batch_size),
+            walk_points=objective == "decode" or topology is not None,
+        )
+        if held_tables is not None:
+            summary["held_out"] = held_out_gain(
+                held_tables,
+                replans,
+                currents,
+                topology,
+                round_us,
+                cost_model=cost_model,
+                batch_size=batch_size,
+                seed=seed,
+            )
+        settings["replan"] = summary
+    if topology is not None:
+        score_tables = held_tables if held_tables is not None else list(plan_tables)
+        settings["topology"] = _topology_settings(
+            score_tables,
+            plan_tables,
+            layer_ids,
+            placements,
+            compute_only,
+            comparison,
+            num_gpus,
+            slots_per_gpu,
+            method,
+            seed,
+            topology,
+            round_us,
+            num_groups,
+            options,
+            None if replans is None else currents,
+        )
+    if objective == "batch":
+        # Files keep settings as JSON: a cost model is recorded by its repr.
+        settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
+    return ModelPlacement(
+        placements=placements,
+        slots_per_gpu=slots_per_gpu,
+        layer_ids=layer_ids,
+        layer_costs=comparison.costs[method],
+        lower_bounds=comparison.lower_bounds,
+        settings=settings,
+        evaluation=comparison,
+    )
+
+
+def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:
+    """The unit of ``settings["replan"]``'s costs."""
+    if objective == "batch":
+        where = "simulated" if topology is None else "with communication"
+        return f"us per step of {batch_size} tokens, {where}"
+    return "rounds" if topology is None else "us per token, with communication"
+
+
+def _topology_settings(
+    score_tables: Sequence[SubsetTable],
+    plan_tables: Sequence[SubsetTable],
+    layer_ids: list[int],
+    node_aware: Sequence[Placement],
+    compute_only: Sequence[Placement],
+    comparison: Comparison,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+    topology: Topology,
+    round_us: float,
+    num_groups: int | None,
+    options: dict[str, Any],
+    served: Sequence[Placement] | None = None,
+) -> dict[str, Any]:
+    """``settings["topology"]``: the topology, and each layer's time with communication of
+    the node-aware plan (or re-plan from ``served``, beside it) beside EPLB and the
+    compute-only plan, scored on ``score_tables`` (the tokens ``comparison`` was scored
+    on)."""
+    batch = options["objective"] == "batch"
+    times = compare_times(
+        score_tables,
+        plan_tables,
+        layer_ids,
+        num_gpus,
+        slots_per_gpu,
+        node_aware=node_aware,
+        compute_only=compute_only,
+        compute_only_label=f"compute-only {'batch search' if batch else method}",
+        eplb_global=[optimize(t, num_gpus, slots_per_gpu, method="eplb") for t in plan_tables],
+        topology=topology,
+        round_us=round_us,
+        num_groups=num_groups,
+        basis=comparison.basis,
+        note=comparison.note,
+        cost_model=options["cost_model"] if batch else None,
+        batch_size=options["batch_size"] if batch else None,
+        seed=seed,
+        served=served,
+    )
+    return {
+        "gpus_per_node": topology.gpus_per_node,
+        "per_pair": topology.per_pair,
+        "num_groups": num_groups,
+        "round_us": None if batch else round_us,
+        **times.as_settings(),
+    }
+
+
+def _node_aware_layers(
+    tables: Sequence[SubsetTable],
+    compute_only: Sequence[Placement],
+    coverage: float,
+    slots_per_gpu: int,
+    topology: Topology,
+    round_us: float,
+    num_groups: int | None,
+    seed: int,
+    options: dict[str, Any],
+) -> list[Placement]:
+    """Each layer's node-aware plan from its compute-only plan, on the table pruned as the
+    compute-only plan's was; layers in parallel."""
+
+    def one(table: SubsetTable, start: Placement) -> Placement:
+        if coverage < 1.0:
+            table = table.prune(coverage=coverage)
+        if options["objective"] == "batch":
+            return node_aware_batch(
+                table,
+                [start],
+                slots_per_gpu,
+                topology=topology,
+                cost_model=options["cost_model"],
+                batch_size=options["batch_size"],
+                num_batches=None,
+                seed=seed,
+                num_groups=num_groups,
+            )
+        return node_aware_decode(
+            table,
+            [start],
+            slots_per_gpu,
+            topology=topology,
+            round_us=round_us,
+            seed=seed,
+            num_groups=num_groups,
+        )
+
+    workers = max(1, min(len(tables), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, t, p) for t, p in zip(tables, compute_only, strict=True)]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            _stop(futures)
+            raise
+
+
+def _served_layers(
+    current: ModelPlacement | Sequence[Placement],
+    layer_ids: list[int],
+    num_experts: int,
+    num_gpus: int,
+    slots_per_gpu: int,
+) -> list[Placement]:
+    """The served placement of each layer (`_current_layers`), each checked against the
+    trace's experts, the GPUs and their slots; errors name the layer."""
+    currents = _current_layers(current, layer_ids)
+    for layer, c in zip(layer_ids, currents, strict=True):
+        try:
+            check_current(c, num_experts, num_gpus, slots_per_gpu)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"current, layer {layer}: {e}") from None
+    return currents
+
+
+def _current_layers(
+    current: ModelPlacement | Sequence[Placement], layer_ids: list[int]
+) -> list[Placement]:
+    """The served placement of each layer: a ModelPlacement's by layer id, or a list's
+    in order."""
+    if isinstance(current, ModelPlacement) and not current.layer_ids:
+        current = current.placements
+    if isinstance(current, ModelPlacement):
+        by_id = dict(zip(current.layer_ids, current.placements, strict=True))
+        missing = [i for i in layer_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"current has no placement for layer(s) {missing[:5]}")
+        return [by_id[i] for i in layer_ids]
+    if isinstance(current, Placement) or not isinstance(current, Sequence):
+        raise TypeError(
+            "current must be a ModelPlacement or a sequence of Placement (one per layer),"
+            f" got {type(current).__name__}"
+        )
+    if len(current) != len(layer_ids):
+        raise ValueError(
+            f"current has {len(current)} layers, the trace {len(layer_ids)}: one placement per"
+            " layer is needed"
+        )
+    return list(current)
+
+
+def layers_budget(time_budget: float, spent: float) -> float:
+    """What a plan's time budget leaves for its layers' searches: the budget less the
+    seconds ``spent`` so far (reading the trace, building its tables) and as much again, at
+    most half of the budget, for the scoring that follows them (it reads every token of
+    every layer again)."""
+    return max(0.0, time_budget - spent - min(spent, time_budget / 2))
+
+
+def _score(
+    trace: Trace | None,
+    split: Split,
+    test_tables: list[SubsetTable] | None,
+    tables: list[SubsetTable],
+    plan_tables: list[SubsetTable],
+    layer_ids: list[int],
+    placements: list[Placement],
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+) -> Comparison:
+    """The comparison with the baselines: held-out on the test part when there is one
+    (``test_tables``: the held-out tables of streamed files)."""
+    baselines = [m for m in BASELINES if m != method]
+    if test_tables is not None:  # streamed and held out: scored on the test tables
+        return compare_methods(
+            test_tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            main={method: placements},
+            methods=baselines,
+            seed=seed,
+            plan_tables=plan_tables,
+            basis="held-out",
+            note=split.note,
+        )
+    if trace is None:  # tables only: in-sample, no tokens to bootstrap
+        return compare_methods(
+            tables,
+            layer_ids,
+            num_gpus,
+            slots_per_gpu,
+            main={method: placements},
+            methods=baselines,
+            seed=seed,
+            note=f"planned and scored on the given tables ({split.note})",
+        )
+    placed = baseline_placements(plan_tables, num_gpus, slots_per_gpu, baselines, seed)
+    placed = {method: placements, **placed}
+    if split.test is not None:
+        return score_methods(split.test, placed, num_gpus, method, "held-out", split.note, seed)
+    note = f"planned and scored on all {trace.num_tokens} tokens ({split.note})"
+    # In-sample, the tables planned on are the scored trace's: scoring reuses them (its
+    # lower bounds are of unweighted tables, so only for an unweighted trace).
+    reuse = plan_tables if trace.weights is None else None
+    return score_methods(trace, placed, num_gpus, method, "in-sample", note, seed, reuse)

@@ -1,0 +1,1 @@
+"""What a user reads: the Markdown report, its plots and text tables."""

@@ -1,0 +1,317 @@
+"""Engine files checked the way the engines load them (tests/support/engine_loaders.py), and engine
+recordings built the way the engines write them (tests/support/engine_writers.py). The
+findings 1-4 each have a test here that fails on the code before the fix."""
+
+from __future__ import annotations
+
+import json
+
+import moefast
+import numpy as np
+import pytest
+import yaml
+from moefast._core import fill_free_slots
+from moefast.io.engines import default_map
+from moefast.io.layouts import ModelLayout, get_model, map_positions
+from moefast.io.readers.sglang import trace_from_sglang_per_token
+from moefast.io.readers.trtllm import expert_load_from_trtllm, trace_from_trtllm_raw
+from moefast.placement import ModelPlacement
+from support.engine_loaders import deepseek_eplb_check, sglang_load, trtllm_load, vllm_ascend_load
+from support.engine_writers import sglang_per_token_dumps, trtllm_statistics_folder
+from support.shared_data import DEEPSEEK_DECODE_LOAD
+
+#: Dense layers first (0, 1) and last (7), MoE layers 2-6, an MTP layer after them (8).
+LAYOUT = ModelLayout("test-moe", 8, (2, 3, 4, 5, 6), 64, 4, None, (8,))
+E = 64
+
+
+def random_model(num_gpus: int, layer_ids, seed: int = 0) -> ModelPlacement:
+    """Full GPUs: round robin plus replicas by a random load, distinct experts per GPU."""
+    rng = np.random.default_rng(seed)
+    slots = E // num_gpus + 1
+    placements = []
+    for _ in layer_ids:
+        replicas = np.zeros((E, num_gpus), dtype=bool)
+        replicas[rng.permutation(E), np.arange(E) % num_gpus] = True
+        placements.append(fill_free_slots(moefast.Placement(replicas), slots, rng.random(E)))
+    return ModelPlacement(placements, slots, list(layer_ids))
+
+
+def rank_sets(placement: moefast.Placement) -> list[set[int]]:
+    return [
+        set(np.flatnonzero(placement.replicas[:, g]).tolist()) for g in range(placement.num_gpus)
+    ]
+
+
+def check_ranks(loaded: list[list[int]], placement: moefast.Placement, slots: int) -> None:
+    assert all(len(row) == slots and len(set(row)) == slots for row in loaded)
+    assert [set(row) for row in loaded] == rank_sets(placement)
+
+
+@pytest.mark.parametrize("num_gpus", [2, 4, 8, 32])
+def test_every_engine_loads_every_rank_with_moefasts_replica_sets(tmp_path, num_gpus):
+    moe = [2, 3, 4, 5, 6]
+    model = random_model(num_gpus, [*moe, 8], seed=num_gpus)  # with the MTP layer
+    placements = dict(zip(model.layer_ids, model.placements, strict=True))
+    slots, total = model.slots_per_gpu, model.slots_per_gpu * num_gpus
+    default = default_map(total, E).reshape(num_gpus, slots).tolist()
+
+    launch = model.save(tmp_path / "s.json", "sglang", model=LAYOUT)
+    assert f"--ep-size {num_gpus} --ep-num-redundant-experts {total - E}" in launch["command_line"]
+    rows = sglang_load(
+        tmp_path / "s.json",
+        ep_size=num_gpus,
+        num_experts=E,
+        num_redundant=total - E,
+        num_hidden_layers=8,
+    )
+    for layer in moe:
+        check_ranks(rows[layer], placements[layer], slots)
+    check_ranks(rows[0], placements[8], slots)  # the NextN draft layer is decoder layer 0
+    assert rows[1] == default and rows[7] == default  # dense rows: the default map
+
+    launch = model.save(tmp_path / "t.yaml", "trtllm", model=LAYOUT)
+    assert (launch["moe_expert_parallel_size"], launch["num_slots"]) == (num_gpus, total)
+    ranks = trtllm_load(
+        tmp_path / "t.yaml", ep_size=num_gpus, layer_indices=[*moe, 8], num_experts=E
+    )
+    for layer in [*moe, 8]:
+        check_ranks(ranks[layer], placements[layer], slots)
+    with pytest.raises(AssertionError, match="KeyError"):  # a dense layer has no key
+        trtllm_load(tmp_path / "t.yaml", ep_size=num_gpus, layer_indices=[1], num_experts=E)
+
+    launch = model.save(tmp_path / "a.json", "vllm-ascend", model=LAYOUT)
+    assert launch["num_redundant_experts"] == total - E
+    positions = vllm_ascend_load(
+        tmp_path / "a.json", num_moe_layers=6, num_experts=E, ep_size=num_gpus
+    )
+    for position, layer in enumerate([*moe, 8]):  # the MTP layer is counted after the MoE layers
+        check_ranks(positions[position], placements[layer], slots)
+
+    model.save(tmp_path / "e.json", "eplb", model=LAYOUT)
+    phy2log = deepseek_eplb_check(tmp_path / "e.json", E)
+    for row, layer in zip(phy2log, [*moe, 8], strict=True):
+        check_ranks(row.reshape(num_gpus, slots).tolist(), placements[layer], slots)
+
+
+def test_mtp_rows_only_when_asked_or_planned(tmp_path):
+    model = random_model(4, [2, 3, 4, 5, 6])
+    model.save(tmp_path / "t.yaml", "trtllm", model=LAYOUT)
+    assert sorted(
+        yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
+    ) == [2, 3, 4, 5, 6]
+    with pytest.warns(UserWarning, match=r"layers \[8\] of test-moe have no placement"):
+        model.save(tmp_path / "m.yaml", "trtllm", model=LAYOUT, mtp=True)
+    ranks = trtllm_load(tmp_path / "m.yaml", ep_size=4, layer_indices=[8], num_experts=E)
+    assert [sorted(r) for r in ranks[8]] == [
+        sorted(r) for r in default_map(68, E).reshape(4, 17).tolist()
+    ]
+
+
+# ---- finding 3: layer numbering ----------------------------------------------------------
+
+
+def test_positions_are_refused_with_a_mapping_hint_and_map_positions_fixes_them(tmp_path):
+    trace = moefast.synthetic_trace(400, 256, 8, 58, seed=1)  # layer ids 0..57: positions
+    assert trace.layer_ids == list(range(58))
+    placements = moefast.plan(trace, 32, 9, method="round_robin", progress=False)
+    for fmt in ("sglang", "trtllm", "vllm-ascend", "eplb"):
+        with pytest.raises(ValueError, match=r"not MoE layers of deepseek-v3.*map_positions"):
+            placements.save(
+                tmp_path / f"x.{'yaml' if fmt == 'trtllm' else 'json'}", fmt, model="deepseek-v3"
+            )
+    mapped = map_positions(trace, "deepseek-v3")
+    assert mapped.layer_ids == list(range(3, 61))
+    planned = moefast.plan(mapped, 32, 9, method="round_robin", progress=False)
+    planned.save(tmp_path / "s.json", "sglang", model="deepseek-v3")
+    rows = json.loads((tmp_path / "s.json").read_text())["physical_to_logical_map"]
+    assert len(rows) == 61
+    # Row 3 (the first MoE layer) holds what was planned for position 0; rows 0-2 are dense.
+    assert [set(rows[3][g * 9 : (g + 1) * 9]) for g in range(32)] == rank_sets(planned[0])
+    assert rows[1] == default_map(288, 256).tolist()
+
+
+def test_engine_formats_need_the_model_layout(tmp_path):
+    model = random_model(4, [0, 1])
+    for fmt in ("sglang", "trtllm", "vllm-ascend"):
+        with pytest.raises(ValueError, match="say which model"):
+            model.save(tmp_path / f"x.{'yaml' if fmt == 'trtllm' else 'json'}", fmt)
+    with pytest.raises(ValueError, match=r"loads only \.json"):
+        model.save(tmp_path / "x.txt", "sglang", model=LAYOUT)
+    with pytest.raises(ValueError, match=r"loads only \.json"):
+        model.save(tmp_path / "x.yaml", "vllm-ascend", model=LAYOUT)
+
+
+def test_model_presets_match_their_configs():
+    v3 = get_model("deepseek-v3")
+    assert (v3.num_layers, v3.moe_layers[0], v3.moe_layers[-1], len(v3.moe_layers)) == (
+        61,
+        3,
+        60,
+        58,
+    )
+    assert (v3.num_experts, v3.k, v3.num_groups, v3.mtp_layers) == (256, 8, 8, (61,))
+    assert get_model("DeepSeek_V2_Lite").moe_layers == tuple(range(1, 27))
+    assert get_model("mixtral").moe_layers == tuple(range(32))
+    assert (get_model("dbrx").num_experts, get_model("dbrx").k) == (16, 4)
+    assert (get_model("gpt-oss").num_layers, get_model("gpt-oss").num_experts) == (24, 32)
+    with pytest.raises(ValueError, match="unknown model 'llama'"):
+        get_model("llama")
+
+
+# ---- finding 4: free slots -----------------------------------------------------------------
+
+
+def test_vllm_ascend_transcription_catches_a_repeated_expert(tmp_path):
+    # The file the old writer made for a GPU with a free slot: expert 0 repeated on rank 0.
+    data = {
+        "moe_layer_count": 1,
+        "layer_list": [
+            {
+                "layer_id": 0,
+                "device_count": 2,
+                "device_list": [
+                    {"device_id": 0, "device_expert": [0, 1, 0]},
+                    {"device_id": 1, "device_expert": [2, 3, 1]},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    with pytest.raises(AssertionError, match="rank 0 has 2 local experts for 3"):
+        vllm_ascend_load(tmp_path / "a.json", num_moe_layers=1, num_experts=4, ep_size=2)
+
+
+# ---- the issue's numbers on DeepSeek-V3 ----------------------------------------------------
+
+
+@pytest.mark.skipif(not DEEPSEEK_DECODE_LOAD.exists(), reason="needs ../shared/data")
+def test_deepseek_v3_statistics_files_load_in_every_engine(tmp_path):
+    counts = np.array(json.loads(DEEPSEEK_DECODE_LOAD.read_text())["logical_count"])
+    tables = [
+        moefast.SubsetTable.from_subsets(np.arange(256)[:, None], counts[layer], 256)
+        for layer in range(3, 61)
+    ]
+    placements = [moefast.optimize(t, 32, 9, method="eplb") for t in tables]
+    model = ModelPlacement(placements, 9, list(range(3, 61)))
+    model.save(tmp_path / "s.json", "sglang", model="deepseek-v3")
+    model.save(tmp_path / "t.yaml", "trtllm", model="deepseek-v3")
+    model.save(tmp_path / "a.json", "vllm-ascend", model="deepseek-v3")
+    rows = sglang_load(
+        tmp_path / "s.json", ep_size=32, num_experts=256, num_redundant=32, num_hidden_layers=61
+    )
+    assert np.asarray(
+        json.loads((tmp_path / "s.json").read_text())["physical_to_logical_map"]
+    ).shape == (61, 288)
+    data = yaml.safe_load((tmp_path / "t.yaml").read_text())
+    assert list(data["initial_global_assignments"]) == list(range(3, 61))
+    ranks = trtllm_load(
+        tmp_path / "t.yaml", ep_size=32, layer_indices=list(range(3, 61)), num_experts=256
+    )
+    assert json.loads((tmp_path / "a.json").read_text())["moe_layer_count"] == 58
+    positions = vllm_ascend_load(
+        tmp_path / "a.json", num_moe_layers=58, num_experts=256, ep_size=32
+    )
+    for position, placement in enumerate(placements):
+        layer = position + 3
+        check_ranks(rows[layer], placement, 9)
+        check_ranks(ranks[layer], placement, 9)
+        check_ranks(positions[position], placement, 9)
+
+
+# ---- finding 1: SGLang per_token dumps ----------------------------------------------------
+
+
+def sglang_map(rng, num_hidden_layers: int, num_experts: int, num_slots: int) -> np.ndarray:
+    """A physical-to-logical map per layer: every expert once, then random replicas."""
+    rows = []
+    for _ in range(num_hidden_layers):
+        extra = rng.choice(num_experts, num_slots - num_experts, replace=False)
+        rows.append(rng.permutation(np.concatenate([np.arange(num_experts), extra])))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("k", [2, 4, 6, 8])
+@pytest.mark.parametrize("dp_ranks, tp_twins", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_sglang_per_token_dumps_of_any_k(k, dp_ranks, tp_twins):
+    rng = np.random.default_rng(k)
+    num_experts, moe_layers, num_hidden_layers = 16, [1, 2, 4], 6  # dense 0, 3, 5
+    topk = np.stack(
+        [np.stack([rng.choice(num_experts, k, replace=False) for _ in range(3)]) for _ in range(40)]
+    )
+    p2l = sglang_map(rng, num_hidden_layers, num_experts, 20)
+    dumps = sglang_per_token_dumps(
+        topk, moe_layers, num_hidden_layers, p2l, dp_ranks=dp_ranks, tp_twins=tp_twins
+    )
+    assert dumps[0]["records"][0]["topk_ids_of_layer"].shape[2] == 8
+    trace = trace_from_sglang_per_token(dumps)
+    assert trace.layer_ids == moe_layers and trace.k == k and trace.num_experts == num_experts
+    # Same tokens (TP twins kept once), in pass order then DP-rank order.
+    order = np.concatenate(
+        [np.concatenate(np.array_split(p, dp_ranks)) for p in np.array_split(np.arange(40), 2)]
+    )
+    np.testing.assert_array_equal(trace.topk, topk[order])
+
+
+# ---- finding 2: TensorRT-LLM statistics folders ------------------------------------------
+
+
+def small_topk(rng, tokens=30, layers=2, k=4, num_experts=16):
+    return np.stack(
+        [
+            np.stack([rng.choice(num_experts, k, replace=False) for _ in range(layers)])
+            for _ in range(tokens)
+        ]
+    )
+
+
+def test_trtllm_raw_files_are_a_trace_and_not_counts(tmp_path):
+    pytest.importorskip("safetensors")
+    rng = np.random.default_rng(3)
+    topk = small_topk(rng)  # 30 tokens: rank files hold 7-8 x 4 = 28-32 ids, E = 16
+    trtllm_statistics_folder(tmp_path, topk, [3, 4], 16)
+    load, layers = moefast.load_expert_load(tmp_path, return_layer_ids=True)
+    assert layers == [3, 4]
+    for position in range(2):
+        np.testing.assert_array_equal(
+            load[position], np.bincount(topk[:, position].ravel(), minlength=16)
+        )
+    trace = moefast.load_trace(tmp_path)
+    assert trace.layer_ids == [3, 4]
+    order = np.concatenate(
+        [np.concatenate(np.array_split(c, 2)) for c in np.array_split(np.arange(30), 2)]
+    )
+    np.testing.assert_array_equal(trace.topk, topk[order])
+
+
+def test_trtllm_raw_file_with_tokens_times_k_equal_to_experts(tmp_path):
+    # 4 tokens x top-4 = 16 ids = E: the old glob read them as 16 counts, silently.
+    pytest.importorskip("safetensors")
+    topk = small_topk(np.random.default_rng(5), tokens=8)
+    trtllm_statistics_folder(tmp_path, topk, [3, 4], 16, ranks=1)
+    load = moefast.load_expert_load(tmp_path)
+    np.testing.assert_array_equal(load[0], np.bincount(topk[:, 0].ravel(), minlength=16))
+
+
+def test_trtllm_slot_counts_are_detected():
+    rng = np.random.default_rng(1)
+    ranks = [{"0_3": rng.integers(0, 5, 20)}]
+    with pytest.raises(ValueError, match="load balancer on count physical slots"):
+        expert_load_from_trtllm({"num_experts": 20}, ranks, num_experts=16)
+    raw = [{"0_3": small_topk(rng, layers=1)[:, 0].astype(np.int32)}]
+    with pytest.raises(ValueError, match="num_experts = 20 but the model has 16"):
+        trace_from_trtllm_raw({"num_experts": 20}, raw, num_experts=16)
+    assert trace_from_trtllm_raw({"num_experts": 16}, raw).num_experts == 16
+
+
+def test_plan_with_a_model_refuses_early_and_save_uses_it(tmp_path):
+    trace = moefast.synthetic_trace(300, 256, 8, 3, seed=2)  # layer ids 0, 1, 2: dense in V3
+    with pytest.raises(ValueError, match="layer ids 0-2 are not MoE layers of deepseek-v3"):
+        moefast.plan(trace, 32, 9, method="round_robin", model="deepseek-v3")
+    mapped = map_positions(trace, "deepseek-v3")
+    planned = moefast.plan(mapped, 32, 9, method="round_robin", model="deepseek-v3")
+    assert planned.settings["model"] == "deepseek-v3"
+    with pytest.warns(UserWarning, match=r"layers \[6, 7,"):
+        planned.save(tmp_path / "t.yaml", "trtllm")  # the recorded model, no model= needed
+    keys = yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
+    assert list(keys) == list(range(3, 61))

@@ -1,0 +1,107 @@
+"""moefast.planning.plan: `plan` over every layer of a Trace or a sequence of SubsetTable."""
+
+import moefast as mf
+import numpy as np
+import pytest
+from moefast.io.synthetic import synthetic_trace
+
+GPUS, SLOTS = 4, 5
+
+
+@pytest.fixture(scope="module")
+def trace() -> mf.Trace:
+    return synthetic_trace(600, 16, 4, 3, seed=1, layer_ids=[3, 7, 11])
+
+
+def test_plan_of_a_trace_is_optimize_on_each_pruned_layer(trace):
+    # holdout=0: planned and scored on every token (held-out planning: tests/test_heldout.py).
+    model = mf.plan(trace, GPUS, SLOTS, coverage=0.9, seed=2, progress=False, holdout=0)
+    assert model.layer_ids == [3, 7, 11] and model.slots_per_gpu == SLOTS
+    for layer, table in enumerate(trace.tables()):
+        want = mf.optimize(table.prune(coverage=0.9), GPUS, SLOTS, seed=2)
+        assert model[layer] == want
+        # Costs are evaluated on the full table, not the pruned one.
+        assert model.layer_costs[layer] == pytest.approx(mf.expected_cost(table, want))
+        assert model.lower_bounds[layer] == mf.lower_bound(table, GPUS)
+    assert model.settings["cost_basis"] == "in-sample"
+    assert {k: model.settings[k] for k in ("method", "coverage", "seed", "num_gpus")} == {
+        "method": "greedy",
+        "coverage": 0.9,
+        "seed": 2,
+        "num_gpus": GPUS,
+    }
+
+
+def test_plan_of_tables_numbers_layers_from_zero(trace):
+    tables = trace.tables()
+    by_tables = mf.plan(tables, GPUS, SLOTS, method="eplb", coverage=1, progress=False)
+    by_trace = mf.plan(trace, GPUS, SLOTS, method="eplb", coverage=1, progress=False, holdout=0)
+    assert by_tables.layer_ids == [0, 1, 2]
+    assert list(by_tables) == list(by_trace)
+    assert mf.plan(tuple(tables), GPUS, SLOTS, progress=False).layer_ids == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [
+        (np.zeros((10, 2, 4), dtype=int), "ndarray"),
+        ([], "list"),
+        ([1.5], "list"),
+    ],
+)
+def test_plan_refuses_what_is_not_a_trace_or_tables_by_type(source, name):
+    """Strings are trace file paths (streamed): a missing one is named."""
+    with pytest.raises(
+        TypeError, match=f"expected a moefast.Trace or a non-empty sequence.*{name}"
+    ):
+        mf.plan(source, GPUS, SLOTS)
+
+
+def test_duck_typed_traces_are_refused(trace):
+    class LooksLikeATrace:
+        topk, num_experts, layer_ids, weights = trace.topk, 16, trace.layer_ids, None
+
+    with pytest.raises(TypeError, match="got LooksLikeATrace"):
+        mf.plan(LooksLikeATrace(), GPUS, SLOTS)
+
+
+def test_plan_checks_coverage_memory_and_layers(trace):
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2.0"):
+        mf.plan(trace, GPUS, SLOTS, coverage=2)
+    with pytest.raises(TypeError, match="coverage must be a real number, got str"):
+        mf.plan(trace, GPUS, SLOTS, coverage="0.9")  # type: ignore[arg-type]  # under test
+    with pytest.raises(ValueError, match="cannot hold 16 experts"):
+        mf.plan(trace, 2, 5)
+    mixed = [trace.table(0), mf.SubsetTable.from_topk(np.array([[0, 1, 2, 3]]), 20)]
+    with pytest.raises(ValueError, match="same number of experts"):
+        mf.plan(mixed, GPUS, SLOTS)
+    with pytest.raises(TypeError, match="positional"):
+        mf.plan(trace, GPUS, SLOTS, "eplb")  # type: ignore[misc]  # the check under test
+
+
+def test_batch_objective_is_recorded(trace):
+    cm = mf.CostModel(130.0, 0.5)
+    small = trace.select_layers([0])
+    model = mf.plan(
+        small,
+        GPUS,
+        SLOTS,
+        objective="batch",
+        batch_size=8,
+        cost_model=cm,
+        progress=False,
+        holdout=0,
+    )
+    table = small.table(0)
+    assert model[0] == mf.optimize(
+        table.prune(coverage=0.99), GPUS, SLOTS, objective="batch", batch_size=8, cost_model=cm
+    )
+    assert model.settings["objective"] == "batch" and model.settings["batch_size"] == 8
+    assert model.settings["cost_model"] == repr(cm)
+
+
+def test_plan_names_a_missing_trace_file():
+    with pytest.raises(FileNotFoundError, match=r"trace\.npz"):
+        mf.plan("trace.npz", 4, 10)
+    with pytest.raises(FileNotFoundError, match="a table"):
+        mf.plan(["a table"], 4, 10)

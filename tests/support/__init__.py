@@ -1,0 +1,1 @@
+"""Helpers of the tests and benches: plain references, workloads, engine transcriptions."""
