@@ -4,9 +4,9 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::input::{self, int_arg};
 use super::interrupt::interruptible;
 use super::table::PyPlacement;
-use super::{input, int_arg};
 use crate::batch::optimize::{self, BatchSearchOptions};
 use crate::batch::simulate::{self, Trace};
 use crate::batch::{self as core_batch, CostModel};

@@ -3,7 +3,7 @@
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 
-use super::{count_arg, input};
+use super::input::{self, count_arg};
 use crate::eplb::{self, Topology};
 
 type Int2d<'py> = Bound<'py, numpy::PyArray2<i64>>;

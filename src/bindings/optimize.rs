@@ -5,9 +5,9 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::input::{self, count_arg};
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use super::{count_arg, input};
 use crate::{limits, optimize};
 
 /// A placement of the table's experts on `num_gpus` GPUs, each holding exactly

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::count_arg;
+use super::input::count_arg;
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::replan::{self, ReplanLimits};

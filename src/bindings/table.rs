@@ -6,7 +6,7 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{count_arg, input, int_arg};
+use super::input::{self, count_arg, int_arg};
 use crate::cost;
 use crate::placement::Placement;
 use crate::table::SubsetTable;

@@ -6,8 +6,8 @@ use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::count_arg;
 use super::input;
+use super::input::count_arg;
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
 use crate::batch::CostModel;

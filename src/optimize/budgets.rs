@@ -2,7 +2,6 @@
 //! takes 30-300 ns): fixed numbers, not times, so that a result is the same on every
 //! machine. One place for them, since the greedy and the kicks share some.
 
-use super::kicks::Budget;
 use super::reassign;
 use super::swaps::Limits;
 
@@ -44,3 +43,14 @@ pub const KICKS: Budget = Budget {
     kicks: 200,
     stall: 48,
 };
+
+/// The work limit of an iterated local search (`kicks::search`).
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// Rows read by all the kicks' local searches together.
+    pub rows: usize,
+    /// Kicks at most.
+    pub kicks: usize,
+    /// Kicks in a row without a strict improvement before the search stops.
+    pub stall: usize,
+}

@@ -16,10 +16,10 @@
 //! stop request (Ctrl-C) slots still empty are filled as the baselines fill them.
 
 use super::baselines;
-use super::budgets::{ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
+use super::budgets::{Budget, ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
 use super::gains::GainTable;
 use super::initial;
-use super::kicks::{self, Budget};
+use super::kicks;
 use super::problem::Problem;
 use super::reassign;
 use super::state::{total_cost, State};

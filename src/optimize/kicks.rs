@@ -10,23 +10,13 @@
 //! depends only on the inputs and the seed: small tables get hundreds of kicks, large
 //! ones few or none.
 
-use super::budgets::{ALTERNATIONS, KICK_SEARCH, REASSIGN};
+use super::budgets::{Budget, ALTERNATIONS, KICK_SEARCH, REASSIGN};
 use super::gains::GainTable;
 use super::reassign;
 use super::state::State;
 use super::swaps::{self, Limits};
 use crate::layout::Move;
 use crate::rng::SplitMix64;
-
-#[derive(Clone, Copy, Debug)]
-pub struct Budget {
-    /// Rows read by all the kicks' local searches together.
-    pub rows: usize,
-    /// Kicks at most.
-    pub kicks: usize,
-    /// Kicks in a row without a strict improvement before the search stops.
-    pub stall: usize,
-}
 
 /// Batches of exact evaluations the budget must pay for before kicks are tried.
 const MIN_BATCHES: usize = 64;
