@@ -4,8 +4,8 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::error::MoeError;
-use crate::limits;
+use crate::util::error::MoeError;
+use crate::util::limits;
 
 mod batch;
 mod eplb;

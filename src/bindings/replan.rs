@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use super::input::count_arg;
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use crate::replan::{self, ReplanLimits};
+use crate::search::replan::{self, ReplanLimits};
 
 fn wrap(p: crate::Placement) -> PyPlacement {
     PyPlacement { inner: Arc::new(p) }
