@@ -1,29 +1,22 @@
 //! moefast's core: subset tables, placements and their exact costs, with no Python in
 //! it. The `python` feature adds the one binding module (`bindings`).
+//!
+//! `util` (the error type, limits, the generator, the stop flag), `model` (what is placed and
+//! where: tables, placements, the mutable layout, topologies, expert groups), `cost` (what a
+//! placement costs: one token, a batch, with communication), `search` (placements that lower
+//! those costs, and re-planning from a served one).
 
-pub mod batch;
-pub mod cancel;
 pub mod cost;
-pub mod eplb;
-pub mod error;
-pub mod layout;
-pub mod limits;
-pub mod matching;
-pub mod optimize;
-pub mod placement;
-pub mod replan;
-pub mod rng;
-pub mod table;
-pub mod topology;
-pub mod topology_batch;
-pub mod topology_cost;
-pub mod topology_groups;
-pub mod topology_place;
+pub mod model;
+pub mod search;
+pub mod util;
 
 #[cfg(feature = "python")]
 mod bindings;
+#[cfg(test)]
+mod testing;
 
-pub use error::{MoeError, Result};
-pub use optimize::{fill_free_slots, optimize};
-pub use placement::Placement;
-pub use table::SubsetTable;
+pub use model::placement::Placement;
+pub use model::table::SubsetTable;
+pub use search::decode::{fill_free_slots, optimize};
+pub use util::error::{MoeError, Result};

@@ -1,7 +1,8 @@
-//! The core's stop flag (`moefast::cancel`), in its own test binary: the flag is
+//! The core's stop flag (`moefast::util::cancel`), in its own test binary: the flag is
 //! process-wide, and setting it beside the unit tests would cut their searches short.
 
-use moefast::{cancel, optimize, SubsetTable};
+use moefast::util::cancel;
+use moefast::{optimize, SubsetTable};
 
 fn table() -> SubsetTable {
     let mut ids = Vec::new();

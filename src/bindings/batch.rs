@@ -4,13 +4,13 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::input::{self, int_arg};
 use super::interrupt::interruptible;
 use super::table::PyPlacement;
-use super::{input, int_arg};
-use crate::batch::optimize::{self, BatchSearchOptions};
-use crate::batch::simulate::{self, Trace};
-use crate::batch::{self as core_batch, CostModel};
-use crate::placement::Placement;
+use crate::cost::batch::simulate::{self, Trace};
+use crate::cost::batch::{self as core_batch, CostModel};
+use crate::model::placement::Placement;
+use crate::search::batch::{self, BatchSearchOptions};
 
 fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
     let v = int_arg(v, name)?;
@@ -147,13 +147,13 @@ fn optimize_batch(
     let placement = interruptible(py, || -> crate::Result<Placement> {
         let trace = Trace::new(&ids, 1, k, &[start.num_experts()], weights.as_deref())?;
         if max_copies.is_none() && copy_price == 0.0 {
-            return optimize::optimize_batch(&trace, &start, slots, model, options);
+            return batch::optimize_batch(&trace, &start, slots, model, options);
         }
-        let limits = optimize::CopyLimits {
+        let limits = batch::CopyLimits {
             max_copies,
             copy_price,
         };
-        optimize::replan_batch(&trace, &start, slots, model, options, limits)
+        batch::replan_batch(&trace, &start, slots, model, options, limits)
     })?;
     Ok(PyPlacement {
         inner: std::sync::Arc::new(placement),

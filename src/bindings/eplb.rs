@@ -1,10 +1,10 @@
-//! Binding of the DeepSeek EPLB transcription (`crate::eplb`).
+//! Binding of the DeepSeek EPLB transcription (`crate::search::eplb`).
 
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 
-use super::{count_arg, input};
-use crate::eplb::{self, Topology};
+use super::input::{self, count_arg};
+use crate::search::eplb::{self, Topology};
 
 type Int2d<'py> = Bound<'py, numpy::PyArray2<i64>>;
 

@@ -1,4 +1,5 @@
-//! numpy inputs copied once into owned Rust memory, then checked.
+//! Inputs from Python: numpy arrays copied once into owned Rust memory, then checked, and
+//! integer arguments read with errors that name them.
 //!
 //! The core runs with the GIL released, when another Python thread may write to the
 //! caller's array: a view of it (as `numpy.ascontiguousarray` gives for an array that
@@ -9,8 +10,9 @@
 use numpy::{
     Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBool;
 
 /// An array copied out of Python: row-major values and the shape.
 pub struct Owned<T> {
@@ -160,4 +162,38 @@ pub fn bools(obj: &Bound<'_, PyAny>, name: &str, ndim: usize) -> PyResult<Owned<
             .collect(),
     };
     Ok(Owned { data, shape })
+}
+
+/// An integer argument as i64. pyo3's own conversion raises OverflowError (not a
+/// ValueError) for ints beyond i64 or negative ints passed as usize, and takes True as 1;
+/// here those are a ValueError and a TypeError naming the argument.
+pub fn int_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got bool"
+        )));
+    }
+    obj.extract::<i64>().map_err(|err| {
+        if err.is_instance_of::<PyOverflowError>(obj.py()) {
+            PyValueError::new_err(format!("{name} = {obj} is out of range"))
+        } else {
+            let ty = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            PyTypeError::new_err(format!("{name} must be an int, got {ty}"))
+        }
+    })
+}
+
+/// `int_arg` that must be at least `min`, as usize.
+pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize> {
+    let v = int_arg(obj, name)?;
+    if v < min {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be at least {min}, got {v}"
+        )));
+    }
+    Ok(v as usize)
 }

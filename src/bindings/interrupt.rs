@@ -2,7 +2,7 @@
 //! runs Python code, which it does not while it waits in a Rust call: the work runs on a
 //! helper thread with the GIL released, and the calling thread checks for signals every
 //! `POLL`. On KeyboardInterrupt (or any exception a signal handler raises) it asks the
-//! core to stop (`crate::cancel`), waits for the work to notice, and raises the exception.
+//! core to stop (`crate::util::cancel`), waits for the work to notice, and raises the exception.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
-use crate::cancel;
+use crate::util::cancel;
 
 const POLL: Duration = Duration::from_millis(25);
 

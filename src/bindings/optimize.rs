@@ -5,10 +5,11 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::input::{self, count_arg};
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use super::{count_arg, input};
-use crate::{limits, optimize};
+use crate::search::decode;
+use crate::util::limits;
 
 /// A placement of the table's experts on `num_gpus` GPUs, each holding exactly
 /// `slots_per_gpu` distinct experts, every expert at least once.
@@ -41,14 +42,14 @@ fn optimize_placement(
         .map(|s| count_arg(s, "seed", 0))
         .transpose()?
         .unwrap_or(0) as u64;
-    let budget = optimize::SearchBudget {
+    let budget = decode::SearchBudget {
         work: work_budget
             .map(|w| count_arg(w, "work_budget", 0))
             .transpose()?,
         seconds: time_budget,
     };
     let table = table.inner.clone();
-    let run = || optimize::optimize_within(&table, num_gpus, slots_per_gpu, method, seed, budget);
+    let run = || decode::optimize_within(&table, num_gpus, slots_per_gpu, method, seed, budget);
     // The baselines take microseconds: a helper thread to watch for Ctrl-C would cost more.
     let placement = if method == "greedy" {
         interruptible(py, run)?
@@ -84,7 +85,7 @@ fn fill_free_slots(
 ) -> PyResult<PyPlacement> {
     let slots_per_gpu = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
     let load = input::reals(expert_load, "expert_load", 1)?.data;
-    let filled = optimize::fill_free_slots(&placement.inner, slots_per_gpu, &load)?;
+    let filled = decode::fill_free_slots(&placement.inner, slots_per_gpu, &load)?;
     Ok(PyPlacement {
         inner: Arc::new(filled),
     })
@@ -94,6 +95,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(optimize_placement, m)?)?;
     m.add_function(wrap_pyfunction!(check_memory, m)?)?;
     m.add_function(wrap_pyfunction!(fill_free_slots, m)?)?;
-    m.add("METHODS", PyTuple::new(m.py(), optimize::METHODS)?)?;
+    m.add("METHODS", PyTuple::new(m.py(), decode::METHODS)?)?;
     Ok(())
 }

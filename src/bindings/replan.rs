@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use pyo3::prelude::*;
 
-use super::count_arg;
+use super::input::count_arg;
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use crate::replan::{self, ReplanLimits};
+use crate::search::replan::{self, ReplanLimits};
 
 fn wrap(p: crate::Placement) -> PyPlacement {
     PyPlacement { inner: Arc::new(p) }

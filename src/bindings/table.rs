@@ -6,10 +6,10 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{count_arg, input, int_arg};
-use crate::cost;
-use crate::placement::Placement;
-use crate::table::SubsetTable;
+use super::input::{self, count_arg, int_arg};
+use crate::cost::decode;
+use crate::model::placement::Placement;
+use crate::model::table::SubsetTable;
 
 /// What `SubsetTable.__reduce__` returns: `_restore` and (rows, weights, num_experts,
 /// original_weight).
@@ -317,7 +317,7 @@ fn subset_costs<'py>(
     table: &PySubsetTable,
     placement: &PyPlacement,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let costs = py.detach(|| cost::subset_costs(&table.inner, &placement.inner))?;
+    let costs = py.detach(|| decode::subset_costs(&table.inner, &placement.inner))?;
     Ok(PyArray1::from_vec(
         py,
         costs.into_iter().map(|c| c as i64).collect(),
@@ -327,14 +327,14 @@ fn subset_costs<'py>(
 /// The weighted mean subset cost (expert rounds per token) of the table under the placement.
 #[pyfunction]
 fn expected_cost(py: Python<'_>, table: &PySubsetTable, placement: &PyPlacement) -> PyResult<f64> {
-    Ok(py.detach(|| cost::expected_cost(&table.inner, &placement.inner))?)
+    Ok(py.detach(|| decode::expected_cost(&table.inner, &placement.inner))?)
 }
 
 /// The cost no placement on `num_gpus` GPUs can beat: weighted mean of ceil(k / G).
 #[pyfunction]
 fn lower_bound(table: &PySubsetTable, num_gpus: &Bound<'_, PyAny>) -> PyResult<f64> {
     let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
-    Ok(cost::lower_bound(&table.inner, num_gpus)?)
+    Ok(decode::lower_bound(&table.inner, num_gpus)?)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -6,13 +6,15 @@ use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::count_arg;
 use super::input;
+use super::input::count_arg;
 use super::interrupt::interruptible;
 use super::table::{PyPlacement, PySubsetTable};
-use crate::batch::CostModel;
-use crate::topology::{Topology, Transfer};
-use crate::{topology_batch, topology_cost, topology_groups, topology_place};
+use crate::cost;
+use crate::cost::batch::CostModel;
+use crate::model::groups::Groups;
+use crate::model::topology::{Topology, Transfer};
+use crate::search::{groups, node};
 
 /// A transfer as Python passes it: (bytes_per_token, 3 latencies us, 3 bandwidths GB/s),
 /// link classes in the order same GPU, NVLink, RDMA.
@@ -81,7 +83,7 @@ fn topology_subset_times<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let t = self::topology(topology);
     let (table, placement) = (table.inner.clone(), placement.inner.clone());
-    let times = py.detach(|| topology_cost::subset_times(&table, &placement, &t, round_us))?;
+    let times = py.detach(|| cost::topology::subset_times(&table, &placement, &t, round_us))?;
     Ok(PyArray1::from_vec(py, times))
 }
 
@@ -106,7 +108,7 @@ fn topology_batch_time(
     }
     let ids = ids.data;
     let placement = placement.inner.clone();
-    Ok(py.detach(|| topology_cost::batch_time_bounds(&ids, k, &placement, model, &t))?)
+    Ok(py.detach(|| cost::topology::batch_time_bounds(&ids, k, &placement, model, &t))?)
 }
 
 /// (copies, expected time in us) after each move of a search.
@@ -137,11 +139,11 @@ fn improve_placement(
 ) -> PyResult<(PyPlacement, usize, WalkPath)> {
     let (in_node, across_nodes) = copy_price.unwrap_or((0.0, 0.0));
     let target = target.map(|t| t.inner.clone());
-    let limits = topology_place::SearchLimits {
+    let limits = node::place::SearchLimits {
         max_moves: max_moves
             .map(|m| count_arg(m, "max_moves", 0))
             .transpose()?,
-        copy_price: topology_place::CopyPrice {
+        copy_price: node::place::CopyPrice {
             in_node,
             across_nodes,
         },
@@ -156,7 +158,7 @@ fn improve_placement(
     let t = self::topology(topology);
     let (table, start) = (table.inner.clone(), start.inner.clone());
     let walk = interruptible(py, || {
-        topology_place::improve_walk(&table, &start, slots, &t, round_us, limits)
+        node::place::improve_walk(&table, &start, slots, &t, round_us, limits)
     })?;
     let inner = Arc::new(walk.placement);
     Ok((PyPlacement { inner }, walk.moved, walk.path))
@@ -169,8 +171,8 @@ fn batch_options(
     seed: &Bound<'_, PyAny>,
     max_evaluations: &Bound<'_, PyAny>,
     num_groups: Option<&Bound<'_, PyAny>>,
-) -> PyResult<topology_batch::BatchOptions> {
-    Ok(topology_batch::BatchOptions {
+) -> PyResult<node::batch::BatchOptions> {
+    Ok(node::batch::BatchOptions {
         batch_size: count_arg(batch_size, "batch_size", 1)?,
         num_batches: count_arg(num_batches, "num_batches", 1)?,
         seed: count_arg(seed, "seed", 0)? as u64,
@@ -214,7 +216,7 @@ fn improve_batch_placement(
             return Err(PyValueError::new_err("score_only takes one placement"));
         };
         let mean = py.detach(|| {
-            topology_batch::sample_mean_time(&table, one, model, &t, options, validation)
+            node::batch::sample_mean_time(&table, one, model, &t, options, validation)
         })?;
         return Ok((
             PyPlacement {
@@ -224,7 +226,7 @@ fn improve_batch_placement(
         ));
     }
     let (p, mean) = interruptible(py, || {
-        topology_batch::improve_batch(&table, &starts, slots, model, &t, options)
+        node::batch::improve_batch(&table, &starts, slots, model, &t, options)
     })?;
     Ok((PyPlacement { inner: Arc::new(p) }, mean))
 }
@@ -264,13 +266,13 @@ fn replan_batch_placement(
     let t = self::topology(topology);
     let (table, current) = (table.inner.clone(), current.inner.clone());
     let target = target.map(|t| t.inner.clone());
-    let limits = topology_batch::MoveLimits {
+    let limits = node::batch::MoveLimits {
         max_moves,
         copy_price,
         target: target.as_deref(),
     };
     let walk = interruptible(py, || {
-        topology_batch::replan_batch(&table, &current, slots, model, &t, options, limits)
+        node::batch::replan_batch(&table, &current, slots, model, &t, options, limits)
     })?;
     let inner = Arc::new(walk.placement);
     Ok((PyPlacement { inner }, walk.mean, walk.moved, walk.path))
@@ -284,7 +286,7 @@ fn topology_group_nodes(
     num_groups: &Bound<'_, PyAny>,
     gpus_per_node: &Bound<'_, PyAny>,
 ) -> PyResult<Vec<usize>> {
-    Ok(topology_batch::group_nodes(
+    Ok(node::batch::group_nodes(
         &placement.inner,
         count_arg(num_groups, "num_groups", 1)?,
         count_arg(gpus_per_node, "gpus_per_node", 1)?,
@@ -306,7 +308,7 @@ fn topology_check(
     t.check(num_gpus)?;
     if let Some(n) = num_groups {
         let n = count_arg(n, "num_groups", 1)?;
-        topology_groups::Groups::new(num_experts, num_gpus, t.gpus_per_node, slots_per_gpu, n)?;
+        Groups::new(num_experts, num_gpus, t.gpus_per_node, slots_per_gpu, n)?;
     }
     Ok(())
 }
@@ -327,7 +329,7 @@ fn topology_regroup(
     let n = count_arg(num_groups, "num_groups", 1)?;
     let t = self::topology(topology);
     let (table, placement) = (table.inner.clone(), placement.inner.clone());
-    let p = py.detach(|| topology_groups::regroup(&table, &placement, slots, &t, round_us, n))?;
+    let p = py.detach(|| groups::regroup(&table, &placement, slots, &t, round_us, n))?;
     Ok(PyPlacement { inner: Arc::new(p) })
 }
 
@@ -347,7 +349,7 @@ fn topology_spread_groups(
     let n = count_arg(num_groups, "num_groups", 1)?;
     let t = self::topology(topology);
     let table = table.inner.clone();
-    let p = py.detach(|| topology_groups::spread_groups(&table, g, slots, &t, round_us, n))?;
+    let p = py.detach(|| groups::spread_groups(&table, g, slots, &t, round_us, n))?;
     Ok(PyPlacement { inner: Arc::new(p) })
 }
 
@@ -367,7 +369,7 @@ fn topology_eplb_hierarchical(
     let gpn = count_arg(gpus_per_node, "gpus_per_node", 1)?;
     let n = count_arg(num_groups, "num_groups", 1)?;
     let table = table.inner.clone();
-    let p = py.detach(|| topology_groups::eplb_hierarchical(&table, g, slots, gpn, n))?;
+    let p = py.detach(|| groups::eplb_hierarchical(&table, g, slots, gpn, n))?;
     Ok(p.map(|p| PyPlacement { inner: Arc::new(p) }))
 }
 

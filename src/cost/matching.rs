@@ -1,0 +1,678 @@
+//! The one owner of the semi-matching (docs/algorithms.md, "Semi-matching"): each expert of a set goes to one GPU
+//! holding a replica of it, minimizing the most experts on one GPU. That makespan is the
+//! decode cost of a subset (docs/cost-model.md, "One token") and the rounds of a batch's union of experts.
+//!
+//! Experts are added one at a time while a matching of makespan t is kept; a new expert
+//! either reaches a GPU below t by an alternating path or, when none exists, the optimum
+//! of the experts so far is exactly t + 1 (it grows by at most one; Berge's theorem for
+//! b-matchings). Two versions of that one algorithm:
+//! - `cost_from_masks`: at most 16 experts whose GPUs are bits of 64-bit masks (GPU ids
+//!   when G <= 64, else local ids from `LocalGpus`): the hot path of every subset cost;
+//! - `SemiMatching`: any number of experts and GPUs (a batch's union of experts, or a
+//!   row whose GPUs do not fit 64 local ids).
+
+use crate::util::limits::MAX_K;
+
+const NONE: u8 = u8::MAX;
+
+/// Incremental semi-matching over at most 16 experts and 64 GPUs.
+struct MaskMatching<'a> {
+    masks: &'a [u64],
+    assign: [u8; MAX_K],
+    load: [u8; 64],
+    /// Experts placed on each GPU, as bit masks over the subset's positions.
+    on_gpu: [u16; 64],
+    /// GPUs whose load equals `t`.
+    full: u64,
+    /// GPUs that serve anything (new experts prefer the others).
+    used: u64,
+    t: u8,
+}
+
+impl<'a> MaskMatching<'a> {
+    fn new(masks: &'a [u64]) -> Self {
+        MaskMatching {
+            masks,
+            assign: [NONE; MAX_K],
+            load: [0; 64],
+            on_gpu: [0; 64],
+            full: 0,
+            used: 0,
+            t: 1,
+        }
+    }
+
+    #[inline]
+    fn place(&mut self, i: usize, g: u32) {
+        self.assign[i] = g as u8;
+        self.on_gpu[g as usize] |= 1 << i;
+        self.load[g as usize] += 1;
+        self.used |= 1 << g;
+        if self.load[g as usize] == self.t {
+            self.full |= 1 << g;
+        }
+    }
+
+    /// Moves expert `j` from its GPU to `g` (which is below `t`).
+    #[inline]
+    fn shift(&mut self, j: usize, g: u32) {
+        let from = self.assign[j] as usize;
+        self.on_gpu[from] &= !(1u16 << j);
+        self.load[from] -= 1;
+        self.full &= !(1u64 << from);
+        self.place(j, g);
+    }
+
+    /// Places expert `i` on a non-full GPU, moving others along an alternating path.
+    /// A breadth-first search over GPU masks: GPU g is reached through expert via[g],
+    /// which may move there; the experts on a reached GPU may move on.
+    fn augment(&mut self, i: usize) -> bool {
+        let mut via = [NONE; 64];
+        let mut reached = 0u64;
+        let mut frontier = self.masks[i];
+        let mut seen_experts: u16 = 1 << i;
+        // The GPUs first reached from expert i.
+        let mut from_i = frontier;
+        while from_i != 0 {
+            via[from_i.trailing_zeros() as usize] = i as u8;
+            from_i &= from_i - 1;
+        }
+        loop {
+            let free = frontier & !self.full;
+            if free != 0 {
+                // Walk back: each expert moves to the GPU it reached, freeing its own.
+                let mut g = free.trailing_zeros();
+                loop {
+                    let j = via[g as usize] as usize;
+                    if j == i {
+                        self.place(i, g);
+                        return true;
+                    }
+                    let from = self.assign[j] as u32;
+                    self.shift(j, g);
+                    g = from;
+                }
+            }
+            reached |= frontier;
+            let mut experts: u16 = 0;
+            let mut f = frontier;
+            while f != 0 {
+                experts |= self.on_gpu[f.trailing_zeros() as usize];
+                f &= f - 1;
+            }
+            experts &= !seen_experts;
+            if experts == 0 {
+                return false;
+            }
+            seen_experts |= experts;
+            let mut next = 0u64;
+            while experts != 0 {
+                let j = experts.trailing_zeros() as usize;
+                experts &= experts - 1;
+                let mut new = self.masks[j] & !reached & !next;
+                next |= new;
+                while new != 0 {
+                    via[new.trailing_zeros() as usize] = j as u8;
+                    new &= new - 1;
+                }
+            }
+            if next == 0 {
+                return false;
+            }
+            frontier = next;
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, i: usize) {
+        // Most experts find a free GPU at once: skip the path search for them.
+        let free = self.masks[i] & !self.full;
+        if free != 0 {
+            let empty = free & !self.used;
+            self.place(i, if empty != 0 { empty } else { free }.trailing_zeros());
+            return;
+        }
+        if !self.augment(i) {
+            // No matching of makespan t covers the experts so far: t + 1 does, and then
+            // every GPU of expert i is below the new t.
+            self.t += 1;
+            self.full = 0;
+            self.place(i, self.masks[i].trailing_zeros());
+        }
+    }
+}
+
+/// Cost of a subset given the GPU mask of each of its experts (at most 16 experts).
+pub fn cost_from_masks(masks: &[u64]) -> u32 {
+    debug_assert!(masks.len() <= MAX_K && masks.iter().all(|&m| m != 0));
+    // Most rows of a good placement cost one round: experts that each find an unused GPU
+    // in turn prove it without the matching's buffers (a failure proves nothing).
+    let mut used = 0u64;
+    let one_round = masks.iter().all(|&mask| {
+        let free = mask & !used;
+        used |= free & free.wrapping_neg();
+        free != 0
+    });
+    if one_round {
+        return u32::from(!masks.is_empty());
+    }
+    // Over GPU ids below 6 (placements on few GPUs, where rows are deep) Hall's formula
+    // over GPU sets is cheaper than the matching's paths.
+    if used < 1 << FEW_GPUS && masks.iter().all(|&m| m < 1 << FEW_GPUS) {
+        return few_gpus_cost(masks);
+    }
+    let mut m = MaskMatching::new(masks);
+    for i in 0..masks.len() {
+        m.add(i);
+    }
+    if masks.is_empty() {
+        0
+    } else {
+        m.t as u32
+    }
+}
+
+/// GPU ids below this take `few_gpus_cost`.
+const FEW_GPUS: u32 = 6;
+
+/// Hall's formula over GPU sets: the cost is the largest ceil(|X(Y)| / |Y|) over sets Y
+/// of GPUs, X(Y) the experts all of whose replicas are in Y (for any expert set X,
+/// Y = N(X) has X in X(Y); and X(Y) needs at least that many rounds on Y). |X(Y)| for
+/// every Y is a sum over subsets (zeta transform) of the count of each mask: 2^6 * 6
+/// additions at most, whatever the number of experts. Masks must be below 2^FEW_GPUS.
+fn few_gpus_cost(masks: &[u64]) -> u32 {
+    let union = masks.iter().fold(0u64, |a, &m| a | m);
+    let bits = 64 - union.leading_zeros();
+    let size = 1usize << bits;
+    let mut inside = [0u8; 1 << FEW_GPUS];
+    for &m in masks {
+        inside[m as usize] += 1;
+    }
+    for b in 0..bits {
+        for y in 0..size {
+            if y >> b & 1 == 1 {
+                inside[y] += inside[y ^ (1 << b)];
+            }
+        }
+    }
+    let mut t = 0u32;
+    for (y, &n) in inside[..size].iter().enumerate().skip(1) {
+        let gpus = (y as u32).count_ones();
+        while n as u32 > t * gpus {
+            t += 1;
+        }
+    }
+    t
+}
+
+/// Which single new replica lowers the cost `t` of a subset by one (docs/algorithms.md, "Semi-matching"), found by
+/// alternating paths instead of the 2^k loop over violating sets: a matching with each GPU
+/// capped at t - 1 rounds leaves one expert u unserved (else no replica helps); a new
+/// replica (i, g) completes it iff i is reachable from u by an alternating path (the
+/// experts of every violating set) and g reaches spare capacity by one (g "absorbs").
+/// Returns (the reachable experts as bits over the subset, the GPUs that do not absorb
+/// as bits of the masks' space), i.e. the replica (i, g) helps iff i is in the first
+/// and g outside the second; None if no replica helps. A few hundred nanoseconds at
+/// k = 16, where the 2^k loop reads 65,536 sets.
+pub fn single_replica_gain(masks: &[u64], t: u32) -> Option<(u16, u64)> {
+    if t < 2 || masks.is_empty() {
+        return None;
+    }
+    let mut m = MaskMatching::new(masks);
+    m.t = (t - 1) as u8;
+    let mut unserved = None;
+    for (i, &mask) in masks.iter().enumerate() {
+        let free = mask & !m.full;
+        if free != 0 {
+            m.place(i, free.trailing_zeros());
+        } else if !m.augment(i) {
+            if unserved.is_some() {
+                return None;
+            }
+            unserved = Some(i);
+        }
+    }
+    // A cost of t means no t - 1 matching serves everyone.
+    let u = unserved?;
+    // Experts reachable from u: every GPU they reach is full (no augmenting path).
+    let mut experts: u16 = 1 << u;
+    let mut reached = masks[u];
+    loop {
+        let mut more = experts;
+        let mut f = reached;
+        while f != 0 {
+            more |= m.on_gpu[f.trailing_zeros() as usize];
+            f &= f - 1;
+        }
+        if more == experts {
+            break;
+        }
+        experts = more;
+        let mut e = experts;
+        while e != 0 {
+            reached |= masks[e.trailing_zeros() as usize];
+            e &= e - 1;
+        }
+    }
+    // GPUs that absorb: below t - 1, or holding an expert that can move to one that absorbs.
+    let union = masks.iter().fold(0u64, |a, &b| a | b);
+    let mut absorb = union & !m.full;
+    loop {
+        let mut grown = absorb;
+        let mut f = union & !absorb;
+        while f != 0 {
+            let g = f.trailing_zeros() as usize;
+            f &= f - 1;
+            let mut on = m.on_gpu[g];
+            while on != 0 {
+                let j = on.trailing_zeros() as usize;
+                on &= on - 1;
+                if masks[j] & absorb & !(1u64 << g) != 0 {
+                    grown |= 1 << g;
+                    break;
+                }
+            }
+        }
+        if grown == absorb {
+            break;
+        }
+        absorb = grown;
+    }
+    Some((experts, union & !absorb))
+}
+
+/// With one replica per expert the cost is the largest number of experts on one GPU:
+/// counting is several times faster than the matching (the swaps of the start read
+/// millions of such rows).
+pub fn single_replica_cost(masks: &[u64]) -> Option<u32> {
+    // Experts on distinct GPUs (the common case) need no counting.
+    let union = masks.iter().fold(0u64, |a, &m| a | m);
+    if union.count_ones() as usize == masks.len() && masks.iter().all(|m| m.is_power_of_two()) {
+        return Some(u32::from(!masks.is_empty()));
+    }
+    let mut count = [0u8; 64];
+    let mut most = 0u8;
+    for &m in masks {
+        if !m.is_power_of_two() {
+            return None;
+        }
+        let c = &mut count[m.trailing_zeros() as usize];
+        *c += 1;
+        most = most.max(*c);
+    }
+    Some(most as u32)
+}
+
+/// Hall's formula (docs/algorithms.md, "Semi-matching"): max over nonempty X of ceil(|X| / |N(X)|), by a 2^k loop.
+/// Slower than the matching: the tests' independent check.
+#[cfg(test)]
+pub(crate) fn hall_cost(masks: &[u64]) -> u32 {
+    let k = masks.len();
+    let mut union = vec![0u64; 1 << k];
+    let mut best = 0;
+    for x in 1usize..1 << k {
+        let low = x.trailing_zeros() as usize;
+        union[x] = union[x & (x - 1)] | masks[low];
+        let need = (x.count_ones()).div_ceil(union[x].count_ones());
+        best = best.max(need);
+    }
+    best
+}
+
+/// Numbers the GPUs of one row (or batch) locally, in order of first appearance, so that
+/// a row over more than 64 GPUs in all still fits 64-bit masks when it touches at most
+/// 64 of them. Sized for placements over more than 64 GPUs; unused below.
+pub struct LocalGpus {
+    local: Vec<u16>,
+    /// The GPU each local bit stands for.
+    pub gpus: Vec<u16>,
+}
+
+impl LocalGpus {
+    pub fn new(num_gpus: usize) -> Self {
+        LocalGpus {
+            local: if num_gpus > 64 {
+                vec![u16::MAX; num_gpus]
+            } else {
+                Vec::new()
+            },
+            gpus: Vec::new(),
+        }
+    }
+
+    /// Forgets the numbering, for the next row.
+    pub fn clear(&mut self) {
+        for &g in &self.gpus {
+            self.local[g as usize] = u16::MAX;
+        }
+        self.gpus.clear();
+    }
+
+    /// The local bit of GPU `g`, numbering it if new; None once 64 GPUs are numbered.
+    pub fn bit(&mut self, g: u16) -> Option<u32> {
+        let id = self.local[g as usize];
+        if id != u16::MAX {
+            return Some(id as u32);
+        }
+        if self.gpus.len() == 64 {
+            return None;
+        }
+        self.local[g as usize] = self.gpus.len() as u16;
+        self.gpus.push(g);
+        Some(self.gpus.len() as u32 - 1)
+    }
+}
+
+/// Per-thread buffers for the cost of rows over any number of GPUs: local numbering for
+/// the mask path, and the general matching (made on first use) for rows that do not fit.
+pub struct RowScratch {
+    pub local: LocalGpus,
+    num_gpus: usize,
+    general: Option<SemiMatching>,
+}
+
+impl RowScratch {
+    pub fn new(num_gpus: usize) -> Self {
+        RowScratch {
+            local: LocalGpus::new(num_gpus),
+            num_gpus,
+            general: None,
+        }
+    }
+
+    /// The makespan of `n` experts held by `gpus_of(i)`, by the general matching.
+    pub fn general_cost<'a>(&mut self, n: usize, gpus_of: impl Fn(usize) -> &'a [u16]) -> u32 {
+        let num_gpus = self.num_gpus;
+        self.general
+            .get_or_insert_with(|| SemiMatching::new(num_gpus))
+            .solve(n, gpus_of)
+    }
+}
+
+const ROOT: u32 = u32::MAX;
+
+/// Optimal semi-matching for any number of experts and GPUs: per-GPU lists and
+/// breadth-first alternating paths, with reusable buffers over `num_gpus` GPUs.
+pub struct SemiMatching {
+    load: Vec<u32>,
+    on_gpu: Vec<Vec<u32>>,
+    /// GPU of each (local) expert after `solve`.
+    pub assign: Vec<u16>,
+    parent: Vec<(u32, u32)>,
+    seen: Vec<u32>,
+    stamp: u32,
+    queue: Vec<u16>,
+    touched: Vec<u16>,
+    order: Vec<u32>,
+}
+
+impl SemiMatching {
+    pub fn new(num_gpus: usize) -> Self {
+        SemiMatching {
+            load: vec![0; num_gpus],
+            on_gpu: vec![Vec::new(); num_gpus],
+            assign: Vec::new(),
+            parent: vec![(ROOT, 0); num_gpus],
+            seen: vec![0; num_gpus],
+            stamp: 0,
+            queue: Vec::new(),
+            touched: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+
+    fn next_stamp(&mut self) -> u32 {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.seen.iter_mut().for_each(|s| *s = 0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+
+    /// Makespan (experts on the busiest GPU) of an optimal semi-matching of `n` experts,
+    /// expert i held by the GPUs `gpus_of(i)` (at least one); `assign[i]` is then the GPU
+    /// of expert i.
+    pub fn solve<'a>(&mut self, n: usize, gpus_of: impl Fn(usize) -> &'a [u16]) -> u32 {
+        for &g in &self.touched {
+            self.load[g as usize] = 0;
+            self.on_gpu[g as usize].clear();
+        }
+        self.touched.clear();
+        self.assign.clear();
+        self.assign.resize(n, u16::MAX);
+        if n == 0 {
+            return 0;
+        }
+        // |N(U)| gives the Hall bound ceil(|U| / |N(U)|) to start from: fewer failed searches.
+        let stamp = self.next_stamp();
+        for i in 0..n {
+            for &g in gpus_of(i) {
+                if self.seen[g as usize] != stamp {
+                    self.seen[g as usize] = stamp;
+                    self.touched.push(g);
+                }
+            }
+        }
+        let mut t = (n as u32).div_ceil(self.touched.len() as u32).max(1);
+        // Experts with fewer replicas first: they have the fewest choices.
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(0..n as u32);
+        order.sort_by_key(|&i| gpus_of(i as usize).len());
+        for &i in &order {
+            if !self.augment(i, &gpus_of, t) {
+                t += 1;
+                let gpus = gpus_of(i as usize);
+                let g = *gpus.iter().min_by_key(|&&g| self.load[g as usize]).unwrap();
+                self.put(i, g);
+            }
+        }
+        self.order = order;
+        t
+    }
+
+    fn put(&mut self, i: u32, g: u16) {
+        self.assign[i as usize] = g;
+        self.load[g as usize] += 1;
+        self.on_gpu[g as usize].push(i);
+    }
+
+    fn augment<'a>(&mut self, i: u32, gpus_of: &impl Fn(usize) -> &'a [u16], t: u32) -> bool {
+        let stamp = self.next_stamp();
+        self.queue.clear();
+        for &g in gpus_of(i as usize) {
+            if self.seen[g as usize] == stamp {
+                continue;
+            }
+            self.seen[g as usize] = stamp;
+            self.parent[g as usize] = (ROOT, i);
+            if self.load[g as usize] < t {
+                self.apply(g);
+                return true;
+            }
+            self.queue.push(g);
+        }
+        let mut head = 0;
+        while head < self.queue.len() {
+            let g = self.queue[head];
+            head += 1;
+            for idx in 0..self.on_gpu[g as usize].len() {
+                let j = self.on_gpu[g as usize][idx];
+                for &h in gpus_of(j as usize) {
+                    if self.seen[h as usize] == stamp {
+                        continue;
+                    }
+                    self.seen[h as usize] = stamp;
+                    self.parent[h as usize] = (g as u32, j);
+                    if self.load[h as usize] < t {
+                        self.apply(h);
+                        return true;
+                    }
+                    self.queue.push(h);
+                }
+            }
+        }
+        false
+    }
+
+    /// Shifts every expert along the path that ends at `end` (a GPU below t).
+    fn apply(&mut self, end: u16) {
+        self.load[end as usize] += 1;
+        let mut cur = end;
+        loop {
+            let (prev, j) = self.parent[cur as usize];
+            if prev == ROOT {
+                self.assign[j as usize] = cur;
+                self.on_gpu[cur as usize].push(j);
+                return;
+            }
+            let list = &mut self.on_gpu[prev as usize];
+            let pos = list
+                .iter()
+                .position(|&x| x == j)
+                .expect("expert on its GPU");
+            list.swap_remove(pos);
+            self.on_gpu[cur as usize].push(j);
+            self.assign[j as usize] = cur;
+            cur = prev as u16;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    fn random_masks(rng: &mut SmallRng, k: usize, g: usize, max_reps: usize) -> Vec<u64> {
+        (0..k)
+            .map(|_| {
+                let reps = rng.random_range(1..=max_reps.min(g));
+                let mut m = 0u64;
+                while (m.count_ones() as usize) < reps {
+                    m |= 1 << rng.random_range(0..g);
+                }
+                m
+            })
+            .collect()
+    }
+
+    fn lists_of(masks: &[u64]) -> Vec<Vec<u16>> {
+        masks
+            .iter()
+            .map(|&m| (0..64).filter(|g| m >> g & 1 == 1).collect())
+            .collect()
+    }
+
+    #[test]
+    fn mask_matching_equals_hall_formula() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let k = rng.random_range(1..=10);
+            let g = rng.random_range(1..=12);
+            let masks = random_masks(&mut rng, k, g, 3);
+            assert_eq!(cost_from_masks(&masks), hall_cost(&masks), "{masks:?}");
+        }
+    }
+
+    /// Rows on GPU ids below 6 take Hall's formula over GPU sets; deep rows (k up to 16
+    /// on few GPUs, replicas) equal the formula over expert sets.
+    #[test]
+    fn few_gpus_cost_equals_hall_formula() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut deep = 0;
+        for _ in 0..4000 {
+            let k = rng.random_range(1..=16);
+            let g = rng.random_range(1..=7);
+            let masks = random_masks(&mut rng, k, g, 3);
+            let t = hall_cost(&masks);
+            assert_eq!(cost_from_masks(&masks), t, "{masks:?}");
+            if masks.iter().all(|&m| m < 1 << FEW_GPUS) {
+                assert_eq!(few_gpus_cost(&masks), t, "{masks:?}");
+                deep += usize::from(t >= 3);
+            }
+        }
+        assert!(deep > 200, "{deep} rows of 3 rounds or more");
+    }
+
+    #[test]
+    fn known_costs() {
+        // Three experts on one GPU run in three rounds.
+        assert_eq!(cost_from_masks(&[1, 1, 1]), 3);
+        // Two on GPU 0, one replicated: the replica takes the load.
+        assert_eq!(cost_from_masks(&[0b01, 0b01, 0b11]), 2);
+        assert_eq!(cost_from_masks(&[0b01, 0b11]), 1);
+        // An alternating path is needed: 0 takes GPU 0 first, 1 can only use GPU 0.
+        assert_eq!(cost_from_masks(&[0b11, 0b01]), 1);
+        assert_eq!(cost_from_masks(&[]), 0);
+    }
+
+    #[test]
+    fn single_replica_cost_is_the_matching_cost() {
+        for masks in [
+            &[1u64, 1, 2][..],
+            &[4, 8, 4, 4],
+            &[1, 3],
+            &[1 << 63, 1 << 63],
+        ] {
+            let fast = single_replica_cost(masks);
+            if masks.iter().all(|m| m.is_power_of_two()) {
+                assert_eq!(fast, Some(cost_from_masks(masks)));
+            } else {
+                assert_eq!(fast, None);
+            }
+        }
+    }
+
+    #[test]
+    fn general_matching_equals_mask_matching_and_hall() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut sm = SemiMatching::new(64);
+        for _ in 0..5000 {
+            let k = rng.random_range(0..=14);
+            let g = rng.random_range(1..=12);
+            let masks = random_masks(&mut rng, k, g, 4);
+            let lists = lists_of(&masks);
+            let t = sm.solve(lists.len(), |i| &lists[i]);
+            assert_eq!(t, cost_from_masks(&masks));
+            assert_eq!(t, hall_cost(&masks));
+            // The reported assignment is a matching of that makespan.
+            let mut load = vec![0u32; g];
+            for (i, l) in lists.iter().enumerate() {
+                assert!(l.contains(&sm.assign[i]));
+                load[sm.assign[i] as usize] += 1;
+            }
+            assert_eq!(load.iter().copied().max().unwrap_or(0), t);
+        }
+    }
+
+    #[test]
+    fn general_matching_handles_many_experts() {
+        // 256 experts on 32 GPUs, two replicas each: the union of a large batch.
+        let lists: Vec<Vec<u16>> = (0..256u16)
+            .map(|e| vec![e % 32, (e * 7 + 3) % 32])
+            .collect();
+        let mut sm = SemiMatching::new(32);
+        assert_eq!(sm.solve(256, |i| &lists[i]), 8);
+        // Experts 0, 32, ..., 224 all live on GPUs 0 and 3.
+        let some: Vec<&[u16]> = (0..8).map(|i| &lists[i * 32][..]).collect();
+        assert_eq!(sm.solve(8, |i| some[i]), 4);
+    }
+
+    #[test]
+    fn local_numbering_fits_wide_rows_in_masks() {
+        let mut local = LocalGpus::new(200);
+        assert_eq!(local.bit(150), Some(0));
+        assert_eq!(local.bit(3), Some(1));
+        assert_eq!(local.bit(150), Some(0));
+        assert_eq!(local.gpus, vec![150, 3]);
+        local.clear();
+        assert_eq!(local.bit(3), Some(0));
+        for g in 100..163 {
+            assert!(local.bit(g).is_some());
+        }
+        assert_eq!(local.bit(199), None);
+    }
+}

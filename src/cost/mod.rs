@@ -1,0 +1,8 @@
+//! What a placement costs: the semi-matching of one token's experts to GPUs (`matching`),
+//! decode costs of a table (`decode`), step times of batches (`batch`) and layer times with
+//! communication (`topology`).
+
+pub mod batch;
+pub mod decode;
+pub mod matching;
+pub mod topology;
