@@ -159,7 +159,8 @@ def test_command_lines(path: Path, tmp_path: Path) -> None:
             )
             output = done.stdout + done.stderr
             if done.returncode != 0:
-                pytest.fail(f"{where}: `moefast {shlex.join(args)}` exited {done.returncode}:\n{output}")
+                command = f"moefast {shlex.join(args)}"
+                pytest.fail(f"{where}: `{command}` exited {done.returncode}:\n{output}")
             check_lines(shown, output, where)
 
 
