@@ -1,4 +1,4 @@
-//! The exact decode cost of a subset table under a placement (docs/cost-model.md, "One token"): per row, the
+//! The exact decode cost of a subset table under a placement (docs/cost-model.md#one-token): per row, the
 //! fewest expert rounds the busiest GPU runs when each expert of the subset is served by
 //! one of its replicas (the makespan of an optimal semi-matching, `crate::cost::matching`),
 //! their weighted mean, and the bound every placement meets.

@@ -1,6 +1,6 @@
-//! The one owner of the semi-matching (docs/algorithms.md, "Semi-matching"): each expert of a set goes to one GPU
+//! The one owner of the semi-matching (docs/algorithms.md#semi-matching): each expert of a set goes to one GPU
 //! holding a replica of it, minimizing the most experts on one GPU. That makespan is the
-//! decode cost of a subset (docs/cost-model.md, "One token") and the rounds of a batch's union of experts.
+//! decode cost of a subset (docs/cost-model.md#one-token) and the rounds of a batch's union of experts.
 //!
 //! Experts are added one at a time while a matching of makespan t is kept; a new expert
 //! either reaches a GPU below t by an alternating path or, when none exists, the optimum
@@ -205,7 +205,7 @@ fn few_gpus_cost(masks: &[u64]) -> u32 {
     t
 }
 
-/// Which single new replica lowers the cost `t` of a subset by one (docs/algorithms.md, "Semi-matching"), found by
+/// Which single new replica lowers the cost `t` of a subset by one (docs/algorithms.md#semi-matching), found by
 /// alternating paths instead of the 2^k loop over violating sets: a matching with each GPU
 /// capped at t - 1 rounds leaves one expert u unserved (else no replica helps); a new
 /// replica (i, g) completes it iff i is reachable from u by an alternating path (the
@@ -303,7 +303,7 @@ pub fn single_replica_cost(masks: &[u64]) -> Option<u32> {
     Some(most as u32)
 }
 
-/// Hall's formula (docs/algorithms.md, "Semi-matching"): max over nonempty X of ceil(|X| / |N(X)|), by a 2^k loop.
+/// Hall's formula (docs/algorithms.md#semi-matching): max over nonempty X of ceil(|X| / |N(X)|), by a 2^k loop.
 /// Slower than the matching: the tests' independent check.
 #[cfg(test)]
 pub(crate) fn hall_cost(masks: &[u64]) -> u32 {

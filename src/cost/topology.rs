@@ -1,4 +1,4 @@
-//! Layer times with communication (docs/cost-model.md, "Dispatch"): the compute of the busiest GPU plus the
+//! Layer times with communication (docs/cost-model.md#dispatch): the compute of the busiest GPU plus the
 //! dispatch and combine implied by the nodes that serve each token's experts
 //! (`crate::model::topology`).
 //!
@@ -11,7 +11,7 @@
 //! and it is solved exactly: the communication depends only on the number of nodes used
 //! and grows with it, so the optimum is the minimum, over every set U of the nodes the
 //! subset's replicas touch, of the fewest rounds with every expert served inside U (the
-//! semi-matching (docs/algorithms.md, "Semi-matching") restricted to U) plus comm(|U|). A set U larger than the nodes
+//! semi-matching (docs/algorithms.md#semi-matching) restricted to U) plus comm(|U|). A set U larger than the nodes
 //! the best choice inside it really uses is never better than that smaller set, which is
 //! enumerated too.
 //!

@@ -1,5 +1,5 @@
 //! GPUs grouped in nodes and the time of the dispatch and combine transfers of an
-//! expert-parallel layer (docs/cost-model.md, "Dispatch"): a token's hidden state goes from the GPU that holds it
+//! expert-parallel layer (docs/cost-model.md#dispatch): a token's hidden state goes from the GPU that holds it
 //! to the GPUs that serve its experts (dispatch) and their outputs come back (combine),
 //! over three link classes: the same GPU (free), NVLink inside a node, RDMA between nodes.
 //!

@@ -1,4 +1,4 @@
-//! Expert groups on nodes (docs/algorithms.md, "Topology"): DeepSeek-V3's group-limited routing sends a token to
+//! Expert groups on nodes (docs/algorithms.md#topology): DeepSeek-V3's group-limited routing sends a token to
 //! the experts of its top few groups of consecutive expert ids (8 groups of 32), assuming
 //! each group lives on one node, so that a token reaches at most that many nodes.
 //!

@@ -87,6 +87,7 @@ def test_fit_rejects_bad_points():
         mf.CostModel.fit([1, 2], [1.0, -1.0])
 
 
+@pytest.mark.slow
 def test_calibration_fit_beats_additive_model():
     fits = fit_calibration()
     assert set(fits) >= {"mixtral-8x7b", "deepseek-v3"}

@@ -120,6 +120,7 @@ def test_bad_trace_is_reported_not_raised(tmp_path, capsys):
 PLAN_GPTOSS = ["plan", str(GPTOSS20B_DECODE), "--gpus", "4", "--slots", "10"]
 
 
+@pytest.mark.slow
 def test_plan_end_to_end(tmp_path, capsys):
     out = tmp_path / "placement.json"
     report_dir = tmp_path / "report"
@@ -201,6 +202,7 @@ def test_plan_work_budget_is_deterministic(tmp_path):
     assert json.loads(run("c.json", "--time-budget", "0"))["physical_to_logical_map"]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
@@ -275,6 +277,7 @@ def test_simulate_refuses_infeasible_memory(capsys):
     assert "cannot hold 32 experts" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plan_for_batches_writes_a_batch_aware_placement(tmp_path, capsys):
     small = tmp_path / "small.npz"
     trace = load_trace(GPTOSS20B_DECODE)

@@ -17,7 +17,7 @@ import pytest
 from moefast.search.batch import optimize_batch
 from support.fuzz import COUNTS, SEED, THREAD_ROUNDS
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 BAD_VALUES = [3_567_587_328, -1, 2**40, 64, 65_535]
 

@@ -28,7 +28,7 @@ from moefast.io.engines import load_placement
 from moefast.placement import ModelPlacement
 from support.fuzz import COUNTS, MUTATIONS, SEED
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 NUMBERS = re.compile(rb"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 TOKENS = [

@@ -24,7 +24,7 @@ from support.reference import (
 )
 from support.strategies import random_replicas, tiny_batches, topk_arrays
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 
 @st.composite

@@ -75,6 +75,7 @@ MEMORY_CAPPED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS")
 @pytest.mark.parametrize("fmt", ["sglang", "eplb", "trtllm", "vllm-ascend"])
 def test_a_huge_expert_id_is_refused_before_anything_is_allocated(tmp_path, fmt):
@@ -395,6 +396,7 @@ FULL_DISK = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE")
 @pytest.mark.parametrize("kind", ["trace", "json", "sglang", "trtllm"])
 def test_a_save_that_fails_midway_leaves_the_old_file(tmp_path, kind):

@@ -70,6 +70,7 @@ def test_one_dimensional_load_applies_to_every_layer():
         pytest.param(DEEPSEEK, 256, [0, 20, 57], id="deepseek-v3", marks=needs_deepseek_statistics),
     ],
 )
+@pytest.mark.slow
 def test_matches_real_loads_within_one_percent(source, experts, layers):
     target = load_expert_load(source)[layers]
     trace = synthetic_trace(20000, experts, 8, 3, seed=0, expert_load=target)

@@ -61,6 +61,7 @@ def test_streamed_tables_and_plan_equal_the_in_memory_ones(shards):
     assert_same_model(got, in_memory(trace, seed=5))
 
 
+@pytest.mark.slow
 def test_a_process_pool_plans_exactly_like_one_process(shards, tmp_path):
     pytest.importorskip("pyarrow")
     trace, paths = shards
@@ -175,6 +176,7 @@ class KillingExecutor(Executor):
         return self.inner.submit(die)
 
 
+@pytest.mark.slow
 def test_a_killed_pool_worker_names_its_file_and_the_cli_writes_nothing(
     shards, tmp_path, monkeypatch, capsys
 ):
@@ -194,6 +196,7 @@ def test_a_killed_pool_worker_names_its_file_and_the_cli_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_ray_path_equals_the_local_plan(shards):
     require_ray()
     trace, paths = shards
@@ -260,6 +263,7 @@ def test_few_streamed_tokens_are_scored_in_sample(tmp_path):
     assert_same_model(got, in_memory(trace))
 
 
+@pytest.mark.slow
 def test_a_process_pool_holds_out_like_one_process(shards, tmp_path):
     pytest.importorskip("pyarrow")
     _, paths = shards

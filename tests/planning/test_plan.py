@@ -79,6 +79,7 @@ def test_plan_checks_coverage_memory_and_layers(trace):
         mf.plan(trace, GPUS, SLOTS, "eplb")  # type: ignore[misc]  # the check under test
 
 
+@pytest.mark.slow
 def test_batch_objective_is_recorded(trace):
     cm = mf.CostModel(130.0, 0.5)
     small = trace.select_layers([0])

@@ -144,6 +144,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_result_does_not_depend_on_thread_count():
     script = _THREADS_SCRIPT.format(tests=os.path.dirname(os.path.dirname(__file__)))
     results = []
@@ -281,6 +282,7 @@ def test_objective_and_batch_options_are_checked():
         mf.optimize(table, 2, 4, objective="batch", batch_size=0, cost_model=cm)
 
 
+@pytest.mark.slow
 def test_batch_objective_starts_from_the_faster_of_greedy_and_eplb():
     from moefast.search.batch import fastest_placement, optimize_batch
 

@@ -167,6 +167,7 @@ def test_bad_input_is_refused(shift):
         walk(after, served.replicas)
 
 
+@pytest.mark.slow
 def test_plan_and_the_cli_re_plan_batches_with_a_topology(tmp_path, capsys):
     # Small: 16 experts on 2 nodes of 2 GPUs (plan runs the full searches).
     before = mf.synthetic_trace(500, 16, 4, 1, seed=1, layer_ids=[3])

@@ -301,6 +301,7 @@ def test_plan_re_plans_every_layer_from_the_current_placements():
         mf.plan(after, 4, 5, holdout=0, max_moves=2)
 
 
+@pytest.mark.slow
 def test_plan_re_plans_batches_with_the_batch_walk_as_optimize_does():
     """`plan(objective="batch", current=)` re-plans each layer for step time (the batch
     walk, the relabelled batch plan or the served placement, by simulated step time), as

@@ -1,4 +1,4 @@
-//! The batch cost model (docs/cost-model.md, "A batch"): one expert serving n tokens on one GPU takes
+//! The batch cost model (docs/cost-model.md#a-batch): one expert serving n tokens on one GPU takes
 //! f(n) = (alpha^p + (beta*n)^p)^(1/p) (0 when n = 0), and a GPU's time in a layer is
 //! the sum of f over the experts it runs. p = 1 is the additive model alpha + beta*n,
 //! p = infinity the hard maximum; measured H100 expert FFNs sit at p ~ 1.5-2.

@@ -1,4 +1,4 @@
-//! Token-load balancing by max-flow (docs/algorithms.md, "Semi-matching"): source -> expert (its tokens) ->
+//! Token-load balancing by max-flow (docs/algorithms.md#semi-matching): source -> expert (its tokens) ->
 //! each GPU holding it -> sink (capacity T). The smallest feasible T is
 //! max over expert sets A of L(A) / |N(A)|; it is found by raising T to the density of
 //! the violated set that each min cut exposes (Dinkelbach), keeping the flow between

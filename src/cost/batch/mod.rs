@@ -1,4 +1,4 @@
-//! Batches (docs/cost-model.md, "A batch"): the cost model of one expert serving n tokens, the time of a
+//! Batches (docs/cost-model.md#a-batch): the cost model of one expert serving n tokens, the time of a
 //! layer for a batch of tokens, step-time simulation over traces, and placement search
 //! against sampled batches. No Python here.
 //!

@@ -2,7 +2,7 @@
 //! bound a move's gain without re-timing every batch it touches.
 //!
 //! A batch's step time is at least f(1) times its rounds, the semi-matching makespan of
-//! its experts, since every expert run costs at least f(1) (docs/cost-model.md, "A batch").
+//! its experts, since every expert run costs at least f(1) (docs/cost-model.md#a-batch).
 //! For each batch the
 //! cache keeps an optimal semi-matching and a Hall witness of it: a set R of GPUs, all
 //! loaded to at least rounds - 1 and one to rounds, that holds every replica of the

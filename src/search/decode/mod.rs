@@ -1,5 +1,5 @@
 //! Optimizers: placements of expert replicas on GPUs that lower the expected decode
-//! cost of a subset table (docs/cost-model.md, "One token"), and the baselines engines ship.
+//! cost of a subset table (docs/cost-model.md#one-token), and the baselines engines ship.
 //!
 //! Results depend only on the inputs and the seed, never on the thread count: every
 //! sum is over integer weights and every tie is broken by ids.

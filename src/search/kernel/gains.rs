@@ -1,6 +1,6 @@
 //! The gain table: the exact decrease of the total cost that each possible new replica
 //! (expert i on GPU g) would bring, kept current as replicas are added and removed
-//! (docs/algorithms.md, "Semi-matching").
+//! (docs/algorithms.md#semi-matching).
 //!
 //! A replica (i, g) lowers cost(S) = t >= 2 by one iff every violating X of S
 //! (|X| > (t-1)|N(X)|) contains i, misses g in N(X), and has |X| <= (t-1)(|N(X)|+1).

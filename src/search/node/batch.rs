@@ -1,4 +1,4 @@
-//! Batch-aware placement with communication (docs/algorithms.md, "Topology"): a local search on the layer time
+//! Batch-aware placement with communication (docs/algorithms.md#topology): a local search on the layer time
 //! of sampled batches, the busiest GPU's compute plus dispatch and combine
 //! (`topology_cost::batch_time_bounds`, its achievable choice: a time some replica choice
 //! reaches, not a bound).

@@ -1,4 +1,4 @@
-//! The time of one MoE layer for a batch of tokens (docs/cost-model.md, "A batch"): every token-expert
+//! The time of one MoE layer for a batch of tokens (docs/cost-model.md#a-batch): every token-expert
 //! pair is served by one replica of its expert, and the layer takes as long as its
 //! busiest GPU. Only the token count per expert matters, so the search works per
 //! expert: it chooses how many of an expert's tokens each of its replicas serves.
@@ -87,7 +87,7 @@ impl<'p, P: Replicas> StepTimeSolver<'p, P> {
     }
 
     /// Step time of a batch of at most 16 distinct experts with one token each (a single
-    /// token, say) on a placement over at most 64 GPUs: the subset cost (docs/cost-model.md, "One token")
+    /// token, say) on a placement over at most 64 GPUs: the subset cost (docs/cost-model.md#one-token)
     /// times f(1), without building the per-replica state. None when it does not apply.
     pub fn unit_time(&mut self, experts: &[u32]) -> Option<f64> {
         let masks = self.placement.masks()?;
