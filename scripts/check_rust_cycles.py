@@ -12,6 +12,7 @@ status is 1 when there is one.
 
 Usage: python scripts/check_rust_cycles.py [SRC_DIR] [-v]   (-v also prints every edge)
 """
+
 import re
 import sys
 from pathlib import Path
@@ -35,7 +36,11 @@ def strip_comments_and_strings(text):
                     depth, i = depth - 1, i + 2
                 else:
                     i += 1
-        elif c == "r" and re.match(r'r#*"', text[i:i + 4]) and not re.match(r"\w", text[i - 1:i] or " "):
+        elif (
+            c == "r"
+            and re.match(r'r#*"', text[i : i + 4])
+            and not re.match(r"\w", text[i - 1 : i] or " ")
+        ):
             m = re.match(r'r(#*)"', text[i:])
             end = text.find('"' + m.group(1), i + len(m.group(0)))
             out.append('""')
@@ -46,8 +51,8 @@ def strip_comments_and_strings(text):
                 i += 2 if text[i] == "\\" else 1
             out.append('""')
             i += 1
-        elif c == "'" and re.match(r"'(\\.|[^\\'])'|'\\u\{[0-9a-fA-F]+\}'", text[i:i + 12]):
-            m = re.match(r"'(\\.|[^\\'])'|'\\u\{[0-9a-fA-F]+\}'", text[i:i + 12])
+        elif c == "'" and re.match(r"'(\\.|[^\\'])'|'\\u\{[0-9a-fA-F]+\}'", text[i : i + 12]):
+            m = re.match(r"'(\\.|[^\\'])'|'\\u\{[0-9a-fA-F]+\}'", text[i : i + 12])
             out.append("' '")
             i += len(m.group(0))
         else:
@@ -92,7 +97,7 @@ def remove_test_items(code):
         mm = re.match(r"\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(" + IDENT + r")\s*;", code[i:])
         if mm:
             test_mods.add(mm.group(1))
-        code = code[:m.start()] + " " + code[item_end(code, i):]
+        code = code[: m.start()] + " " + code[item_end(code, i) :]
 
 
 def expand_use(tree):
@@ -116,7 +121,7 @@ def expand_use(tree):
             b = part.find("{")
             if b >= 0:
                 head = [x for x in part[:b].split("::") if x]
-                walk(part[b + 1:part.rindex("}")], prefix + head)
+                walk(part[b + 1 : part.rindex("}")], prefix + head)
             else:
                 segs = [x for x in part.split("::") if x]
                 if segs and segs[-1] in ("self", "*"):
@@ -150,7 +155,7 @@ def main():
     for path, f in files.items():
         c, test_mods = remove_test_items(strip_comments_and_strings(f.read_text()))
         code[path] = c
-        test_only.update(path + (t,) for t in test_mods)
+        test_only.update((*path, t) for t in test_mods)
     # a module is test-only when it or an ancestor was declared under #[cfg(test)]
     test_only = {p for p in files if any(p[:k] in test_only for k in range(1, len(p) + 1))}
 
@@ -180,7 +185,10 @@ def main():
             found.append((False, m.group(1).split("::")))
         uses[path] = []
         for public, segs in found:
-            if segs[0] not in ("crate", "self", "super") and tuple(list(path) + segs[:1]) not in files:
+            if (
+                segs[0] not in ("crate", "self", "super")
+                and tuple(list(path) + segs[:1]) not in files
+            ):
                 continue  # an external crate, a type's associated item, or a local name
             full = absolute(path, segs)
             if full is None:
@@ -196,7 +204,7 @@ def main():
                 rest = full[k:]
                 if rest and rest[0] in reexports.get(mod, {}) and (mod, rest[0]) not in seen:
                     target = reexports[mod][rest[0]]
-                    return resolve(target + rest[1:], seen + ((mod, rest[0]),))
+                    return resolve(target + rest[1:], (*seen, (mod, rest[0])))
                 return mod
         return ()
 
@@ -210,7 +218,9 @@ def main():
             if target != path and target in edges:
                 edges[path].add(target)
 
-    name = lambda p: "crate" if not p else "::".join(p)
+    def name(p):
+        return "crate" if not p else "::".join(p)
+
     if verbose:
         for p in sorted(edges):
             print(f"{name(p)} -> {', '.join(sorted(name(t) for t in edges[p])) or '-'}")
@@ -257,15 +267,17 @@ def main():
                         cyc = [v]
                         while prev[cyc[-1]] is not None:
                             cyc.append(prev[cyc[-1]])
-                        return list(reversed(cyc)) + [start]
+                        return [*list(reversed(cyc)), start]
                     if w not in prev:
                         prev[w] = v
                         nxt.append(w)
             frontier = nxt
         return comp
 
-    print(f"{len(edges)} non-test modules, {sum(map(len, edges.values()))} edges, "
-          f"{len(files) - len(edges)} test-only files skipped")
+    print(
+        f"{len(edges)} non-test modules, {sum(map(len, edges.values()))} edges, "
+        f"{len(files) - len(edges)} test-only files skipped"
+    )
     for comp in sccs:
         print(f"cycle among {len(comp)} modules: {' -> '.join(name(p) for p in one_cycle(comp))}")
         print(f"  all in this cycle: {', '.join(name(p) for p in comp)}")
