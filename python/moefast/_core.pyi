@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BatchSearchOptions",
     "MAX_BATCH",
     "MAX_EXPERTS",
     "MAX_GPUS",
@@ -237,19 +238,30 @@ def improve_placement(
     after each move when re-planning (a budget, a target or a price), else the start and
     the end."""
 
+@final
+class BatchSearchOptions:
+    """The options that the batch searches with communication share, checked once when
+    built: the machine (slots per GPU, cost model, topology) and the sample and effort."""
+
+    def __new__(
+        cls,
+        *,
+        slots_per_gpu: int,
+        alpha: float,
+        beta: float,
+        p: float,
+        topology: _Topology,
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        max_evaluations: int,
+        num_groups: int | None = None,
+    ) -> BatchSearchOptions: ...
+
 def improve_batch_placement(
     table: SubsetTable,
     starts: Sequence[Placement],
-    slots_per_gpu: int,
-    alpha: float,
-    beta: float,
-    p: float,
-    topology: _Topology,
-    batch_size: int,
-    num_batches: int,
-    seed: int,
-    max_evaluations: int,
-    num_groups: int | None = None,
+    options: BatchSearchOptions,
     score_only: bool = False,
     validation: bool = False,
 ) -> tuple[Placement, float]:
@@ -259,19 +271,10 @@ def improve_batch_placement(
 def replan_batch_placement(
     table: SubsetTable,
     current: Placement,
-    slots_per_gpu: int,
-    alpha: float,
-    beta: float,
-    p: float,
-    topology: _Topology,
-    batch_size: int,
-    num_batches: int,
-    seed: int,
-    max_evaluations: int,
+    options: BatchSearchOptions,
     max_moves: int | None = None,
     copy_price: float = 0.0,
     target: Placement | None = None,
-    num_groups: int | None = None,
 ) -> tuple[Placement, float, int, list[tuple[int, float]]]:
     """(placement, mean time us on the sample, copies, path): `current` re-planned by the
     batch search with communication within max_moves copies and copy_price us per copy,

@@ -164,51 +164,72 @@ fn improve_placement(
     Ok((PyPlacement { inner }, walk.moved, walk.path))
 }
 
-/// The batch search's options from Python's arguments (each checked and named).
-fn batch_options(
-    batch_size: &Bound<'_, PyAny>,
-    num_batches: &Bound<'_, PyAny>,
-    seed: &Bound<'_, PyAny>,
-    max_evaluations: &Bound<'_, PyAny>,
-    num_groups: Option<&Bound<'_, PyAny>>,
-) -> PyResult<node::batch::BatchOptions> {
-    Ok(node::batch::BatchOptions {
-        batch_size: count_arg(batch_size, "batch_size", 1)?,
-        num_batches: count_arg(num_batches, "num_batches", 1)?,
-        seed: count_arg(seed, "seed", 0)? as u64,
-        max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
-        num_groups: num_groups
-            .map(|n| count_arg(n, "num_groups", 1))
-            .transpose()?,
-    })
+/// The options that the batch searches with communication share, checked once when built
+/// from Python's keyword arguments: the machine (slots per GPU, cost model, topology) and
+/// the sample and effort of the search.
+#[pyclass(name = "BatchSearchOptions", module = "moefast._core", frozen)]
+pub struct PyBatchSearchOptions {
+    slots: usize,
+    model: CostModel,
+    topology: Topology,
+    options: node::batch::BatchOptions,
+}
+
+#[pymethods]
+impl PyBatchSearchOptions {
+    /// Each argument checked and named (ValueError or TypeError otherwise).
+    #[new]
+    #[pyo3(signature = (*, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, num_groups=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        slots_per_gpu: &Bound<'_, PyAny>,
+        alpha: f64,
+        beta: f64,
+        p: f64,
+        topology: TopologyTuple,
+        batch_size: &Bound<'_, PyAny>,
+        num_batches: &Bound<'_, PyAny>,
+        seed: &Bound<'_, PyAny>,
+        max_evaluations: &Bound<'_, PyAny>,
+        num_groups: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let model = CostModel::new(alpha, beta, p)?;
+        let options = node::batch::BatchOptions {
+            batch_size: count_arg(batch_size, "batch_size", 1)?,
+            num_batches: count_arg(num_batches, "num_batches", 1)?,
+            seed: count_arg(seed, "seed", 0)? as u64,
+            max_evaluations: count_arg(max_evaluations, "max_evaluations", 0)?,
+            num_groups: num_groups
+                .map(|n| count_arg(n, "num_groups", 1))
+                .transpose()?,
+        };
+        Ok(PyBatchSearchOptions {
+            slots: count_arg(slots_per_gpu, "slots_per_gpu", 1)?,
+            model,
+            topology: self::topology(topology),
+            options,
+        })
+    }
 }
 
 /// (placement, mean time us on the sample): the best of `starts` on a fixed sample of
 /// batches of the table, improved for the layer time with communication.
 #[pyfunction]
-#[pyo3(signature = (table, starts, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, num_groups=None, score_only=false, validation=false))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (table, starts, options, score_only=false, validation=false))]
 fn improve_batch_placement(
     py: Python<'_>,
     table: &PySubsetTable,
     starts: Vec<PyRef<'_, PyPlacement>>,
-    slots_per_gpu: &Bound<'_, PyAny>,
-    alpha: f64,
-    beta: f64,
-    p: f64,
-    topology: TopologyTuple,
-    batch_size: &Bound<'_, PyAny>,
-    num_batches: &Bound<'_, PyAny>,
-    seed: &Bound<'_, PyAny>,
-    max_evaluations: &Bound<'_, PyAny>,
-    num_groups: Option<&Bound<'_, PyAny>>,
+    options: &PyBatchSearchOptions,
     score_only: bool,
     validation: bool,
 ) -> PyResult<(PyPlacement, f64)> {
-    let model = CostModel::new(alpha, beta, p)?;
-    let options = batch_options(batch_size, num_batches, seed, max_evaluations, num_groups)?;
-    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
-    let t = self::topology(topology);
+    let PyBatchSearchOptions {
+        slots,
+        model,
+        topology: t,
+        options,
+    } = *options;
     let table = table.inner.clone();
     let starts: Vec<_> = starts.iter().map(|s| (*s.inner).clone()).collect();
     if score_only {
@@ -237,33 +258,25 @@ fn improve_batch_placement(
 /// candidates toward `target` when given; the path as (copies, sample mean time) after
 /// each step, `current` first.
 #[pyfunction]
-#[pyo3(signature = (table, current, slots_per_gpu, alpha, beta, p, topology, batch_size, num_batches, seed, max_evaluations, max_moves=None, copy_price=0.0, target=None, num_groups=None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (table, current, options, max_moves=None, copy_price=0.0, target=None))]
 fn replan_batch_placement(
     py: Python<'_>,
     table: &PySubsetTable,
     current: &PyPlacement,
-    slots_per_gpu: &Bound<'_, PyAny>,
-    alpha: f64,
-    beta: f64,
-    p: f64,
-    topology: TopologyTuple,
-    batch_size: &Bound<'_, PyAny>,
-    num_batches: &Bound<'_, PyAny>,
-    seed: &Bound<'_, PyAny>,
-    max_evaluations: &Bound<'_, PyAny>,
+    options: &PyBatchSearchOptions,
     max_moves: Option<&Bound<'_, PyAny>>,
     copy_price: f64,
     target: Option<&PyPlacement>,
-    num_groups: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(PyPlacement, f64, usize, WalkPath)> {
-    let model = CostModel::new(alpha, beta, p)?;
-    let options = batch_options(batch_size, num_batches, seed, max_evaluations, num_groups)?;
+    let PyBatchSearchOptions {
+        slots,
+        model,
+        topology: t,
+        options,
+    } = *options;
     let max_moves = max_moves
         .map(|m| count_arg(m, "max_moves", 0))
         .transpose()?;
-    let slots = count_arg(slots_per_gpu, "slots_per_gpu", 1)?;
-    let t = self::topology(topology);
     let (table, current) = (table.inner.clone(), current.inner.clone());
     let target = target.map(|t| t.inner.clone());
     let limits = node::batch::MoveLimits {
@@ -374,6 +387,7 @@ fn topology_eplb_hierarchical(
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBatchSearchOptions>()?;
     m.add_function(wrap_pyfunction!(improve_batch_placement, m)?)?;
     m.add_function(wrap_pyfunction!(replan_batch_placement, m)?)?;
     m.add_function(wrap_pyfunction!(topology_group_nodes, m)?)?;

@@ -44,6 +44,28 @@ impl AssignCost {
     }
 }
 
+/// A row of the table as (group, experts of the row in it), and its weight.
+type GroupRow = (Vec<(u32, u32)>, f64);
+
+/// A row's weighted cost: its distinct nodes' communication plus its pairs of experts of
+/// different groups on one node (`groups` as in `GroupRow`, the groups on nodes `node`; a
+/// row has at most MAX_K groups; nodes may be more than 64, so no bit mask).
+fn row_cost(groups: &[(u32, u32)], weight: f64, node: &[usize], cost: &AssignCost) -> f64 {
+    let (mut distinct, mut pairs) = (0, 0u32);
+    for (i, &(x, c)) in groups.iter().enumerate() {
+        let m = node[x as usize];
+        let mut first = true;
+        for &(y, d) in &groups[..i] {
+            if node[y as usize] == m {
+                first = false;
+                pairs += c * d;
+            }
+        }
+        distinct += usize::from(first);
+    }
+    weight * (cost.node_us[distinct.min(cost.node_us.len() - 1)] + cost.pair_us * f64::from(pairs))
+}
+
 impl Groups {
     /// A node per group, each node holding `num_groups / num_nodes` groups or one more,
     /// chosen for the table's tokens by `cost` (`AssignCost`: the communication of the
@@ -52,25 +74,7 @@ impl Groups {
     /// full one) from a round-robin start.
     pub fn assign(&self, table: &SubsetTable, cost: &AssignCost) -> Vec<usize> {
         let (n, nodes) = (self.num_groups, self.num_nodes);
-        // Rows as (group, experts of the row in it), equal ones merged; only rows over 2+
-        // groups depend on the assignment.
-        let mut merged: HashMap<Vec<(u32, u32)>, f64> = HashMap::new();
-        for (row, &w) in table.subsets().chunks_exact(table.k()).zip(table.weights()) {
-            let mut g: Vec<(u32, u32)> = Vec::with_capacity(row.len());
-            for &e in row {
-                let x = self.group_of(e as usize) as u32;
-                match g.iter_mut().find(|(y, _)| *y == x) {
-                    Some((_, c)) => *c += 1,
-                    None => g.push((x, 1)),
-                }
-            }
-            g.sort_unstable();
-            if g.len() >= 2 {
-                *merged.entry(g).or_insert(0.0) += w;
-            }
-        }
-        let mut rows: Vec<(Vec<(u32, u32)>, f64)> = merged.into_iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order: sums do not depend on hashing
+        let rows = self.group_rows(table);
         let mut rows_of = vec![Vec::new(); n];
         for (r, (g, _)) in rows.iter().enumerate() {
             for &(x, _) in g {
@@ -82,27 +86,7 @@ impl Groups {
         for &m in &node {
             count[m] += 1;
         }
-        // A row's weighted cost: its distinct nodes' communication plus its pairs of
-        // experts of different groups on one node (a row has at most MAX_K groups; nodes
-        // may be more than 64, so no bit mask).
-        let reached = |node: &[usize], r: usize| -> f64 {
-            let groups = &rows[r].0;
-            let (mut distinct, mut pairs) = (0, 0u32);
-            for (i, &(x, c)) in groups.iter().enumerate() {
-                let m = node[x as usize];
-                let mut first = true;
-                for &(y, d) in &groups[..i] {
-                    if node[y as usize] == m {
-                        first = false;
-                        pairs += c * d;
-                    }
-                }
-                distinct += usize::from(first);
-            }
-            rows[r].1
-                * (cost.node_us[distinct.min(cost.node_us.len() - 1)]
-                    + cost.pair_us * f64::from(pairs))
-        };
+        let reached = |node: &[usize], r: usize| row_cost(&rows[r].0, rows[r].1, node, cost);
         // The change of the weighted node count if groups `a` and `b` swapped nodes (b = None:
         // `a` moved to node `to`).
         let mut stamp = vec![0usize; rows.len()];
@@ -163,6 +147,29 @@ impl Groups {
                 return node;
             }
         }
+    }
+
+    /// The table's rows over 2+ groups (only they depend on the assignment), equal ones
+    /// merged, in a fixed order.
+    fn group_rows(&self, table: &SubsetTable) -> Vec<GroupRow> {
+        let mut merged: HashMap<Vec<(u32, u32)>, f64> = HashMap::new();
+        for (row, &w) in table.subsets().chunks_exact(table.k()).zip(table.weights()) {
+            let mut g: Vec<(u32, u32)> = Vec::with_capacity(row.len());
+            for &e in row {
+                let x = self.group_of(e as usize) as u32;
+                match g.iter_mut().find(|(y, _)| *y == x) {
+                    Some((_, c)) => *c += 1,
+                    None => g.push((x, 1)),
+                }
+            }
+            g.sort_unstable();
+            if g.len() >= 2 {
+                *merged.entry(g).or_insert(0.0) += w;
+            }
+        }
+        let mut rows: Vec<GroupRow> = merged.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order: sums do not depend on hashing
+        rows
     }
 }
 

@@ -311,37 +311,56 @@ fn candidates(
     slots: usize,
 ) -> Vec<Move> {
     let layout = &state.layout;
-    let (num_experts, num_gpus) = (layout.num_experts(), layout.num_gpus());
     let mut moves: Vec<Move> = Vec::new();
-    // Toward the target (the relabelled full re-plan): every replacement, and the swaps
-    // the greedy's cheap score ranks best.
     if let Some(t) = target {
-        let (swaps, others): (Vec<Move>, Vec<Move>) = toward(layout, t, slots)
-            .into_iter()
-            .partition(|mv| matches!(mv, Move::Swap { .. }));
-        moves.extend(others);
-        let mut ranked: Vec<(i64, Move)> = swaps
-            .into_iter()
-            .map(|mv| {
-                let Move::Swap {
-                    first,
-                    from,
-                    second,
-                    to,
-                } = mv
-                else {
-                    unreachable!("partitioned by kind")
-                };
-                let (i, j, a, b) = (first as usize, second as usize, from as usize, to as usize);
-                (swap_score(state, i, a, j, b), mv)
-            })
-            .collect();
-        let keep = TOWARD_SWAPS.min(ranked.len());
-        if keep > 0 && keep < ranked.len() {
-            ranked.select_nth_unstable(keep - 1);
-        }
-        moves.extend(ranked.into_iter().take(keep).map(|x| x.1));
+        moves.extend(toward_candidates(state, t, slots));
     }
+    moves.extend(swap_candidates(state));
+    moves.extend(replace_candidates(state, gains, slots));
+    moves.sort_unstable();
+    moves.dedup();
+    moves.retain(|&mv| layout.allows(mv, slots));
+    moves
+}
+
+/// Toward the target (the relabelled full re-plan): every replacement, and the swaps the
+/// greedy's cheap score ranks best.
+fn toward_candidates(state: &State, target: &Layout, slots: usize) -> Vec<Move> {
+    let layout = &state.layout;
+    let mut moves: Vec<Move> = Vec::new();
+    let (swaps, others): (Vec<Move>, Vec<Move>) = toward(layout, target, slots)
+        .into_iter()
+        .partition(|mv| matches!(mv, Move::Swap { .. }));
+    moves.extend(others);
+    let mut ranked: Vec<(i64, Move)> = swaps
+        .into_iter()
+        .map(|mv| {
+            let Move::Swap {
+                first,
+                from,
+                second,
+                to,
+            } = mv
+            else {
+                unreachable!("partitioned by kind")
+            };
+            let (i, j, a, b) = (first as usize, second as usize, from as usize, to as usize);
+            (swap_score(state, i, a, j, b), mv)
+        })
+        .collect();
+    let keep = TOWARD_SWAPS.min(ranked.len());
+    if keep > 0 && keep < ranked.len() {
+        ranked.select_nth_unstable(keep - 1);
+    }
+    moves.extend(ranked.into_iter().take(keep).map(|x| x.1));
+    moves
+}
+
+/// Swaps that lower co-activation on a GPU (the greedy's cheap score), the best
+/// `SWAP_CANDIDATES`.
+fn swap_candidates(state: &State) -> Vec<Move> {
+    let layout = &state.layout;
+    let (num_experts, num_gpus) = (layout.num_experts(), layout.num_gpus());
     // Swaps that lower co-activation on a GPU (the greedy's cheap score).
     let mut swaps: Vec<(i64, Move)> = (0..num_experts)
         .into_par_iter()
@@ -380,7 +399,18 @@ fn candidates(
         })
         .collect();
     swaps.sort_unstable();
-    moves.extend(swaps.into_iter().take(SWAP_CANDIDATES).map(|x| x.1));
+    swaps
+        .into_iter()
+        .take(SWAP_CANDIDATES)
+        .map(|x| x.1)
+        .collect()
+}
+
+/// A slot of a replicated expert (or a free slot) given to the expert of largest gain, the
+/// best `REPLACE_CANDIDATES`.
+fn replace_candidates(state: &State, gains: &GainTable, slots: usize) -> Vec<Move> {
+    let layout = &state.layout;
+    let (num_experts, num_gpus) = (layout.num_experts(), layout.num_gpus());
     // A slot of a replicated expert (or a free slot) given to the expert of largest gain.
     let mut replaces: Vec<(i64, Move)> = Vec::new();
     let best_new = |gpu: usize, old: Option<u16>, out: &mut Vec<(i64, Move)>| {
@@ -418,11 +448,11 @@ fn candidates(
         }
     }
     replaces.sort_unstable();
-    moves.extend(replaces.into_iter().take(REPLACE_CANDIDATES).map(|x| x.1));
-    moves.sort_unstable();
-    moves.dedup();
-    moves.retain(|&mv| layout.allows(mv, slots));
-    moves
+    replaces
+        .into_iter()
+        .take(REPLACE_CANDIDATES)
+        .map(|x| x.1)
+        .collect()
 }
 
 /// When no move fits what is left of the budget (`left` copies): a move that gives copies
@@ -491,6 +521,75 @@ fn exchange(
         .map(|(_, b, f, net)| (b, f, net))
 }
 
+/// `target` checked against `current` (same shape, at most `slots_per_gpu` experts per
+/// GPU) and relabelled to `current`'s GPUs.
+fn checked_target(current: &Placement, t: &Placement, slots_per_gpu: usize) -> Result<Placement> {
+    check_same_shape(current, t)?;
+    if let Some((g, n)) = t
+        .slots_used()
+        .iter()
+        .enumerate()
+        .find(|(_, &n)| n > slots_per_gpu)
+    {
+        return Err(MoeError::value(format!(
+            "the target placement has {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
+        )));
+    }
+    relabel(current, t, 1)
+}
+
+/// The move a step makes (move, copies), of those that fit in the `budget` of copies with
+/// `used` spent and gain more than their copies' `price`: moves that copy nothing first,
+/// then the largest gain per copy; ties by the move.
+fn best_move(
+    moves: &[(Move, isize)],
+    deltas: &[i64],
+    (used, budget): (usize, usize),
+    price: f64,
+) -> Option<(Move, isize)> {
+    moves
+        .iter()
+        .zip(deltas)
+        .filter(|&(&(_, c), &d)| {
+            let fits = c <= 0 || used + c as usize <= budget;
+            fits && d < 0 && (-d as f64) > price * c.max(0) as f64
+        })
+        .map(|(&(mv, c), &d)| {
+            let per_copy = if c <= 0 {
+                d as f64
+            } else {
+                d as f64 / c as f64
+            };
+            (c > 0, per_copy, mv, c)
+        })
+        .min_by(|x, y| {
+            (x.0, x.1)
+                .partial_cmp(&(y.0, y.1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(x.2.cmp(&y.2))
+        })
+        .map(|(_, _, mv, c)| (mv, c))
+}
+
+/// The moves an exchange may spend copies on (move, copies, delta): those that copy and
+/// gain, the largest gain per copy first (ties by the move), at most `EXCHANGE_SPEND`.
+fn exchange_spend(moves: &[(Move, isize)], deltas: &[i64]) -> Vec<(Move, isize, i64)> {
+    let mut spend: Vec<(Move, isize, i64)> = moves
+        .iter()
+        .zip(deltas)
+        .filter(|&(&(_, c), &d)| c > 0 && d < 0)
+        .map(|(&(mv, c), &d)| (mv, c, d))
+        .collect();
+    spend.sort_by(|a, b| {
+        (a.2 as f64 / a.1 as f64)
+            .partial_cmp(&(b.2 as f64 / b.1 as f64))
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
+    spend.truncate(EXCHANGE_SPEND);
+    spend
+}
+
 /// Re-plans `current` for `table` within `limits` (module docs). `current` may leave
 /// slots free (up to `slots_per_gpu` per GPU); filling one is a copy.
 pub fn replan(
@@ -506,23 +605,10 @@ pub fn replan(
             limits.copy_cost
         )));
     }
-    let target = match limits.target {
-        Some(t) => {
-            check_same_shape(current, t)?;
-            if let Some((g, n)) = t
-                .slots_used()
-                .iter()
-                .enumerate()
-                .find(|(_, &n)| n > slots_per_gpu)
-            {
-                return Err(MoeError::value(format!(
-                    "the target placement has {n} experts on GPU {g}, more than slots_per_gpu = {slots_per_gpu}"
-                )));
-            }
-            Some(relabel(current, t, 1)?)
-        }
-        None => None,
-    };
+    let target = limits
+        .target
+        .map(|t| checked_target(current, t, slots_per_gpu))
+        .transpose()?;
     let num_gpus = current.num_gpus();
     let problem = Problem::new(table, num_gpus);
     let scale = problem.weights.iter().sum::<i64>().max(1) as f64;
@@ -551,29 +637,7 @@ pub fn replan(
                 |s, &(mv, _)| state.move_delta(mv, s).0,
             )
             .collect();
-        // Moves that copy nothing first, then the largest gain per copy; ties by the move.
-        let best = moves
-            .iter()
-            .zip(&deltas)
-            .filter(|&(&(_, c), &d)| {
-                let fits = c <= 0 || used + c as usize <= budget;
-                fits && d < 0 && (-d as f64) > price * c.max(0) as f64
-            })
-            .map(|(&(mv, c), &d)| {
-                let per_copy = if c <= 0 {
-                    d as f64
-                } else {
-                    d as f64 / c as f64
-                };
-                (c > 0, per_copy, mv, c)
-            })
-            .min_by(|x, y| {
-                (x.0, x.1)
-                    .partial_cmp(&(y.0, y.1))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(x.2.cmp(&y.2))
-            });
-        if let Some((_, _, mv, c)) = best {
+        if let Some((mv, c)) = best_move(&moves, &deltas, (used, budget), price) {
             state.apply(mv);
             used = (used as isize + c) as usize;
             path.push((used, expected(state.total)));
@@ -583,19 +647,7 @@ pub fn replan(
             break;
         }
         let left = isize::try_from(budget - used).unwrap_or(isize::MAX);
-        let mut spend: Vec<(Move, isize, i64)> = moves
-            .iter()
-            .zip(&deltas)
-            .filter(|&(&(_, c), &d)| c > 0 && d < 0)
-            .map(|(&(mv, c), &d)| (mv, c, d))
-            .collect();
-        spend.sort_by(|a, b| {
-            (a.2 as f64 / a.1 as f64)
-                .partial_cmp(&(b.2 as f64 / b.1 as f64))
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.0.cmp(&b.0))
-        });
-        spend.truncate(EXCHANGE_SPEND);
+        let spend = exchange_spend(&moves, &deltas);
         let Some((back, forward, net)) =
             exchange(&state, &home, current, slots_per_gpu, left, price, &spend)
         else {

@@ -127,20 +127,19 @@ def place_batch(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = default_num_batches(batch_size)
-    return _core.improve_batch_placement(
-        table,
-        starts,
-        check_count("slots_per_gpu", slots_per_gpu),
-        cost_model.alpha,
-        cost_model.beta,
-        cost_model.p,
-        topology.as_tuple(),
-        batch_size,
-        check_count("num_batches", num_batches),
-        check_seed("seed", seed),
-        check_count("max_evaluations", max_evaluations, low=0),
-        None if num_groups is None else check_count("num_groups", num_groups),
+    options = _core.BatchSearchOptions(
+        slots_per_gpu=check_count("slots_per_gpu", slots_per_gpu),
+        alpha=cost_model.alpha,
+        beta=cost_model.beta,
+        p=cost_model.p,
+        topology=topology.as_tuple(),
+        batch_size=batch_size,
+        num_batches=check_count("num_batches", num_batches),
+        seed=check_seed("seed", seed),
+        max_evaluations=check_count("max_evaluations", max_evaluations, low=0),
+        num_groups=None if num_groups is None else check_count("num_groups", num_groups),
     )
+    return _core.improve_batch_placement(table, starts, options)
 
 
 def place_batch_walk(
@@ -187,22 +186,20 @@ def place_batch_walk(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = walk_batches(batch_size)
+    options = _core.BatchSearchOptions(
+        slots_per_gpu=slots_per_gpu,
+        alpha=cost_model.alpha,
+        beta=cost_model.beta,
+        p=cost_model.p,
+        topology=topology.as_tuple(),
+        batch_size=batch_size,
+        num_batches=check_count("num_batches", num_batches),
+        seed=check_seed("seed", seed),
+        max_evaluations=check_count("max_evaluations", max_evaluations, low=0),
+        num_groups=None if num_groups is None else check_count("num_groups", num_groups),
+    )
     placement, mean, moved, path = _core.replan_batch_placement(
-        table,
-        current,
-        slots_per_gpu,
-        cost_model.alpha,
-        cost_model.beta,
-        cost_model.p,
-        topology.as_tuple(),
-        batch_size,
-        check_count("num_batches", num_batches),
-        check_seed("seed", seed),
-        check_count("max_evaluations", max_evaluations, low=0),
-        max_moves,
-        price,
-        target,
-        None if num_groups is None else check_count("num_groups", num_groups),
+        table, current, options, max_moves, price, target
     )
     return placement, float(mean), int(moved), [(int(c), float(t)) for c, t in path]
 

@@ -173,20 +173,18 @@ def sample_batch_time(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = default_num_batches(batch_size)
+    options = _core.BatchSearchOptions(
+        slots_per_gpu=1,
+        alpha=cost_model.alpha,
+        beta=cost_model.beta,
+        p=cost_model.p,
+        topology=topology.as_tuple(),
+        batch_size=batch_size,
+        num_batches=check_count("num_batches", num_batches),
+        seed=check_seed("seed", seed),
+        max_evaluations=0,
+    )
     _, mean = _core.improve_batch_placement(
-        table,
-        [placement],
-        1,
-        cost_model.alpha,
-        cost_model.beta,
-        cost_model.p,
-        topology.as_tuple(),
-        batch_size,
-        check_count("num_batches", num_batches),
-        check_seed("seed", seed),
-        0,
-        None,
-        True,
-        bool(validation),
+        table, [placement], options, score_only=True, validation=bool(validation)
     )
     return float(mean)

@@ -146,6 +146,59 @@ impl LoadFlow {
         placement: &impl Replicas,
         integral: bool,
     ) -> f64 {
+        self.index_gpus(experts, placement);
+        let u = experts.len();
+        let m = self.gpus.len();
+        let total: f64 = weights.iter().sum();
+        if u == 0 || total <= 0.0 {
+            return 0.0;
+        }
+        let (s, t) = (0, u + m + 1);
+        self.dinic.reset(u + m + 2);
+        self.add_expert_edges(experts, weights, placement);
+        let round = |x: f64| if integral { (x - 1e-9).ceil() } else { x };
+        // Start at the best single-set bounds: all experts over all their GPUs, and each
+        // expert over its own replicas.
+        let mut level = total / m as f64;
+        for (i, &e) in experts.iter().enumerate() {
+            level = level.max(weights[i] / placement.gpus_of(e as usize).len() as f64);
+        }
+        let mut level = round(level);
+        self.sink_edges.clear();
+        for l in 0..m {
+            let e = self.dinic.add_edge(1 + u + l, t, level);
+            self.sink_edges.push(e);
+        }
+        let eps = 1e-9 * total.max(1.0);
+        let mut flow = self.pre_flow(experts, placement, eps, integral);
+        for _ in 0..200 {
+            flow += self.dinic.max_flow(s, t, eps);
+            if flow >= total - if integral { 0.5 } else { 1e-9 * total } {
+                break;
+            }
+            // The experts still reachable from the source form a set A with
+            // L(A) > level * |N(A)|: its density is the next candidate.
+            let (load, gpus) = self.reachable(weights, u, m);
+            let next = round(load / gpus.max(1) as f64);
+            let next = if next > level {
+                next
+            } else if integral {
+                level + 1.0
+            } else {
+                // Only rounding keeps the flow short of the total: level is the answer.
+                break;
+            };
+            for &e in &self.sink_edges {
+                self.dinic.cap[e] += next - level;
+            }
+            level = next;
+        }
+        level
+    }
+
+    /// Numbers the GPUs that hold one of `experts` (`gpu_local`, `gpus`), clearing the
+    /// previous call's.
+    fn index_gpus(&mut self, experts: &[u32], placement: &impl Replicas) {
         for &g in &self.gpus {
             self.gpu_local[g as usize] = NO_GPU;
         }
@@ -158,14 +211,12 @@ impl LoadFlow {
                 }
             }
         }
-        let u = experts.len();
-        let m = self.gpus.len();
-        let total: f64 = weights.iter().sum();
-        if u == 0 || total <= 0.0 {
-            return 0.0;
-        }
-        let (s, t) = (0, u + m + 1);
-        self.dinic.reset(u + m + 2);
+    }
+
+    /// The source's edge to each expert (its weight) and the expert's edges to its
+    /// replicas' GPUs (`expert_edges`: the first of each expert's).
+    fn add_expert_edges(&mut self, experts: &[u32], weights: &[f64], placement: &impl Replicas) {
+        let (s, u) = (0, experts.len());
         self.expert_edges.clear();
         for (i, &e) in experts.iter().enumerate() {
             self.dinic.add_edge(s, 1 + i, weights[i]);
@@ -184,23 +235,19 @@ impl LoadFlow {
                 );
             }
         }
-        let round = |x: f64| if integral { (x - 1e-9).ceil() } else { x };
-        // Start at the best single-set bounds: all experts over all their GPUs, and each
-        // expert over its own replicas.
-        let mut level = total / m as f64;
-        for (i, &e) in experts.iter().enumerate() {
-            level = level.max(weights[i] / placement.gpus_of(e as usize).len() as f64);
-        }
-        let mut level = round(level);
-        self.sink_edges.clear();
-        for l in 0..m {
-            let e = self.dinic.add_edge(1 + u + l, t, level);
-            self.sink_edges.push(e);
-        }
-        let eps = 1e-9 * total.max(1.0);
-        // Greedy pre-flow: experts without a choice first, then the others spread over
-        // their replicas in proportion to the room left. Most tokens land directly,
-        // leaving Dinic few phases.
+    }
+
+    /// Greedy pre-flow: experts without a choice first, then the others spread over
+    /// their replicas in proportion to the room left. Most tokens land directly,
+    /// leaving Dinic few phases. Returns the flow sent.
+    fn pre_flow(
+        &mut self,
+        experts: &[u32],
+        placement: &impl Replicas,
+        eps: f64,
+        integral: bool,
+    ) -> f64 {
+        let u = experts.len();
         let mut flow = 0.0;
         for pass in 0..2 {
             for (i, &e) in experts.iter().enumerate() {
@@ -238,39 +285,24 @@ impl LoadFlow {
                 }
             }
         }
-        for _ in 0..200 {
-            flow += self.dinic.max_flow(s, t, eps);
-            if flow >= total - if integral { 0.5 } else { 1e-9 * total } {
-                break;
+        flow
+    }
+
+    /// (load, GPUs) of the experts and GPUs still reachable from the source after a max
+    /// flow, of `u` experts and `m` GPUs.
+    fn reachable(&self, weights: &[f64], u: usize, m: usize) -> (f64, usize) {
+        let (mut load, mut gpus) = (0.0, 0usize);
+        for (i, &w) in weights.iter().enumerate() {
+            if self.dinic.level[1 + i] >= 0 {
+                load += w;
             }
-            // The experts still reachable from the source form a set A with
-            // L(A) > level * |N(A)|: its density is the next candidate.
-            let (mut load, mut gpus) = (0.0, 0usize);
-            for (i, &w) in weights.iter().enumerate() {
-                if self.dinic.level[1 + i] >= 0 {
-                    load += w;
-                }
-            }
-            for l in 0..m {
-                if self.dinic.level[1 + u + l] >= 0 {
-                    gpus += 1;
-                }
-            }
-            let next = round(load / gpus.max(1) as f64);
-            let next = if next > level {
-                next
-            } else if integral {
-                level + 1.0
-            } else {
-                // Only rounding keeps the flow short of the total: level is the answer.
-                break;
-            };
-            for &e in &self.sink_edges {
-                self.dinic.cap[e] += next - level;
-            }
-            level = next;
         }
-        level
+        for l in 0..m {
+            if self.dinic.level[1 + u + l] >= 0 {
+                gpus += 1;
+            }
+        }
+        (load, gpus)
     }
 
     /// Flow of local expert `i` to its `r`-th replica after `min_makespan`.
