@@ -8,12 +8,12 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
-    "BatchSearchOptions",
     "MAX_BATCH",
     "MAX_EXPERTS",
     "MAX_GPUS",
     "MAX_K",
     "METHODS",
+    "BatchSearchOptions",
     "Placement",
     "SubsetTable",
     "__version__",

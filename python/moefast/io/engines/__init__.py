@@ -30,174 +30,52 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from moefast._core import MAX_GPUS, Placement
+from moefast._core import MAX_GPUS
 from moefast._util.atomic import write_text
-from moefast._util.checks import MAX_LAYERS, check_field_int, check_int, check_layer_ids
+from moefast._util.checks import check_int, check_layer_ids
+from moefast.io.engines import eplb, native, sglang, trtllm, vllm_ascend
+from moefast.io.engines.eplb import logical_maps
+from moefast.io.engines.native import NATIVE_TAG
+from moefast.io.engines.slots import (
+    default_map,
+    engine_rows,
+    gpu_slots,
+    physical_to_logical,
+    placement_from_slots,
+)
 from moefast.io.layouts import PRESETS, ModelLayout, model_layout
 from moefast.io.readers._loading import parse_json
 from moefast.placement import ModelPlacement
 from moefast.trace import MAX_EXPERTS
 
 PLACEMENT_FORMATS = ("json", "sglang", "eplb", "trtllm", "vllm-ascend")
-_NATIVE_TAG = "moefast-placement"
 
+__all__ = [
+    "PLACEMENT_FORMATS",
+    "check_file_name",
+    "default_map",
+    "engine_rows",
+    "gpu_slots",
+    "launch_settings",
+    "load_placement",
+    "logical_maps",
+    "physical_to_logical",
+    "placement_from_slots",
+    "save_placement",
+]
 
-def gpu_slots(placement: Placement, slots_per_gpu: int) -> np.ndarray:
-    """int [G, slots_per_gpu]: the expert in each slot of each GPU, ascending on each GPU.
-
-    Raises ValueError for a GPU with a free slot: engines need exactly ``slots_per_gpu``
-    distinct experts per GPU (fill the free slots first: `ModelPlacement.filled`)."""
-    replicas = placement.replicas
-    rows = []
-    for g in range(placement.num_gpus):
-        experts = np.nonzero(replicas[:, g])[0]
-        if experts.size != slots_per_gpu:
-            raise ValueError(
-                f"GPU {g} holds {experts.size} distinct experts for {slots_per_gpu} slots:"
-                " engines load exactly slots_per_gpu distinct experts per GPU (a repeated expert"
-                " misroutes tokens); fill the free slots with useful replicas first:"
-                " ModelPlacement.filled(expert_load)"
-            )
-        rows.append(experts)
-    return np.stack(rows).astype(np.int64)
-
-
-def physical_to_logical(model: ModelPlacement) -> np.ndarray:
-    """int [layers, G * slots_per_gpu]: the logical expert of each physical slot."""
-    return np.stack([gpu_slots(p, model.slots_per_gpu).ravel() for p in model.placements])
-
-
-def default_map(num_slots: int, num_experts: int) -> np.ndarray:
-    """The map engines start from without a placement file: slot p holds expert p % E."""
-    return np.arange(num_slots) % num_experts
-
-
-def placement_from_slots(
-    layer_slots: Sequence[int] | np.ndarray, num_gpus: int, num_experts: int, where: str
-) -> Placement:
-    """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus))."""
-    slots = np.asarray(layer_slots)
-    if slots.ndim != 1 or slots.dtype.kind not in "iu":
-        raise ValueError(f"{where}: a layer's map must be a list of integer expert ids")
-    if num_gpus < 1 or slots.size % num_gpus:
-        raise ValueError(f"{where}: {slots.size} slots cannot be split over {num_gpus} GPUs")
-    if slots.size and (slots.min() < 0 or slots.max() >= num_experts):
-        raise ValueError(f"{where}: expert id out of range [0, {num_experts}) in the map")
-    per_gpu = slots.size // num_gpus
-    replicas = np.zeros((num_experts, num_gpus), dtype=bool)
-    replicas[slots, np.arange(slots.size) // per_gpu] = True
-    missing = np.nonzero(~replicas.any(axis=1))[0]
-    if missing.size:
-        raise ValueError(f"{where}: expert {int(missing[0])} has no slot")
-    return Placement(replicas)
-
-
-def _native(model: ModelPlacement) -> dict[str, Any]:
-    def floats(values):
-        return None if values is None else [float(v) for v in values]
-
-    return {
-        "format": _NATIVE_TAG,
-        "version": 1,
-        "num_experts": model.num_experts,
-        "num_gpus": model.num_gpus,
-        "slots_per_gpu": model.slots_per_gpu,
-        "layer_ids": list(model.layer_ids),
-        "expected_cost": None if model.layer_costs is None else model.expected_cost,
-        "layer_costs": floats(model.layer_costs),
-        "lower_bounds": floats(model.lower_bounds),
-        "settings": model.settings,
-        "replicas": [[list(map(int, gpus)) for gpus in p.to_lists()] for p in model.placements],
-    }
-
-
-def engine_rows(
-    model: ModelPlacement, layout: ModelLayout, mtp: bool = False
-) -> tuple[list[int], np.ndarray]:
-    """The model's MoE layer ids (then its MTP layers, with ``mtp`` or when the placement has
-    them) and their maps [rows, P]; MoE layers the placement lacks get `default_map`."""
-    layout.check_layers(model.layer_ids, model.num_experts)
-    p2l = physical_to_logical(model)
-    mine = dict(zip(model.layer_ids, p2l, strict=True))
-    wanted = list(layout.moe_layers)
-    if mtp or any(x in mine for x in layout.mtp_layers):
-        wanted += list(layout.mtp_layers)
-    missing = [x for x in wanted if x not in mine]
-    if missing:
-        warnings.warn(
-            f"layers {missing} of {layout.name} have no placement: they get the default map"
-            " (slot p holds expert p % E)",
-            stacklevel=3,
-        )
-    trivial = default_map(p2l.shape[1], model.num_experts)
-    return wanted, np.stack([mine.get(x, trivial) for x in wanted])
-
-
-def _eplb(model: ModelPlacement, layout: ModelLayout | None) -> dict[str, Any]:
-
-    if layout is None:
-        layer_ids, phy2log = list(model.layer_ids), physical_to_logical(model)
-    else:
-        layer_ids, phy2log = engine_rows(model, layout)
-    log2phy, logcnt = logical_maps(phy2log, model.num_experts)
-    return {
-        "phy2log": phy2log.tolist(),
-        "log2phy": log2phy.tolist(),
-        "logcnt": logcnt.tolist(),
-        "num_gpus": model.num_gpus,
-        "layer_ids": layer_ids,
-    }
-
-
-def _sglang(model: ModelPlacement, layout: ModelLayout) -> dict[str, Any]:
-    ids, rows = engine_rows(model, layout)
-    table = np.tile(default_map(rows.shape[1], model.num_experts), (layout.num_layers, 1))
-    for layer, row in zip(ids, rows, strict=True):
-        if layer in layout.mtp_layers:
-            # SGLang builds DeepSeek's NextN draft layer as decoder layer 0 (deepseek_nextn.py).
-            if 0 in layout.moe_layers:
-                raise ValueError(
-                    f"{layout.name}: the MTP layer would read row 0, which is a MoE layer"
-                )
-            table[0] = row
-        else:
-            table[layer] = row
-    return {"physical_to_logical_map": table.tolist()}
-
-
-def _trtllm(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
-    ids, rows = engine_rows(model, layout, mtp)
-    return {
-        "num_slots": int(rows.shape[1]),
-        "initial_global_assignments": {
-            int(layer): row.tolist() for layer, row in zip(ids, rows, strict=True)
-        },
-        "layer_updates_per_iter": 0,
-    }
-
-
-def _vllm_ascend(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
-    _, rows = engine_rows(model, layout, mtp)
-    slots = model.slots_per_gpu
-    layers = [
-        {
-            "layer_id": position,  # vLLM-Ascend reads layers by position and writes it here
-            "device_count": model.num_gpus,
-            "device_list": [
-                {"device_id": g, "device_expert": row[g * slots : (g + 1) * slots].tolist()}
-                for g in range(model.num_gpus)
-            ],
-        }
-        for position, row in enumerate(rows)
-    ]
-    return {"moe_layer_count": len(layers), "layer_list": layers}
+#: Each format's reader: (path, data, num_gpus, num_experts) -> ModelPlacement.
+_READERS = {
+    "json": native.read,
+    "sglang": sglang.read,
+    "eplb": eplb.read,
+    "trtllm": trtllm.read,
+    "vllm-ascend": vllm_ascend.read,
+}
 
 
 #: Formats an engine loads, and the file name suffixes it accepts.
@@ -289,7 +167,7 @@ def save_placement(
 
         assert layout is not None
         text = yaml.safe_dump(
-            _trtllm(placement, layout, mtp), sort_keys=False, default_flow_style=None
+            trtllm.write(placement, layout, mtp), sort_keys=False, default_flow_style=None
         )
         write_text(path, text)
         return launch_settings(
@@ -298,15 +176,15 @@ def save_placement(
     if format == "json":
         if layout is not None:
             layout.check_layers(placement.layer_ids, placement.num_experts)
-        data = _native(placement)
+        data = native.write(placement)
     elif format == "sglang":
         assert layout is not None
-        data = _sglang(placement, layout)
+        data = sglang.write(placement, layout)
     elif format == "eplb":
-        data = _eplb(placement, layout)
+        data = eplb.write(placement, layout)
     else:
         assert layout is not None
-        data = _vllm_ascend(placement, layout, mtp)
+        data = vllm_ascend.write(placement, layout, mtp)
     try:
         text = json.dumps(data, default=_plain, allow_nan=False)
     except ValueError as err:  # NaN or inf: not JSON, and the engines' parsers refuse it
@@ -329,7 +207,7 @@ def _plain(value: Any) -> Any:
 
 def _guess(path: Path, data: Any) -> str:
     if isinstance(data, dict):
-        if data.get("format") == _NATIVE_TAG:
+        if data.get("format") == NATIVE_TAG:
             return "json"
         if "physical_to_logical_map" in data:
             return "sglang"
@@ -367,77 +245,6 @@ def _read(path: Path) -> Any:
     return parse_json(text, path)
 
 
-def _need(value: Any, name: str, path: Path, fmt: str) -> Any:
-    if value is None:
-        raise ValueError(f"{path}: the {fmt} format does not record {name}; pass {name}=")
-    return value
-
-
-def _map(row: Any, where: str) -> np.ndarray:
-    """One layer's physical map: a list of expert ids in [0, MAX_EXPERTS), checked before any
-    array is sized by them (an id of 3e9 would otherwise allocate gigabytes)."""
-    # No dtype= here: it would truncate 1.5 to 1 and read true as 1; ints beyond int64 come
-    # out as dtype object.
-    try:
-        a = np.asarray(row)
-    except (TypeError, ValueError, OverflowError, RecursionError) as err:
-        raise ValueError(f"{where}: the map is not a list of integers ({err})") from err
-    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
-        raise ValueError(f"{where}: the map is not a list of integers (holds {a.dtype} values)")
-    if a.size == 0:
-        raise ValueError(f"{where}: the map is empty")
-    if a.min() < 0 or a.max() >= MAX_EXPERTS:
-        bad = a.min() if a.min() < 0 else a.max()
-        raise ValueError(f"{where}: expert id {bad} out of range [0, {MAX_EXPERTS})")
-    return a.astype(np.int64)
-
-
-def _from_maps(
-    rows: Sequence[Any],
-    layer_ids: list[int],
-    num_gpus: int,
-    num_experts: int | None,
-    path: Path,
-) -> ModelPlacement:
-    if not rows:
-        raise ValueError(f"{path}: no layer in the file")
-    num_gpus = check_field_int(path, "num_gpus", num_gpus, 1, MAX_GPUS)
-    arrays = [_map(r, f"{path}: layer {layer}") for layer, r in zip(layer_ids, rows, strict=True)]
-    sizes = {a.size for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(f"{path}: layers have different slot counts {sorted(sizes)}")
-    if num_experts is None:
-        num_experts = int(max(a.max() for a in arrays)) + 1
-    placements = [
-        placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
-        for a, layer in zip(arrays, layer_ids, strict=True)
-    ]
-    return ModelPlacement(placements, sizes.pop() // num_gpus, layer_ids)
-
-
-def _list(value: Any, path: Path, name: str) -> list:
-    if not isinstance(value, list):
-        raise ValueError(f"{path}: {name} must be a list, got {type(value).__name__}")
-    if len(value) > MAX_LAYERS:
-        raise ValueError(f"{path}: {name} has {len(value)} layers, more than {MAX_LAYERS}")
-    return value
-
-
-def _layer_ids(values: Any, path: Path, name: str = "layer_ids") -> list[int]:
-    return [
-        check_field_int(path, f"{name}[{i}]", x, 0, MAX_LAYERS - 1)
-        for i, x in enumerate(_list(values, path, name))
-    ]
-
-
-def _layer_key(key: Any, path: Path) -> int:
-    """A layer number keying initial_global_assignments: an int, or (JSON keys are text)
-    its decimal digits; true is not layer 1."""
-    if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9:
-        key = int(key)
-    return check_field_int(path, f"initial_global_assignments key {key!r}", key, 0, MAX_LAYERS - 1)
-
-
 def load_placement(
     path: str | os.PathLike,
     format: str | None = None,
@@ -468,7 +275,7 @@ def load_placement(
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     try:
-        loaded = _load(path, data, fmt, num_gpus, num_experts)
+        loaded = _READERS[fmt](path, data, num_gpus, num_experts)
     except KeyError as err:
         raise ValueError(f"{path}: missing key {err} for the {fmt} format") from err
     except (TypeError, AttributeError, ValueError) as err:
@@ -500,127 +307,3 @@ def load_placement(
             m.settings,
         )
     return model_placement
-
-
-def _load(
-    path: Path, data: dict, fmt: str, num_gpus: int | None, num_experts: int | None
-) -> ModelPlacement:
-    if fmt == "json":
-        if data.get("format") != _NATIVE_TAG:
-            raise ValueError(f'{path}: not a moefast placement (no "format": "{_NATIVE_TAG}")')
-        g = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
-        slots = check_field_int(path, "slots_per_gpu", data["slots_per_gpu"], 1, MAX_EXPERTS)
-        replicas = _list(data["replicas"], path, "replicas")
-        placements = [Placement.from_lists(_list(lists, path, "a layer"), g) for lists in replicas]
-        costs: dict[str, Any] = {}
-        for name in ("layer_costs", "lower_bounds"):
-            values = data.get(name)
-            if values is not None:
-                values = _list(values, path, name)
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                    raise ValueError(f"{path}: {name} must hold numbers")
-            costs[name] = values
-        settings = data.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"{path}: settings must be a mapping")
-        return ModelPlacement(
-            placements,
-            slots,
-            _layer_ids(data["layer_ids"], path),
-            costs["layer_costs"],
-            costs["lower_bounds"],
-            settings,
-        )
-    if fmt == "sglang":
-        rows = _list(data["physical_to_logical_map"], path, "physical_to_logical_map")
-        g = _need(num_gpus, "num_gpus", path, fmt)
-        return _from_maps(rows, list(range(len(rows))), g, num_experts, path)
-    if fmt == "eplb":
-        rows = _list(data["phy2log"], path, "phy2log")
-        g = num_gpus if num_gpus is not None else _need(data.get("num_gpus"), "num_gpus", path, fmt)
-        if data.get("num_gpus") is not None:
-            stored_gpus = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
-            if num_gpus is not None and stored_gpus != num_gpus:
-                raise ValueError(f"{path}: the file has num_gpus = {stored_gpus}, not {num_gpus}")
-        stored = data.get("layer_ids")
-        ids = list(range(len(rows))) if stored is None else _layer_ids(stored, path)
-        if len(ids) != len(rows):
-            raise ValueError(f"{path}: {len(ids)} layer_ids for {len(rows)} rows of phy2log")
-        model = _from_maps(rows, ids, g, num_experts, path)
-        if "logcnt" in data:
-            try:
-                counts = np.asarray(data["logcnt"])
-            except (TypeError, ValueError, OverflowError, RecursionError) as err:
-                raise ValueError(f"{path}: logcnt is not an array of counts ({err})") from err
-            if counts.dtype.kind not in "iu" or not np.array_equal(
-                counts, model.replicas().sum(axis=2)
-            ):
-                raise ValueError(f"{path}: logcnt disagrees with phy2log")
-        return model
-    if fmt == "trtllm":
-        assignments = data["initial_global_assignments"]
-        if not isinstance(assignments, dict) or not assignments:
-            raise ValueError(f"{path}: initial_global_assignments must map layer -> slots")
-        g = _need(num_gpus, "num_gpus", path, fmt)
-        by_layer: dict[int, Any] = {}
-        for key, row in assignments.items():
-            layer = _layer_key(key, path)
-            if layer in by_layer:
-                raise ValueError(
-                    f"{path}: layer {layer} appears twice in initial_global_assignments"
-                )
-            by_layer[layer] = row
-        layers = sorted(by_layer)
-        model = _from_maps([by_layer[layer] for layer in layers], layers, g, num_experts, path)
-        if "num_slots" in data:
-            slots = check_field_int(path, "num_slots", data["num_slots"], 1)
-            if slots != model.num_gpus * model.slots_per_gpu:
-                raise ValueError(
-                    f"{path}: num_slots = {slots} but layers hold"
-                    f" {model.num_gpus * model.slots_per_gpu} slots"
-                )
-        return model
-    if fmt == "vllm-ascend":
-        layers = _list(data["layer_list"], path, "layer_list")
-        rows, ids = [], []
-        devices = None
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, dict):
-                raise ValueError(f"{path}: layer_list[{i}] must be a mapping")
-            devs = layer["device_list"]
-            if not isinstance(devs, list) or not all(isinstance(d, dict) for d in devs):
-                raise ValueError(f"{path}: layer_list[{i}].device_list must be a list of mappings")
-            if devices is not None and len(devs) != devices:
-                raise ValueError(
-                    f"{path}: layer_list[{i}] has {len(devs)} devices, others {devices}"
-                )
-            devices = len(devs)
-            experts = [d["device_expert"] for d in devs]
-            if not all(isinstance(e, list) for e in experts):
-                raise ValueError(f"{path}: layer_list[{i}]: device_expert must be lists")
-            counts = {len(e) for e in experts}
-            if len(counts) != 1:
-                raise ValueError(
-                    f"{path}: layer_list[{i}] devices hold different numbers of experts"
-                    f" {sorted(counts)}"
-                )
-            rows.append([e for d in experts for e in d])
-            ids.append(i)  # vLLM-Ascend reads layers by position, never layer_id
-        if num_gpus is not None and num_gpus != devices:
-            raise ValueError(f"{path}: the file has {devices} devices, not num_gpus = {num_gpus}")
-        return _from_maps(rows, ids, devices or 0, num_experts, path)
-    raise ValueError(f"unknown placement format {fmt!r}; known: {PLACEMENT_FORMATS}")
-
-
-def logical_maps(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
-    """log2phy [L, E, X] (-1 padded, slots in ascending order) and logcnt [L, E] (slots per
-    expert; each row sums to P) of a physical-to-logical map [L, P]."""
-    phy2log = np.asarray(phy2log, dtype=np.int64)
-    layers, slots = phy2log.shape
-    logcnt = np.stack([np.bincount(row, minlength=num_experts) for row in phy2log])
-    log2phy = np.full((layers, num_experts, max(int(logcnt.max()), 1)), -1, dtype=np.int64)
-    for layer, row in enumerate(phy2log):
-        order = np.argsort(row, kind="stable")  # slots of expert 0 first, ascending
-        rank = np.arange(slots) - np.repeat(np.cumsum(logcnt[layer]) - logcnt[layer], logcnt[layer])
-        log2phy[layer, row[order], rank] = order
-    return log2phy, logcnt
