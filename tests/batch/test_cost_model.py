@@ -1,9 +1,20 @@
 import math
+import re
+from pathlib import Path
 
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.batch.cost_model import EXPERT_SHAPES, GPUS, fit_calibration
+from moefast.batch.cost_model import (
+    CALIBRATED,
+    EXPERT_SHAPES,
+    GPUS,
+    fit_calibration,
+    load_calibration,
+    preset_source,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cost-model.md"
 
 
 def test_expert_time_forms():
@@ -34,14 +45,61 @@ def test_presets_cover_the_models_and_gpus():
         "deepseek-v3",
         "gpt-oss-20b",
     } <= set(EXPERT_SHAPES)
-    h100 = mf.CostModel.preset("mixtral-8x7b", "h100")
-    h200 = mf.CostModel.preset("mixtral-8x7b", "h200")
+    # DBRX was not measured: datasheet estimates on both GPUs.
+    h100 = mf.CostModel.preset("dbrx", "h100")
+    h200 = mf.CostModel.preset("dbrx", "h200")
     # Same FLOP/s, more bandwidth: H200 reads weights faster.
     assert h200.alpha < h100.alpha and h200.beta == pytest.approx(h100.beta)
-    assert 90 < h100.alpha < 140  # ~105 us at peak bandwidth; 130 measured
+    assert "datasheet estimate" in preset_source("dbrx", "h200")
     assert set(GPUS) == {"h100", "h200"}
     with pytest.raises(ValueError, match="unknown model"):
         mf.CostModel.preset("llama")
+    with pytest.raises(ValueError, match="unknown gpu"):
+        mf.CostModel.preset("olmoe", "a100")
+
+
+def _docs_calibration_rows() -> dict[tuple[int, int], tuple[str, str, str]]:
+    """The calibration table of docs/cost-model.md: shape -> (alpha, beta, p) as printed."""
+    section = DOCS.read_text().split("### Calibration", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\| [^|]* (\d+)x(\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if m:
+            rows[int(m[1]), int(m[2])] = (m[3], m[4], m[5])
+    return rows
+
+
+def test_presets_are_the_calibration_table_of_the_docs():
+    rows = _docs_calibration_rows()
+    measured = {(e["hidden"], e["intermediate"]) for e in load_calibration()["models"].values()}
+    assert set(rows) == measured == set(CALIBRATED["h100"])
+    for model, shape in EXPERT_SHAPES.items():
+        cm = mf.CostModel.preset(model, "h100")
+        if shape in rows:
+            assert (f"{cm.alpha:.1f}", f"{cm.beta:.4f}", f"{cm.p:.2f}") == rows[shape], model
+            assert "calibration fit" in preset_source(model)
+        else:
+            assert "datasheet estimate" in preset_source(model)
+
+
+def test_presets_accept_the_model_names_of_layouts():
+    # --model olmoe and --preset olmoe name the same expert.
+    assert mf.CostModel.preset("olmoe") == mf.CostModel.preset("olmoe-1b-7b")
+    assert mf.CostModel.preset("DeepSeek_R1") == mf.CostModel.preset("deepseek-v3")
+    assert mf.CostModel.preset("olmoe").alpha == pytest.approx(18.5, abs=0.05)
+    # A fixed p refits the measurements: the additive fit of the docs' table.
+    additive = mf.CostModel.preset("deepseek-v3", p=1.0)
+    assert additive.p == 1.0 and 40 < additive.alpha < 55
+
+
+@pytest.mark.slow
+def test_calibrated_presets_are_the_fits_of_the_shipped_measurements():
+    fits = fit_calibration()
+    for name, fit in fits.items():
+        cm = mf.CostModel.preset(name)
+        assert cm.alpha == pytest.approx(fit.model.alpha, rel=1e-3), name
+        assert cm.beta == pytest.approx(fit.model.beta, rel=1e-3), name
+        assert cm.p == fit.model.p, name
 
 
 @pytest.mark.parametrize(

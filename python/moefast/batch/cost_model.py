@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from moefast._util.checks import check_count, check_non_negative, check_number, check_positive
+from moefast.io.layouts import get_model
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class GpuSpec:
 
 
 #: Datasheet peaks (SXM parts, dense bf16). Measured experts reach ~75-80% of the
-#: bandwidth and ~70% of the FLOP/s (see `fit_calibration`), so presets are optimistic.
+#: bandwidth and ~70% of the FLOP/s (see `fit_calibration`), so a datasheet estimate is
+#: optimistic; presets use the measured fits (`CALIBRATED`) wherever they exist.
 GPUS = {
     "h100": GpuSpec("H100 SXM 80GB", bandwidth=3.35e12, flops=989.4e12),
     "h200": GpuSpec("H200 SXM 141GB", bandwidth=4.8e12, flops=989.4e12),
@@ -45,7 +47,62 @@ EXPERT_SHAPES = {
     "qwen3-30b-a3b": (2048, 768),
     "deepseek-v3": (7168, 2048),
     "gpt-oss-20b": (2880, 2880),
+    "deepseek-r1": (7168, 2048),
+    "deepseek-v2": (5120, 1536),
+    "qwen1.5-moe-a2.7b": (2048, 1408),
+    "qwen2-moe-57b-a14b": (3584, 2560),
+    "qwen3-235b-a22b": (4096, 1536),
+    "mixtral-8x22b": (6144, 16384),
+    "gpt-oss-120b": (2880, 2880),
 }
+
+#: (alpha us, beta us/token, p) fitted by `fit_calibration()` to the bundled measurements
+#: (``moefast/data/h100_expert_ffn_graphs.json``, bf16, CUDA graphs), by GPU and expert
+#: shape (hidden, intermediate): the calibration table of docs/cost-model.md#calibration.
+#: A preset of a model whose expert has a measured shape is this fit; others are datasheet
+#: estimates (`preset_source` says which).
+CALIBRATED: dict[str, dict[tuple[int, int], tuple[float, float, float]]] = {
+    "h100": {
+        (4096, 14336): (136.51, 0.50424, 2.15),
+        (2048, 1408): (19.88, 0.022317, 1.05),
+        (7168, 2048): (47.26, 0.11006, 1.40),
+        (2048, 768): (19.24, 0.013855, 1.15),
+        (2048, 1024): (18.49, 0.016029, 1.05),
+    },
+}
+
+
+def preset_key(model: str) -> str:
+    """The `EXPERT_SHAPES` key of a model name: a key itself, or any name `--model`
+    accepts (`moefast.io.layouts.get_model`, aliases such as "olmoe" included)."""
+    key = str(model).lower().replace("_", "-")
+    if key in EXPERT_SHAPES:
+        return key
+    try:
+        key = get_model(key).name
+    except ValueError:
+        key = ""
+    if key not in EXPERT_SHAPES:
+        raise ValueError(
+            f"unknown model {model!r}; known: {sorted(EXPERT_SHAPES)} (and their --model aliases)"
+        )
+    return key
+
+
+def preset_source(model: str, gpu: str = "h100", dtype_bytes: float = 2) -> str:
+    """Where `CostModel.preset(model, gpu)` comes from: a calibration fit or a datasheet
+    estimate."""
+    shape = EXPERT_SHAPES[preset_key(model)]
+    if dtype_bytes == 2 and shape in CALIBRATED.get(_gpu_key(gpu), {}):
+        return f"{GPUS[_gpu_key(gpu)].name} calibration fit (docs/cost-model.md#calibration)"
+    return f"datasheet estimate ({GPUS[_gpu_key(gpu)].name} peaks; no measurement of this expert)"
+
+
+def _gpu_key(gpu: str) -> str:
+    key = str(gpu).lower()
+    if key not in GPUS:
+        raise ValueError(f"unknown gpu {gpu!r}; known: {sorted(GPUS)}")
+    return key
 
 
 @dataclass(frozen=True)
@@ -109,16 +166,24 @@ class CostModel:
 
     @classmethod
     def preset(
-        cls, model: str, gpu: str = "h100", p: float = 1.0, dtype_bytes: float = 2
+        cls, model: str, gpu: str = "h100", p: float | None = None, dtype_bytes: float = 2
     ) -> CostModel:
-        """`for_expert` with the expert shape of `model` (keys of EXPERT_SHAPES) and the
-        datasheet peaks of `gpu` ("h100" or "h200")."""
-        if model not in EXPERT_SHAPES:
-            raise ValueError(f"unknown model {model!r}; known: {sorted(EXPERT_SHAPES)}")
-        if gpu not in GPUS:
-            raise ValueError(f"unknown gpu {gpu!r}; known: {sorted(GPUS)}")
-        hidden, intermediate = EXPERT_SHAPES[model]
+        """The cost model of `model`'s expert (an `EXPERT_SHAPES` key or any name `--model`
+        accepts) on `gpu` ("h100" or "h200"): the calibration fit (`CALIBRATED`) where the
+        shape was measured on that GPU in bf16, else a datasheet estimate (`for_expert` with
+        the GPU's peaks); `preset_source` says which. `p` fixes the shape: a measured preset
+        is then refitted to the measurements with that p (default: the fit's p; 1 for an
+        estimate)."""
+        key = preset_key(model)
+        gpu = _gpu_key(gpu)
+        hidden, intermediate = EXPERT_SHAPES[key]
+        fitted = CALIBRATED.get(gpu, {}).get((hidden, intermediate))
+        if fitted is not None and dtype_bytes == 2:
+            if p is None:
+                return cls(*fitted)
+            return _refit(hidden, intermediate, check_number("p", p))
         spec = GPUS[gpu]
+        p = 1.0 if p is None else p
         return cls.for_expert(hidden, intermediate, dtype_bytes, spec.bandwidth, spec.flops, p=p)
 
     @classmethod
@@ -169,6 +234,17 @@ class CostModel:
             model = cls(*scale((alpha, beta)), q)
         predicted = t * model.expert_time(n)
         return CostModelFit(model, n.astype(np.int64), t.astype(np.int64), y, predicted)
+
+
+def _refit(hidden: int, intermediate: int, p: float) -> CostModel:
+    """The bundled measurements of the expert shape fitted with a fixed p."""
+    for entry in load_calibration()["models"].values():
+        if (entry["hidden"], entry["intermediate"]) == (hidden, intermediate):
+            pts = entry["points"]
+            return CostModel.fit(
+                [q["tokens"] for q in pts], [q["us"] for q in pts], [q["experts"] for q in pts], p=p
+            ).model
+    raise ValueError(f"no measurement of the expert shape {hidden}x{intermediate}")
 
 
 def _f(n: np.ndarray, a: float, b: float, p: float) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from moefast.batch.cost_model import CostModel
+from moefast.batch.cost_model import CostModel, preset_key, preset_source
 from moefast.io.readers import TRACE_FORMATS
 from moefast.topology.times import Topology
 
@@ -48,10 +48,38 @@ def int_list(text: str, name: str) -> list[int]:
     return out
 
 
+#: The cost model without --alpha/--beta, --preset or a --model of a known expert: a
+#: Mixtral-size expert on an H100.
+DEFAULT_ALPHA, DEFAULT_BETA = 130.0, 0.5
+
+
 def cost_model_from_args(args: argparse.Namespace) -> CostModel:
-    if args.preset is not None:
-        return CostModel.preset(args.preset, gpu=args.gpu, p=args.p)
-    return CostModel(args.alpha, args.beta, p=args.p)
+    """--preset (or, without --alpha/--beta, the --model's expert) on --gpu; else
+    --alpha/--beta/--p."""
+    return cost_model_and_source(args)[0]
+
+
+def cost_model_and_source(args: argparse.Namespace) -> tuple[CostModel, str]:
+    """The cost model of the options and one phrase saying where it comes from."""
+    alpha, beta, p = getattr(args, "alpha", None), getattr(args, "beta", None), args.p
+    name = args.preset
+    if name is None and alpha is None and beta is None and getattr(args, "model", None):
+        try:
+            name = preset_key(args.model)
+        except ValueError:
+            name = None  # a layout without a known expert shape: the default model
+    if name is not None:
+        if alpha is not None or beta is not None:
+            raise ValueError("give --preset or --alpha/--beta, not both")
+        cm = CostModel.preset(name, gpu=args.gpu, p=p)
+        return cm, f"{cm} ({name} on {args.gpu}: {preset_source(name, args.gpu)})"
+    given = alpha is not None or beta is not None
+    cm = CostModel(
+        DEFAULT_ALPHA if alpha is None else alpha,
+        DEFAULT_BETA if beta is None else beta,
+        p=1.0 if p is None else p,
+    )
+    return cm, f"{cm} ({'--alpha/--beta/--p' if given else 'default: a Mixtral-size expert'})"
 
 
 def at_least(low: int):
@@ -72,18 +100,32 @@ def at_least(low: int):
 
 def cost_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--alpha", type=float, default=130.0, help="weight-read time of one expert, us (130)"
+        "--alpha",
+        type=float,
+        default=None,
+        help=f"weight-read time of one expert, us ({DEFAULT_ALPHA:g} without --preset)",
     )
     p.add_argument(
-        "--beta", type=float, default=0.5, help="compute time per token of one expert, us (0.5)"
+        "--beta",
+        type=float,
+        default=None,
+        help=f"compute time per token of one expert, us ({DEFAULT_BETA:g} without --preset)",
     )
     p.add_argument(
-        "--p", type=float, default=1.0, help="shape of the per-expert time (1: alpha + beta n)"
+        "--p",
+        type=float,
+        default=None,
+        help="shape of the per-expert time (1: alpha + beta n; default: the preset's fit, or 1)",
     )
     p.add_argument(
-        "--preset", default=None, help="cost model of a known expert shape, e.g. mixtral-8x7b"
+        "--preset",
+        default=None,
+        metavar="MODEL",
+        help="cost model of a model's expert on --gpu, by any name --model accepts (e.g. olmoe,"
+        " deepseek-v3): the H100 calibration fit where measured, else a datasheet estimate;"
+        " default: --model's, when it names a known expert and --alpha/--beta are not given",
     )
-    p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200")
+    p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200 (h100)")
 
 
 def placement_options(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from moefast._util.atomic import check_folder
 from moefast.batch.times import simulate
 from moefast.cli.options import (
     at_least,
-    cost_model_from_args,
+    cost_model_and_source,
     cost_model_options,
     placement_options,
     trace_format_option,
@@ -30,7 +30,7 @@ def cmd_simulate(args) -> int:
         ) from None
     trace = load_trace(args.trace, format=args.trace_format)
     check_memory_fits(trace, args.gpus, args.slots)
-    cm = cost_model_from_args(args)
+    cm, cm_source = cost_model_and_source(args)
     placements = {
         "greedy": plan_trace(trace, args.gpus, args.slots, "greedy", args.coverage, args.seed),
         "contiguous": plan_trace(
@@ -43,7 +43,7 @@ def cmd_simulate(args) -> int:
             trace, args.gpus, args.slots, "greedy", args.coverage, args.seed, args.batch_aware, cm
         )
     print(
-        f"{cm}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
+        f"{cm_source}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
         f" {args.steps} steps per batch size; in-sample: placements planned and simulated on"
         " the same trace"
     )
