@@ -16,3 +16,19 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "") ->
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def steps(iterable: Iterable[T], total: int, desc: str, shown: bool) -> Iterable[T]:
+    """Progress of long work the caller asked to see (``shown``): a tqdm bar on a terminal,
+    one line per item on stderr otherwise (logs and pipes); nothing when not ``shown``."""
+    if not shown:
+        yield from iterable
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, leave=False)
+        return
+    for done, item in enumerate(iterable, 1):
+        yield item
+        print(f"{desc}: {done}/{total}", file=sys.stderr, flush=True)

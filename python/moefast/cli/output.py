@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,12 +13,13 @@ import numpy as np
 
 from moefast._util.checks import check_count
 from moefast.batch.cost_model import CostModel
-from moefast.cli.options import cost_model_from_args, topology_from_args
+from moefast.cli.options import cost_model_and_source, topology_from_args
 from moefast.evaluate.coactivation import hottest_layer
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.heldout import default_split_by
 from moefast.evaluate.learning_curve import learning_curve
 from moefast.evaluate.selection import Estimator
+from moefast.evaluate.serving import settings_rows
 from moefast.evaluate.slot_sweep import slot_sweep
 from moefast.io.engines import load_placement
 from moefast.io.streaming import trace_files
@@ -25,6 +27,7 @@ from moefast.moves import ROUND_US
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import RayExecutor
 from moefast.planning.plan import plan, plan_layers
+from moefast.planning.profile import DEFAULT_PROFILE, TYPICAL_DECODE_BATCH, ServingProfile
 from moefast.planning.replan import curve_rows
 from moefast.report import report, text_tables
 from moefast.search.methods import check_memory
@@ -54,10 +57,16 @@ def plan_trace(
     topology: Topology | None = None,
     num_groups: int | None = None,
     round_us: float = ROUND_US,
+    profile: ServingProfile | None = None,
+    profile_cost_model: CostModel | None = None,
+    progress: bool | None = None,
 ) -> ModelPlacement:
     """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
     unless `holdout` is given; from `current` with few moves when it is given; node-aware
-    with a topology."""
+    with a topology; the candidate of least expected step time over `profile` (timed with
+    `profile_cost_model`) when it is given."""
+    if profile is not None and batch_size is None:
+        cost_model = profile_cost_model
     return plan(
         trace,
         gpus,
@@ -79,7 +88,49 @@ def plan_trace(
         topology=topology,
         num_groups=num_groups,
         round_us=round_us,
+        profile=profile,
+        progress=progress,
     )
+
+
+def serving_profile(args) -> ServingProfile | None:
+    """The profile of --batch-sizes (default `DEFAULT_PROFILE`, B = 1 and a typical decode
+    batch); None where a profile does not apply (--current, --topology)."""
+    if getattr(args, "current", None) is not None or getattr(args, "topology", None):
+        if getattr(args, "batch_sizes", None) is not None:
+            raise ValueError("--batch-sizes is not supported with --current or --topology yet")
+        return None
+    text = getattr(args, "batch_sizes", None)
+    engine = getattr(args, "format", "sglang")
+    if text is None:
+        return replace(DEFAULT_PROFILE, gpu=args.gpu, engine=engine)
+    return ServingProfile.parse(text, gpu=args.gpu, engine=engine)
+
+
+def profile_words(args) -> str:
+    """Which profile the figures are for: --batch-sizes, or the default one, said so."""
+    if getattr(args, "batch_sizes", None) is not None:
+        return f"--batch-sizes {args.batch_sizes}"
+    return (
+        f"no --batch-sizes: B = 1 and B = {TYPICAL_DECODE_BATCH} (a typical decode batch),"
+        " equal shares, no batch-aware search"
+    )
+
+
+def print_serving(model: ModelPlacement, args) -> None:
+    """The candidates' step times over the profile, the recommendation and its warnings."""
+    serving = model.settings.get("serving")
+    if serving is None:
+        return
+    print(
+        f"serving profile ({profile_words(args)}); simulated step time per candidate, summed"
+        f" over layers, {serving['basis']}, best replica choice;"
+        f" {getattr(args, 'cost_model_source', serving['cost_model'])}; * recommended:"
+    )
+    print(text_tables.format_table(*settings_rows(serving)))
+    for line in serving["warnings"]:
+        print(line)
+    print(serving["headline"])
 
 
 def check_memory_fits(trace: Trace, gpus: int, slots: int) -> None:
@@ -117,7 +168,8 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
     large enough), write the report if asked."""
     check_memory_fits(trace, args.gpus, args.slots)
     batch_size = getattr(args, "batch_size", None)
-    cost_model = cost_model_from_args(args) if batch_size is not None else None
+    cost_model, args.cost_model_source = cost_model_and_source(args)
+    profile = serving_profile(args)
     model = plan_trace(
         trace,
         args.gpus,
@@ -126,7 +178,7 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
         args.coverage,
         args.seed,
         batch_size,
-        cost_model,
+        cost_model if batch_size is not None else None,
         holdout=args.holdout,
         split_by=args.split_by,
         estimator=args.estimator,
@@ -138,11 +190,15 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
         topology=topology_from_args(args),
         num_groups=getattr(args, "num_groups", None),
         round_us=ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
+        profile=profile,
+        profile_cost_model=cost_model,
+        progress=not getattr(args, "quiet", True),
     )
     comparison = model.evaluation
     assert comparison is not None
     print_comparison(comparison, args.gpus, args.slots)
     print_topology_and_replan(model, args)
+    print_serving(model, args)
     print(f"estimator: {model.settings['estimator']}")
     if report_dir is not None:
         folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -307,6 +363,7 @@ def plan_files_cli(
     if args.workers is not None and args.ray is not None:
         raise ValueError("give --workers or --ray, not both")
     batch_size = getattr(args, "batch_size", None) or None
+    profile = serving_profile(args)
     with ExitStack() as stack:
         executor: Executor | None = None
         if args.ray is not None:
@@ -327,7 +384,7 @@ def plan_files_cli(
             split_by=args.split_by,
             objective="decode" if batch_size is None else "batch",
             batch_size=batch_size,
-            cost_model=cost_model(args) if batch_size is not None else None,
+            cost_model=cost_model(args) if batch_size is not None or profile else None,
             time_budget=getattr(args, "time_budget", None),
             work_budget=getattr(args, "work_budget", None),
             chunk_tokens=args.chunk_tokens,
@@ -339,6 +396,8 @@ def plan_files_cli(
             topology=topology,
             num_groups=getattr(args, "num_groups", None),
             round_us=ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
+            profile=profile,
+            progress=not getattr(args, "quiet", True),
         )
     print(f"{len(trace_files(args.trace))} trace file(s) read by streaming")
     show(model.evaluation, args.gpus, args.slots)

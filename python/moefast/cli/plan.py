@@ -8,6 +8,7 @@ from typing import Any
 from moefast._util.atomic import check_folder, check_writable
 from moefast.cli.options import (
     at_least,
+    cost_model_and_source,
     cost_model_from_args,
     cost_model_options,
     int_list,
@@ -18,17 +19,23 @@ from moefast.cli.options import (
 from moefast.cli.output import (
     plan_files_cli,
     print_comparison,
+    print_serving,
     print_topology_and_replan,
+    profile_words,
     run_plan,
     served_placement,
+    serving_profile,
 )
+from moefast.evaluate.serving import settings_rows
 from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
 from moefast.io.layouts import map_positions, model_layout
-from moefast.io.readers import load_trace
+from moefast.io.readers import load_expert_load, load_trace
 from moefast.io.readers.arrow import is_arrow_trace
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US
+from moefast.planning.loads import REDUNDANT_FLAG, loads_only_statement, plan_from_loads
 from moefast.planning.plan import ESTIMATOR_CHOICES
+from moefast.report.text_tables import format_table
 from moefast.splits import SPLIT_BY
 from moefast.topology.times import PRESETS as TOPOLOGY_PRESETS
 
@@ -46,6 +53,63 @@ def is_streaming(args) -> bool:
     )
 
 
+def is_load_file(paths: list[str]) -> bool:
+    """One SGLang logical_count JSON, stat dump or .npy of per-expert loads."""
+    if len(paths) != 1:
+        return False
+    path = Path(paths[0])
+    if path.suffix.lower() == ".npy":
+        return True
+    if path.suffix.lower() == ".json" and path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return '"logical_count"' in f.read(4096)
+    return False
+
+
+def plan_loads_cli(args, layout) -> int:
+    """``moefast plan LOADS``: the best placement loads alone allow, with the number of
+    redundant experts that is fastest on the profile."""
+    if layout is None or layout.k is None:
+        raise ValueError(
+            "a loads file has no top-k: name the model with --model (e.g. deepseek-v3)"
+        )
+    load, layer_ids = load_expert_load(args.trace[0], return_layer_ids=True)
+    layout.check_layers(layer_ids, load.shape[1])
+    cost_model, source = cost_model_and_source(args)
+    profile = serving_profile(args)
+    assert profile is not None  # --current and --topology are not loads options
+    print(loads_only_statement(args.format))
+    result = plan_from_loads(
+        load, layer_ids, args.gpus, args.slots, layout.k, profile, cost_model, seed=args.seed
+    )
+    serving = result.model.settings["serving"]
+    print(
+        f"serving profile ({profile_words(args)}); simulated step time per candidate, summed"
+        f" over {len(layer_ids)} layers, {serving['note']}; {source}; * recommended:"
+    )
+    print(format_table(*settings_rows(serving)))
+    for line in serving["warnings"]:
+        print(line)
+    print(serving["headline"])
+    flag = REDUNDANT_FLAG.get(args.format, "redundant experts")
+    print(
+        f"redundant experts: {result.redundant} ({flag} {result.redundant}), the fastest"
+        f" of {args.gpus * args.slots - load.shape[1]} down to"
+        f" {args.gpus * -(-load.shape[1] // args.gpus) - load.shape[1]} on the profile,"
+        " under the best replica choice (not the engine's own dispatch)"
+    )
+    model = result.model
+    model.settings["model"] = layout.name
+    launch = launch_settings(args.format, args.out, args.gpus, result.slots_per_gpu, load.shape[1])
+    model.settings["launch"] = launch
+    launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
+    print(f"placement ({args.format}): {args.out}")
+    print("start the engine with:")
+    for key, value in launch.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def cmd_plan(args) -> int:
 
     # Before the work: a bad output path found after minutes of planning loses them.
@@ -60,6 +124,8 @@ def cmd_plan(args) -> int:
             f"the {args.format} file holds rows for the model's layers: say which model with"
             " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
         )
+    if is_load_file(args.trace):
+        return plan_loads_cli(args, layout)
     if is_streaming(args):
         if args.layers_are_positions:
             raise ValueError(
@@ -85,6 +151,7 @@ def cmd_plan(args) -> int:
             args, cost_model_from_args, print_comparison, layout, current, topology_from_args(args)
         )
         print_topology_and_replan(model, args)
+        print_serving(model, args)
         num_experts = model.num_experts
     else:
         trace = load_trace(args.trace[0], args.trace_format)
@@ -171,6 +238,11 @@ def add_parser(sub: Any) -> None:
         help="add the model's MTP layers (TensorRT-LLM and vLLM-Ascend files)",
     )
     p.add_argument("--out", required=True, help="placement file to write")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (default: a bar on a terminal, a line per layer otherwise)",
+    )
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
     p.add_argument(
         "--time-budget",
@@ -214,6 +286,16 @@ def add_parser(sub: Any) -> None:
         metavar="B",
         help="optimize the mean step time of batches of B tokens (cost model below)"
         " instead of decode",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default=None,
+        metavar="SIZES",
+        help="serving profile: the batch sizes served, with optional shares (1,16,64,256 or"
+        " 1:0.2,64:0.8); every candidate (this plan, batch-aware per size, EPLB, round-robin,"
+        " contiguous, the engine's default map) is simulated on the held-out tokens at each"
+        " size and the one of least expected step time is written (default: B = 1 and 64,"
+        " no batch-aware search)",
     )
     p.add_argument(
         "--current",

@@ -47,6 +47,8 @@ class Comparison:
     note: str = ""
     gain_interval: tuple[float, float] | None = None
     units: str = ""
+    #: What the main method's placements are when its name does not say (a batch-aware plan).
+    main_label: str | None = None
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
@@ -74,8 +76,11 @@ class Comparison:
 
     def headline(self) -> str:
         """One line: the gain, its interval and its basis."""
-        label = METHOD_LABELS.get(self.main_method, self.main_method)
-        text = f"{label}: {100 * self.total_gain():.1f}% below the best baseline"
+        label = self.main_label or METHOD_LABELS.get(self.main_method, self.main_method)
+        text = (
+            f"{label}: {100 * self.total_gain():.1f}% below the best baseline in single-token"
+            " (B = 1) expert rounds"
+        )
         if self.gain_interval is not None:
             low, high = self.gain_interval
             text += f" (95% interval {100 * low:.1f}% to {100 * high:.1f}%)"

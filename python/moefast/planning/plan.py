@@ -15,8 +15,9 @@ from typing import Any, Literal
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_non_negative, check_number
-from moefast.batch.cost_model import CostModel
-from moefast.evaluate.comparison import BASELINES, Comparison, compare_methods
+from moefast._util.progress import steps
+from moefast.batch.cost_model import CostModel, check_cost_model
+from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison, compare_methods
 from moefast.evaluate.heldout import (
     MIN_HOLDOUT_TOKENS,
     Split,
@@ -25,6 +26,7 @@ from moefast.evaluate.heldout import (
     score_methods,
 )
 from moefast.evaluate.selection import Estimator, select_estimator
+from moefast.evaluate.serving import ROUNDS_REGIME, ServingScores
 from moefast.io.layouts import PRESETS, ModelLayout, model_layout
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import (
@@ -37,6 +39,7 @@ from moefast.moves import (
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import optimize_layers, stream_split_tables, tables_from_files
 from moefast.planning.layer import plan_one_layer
+from moefast.planning.profile import ServingProfile, candidates, choose
 from moefast.planning.replan import held_out_gain, replan_layers, replan_summary
 from moefast.search.methods import check_budgets, check_memory, optimize
 from moefast.search.node_plan import compare_times, node_aware_batch, node_aware_decode
@@ -185,11 +188,7 @@ def plan_layers(
         futures = [pool.submit(plan_layer, table) for table in tables]
         try:
             results = (f.result() for f in futures)
-            if progress:
-                from tqdm import tqdm
-
-                results = tqdm(results, total=len(tables), desc="planning layers", unit="layer")
-            return list(results)
+            return list(steps(results, len(tables), "planning layers", progress))
         except KeyboardInterrupt:
             _stop(futures)
             raise
@@ -233,6 +232,7 @@ def plan(
     topology: Topology | None = None,
     num_groups: int | None = None,
     round_us: float = ROUND_US,
+    profile: ServingProfile | None = None,
 ) -> ModelPlacement:
     """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
     scores it, with the baselines, on tokens it has not seen.
@@ -254,7 +254,8 @@ def plan(
     that table and the unpruned one by cross-validation on the train part, paired over the
     same greedy seeds (`moefast.evaluate.selection`); "plain" (the default: on the real traces
     measured, no estimator beat it) plans on the pruned empirical table. Layers run in
-    parallel; `progress` shows a bar per layer (default: when stderr is a terminal).
+    parallel; `progress` shows the layers planned (default: when stderr is a terminal): a bar
+    on a terminal, one line per layer on stderr otherwise.
     `method`, `seed`, `time_limit`, `objective`, `batch_size` and `cost_model` are
     `optimize`'s.
 
@@ -305,6 +306,18 @@ def plan(
     same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
     rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
     the compute-only searches only. Without a topology nothing changes.
+
+    ``profile`` (a `moefast.planning.profile.ServingProfile`: the batch sizes served and
+    their shares) makes the plan a choice: every candidate (this plan, the batch-aware
+    search at each profile size above 1, EPLB, round-robin, contiguous, the engine's
+    default map) is planned on the same train part and simulated on the same tokens as
+    ``evaluation`` (held out when it is), and the placement returned is the one of least
+    expected step time over the profile under ``cost_model`` (default: the preset of
+    ``model`` on ``profile.gpu``). ``settings["serving"]`` records every candidate's step
+    time at every size and its rounds, the recommendation, and a warning for each size at
+    which it is slower than the engine default or EPLB; ``layer_costs`` are the
+    recommended placement's rounds. Not with ``current`` or ``topology``. Without a
+    profile nothing changes.
     """
     began = time.perf_counter()
     time_budget, work_budget = check_budgets(time_budget, work_budget)
@@ -335,6 +348,11 @@ def plan(
     num_experts = trace.num_experts if trace else tables[0].num_experts
     check_memory(num_experts, num_gpus, slots_per_gpu)
     layout = model_layout(model)
+    serve_model = None
+    if profile is not None:
+        serve_model = _profile_checks(profile, cost_model, layout, current, topology)
+        if objective == "decode":
+            cost_model = None  # times the profile's steps, not the decode plan's
     if layout is not None:
         layout.check_layers(layer_ids, num_experts)
     if topology is not None:
@@ -457,6 +475,29 @@ def plan(
         method,
         seed,
     )
+    if objective == "batch":
+        comparison.main_label = f"batch-aware (B={batch_size})"
+    serving = None
+    if profile is not None:
+        assert serve_model is not None  # _profile_checks gives one
+        if progress:
+            print("scoring the candidates on the serving profile", file=sys.stderr, flush=True)
+        serving = _serve(
+            profile,
+            serve_model,
+            comparison,
+            split,
+            None if streamed is None else streamed.test,
+            trace,
+            tables,
+            plan_tables,
+            placements,
+            num_gpus,
+            slots_per_gpu,
+            chosen,
+            seed,
+            options,
+        )
     interval = comparison.gain_interval
     settings: dict[str, object] = {
         "method": method,
@@ -525,15 +566,99 @@ def plan(
     if objective == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
         settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
+    settings["gain_regime"] = f"{ROUNDS_REGIME}, {comparison.basis}"
+    layer_costs = comparison.costs[method]
+    if serving is not None:
+        scores, placed = serving
+        settings["serving"] = scores.as_settings()
+        placements, layer_costs = placed[scores.recommended], scores.rounds[scores.recommended]
     return ModelPlacement(
         placements=placements,
         slots_per_gpu=slots_per_gpu,
         layer_ids=layer_ids,
-        layer_costs=comparison.costs[method],
+        layer_costs=layer_costs,
         lower_bounds=comparison.lower_bounds,
         settings=settings,
         evaluation=comparison,
     )
+
+
+def _profile_checks(
+    profile: ServingProfile,
+    cost_model: CostModel | None,
+    layout: ModelLayout | None,
+    current: object,
+    topology: Topology | None,
+) -> CostModel:
+    """The cost model a profile is scored with; the options a profile does not take."""
+    if not isinstance(profile, ServingProfile):
+        raise TypeError(
+            f"profile must be a moefast.planning.profile.ServingProfile, got"
+            f" {type(profile).__name__}"
+        )
+    if current is not None or topology is not None:
+        raise ValueError("profile= is not supported with current= or topology= yet")
+    if cost_model is not None:
+        return check_cost_model(cost_model)
+    if layout is None:
+        raise ValueError(
+            "profile= needs cost_model= (or model= with a preset: CostModel.preset) to time steps"
+        )
+    return CostModel.preset(layout.name, gpu=profile.gpu)
+
+
+def _serve(
+    profile: ServingProfile,
+    cost_model: CostModel,
+    comparison: Comparison,
+    split: Split,
+    test_tables: list[SubsetTable] | None,
+    trace: Trace | None,
+    tables: list[SubsetTable],
+    plan_tables: Sequence[SubsetTable],
+    placements: list[Placement],
+    num_gpus: int,
+    slots_per_gpu: int,
+    chosen: Estimator,
+    seed: int,
+    options: dict[str, Any],
+) -> tuple[ServingScores, dict[str, list[Placement]]]:
+    """Every candidate of the profile, planned on ``plan_tables`` and scored on the tokens
+    ``comparison`` was scored on."""
+
+    def plan_batch(b: int) -> list[Placement]:
+        batch = {**options, "objective": "batch", "batch_size": b, "cost_model": cost_model}
+        if profile.max_evaluations is not None:
+            batch["max_evaluations"] = profile.max_evaluations
+        return plan_layers(plan_tables, num_gpus, slots_per_gpu, "greedy", chosen, seed, **batch)
+
+    main = comparison.main_label or METHOD_LABELS.get(
+        comparison.main_method, comparison.main_method
+    )
+    placed = candidates(
+        plan_tables, (main, placements), num_gpus, slots_per_gpu, profile, plan_batch, seed
+    )
+    routing: Trace | Sequence[SubsetTable]
+    if test_tables is not None:
+        routing = score_tables = test_tables
+    elif split.test is not None:
+        routing, score_tables = split.test, split.test.tables()
+    elif trace is not None:
+        routing, score_tables = trace, list(plan_tables)
+    else:
+        routing = score_tables = tables
+    scores = choose(
+        profile,
+        cost_model,
+        repr(cost_model),
+        placed,
+        routing,
+        score_tables,
+        comparison.basis,
+        comparison.note,
+        seed,
+    )
+    return scores, placed
 
 
 def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:

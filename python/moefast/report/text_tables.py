@@ -19,7 +19,8 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     methods = [m for m in BASELINES if m in comparison.costs] + [
         m for m in comparison.costs if m not in BASELINES
     ]
-    header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
+    labels = {**METHOD_LABELS, comparison.main_method: comparison.main_label}
+    header = ["layer", *(labels.get(m) or METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
     rows = []
     has_gain = bool(comparison.baselines) and comparison.main_method in comparison.costs
     gains = comparison.gain() if has_gain else None

@@ -1,0 +1,165 @@
+"""Plans from per-expert loads alone (SGLang ``logical_count`` and stat dumps, TensorRT-LLM
+counts): no token says which experts it chose together, so co-activation cannot be measured
+and the best a plan can do is balance load. `plan_from_loads` writes EPLB's placement of the
+loads (or the engine's default map, or another baseline, where that is faster on the
+profile) and decides how many redundant slots to use: each candidate is also scored with
+fewer slots per GPU, down to none redundant.
+
+Step times are simulated on tokens drawn from the loads, each token's k experts drawn
+independently in proportion to the loads (no co-activation): they are labelled so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moefast._core import Placement, SubsetTable
+from moefast.batch.cost_model import CostModel
+from moefast.eplb import rebalance_experts
+from moefast.evaluate.heldout import baseline_placements
+from moefast.evaluate.serving import ServingScores, score_candidates
+from moefast.io.engines.slots import placement_from_slots
+from moefast.placement import ModelPlacement
+from moefast.planning.profile import ServingProfile, engine_default, engine_default_label
+
+#: The engine flags that record per-token routing, which co-activation needs.
+PER_TOKEN_RECORDING = {
+    "sglang": "SGLang: launch with --expert-distribution-recorder-mode per_token (dumps in"
+    " SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, one .pt per rank)",
+    "trtllm": "TensorRT-LLM: EXPERT_STATISTIC_PATH=DIR EXPERT_STATISTIC_ITER_RANGE=FIRST-LAST"
+    " (versions that write rank<r>_raw.safetensors record per-token top-k)",
+}
+#: The engine flag that sets the number of redundant experts.
+REDUNDANT_FLAG = {
+    "sglang": "--ep-num-redundant-experts",
+    "trtllm": "moe_config.load_balancer.num_slots (experts + redundant)",
+    "vllm-ascend": "num_redundant_experts",
+}
+
+#: Tokens drawn per layer from the loads to time steps.
+DRAWN_TOKENS = 4096
+
+
+def loads_only_statement(engine: str) -> str:
+    """The one line every loads-only plan prints."""
+    how = PER_TOKEN_RECORDING.get(engine, PER_TOKEN_RECORDING["sglang"])
+    return (
+        "loads only: per-expert counts say nothing about which experts tokens choose together,"
+        " so co-activation gains cannot be measured from them; record per-token routing to"
+        f" plan for them ({how})"
+    )
+
+
+def draw_tokens(load: np.ndarray, k: int, num_tokens: int, seed: int) -> np.ndarray:
+    """``num_tokens`` tokens, each k distinct experts drawn with probability in proportion
+    to ``load`` (Gumbel top-k: sampling without replacement), int [tokens, k]."""
+    load = np.asarray(load, dtype=np.float64)
+    if np.count_nonzero(load) < k:
+        raise ValueError(f"fewer than k = {k} experts have load: cannot draw tokens of k experts")
+    rng = np.random.default_rng(seed)
+    with np.errstate(divide="ignore"):
+        logp = np.log(load / load.sum())
+    keys = logp[None, :] + rng.gumbel(size=(num_tokens, load.size))
+    return np.argsort(-keys, axis=1)[:, :k].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class LoadsPlan:
+    """The recommended placement and every candidate's scores."""
+
+    model: ModelPlacement
+    scores: ServingScores
+    slots_per_gpu: int
+    redundant: int
+    note: str
+
+
+def _eplb(loads: np.ndarray, num_gpus: int, slots_per_gpu: int) -> list[Placement]:
+    phy2log, _, _ = rebalance_experts(loads, num_gpus * slots_per_gpu, 1, 1, num_gpus)
+    num_experts = loads.shape[1]
+    return [placement_from_slots(np.asarray(row), num_gpus, num_experts, "EPLB") for row in phy2log]
+
+
+def plan_from_loads(
+    loads: np.ndarray,
+    layer_ids: Sequence[int],
+    num_gpus: int,
+    slots_per_gpu: int,
+    k: int,
+    profile: ServingProfile,
+    cost_model: CostModel,
+    *,
+    seed: int = 0,
+    num_tokens: int = DRAWN_TOKENS,
+) -> LoadsPlan:
+    """The candidate of least expected step time over ``profile`` among EPLB of the loads,
+    round-robin, contiguous and the engine's default map, each with ``slots_per_gpu``
+    slots per GPU and with every smaller count that still holds every expert (fewer
+    redundant experts, down to none): scored on tokens drawn from the loads
+    (`draw_tokens`), the best replica choice."""
+    loads = np.asarray(loads, dtype=np.float64)
+    if loads.ndim != 2 or loads.shape[0] != len(layer_ids):
+        raise ValueError("loads must be [layers, experts] with one row per layer id")
+    num_experts = loads.shape[1]
+    tables = [
+        SubsetTable.from_topk(draw_tokens(row, k, num_tokens, seed + i), num_experts)
+        for i, row in enumerate(loads)
+    ]
+    fewest = math.ceil(num_experts / num_gpus)
+    if fewest > slots_per_gpu:
+        raise ValueError(
+            f"{num_gpus} GPUs x {slots_per_gpu} slots cannot hold {num_experts} experts"
+        )
+    default_name = engine_default_label(profile.engine)
+    candidates: dict[str, list[Placement]] = {}
+    shapes: dict[str, int] = {}
+    for slots in range(slots_per_gpu, fewest - 1, -1):
+        redundant = num_gpus * slots - num_experts
+        suffix = f", {redundant} redundant"
+        placed: dict[str, list[Placement]] = {"EPLB": _eplb(loads, num_gpus, slots)}
+        base = baseline_placements(tables, num_gpus, slots, ("round_robin", "contiguous"), seed)
+        placed["round-robin"], placed["contiguous"] = base["round_robin"], base["contiguous"]
+        placed[default_name] = [engine_default(num_experts, num_gpus, slots)] * len(tables)
+        for name, placements in placed.items():
+            candidates[name + suffix] = placements
+            shapes[name + suffix] = slots
+    note = (
+        f"synthetic tokens: {num_tokens} per layer drawn from the loads, each token's"
+        f" {k} experts independent (no co-activation); best replica choice"
+    )
+    scores = score_candidates(
+        tables,
+        tables,
+        candidates,
+        profile.batch_sizes,
+        profile.weights or (),
+        cost_model,
+        basis="in-sample",
+        note=note,
+        cost_model_note=repr(cost_model),
+        seed=seed,
+        steps=profile.steps,
+    )
+    best = scores.recommended
+    slots = shapes[best]
+    settings: dict[str, Any] = {
+        "method": "loads only",
+        "num_gpus": num_gpus,
+        "cost_basis": "in-sample",
+        "cost_note": note,
+        "serving": scores.as_settings(),
+        "redundant_experts": num_gpus * slots - num_experts,
+    }
+    model = ModelPlacement(
+        placements=candidates[best],
+        slots_per_gpu=slots,
+        layer_ids=list(layer_ids),
+        layer_costs=scores.rounds[best],
+        settings=settings,
+    )
+    return LoadsPlan(model, scores, slots, num_gpus * slots - num_experts, note)

@@ -1,0 +1,65 @@
+"""``moefast plan`` for a serving profile, and from per-expert loads alone."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from moefast.cli import main
+from moefast.io.engines import load_placement
+
+
+def test_plan_prints_the_profile_and_names_every_regime(tmp_path, capsys):
+    trace = tmp_path / "t.npz"
+    synth = ["synth", "--experts=16", "--k=2", "--layers=2", "--tokens=600", "--out", str(trace)]
+    assert main(synth) == 0
+    out = tmp_path / "p.json"
+    args = ["plan", str(trace), "--gpus", "4", "--slots", "5", "--format", "json"]
+    assert main([*args, "--out", str(out), "--preset", "olmoe"]) == 0
+    text = capsys.readouterr().out
+    assert "single-token (B = 1) expert rounds" in text
+    assert "no --batch-sizes: B = 1 and B = 64 (a typical decode batch)" in text
+    assert "calibration fit" in text  # the preset says where it comes from
+    recommended = re.search(r"recommended: (.+?), [\d.]+ us expected step time", text)
+    assert recommended is not None and f"{recommended[1]} *" in text  # marked in the table
+    # One flag per size: --batch-sizes with shares.
+    assert main([*args, "--out", str(out), "--batch-sizes", "1:0.3,8:0.7"]) == 0
+    text = capsys.readouterr().out
+    assert "batch-aware (B=8)" in text and "B = 8 (us)" in text
+    assert "B = 1 30%, B = 8 70%" in text
+
+
+@pytest.mark.filterwarnings("ignore:layers .* have no placement")
+def test_plan_from_a_logical_count_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    counts = np.zeros((6, 256), dtype=np.int64)
+    counts[3:] = rng.zipf(1.6, size=(3, 256)).clip(max=5000)
+    loads = tmp_path / "decode.json"
+    loads.write_text(json.dumps({"logical_count": counts.tolist()}))
+    out = tmp_path / "f.json"
+    args = ["plan", str(loads), "--model", "deepseek-v3", "--gpus", "32", "--slots", "9"]
+    assert main([*args, "--out", str(out), "--batch-sizes", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "co-activation gains cannot be measured" in text
+    assert "--expert-distribution-recorder-mode per_token" in text
+    assert "independent (no co-activation)" in text
+    redundant = int(re.search(r"redundant experts: (\d+) \(--ep-num-redundant-experts", text)[1])
+    assert f"--ep-num-redundant-experts {redundant} " in text
+    slots = 8 + redundant // 32
+    placement = load_placement(out, "sglang", num_gpus=32, num_experts=256, model="deepseek-v3")
+    assert placement.slots_per_gpu == slots
+
+
+def test_plan_shows_progress_on_a_pipe_unless_quiet(tmp_path, capsys):
+    trace = tmp_path / "t.npz"
+    synth = ["synth", "--experts=16", "--k=2", "--layers=2", "--tokens=600", "--out", str(trace)]
+    assert main(synth) == 0
+    args = ["plan", str(trace), "--gpus", "4", "--slots", "5", "--format", "json"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err  # stderr is not a terminal here: one line per layer
+    assert "planning layers: 1/2" in err and "planning layers: 2/2" in err
+    assert main([*args, "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
+    assert "planning layers" not in capsys.readouterr().err
