@@ -10,7 +10,7 @@ random swaps), each under the best replica choice, SGLang static and SGLang dyna
 is expected expert rounds per token; B = 16, 64, 256 the mean step time (us) of 300
 simulated steps with the H100 datasheet cost model of the model's expert shape (p = 1).
 
-    pytest benches/bench_dispatch.py -s      (or: python benches/bench_dispatch.py)
+    pytest benches/bench_dispatch.py -s
 """
 
 from __future__ import annotations
@@ -113,7 +113,3 @@ def test_dispatch_table():
             for i in range(1 + len(BATCHES))
         ]
         print(r["name"], "searched vs EPLB under static:", [f"{100 * g:+.1f}%" for g in gains])
-
-
-if __name__ == "__main__":
-    test_dispatch_table()
