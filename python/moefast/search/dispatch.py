@@ -14,7 +14,12 @@ import numpy as np
 
 from moefast._core import Placement, SubsetTable, dispatch_costs, subset_costs
 from moefast._util.checks import check_count, check_seed
+from moefast.batch.cost_model import CostModel
+from moefast.batch.times import mean_step_time
 from moefast.io.engines.dispatch import check_dispatch, dispatch_maps
+
+#: Simulated steps behind a batch score of the search.
+SEARCH_STEPS = 128
 
 
 def dispatch_cost(table: SubsetTable, placement: Placement, dispatch: str, seed: int = 0) -> float:
@@ -30,7 +35,8 @@ def dispatch_cost(table: SubsetTable, placement: Placement, dispatch: str, seed:
 @dataclass(frozen=True)
 class DispatchSearch:
     """The placement chosen for a dispatch: the candidate it started from, its cost and the
-    cost after the swaps (expert rounds per token on the table searched), swaps kept."""
+    cost after the swaps (expert rounds per token on the table searched at batch size 1,
+    else mean step time in the cost model's unit), swaps kept."""
 
     placement: Placement
     start: str
@@ -46,16 +52,39 @@ def search_for_dispatch(
     *,
     max_evaluations: int = 200,
     seed: int = 0,
+    batch_size: int = 1,
+    cost_model: CostModel | None = None,
 ) -> DispatchSearch:
     """The candidate of least cost under ``dispatch`` on ``table``, improved by up to
     ``max_evaluations`` random swaps of two experts on two GPUs (slot counts unchanged),
-    each kept when it lowers that cost. Deterministic for a given seed."""
+    each kept when it lowers that cost. The cost is expert rounds per token at
+    ``batch_size`` 1, else the mean step time of `SEARCH_STEPS` simulated steps of that
+    many tokens under ``cost_model`` (the same steps for every placement). Deterministic
+    for a given seed."""
     dispatch = check_dispatch(dispatch)
     max_evaluations = check_count("max_evaluations", max_evaluations, low=0)
     seed = check_seed("seed", seed)
+    batch_size = check_count("batch_size", batch_size)
     if not candidates:
         raise ValueError("at least one candidate placement is needed")
-    scored = {name: dispatch_cost(table, p, dispatch) for name, p in candidates.items()}
+    if batch_size > 1 and cost_model is None:
+        raise ValueError("a batch size above 1 needs a cost_model to time the steps")
+
+    def cost_of(placement: Placement) -> float:
+        if batch_size == 1:
+            return dispatch_cost(table, placement, dispatch)
+        assert cost_model is not None
+        return mean_step_time(
+            table,
+            placement,
+            cost_model,
+            batch_size,
+            seed=seed,
+            steps=SEARCH_STEPS,
+            dispatch=dispatch,
+        )
+
+    scored = {name: cost_of(p) for name, p in candidates.items()}
     start = min(scored, key=lambda name: scored[name])
     best = candidates[start]
     best_cost = scored[start]
@@ -71,7 +100,7 @@ def search_for_dispatch(
         trial[e1, g1], trial[e1, g2] = False, True
         trial[e2, g2], trial[e2, g1] = False, True
         placement = Placement(trial)
-        cost = dispatch_cost(table, placement, dispatch)
+        cost = cost_of(placement)
         if cost < best_cost - 1e-12:
             replicas, best, best_cost = trial, placement, cost
             kept += 1
