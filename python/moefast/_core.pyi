@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "batch_time",
     "check_memory",
+    "dispatch_costs",
     "expected_cost",
     "fill_free_slots",
     "improve_batch_placement",
@@ -32,6 +33,7 @@ __all__ = [
     "replan_batch_placement",
     "replan_placement",
     "replica_copies",
+    "simulate_dispatch_steps",
     "simulate_steps",
     "subset_costs",
     "topology_batch_time",
@@ -159,6 +161,29 @@ def batch_time(
     topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool
 ) -> tuple[float, float | None]:
     """Step time (cost model units) of one layer for a batch [B, k], optionally a lower bound."""
+
+def dispatch_costs(
+    table: SubsetTable,
+    placement: Placement,
+    dispatch_map: npt.ArrayLike | None,
+    seed: int,
+) -> npt.NDArray[np.float64]:
+    """Expected cost (expert rounds) of each subset, float64 [n], when a static map [ranks, E]
+    (averaged over the ranks) or, with None, a uniform draw per expert picks the replicas."""
+
+def simulate_dispatch_steps(
+    topk: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    placements: Sequence[Placement],
+    dispatch_maps: Sequence[npt.ArrayLike | None],
+    batch_sizes: Sequence[int],
+    alpha: float,
+    beta: float,
+    p: float,
+    seed: int,
+    steps: int,
+) -> npt.NDArray[np.float64]:
+    """Step times [batch sizes, steps] under one dispatch rule per layer (map or None)."""
 
 def simulate_steps(
     topk: npt.ArrayLike,

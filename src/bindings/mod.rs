@@ -8,6 +8,7 @@ use crate::util::error::MoeError;
 use crate::util::limits;
 
 mod batch;
+mod dispatch;
 mod eplb;
 mod input;
 mod interrupt;
@@ -36,6 +37,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     table::register(m)?;
     optimize::register(m)?;
     batch::register(m)?;
+    dispatch::register(m)?;
     eplb::register(m)?;
     topology::register(m)?;
     replan::register(m)?;

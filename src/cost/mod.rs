@@ -4,5 +4,6 @@
 
 pub mod batch;
 pub mod decode;
+pub mod dispatch;
 pub mod matching;
 pub mod topology;

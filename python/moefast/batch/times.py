@@ -15,6 +15,7 @@ import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_count, check_ints, check_placement, check_seed
 from moefast.batch.cost_model import CostModel, check_cost_model
+from moefast.io.engines.dispatch import check_dispatch, dispatch_maps
 from moefast.placement import ModelPlacement
 from moefast.trace import Trace
 
@@ -96,9 +97,15 @@ def simulate(
     *,
     seed: int = 0,
     steps: int = 1000,
+    dispatch: str = "best",
 ) -> list[dict[str, float]]:
     """Simulated decode steps: each step draws `batch_size` tokens (with replacement)
     from the trace and times every MoE layer with `batch_time`.
+
+    dispatch: which replica serves each (token, expert) pair (docs/cost-model.md#dispatch):
+    "best" (the batch's best routing, `batch_time`), "sglang-static" (SGLang's map per
+    source rank, token j of a step on rank (offset + j) mod G) or "sglang-dynamic" (a
+    uniform draw per pair); the same batches are drawn for every dispatch.
 
     trace_or_topk: a `Trace` with a ModelPlacement (the same tokens in every layer; a
     model's step time is the sum of its layer times); a `SubsetTable` (rows drawn with
@@ -123,15 +130,33 @@ def simulate(
     sizes = check_ints("batch_sizes", batch_sizes, low=1)
     steps = check_count("steps", steps)
     seed = check_seed("seed", seed)
+    dispatch = check_dispatch(dispatch)
+    if dispatch == "trtllm":
+        raise ValueError("the trtllm dispatch is modelled for one token per rank only")
+    maps = None if dispatch == "best" else dispatch_maps(placements, dispatch)
     per_source, first = [], 0
     for topk, weights in sources:
         layer_placements = placements[first : first + topk.shape[1]]
-        first += topk.shape[1]
-        per_source.append(
-            _core.simulate_steps(
+        if maps is None:
+            times = _core.simulate_steps(
                 topk, weights, layer_placements, sizes, cm.alpha, cm.beta, cm.p, seed, steps
             )
-        )
+        else:
+            layer_maps = maps[first : first + topk.shape[1]]
+            times = _core.simulate_dispatch_steps(
+                topk,
+                weights,
+                layer_placements,
+                layer_maps,
+                sizes,
+                cm.alpha,
+                cm.beta,
+                cm.p,
+                seed,
+                steps,
+            )
+        first += topk.shape[1]
+        per_source.append(times)
     times = np.sum(per_source, axis=0)  # step times float [len(sizes), steps]
     results = []
     for b, row in zip(sizes, times, strict=True):
@@ -157,8 +182,12 @@ def mean_step_time(
     *,
     seed: int = 0,
     steps: int = 256,
+    dispatch: str = "best",
 ) -> float:
     """Mean step time of `placement` over `steps` simulated steps of `batch_size` tokens
-    drawn from `table` (the same steps for every placement with the same seed)."""
-    (result,) = simulate(table, placement, [batch_size], cost_model, seed=seed, steps=steps)
+    drawn from `table` (the same steps for every placement with the same seed) under
+    ``dispatch`` (see `simulate`)."""
+    (result,) = simulate(
+        table, placement, [batch_size], cost_model, seed=seed, steps=steps, dispatch=dispatch
+    )
     return float(result["mean_step_time"])

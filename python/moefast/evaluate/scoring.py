@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from moefast._core import Placement, SubsetTable, lower_bound, subset_costs
+from moefast._core import Placement, SubsetTable, dispatch_costs, lower_bound, subset_costs
 from moefast.evaluate.comparison import BASELINES, Comparison
+from moefast.io.engines.dispatch import check_dispatch, dispatch_maps
 from moefast.trace import Trace
 
 #: Bootstrap resamples behind every interval.
@@ -47,10 +48,29 @@ def token_rows(table: SubsetTable, topk: np.ndarray) -> np.ndarray:
     return found
 
 
-def token_costs(topk: np.ndarray, num_experts: int, placements: Sequence[Placement]) -> np.ndarray:
+def token_costs(
+    topk: np.ndarray,
+    num_experts: int,
+    placements: Sequence[Placement],
+    dispatch: str = "best",
+    *,
+    seed: int = 0,
+) -> np.ndarray:
     """float [placements, tokens]: each token's cost (expert rounds) under each placement, for
-    one layer's ``topk`` int [tokens, k]."""
-    return _layer_costs(topk, num_experts, placements)[0]
+    one layer's ``topk`` int [tokens, k], when ``dispatch`` picks the replicas
+    (`moefast.io.engines.dispatch.DISPATCHES`; "best": the cost model's own choice; a rule's
+    cost is its expectation over source ranks or draws, ``seed`` for sampled draws)."""
+    if check_dispatch(dispatch) == "best":
+        return _layer_costs(topk, num_experts, placements)[0]
+    table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
+    rows = token_rows(table, topk)
+    return np.stack(
+        [
+            dispatch_costs(table, p, m, seed)[rows]
+            for p in placements
+            for m in dispatch_maps([p], dispatch)
+        ]
+    )
 
 
 def _layer_costs(

@@ -1,0 +1,133 @@
+"""Which replica an engine sends each (token, expert) pair to: the engines' dispatch rules,
+transcribed from their code (docs/cost-model.md#dispatch), as static maps int
+[ranks, experts] (the GPU serving each expert for the tokens of each source rank) that the
+core's `dispatch_costs` and `simulate_dispatch_steps` take.
+
+- ``"best"``: the replicas that make the busiest GPU least busy (the cost model's own
+  choice; no map).
+- ``"sglang-static"``: SGLang's ``--ep-dispatch-algorithm static``
+  (``compute_logical_to_rank_dispatch_physical_map`` in
+  ``python/sglang/srt/eplb/expert_location.py``, sgl-project/sglang commit 6270b01): for each
+  layer in order, each expert in order, each source rank keeps the first replica on its own
+  GPU; the ranks without one get ``_fair_choices`` of the expert's replicas (every replica
+  ``count // len`` times plus ``random.sample`` of the rest, then ``random.shuffle``), one
+  ``random.Random(42)`` running through all layers. Newer SGLang versions first prefer a
+  replica on the same node when that narrows the candidates (``gpus_per_node``).
+- ``"sglang-dynamic"``: SGLang's ``dynamic`` (and ``fake``): a uniform draw among the
+  expert's replicas for every pair (``expert_location_dispatch.py``: ``randint(0, 65536) %
+  count``); no map.
+- ``"trtllm"``: TensorRT-LLM's load balancer with one token per rank
+  (``moeComputeRouteKernel`` in
+  ``cpp/tensorrt_llm/kernels/moeLoadBalance/moeLoadBalanceKernels.cu``, NVIDIA/TensorRT-LLM
+  commit ada8389): the j-th pair of an expert in a rank's block goes to replica
+  ``(j + rank) % count`` in slot order, so a lone token on rank r uses replica
+  ``r % count``. Modelled for decode at one token per rank only.
+
+Physical slots are numbered GPU by GPU with each GPU's experts ascending (the order
+`moefast.io.engines.slots.gpu_slots` writes), so an expert's replicas in physical order
+are its GPUs ascending.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+from moefast._core import Placement
+
+#: Dispatch rules that costs and simulations take.
+DISPATCHES = ("best", "sglang-static", "sglang-dynamic", "trtllm")
+
+#: The dispatch each engine format runs by default.
+ENGINE_DISPATCH = {"sglang": "sglang-static", "trtllm": "trtllm"}
+
+#: The seed SGLang's static map draws with.
+SGLANG_SEED = 42
+
+
+def check_dispatch(dispatch: object) -> str:
+    """The dispatch name, or ValueError naming the known ones."""
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"unknown dispatch {dispatch!r}; known: {', '.join(DISPATCHES)}")
+    return str(dispatch)
+
+
+def _fair_choices(candidates: list[int], count: int, rng: random.Random) -> list[int]:
+    whole, rest = divmod(count, len(candidates))
+    chosen = candidates * whole + rng.sample(candidates, k=rest)
+    rng.shuffle(chosen)
+    return chosen
+
+
+def sglang_static_maps(
+    placements: Sequence[Placement],
+    *,
+    seed: int = SGLANG_SEED,
+    gpus_per_node: int | None = None,
+) -> list[np.ndarray]:
+    """int [G, E] per layer: SGLang's static dispatch map of each source rank, for the
+    layers of one engine file in its row order (the draws run through all layers, so a
+    layer's map depends on the layers before it). ``gpus_per_node``: the newer rule, which
+    takes a lone replica without drawing and prefers a replica on the rank's node when only
+    some replicas are there."""
+    rng = random.Random(seed)
+    maps = []
+    for placement in placements:
+        num_gpus = placement.num_gpus
+        replicas = placement.replicas
+        out = np.full((num_gpus, placement.num_experts), -1, dtype=np.int64)
+        for e in range(placement.num_experts):
+            candidates = [int(g) for g in np.nonzero(replicas[e])[0]]
+            remaining = []
+            for rank in range(num_gpus):
+                nearest = _nearest(candidates, rank, gpus_per_node)
+                if nearest is None:
+                    remaining.append(rank)
+                else:
+                    out[rank, e] = nearest
+            if remaining:
+                for rank, g in zip(
+                    remaining, _fair_choices(candidates, len(remaining), rng), strict=True
+                ):
+                    out[rank, e] = g
+        maps.append(out)
+    return maps
+
+
+def _nearest(candidates: list[int], rank: int, gpus_per_node: int | None) -> int | None:
+    # The rule of commit 6270b01 draws even for a lone replica (the shuffle of identical
+    # choices still advances the generator); the newer rule takes it directly.
+    if gpus_per_node is not None and len(candidates) == 1:
+        return candidates[0]
+    if rank in candidates:
+        return rank
+    if gpus_per_node is not None:
+        node = [g for g in candidates if g // gpus_per_node == rank // gpus_per_node]
+        if 0 < len(node) < len(candidates):
+            return node[0]
+    return None
+
+
+def trtllm_map(placement: Placement) -> np.ndarray:
+    """int [G, E]: the replica TensorRT-LLM's load balancer gives a lone token of each rank
+    (replica ``rank % count`` in slot order)."""
+    out = np.empty((placement.num_gpus, placement.num_experts), dtype=np.int64)
+    for e in range(placement.num_experts):
+        gpus = np.nonzero(placement.replicas[e])[0]
+        out[:, e] = gpus[np.arange(placement.num_gpus) % gpus.size]
+    return out
+
+
+def dispatch_maps(placements: Sequence[Placement], dispatch: str) -> list[np.ndarray | None]:
+    """The static map of each layer under ``dispatch`` (None: a uniform draw per pair).
+    Raises ValueError for ``"best"``, which has no map."""
+    dispatch = check_dispatch(dispatch)
+    if dispatch == "sglang-static":
+        return list(sglang_static_maps(placements))
+    if dispatch == "trtllm":
+        return [trtllm_map(p) for p in placements]
+    if dispatch == "sglang-dynamic":
+        return [None] * len(placements)
+    raise ValueError("the best dispatch has no map: use the core's costs directly")

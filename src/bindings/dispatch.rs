@@ -1,0 +1,122 @@
+//! Bindings of the costs under an engine's dispatch rule (`crate::cost::dispatch`). A rule
+//! is a static map int [ranks, experts] (the GPU serving each expert for each source
+//! rank) or None (a uniform draw among the replicas for every pair).
+
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::input::{self, int_arg};
+use super::interrupt::interruptible;
+use super::table::{PyPlacement, PySubsetTable};
+use crate::cost::batch::simulate::Trace;
+use crate::cost::batch::CostModel;
+use crate::cost::dispatch::{self, Dispatch};
+use crate::model::placement::Placement;
+
+fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let v = int_arg(v, name)?;
+    u64::try_from(v)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
+}
+
+fn rule(map: Option<&Bound<'_, PyAny>>, placement: &Placement) -> PyResult<Dispatch> {
+    match map {
+        None => Ok(Dispatch::Uniform),
+        Some(m) => {
+            let m = input::ids(m, "dispatch_map", 2)?;
+            Ok(Dispatch::checked_static(&m.data, m.shape[0], placement)?)
+        }
+    }
+}
+
+/// float [rows]: each row's expected cost (expert rounds of the busiest GPU) when the rule
+/// picks the replicas: a static map [ranks, experts] averaged over the ranks, or, with
+/// None, a uniform draw per expert (exact up to 4,096 combinations, else 4,096 draws
+/// seeded by `seed`).
+#[pyfunction]
+#[pyo3(signature = (table, placement, dispatch_map, seed))]
+fn dispatch_costs<'py>(
+    py: Python<'py>,
+    table: &PySubsetTable,
+    placement: &PyPlacement,
+    dispatch_map: Option<&Bound<'py, PyAny>>,
+    seed: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let seed = non_negative("seed", seed)?;
+    let rule = rule(dispatch_map, &placement.inner)?;
+    let costs =
+        py.detach(|| dispatch::dispatch_costs(&table.inner, &placement.inner, &rule, seed))?;
+    Ok(PyArray1::from_vec(py, costs))
+}
+
+/// Step times float [len(batch_sizes), steps] under one rule per layer, on the batches
+/// `simulate_steps` draws for the same seed; token j of a step sits on source rank
+/// (offset + j) mod ranks, the offset drawn per step.
+#[pyfunction]
+#[pyo3(signature = (topk, weights, placements, dispatch_maps, batch_sizes, alpha, beta, p, seed, steps))]
+#[allow(clippy::too_many_arguments)]
+fn simulate_dispatch_steps<'py>(
+    py: Python<'py>,
+    topk: &Bound<'py, PyAny>,
+    weights: Option<&Bound<'py, PyAny>>,
+    placements: Vec<PyRef<'py, PyPlacement>>,
+    dispatch_maps: Vec<Option<Bound<'py, PyAny>>>,
+    batch_sizes: Vec<Bound<'py, PyAny>>,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+    seed: &Bound<'py, PyAny>,
+    steps: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let seed = non_negative("seed", seed)?;
+    let steps = non_negative("steps", steps)? as usize;
+    let batch_sizes = batch_sizes
+        .iter()
+        .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
+        .collect::<PyResult<Vec<_>>>()?;
+    let ids = input::ids(topk, "topk", 3)?;
+    let (layers, k) = (ids.shape[1], ids.shape[2]);
+    let ids = ids.data;
+    let weights = weights
+        .map(|w| input::reals(w, "weights", 1))
+        .transpose()?
+        .map(|w| w.data);
+    let placements: Vec<Placement> = placements.iter().map(|p| (*p.inner).clone()).collect();
+    if placements.len() != layers || dispatch_maps.len() != layers {
+        return Err(PyValueError::new_err(format!(
+            "the trace has {layers} layers but {} placements and {} dispatch maps were given",
+            placements.len(),
+            dispatch_maps.len()
+        )));
+    }
+    let rules = dispatch_maps
+        .iter()
+        .zip(&placements)
+        .map(|(m, p)| rule(m.as_ref(), p))
+        .collect::<PyResult<Vec<_>>>()?;
+    let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
+    let times = interruptible(py, || -> crate::Result<Vec<Vec<f64>>> {
+        let trace = Trace::new(&ids, layers, k, &num_experts, weights.as_deref())?;
+        dispatch::simulate_dispatch(
+            &trace,
+            &placements,
+            &rules,
+            &batch_sizes,
+            model,
+            seed,
+            steps,
+        )
+    })?;
+    let flat: Vec<f64> = times.into_iter().flatten().collect();
+    Ok(PyArray1::from_vec(py, flat)
+        .reshape([batch_sizes.len(), steps])?
+        .into_any())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dispatch_costs, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate_dispatch_steps, m)?)?;
+    Ok(())
+}

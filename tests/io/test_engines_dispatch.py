@@ -1,0 +1,92 @@
+"""The engines' dispatch rules (`moefast.io.engines.dispatch`) against plain transcriptions
+of the engines' code, on physical slot ids as the engines hold them."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import moefast as mf
+import numpy as np
+import pytest
+from moefast.eplb import rebalance_experts
+from moefast.io.engines.dispatch import dispatch_maps, sglang_static_maps, trtllm_map
+from moefast.io.engines.slots import gpu_slots
+from support.shared_data import DEEPSEEK_DECODE_LOAD, needs_deepseek_statistics
+
+
+def sglang_reference(phy2log: np.ndarray, num_gpus: int, seed: int = 42) -> np.ndarray:
+    """int [G, L, E] of physical ids: SGLang's static map (commit 6270b01) step by step."""
+    r = random.Random(seed)
+    layers, physical = phy2log.shape
+    experts = int(phy2log.max()) + 1
+    local = physical // num_gpus
+    out = np.full((num_gpus, layers, experts), -1)
+    for layer in range(layers):
+        for e in range(experts):
+            candidates = [p for p in range(physical) if phy2log[layer, p] == e]
+            for gpu in range(num_gpus):
+                same = [p for p in candidates if p // local == gpu]
+                if same:
+                    out[gpu, layer, e] = same[0]
+            todo = [gpu for gpu in range(num_gpus) if out[gpu, layer, e] == -1]
+            q, rem = divmod(len(todo), len(candidates))
+            picks = candidates * q + r.sample(candidates, k=rem)
+            r.shuffle(picks)
+            out[todo, layer, e] = picks
+    return out
+
+
+def placements_of(phy2log: np.ndarray, num_gpus: int) -> list[mf.Placement]:
+    local = phy2log.shape[1] // num_gpus
+    out = []
+    for row in phy2log:
+        lists = [
+            sorted({p // local for p in np.nonzero(row == e)[0]}) for e in range(row.max() + 1)
+        ]
+        out.append(mf.Placement.from_lists(lists, num_gpus=num_gpus))
+    return out
+
+
+@needs_deepseek_statistics
+def test_sglang_static_map_matches_the_engine_on_v3_statistics():
+    counts = np.array(json.loads(DEEPSEEK_DECODE_LOAD.read_text())["logical_count"])[3:]
+    gpus, physical = 32, 288
+    phy2log, _, _ = rebalance_experts(counts, physical, 1, 1, gpus)
+    # The layers where no GPU holds an expert twice (as in every file moefast writes), so
+    # physical order is GPU order in the engine's candidate lists.
+    phy2log = np.asarray(phy2log)
+    keep = [i for i, p in enumerate(placements_of(phy2log, gpus)) if p.replicas.sum() == physical]
+    assert len(keep) >= 5, len(keep)
+    phy2log = phy2log[keep]
+    placements = placements_of(phy2log, gpus)
+    want = sglang_reference(phy2log, gpus) // (physical // gpus)
+    got = sglang_static_maps(placements)
+    for layer, m in enumerate(got):
+        np.testing.assert_array_equal(m, want[:, layer, :])
+
+
+def test_static_map_keeps_local_replicas_and_spreads_the_rest():
+    placement = mf.Placement.from_lists([[0, 1], [2], [3], [0]], num_gpus=4)
+    (m,) = sglang_static_maps([placement])
+    assert m[0, 0] == 0 and m[1, 0] == 1
+    # Ranks 2 and 3 lack expert 0: fair choices give each replica once.
+    assert sorted(m[2:, 0]) == [0, 1]
+    assert (m[:, 1] == 2).all() and (m[:, 3] == 0).all()
+    # The newer rule takes the replica on the rank's node when only some are there.
+    spread = mf.Placement.from_lists([[0, 2], [1], [3], [0]], num_gpus=4)
+    (node,) = sglang_static_maps([spread], gpus_per_node=2)
+    assert node[:, 0].tolist() == [0, 0, 2, 2]
+
+
+def test_trtllm_lone_token_goes_round_robin_by_rank():
+    placement = mf.Placement.from_lists([[0, 2, 3], [1]], num_gpus=4)
+    m = trtllm_map(placement)
+    assert m[:, 0].tolist() == [0, 2, 3, 0]
+    assert m[:, 1].tolist() == [1, 1, 1, 1]
+    assert dispatch_maps([placement], "sglang-dynamic") == [None]
+    with pytest.raises(ValueError, match="unknown dispatch"):
+        dispatch_maps([placement], "vllm-eplb")
+    # Slots ascend on each GPU, so physical order is GPU order.
+    full = mf.Placement.from_lists([[0, 1], [0, 1]], num_gpus=2)
+    assert gpu_slots(full, 2).tolist() == [[0, 1], [0, 1]]
