@@ -19,7 +19,10 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
     methods = [m for m in BASELINES if m in comparison.costs] + [
         m for m in comparison.costs if m not in BASELINES
     ]
-    header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
+    header = ["layer", *(METHOD_LABELS.get(m, m) for m in methods), "best bound"]
+    has_gap = comparison.main_method in comparison.costs
+    if has_gap:
+        header.append("gap to bound")
     rows = []
     has_gain = bool(comparison.baselines) and comparison.main_method in comparison.costs
     gains = comparison.gain() if has_gain else None
@@ -29,6 +32,8 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
             *(f"{comparison.costs[m][i]:.3f}" for m in methods),
             f"{comparison.lower_bounds[i]:.3f}",
         ]
+        if has_gap:
+            row.append(f"{100 * comparison.gap()[i]:.1f}%")
         if gains is not None:
             row.append(f"{100 * gains[i]:.1f}%")
         rows.append(row)
@@ -37,6 +42,8 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
         *(f"{comparison.costs[m].sum():.3f}" for m in methods),
         f"{comparison.lower_bounds.sum():.3f}",
     ]
+    if has_gap:
+        total.append(f"{100 * comparison.total_gap():.1f}%")
     if gains is not None:
         total.append(f"{100 * comparison.total_gain():.1f}%")
         header.append(f"{comparison.basis} gain")
