@@ -126,8 +126,9 @@ def subset_costs(table: SubsetTable, placement: Placement) -> npt.NDArray[np.int
 def expected_cost(table: SubsetTable, placement: Placement) -> float:
     """Weighted mean subset cost (expert rounds per token)."""
 
-def lower_bound(table: SubsetTable, num_gpus: int) -> float:
-    """Weighted mean of ceil(k / num_gpus): no placement on num_gpus GPUs costs less."""
+def lower_bound(table: SubsetTable, num_gpus: int, slots_per_gpu: int | None = None) -> float:
+    """No placement on num_gpus GPUs costs less: ceil(k / num_gpus); with slots_per_gpu,
+    the collision bound, which reads the table's pair weights (docs/algorithms.md)."""
 
 def optimize_placement(
     table: SubsetTable,

@@ -22,7 +22,8 @@ class ModelPlacement:
 
     ``layer_costs`` holds each layer's expected cost (expert rounds per token), held-out or
     in-sample as ``settings["cost_basis"]`` says, ``lower_bounds`` each layer's lower bound
-    ceil(k / num_gpus) (`moefast.lower_bound`: no placement costs less);
+    on the same tokens (`moefast.lower_bound` with the slots: no placement of these slots
+    costs less; the gap is ``layer_costs / lower_bounds - 1``);
     ``settings`` records the options that produced the placement (method, coverage, ...);
     ``evaluation`` (from `moefast.plan`, not saved in files) compares it with the baselines.
     """

@@ -330,11 +330,22 @@ fn expected_cost(py: Python<'_>, table: &PySubsetTable, placement: &PyPlacement)
     Ok(py.detach(|| decode::expected_cost(&table.inner, &placement.inner))?)
 }
 
-/// The cost no placement on `num_gpus` GPUs can beat: weighted mean of ceil(k / G).
+/// The cost no placement on `num_gpus` GPUs can beat: ceil(k / G); with `slots_per_gpu`,
+/// the collision bound of `crate::cost::bounds`, which reads the table.
 #[pyfunction]
-fn lower_bound(table: &PySubsetTable, num_gpus: &Bound<'_, PyAny>) -> PyResult<f64> {
+#[pyo3(signature = (table, num_gpus, slots_per_gpu=None))]
+fn lower_bound(
+    py: Python<'_>,
+    table: &PySubsetTable,
+    num_gpus: &Bound<'_, PyAny>,
+    slots_per_gpu: Option<&Bound<'_, PyAny>>,
+) -> PyResult<f64> {
     let num_gpus = count_arg(num_gpus, "num_gpus", 1)?;
-    Ok(decode::lower_bound(&table.inner, num_gpus)?)
+    let Some(slots) = slots_per_gpu.filter(|s| !s.is_none()) else {
+        return Ok(decode::lower_bound(&table.inner, num_gpus)?);
+    };
+    let slots = count_arg(slots, "slots_per_gpu", 1)?;
+    Ok(py.detach(|| crate::cost::bounds::collision_bound(&table.inner, num_gpus, slots))?)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

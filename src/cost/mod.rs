@@ -3,6 +3,7 @@
 //! communication (`topology`).
 
 pub mod batch;
+pub mod bounds;
 pub mod decode;
 pub mod dispatch;
 pub mod matching;

@@ -95,7 +95,9 @@ def test_evaluate_a_placement_file(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.split()[:1] == ["5"]).split()
     assert float(row[1]) == pytest.approx(moefast.expected_cost(trace.table(5), model[5]), abs=5e-4)
-    assert float(row[2]) == pytest.approx(moefast.lower_bound(trace.table(5), 4), abs=5e-4)
+    assert float(row[2]) == pytest.approx(
+        moefast.lower_bound(trace.table(5), 4, model.slots_per_gpu), abs=5e-4
+    )
 
 
 def test_evaluate_needs_the_gpu_count_for_sglang(tmp_path, capsys):

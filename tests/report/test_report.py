@@ -60,7 +60,16 @@ def comparison():
 def test_comparison_rows_and_gain():
     _tables, comp = comparison()
     header, rows = comparison_rows(comp)
-    assert header == ["layer", "contiguous", "greedy", "lower bound", "in-sample gain"]
+    assert header == [
+        "layer",
+        "contiguous",
+        "greedy",
+        "best bound",
+        "gap to bound",
+        "in-sample gain",
+    ]
+    np.testing.assert_allclose(comp.gap(), comp.costs["greedy"] / comp.lower_bounds - 1)
+    assert rows[0][4] == f"{100 * comp.gap()[0]:.1f}%"
     expected_gain = (comp.costs["contiguous"] - comp.costs["greedy"]) / comp.costs["contiguous"]
     np.testing.assert_allclose(comp.gain(), expected_gain)
     assert rows[0][-1] == f"{100 * expected_gain[0]:.1f}%"

@@ -39,7 +39,7 @@ def cmd_evaluate(args) -> int:
     comparison = Comparison(
         trace.layer_ids,
         costs,
-        np.array([lower_bound(t, model.num_gpus) for t in tables]),
+        np.array([lower_bound(t, model.num_gpus, model.slots_per_gpu) for t in tables]),
         "placement",
         basis="evaluated",
         note=(

@@ -63,6 +63,15 @@ class Comparison:
         """Per layer, the lowest cost among the baselines present (the main method left out)."""
         return np.min([self.costs[m] for m in self.baselines], axis=0)
 
+    def gap(self) -> np.ndarray:
+        """Per layer, how far the main method may be above the optimum: its cost over the
+        lower bound, minus 1 (0.05 = at most 5% above any placement of these slots)."""
+        return self.costs[self.main_method] / self.lower_bounds - 1
+
+    def total_gap(self) -> float:
+        """The whole model's gap: summed costs of the main method against summed bounds."""
+        return float(self.costs[self.main_method].sum() / self.lower_bounds.sum() - 1)
+
     def gain(self) -> np.ndarray:
         """Per layer, the main method's relative saving over the best baseline (0.1 = 10%)."""
         best = self.best_baseline
@@ -117,6 +126,7 @@ def compare_methods(
         m: np.array([expected_cost(t, p) for t, p in zip(tables, ps, strict=True)])
         for m, ps in placed.items()
     }
-    bounds = np.array([lower_bound(t, num_gpus) for t in tables])
+    # The collision bound of each scored table: no placement with these slots costs less.
+    bounds = np.array([lower_bound(t, num_gpus, slots_per_gpu) for t in tables])
     main_method = next(iter(main)) if main else methods[0]
     return Comparison(list(layer_ids), costs, bounds, main_method, placed, basis, note)

@@ -79,14 +79,23 @@ def _layer_costs(
     placements: Sequence[Placement],
     num_gpus: int = 1,
     table: SubsetTable | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """`token_costs` and the layer's lower bound on ``num_gpus`` GPUs, from one table
-    (``table``: the unweighted, unpruned table of ``topk`` when the caller has it)."""
+    (``table``: the unweighted, unpruned table of ``topk`` when the caller has it). The
+    bound is the collision bound of the tokens (with their ``weights``) for placements
+    with at most as many experts per GPU as the fullest GPU of ``placements``: it holds
+    for each of them."""
     if table is None:
         table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
     rows = token_rows(table, topk)
     costs = np.stack([subset_costs(table, p)[rows].astype(np.float64) for p in placements])
-    return costs, lower_bound(table, num_gpus)
+    slots = max(int(p.slots_used.max()) for p in placements) if placements else None
+    if slots is None or slots * num_gpus < num_experts or placements[0].num_gpus != num_gpus:
+        return costs, lower_bound(table, num_gpus)
+    if weights is not None:
+        table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts, weights)
+    return costs, lower_bound(table, num_gpus, slots)
 
 
 class UnitSums:
@@ -122,6 +131,7 @@ class UnitSums:
                 [placements[m][position] for m in methods],
                 self.num_gpus,
                 None if tables is None else tables[position],
+                trace.weights,
             )
             sums = [np.bincount(units, weights=c * w, minlength=num_units) for c in costs]
             return np.stack(sums), bound

@@ -46,5 +46,5 @@ def slot_sweep(
                 for t, p in zip(scored, planned, strict=True)
             ]
         )
-    bound = np.full(len(slots), np.mean([lower_bound(t, num_gpus) for t in scored]))
+    bound = np.array([np.mean([lower_bound(t, num_gpus, int(s)) for t in scored]) for s in slots])
     return slots, costs, bound

@@ -260,7 +260,8 @@ def plan(
     `optimize`'s.
 
     `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
-    exact evaluations, for the whole plan) stop the greedy's searches early (`optimize`): each
+    exact evaluations, for the whole plan) bound the greedy's searches and the anytime search
+    after it (`optimize`): each
     layer gets, when it starts, its share of the time left (less a reserve for the scoring,
     as long as building the tables took, at most half the budget), or an equal share of
     the rows;

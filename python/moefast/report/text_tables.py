@@ -20,7 +20,10 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
         m for m in comparison.costs if m not in BASELINES
     ]
     labels = {**METHOD_LABELS, comparison.main_method: comparison.main_label}
-    header = ["layer", *(labels.get(m) or METHOD_LABELS.get(m, m) for m in methods), "lower bound"]
+    header = ["layer", *(labels.get(m) or METHOD_LABELS.get(m, m) for m in methods), "best bound"]
+    has_gap = comparison.main_method in comparison.costs
+    if has_gap:
+        header.append("gap to bound")
     rows = []
     has_gain = bool(comparison.baselines) and comparison.main_method in comparison.costs
     gains = comparison.gain() if has_gain else None
@@ -30,6 +33,8 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
             *(f"{comparison.costs[m][i]:.3f}" for m in methods),
             f"{comparison.lower_bounds[i]:.3f}",
         ]
+        if has_gap:
+            row.append(f"{100 * comparison.gap()[i]:.1f}%")
         if gains is not None:
             row.append(f"{100 * gains[i]:.1f}%")
         rows.append(row)
@@ -38,6 +43,8 @@ def comparison_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
         *(f"{comparison.costs[m].sum():.3f}" for m in methods),
         f"{comparison.lower_bounds.sum():.3f}",
     ]
+    if has_gap:
+        total.append(f"{100 * comparison.total_gap():.1f}%")
     if gains is not None:
         total.append(f"{100 * comparison.total_gain():.1f}%")
         header.append(f"{comparison.basis} gain")

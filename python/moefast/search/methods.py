@@ -90,11 +90,15 @@ def optimize(
     EPLB placements, or from `method`'s placement when another method is named.
 
     `time_budget` (seconds) and `work_budget` (rows read by the greedy's exact
-    evaluations) stop the greedy's searches early and return the best placement found:
-    a work budget keeps the result deterministic (same seed, same placement on any
-    machine), a time budget does not. A complete placement is always built first (about
-    a sixth of an unbudgeted run on a DeepSeek-V3-size layer), so a very small budget can
-    be exceeded. Baselines and the MILP ignore them.
+    evaluations) make the greedy anytime: a small budget stops its searches early, and
+    what the greedy leaves of a larger one goes to an iterated local search from its
+    placement (random moves, then swaps and reassignments on exact deltas, the best kept)
+    until the budget is spent or 8 rounds in a row find nothing; the best placement found
+    is returned. A work budget keeps the result deterministic (same seed, same placement
+    on any machine), a time budget does not. A complete placement is always built first
+    (about a sixth of an unbudgeted run on a DeepSeek-V3-size layer), so a very small
+    budget can be exceeded. Without a budget the greedy's placement is returned as is.
+    Baselines and the MILP ignore them.
 
     With `topology` (decode), the token time in us is minimized: round_us per expert round
     plus dispatch and combine between nodes (`moefast.search.node.place`, from `method`'s

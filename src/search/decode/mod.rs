@@ -7,9 +7,10 @@
 //! Modules: `problem` (what is read from the table), `state` (a `crate::model::layout::Layout`
 //! with its row costs and co-activation per GPU, kept current as moves are made), `gains`
 //! (exact gain of every new replica), `initial` (balanced one-replica start), `swaps` and
-//! `reassign` (local searches), `kicks` (iterated local search), `budgets` (their work
-//! limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
+//! `reassign` (local searches), `kicks` (iterated local search), `anytime` (kicks for as
+//! long as a caller's budget lasts), `budgets` (their work limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
 
+mod anytime;
 mod baselines;
 mod budgets;
 mod greedy;
@@ -55,7 +56,10 @@ pub fn optimize(
 /// by exact evaluations; the result is then still a function of the inputs and the seed)
 /// and/or a time budget in seconds (anytime: the best placement found when the time is
 /// up, which depends on the machine). A complete placement is always built; the
-/// start's searches may use half of the budget. Baselines ignore the budget.
+/// start's searches may use half of the budget. What the greedy leaves of a budget goes
+/// to an iterated local search from its placement (`anytime`), which keeps improving it
+/// until the budget is spent (or it stops finding gains: `anytime::PATIENCE`).
+/// Baselines ignore the budget.
 pub fn optimize_within(
     table: &SubsetTable,
     num_gpus: usize,
@@ -83,7 +87,12 @@ pub fn optimize_within(
         "greedy" => {
             let mut problem = crate::search::kernel::problem::Problem::new(table, num_gpus);
             problem.effort = crate::search::kernel::effort::Effort::new(budget, start);
-            greedy::greedy(&problem, slots_per_gpu, seed)
+            let layout = greedy::greedy(&problem, slots_per_gpu, seed);
+            if budget == SearchBudget::default() {
+                layout
+            } else {
+                anytime::improve(&problem, layout, seed)
+            }
         }
         // Loads counted exactly (`count_load`), so scaling every weight keeps every tie.
         "contiguous" => baselines::contiguous(
