@@ -209,10 +209,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-sweep"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.split()[:1] == ["layer"]).split()
-    assert header[1:6] == ["contiguous", "round-robin", "EPLB", "greedy", "lower"]
+    assert header[1:6] == ["contiguous", "round-robin", "EPLB", "greedy", "best"]
     total = next(line for line in out.splitlines() if line.startswith("total")).split()
     costs = [float(x) for x in total[1:6]]
-    assert costs[4] <= min(costs[:4]) + 1e-9  # the lower bound is below every method
+    assert costs[4] <= min(costs[:4]) + 1e-9  # the best bound is below every method
     assert (tmp_path / "demo" / "report.md").exists()
     model = ModelPlacement.load(tmp_path / "demo" / "placement.json")
     assert len(model) == 24 and model.num_gpus == 4

@@ -3,9 +3,10 @@ of every reader and placement format, and inputs changed by other threads.
 
 Two sizes, chosen by the environment variable MOEFAST_FUZZ:
 - unset or "ci": a bounded slice (about a minute on two cores), run with the other tests;
-- "long": the long run (README), e.g. `MOEFAST_FUZZ=long pytest tests/fuzz -q -p no:randomly`.
+- "long": the long run, e.g. `MOEFAST_FUZZ=long pytest tests/fuzz -q -n 0`.
 MOEFAST_FUZZ_SEED changes the seed of the mutations (hypothesis draws its own).
-The terminal summary counts generated cases and mutated files.
+The terminal summary counts generated cases and mutated files (with `-n 0`: the worker
+processes of pytest-xdist keep their own counts).
 """
 
 from __future__ import annotations
