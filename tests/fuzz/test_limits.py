@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -275,8 +276,10 @@ def test_cli_output_paths(tmp_path):
     findings = []
     for argv in path_argvs(rng, trace, folder, existing, link):
         existing.write_text("{}")
+        for p in folder.iterdir():  # what an earlier case wrote beside the trace
+            if p != trace:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         before = trace.read_bytes()
-        listing = sorted(p.name for p in folder.iterdir())
         err = io.StringIO()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             try:
@@ -287,10 +290,10 @@ def test_cli_output_paths(tmp_path):
         text = err.getvalue().strip()
         if code not in (0, 2) or (code == 2 and "\n" in text):
             findings.append((argv, code, text[:200]))
-        if trace.read_bytes() != before or sorted(p.name for p in folder.iterdir()) != listing:
-            findings.append((argv, "an input was changed"))
+        if trace.read_bytes() != before:
+            findings.append((argv, "the input trace was changed"))
             mf.synthetic_trace(40, 8, 2, 2, seed=1).save(trace)
-            for p in folder.iterdir():
-                if p != trace:
-                    p.unlink() if p.is_file() else None
+        # An input folder gains no file: the next run would read it as a shard.
+        if str(folder) in argv[1:2] and sorted(folder.iterdir()) != [trace]:
+            findings.append((argv, f"the input folder gained {sorted(folder.iterdir())}"))
     assert not findings, findings[:5]
