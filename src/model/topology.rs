@@ -26,6 +26,7 @@
 //! `PUBLISHED_*` hold them and the tests set the model beside them.
 
 use crate::util::error::{MoeError, Result};
+use crate::util::limits::check_num_gpus;
 
 /// Link classes, the index into a `Transfer`'s latencies and bandwidths.
 pub const SAME_GPU: usize = 0;
@@ -116,6 +117,7 @@ pub const PUBLISHED_NORMAL_GB_S: [(usize, f64, f64); 4] = [
 
 impl Topology {
     pub fn check(&self, num_gpus: usize) -> Result<()> {
+        check_num_gpus(num_gpus)?;
         if self.gpus_per_node == 0 || num_gpus % self.gpus_per_node != 0 {
             return Err(MoeError::value(format!(
                 "gpus_per_node = {} must divide the {num_gpus} GPUs",

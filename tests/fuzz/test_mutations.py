@@ -403,3 +403,132 @@ def npz_member(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+ARROW_META = {
+    "moefast.format": [b"moefast-trace/2", b"", b"x" * 1000],
+    "moefast.num_experts": [b"0", b"-1", b"65536", b"1e9", b"2.5", b"99999999999999999999", b""],
+    "moefast.k": [b"0", b"1", b"3", b"17", b"-2", b"1.0", b"true"],
+    "moefast.layer_ids": [
+        b"[]", b"[0, 0]", b"[1]", b"[-1]", b"[10000]", b"[1.5]", b'"0"', b"{}", b"null",
+        b"[" * 5000 + b"]" * 5000, b"[0, 1, 2]", b"[true]",
+    ],
+}  # fmt: skip
+
+
+def arrow_seed(path: Path, trace: mf.Trace) -> None:
+    from moefast.io.streaming import convert
+
+    trace.save(path.with_suffix(".npz"))
+    convert(path.with_suffix(".npz"), path, chunk_tokens=16)
+    path.with_suffix(".npz").unlink()
+
+
+def read_arrow_everywhere(path: Path) -> None:
+    """Every way an Arrow trace is read: whole, in chunks, by streamed tables."""
+    from moefast.io.streaming import iter_trace, stream_tables
+
+    mf.load_trace(path)
+    for _ in iter_trace(path, chunk_tokens=7):
+        pass
+    for _ in stream_tables(path, chunk_tokens=5):
+        pass
+
+
+def test_arrow_traces(tmp_path, seed_trace):
+    pytest.importorskip("pyarrow")
+    trace = mf.Trace(
+        seed_trace.topk, seed_trace.num_experts, seed_trace.layer_ids,
+        np.arange(1.0, 41.0), np.arange(40) // 4,
+    )  # fmt: skip
+    arrow_seed(tmp_path / "seed.arrow", trace)
+    seed = (tmp_path / "seed.arrow").read_bytes()
+    fuzz(tmp_path, "t.arrow", seed, read_arrow_everywhere, lambda p: ["inspect", str(p)])
+
+
+def test_arrow_metadata(tmp_path, seed_trace):
+    """Structure-aware: each metadata value of a valid Arrow trace replaced."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.ipc  # noqa: F401
+
+    arrow_seed(tmp_path / "seed.arrow", seed_trace)
+    table = pa.ipc.open_file(str(tmp_path / "seed.arrow")).read_all()
+    base = dict(table.schema.metadata)
+    rng = random.Random(f"{SEED}-arrow-meta")
+    path = tmp_path / "t.arrow"
+    findings = []
+    with capped_memory():
+        for _ in range(MUTATIONS * 4):
+            meta = dict(base)
+            for key in rng.sample(sorted(ARROW_META), rng.randint(1, 2)):
+                meta[key.encode()] = rng.choice(ARROW_META[key])
+            mutated = table.replace_schema_metadata(meta)
+            if rng.random() < 0.3:  # a column renamed or dropped as well
+                names = list(mutated.schema.names)
+                names[rng.randrange(len(names))] = rng.choice(["weights", "note", "layer_9"])
+                mutated = mutated.rename_columns(names)
+            with pa.ipc.new_file(str(path), mutated.schema) as writer:
+                writer.write_table(mutated)
+            COUNTS["mutated files"] += 1
+            try:
+                read_arrow_everywhere(path)
+            except (ValueError, TypeError):
+                pass
+            except Exception as err:
+                findings.append((meta, f"{type(err).__name__}: {err}"[:300]))
+    assert not findings, findings[:5]
+
+
+TRTLLM_KEYS = [
+    "0_1", "0_01", "00_1", "0_1junk", "x_1", "0_", "_1", "1_1", "0_1234567890", "0_9999",
+    "0_10000", "999999999999_1", "0__1", "0_1\n", "\u0660_\u0661", "0_2",
+]  # fmt: skip
+TRTLLM_VALUES = [
+    np.array([[0, 1], [2, 3]], dtype=np.int32),
+    np.array([[0, 1]], dtype=np.int64),
+    np.array([[2**63, 1]], dtype=np.uint64),
+    np.array([[-1, 1]], dtype=np.int32),
+    np.array([[0, 99]], dtype=np.int32),
+    np.array([[0.5, 1.0]], dtype=np.float32),
+    np.zeros((0, 2), dtype=np.int32),
+    np.zeros((2,), dtype=np.int32),
+    np.arange(4, dtype=np.int64),
+    np.array([[[0, 1]]], dtype=np.int32),
+]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_trtllm_folders_of_hostile_keys_and_tensors(tmp_path, raw):
+    """Raw (per-token ids) and count folders whose keys and tensors are drawn from hostile
+    ones, read whole, streamed and as loads."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    from moefast.io.streaming import iter_trace
+
+    folder = tmp_path / "stats"
+    folder.mkdir()
+    (folder / "meta_info.json").write_text('{"num_experts": 4, "num_experts_per_token": 2}')
+    name = "rank{}_raw.safetensors" if raw else "rank{}.safetensors"
+    rng = random.Random(f"{SEED}-trtllm-keys-{raw}")
+    findings = []
+    with capped_memory():
+        for _ in range(MUTATIONS * 4):
+            for f in folder.glob("rank*"):
+                f.unlink()
+            for r in range(rng.randint(1, 2)):
+                keys = rng.sample(TRTLLM_KEYS, rng.randint(1, 4))
+                tensors = {k: rng.choice(TRTLLM_VALUES) for k in keys}
+                safetensors.save_file(tensors, str(folder / name.format(r)))
+            COUNTS["mutated files"] += 1
+            readers = (
+                (mf.load_trace, lambda p: list(iter_trace(p, chunk_tokens=1)))
+                if raw
+                else (mf.load_expert_load,)
+            )
+            for read in readers:
+                try:
+                    read(folder)
+                except (ValueError, TypeError):
+                    pass
+                except Exception as err:
+                    findings.append((keys, f"{type(err).__name__}: {err}"[:300]))
+    assert not findings, findings[:5]

@@ -428,3 +428,86 @@ def test_an_interrupted_trace_save_leaves_the_old_file(tmp_path, monkeypatch):
         mf.synthetic_trace(200, 8, 2, 2, seed=1).save(path)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
+
+
+def raw_folder(tmp_path, tensors: dict, raw: bool = True):
+    """A TensorRT-LLM statistics folder with one rank file of these tensors."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    folder = tmp_path / "stats"
+    folder.mkdir(exist_ok=True)
+    (folder / "meta_info.json").write_text('{"num_experts": 8, "num_experts_per_token": 2}')
+    name = "rank0_raw.safetensors" if raw else "rank0.safetensors"
+    safetensors.save_file(tensors, str(folder / name))
+    return folder
+
+
+def test_trtllm_raw_keys_must_match_whole(tmp_path):
+    from moefast.io.streaming import iter_trace
+
+    ids = np.array([[0, 1], [2, 3]], dtype=np.int32)
+    folder = raw_folder(tmp_path, {"0_1": ids, "0_1junk": ids + 4})
+    with pytest.raises(ValueError, match="'0_1junk' is not '<iter>_<layer>'"):
+        mf.load_trace(folder)
+    with pytest.raises(ValueError, match="'0_1junk' is not"):
+        list(iter_trace(folder))
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_trtllm_keys_naming_one_iteration_and_layer_twice_are_refused(tmp_path, raw):
+    # "0_1" and "0_01" both mean iteration 0, layer 1: one block was dropped (raw) or
+    # summed twice (counts).
+    value = np.array([[0, 1]], dtype=np.int32) if raw else np.arange(8, dtype=np.int64)
+    keys = ("0_1", "0_01") if raw else ("0_1", "00_1")
+    folder = raw_folder(tmp_path, dict.fromkeys(keys, value), raw)
+    read = mf.load_trace if raw else mf.load_expert_load
+    with pytest.raises(ValueError, match="both name iteration 0, layer 1"):
+        read(folder)
+
+
+def test_trtllm_raw_layers_and_ids_out_of_range_are_reported_as_written(tmp_path):
+    from moefast.io.streaming import iter_trace
+
+    ids = np.array([[0, 1]], dtype=np.int32)
+    folder = raw_folder(tmp_path, {"0_1234567890": ids})
+    with pytest.raises(ValueError, match="'0_1234567890' is not"):
+        mf.load_trace(folder)
+    huge = np.array([[2**63, 1]], dtype=np.uint64)
+    folder = raw_folder(tmp_path, {"0_1": huge})
+    for read in (mf.load_trace, lambda p: list(iter_trace(p))):
+        with pytest.raises(ValueError, match="expert id 9223372036854775808 out of range"):
+            read(folder)
+
+
+def test_sglang_dump_with_a_map_of_no_slots_is_a_value_error():
+    from moefast.io.readers.sglang import trace_from_sglang_per_token
+
+    dump = {
+        "records": [{"forward_pass_id": 0, "topk_ids_of_layer": np.full((2, 3, 2), -1)}],
+        "last_physical_to_logical_map": np.zeros((2, 0), dtype=np.int64),
+    }
+    with pytest.raises(ValueError, match="has no slots"):
+        trace_from_sglang_per_token([dump])
+
+
+def test_an_sglang_map_listing_an_expert_twice_on_a_gpu_is_refused(tmp_path):
+    path, data = saved(tmp_path, "sglang")
+    row = data["physical_to_logical_map"][0]
+    row[1] = row[0]  # GPU 0 lists its first expert twice
+    rewrite(path, data)
+    with pytest.raises(ValueError, match="GPU 0 lists an expert twice"):
+        load_placement(path, num_gpus=G)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [("version", 2, "version 2"), ("version", True, "version True"), ("num_experts", 7, "7")],
+)
+def test_native_files_of_another_version_or_expert_count_are_refused(tmp_path, field, value, match):
+    path, data = saved(tmp_path, "json")
+    data[field] = value
+    rewrite(path, data)
+    with pytest.raises(ValueError, match=match):
+        load_placement(path)
+    data[field] = 1 if field == "version" else E
+    rewrite(path, data)
+    assert load_placement(path).num_experts == E

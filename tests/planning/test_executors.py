@@ -287,3 +287,31 @@ def test_progress_bars_over_files_and_layers(shards, monkeypatch, capsys):
     # the bars as first drawn (with leave=False the last state may be wiped before it shows)
     assert re.search(r"counting files: .*\| 0/3 ", err), err
     assert re.search(r"planning layers: .*\| 0/6 ", err), err
+
+
+class ReturningExecutor(Executor):
+    """Runs nothing: every future returns ``value``."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        future.set_result(self.value)
+        return future
+
+
+def test_what_is_not_an_executor_is_a_type_error(shards):
+    _, paths = shards
+    with pytest.raises(TypeError, match=r"executor must be a concurrent\.futures\.Executor"):
+        mf.plan(paths, GPUS, SLOTS, executor=[1, 2])
+
+
+@pytest.mark.parametrize("value", [None, 3, (1, 2, 3)])
+def test_a_future_of_the_wrong_form_names_the_worker(shards, value):
+    _, paths = shards
+    with pytest.raises(TypeError, match=r"the worker counting .*part\d\.npz returned"):
+        mf.plan(paths, GPUS, SLOTS, executor=ReturningExecutor(value))
+    table = mf.SubsetTable.from_topk([[0, 1]], 32)
+    with pytest.raises(TypeError, match="the worker planning layer 0 returned"):
+        mf.plan([table], GPUS, SLOTS, executor=ReturningExecutor(value))

@@ -33,3 +33,9 @@ SEED = int(os.environ.get("MOEFAST_FUZZ_SEED", "0"))
 
 #: What the suite ran: generated cases, mutated files, concurrent calls.
 COUNTS: Counter = Counter()
+#: Cases of values at and beyond the limits, run in capped subprocesses.
+LIMIT_CASES = 300 if LONG else 16
+#: Command lines with hostile output paths.
+PATH_CASES = 120 if LONG else 8
+#: Address-space cap of those subprocesses: an allocation beyond it aborts or raises.
+CAP_BYTES = 5 << 30

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import moefast as mf
 import numpy as np
@@ -11,6 +14,7 @@ from moefast.search.node import place, place_batch
 from moefast.topology.groups import group_nodes
 from moefast.topology.times import (
     Topology,
+    Transfer,
     batch_time,
     expected_time,
     sample_batch_time,
@@ -204,3 +208,69 @@ def test_optimize_batch_objective_with_a_topology():
 
     assert both(node_aware) <= both(compute_only)
     assert max(node_aware.slots_used) <= 5
+
+
+@pytest.mark.parametrize("gpus_per_node", [-1, 0, 2**64, 1025, 2.0, True])
+def test_a_topology_checks_its_node_size(gpus_per_node):
+    with pytest.raises((ValueError, TypeError), match="gpus_per_node"):
+        Topology.preset(gpus_per_node=gpus_per_node)
+    free = Topology.free()
+    with pytest.raises((ValueError, TypeError), match="gpus_per_node"):
+        Topology(gpus_per_node, free.dispatch, free.combine)
+
+
+def test_a_topology_checks_its_fields_types():
+    free = Topology.free()
+    with pytest.raises(TypeError, match="dispatch"):
+        Topology(2, None, free.combine)
+    with pytest.raises(TypeError, match="per_pair"):
+        Topology(2, free.dispatch, free.combine, per_pair="yes")
+    with pytest.raises(TypeError, match="latency_us"):
+        Transfer(1.0, (0.0, 1.0), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="bytes_per_token"):
+        Transfer(2**2000, (0.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"tokens": -1}, "tokens"),
+        ({"k": 2**64}, "k"),
+        ({"node_sum": -5}, "node_sum"),
+        ({"num_gpus": 0}, "num_gpus"),
+        ({"num_gpus": 2**70}, "num_gpus"),
+    ],
+)
+def test_comm_us_refuses_counts_out_of_range(arguments, match):
+    topology = Topology.preset(gpus_per_node=2)
+    values = {"tokens": 4, "k": 2, "node_sum": 4, "num_gpus": 4, **arguments}
+    with pytest.raises(ValueError, match=match):
+        topology.comm_us(**values)
+    assert topology.comm_us(4, 2, 4, 4) > 0
+
+
+@pytest.mark.slow
+def test_the_largest_batch_sample_is_refused_not_aborted(tmp_path):
+    # batch_size = MAX_BATCH and the default 16 batches passed every check, then drew 2 x 8
+    # GiB of ids: under a 6 GiB address space the process died (SIGABRT).
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY))
+        import moefast as mf
+        from moefast.search.node import place_batch
+        from moefast.topology.times import Topology
+        table = mf.SubsetTable.from_topk([[0, 1], [2, 3]], 4)
+        start = mf.Placement.from_lists([[0], [0], [1], [1]], 2)
+        try:
+            place_batch(table, [start], 4, topology=Topology.preset(gpus_per_node=2),
+                        cost_model=mf.CostModel(1.0, 1.0), batch_size=1 << 24)
+        except ValueError as err:
+            print("ValueError:", err)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "sampled expert ids" in done.stdout

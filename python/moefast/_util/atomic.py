@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -54,6 +54,32 @@ def check_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
         raise ValueError(f"{what} {path} is a file, not a folder")
     _check_creatable(path, path, what)
     return path
+
+
+def check_not_input(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None],
+    what: str = "output",
+) -> None:
+    """ValueError unless ``output`` is none of ``inputs`` (the same file by resolved path
+    or by inode, through links) and lies in none of them that are folders: an output must
+    never replace what it is made from, nor become an input of the next run."""
+    out = Path(output)
+    resolved = out.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source)
+        if not source.exists():
+            continue
+        same = resolved == source.resolve() or (out.exists() and os.path.samefile(out, source))
+        if same:
+            raise ValueError(f"{what} {out} is the input {source}: write it elsewhere")
+        if source.is_dir() and resolved.is_relative_to(source.resolve()):
+            raise ValueError(
+                f"{what} {out} lies in the input folder {source}: it would be read as an"
+                " input next time; write it elsewhere"
+            )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from moefast._util.checks import MAX_LAYERS
 from moefast.batch.cost_model import CostModel, preset_key, preset_source
 from moefast.io.readers import TRACE_FORMATS
 from moefast.topology.times import Topology
@@ -36,15 +37,21 @@ def topology_from_args(args) -> Topology | None:
     return Topology.preset(name, gpus_per_node=gpus_per_node)
 
 
-def int_list(text: str, name: str) -> list[int]:
-    """ "3-60" or "1,3,5-9" as a list of ints."""
+def int_list(text: str, name: str, high: int = MAX_LAYERS) -> list[int]:
+    """ "3-60" or "1,3,5-9" as a list of ints in [0, high), checked before a range is
+    laid out (0-400000000 would fill memory)."""
     out: list[int] = []
-    try:
-        for part in text.split(","):
-            a, _, b = part.strip().partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError as err:
-        raise ValueError(f"{name} must be ids or ranges like 3-60, got {text!r}") from err
+    for part in text.split(","):
+        a, dash, b = part.strip().partition("-")
+        try:
+            first, last = int(a), int(b if dash else a)
+        except ValueError as err:
+            raise ValueError(f"{name} must be ids or ranges like 3-60, got {text!r}") from err
+        if not 0 <= first <= last < high:
+            raise ValueError(
+                f"{name}: {part.strip()!r} is not an id or ascending range in [0, {high})"
+            )
+        out += range(first, last + 1)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from moefast._util.atomic import check_folder, check_writable
+from moefast._util.atomic import check_folder, check_not_input, check_writable
 from moefast.cli.options import (
     at_least,
     cost_model_and_source,
@@ -114,9 +114,12 @@ def cmd_plan(args) -> int:
 
     # Before the work: a bad output path found after minutes of planning loses them.
     check_writable(args.out, "--out")
+    inputs = [*args.trace, args.current]
+    check_not_input(args.out, inputs, "--out")
     check_file_name(args.out, args.format)
     if args.report is not None:
         check_folder(args.report, "--report")
+        check_not_input(args.report, inputs, "--report")
     moe_layers = None if args.moe_layers is None else int_list(args.moe_layers, "--moe-layers")
     layout = model_layout(args.model, args.num_layers, moe_layers)
     if layout is None and args.format in ("sglang", "trtllm", "vllm-ascend"):

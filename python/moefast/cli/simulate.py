@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moefast._util.atomic import check_folder
+from moefast._util.atomic import check_folder, check_not_input
 from moefast.batch.times import simulate
 from moefast.cli.options import (
     at_least,
@@ -22,6 +22,7 @@ from moefast.report.batch_plots import plot_throughput_latency
 def cmd_simulate(args) -> int:
 
     out = check_folder(args.out, "--out")
+    check_not_input(out, [args.trace], "--out")
     try:
         sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     except ValueError:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from moefast._util.atomic import check_writable
+from moefast._util.atomic import check_not_input, check_writable
 from moefast.cli.options import at_least
 from moefast.io.readers import load_expert_load
 from moefast.io.synthetic import synthetic_trace
@@ -15,6 +15,7 @@ from moefast.io.synthetic import synthetic_trace
 
 def cmd_synth(args) -> int:
     check_writable(args.out, "--out")
+    check_not_input(args.out, [args.load], "--out")
     load = None
     if args.load is not None:
         load = load_expert_load(args.load)

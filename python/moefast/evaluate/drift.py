@@ -31,6 +31,39 @@ class Window:
     replanned_here: float  # in-sample: planned on this window
 
 
+def _window(
+    trace: Trace,
+    model: ModelPlacement,
+    fixed: list,
+    previous: list | None,
+    start: int,
+    stop: int,
+    method: str,
+    coverage: float,
+    seed: int,
+) -> tuple[Window, list]:
+    """One window's costs, and the placements re-planned on it."""
+    tables = trace.select_tokens(slice(start, stop)).tables()
+    here = [
+        optimize(
+            t.prune(coverage=coverage) if coverage < 1 else t,
+            model.num_gpus,
+            model.slots_per_gpu,
+            method=method,
+            seed=seed,
+        )
+        for t in tables
+    ]
+
+    def cost(placements: list) -> float:
+        return float(sum(expected_cost(t, p) for t, p in zip(tables, placements, strict=True)))
+
+    window = Window(
+        start, stop - start, cost(fixed), None if previous is None else cost(previous), cost(here)
+    )
+    return window, here
+
+
 def drift_windows(
     trace: Trace,
     model: ModelPlacement,
@@ -47,28 +80,15 @@ def drift_windows(
     bounds = np.linspace(0, trace.num_tokens, windows + 1).round().astype(int)
     out: list[Window] = []
     previous = None
-    for start, stop in pairwise(bounds):
-        tables = trace.select_tokens(slice(int(start), int(stop))).tables()
-        here = [
-            optimize(
-                t.prune(coverage=coverage) if coverage < 1 else t,
-                model.num_gpus,
-                model.slots_per_gpu,
-                method=method,
-                seed=seed,
+    for i, (start, stop) in enumerate(pairwise(bounds)):
+        try:
+            window, here = _window(
+                trace, model, fixed, previous, int(start), int(stop), method, coverage, seed
             )
-            for t in tables
-        ]
-        out.append(
-            Window(
-                int(start),
-                int(stop - start),
-                float(sum(expected_cost(t, p) for t, p in zip(tables, fixed, strict=True))),
-                None
-                if previous is None
-                else float(sum(expected_cost(t, p) for t, p in zip(tables, previous, strict=True))),
-                float(sum(expected_cost(t, p) for t, p in zip(tables, here, strict=True))),
-            )
-        )
+        except ValueError as err:
+            raise ValueError(
+                f"window {i + 1} of {windows} (tokens {start} to {stop - 1}): {err}"
+            ) from err
+        out.append(window)
         previous = here
     return out

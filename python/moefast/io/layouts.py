@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from moefast._util.checks import MAX_LAYERS, check_int, check_layer_ids
 from moefast.trace import Trace
 
 
@@ -30,7 +33,17 @@ class ModelLayout:
     mtp_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        layers = tuple(int(x) for x in self.moe_layers)
+        # Exact ints only: 61.9 layers or layer 3.7 are refused, not truncated, and
+        # num_layers is bounded as layer ids are (a writer lays out one row per layer).
+        num_layers = check_int("num_layers", self.num_layers, 1, MAX_LAYERS)
+        object.__setattr__(self, "num_layers", num_layers)
+        layers = tuple(check_layer_ids(_sequence(self.moe_layers, "moe_layers"), "moe_layers"))
+        mtp = tuple(check_layer_ids(_sequence(self.mtp_layers, "mtp_layers"), "mtp_layers"))
+        object.__setattr__(self, "mtp_layers", mtp)
+        for name in ("num_experts", "k", "num_groups"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_int(name, value, 1))
         if not layers or list(layers) != sorted(set(layers)):
             raise ValueError(f"moe_layers must be distinct ascending layer ids, got {layers}")
         if layers[0] < 0 or layers[-1] >= self.num_layers:
@@ -70,6 +83,12 @@ class ModelLayout:
         raise ValueError(
             f"layer ids {_ranges(wrong)} are not MoE layers of {self.describe()}.{hint}"
         )
+
+
+def _sequence(values: object, name: str) -> Sequence:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a sequence of layer ids, got {type(values).__name__}")
+    return values  # type: ignore[return-value]
 
 
 def _ranges(ids: Sequence[int]) -> str:
@@ -155,7 +174,7 @@ def model_layout(
             return base
         return ModelLayout(
             base.name,
-            base.num_layers if num_layers is None else int(num_layers),
+            base.num_layers if num_layers is None else num_layers,
             base.moe_layers if moe_layers is None else tuple(moe_layers),
             base.num_experts,
             base.k,
@@ -165,9 +184,12 @@ def model_layout(
     if num_layers is None and moe_layers is None:
         return None
     if moe_layers is None:
-        return ModelLayout("the model", int(num_layers), _every(int(num_layers)))  # type: ignore[arg-type]
-    layers = tuple(int(x) for x in moe_layers)
-    total = max(layers) + 1 if num_layers is None else int(num_layers)
+        total = check_int("num_layers", num_layers, 1, MAX_LAYERS)
+        return ModelLayout("the model", total, _every(total))
+    layers = tuple(check_layer_ids(_sequence(moe_layers, "moe_layers"), "moe_layers"))
+    if not layers:
+        raise ValueError("moe_layers is empty")
+    total = max(layers) + 1 if num_layers is None else num_layers
     return ModelLayout("the model", total, layers)
 
 
@@ -182,5 +204,9 @@ def map_positions(trace, model: str | ModelLayout):
             f" {len(layout.moe_layers)} MoE layers"
         )
     return Trace(
-        trace.topk, trace.num_experts, list(layout.moe_layers[: trace.num_layers]), trace.weights
+        trace.topk,
+        trace.num_experts,
+        list(layout.moe_layers[: trace.num_layers]),
+        trace.weights,
+        trace.request_ids,
     )

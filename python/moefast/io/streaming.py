@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from moefast._core import SubsetTable
-from moefast._util.checks import check_count
+from moefast._util.atomic import check_not_input, check_writable
+from moefast._util.checks import INT64_MAX, check_count
 from moefast._util.progress import progress
 from moefast.io.readers import load_trace
 from moefast.io.readers.arrow import (
@@ -127,6 +128,14 @@ def _expand(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
         if p.is_dir() and not (p / "meta_info.json").exists():
             arrows = sorted(q for q in p.iterdir() if q.suffix.lower() == ".arrow")
             npzs = sorted(q for q in p.iterdir() if q.suffix.lower() == ".npz")
+            # Shards of both formats are most likely one trace and its conversion: read
+            # together they would count each token twice.
+            if arrows and npzs:
+                raise ValueError(
+                    f"{p}: a folder of shards holds both .arrow ({arrows[0].name}, ...) and"
+                    f" .npz ({npzs[0].name}, ...) files; keep one format per folder (a"
+                    " converted copy beside its source would count every token twice)"
+                )
             # A folder of shards is its files; a folder of SGLang dumps is one trace
             # (ranks are deduplicated together).
             if arrows or npzs:
@@ -172,6 +181,7 @@ def _slices(trace: Trace, chunk_tokens: int) -> Iterator[Trace]:
             trace.num_experts,
             trace.layer_ids,
             None if trace.weights is None else trace.weights[start:stop],
+            None if trace.request_ids is None else trace.request_ids[start:stop],
         )
 
 
@@ -207,11 +217,46 @@ def convert(
     **options,
 ) -> int:
     """Writes any readable trace(s) as one moefast Arrow trace at ``out`` (record batches of
-    ``chunk_tokens`` tokens); returns the number of tokens written."""
+    ``chunk_tokens`` tokens); returns the number of tokens written. Request ids are kept,
+    made distinct between files (file i's follow file i - 1's). ``out`` may not be one of
+    the sources or inside a folder of them (it would be read as a shard next time)."""
     chunk_tokens = check_count("chunk_tokens", chunk_tokens)
+    files = _expand(sources)
+    out = check_writable(out, "out")
+    check_not_input(out, [*_as_list(sources), *files], "out")
     return write_arrow_trace(
-        out, iter_trace(sources, chunk_tokens=chunk_tokens, **options), chunk_tokens=chunk_tokens
+        out, _numbered(files, chunk_tokens, options), chunk_tokens=chunk_tokens
     )
+
+
+def _as_list(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        return [Path(path_or_paths)]
+    return [Path(p) for p in path_or_paths]
+
+
+def _numbered(files: list[Path], chunk_tokens: int, options: dict) -> Iterator[Trace]:
+    """The chunks of the files, request ids offset so that two files' requests stay apart."""
+    offset = 0
+    for path in files:
+        highest = -1
+        for chunk in iter_file(path, chunk_tokens, **options):
+            if chunk.request_ids is not None and chunk.num_tokens:
+                highest = max(highest, int(chunk.request_ids.max()))
+                lowest = int(chunk.request_ids.min())
+                if offset and lowest < 0:
+                    raise ValueError(f"{path}: negative request ids cannot be numbered apart")
+                if highest + offset > INT64_MAX:
+                    raise ValueError(f"{path}: request ids too large to number apart")
+                chunk = Trace(
+                    chunk.topk,
+                    chunk.num_experts,
+                    chunk.layer_ids,
+                    chunk.weights,
+                    chunk.request_ids + offset,
+                )
+            yield chunk
+        offset += highest + 1
 
 
 # ---------------------------------------------------------------- tables by streaming

@@ -106,9 +106,27 @@ def _result(future: Future, what: str) -> Any:
         raise RuntimeError(f"the worker {what} failed: {type(err).__name__}: {err}") from err
 
 
+def _returned(result: Any, what: str, expected: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert(result)``, or a TypeError saying which worker returned what, when its
+    result is not of the ``expected`` form (an executor whose futures return None, ...)."""
+    try:
+        return convert(result)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        raise TypeError(
+            f"the worker {what} returned {type(result).__name__}, not {expected} ({err});"
+            " is the executor's future the function's result?"
+        ) from err
+
+
 def check_executor(executor: Executor) -> None:
-    """Refuses process pools that fork: a child forked after the core's thread pool started
-    inherits its locks but not its threads, and waits forever."""
+    """Refuses what is not an executor (no ``submit``), and process pools that fork: a
+    child forked after the core's thread pool started inherits its locks but not its
+    threads, and waits forever."""
+    if not callable(getattr(executor, "submit", None)):
+        raise TypeError(
+            "executor must be a concurrent.futures.Executor (an object with submit()), got"
+            f" {type(executor).__name__}"
+        )
     if isinstance(executor, ProcessPoolExecutor):
         context = getattr(executor, "_mp_context", None)
         if context is not None and context.get_start_method() == "fork":
@@ -177,10 +195,15 @@ def stream_split_tables(
             if progress is not False:
                 done = progress_bar(done, len(futures), "counting files")
             for future in done:
-                train, test = _result(future, f"counting {futures[future]}")
-                _add(counts.train, train)
-                if counts.test is not None:
-                    _add(counts.test, test)
+                what = f"counting {futures[future]}"
+
+                def add(result: Any) -> None:
+                    train, test = result
+                    _add(counts.train, train)
+                    if counts.test is not None:
+                        _add(counts.test, test)
+
+                _returned(_result(future, what), what, "(train, test) tables", add)
         finally:
             for future in futures:
                 future.cancel()
@@ -272,7 +295,8 @@ def optimize_layers(
             done = progress_bar(done, len(futures), "planning layers")
         for future in done:
             i = futures[future]
-            results[i] = Placement(_result(future, f"planning layer {layer_ids[i]}"))
+            what = f"planning layer {layer_ids[i]}"
+            results[i] = _returned(_result(future, what), what, "a bool matrix [E, G]", Placement)
     finally:
         for future in futures:
             future.cancel()
@@ -302,6 +326,16 @@ def replan_layer_task(
 _PLACEMENT_FIELDS = ("placement", "full", "compute_only")
 
 
+def _replan(fields: dict[str, Any]) -> Replan:
+    """A re-plan from the fields a worker sent back (placements as bool matrices)."""
+    fields = dict(fields)
+    for name in _PLACEMENT_FIELDS:
+        if fields[name] is not None:
+            fields[name] = Placement(fields[name])
+    fields["path"] = tuple((int(c), float(x)) for c, x in fields["path"])
+    return Replan(**fields)
+
+
 def replan_on(
     executor: Executor,
     tables: Sequence[SubsetTable],
@@ -329,12 +363,8 @@ def replan_on(
     try:
         for future in as_completed(futures):
             i = futures[future]
-            fields = _result(future, f"re-planning layer {layer_ids[i]}")
-            for name in _PLACEMENT_FIELDS:
-                if fields[name] is not None:
-                    fields[name] = Placement(fields[name])
-            fields["path"] = tuple((int(c), float(x)) for c, x in fields["path"])
-            results[i] = Replan(**fields)
+            what = f"re-planning layer {layer_ids[i]}"
+            results[i] = _returned(_result(future, what), what, "a re-plan's fields", _replan)
     finally:
         for future in futures:
             future.cancel()

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import moefast._core as _core
-from moefast._core import Placement, SubsetTable
-from moefast._util.checks import check_count, check_positive, check_seed
+from moefast._core import MAX_GPUS, Placement, SubsetTable
+from moefast._util.checks import check_count, check_int, check_number, check_positive, check_seed
 from moefast.batch.cost_model import CostModel
 from moefast.moves import ROUND_US, CopyPrice
 
@@ -38,11 +38,24 @@ PRESETS = ("h800_normal", "h800_low_latency")
 @dataclass(frozen=True)
 class Transfer:
     """One direction of the exchange: bytes per token copy, and per link class (same GPU,
-    NVLink, RDMA) a latency in microseconds and a bandwidth in GB/s (inf: free)."""
+    NVLink, RDMA) a latency in microseconds and a bandwidth in GB/s (inf: free). Values
+    are checked by the core where they are used (finite, non-negative latencies and bytes,
+    positive bandwidths); here they must be real numbers, three per link list."""
 
     bytes_per_token: float
     latency_us: tuple[float, float, float]
     bandwidth_gb_s: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "bytes_per_token", check_number("bytes_per_token", self.bytes_per_token)
+        )
+        for name in ("latency_us", "bandwidth_gb_s"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or np.ndim(values) != 1 or len(values) != 3:
+                raise TypeError(f"{name} must be three numbers (same GPU, NVLink, RDMA)")
+            checked = tuple(check_number(f"{name}[{i}]", v) for i, v in enumerate(values))
+            object.__setattr__(self, name, checked)
 
 
 def _transfer(t: tuple[float, Sequence[float], Sequence[float]]) -> Transfer:
@@ -61,13 +74,26 @@ class Topology:
     combine: Transfer
     per_pair: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, so that -1 or 2**64 is a ValueError, not an OverflowError in the core.
+        gpus = check_int("gpus_per_node", self.gpus_per_node, 1, MAX_GPUS)
+        object.__setattr__(self, "gpus_per_node", gpus)
+        for name in ("dispatch", "combine"):
+            if not isinstance(getattr(self, name), Transfer):
+                raise TypeError(
+                    f"{name} must be a Transfer, got {type(getattr(self, name)).__name__}"
+                )
+        if not isinstance(self.per_pair, (bool, np.bool_)):
+            raise TypeError(f"per_pair must be a bool, got {type(self.per_pair).__name__}")
+        object.__setattr__(self, "per_pair", bool(self.per_pair))
+
     @classmethod
     def preset(cls, name: str = "h800_normal", *, gpus_per_node: int = 8) -> Topology:
         """DeepEP's H800 + 400 Gb/s InfiniBand figures: "h800_normal" (one copy per node
         reached) or "h800_low_latency" (one copy per expert)."""
         _, per_pair, d, c = _core.topology_preset(name)
         return cls(
-            gpus_per_node=check_count("gpus_per_node", gpus_per_node),
+            gpus_per_node=gpus_per_node,
             dispatch=_transfer(d),
             combine=_transfer(c),
             per_pair=per_pair,
@@ -77,7 +103,7 @@ class Topology:
     def free(cls, gpus_per_node: int = 1) -> Topology:
         """No communication cost: times under it are the compute-only costs."""
         free = Transfer(0.0, (0.0, 0.0, 0.0), (np.inf, np.inf, np.inf))
-        return cls(check_count("gpus_per_node", gpus_per_node), free, free)
+        return cls(gpus_per_node, free, free)
 
     def as_tuple(self) -> tuple:
         """The form the core takes."""
@@ -112,7 +138,13 @@ class Topology:
     def comm_us(self, tokens: int, k: int, node_sum: int, num_gpus: int) -> float:
         """Dispatch + combine time (us) of `tokens` tokens of `k` experts reaching
         `node_sum` nodes in all (summed over tokens) on `num_gpus` GPUs."""
-        return _core.topology_comm_us(self.as_tuple(), tokens, k, node_sum, num_gpus)
+        return _core.topology_comm_us(
+            self.as_tuple(),
+            check_count("tokens", tokens, 0),
+            check_count("k", k, 0),
+            check_count("node_sum", node_sum, 0),
+            check_int("num_gpus", num_gpus, 1, MAX_GPUS),
+        )
 
 
 def subset_times(

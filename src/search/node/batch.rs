@@ -41,7 +41,7 @@ use crate::model::table::SubsetTable;
 use crate::model::topology::Topology;
 use crate::search::replan::{copies, move_copies};
 use crate::util::error::{MoeError, Result};
-use crate::util::limits::check_memory;
+use crate::util::limits::{check_memory, check_sample, reserve};
 use crate::util::rng::SplitMix64;
 
 /// Steps scored per round (in parallel), rounds without progress before it stops, and
@@ -182,32 +182,33 @@ fn step_copies(current: &Placement, layout: &Layout, step: Step) -> isize {
 
 /// Expert ids of `num_batches` batches of `batch_size` rows drawn by weight (`stream`
 /// picks the sample: 0 the search's, 1 the validation one).
-fn draw_batches(table: &SubsetTable, options: &BatchOptions, stream: u64) -> Vec<Vec<i64>> {
-    let mut cumulative = Vec::with_capacity(table.len());
+fn draw_batches(table: &SubsetTable, options: &BatchOptions, stream: u64) -> Result<Vec<Vec<i64>>> {
+    let k = table.k();
+    check_sample(options.batch_size, options.num_batches, k)?;
+    let mut cumulative = reserve(table.len(), "the cumulative weights")?;
     let mut total = 0.0;
     for &w in table.weights() {
         total += w;
         cumulative.push(total);
     }
-    let k = table.k();
-    (0..options.num_batches)
-        .map(|b| {
-            let mut rng = SplitMix64::stream(options.seed, 0x70b0 + stream, b as u64);
-            let mut ids = Vec::with_capacity(options.batch_size * k);
-            for _ in 0..options.batch_size {
-                let x = rng.unit() * total;
-                let r = cumulative
-                    .partition_point(|&c| c <= x)
-                    .min(cumulative.len() - 1);
-                ids.extend(
-                    table.subsets()[r * k..(r + 1) * k]
-                        .iter()
-                        .map(|&e| e as i64),
-                );
-            }
-            ids
-        })
-        .collect()
+    let mut batches = reserve(options.num_batches, "the sampled batches")?;
+    for b in 0..options.num_batches {
+        let mut rng = SplitMix64::stream(options.seed, 0x70b0 + stream, b as u64);
+        let mut ids = reserve(options.batch_size * k, "a sampled batch's expert ids")?;
+        for _ in 0..options.batch_size {
+            let x = rng.unit() * total;
+            let r = cumulative
+                .partition_point(|&c| c <= x)
+                .min(cumulative.len() - 1);
+            ids.extend(
+                table.subsets()[r * k..(r + 1) * k]
+                    .iter()
+                    .map(|&e| e as i64),
+            );
+        }
+        batches.push(ids);
+    }
+    Ok(batches)
 }
 
 struct Search<'a> {
@@ -507,8 +508,8 @@ fn run(
         }
     };
     let mut search = Search {
-        batches: draw_batches(table, &options, 0),
-        validation: draw_batches(table, &options, 1),
+        batches: draw_batches(table, &options, 0)?,
+        validation: draw_batches(table, &options, 1)?,
         k: table.k(),
         model,
         topology,
@@ -633,21 +634,7 @@ fn check_inputs<'p>(
     let Some(first) = starts.first() else {
         return Err(MoeError::value("starts: give at least one placement"));
     };
-    if options.batch_size == 0 || options.num_batches == 0 {
-        return Err(MoeError::value(
-            "batch_size and num_batches must be at least 1",
-        ));
-    }
-    if options.batch_size.saturating_mul(options.num_batches)
-        > crate::util::limits::MAX_SAMPLED_TOKENS
-    {
-        return Err(MoeError::value(format!(
-            "batch_size x num_batches = {} x {} is more than {} sampled tokens",
-            options.batch_size,
-            options.num_batches,
-            crate::util::limits::MAX_SAMPLED_TOKENS
-        )));
-    }
+    check_sample(options.batch_size, options.num_batches, table.k())?;
     if table.is_empty() || table.total_weight().is_nan() || table.total_weight() <= 0.0 {
         return Err(MoeError::value("the table is empty (total weight 0)"));
     }
@@ -783,7 +770,7 @@ pub fn sample_mean_time(
         return Err(MoeError::value("the table is empty (total weight 0)"));
     }
     let search = Search {
-        batches: draw_batches(table, &options, u64::from(validation)),
+        batches: draw_batches(table, &options, u64::from(validation))?,
         validation: Vec::new(),
         k: table.k(),
         model,

@@ -17,6 +17,8 @@ from moefast.placement import ModelPlacement
 from moefast.trace import MAX_EXPERTS
 
 NATIVE_TAG = "moefast-placement"
+#: The one version of the file this reader knows.
+NATIVE_VERSION = 1
 
 
 def write(model: ModelPlacement) -> dict[str, Any]:
@@ -25,7 +27,7 @@ def write(model: ModelPlacement) -> dict[str, Any]:
 
     return {
         "format": NATIVE_TAG,
-        "version": 1,
+        "version": NATIVE_VERSION,
         "num_experts": model.num_experts,
         "num_gpus": model.num_gpus,
         "slots_per_gpu": model.slots_per_gpu,
@@ -42,10 +44,25 @@ def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) 
     """A placement from moefast's own file."""
     if data.get("format") != NATIVE_TAG:
         raise ValueError(f'{path}: not a moefast placement (no "format": "{NATIVE_TAG}")')
+    version = data["version"]
+    if isinstance(version, bool) or version != NATIVE_VERSION:
+        raise ValueError(
+            f"{path}: version {version!r} of the moefast placement format; this moefast reads"
+            f" version {NATIVE_VERSION}"
+        )
     g = check_field_int(path, "num_gpus", data["num_gpus"], 1, MAX_GPUS)
     slots = check_field_int(path, "slots_per_gpu", data["slots_per_gpu"], 1, MAX_EXPERTS)
+    experts = check_field_int(path, "num_experts", data["num_experts"], 1, MAX_EXPERTS)
     replicas = as_list(data["replicas"], path, "replicas")
     placements = [Placement.from_lists(as_list(lists, path, "a layer"), g) for lists in replicas]
+    for i, p in enumerate(placements):
+        if p.num_experts != experts:
+            raise ValueError(
+                f"{path}: layer {i} places {p.num_experts} experts; the file says num_experts"
+                f" = {experts}"
+            )
+    if num_experts is not None and experts != num_experts:
+        raise ValueError(f"{path}: the placement has {experts} experts, not {num_experts}")
     costs: dict[str, Any] = {}
     for name in ("layer_costs", "lower_bounds"):
         values = data.get(name)

@@ -40,4 +40,5 @@ def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) 
     """A placement from an SGLang map; ``num_gpus`` is needed (the file does not record it)."""
     rows = as_list(data["physical_to_logical_map"], path, "physical_to_logical_map")
     g = need(num_gpus, "num_gpus", path, "sglang")
-    return from_maps(rows, list(range(len(rows))), g, num_experts, path)
+    # SGLang loads each GPU's slots as given: a repeated expert misroutes its tokens.
+    return from_maps(rows, list(range(len(rows))), g, num_experts, path, distinct=True)

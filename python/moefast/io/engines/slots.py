@@ -49,9 +49,14 @@ def default_map(num_slots: int, num_experts: int) -> np.ndarray:
 
 
 def placement_from_slots(
-    layer_slots: Sequence[int] | np.ndarray, num_gpus: int, num_experts: int, where: str
+    layer_slots: Sequence[int] | np.ndarray,
+    num_gpus: int,
+    num_experts: int,
+    where: str,
+    distinct: bool = False,
 ) -> Placement:
-    """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus))."""
+    """The placement of one layer's physical map (slot p on GPU p // (P / num_gpus));
+    ``distinct``: refuse a GPU that lists an expert twice, as the writers do."""
     slots = np.asarray(layer_slots)
     if slots.ndim != 1 or slots.dtype.kind not in "iu":
         raise ValueError(f"{where}: a layer's map must be a list of integer expert ids")
@@ -60,6 +65,13 @@ def placement_from_slots(
     if slots.size and (slots.min() < 0 or slots.max() >= num_experts):
         raise ValueError(f"{where}: expert id out of range [0, {num_experts}) in the map")
     per_gpu = slots.size // num_gpus
+    # As the writers refuse it (`gpu_slots`): a GPU listing one expert twice misroutes.
+    for g, row in enumerate(slots.reshape(num_gpus, per_gpu) if distinct else ()):
+        if np.unique(row).size != per_gpu:
+            raise ValueError(
+                f"{where}: GPU {g} lists an expert twice ({row.tolist()}): each GPU holds"
+                f" {per_gpu} distinct experts"
+            )
     replicas = np.zeros((num_experts, num_gpus), dtype=bool)
     replicas[slots, np.arange(slots.size) // per_gpu] = True
     missing = np.nonzero(~replicas.any(axis=1))[0]
@@ -121,6 +133,7 @@ def from_maps(
     num_gpus: int,
     num_experts: int | None,
     path: Path,
+    distinct: bool = False,
 ) -> ModelPlacement:
     if not rows:
         raise ValueError(f"{path}: no layer in the file")
@@ -134,7 +147,7 @@ def from_maps(
     if num_experts is None:
         num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
-        placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
+        placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}", distinct)
         for a, layer in zip(arrays, layer_ids, strict=True)
     ]
     return ModelPlacement(placements, sizes.pop() // num_gpus, layer_ids)

@@ -76,6 +76,10 @@ def trace_from_sglang_per_token(
             raise malformed(path, f"dump {d} has no 'records': is it a per_token dump?")
         p2l = dump.get("last_physical_to_logical_map")
         p2l = None if p2l is None else int_array(p2l, path, "last_physical_to_logical_map")
+        if p2l is not None and p2l.size == 0:
+            raise malformed(
+                path, f"dump {d}: last_physical_to_logical_map has no slots (shape {p2l.shape})"
+            )
         if p2l is not None and p2l.size and (p2l.min() < 0 or p2l.max() >= MAX_EXPERTS):
             raise malformed(
                 path,

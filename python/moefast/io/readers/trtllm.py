@@ -21,9 +21,43 @@ from moefast.io.readers._errors import malformed, require
 from moefast.io.readers._loading import read_json, to_numpy
 from moefast.trace import MAX_EXPERTS, Trace
 
-# ASCII digits, few enough that the numbers are bounded before int() reads them.
+# ASCII digits, few enough that the numbers are bounded before int() reads them; matched
+# against the whole key ("0_1junk" is no key).
 _KEY = re.compile(r"([0-9]{1,12})_([0-9]{1,9})")
-_RANK = re.compile(r"rank([0-9]{1,9})")
+
+
+def _iteration_layer(
+    key: str, r: int, path: Path, seen: Mapping[tuple[int, int], str]
+) -> tuple[int, int]:
+    """(iteration, layer) of a rank's tensor key ``"<iter>_<layer>"``: the whole key must
+    match, the layer be below MAX_LAYERS, and no other key of the rank ("0_01" beside
+    "0_1") name the same pair."""
+    match = _KEY.fullmatch(key)
+    if not match:
+        raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
+    it, layer = int(match.group(1)), int(match.group(2))
+    if layer >= MAX_LAYERS:
+        raise malformed(path, f"rank {r}: key '{key}' names layer {layer} >= {MAX_LAYERS}")
+    if (it, layer) in seen:
+        raise malformed(
+            path,
+            f"rank {r}: keys '{seen[it, layer]}' and '{key}' both name iteration {it},"
+            f" layer {layer}",
+        )
+    return it, layer
+
+
+def _checked_ids(ids: np.ndarray, num_experts: int, path: Path, where: str) -> np.ndarray:
+    """Top-k ids as int64, refused when out of [0, num_experts) before the cast (a uint64
+    2^63 would wrap to a negative id)."""
+    if ids.ndim != 2 or (ids.size and ids.dtype.kind not in "iu"):
+        raise malformed(path, f"{where} must be int [tokens, k], got {ids.dtype} {ids.shape}")
+    if ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num_experts:
+            bad = low if low < 0 else high
+            raise malformed(path, f"{where}: expert id {bad} out of range [0, {num_experts})")
+    return ids.astype(np.int64)
 
 
 def _meta_experts(meta: Mapping, path: Path, model_experts: int | None) -> int:
@@ -54,18 +88,15 @@ def expert_load_from_trtllm(
     num_experts = _meta_experts(meta, path, num_experts)
     totals: dict[int, np.ndarray] = {}
     for r, tensors in enumerate(ranks):
+        seen: dict[tuple[int, int], str] = {}
         for key, value in tensors.items():
-            match = _KEY.fullmatch(key)
-            if not match:
-                raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
+            it, layer = _iteration_layer(key, r, path, seen)
+            seen[it, layer] = key
             counts = to_numpy(value, path, key).astype(np.float64).ravel()
             if counts.shape != (num_experts,):
                 raise malformed(
                     path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts"
                 )
-            layer = int(match.group(2))
-            if layer >= MAX_LAYERS:
-                raise malformed(path, f"rank {r}: key '{key}' names layer {layer} >= {MAX_LAYERS}")
             totals[layer] = totals.get(layer, 0) + counts
     if not totals:
         raise malformed(path, "no statistics in any rank file")
@@ -121,14 +152,12 @@ def trace_from_trtllm_raw(
     num_experts = _meta_experts(meta, path, num_experts)
     blocks: dict[tuple[int, int], dict[int, np.ndarray]] = {}
     for r, tensors in enumerate(ranks):
+        keys: dict[tuple[int, int], str] = {}
         for key, value in tensors.items():
-            match = _KEY.match(key)
-            if not match:
-                raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
-            ids = to_numpy(value, path, key)
-            if ids.ndim != 2 or (ids.size and ids.dtype.kind not in "iu"):
-                raise malformed(path, f"rank {r}: '{key}' must be int [tokens, k], got {ids.shape}")
-            blocks.setdefault((int(match.group(1)), r), {})[int(match.group(2))] = ids
+            it, layer = _iteration_layer(key, r, path, keys)
+            keys[it, layer] = key
+            ids = _checked_ids(to_numpy(value, path, key), num_experts, path, f"rank {r}: '{key}'")
+            blocks.setdefault((it, r), {})[layer] = ids
     if not blocks:
         raise malformed(path, "no tensors in any raw rank file")
     layer_ids = sorted(next(iter(blocks.values())))
@@ -207,10 +236,7 @@ class TrtllmRawTrace:
                 raise malformed(f, f"not a readable safetensors file ({err})") from err
             rank: dict[tuple[int, int], str] = {}
             for key in names:
-                match = _KEY.match(key)
-                if not match:
-                    raise malformed(path, f"rank {r}: key '{key}' is not '<iter>_<layer>'")
-                rank[int(match.group(1)), int(match.group(2))] = key
+                rank[_iteration_layer(key, r, path, rank)] = key
             keys.append(rank)
         blocks: dict[tuple[int, int], list[int]] = {}
         for r, rank in enumerate(keys):
@@ -243,12 +269,9 @@ class TrtllmRawTrace:
                     for layer in self.layer_ids:
                         key = rank[it, layer]
                         ids = to_numpy(handle.get_tensor(key), self.path, key)
-                        if ids.ndim != 2 or (ids.size and ids.dtype.kind not in "iu"):
-                            raise malformed(
-                                self.path,
-                                f"rank {r}: '{key}' must be int [tokens, k], got {ids.shape}",
-                            )
-                        layers.append(ids)
+                        layers.append(
+                            _checked_ids(ids, self.num_experts, self.path, f"rank {r}: '{key}'")
+                        )
                     shapes = {x.shape for x in layers}
                     if len(shapes) != 1:
                         raise malformed(
