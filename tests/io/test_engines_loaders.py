@@ -5,19 +5,29 @@ findings 1-4 each have a test here that fails on the code before the fix."""
 from __future__ import annotations
 
 import json
+import pickle
 
 import moefast
+import moefast.io.readers.sglang as sglang_reader
 import numpy as np
 import pytest
 import yaml
 from moefast._core import fill_free_slots
 from moefast.io.engines import default_map
 from moefast.io.layouts import ModelLayout, get_model, map_positions
-from moefast.io.readers.sglang import trace_from_sglang_per_token
+from moefast.io.readers.sglang import (
+    expert_load_from_sglang_per_pass,
+    trace_from_sglang_per_token,
+)
 from moefast.io.readers.trtllm import expert_load_from_trtllm, trace_from_trtllm_raw
 from moefast.placement import ModelPlacement
 from support.engine_loaders import deepseek_eplb_check, sglang_load, trtllm_load, vllm_ascend_load
-from support.engine_writers import sglang_per_token_dumps, trtllm_statistics_folder
+from support.engine_writers import (
+    sglang_dp_same_prompt_dumps,
+    sglang_per_pass_dumps,
+    sglang_per_token_dumps,
+    trtllm_statistics_folder,
+)
 from support.shared_data import DEEPSEEK_DECODE_LOAD
 
 #: Dense layers first (0, 1) and last (7), MoE layers 2-6, an MTP layer after them (8).
@@ -315,3 +325,85 @@ def test_plan_with_a_model_refuses_early_and_save_uses_it(tmp_path):
         planned.save(tmp_path / "t.yaml", "trtllm")  # the recorded model, no model= needed
     keys = yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
     assert list(keys) == list(range(3, 61))
+
+
+def test_sglang_dp_attention_ranks_with_equal_records_are_kept_apart():
+    rng = np.random.default_rng(5)
+    moe_layers, num_hidden_layers = [1, 2], 3
+    topk = small_topk(rng, tokens=4)
+    p2l = sglang_map(rng, num_hidden_layers, 16, 20)
+    dumps = sglang_dp_same_prompt_dumps(topk, moe_layers, num_hidden_layers, p2l)
+    # Pass 0: the same 4 tokens on both ranks; pass 1: 2 tokens each.
+    trace = trace_from_sglang_per_token(dumps)
+    assert trace.num_tokens == 12
+    np.testing.assert_array_equal(trace.topk, topk[[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]])
+    assert trace_from_sglang_per_token(dumps, dp_attention=False).num_tokens == 8
+    # One pass where both ranks agree: nothing in the dump tells DP ranks from TP twins.
+    first = [{**d, "records": d["records"][:1]} for d in dumps]
+    assert trace_from_sglang_per_token(first).num_tokens == 4
+    assert trace_from_sglang_per_token(first, dp_attention=True).num_tokens == 8
+    with pytest.raises(TypeError, match="dp_attention"):
+        trace_from_sglang_per_token(first, dp_attention="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dp_ranks, tp_twins", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_sglang_per_pass_dumps_are_loads(tmp_path, dp_ranks, tp_twins):
+    rng = np.random.default_rng(dp_ranks + tp_twins)
+    moe_layers, num_hidden_layers = [1, 2, 4], 6
+    topk = small_topk(rng, tokens=40, layers=3)
+    p2l = sglang_map(rng, num_hidden_layers, 16, 20)
+    args = (topk, moe_layers, num_hidden_layers, p2l)
+    dumps = sglang_per_pass_dumps(*args, dp_ranks=dp_ranks, tp_twins=tp_twins)
+    load = expert_load_from_sglang_per_pass(dumps)
+    want = np.zeros((num_hidden_layers, 16))
+    for position, layer in enumerate(moe_layers):
+        want[layer] = np.bincount(topk[:, position].ravel(), minlength=16)
+    np.testing.assert_array_equal(load, want)
+    # The per_token dumps of the same recording give the same loads.
+    per_token = trace_from_sglang_per_token(
+        sglang_per_token_dumps(*args, dp_ranks=dp_ranks, tp_twins=tp_twins)
+    )
+    np.testing.assert_array_equal(per_token.expert_load(), want[moe_layers])
+
+
+def test_sglang_per_pass_files_read_as_loads_and_refused_as_traces(tmp_path, monkeypatch):
+    # The dumps pickled, read back in place of torch.load (torch is optional).
+    monkeypatch.setattr(sglang_reader, "_torch_load", lambda f: pickle.loads(f.read_bytes()))
+    rng = np.random.default_rng(8)
+    topk = small_topk(rng, tokens=10)
+    p2l = sglang_map(rng, 3, 16, 16)
+    for r, dump in enumerate(sglang_per_pass_dumps(topk, [1, 2], 3, p2l, tp_twins=2)):
+        (tmp_path / f"expert_distribution_recorder_1.0_{r}.pt").write_bytes(pickle.dumps(dump))
+    load, layers = moefast.load_expert_load(tmp_path, return_layer_ids=True)
+    assert layers == [1, 2]
+    np.testing.assert_array_equal(load[0], np.bincount(topk[:, 0].ravel(), minlength=16))
+    with pytest.raises(ValueError, match=r"per_pass dump.*load_expert_load"):
+        moefast.load_trace(tmp_path)
+
+
+def test_trtllm_dispatch_dumps_are_read_and_checked(tmp_path):
+    pytest.importorskip("safetensors")
+    rng = np.random.default_rng(4)
+    topk = small_topk(rng)
+    trtllm_statistics_folder(tmp_path, topk, [3, 4], 16, ranks=2, dispatch=True)
+    assert json.loads((tmp_path / "meta_info.json").read_text())["ep_size"] == 2
+    load = moefast.load_expert_load(tmp_path)
+    np.testing.assert_array_equal(load[0], np.bincount(topk[:, 0].ravel(), minlength=16))
+    trace = moefast.load_trace(tmp_path)
+    assert trace.num_tokens == 30
+    # A token count that disagrees with the counts and ids.
+    tokens = json.loads((tmp_path / "rank1_numtokens.json").read_text())
+    tokens["0_3"] += 1
+    (tmp_path / "rank1_numtokens.json").write_text(json.dumps(tokens))
+    with pytest.raises(ValueError, match=r"rank1_numtokens\.json says"):
+        moefast.load_expert_load(tmp_path)
+    with pytest.raises(ValueError, match=r"rank1_numtokens\.json says"):
+        moefast.load_trace(tmp_path)
+    # A rank below ep_size without its files.
+    (tmp_path / "rank1_numtokens.json").unlink()
+    (tmp_path / "rank1.safetensors").unlink()
+    (tmp_path / "rank1_raw.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"ep_size = 2, but the files of ranks \[1\] are missing"):
+        moefast.load_expert_load(tmp_path)
+    with pytest.raises(ValueError, match="ranks \\[1\\] are missing"):
+        list(moefast.iter_trace(tmp_path))

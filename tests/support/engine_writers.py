@@ -10,7 +10,11 @@
 - TensorRT-LLM expert statistics (NVIDIA/TensorRT-LLM tensorrt_llm/_torch/expert_statistic.py,
   read by examples/wide_ep/ep_load_balancer/utils.py): ``meta_info.json``,
   ``rank<r>.safetensors`` ("<iter>_<layer>" -> int64 counts [E]) and, in newer versions,
-  ``rank<r>_raw.safetensors`` ("<iter>_<layer>" -> int32 [tokens, k]).
+  ``rank<r>_raw.safetensors`` ("<iter>_<layer>" -> int32 [tokens, k]); with the dispatch
+  dump (EXPERT_STATISTIC_DUMP_DISPATCH) ``rank<r>_numtokens.json`` ("<iter>_<layer>" ->
+  tokens) and ``ep_size``, ``experts_per_rank`` in ``meta_info.json``.
+- SGLang ``per_pass`` (same file, _DetailAccumulator with the select-experts gatherer):
+  records with ``global_physical_count`` [num_hidden_layers, P] instead of per-token ids.
 The dumps are the dicts ``torch.load`` returns, with numpy arrays in place of tensors.
 """
 
@@ -83,14 +87,20 @@ def trtllm_statistics_folder(
     iterations: int = 2,
     raw: bool = True,
     meta_experts: int | None = None,
+    dispatch: bool = False,
 ) -> None:
     """Writes the statistics of ``topk`` [tokens, layers, k]: tokens split over iterations,
-    then over attention-DP ranks, each rank writing its own counts (and raw ids)."""
+    then over attention-DP ranks, each rank writing its own counts (and raw ids). With
+    ``dispatch`` (EXPERT_STATISTIC_DUMP_DISPATCH and EXPERT_STATISTIC_EP_SIZE set), also
+    ``rank<r>_numtokens.json`` and ``ep_size`` / ``experts_per_rank`` in the meta info."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"num_experts": meta_experts or num_experts, "num_experts_per_token": topk.shape[2]}
+    if dispatch:
+        meta.update(ep_size=ranks, experts_per_rank=meta["num_experts"] // ranks)
     (folder / "meta_info.json").write_text(json.dumps(meta))
+    tokens: list[dict[str, int]] = [{} for _ in range(ranks)]
     counts: list[dict[str, np.ndarray]] = [{} for _ in range(ranks)]
     raws: list[dict[str, np.ndarray]] = [{} for _ in range(ranks)]
     for it, chunk in enumerate(np.array_split(np.arange(len(topk)), iterations)):
@@ -102,7 +112,94 @@ def trtllm_statistics_folder(
                     np.int64
                 )
                 raws[r][key] = ids
+                tokens[r][key] = len(ids)
     for r in range(ranks):
         save_file(counts[r], str(folder / f"rank{r}.safetensors"))
         if raw:
             save_file(raws[r], str(folder / f"rank{r}_raw.safetensors"))
+        if dispatch:
+            (folder / f"rank{r}_numtokens.json").write_text(json.dumps(tokens[r]))
+
+
+def sglang_dp_same_prompt_dumps(
+    topk: np.ndarray, moe_layers: list[int], num_hidden_layers: int, p2l: np.ndarray
+) -> list[dict]:
+    """Two DP-attention ranks that serve the same prompt ``topk`` in forward pass 0 (equal
+    records on both ranks) and one half of it each in pass 1: 3 x tokens in all."""
+    rng = np.random.default_rng(0)
+    tokens, _, k = topk.shape
+
+    def record(pass_id: int, rank: int, mine: np.ndarray, buffer: np.ndarray) -> dict:
+        return {
+            "forward_pass_id": pass_id,
+            "rank": rank,
+            "input_ids": (mine % 1000).tolist(),
+            "positions": list(range(len(mine))),
+            "topk_ids_of_layer": buffer.copy(),
+        }
+
+    def ids(mine: np.ndarray) -> np.ndarray:
+        buffer = np.full((num_hidden_layers, len(mine), SGLANG_TOP_K_WIDTH), -1, np.int32)
+        for position, layer in enumerate(moe_layers):
+            buffer[layer, :, :k] = physical_ids(topk[mine, position, :], p2l[layer], rng)
+        return buffer
+
+    everything = np.arange(tokens)
+    shared = ids(everything)
+    halves = np.array_split(everything, 2)
+    return [
+        {
+            "records": [
+                record(0, rank, everything, shared),
+                record(1, rank, halves[rank], ids(halves[rank])),
+            ],
+            "last_physical_to_logical_map": p2l,
+        }
+        for rank in range(2)
+    ]
+
+
+def sglang_per_pass_dumps(
+    topk: np.ndarray,
+    moe_layers: list[int],
+    num_hidden_layers: int,
+    p2l: np.ndarray,
+    *,
+    dp_ranks: int = 1,
+    tp_twins: int = 1,
+    passes: int = 2,
+    seed: int = 0,
+) -> list[dict]:
+    """The ``per_pass`` dumps of the same recording as `sglang_per_token_dumps`: records
+    with ``global_physical_count`` [num_hidden_layers, P] (each rank counting the physical
+    slots its tokens chose, as SGLang's select-experts gatherer does), no per-token ids."""
+    dumps = sglang_per_token_dumps(
+        topk,
+        moe_layers,
+        num_hidden_layers,
+        p2l,
+        dp_ranks=dp_ranks,
+        tp_twins=tp_twins,
+        passes=passes,
+        seed=seed,
+    )
+    slots = p2l.shape[1]
+    out = []
+    for dump in dumps:
+        records = []
+        for rec in dump["records"]:
+            ids = rec["topk_ids_of_layer"]
+            count = np.zeros((num_hidden_layers, slots), dtype=np.int32)
+            for layer in range(num_hidden_layers):
+                valid = ids[layer][ids[layer] >= 0]
+                count[layer] = np.bincount(valid, minlength=slots)
+            records.append(
+                {
+                    "forward_pass_id": rec["forward_pass_id"],
+                    "rank": rec["rank"],
+                    "gatherer_key": "primary",
+                    "global_physical_count": count,
+                }
+            )
+        out.append({"records": records, "last_physical_to_logical_map": p2l})
+    return out

@@ -21,7 +21,7 @@ from moefast.io.readers.jsonl import read_jsonl_trace
 from moefast.io.readers.npz import read_npz_trace
 from moefast.io.readers.sglang import (
     read_logical_count_json,
-    read_sglang_stat_load,
+    read_sglang_load,
     read_sglang_trace,
 )
 from moefast.io.readers.trtllm import read_trtllm_load, read_trtllm_trace
@@ -125,8 +125,7 @@ def read_expert_load(
         load = read_logical_count_json(path)
         return load, list(range(load.shape[0]))
     if fmt == "sglang-stat":
-        load = read_sglang_stat_load(path)
-        return load, list(range(load.shape[0]))
+        return read_sglang_load(path)
     if fmt == "trtllm":
         return read_trtllm_load(path, num_experts)
     if fmt == "npy":
@@ -153,8 +152,9 @@ def load_expert_load(
 ):
     """Per-expert loads (token-expert assignments, no co-activation) as float [layers, E].
 
-    Reads SGLang ``logical_count`` JSON (``format="logical_count"``), SGLang ``stat`` ``.pt``
-    dumps (``"sglang-stat"``, needs torch), TensorRT-LLM statistics folders (``"trtllm"``),
+    Reads SGLang ``logical_count`` JSON (``format="logical_count"``), SGLang ``stat``,
+    ``per_pass`` and ``per_token`` ``.pt`` dumps (``"sglang-stat"``, needs torch),
+    TensorRT-LLM statistics folders (``"trtllm"``),
     ``.npy`` arrays [layers, E] or [E] (``"npy"``), or any trace (``"trace"``, counted).
     ``drop_empty`` drops rows without any load (the dense layers SGLang records as zeros);
     ``return_layer_ids`` also returns the layer id of each row. ``num_experts`` (the model's)

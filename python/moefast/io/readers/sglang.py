@@ -7,7 +7,10 @@ at every forward pass; it writes a token's k ids into the first k columns, so fo
 other columns stay -1, and dense layers are all -1. k is the most ids any token has; a layer
 counts as MoE if some token has k distinct valid ids in it.
 ``stat`` dumps and the published JSON statistics hold ``logical_count`` [steps, layers, E] or
-[layers, E]: per-expert loads without co-activation.
+[layers, E]: per-expert loads without co-activation. ``per_pass`` dumps hold records like
+``per_token``'s with only ``global_physical_count`` [layers, P] per forward pass: loads too.
+Each record names its ``rank``: tensor-parallel ranks without DP attention repeat one another
+in every forward pass and count once; DP-attention ranks record their own requests.
 
 The conversion functions take plain dicts of numpy arrays or lists (or torch tensors), so
 they run without torch; only opening a ``.pt`` file needs it.
@@ -48,18 +51,69 @@ def _position_runs(positions: Any, tokens: int) -> np.ndarray:
     return np.r_[0, np.cumsum(pos[1:] != pos[:-1] + 1)].astype(np.int64)
 
 
+def _record_rank(record: Mapping[str, Any], d: int, r: int, path: Path) -> int:
+    """The ``rank`` a record names (SGLang writes it), else its dump's index."""
+    rank = record.get("rank")
+    if rank is None:
+        return d
+    if hasattr(rank, "item"):  # a one-value tensor or array
+        rank = rank.item()
+    return check_field_int(path, f"dump {d} record {r}: rank", rank)
+
+
+def _tp_twins(passes: Mapping[int, Mapping[Any, list[np.ndarray]]]) -> set[int]:
+    """Ranks that repeat a lower rank's records: the same forward passes, each with the same
+    content. Tensor-parallel ranks without DP attention compute the same batch and record it
+    alike in every pass; DP-attention ranks each record their own requests, which may agree
+    in a pass (the same prompt sent to two ranks) but not in all of them."""
+    twins: set[int] = set()
+    kept: list[int] = []
+    for rank in sorted(passes):
+        mine = passes[rank]
+        for other in kept:
+            theirs = passes[other]
+            if mine.keys() == theirs.keys() and all(
+                len(mine[key]) == len(theirs[key])
+                and all(
+                    a.shape == b.shape and np.array_equal(a, b)
+                    for a, b in zip(mine[key], theirs[key], strict=True)
+                )
+                for key in mine
+            ):
+                twins.add(rank)
+                break
+        else:
+            kept.append(rank)
+    return twins
+
+
+def _content(ids: np.ndarray, input_ids: Any) -> np.ndarray:
+    """What a record holds, for comparing ranks: its ids and, when present, its input ids."""
+    try:
+        tokens = np.asarray(
+            input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids, dtype=np.int64
+        ).ravel()
+    except (TypeError, ValueError):
+        tokens = np.zeros(0, dtype=np.int64)
+    return np.concatenate([ids.ravel().astype(np.int64), [-2], tokens])
+
+
 def trace_from_sglang_per_token(
     dumps: Sequence[Mapping[str, Any]],
     num_experts: int | None = None,
     source: Path | str = "<sglang per_token dump>",
+    dp_attention: bool | None = None,
 ) -> Trace:
     """A trace from the dicts of one or more ranks' ``per_token`` dumps.
 
     Tokens of all ranks and forward passes are concatenated, forward pass by forward pass
     (ranks in order within a pass: DP-attention ranks record their own tokens under the
-    same forward_pass_id); a record repeated by several
-    ranks (tensor parallelism without DP attention: same ``forward_pass_id``, same ids) is
-    kept once. Tokens without a valid top-k in some MoE layer are dropped with a warning.
+    same forward_pass_id). Tensor-parallel ranks without DP attention repeat one another:
+    a rank whose records equal a lower rank's in every forward pass (same passes, same ids
+    and input ids) is dropped whole. ``dp_attention=True`` keeps every rank (records that
+    agree in every pass were still recorded by different ranks), ``False`` keeps a record
+    once per forward pass whatever its rank, and None (default) decides rank by rank as
+    above. Tokens without a valid top-k in some MoE layer are dropped with a warning.
 
     The records carry no request id, so ``request_ids`` number the runs of consecutive
     ``positions`` within a forward pass (one prompt chunk of one request in prefill, one token
@@ -67,10 +121,14 @@ def trace_from_sglang_per_token(
     splits then never cut a prompt chunk.
     """
     path = Path(str(source))
+    if dp_attention not in (None, True, False):
+        raise TypeError(f"dp_attention must be None, True or False, got {dp_attention!r}")
     blocks: list[np.ndarray] = []
     pass_ids: list[int | None] = []
     runs: list[np.ndarray] = []
+    ranks: list[int] = []
     seen: dict[Any, list[np.ndarray]] = {}
+    contents: dict[int, dict[Any, list[np.ndarray]]] = {}
     for d, dump in enumerate(dumps):
         if not isinstance(dump, Mapping) or "records" not in dump:
             raise malformed(path, f"dump {d} has no 'records': is it a per_token dump?")
@@ -115,20 +173,31 @@ def trace_from_sglang_per_token(
                     )
                 layer_index = np.arange(ids.shape[0])[:, None, None]
                 ids = np.where(ids >= 0, p2l[layer_index, np.maximum(ids, 0)], -1)
+            rank = _record_rank(record, d, r, path)
             key = record.get("forward_pass_id")
             if key is not None:
                 if hasattr(key, "item"):  # a one-value tensor or array
                     key = key.item()
                 key = check_field_int(path, f"dump {d} record {r}: forward_pass_id", key)
-                twins = seen.setdefault(key, [])
-                if any(t.shape == ids.shape and np.array_equal(t, ids) for t in twins):
-                    continue
-                twins.append(ids)
+                if dp_attention is False:
+                    twins = seen.setdefault(key, [])
+                    if any(t.shape == ids.shape and np.array_equal(t, ids) for t in twins):
+                        continue
+                    twins.append(ids)
+            content = _content(ids, record.get("input_ids"))
+            contents.setdefault(rank, {}).setdefault(key, []).append(content)
+            ranks.append(rank)
             blocks.append(ids)
             pass_ids.append(None if key is None else int(key))
             runs.append(_position_runs(record.get("positions"), ids.shape[1]))
     if not blocks:
         raise malformed(path, "no record holds any token")
+    if dp_attention is None:
+        twins_of = _tp_twins(contents)
+        keep_block = [rank not in twins_of for rank in ranks]
+        blocks = [b for b, k in zip(blocks, keep_block, strict=True) if k]
+        pass_ids = [p for p, k in zip(pass_ids, keep_block, strict=True) if k]
+        runs = [x for x, k in zip(runs, keep_block, strict=True) if k]
     if None not in pass_ids:  # time order: forward passes first, ranks within a pass
         order = sorted(range(len(blocks)), key=lambda i: pass_ids[i])  # type: ignore[arg-type,return-value]
         blocks, runs = [blocks[i] for i in order], [runs[i] for i in order]
@@ -213,17 +282,123 @@ def dump_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_sglang_trace(path: Path, num_experts: int | None = None) -> Trace:
+def read_sglang_trace(
+    path: Path, num_experts: int | None = None, dp_attention: bool | None = None
+) -> Trace:
     """One ``per_token`` ``.pt`` dump, or a folder of them (one per rank)."""
-    files = dump_files(path)
-    return trace_from_sglang_per_token([_torch_load(f) for f in files], num_experts, path)
+    dumps = [_torch_load(f) for f in dump_files(path)]
+    for dump in dumps:
+        records = dump.get("records") if isinstance(dump, Mapping) else None
+        if (
+            isinstance(records, Sequence)
+            and records
+            and isinstance(records[0], Mapping)
+            and "topk_ids_of_layer" not in records[0]
+            and "global_physical_count" in records[0]
+        ):
+            raise malformed(
+                path,
+                "a per_pass dump holds per-expert counts, not each token's experts:"
+                " read it with load_expert_load, or record with"
+                " --expert-distribution-recorder-mode per_token",
+            )
+    return trace_from_sglang_per_token(dumps, num_experts, path, dp_attention)
 
 
-def read_sglang_stat_load(path: Path) -> np.ndarray:
+def expert_load_from_sglang_per_pass(
+    dumps: Sequence[Mapping[str, Any]],
+    source: Path | str = "<sglang per_pass dump>",
+    dp_attention: bool | None = None,
+) -> np.ndarray:
+    """float [layers, E] from the dicts of ``per_pass`` dumps (one per rank): each record's
+    ``global_physical_count`` [layers, P] mapped to experts with
+    ``last_physical_to_logical_map`` and summed. Ranks that repeat a lower rank's counts in
+    every forward pass (tensor parallelism without DP attention) count once, as in
+    `trace_from_sglang_per_token` (``dp_attention`` likewise)."""
+    path = Path(str(source))
+    if dp_attention not in (None, True, False):
+        raise TypeError(f"dp_attention must be None, True or False, got {dp_attention!r}")
+    counts: list[tuple[int, np.ndarray]] = []
+    contents: dict[int, dict[Any, list[np.ndarray]]] = {}
+    seen: dict[Any, list[np.ndarray]] = {}
+    p2l: np.ndarray | None = None
+    for d, dump in enumerate(dumps):
+        if not isinstance(dump, Mapping) or "records" not in dump:
+            raise malformed(path, f"dump {d} has no 'records': is it a per_pass dump?")
+        if dump.get("last_physical_to_logical_map") is None:
+            raise malformed(path, f"dump {d} has no 'last_physical_to_logical_map'")
+        m = int_array(dump["last_physical_to_logical_map"], path, "last_physical_to_logical_map")
+        if m.ndim != 2 or m.size == 0 or m.min() < 0 or m.max() >= MAX_EXPERTS:
+            raise malformed(
+                path,
+                f"dump {d}: last_physical_to_logical_map must be experts [layers, P] in"
+                f" [0, {MAX_EXPERTS}), got shape {m.shape}",
+            )
+        if p2l is not None and not np.array_equal(p2l, m):
+            raise malformed(path, f"dump {d}: last_physical_to_logical_map differs from dump 0's")
+        p2l = m
+        records = dump["records"]
+        if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+            raise malformed(path, f"dump {d}: 'records' must be a list")
+        for r, record in enumerate(records):
+            if not isinstance(record, Mapping) or "global_physical_count" not in record:
+                raise malformed(path, f"dump {d} record {r} has no 'global_physical_count'")
+            count = to_numpy(record["global_physical_count"], path, "global_physical_count")
+            if count.dtype.kind not in "iu" or count.shape != m.shape:
+                raise malformed(
+                    path,
+                    f"dump {d} record {r}: global_physical_count must be int {m.shape}"
+                    f" [layers, P], got {count.dtype} {count.shape}",
+                )
+            if count.size and count.min() < 0:
+                raise malformed(path, f"dump {d} record {r}: negative global_physical_count")
+            count = count.astype(np.int64)
+            rank = _record_rank(record, d, r, path)
+            key = record.get("forward_pass_id")
+            if key is not None:
+                if hasattr(key, "item"):
+                    key = key.item()
+                key = check_field_int(path, f"dump {d} record {r}: forward_pass_id", key)
+                if dp_attention is False:
+                    twins = seen.setdefault(key, [])
+                    if any(np.array_equal(t, count) for t in twins):
+                        continue
+                    twins.append(count)
+            contents.setdefault(rank, {}).setdefault(key, []).append(count)
+            counts.append((rank, count))
+    if p2l is None or not counts:
+        raise malformed(path, "no record holds any count")
+    twins_of = _tp_twins(contents) if dp_attention is None else set()
+    physical = np.sum([c for rank, c in counts if rank not in twins_of], axis=0)
+    load = np.zeros((p2l.shape[0], int(p2l.max()) + 1), dtype=np.float64)
+    np.add.at(load, (np.arange(p2l.shape[0])[:, None], p2l), physical)
+    return load
+
+
+def read_sglang_load(path: Path, dp_attention: bool | None = None) -> tuple[np.ndarray, list[int]]:
+    """Per-expert load of SGLang ``.pt`` dumps and the layer id of each row: ``stat`` dumps
+    (``logical_count``), ``per_pass`` dumps (``global_physical_count`` per record) or
+    ``per_token`` dumps (their top-k ids counted)."""
+    dumps = [(f, _torch_load(f)) for f in dump_files(path)]
+    records = [d.get("records") if isinstance(d, Mapping) else None for _, d in dumps]
+    if all(isinstance(r, Sequence) for r in records):
+        if any(isinstance(x, Mapping) and "topk_ids_of_layer" in x for r in records for x in r):  # type: ignore[union-attr]
+            trace = trace_from_sglang_per_token(
+                [d for _, d in dumps], None, path, dp_attention=dp_attention
+            )
+            return trace.expert_load(), list(trace.layer_ids)
+        load = expert_load_from_sglang_per_pass([d for _, d in dumps], path, dp_attention)
+        return load, list(range(load.shape[0]))
+    load = read_sglang_stat_load(path, dumps)
+    return load, list(range(load.shape[0]))
+
+
+def read_sglang_stat_load(path: Path, dumps: list[tuple[Path, Any]] | None = None) -> np.ndarray:
     """Per-expert load of ``stat`` ``.pt`` dumps (ranks' counts are summed)."""
     loads: list[np.ndarray] = []
-    for f in dump_files(path):  # at least one
-        dump = _torch_load(f)
+    if dumps is None:
+        dumps = [(f, _torch_load(f)) for f in dump_files(path)]
+    for f, dump in dumps:  # at least one
         if not isinstance(dump, Mapping) or "logical_count" not in dump:
             raise malformed(f, "no 'logical_count': is it a stat dump?")
         load = expert_load_from_logical_count(dump["logical_count"], f)

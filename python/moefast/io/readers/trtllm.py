@@ -4,7 +4,11 @@ decoder-layer index) hold per-expert token counts [E], summed here over iteratio
 Newer versions also write ``rank<r>_raw.safetensors`` with the same keys holding each token's
 top-k ids, int32 [tokens, k]: co-activation data, read as a trace (`read_trtllm_trace`).
 With the MoE load balancer on while recording, ids and counts are per *slot* and
-``num_experts`` is the slot count: give the model's expert count to detect it."""
+``num_experts`` is the slot count: give the model's expert count to detect it.
+Versions with the dispatch dump also write ``rank<r>_numtokens.json`` (``"<iter>_<layer>"`` ->
+tokens the rank routed) and ``ep_size`` / ``experts_per_rank`` in ``meta_info.json``: the
+counts and raw rows are checked against the token counts, and every rank below ``ep_size``
+must have its files."""
 
 from __future__ import annotations
 
@@ -81,13 +85,22 @@ def expert_load_from_trtllm(
     ranks: list[Mapping[str, np.ndarray]],
     source: Path | str = "<trtllm statistics>",
     num_experts: int | None = None,
+    num_tokens: list[dict[str, int] | None] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """float [layers, E] and the layer ids, from ``meta_info`` and each rank's count tensors
-    (``num_experts``: the model's, to detect slot counts)."""
+    (``num_experts``: the model's, to detect slot counts). ``num_tokens`` (each rank's
+    ``rank<r>_numtokens.json``, or None) checks that every key's counts add up to its tokens
+    times ``num_experts_per_token``."""
     path = Path(str(source))
     num_experts = _meta_experts(meta, path, num_experts)
+    k = 1
+    if num_tokens is not None and any(t is not None for t in num_tokens):
+        k = check_field_int(
+            path / "meta_info.json", "num_experts_per_token", meta.get("num_experts_per_token"), 1
+        )
     totals: dict[int, np.ndarray] = {}
     for r, tensors in enumerate(ranks):
+        tokens = num_tokens[r] if num_tokens is not None and r < len(num_tokens) else None
         seen: dict[tuple[int, int], str] = {}
         for key, value in tensors.items():
             it, layer = _iteration_layer(key, r, path, seen)
@@ -97,11 +110,78 @@ def expert_load_from_trtllm(
                 raise malformed(
                     path, f"rank {r}: '{key}' holds {counts.size} counts for {num_experts} experts"
                 )
+            if tokens is not None:
+                _check_tokens(tokens, key, int(counts.sum()) // k, r, path, "counts for")
+                if int(counts.sum()) % k:
+                    raise malformed(path, f"rank {r}: '{key}' counts are not a multiple of k = {k}")
             totals[layer] = totals.get(layer, 0) + counts
     if not totals:
         raise malformed(path, "no statistics in any rank file")
     layers = sorted(totals)
     return np.stack([totals[layer] for layer in layers]), layers
+
+
+def _ep_size(meta: Mapping, path: Path, ranks: list[int], num_experts: int) -> None:
+    """Newer versions write ``ep_size`` (and ``experts_per_rank``) to ``meta_info.json``:
+    then every rank 0..ep_size-1 must have its file, or its tokens would be missing."""
+    if "ep_size" not in meta:
+        return
+    where = path / "meta_info.json"
+    ep_size = check_field_int(where, "ep_size", meta["ep_size"], 1, MAX_LAYERS)
+    if "experts_per_rank" in meta:
+        per_rank = check_field_int(where, "experts_per_rank", meta["experts_per_rank"], 0)
+        if per_rank != num_experts // ep_size:
+            raise malformed(
+                where,
+                f"experts_per_rank = {per_rank}, but {num_experts} experts over ep_size ="
+                f" {ep_size} ranks is {num_experts // ep_size}",
+            )
+    missing = sorted(set(range(ep_size)) - set(ranks))
+    extra = sorted(set(ranks) - set(range(ep_size)))
+    if missing or extra:
+        raise malformed(
+            path,
+            f"meta_info.json says ep_size = {ep_size}, but"
+            + (f" the files of ranks {missing} are missing" if missing else "")
+            + (" and" if missing and extra else "")
+            + (f" ranks {extra} are beyond it" if extra else ""),
+        )
+
+
+def _num_tokens(path: Path, ranks: list[int]) -> list[dict[str, int] | None]:
+    """Each rank's ``rank<r>_numtokens.json`` (``"<iter>_<layer>"`` -> tokens), which newer
+    versions write beside the counts; None for a rank without one."""
+    out: list[dict[str, int] | None] = []
+    for r in ranks:
+        f = path / f"rank{r}_numtokens.json"
+        if not f.is_file():
+            out.append(None)
+            continue
+        data = read_json(f)
+        if not isinstance(data, dict):
+            raise malformed(f, "must hold a JSON object of '<iter>_<layer>': tokens")
+        out.append({key: check_field_int(f, key, value, 0) for key, value in data.items()})
+    return out
+
+
+def _check_tokens(
+    tokens: Mapping[str, int] | None, key: str, count: int, r: int, path: Path, what: str
+) -> None:
+    """``count`` (ids or token rows of a rank's key) against its ``numtokens`` entry."""
+    if tokens is None:
+        return
+    if key not in tokens:
+        raise malformed(path, f"rank {r}: '{key}' is missing from rank{r}_numtokens.json")
+    if tokens[key] != count:
+        raise malformed(
+            path,
+            f"rank {r}: '{key}' holds {what} {count}, but rank{r}_numtokens.json says"
+            f" {tokens[key]} tokens",
+        )
+
+
+def _rank_numbers(files: list[Path]) -> list[int]:
+    return [int(re.match(r"rank([0-9]+)", f.name).group(1)) for f in files]  # type: ignore[union-attr]
 
 
 def _rank_files(path: Path, raw: bool) -> list[Path]:
@@ -134,7 +214,12 @@ def read_trtllm_load(path: Path, num_experts: int | None = None) -> tuple[np.nda
                 path, "only rank<r>_raw.safetensors (per-token ids): read it with load_trace"
             )
         raise malformed(path, "no rank<r>.safetensors file")
-    return expert_load_from_trtllm(meta, _load_ranks(files), path, num_experts)
+    ranks = _rank_numbers(files)
+    experts = _meta_experts(meta, path, num_experts)
+    _ep_size(meta, path, ranks, experts)
+    return expert_load_from_trtllm(
+        meta, _load_ranks(files), path, num_experts, _num_tokens(path, ranks)
+    )
 
 
 def trace_from_trtllm_raw(
@@ -142,8 +227,10 @@ def trace_from_trtllm_raw(
     ranks: list[Mapping[str, np.ndarray]],
     source: Path | str = "<trtllm statistics>",
     num_experts: int | None = None,
+    num_tokens: list[dict[str, int] | None] | None = None,
 ) -> Trace:
-    """A trace from each rank's raw tensors (``"<iter>_<layer>"`` -> int [tokens, k]).
+    """A trace from each rank's raw tensors (``"<iter>_<layer>"`` -> int [tokens, k]),
+    checked against each rank's ``numtokens`` (or None) where given.
 
     Tokens of one (iteration, rank) are the same in every layer; blocks are concatenated in
     iteration then rank order, and a rank repeating another's block of the same iteration
@@ -157,6 +244,8 @@ def trace_from_trtllm_raw(
             it, layer = _iteration_layer(key, r, path, keys)
             keys[it, layer] = key
             ids = _checked_ids(to_numpy(value, path, key), num_experts, path, f"rank {r}: '{key}'")
+            if num_tokens is not None and r < len(num_tokens):
+                _check_tokens(num_tokens[r], key, len(ids), r, path, "token rows")
             blocks.setdefault((it, r), {})[layer] = ids
     if not blocks:
         raise malformed(path, "no tensors in any raw rank file")
@@ -194,7 +283,11 @@ def read_trtllm_trace(path: Path, num_experts: int | None = None) -> Trace:
             "no rank<r>_raw.safetensors (per-token ids): this TensorRT-LLM version wrote counts"
             " only; read them with load_expert_load",
         )
-    return trace_from_trtllm_raw(meta, _load_ranks(files), path, num_experts)
+    ranks = _rank_numbers(files)
+    _ep_size(meta, path, ranks, _meta_experts(meta, path, num_experts))
+    return trace_from_trtllm_raw(
+        meta, _load_ranks(files), path, num_experts, _num_tokens(path, ranks)
+    )
 
 
 def is_trtllm_raw(path: Path) -> bool:
@@ -226,6 +319,7 @@ class TrtllmRawTrace:
         files = _rank_files(path, raw=True)
         if not files:
             raise malformed(path, "no rank<r>_raw.safetensors (per-token ids)")
+        _ep_size(meta, path, _rank_numbers(files), experts)
         st = require("safetensors", "reading TensorRT-LLM statistics")
         keys: list[dict[tuple[int, int], str]] = []
         for r, f in enumerate(files):
