@@ -1,5 +1,5 @@
-"""The ``moefast`` command: demo, plan, evaluate, inspect, synth, convert and simulate
-subcommands, one module each."""
+"""The ``moefast`` command: demo, plan, evaluate, inspect, synth, convert, simulate and
+record subcommands, one module each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from moefast._core import __version__
-from moefast.cli import convert, demo, evaluate, inspect, plan, simulate, synth
+from moefast.cli import convert, demo, evaluate, inspect, plan, record, simulate, synth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_parser(sub)
     convert.add_parser(sub)
     simulate.add_parser(sub)
+    record.add_parser(sub)
     return parser
 
 

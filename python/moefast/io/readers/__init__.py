@@ -19,6 +19,7 @@ from moefast.io.readers.arrow import read_arrow_trace
 from moefast.io.readers.fingerprint import read_fingerprint_trace
 from moefast.io.readers.jsonl import read_jsonl_trace
 from moefast.io.readers.npz import read_npz_trace
+from moefast.io.readers.routed import read_routed_trace
 from moefast.io.readers.sglang import (
     read_logical_count_json,
     read_sglang_load,
@@ -27,7 +28,11 @@ from moefast.io.readers.sglang import (
 from moefast.io.readers.trtllm import read_trtllm_load, read_trtllm_trace
 from moefast.trace import PathLike, Trace
 
-TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "trtllm", "arrow")
+TRACE_FORMATS = ("npz", "jsonl", "sglang", "fingerprint", "trtllm", "arrow", "routed-experts")
+
+#: Keys that mark a line as a saved server response (`read_routed_trace`), not a
+#: (token, layer) record.
+_RESPONSE_KEYS = ('"routed_experts"', '"meta_info"', '"choices"', '"response"')
 LOAD_FORMATS = ("logical_count", "sglang-stat", "trtllm", "npy", "trace")
 
 
@@ -47,6 +52,9 @@ def guess_trace_format(path: Path) -> str:
     if suffix == ".npz":
         return "npz"
     if suffix in (".jsonl", ".ndjson"):
+        head = _json_head(path)
+        if any(key in head for key in _RESPONSE_KEYS):
+            return "routed-experts"
         return "jsonl"
     if suffix == ".pt":
         return "sglang"
@@ -90,6 +98,8 @@ def read_trace(path: Path, format: str | None = None, **options) -> Trace:
         return read_fingerprint_trace(path, **options)
     if fmt == "trtllm":
         return read_trtllm_trace(path, **options)
+    if fmt == "routed-experts":
+        return read_routed_trace(path, **options)
     if fmt == "arrow":
         if options:
             raise TypeError(f"the arrow reader takes no options, got {sorted(options)}")
@@ -177,7 +187,9 @@ def load_trace(path: PathLike, format: str | None = None, **options) -> Trace:
 
     ``format`` is one of ``"npz"``, ``"jsonl"``, ``"sglang"`` (SGLang ``per_token`` dumps:
     one ``.pt`` file or a folder of them, one per rank; needs torch), ``"fingerprint"``
-    (per-token ``router_data`` JSON of the gpt-oss expert-fingerprinting recorder), or None
+    (per-token ``router_data`` JSON of the gpt-oss expert-fingerprinting recorder),
+    ``"routed-experts"`` (SGLang or vLLM responses carrying routed experts, one a line, as
+    ``moefast record`` saves them; options ``num_layers``, ``k``, ``num_experts``), or None
     to guess it from the name and content. ``options`` go to the format's reader (for
     ``"jsonl"``: ``num_experts``). Raises ValueError naming the file (and line) for
     malformed input.
