@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -237,8 +238,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--mtp",
-        action="store_true",
-        help="add the model's MTP layers (TensorRT-LLM and vLLM-Ascend files)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the model's MTP layers (default: in TensorRT-LLM files, which the engine"
+        " needs under speculative decoding; --mtp adds them to vLLM-Ascend files too)",
     )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument(
