@@ -13,6 +13,7 @@ from moefast.cli.options import (
     cost_model_from_args,
     cost_model_options,
     int_list,
+    moves_option,
     placement_options,
     topology_from_args,
     trace_format_option,
@@ -312,10 +313,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument(
         "--max-moves",
-        type=at_least(0),
+        type=moves_option,
         default=None,
         metavar="M",
-        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2)",
+        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2),"
+        " or a share of the layer's slots (10%%); each copy is one slot whose expert changes"
+        " (a replica that stays keeps its slot)",
     )
     p.add_argument(
         "--copy-cost",

@@ -52,6 +52,30 @@ def physical_to_logical(model: ModelPlacement) -> np.ndarray:
     return np.stack([gpu_slots(p, model.slots_per_gpu).ravel() for p in model.placements])
 
 
+def kept_slots(served: np.ndarray, placement: Placement, slots_per_gpu: int) -> np.ndarray | None:
+    """The slot map of ``placement`` re-planned from the ``served`` map [G * slots_per_gpu]:
+    each expert that stays on a GPU keeps its (first) slot there, and the experts new to the
+    GPU take the freed slots in ascending order, so the slots whose expert changes are the
+    copies. None when a GPU of ``placement`` has a free slot (no full map to write)."""
+    served = np.asarray(served, dtype=np.int64).reshape(placement.num_gpus, slots_per_gpu)
+    out = np.empty_like(served)
+    replicas = placement.replicas
+    for g, old in enumerate(served):
+        new = np.nonzero(replicas[:, g])[0]
+        if new.size != slots_per_gpu:
+            return None
+        row = np.full(slots_per_gpu, -1, dtype=np.int64)
+        staying = set(new.tolist())
+        for i, e in enumerate(old.tolist()):
+            if e in staying:
+                row[i] = e
+                staying.discard(e)  # a repeat's second slot is freed
+        arriving = [e for e in new.tolist() if e not in set(row.tolist())]
+        row[row < 0] = arriving
+        out[g] = row
+    return out.ravel()
+
+
 def default_map(num_slots: int, num_experts: int) -> np.ndarray:
     """The map engines start from without a placement file: slot p holds expert p % E."""
     return np.arange(num_slots) % num_experts
