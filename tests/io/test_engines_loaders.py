@@ -385,9 +385,11 @@ def test_an_eplb_map_with_repeats_round_trips_slot_for_slot(tmp_path, capsys):
     assert f"in {np.count_nonzero(repeats)} of 58 layers" in out
 
 
-def test_a_slot_map_must_hold_the_placement():
+def test_a_slot_map_must_hold_the_placement(tmp_path):
     model = ModelPlacement.from_slots(np.array([[0, 1, 2, 3, 0, 1], [3, 3, 0, 1, 2, 0]]), 2)
     assert model.repeated_slots.tolist() == [0, 1]
+    model.save(tmp_path / "m.json")  # moefast's own file keeps the slot map too
+    np.testing.assert_array_equal(moefast.load_placement(tmp_path / "m.json").slots, model.slots)
     with pytest.raises(ValueError, match="slots of layer 0 do not hold the layer's placement"):
         ModelPlacement(
             model.placements, 3, slots=np.array([[0, 1, 2, 3, 0, 2], [3, 3, 0, 1, 2, 0]])
