@@ -25,7 +25,13 @@ class ModelPlacement:
     on the same tokens (`moefast.lower_bound` with the slots: no placement of these slots
     costs less; the gap is ``layer_costs / lower_bounds - 1``);
     ``settings`` records the options that produced the placement (method, coverage, ...);
-    ``evaluation`` (from `moefast.plan`, not saved in files) compares it with the baselines.
+    ``evaluation`` (from `moefast.plan`, not saved in files) compares it with the baselines;
+    ``slots`` (int [layers, num_gpus * slots_per_gpu], optional) is the expert of each
+    physical slot, slot p on GPU p // slots_per_gpu, as an engine holds it: set for maps
+    read from engine files or made by EPLB, and written verbatim by the engine writers. It
+    may hold an expert twice on one GPU (DeepSeek's EPLB does); the costs, like the
+    placements, count such an expert once on that GPU (a decode token reaches it once), so
+    the repeat is a slot that serves nothing (`repeated_slots`).
     """
 
     placements: list[Placement]
@@ -35,6 +41,7 @@ class ModelPlacement:
     lower_bounds: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     evaluation: Comparison | None = field(default=None, repr=False, compare=False)
+    slots: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.placements is None or len(self.placements) == 0:
@@ -76,6 +83,40 @@ class ModelPlacement:
                 if value.shape != (len(self.placements),):
                     raise ValueError(f"{name} must have one entry per layer")
                 setattr(self, name, value)
+        if self.slots is not None:
+            self.slots = self._checked_slots(self.slots)
+
+    def _checked_slots(self, slots: Any) -> np.ndarray:
+        """The slot map as int64 [layers, G * slots_per_gpu], or ValueError when it does not
+        hold exactly each layer's placement."""
+        array = np.asarray(slots)
+        shape = (len(self.placements), self.num_gpus * self.slots_per_gpu)
+        if array.shape != shape or (array.size and array.dtype.kind not in "iu"):
+            raise ValueError(
+                f"slots must be int [layers, num_gpus * slots_per_gpu] = {list(shape)},"
+                f" got {array.dtype} {list(array.shape)}"
+            )
+        array = array.astype(np.int64)
+        if array.min() < 0 or array.max() >= self.num_experts:
+            raise ValueError(f"slots hold an expert id outside [0, {self.num_experts})")
+        gpu = np.arange(shape[1]) // self.slots_per_gpu
+        for i, p in enumerate(self.placements):
+            held = np.zeros((self.num_experts, self.num_gpus), dtype=bool)
+            held[array[i], gpu] = True
+            if not np.array_equal(held, p.replicas):
+                raise ValueError(
+                    f"slots of layer {self.layer_ids[i]} do not hold the layer's placement"
+                )
+        return array
+
+    @property
+    def repeated_slots(self) -> np.ndarray:
+        """int [layers]: slots of the slot map holding an expert already in another slot of
+        the same GPU (they serve no decode token); zeros without a slot map."""
+        if self.slots is None:
+            return np.zeros(len(self.placements), dtype=np.int64)
+        held = self.replicas().sum(axis=(1, 2))
+        return self.slots.shape[1] - held
 
     def __len__(self) -> int:
         return len(self.placements)
@@ -132,6 +173,34 @@ class ModelPlacement:
         return np.stack([p.replicas for p in self.placements])
 
     @classmethod
+    def from_slots(
+        cls, slots: np.ndarray | Sequence[Sequence[int]], num_gpus: int, **kwargs: Any
+    ) -> ModelPlacement:
+        """From a physical-to-logical map int [layers, P] (EPLB's ``phy2log``: slot p on GPU
+        p // (P / num_gpus)), kept as ``slots``; ``num_experts=`` when the map may miss the
+        highest ids (every expert needs a slot)."""
+        array = np.asarray(slots)
+        if array.ndim != 2 or array.dtype.kind not in "iu" or array.size == 0:
+            raise ValueError(f"slots must be a non-empty int [layers, P] map, got {array.shape}")
+        num_gpus = check_int("num_gpus", num_gpus)
+        if array.shape[1] % num_gpus:
+            raise ValueError(f"{array.shape[1]} slots cannot be split over {num_gpus} GPUs")
+        if array.min() < 0:
+            raise ValueError("slots hold a negative expert id")
+        experts = kwargs.pop("num_experts", None)
+        experts = int(array.max()) + 1 if experts is None else check_int("num_experts", experts)
+        if array.max() >= experts:
+            raise ValueError(f"slots hold expert {int(array.max())} of {experts} experts")
+        per_gpu = array.shape[1] // num_gpus
+        gpu = np.arange(array.shape[1]) // per_gpu
+        placements = []
+        for row in array:
+            held = np.zeros((experts, num_gpus), dtype=bool)
+            held[row, gpu] = True
+            placements.append(Placement(held))
+        return cls(placements, per_gpu, slots=array, **kwargs)
+
+    @classmethod
     def from_replicas(
         cls, replicas: np.ndarray | Sequence[np.ndarray], slots_per_gpu: int, **kwargs: Any
     ) -> ModelPlacement:
@@ -147,7 +216,7 @@ class ModelPlacement:
         model: Any = None,
         num_layers: int | None = None,
         moe_layers: Sequence[int] | None = None,
-        mtp: bool = False,
+        mtp: bool | None = None,
     ) -> dict[str, Any]:
         """Write this placement for an engine and return the engine settings the file needs:
         see `moefast.io.engines.save_placement` (``model`` is a `moefast.io.layouts` preset
@@ -170,8 +239,19 @@ class ModelPlacement:
             fill_free_slots(p, self.slots_per_gpu, row)
             for p, row in zip(self.placements, load, strict=True)
         ]
+        # A slot map stays only when nothing changed: filling replaces repeats.
+        same = all(
+            np.array_equal(a.replicas, b.replicas)
+            for a, b in zip(placements, self.placements, strict=True)
+        )
         return ModelPlacement(
-            placements, self.slots_per_gpu, self.layer_ids, None, None, dict(self.settings)
+            placements,
+            self.slots_per_gpu,
+            self.layer_ids,
+            None,
+            None,
+            dict(self.settings),
+            slots=self.slots if same else None,
         )
 
     @classmethod

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import yaml
 from moefast._core import fill_free_slots
+from moefast.cli.evaluate import print_repeats
+from moefast.eplb import rebalance_experts
 from moefast.io.engines import default_map
 from moefast.io.layouts import ModelLayout, get_model, map_positions
 from moefast.io.readers.sglang import (
@@ -21,7 +23,13 @@ from moefast.io.readers.sglang import (
 )
 from moefast.io.readers.trtllm import expert_load_from_trtllm, trace_from_trtllm_raw
 from moefast.placement import ModelPlacement
-from support.engine_loaders import deepseek_eplb_check, sglang_load, trtllm_load, vllm_ascend_load
+from support.engine_loaders import (
+    ascend_eplb_config,
+    deepseek_eplb_check,
+    sglang_load,
+    trtllm_load,
+    vllm_ascend_load,
+)
 from support.engine_writers import (
     sglang_dp_same_prompt_dumps,
     sglang_per_pass_dumps,
@@ -104,12 +112,16 @@ def test_every_engine_loads_every_rank_with_moefasts_replica_sets(tmp_path, num_
         check_ranks(row.reshape(num_gpus, slots).tolist(), placements[layer], slots)
 
 
-def test_mtp_rows_only_when_asked_or_planned(tmp_path):
+def test_mtp_rows_when_asked_planned_or_by_default_in_trtllm(tmp_path):
     model = random_model(4, [2, 3, 4, 5, 6])
-    model.save(tmp_path / "t.yaml", "trtllm", model=LAYOUT)
+    model.save(tmp_path / "t.yaml", "trtllm", model=LAYOUT, mtp=False)
     assert sorted(
         yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
     ) == [2, 3, 4, 5, 6]
+    model.save(tmp_path / "d.yaml", "trtllm", model=LAYOUT)  # the engine's MTP row, no warning
+    assert sorted(
+        yaml.safe_load((tmp_path / "d.yaml").read_text())["initial_global_assignments"]
+    ) == [2, 3, 4, 5, 6, 8]
     with pytest.warns(UserWarning, match=r"layers \[8\] of test-moe have no placement"):
         model.save(tmp_path / "m.yaml", "trtllm", model=LAYOUT, mtp=True)
     ranks = trtllm_load(tmp_path / "m.yaml", ep_size=4, layer_indices=[8], num_experts=E)
@@ -214,7 +226,7 @@ def test_deepseek_v3_statistics_files_load_in_every_engine(tmp_path):
         json.loads((tmp_path / "s.json").read_text())["physical_to_logical_map"]
     ).shape == (61, 288)
     data = yaml.safe_load((tmp_path / "t.yaml").read_text())
-    assert list(data["initial_global_assignments"]) == list(range(3, 61))
+    assert list(data["initial_global_assignments"]) == list(range(3, 62))  # MTP layer 61 too
     ranks = trtllm_load(
         tmp_path / "t.yaml", ep_size=32, layer_indices=list(range(3, 61)), num_experts=256
     )
@@ -324,7 +336,7 @@ def test_plan_with_a_model_refuses_early_and_save_uses_it(tmp_path):
     with pytest.warns(UserWarning, match=r"layers \[6, 7,"):
         planned.save(tmp_path / "t.yaml", "trtllm")  # the recorded model, no model= needed
     keys = yaml.safe_load((tmp_path / "t.yaml").read_text())["initial_global_assignments"]
-    assert list(keys) == list(range(3, 61))
+    assert list(keys) == list(range(3, 62))  # with the MTP layer
 
 
 def test_sglang_dp_attention_ranks_with_equal_records_are_kept_apart():
@@ -407,3 +419,141 @@ def test_trtllm_dispatch_dumps_are_read_and_checked(tmp_path):
         moefast.load_expert_load(tmp_path)
     with pytest.raises(ValueError, match="ranks \\[1\\] are missing"):
         list(moefast.iter_trace(tmp_path))
+
+
+# ---- slot maps as the engines hold them: repeats, MTP rows, launch settings ----------------
+
+
+def repeats_by_brute_force(slots: np.ndarray, num_gpus: int) -> np.ndarray:
+    per_gpu = slots.shape[1] // num_gpus
+    return np.array(
+        [
+            sum(
+                per_gpu - len(set(row[g * per_gpu : (g + 1) * per_gpu].tolist()))
+                for g in range(num_gpus)
+            )
+            for row in slots
+        ]
+    )
+
+
+@pytest.mark.skipif(not DEEPSEEK_DECODE_LOAD.exists(), reason="needs ../shared/data")
+def test_an_eplb_map_with_repeats_round_trips_slot_for_slot(tmp_path, capsys):
+    counts = np.array(json.loads(DEEPSEEK_DECODE_LOAD.read_text())["logical_count"])
+    phy2log, _, _ = rebalance_experts(counts[3:61], 288, 8, 4, 32)
+    model = ModelPlacement.from_slots(phy2log, 32, layer_ids=list(range(3, 61)))
+    repeats = repeats_by_brute_force(np.asarray(phy2log), 32)
+    assert repeats.sum() > 0  # DeepSeek's EPLB puts two replicas of one expert on a GPU
+    np.testing.assert_array_equal(model.repeated_slots, repeats)
+    moe = list(range(3, 61))
+    model.save(tmp_path / "s.json", "sglang", model="deepseek-v3")
+    model.save(tmp_path / "t.yaml", "trtllm", model="deepseek-v3")
+    model.save(tmp_path / "e.json", "eplb", model="deepseek-v3")
+    rows = sglang_load(
+        tmp_path / "s.json", ep_size=32, num_experts=256, num_redundant=32, num_hidden_layers=61
+    )
+    ranks = trtllm_load(tmp_path / "t.yaml", ep_size=32, layer_indices=moe, num_experts=256)
+    np.testing.assert_array_equal(deepseek_eplb_check(tmp_path / "e.json", 256), phy2log)
+    for i, layer in enumerate(moe):
+        assert np.concatenate(rows[layer]).tolist() == phy2log[i].tolist()
+        assert np.concatenate(ranks[layer]).tolist() == phy2log[i].tolist()
+    for name, fmt in (("s.json", "sglang"), ("t.yaml", "trtllm"), ("e.json", "eplb")):
+        back = moefast.load_placement(
+            tmp_path / name, num_gpus=32, model="deepseek-v3", layer_ids=moe
+        )
+        np.testing.assert_array_equal(back.slots, phy2log)
+        np.testing.assert_array_equal(back.replicas(), model.replicas())
+        back.save(tmp_path / f"again-{name}", fmt, model="deepseek-v3")  # slot for slot
+        assert (tmp_path / f"again-{name}").read_text() == (tmp_path / name).read_text()
+    with pytest.raises(ValueError, match=r"GPU \d+ holds expert \d+ in two slots; vLLM-Ascend"):
+        model.save(tmp_path / "a.json", "vllm-ascend", model="deepseek-v3")
+    # Costs count a repeated expert once on its GPU: the same as the bool grid.
+    trace = moefast.synthetic_trace(300, 256, 8, 1, seed=0, layer_ids=[3])
+    grid = ModelPlacement(model.placements, 9, moe)
+    np.testing.assert_array_equal(model.evaluate(trace), grid.evaluate(trace))
+    print_repeats(model)
+    out = capsys.readouterr().out
+    assert f"repeats: {repeats.sum()} of {58 * 288} slots" in out
+    assert f"in {np.count_nonzero(repeats)} of 58 layers" in out
+
+
+def test_a_slot_map_must_hold_the_placement(tmp_path):
+    model = ModelPlacement.from_slots(np.array([[0, 1, 2, 3, 0, 1], [3, 3, 0, 1, 2, 0]]), 2)
+    assert model.repeated_slots.tolist() == [0, 1]
+    model.save(tmp_path / "m.json")  # moefast's own file keeps the slot map too
+    np.testing.assert_array_equal(moefast.load_placement(tmp_path / "m.json").slots, model.slots)
+    with pytest.raises(ValueError, match="slots of layer 0 do not hold the layer's placement"):
+        ModelPlacement(
+            model.placements, 3, slots=np.array([[0, 1, 2, 3, 0, 2], [3, 3, 0, 1, 2, 0]])
+        )
+    with pytest.raises(ValueError, match=r"slots must be int \[layers"):
+        ModelPlacement(model.placements, 3, slots=np.zeros((2, 5), dtype=int))
+    # Filling the repeat gives a new grid, and drops the slot map.
+    filled = model.filled(np.ones((2, 4)))
+    assert filled.slots is None and filled.replicas().sum() == 12
+    assert filled.placements[0] == model.placements[0]
+
+
+def test_trtllm_files_have_mtp_rows_by_default_and_sglang_keeps_them(tmp_path):
+    model = random_model(4, [2, 3, 4, 5, 6, 8])
+    model.save(tmp_path / "t.yaml", "trtllm", model=LAYOUT)
+    ranks = trtllm_load(
+        tmp_path / "t.yaml", ep_size=4, layer_indices=[2, 3, 4, 5, 6, 8], num_experts=E
+    )
+    check_ranks(ranks[8], model.placements[-1], model.slots_per_gpu)
+    model.save(tmp_path / "s.json", "sglang", model=LAYOUT)
+    for name in ("t.yaml", "s.json"):
+        back = moefast.load_placement(tmp_path / name, num_gpus=4, model=LAYOUT)
+        assert back.layer_ids == [2, 3, 4, 5, 6, 8]
+        np.testing.assert_array_equal(back.replicas(), model.replicas())
+
+
+@pytest.mark.skipif(not DEEPSEEK_DECODE_LOAD.exists(), reason="needs ../shared/data")
+def test_a_deepseek_v3_trtllm_file_loads_every_layer_the_engine_asks_for(tmp_path):
+    counts = np.array(json.loads(DEEPSEEK_DECODE_LOAD.read_text())["logical_count"])
+    phy2log, _, _ = rebalance_experts(counts[3:61], 288, 8, 4, 32)
+    model = ModelPlacement.from_slots(phy2log, 32, layer_ids=list(range(3, 61)))
+    model.save(tmp_path / "t.yaml", "trtllm", model="deepseek-v3")
+    # Layers 3..60 and the MTP layer 61, which speculative decoding looks up.
+    ranks = trtllm_load(
+        tmp_path / "t.yaml", ep_size=32, layer_indices=list(range(3, 62)), num_experts=256
+    )
+    assert np.concatenate(ranks[61]).tolist() == default_map(288, 256).tolist()
+    model.save(tmp_path / "n.yaml", "trtllm", model="deepseek-v3", mtp=False)
+    with pytest.raises(AssertionError, match="KeyError: layer_idx 61 not found"):
+        trtllm_load(tmp_path / "n.yaml", ep_size=32, layer_indices=[61], num_experts=256)
+
+
+@pytest.mark.parametrize("fmt", ["sglang", "trtllm", "vllm-ascend"])
+def test_launch_settings_are_what_the_engines_read(tmp_path, fmt):
+    name = "t.yaml" if fmt == "trtllm" else "m.json"
+    settings = random_model(4, [2, 3, 4, 5, 6]).save(tmp_path / name, fmt, model=LAYOUT)
+    redundant = 4 * 17 - E
+    if fmt == "vllm-ascend":
+        text = settings["command_line"].split("--additional-config ", 1)[1]
+        config = ascend_eplb_config(json.loads(text.strip("'")), known_top_level=set())
+        assert config["expert_map_path"] == str(tmp_path / name)
+        assert config["num_redundant_experts"] == redundant == settings["num_redundant_experts"]
+        vllm_ascend_load(tmp_path / name, num_moe_layers=5, num_experts=E, ep_size=4)
+        # The old top-level key is refused by AscendConfig, not read.
+        with pytest.raises(AssertionError, match="extra keys"):
+            ascend_eplb_config({"expert_map_path": str(tmp_path / name)}, set())
+    elif fmt == "sglang":
+        flags = settings["command_line"].split()
+        assert flags[flags.index("--ep-num-redundant-experts") + 1] == str(redundant)
+        assert flags[flags.index("--init-expert-location") + 1] == str(tmp_path / name)
+        ep = int(flags[flags.index("--ep-size") + 1])
+        sglang_load(
+            tmp_path / name, ep_size=ep, num_experts=E, num_redundant=redundant, num_hidden_layers=8
+        )
+    else:
+        assert settings["num_slots"] == E + redundant
+        assert yaml.safe_load(settings["extra_llm_api_options"])["moe_config"][
+            "load_balancer"
+        ] == str(tmp_path / name)
+        trtllm_load(
+            tmp_path / name,
+            ep_size=settings["moe_expert_parallel_size"],
+            layer_indices=[2, 3, 4, 5, 6],
+            num_experts=E,
+        )

@@ -5,6 +5,8 @@ does not fit the trace is refused before the work, naming the layer or file."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -12,6 +14,7 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.cli import main
+from moefast.cli.options import max_moves_for, moves_option
 from moefast.moves import CopyPrice, copies
 from moefast.search.node_plan import NODE_AWARE, SERVED
 from moefast.topology.times import Topology, expected_time
@@ -151,3 +154,32 @@ def test_cli_re_plans_streamed_files_and_names_a_served_file_that_does_not_fit(f
         err = capsys.readouterr().err
         assert "against the trace" in err or "current, layer" in err, err
         assert message in err, err
+
+
+def _sglang_rows(path) -> np.ndarray:
+    return np.array(json.loads(path.read_text())["physical_to_logical_map"])
+
+
+@pytest.mark.parametrize("served_method", ["round_robin", "eplb"])
+def test_a_replanned_sglang_file_changes_exactly_the_copied_slots(tmp_path, served_method):
+    trace = mf.synthetic_trace(1_500, num_experts=32, k=4, num_layers=3, seed=4)
+    served = mf.plan(trace, 4, 9, method=served_method, progress=False)
+    served.save(tmp_path / "cur.json", "sglang", num_layers=3, moe_layers=[0, 1, 2])
+    current = mf.load_placement(tmp_path / "cur.json", num_gpus=4)
+    new = mf.plan(trace, 4, 9, current=current, max_moves=5, progress=False)
+    new.save(tmp_path / "new.json", "sglang", num_layers=3, moe_layers=[0, 1, 2])
+    changed = (_sglang_rows(tmp_path / "cur.json") != _sglang_rows(tmp_path / "new.json")).sum(1)
+    reported = new.settings["replan"]["copies"]
+    assert changed.tolist() == list(reported)
+    assert sum(reported) > 0
+    # The copies are also what `copies` counts between the grids.
+    for old, placed, n in zip(current.placements, new.placements, reported, strict=True):
+        assert copies(old, placed) == n
+
+
+def test_max_moves_takes_a_share_of_the_slots():
+    assert max_moves_for(moves_option("10%"), 8, 9) == 7  # 10% of 72 slots, rounded down
+    assert max_moves_for(moves_option("7"), 8, 9) == 7
+    assert max_moves_for(moves_option("100%"), 8, 9) == 72
+    with pytest.raises(argparse.ArgumentTypeError, match=r"0%\.\.100%"):
+        moves_option("150%")

@@ -12,16 +12,20 @@ order, and raises AssertionError where the engine would fail or misroute tokens.
   layers (num_hidden_layers, from get_model_config_for_expert_location), slot p is on rank
   p // (P / ep_size); DeepSeek's NextN draft layer is decoder layer 0 (deepseek_nextn.py).
 - TensorRT-LLM (NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/llm_args.py MoeLoadBalancerConfig, a
-  strict pydantic model; examples/wide_ep/ep_load_balancer/generate_eplb_config.py writes it):
-  keys num_slots, initial_global_assignments, layer_updates_per_iter only; num_slots divides
-  by ep_size; get_layer_initial_global_assignments raises KeyError for a missing layer and
-  ValueError when a list is not num_slots long; rank r holds slots [r n, (r + 1) n).
+  strict pydantic model, commit fcd3f31; examples/wide_ep/ep_load_balancer/
+  generate_eplb_config.py writes it): keys num_slots, initial_global_assignments,
+  layer_updates_per_iter only; num_slots divides by ep_size;
+  get_layer_initial_global_assignments raises KeyError for a missing layer (an MTP layer
+  under speculative decoding included) and ValueError when a list is not num_slots long;
+  a list may repeat an expert; rank r holds slots [r n, (r + 1) n).
 - vLLM-Ascend (vllm-project/vllm-ascend vllm_ascend/ops/expert_load_balancer.py): reads
   moe_layer_count and layer_list[i]["device_list"][g]["device_expert"] by MoE-layer position i
   (layer_id is never read), device_count of layer 0 is the rank count, the lists form one
   rectangular tensor; the rank's placement map is expert -> local slot (a repeated expert
   keeps only its last slot), its local expert count is the number of distinct experts, and
-  the redundant count is slots * ranks - E.
+  the redundant count is slots * ranks - E. Its launch settings (vllm_ascend/ascend_config.py,
+  commit 001cd9e: AscendConfig and EplbConfig, pydantic with extra="forbid"): see
+  `ascend_eplb_config`.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def trtllm_load(
     local = num_slots // ep_size
     out = {}
     for layer in layer_indices:
-        assert layer in assignments, f"KeyError: layer_idx {layer}"
+        assert layer in assignments, f"KeyError: layer_idx {layer} not found"
         slots = assignments[layer]
         assert len(slots) == num_slots
         assert set(slots) == set(range(num_experts))
@@ -135,3 +139,39 @@ def deepseek_eplb_check(path: Path, num_experts: int) -> np.ndarray:
             np.sort(np.where(log2phy[layer] < 0, 1 << 30, log2phy[layer]), axis=1),
         )
     return phy2log
+
+
+#: EplbConfig's keys at vllm-ascend commit 001cd9e, with their defaults.
+ASCEND_EPLB_DEFAULTS = {
+    "dynamic_eplb": False,
+    "expert_map_path": None,
+    "expert_heat_collection_interval": 600,
+    "algorithm_execution_interval": 50,
+    "expert_map_record_path": None,
+    "num_redundant_experts": 0,
+    "eplb_policy_type": 2,
+    "eplb_heat_collection_stage": "all",
+    "load_collection_phase": "all",
+}
+
+
+def ascend_eplb_config(additional_config: dict, known_top_level: set[str]) -> dict:
+    """The eplb_config AscendConfig builds from ``additional_config`` (the JSON of
+    --additional-config): unknown top-level keys are refused (extra="forbid"; the caller
+    names the keys it lets through, eplb_config among them), as are unknown eplb_config keys;
+    expert_map_path must end in .json and be a readable file; num_redundant_experts an int
+    >= 0. Returns every EplbConfig field."""
+    unknown = set(additional_config) - known_top_level - {"eplb_config"}
+    assert not unknown, f"AscendConfig: extra keys {sorted(unknown)} are not permitted"
+    given = additional_config.get("eplb_config", {})
+    assert isinstance(given, dict)
+    extra = set(given) - set(ASCEND_EPLB_DEFAULTS)
+    assert not extra, f"EplbConfig: extra keys {sorted(extra)} are not permitted"
+    config = {**ASCEND_EPLB_DEFAULTS, **given}
+    path = config["expert_map_path"]
+    if path is not None:
+        assert path[-5:] == ".json", "TypeError: The expert_map is not json."
+        assert Path(path).is_file(), "ValueError: The expert_map is not exist."
+    redundant = config["num_redundant_experts"]
+    assert isinstance(redundant, int) and not isinstance(redundant, bool) and redundant >= 0
+    return config

@@ -49,7 +49,21 @@ def cmd_evaluate(args) -> int:
         ),
     )
     print_comparison(comparison, model.num_gpus, model.slots_per_gpu)
+    print_repeats(model)
     return 0
+
+
+def print_repeats(model: ModelPlacement) -> None:
+    """The slots an engine map spends on a second copy of an expert on the same GPU."""
+    repeats = model.repeated_slots
+    if repeats.any():
+        total = len(model) * model.num_gpus * model.slots_per_gpu
+        print(
+            f"repeats: {int(repeats.sum())} of {total} slots"
+            f" ({repeats.sum() / total:.1%}) hold an expert already on the same GPU, in"
+            f" {int(np.count_nonzero(repeats))} of {len(model)} layers; they serve no decode"
+            " token (costs count each expert once per GPU)"
+        )
 
 
 def print_drift(trace: Trace, model: ModelPlacement, args) -> int:

@@ -89,6 +89,31 @@ def cost_model_and_source(args: argparse.Namespace) -> tuple[CostModel, str]:
     return cm, f"{cm} ({'--alpha/--beta/--p' if given else 'default: a Mixtral-size expert'})"
 
 
+def moves_option(text: str) -> int | float:
+    """An argparse type for --max-moves: a count >= 0, or a share of the slots ("10%",
+    returned as the fraction 0.1; `max_moves_for` turns it into a count)."""
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a share: {text!r}") from None
+        if not 0 <= share <= 100:
+            raise argparse.ArgumentTypeError(f"a share must be in 0%..100%, got {text}")
+        return share / 100
+    return at_least(0)(text)
+
+
+moves_option.__name__ = "count or share"
+
+
+def max_moves_for(value: int | float | None, num_gpus: int, slots_per_gpu: int) -> int | None:
+    """--max-moves as a count per layer: a share of the layer's num_gpus x slots_per_gpu
+    slots, rounded down."""
+    if isinstance(value, float):
+        return int(value * num_gpus * slots_per_gpu + 1e-9)
+    return value
+
+
 def at_least(low: int):
     """An argparse type: an int >= low (argparse then exits with status 2 and its usage)."""
 

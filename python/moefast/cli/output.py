@@ -13,7 +13,7 @@ import numpy as np
 
 from moefast._util.checks import check_count
 from moefast.batch.cost_model import CostModel
-from moefast.cli.options import cost_model_and_source, topology_from_args
+from moefast.cli.options import cost_model_and_source, max_moves_for, topology_from_args
 from moefast.evaluate.coactivation import hottest_layer
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.heldout import default_split_by
@@ -185,7 +185,7 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
         time_budget=getattr(args, "time_budget", None),
         work_budget=getattr(args, "work_budget", None),
         current=served_placement(args, trace.num_experts, trace.layer_ids),
-        max_moves=getattr(args, "max_moves", None),
+        max_moves=max_moves_for(getattr(args, "max_moves", None), args.gpus, args.slots),
         copy_cost=getattr(args, "copy_cost", None),
         topology=topology_from_args(args),
         num_groups=getattr(args, "num_groups", None),
@@ -391,7 +391,7 @@ def plan_files_cli(
             executor=executor,
             model=model_layout,
             current=current,
-            max_moves=getattr(args, "max_moves", None),
+            max_moves=max_moves_for(getattr(args, "max_moves", None), args.gpus, args.slots),
             copy_cost=getattr(args, "copy_cost", None),
             topology=topology,
             num_groups=getattr(args, "num_groups", None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from moefast.cli.options import (
     cost_model_from_args,
     cost_model_options,
     int_list,
+    moves_option,
     placement_options,
     topology_from_args,
     trace_format_option,
@@ -237,8 +239,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--mtp",
-        action="store_true",
-        help="add the model's MTP layers (TensorRT-LLM and vLLM-Ascend files)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the model's MTP layers (default: in TensorRT-LLM files, which the engine"
+        " needs under speculative decoding; --mtp adds them to vLLM-Ascend files too)",
     )
     p.add_argument("--out", required=True, help="placement file to write")
     p.add_argument(
@@ -309,10 +313,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
     p.add_argument(
         "--max-moves",
-        type=at_least(0),
+        type=moves_option,
         default=None,
         metavar="M",
-        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2)",
+        help="with --current: at most M weight copies per layer (replace/relocate 1, swap 2),"
+        " or a share of the layer's slots (10%%); each copy is one slot whose expert changes"
+        " (a replica that stays keeps its slot)",
     )
     p.add_argument(
         "--copy-cost",

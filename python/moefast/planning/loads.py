@@ -79,10 +79,16 @@ class LoadsPlan:
     note: str
 
 
-def _eplb(loads: np.ndarray, num_gpus: int, slots_per_gpu: int) -> list[Placement]:
+def _eplb(
+    loads: np.ndarray, num_gpus: int, slots_per_gpu: int
+) -> tuple[list[Placement], np.ndarray]:
+    """EPLB's placements of the loads and its slot map (phy2log, repeats included)."""
     phy2log, _, _ = rebalance_experts(loads, num_gpus * slots_per_gpu, 1, 1, num_gpus)
     num_experts = loads.shape[1]
-    return [placement_from_slots(np.asarray(row), num_gpus, num_experts, "EPLB") for row in phy2log]
+    placed = [
+        placement_from_slots(np.asarray(row), num_gpus, num_experts, "EPLB") for row in phy2log
+    ]
+    return placed, np.asarray(phy2log)
 
 
 def plan_from_loads(
@@ -118,10 +124,12 @@ def plan_from_loads(
     default_name = engine_default_label(profile.engine)
     candidates: dict[str, list[Placement]] = {}
     shapes: dict[str, int] = {}
+    slot_maps: dict[str, np.ndarray] = {}
     for slots in range(slots_per_gpu, fewest - 1, -1):
         redundant = num_gpus * slots - num_experts
         suffix = f", {redundant} redundant"
-        placed: dict[str, list[Placement]] = {"EPLB": _eplb(loads, num_gpus, slots)}
+        eplb_placed, slot_maps["EPLB" + suffix] = _eplb(loads, num_gpus, slots)
+        placed: dict[str, list[Placement]] = {"EPLB": eplb_placed}
         base = baseline_placements(tables, num_gpus, slots, ("round_robin", "contiguous"), seed)
         placed["round-robin"], placed["contiguous"] = base["round_robin"], base["contiguous"]
         placed[default_name] = [engine_default(num_experts, num_gpus, slots)] * len(tables)
@@ -161,5 +169,6 @@ def plan_from_loads(
         layer_ids=list(layer_ids),
         layer_costs=scores.rounds[best],
         settings=settings,
+        slots=slot_maps.get(best),
     )
     return LoadsPlan(model, scores, slots, num_gpus * slots - num_experts, note)

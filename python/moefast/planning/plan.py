@@ -12,6 +12,8 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_non_negative, check_number
@@ -27,6 +29,7 @@ from moefast.evaluate.heldout import (
 )
 from moefast.evaluate.selection import Estimator, select_estimator
 from moefast.evaluate.serving import ROUNDS_REGIME, ServingScores
+from moefast.io.engines.slots import gpu_slots, kept_slots
 from moefast.io.layouts import PRESETS, ModelLayout, model_layout
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import (
@@ -581,7 +584,36 @@ def plan(
         lower_bounds=comparison.lower_bounds,
         settings=settings,
         evaluation=comparison,
+        slots=(
+            None
+            if replans is None
+            else _replanned_slots(current, layer_ids, placements, slots_per_gpu)
+        ),
     )
+
+
+def _replanned_slots(
+    current: object, layer_ids: list[int], placements: list[Placement], slots_per_gpu: int
+) -> np.ndarray | None:
+    """The re-planned slot map: served slots kept (`kept_slots`), from the served file's own
+    slot map or each GPU's experts ascending (as moefast writes them); None when a layer has
+    a free slot on either side."""
+    served = _current_layers(current, layer_ids)  # type: ignore[arg-type]
+    by_id = {}
+    if isinstance(current, ModelPlacement) and current.slots is not None and current.layer_ids:
+        by_id = dict(zip(current.layer_ids, current.slots, strict=True))
+    rows = []
+    for layer, old, new in zip(layer_ids, served, placements, strict=True):
+        row = by_id.get(layer)
+        if row is None:
+            if int(old.slots_used.min()) != slots_per_gpu:
+                return None
+            row = gpu_slots(old, slots_per_gpu).ravel()
+        kept = kept_slots(row, new, slots_per_gpu)
+        if kept is None:
+            return None
+        rows.append(kept)
+    return np.stack(rows)
 
 
 def _profile_checks(

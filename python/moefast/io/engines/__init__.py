@@ -1,9 +1,11 @@
 """Placements in the formats inference engines load, and back.
 
 Every engine numbers physical expert slots globally: slot p lives on GPU p // slots_per_gpu.
-Writers lay each GPU's experts out in ascending id order and refuse a GPU with a free slot:
-engines load exactly slots_per_gpu distinct experts per GPU, and a repeated expert misroutes
-tokens (fill free slots first: `ModelPlacement.filled`). Engine files are written with rows for
+A placement with a slot map (`ModelPlacement.slots`: read from an engine file or made by
+EPLB) is written slot for slot, repeats included; others get each GPU's experts in ascending
+id order, and a GPU with a free slot is refused (fill free slots first:
+`ModelPlacement.filled`). vLLM-Ascend misroutes an expert repeated on one device, so its
+writer refuses one. Engine files are written with rows for
 the right model layers only, so they need the model's layout (`moefast.io.layouts`: ``model=`` a
 preset name, or ``num_layers=``/``moe_layers=``); placement layers that are not MoE layers of
 the model are refused, and MoE layers the placement lacks get the engine's default map
@@ -114,12 +116,16 @@ def launch_settings(
             "extra_llm_api_options": f"moe_config:\n  load_balancer: {path}",
         }
     if format == "vllm-ascend":
+        # AscendConfig reads the map and the redundant count from additional_config's
+        # eplb_config only, and refuses unknown top-level keys (docs/formats.md).
+        eplb_config = {"expert_map_path": str(path), "num_redundant_experts": redundant}
+        additional = json.dumps({"eplb_config": eplb_config})
         return {
             "engine": "vLLM-Ascend",
             "command_line": (
-                f"--enable-expert-parallel (EP size {g})"
-                f' --additional-config \'{{"expert_map_path": "{path}"}}\''
+                f"--enable-expert-parallel (EP size {g}) --additional-config '{additional}'"
             ),
+            "additional_config": {"eplb_config": eplb_config},
             "num_redundant_experts": redundant,
         }
     if format == "eplb":
@@ -139,7 +145,7 @@ def save_placement(
     model: str | ModelLayout | None = None,
     num_layers: int | None = None,
     moe_layers: Sequence[int] | None = None,
-    mtp: bool = False,
+    mtp: bool | None = None,
 ) -> dict[str, Any]:
     """Write ``placement`` to ``path`` in ``format`` (one of `PLACEMENT_FORMATS`) and return the
     engine settings the file needs (`launch_settings`).
@@ -147,7 +153,11 @@ def save_placement(
     ``model`` (a `moefast.io.layouts` preset name or layout), or ``num_layers``/``moe_layers``,
     give the model's layers; engine formats need them (the placement's ``settings["model"]``
     is used when none is given). ``mtp`` adds the model's MTP layers (TensorRT-LLM keys them
-    after the main layers, vLLM-Ascend counts them after the MoE layers).
+    after the main layers, vLLM-Ascend counts them after the MoE layers); the placement's own
+    MTP layers are always written, and by default (None) a TensorRT-LLM file has rows for the
+    model's MTP layers (the engine looks them up under speculative decoding), with the default
+    map where the placement has none. A placement with a slot map (`ModelPlacement.slots`) is
+    written slot for slot; vLLM-Ascend refuses one with a repeated expert on a GPU.
     """
     path = Path(path)
     if not isinstance(placement, ModelPlacement):
@@ -184,7 +194,7 @@ def save_placement(
         data = eplb.write(placement, layout)
     else:
         assert layout is not None
-        data = vllm_ascend.write(placement, layout, mtp)
+        data = vllm_ascend.write(placement, layout, bool(mtp))
     try:
         text = json.dumps(data, default=_plain, allow_nan=False)
     except ValueError as err:  # NaN or inf: not JSON, and the engines' parsers refuse it
@@ -287,9 +297,13 @@ def load_placement(
         ids = list(layout.moe_layers) + list(layout.mtp_layers)
         if len(loaded) > len(ids):
             raise ValueError(f"{path}: {len(loaded)} layers; {layout.describe()}")
-        loaded = ModelPlacement(loaded.placements, loaded.slots_per_gpu, ids[: len(loaded)])
+        loaded = ModelPlacement(
+            loaded.placements, loaded.slots_per_gpu, ids[: len(loaded)], slots=loaded.slots
+        )
     elif layout is not None and fmt == "sglang" and layer_ids is None:
         layer_ids = list(layout.moe_layers)
+        loaded = sglang.with_mtp_row(loaded, layout)
+        layer_ids += [x for x in layout.mtp_layers if x in loaded.layer_ids]
     model_placement = loaded
     if layer_ids is not None:
         m = model_placement
@@ -305,5 +319,6 @@ def load_placement(
             None if m.layer_costs is None else m.layer_costs[keep],
             None if m.lower_bounds is None else m.lower_bounds[keep],
             m.settings,
+            slots=None if m.slots is None else m.slots[keep],
         )
     return model_placement

@@ -71,8 +71,10 @@ def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) 
             counts = np.asarray(data["logcnt"])
         except (TypeError, ValueError, OverflowError, RecursionError) as err:
             raise ValueError(f"{path}: logcnt is not an array of counts ({err})") from err
-        if counts.dtype.kind not in "iu" or not np.array_equal(
-            counts, model.replicas().sum(axis=2)
-        ):
+        assert model.slots is not None  # from_maps keeps the map
+        slots_per_expert = np.stack(
+            [np.bincount(row, minlength=model.num_experts) for row in model.slots]
+        )
+        if counts.dtype.kind not in "iu" or not np.array_equal(counts, slots_per_expert):
             raise ValueError(f"{path}: logcnt disagrees with phy2log")
     return model

@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moefast._core import MAX_GPUS, Placement
 from moefast._util.checks import check_field_int
 from moefast.io.engines.slots import (
     as_list,
     layer_ids_field,
+    slot_row,
 )
 from moefast.placement import ModelPlacement
 from moefast.trace import MAX_EXPERTS
@@ -25,7 +28,7 @@ def write(model: ModelPlacement) -> dict[str, Any]:
     def floats(values):
         return None if values is None else [float(v) for v in values]
 
-    return {
+    data = {
         "format": NATIVE_TAG,
         "version": NATIVE_VERSION,
         "num_experts": model.num_experts,
@@ -38,6 +41,9 @@ def write(model: ModelPlacement) -> dict[str, Any]:
         "settings": model.settings,
         "replicas": [[list(map(int, gpus)) for gpus in p.to_lists()] for p in model.placements],
     }
+    if model.slots is not None:  # the engine's slot order, repeats included
+        data["slots"] = model.slots.tolist()
+    return data
 
 
 def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) -> ModelPlacement:
@@ -71,6 +77,12 @@ def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) 
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 raise ValueError(f"{path}: {name} must hold numbers")
         costs[name] = values
+    slot_map = data.get("slots")
+    if slot_map is not None:
+        slot_map = [
+            slot_row(r, f"{path}: slots[{i}]")
+            for i, r in enumerate(as_list(slot_map, path, "slots"))
+        ]
     settings = data.get("settings") or {}
     if not isinstance(settings, dict):
         raise ValueError(f"{path}: settings must be a mapping")
@@ -81,4 +93,11 @@ def read(path: Path, data: dict, num_gpus: int | None, num_experts: int | None) 
         costs["layer_costs"],
         costs["lower_bounds"],
         settings,
+        slots=None if slot_map is None else _stacked(slot_map, path),
     )
+
+
+def _stacked(rows: list, path: Path) -> Any:
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"{path}: slots rows have different lengths")
+    return np.stack(rows)

@@ -1,5 +1,10 @@
 """Slot maps shared by the engine formats: a GPU's experts in slot order, the physical-to-
 logical map of a model, the engines' default map, and placements read back from maps.
+
+A map read from an engine file (or made by EPLB) is kept as ``ModelPlacement.slots`` and
+written back slot for slot, repeats included: SGLang and TensorRT-LLM route every slot of a
+repeated expert; vLLM-Ascend keeps only one slot per expert on a device and misroutes, so its
+writer refuses repeats (`refuse_repeats`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from moefast.trace import MAX_EXPERTS
 def gpu_slots(placement: Placement, slots_per_gpu: int) -> np.ndarray:
     """int [G, slots_per_gpu]: the expert in each slot of each GPU, ascending on each GPU.
 
-    Raises ValueError for a GPU with a free slot: engines need exactly ``slots_per_gpu``
-    distinct experts per GPU (fill the free slots first: `ModelPlacement.filled`)."""
+    Raises ValueError for a GPU with a free slot: engines fill every slot, and moefast pads
+    none with a repeated expert (fill the free slots first: `ModelPlacement.filled`)."""
     replicas = placement.replicas
     rows = []
     for g in range(placement.num_gpus):
@@ -30,17 +35,45 @@ def gpu_slots(placement: Placement, slots_per_gpu: int) -> np.ndarray:
         if experts.size != slots_per_gpu:
             raise ValueError(
                 f"GPU {g} holds {experts.size} distinct experts for {slots_per_gpu} slots:"
-                " engines load exactly slots_per_gpu distinct experts per GPU (a repeated expert"
-                " misroutes tokens); fill the free slots with useful replicas first:"
-                " ModelPlacement.filled(expert_load)"
+                " engines load exactly slots_per_gpu experts per GPU (a repeated expert serves"
+                " no token, and vLLM-Ascend misroutes it); fill the free slots with useful"
+                " replicas first: ModelPlacement.filled(expert_load)"
             )
         rows.append(experts)
     return np.stack(rows).astype(np.int64)
 
 
 def physical_to_logical(model: ModelPlacement) -> np.ndarray:
-    """int [layers, G * slots_per_gpu]: the logical expert of each physical slot."""
+    """int [layers, G * slots_per_gpu]: the logical expert of each physical slot: the
+    placement's slot map when it has one (as the engine holds it), else each GPU's experts
+    ascending."""
+    if model.slots is not None:
+        return model.slots.copy()
     return np.stack([gpu_slots(p, model.slots_per_gpu).ravel() for p in model.placements])
+
+
+def kept_slots(served: np.ndarray, placement: Placement, slots_per_gpu: int) -> np.ndarray | None:
+    """The slot map of ``placement`` re-planned from the ``served`` map [G * slots_per_gpu]:
+    each expert that stays on a GPU keeps its (first) slot there, and the experts new to the
+    GPU take the freed slots in ascending order, so the slots whose expert changes are the
+    copies. None when a GPU of ``placement`` has a free slot (no full map to write)."""
+    served = np.asarray(served, dtype=np.int64).reshape(placement.num_gpus, slots_per_gpu)
+    out = np.empty_like(served)
+    replicas = placement.replicas
+    for g, old in enumerate(served):
+        new = np.nonzero(replicas[:, g])[0]
+        if new.size != slots_per_gpu:
+            return None
+        row = np.full(slots_per_gpu, -1, dtype=np.int64)
+        staying = set(new.tolist())
+        for i, e in enumerate(old.tolist()):
+            if e in staying:
+                row[i] = e
+                staying.discard(e)  # a repeat's second slot is freed
+        arriving = [e for e in new.tolist() if e not in set(row.tolist())]
+        row[row < 0] = arriving
+        out[g] = row
+    return out.ravel()
 
 
 def default_map(num_slots: int, num_experts: int) -> np.ndarray:
@@ -81,17 +114,19 @@ def placement_from_slots(
 
 
 def engine_rows(
-    model: ModelPlacement, layout: ModelLayout, mtp: bool = False
+    model: ModelPlacement, layout: ModelLayout, mtp: bool = False, quiet_mtp: bool = False
 ) -> tuple[list[int], np.ndarray]:
     """The model's MoE layer ids (then its MTP layers, with ``mtp`` or when the placement has
-    them) and their maps [rows, P]; MoE layers the placement lacks get `default_map`."""
+    them) and their maps [rows, P]; layers the placement lacks get `default_map`, with a
+    warning (none for MTP layers with ``quiet_mtp``: rows the engine needs by default)."""
     layout.check_layers(model.layer_ids, model.num_experts)
     p2l = physical_to_logical(model)
     mine = dict(zip(model.layer_ids, p2l, strict=True))
     wanted = list(layout.moe_layers)
     if mtp or any(x in mine for x in layout.mtp_layers):
         wanted += list(layout.mtp_layers)
-    missing = [x for x in wanted if x not in mine]
+    quiet = set(layout.mtp_layers) if quiet_mtp else set()
+    missing = [x for x in wanted if x not in mine and x not in quiet]
     if missing:
         warnings.warn(
             f"layers {missing} of {layout.name} have no placement: they get the default map"
@@ -100,6 +135,23 @@ def engine_rows(
         )
     trivial = default_map(p2l.shape[1], model.num_experts)
     return wanted, np.stack([mine.get(x, trivial) for x in wanted])
+
+
+def refuse_repeats(layer_ids: Sequence[int], rows: np.ndarray, num_gpus: int, engine: str) -> None:
+    """ValueError naming the first GPU that holds an expert in two slots, for an engine that
+    routes only one slot per expert on a device (vLLM-Ascend)."""
+    per_gpu = rows.shape[1] // num_gpus
+    for layer, row in zip(layer_ids, rows, strict=True):
+        for g, experts in enumerate(row.reshape(num_gpus, per_gpu)):
+            values, counts = np.unique(experts, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(
+                    f"layer {layer}: GPU {g} holds expert {int(values[counts > 1][0])} in two"
+                    f" slots; {engine} maps each expert to one local slot of a device (the"
+                    " last), so a repeat misroutes tokens (SGLang and TensorRT-LLM load it);"
+                    " give the repeated slots useful replicas first:"
+                    " ModelPlacement.filled(expert_load)"
+                )
 
 
 def need(value: Any, name: str, path: Path, fmt: str) -> Any:
@@ -133,8 +185,8 @@ def from_maps(
     num_gpus: int,
     num_experts: int | None,
     path: Path,
-    distinct: bool = False,
 ) -> ModelPlacement:
+    """A placement of maps [layers][P] as the engine holds them: repeats kept in ``slots``."""
     if not rows:
         raise ValueError(f"{path}: no layer in the file")
     num_gpus = check_field_int(path, "num_gpus", num_gpus, 1, MAX_GPUS)
@@ -147,10 +199,10 @@ def from_maps(
     if num_experts is None:
         num_experts = int(max(a.max() for a in arrays)) + 1
     placements = [
-        placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}", distinct)
+        placement_from_slots(a, num_gpus, num_experts, f"{path}: layer {layer}")
         for a, layer in zip(arrays, layer_ids, strict=True)
     ]
-    return ModelPlacement(placements, sizes.pop() // num_gpus, layer_ids)
+    return ModelPlacement(placements, sizes.pop() // num_gpus, layer_ids, slots=np.stack(arrays))
 
 
 def as_list(value: Any, path: Path, name: str) -> list:

@@ -18,8 +18,10 @@ from moefast.io.layouts import ModelLayout
 from moefast.placement import ModelPlacement
 
 
-def write(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
-    ids, rows = engine_rows(model, layout, mtp)
+def write(model: ModelPlacement, layout: ModelLayout, mtp: bool | None) -> dict[str, Any]:
+    """The load-balancer file; ``mtp`` None: the model's MTP layers too (the engine looks
+    them up under speculative decoding; an unused row is harmless), without a warning."""
+    ids, rows = engine_rows(model, layout, mtp is not False, quiet_mtp=mtp is None)
     return {
         "num_slots": int(rows.shape[1]),
         "initial_global_assignments": {

@@ -11,13 +11,15 @@ from moefast.io.engines.slots import (
     as_list,
     engine_rows,
     from_maps,
+    refuse_repeats,
 )
 from moefast.io.layouts import ModelLayout
 from moefast.placement import ModelPlacement
 
 
 def write(model: ModelPlacement, layout: ModelLayout, mtp: bool) -> dict[str, Any]:
-    _, rows = engine_rows(model, layout, mtp)
+    ids, rows = engine_rows(model, layout, mtp)
+    refuse_repeats(ids, rows, model.num_gpus, "vLLM-Ascend")
     slots = model.slots_per_gpu
     layers = [
         {
