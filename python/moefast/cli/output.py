@@ -305,6 +305,7 @@ def write_report(
             coverage=args.coverage,
             seed=args.seed,
             score_tables=score_tables,
+            include=args.slots,
         )
     hottest = hottest_layer(tables)
     facts = {
@@ -336,6 +337,8 @@ def write_report(
         (sweep, sweep_note) if sweep is not None else None,
         args.gpus,
         curve=curve,
+        serving=model.settings.get("serving"),
+        chosen_slots=args.slots,
     )
     print(f"report: {path}")
 

@@ -71,7 +71,7 @@ def cmd_simulate(args) -> int:
                     f"{r['latency_per_token']:.1f}",
                 ]
             )
-    print("in-sample step times and latency in the cost model's unit (us):")
+    print("in-sample step times and latency in the cost model's unit (us), throughput per ms:")
     print(text_tables.format_table(header, rows))
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_throughput_latency(
