@@ -53,6 +53,21 @@ def test_npz_round_trip(tmp_path):
     assert back.layer_ids == [3, 4, 5] and back.num_experts == 6
 
 
+def test_source_is_kept_by_selections_and_saved(tmp_path):
+    trace = small_trace()
+    trace.source = "synthetic"
+    assert trace.select_layers([2, 0]).synthetic
+    assert trace.select_tokens(slice(0, 10)).synthetic
+    train, test = trace.split(0.25)
+    assert train.source == test.source == "synthetic"
+    assert "source='synthetic'" in repr(trace)
+    trace.save(tmp_path / "t.npz")
+    assert moefast.load_trace(tmp_path / "t.npz").source == "synthetic"
+    assert not small_trace().synthetic
+    with pytest.raises(TypeError, match="source must be a str or None, got int"):
+        Trace(trace.topk, 6, source=1)  # type: ignore[arg-type]
+
+
 def test_save_keeps_the_given_name(tmp_path):
     path = tmp_path / "trace.bin"
     small_trace().save(path)

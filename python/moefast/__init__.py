@@ -19,7 +19,8 @@ from moefast._core import (
 from moefast.batch.cost_model import CostModel
 from moefast.batch.times import batch_time, simulate
 from moefast.io.engines import load_placement
-from moefast.io.readers import load_expert_load, load_trace
+from moefast.io.provenance import load_trace
+from moefast.io.readers import load_expert_load
 from moefast.io.recorder import RoutingRecorder
 from moefast.io.streaming import SubsetTableBuilder, convert, iter_trace
 from moefast.io.synthetic import synthetic_trace

@@ -22,6 +22,12 @@ from moefast.splits import fold_positions, split_positions
 
 PathLike = str | os.PathLike
 
+#: `Trace.source` of traces made by `moefast.io.synthetic.synthetic_trace`: every figure
+#: computed on them says so.
+SYNTHETIC = "synthetic"
+#: The words that mark figures computed on a synthetic trace.
+SYNTHETIC_MARK = "SYNTHETIC routing (moefast synth), not a recorded trace"
+
 
 @dataclass(eq=False)  # arrays have no single truth value: compare traces by their fields
 class Trace:
@@ -31,7 +37,9 @@ class Trace:
     the ``layers`` axis (DeepSeek-V3's first MoE layer is 3); ``weights`` optionally give
     each token a weight (say, how many times a request repeats), float [tokens];
     ``request_ids`` optionally name the request each token belongs to, int [tokens] (held-out
-    splits and bootstrap intervals keep a request's tokens together).
+    splits and bootstrap intervals keep a request's tokens together); ``source`` optionally
+    says where the routing comes from (`SYNTHETIC` for generated traces: plans and reports
+    on them are marked).
     Layers are addressed by their position on the ``layers`` axis in `table`;
     `layer_ids` tells which model layer a position is. Tokens are in time order.
     """
@@ -41,6 +49,7 @@ class Trace:
     layer_ids: list[int] = field(default_factory=list)
     weights: np.ndarray | None = None
     request_ids: np.ndarray | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         topk = np.asarray(self.topk)
@@ -109,6 +118,13 @@ class Trace:
             if r.dtype.kind == "u" and r.size and int(r.max()) > np.iinfo(np.int64).max:
                 raise ValueError("request_ids must fit in int64")
             self.request_ids = r.astype(np.int64)
+        if self.source is not None and not isinstance(self.source, str):
+            raise TypeError(f"source must be a str or None, got {type(self.source).__name__}")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the routing was generated (`SYNTHETIC`), not recorded."""
+        return self.source == SYNTHETIC
 
     @property
     def num_tokens(self) -> int:
@@ -127,7 +143,9 @@ class Trace:
             f"Trace(tokens={self.num_tokens}, layers={self.num_layers}, k={self.k},"
             f" num_experts={self.num_experts}, layer_ids={self.layer_ids[0]}..{self.layer_ids[-1]},"
             f" weighted={self.weights is not None},"
-            f" requests={'-' if self.request_ids is None else len(np.unique(self.request_ids))})"
+            f" requests={'-' if self.request_ids is None else len(np.unique(self.request_ids))}"
+            + ("" if self.source is None else f", source={self.source!r}")
+            + ")"
         )
 
     def table(self, layer: int) -> SubsetTable:
@@ -168,6 +186,7 @@ class Trace:
             [self.layer_ids[p] for p in positions],
             self.weights,
             self.request_ids,
+            self.source,
         )
 
     def select_tokens(self, index: np.ndarray | slice) -> Trace:
@@ -178,6 +197,7 @@ class Trace:
             self.layer_ids,
             None if self.weights is None else self.weights[index],
             None if self.request_ids is None else self.request_ids[index],
+            self.source,
         )
 
     def split(self, test_fraction: float, by: str = "time", seed: int = 0) -> tuple[Trace, Trace]:
@@ -204,7 +224,7 @@ class Trace:
 
     def save(self, path: PathLike) -> None:
         """Write the native ``.npz`` (``topk``, ``num_experts``, ``layer_ids``, and, when the
-        trace has them, ``weights`` and ``request_ids``)."""
+        trace has them, ``weights``, ``request_ids`` and ``source``)."""
         arrays = {
             "topk": self.topk,
             "num_experts": np.int64(self.num_experts),
@@ -214,6 +234,8 @@ class Trace:
             arrays["weights"] = self.weights
         if self.request_ids is not None:
             arrays["request_ids"] = self.request_ids
+        if self.source is not None:
+            arrays["source"] = np.str_(self.source)
         path = Path(path)
         # np.savez appends ".npz" to other names, which would surprise the caller.
         with atomic_open(path, "wb") as f:

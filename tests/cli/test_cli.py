@@ -151,8 +151,12 @@ def test_plan_end_to_end(tmp_path, capsys):
         "layer_costs.png",
         "slot_sweep.png",
         "learning_curve.png",
+        "serving.png",
     ):
         assert (report_dir / name).stat().st_size > 0
+    markdown = (report_dir / "report.md").read_text()
+    assert "The plan's 10 slots are marked." in markdown
+    assert "## Step time on the serving profile (held-out)" in markdown
     printed = capsys.readouterr().out
     flags = f"--ep-size 4 --ep-num-redundant-experts 8 --init-expert-location {out}"
     assert flags in printed

@@ -29,6 +29,9 @@ def test_plan_prints_the_profile_and_names_every_regime(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "batch-aware (B=8)" in text and "B = 8 (us)" in text
     assert "B = 1 30%, B = 8 70%" in text
+    # A synthetic trace: the table, the headlines and the settings say so.
+    assert text.count("[SYNTHETIC routing (moefast synth), not a recorded trace]") == 3
+    assert json.loads(out.read_text())["settings"]["synthetic"] is True
 
 
 @pytest.mark.filterwarnings("ignore:layers .* have no placement")

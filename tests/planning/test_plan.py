@@ -107,3 +107,21 @@ def test_plan_names_a_missing_trace_file():
         mf.plan("trace.npz", 4, 10)
     with pytest.raises(FileNotFoundError, match="a table"):
         mf.plan(["a table"], 4, 10)
+
+
+def test_figures_of_a_synthetic_trace_say_so(trace):
+    cm = mf.CostModel(100.0, 1.0)
+    profile = mf.planning.profile.ServingProfile((1, 8), batch_aware=False, steps=16)
+    model = mf.plan(trace, GPUS, SLOTS, method="eplb", profile=profile, cost_model=cm)
+    assert model.settings["synthetic"] is True
+    assert model.evaluation is not None
+    mark = mf.trace.SYNTHETIC_MARK
+    assert model.evaluation.headline().startswith(f"[{mark}] ")
+    assert model.settings["serving"]["synthetic"] is True
+    assert model.settings["serving"]["headline"].startswith(f"[{mark}] recommended: ")
+    # The same tokens recorded: no mark anywhere.
+    recorded = mf.Trace(trace.topk, trace.num_experts, trace.layer_ids)
+    plain = mf.plan(recorded, GPUS, SLOTS, method="eplb", profile=profile, cost_model=cm)
+    assert "synthetic" not in plain.settings and "synthetic" not in plain.settings["serving"]
+    assert plain.evaluation is not None and mark not in plain.evaluation.headline()
+    assert list(plain) == list(model)

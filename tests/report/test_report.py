@@ -94,6 +94,7 @@ def test_write_report_makes_markdown_and_plots(tmp_path):
     assert "## Expected cost per layer (in-sample)" in text
     assert "against slots per GPU (held-out)" in text
     assert "Held-out gain flat" in text
+    assert "slots are marked" not in text  # no chosen slots given
 
 
 def test_default_slots_leave_room_for_replicas():

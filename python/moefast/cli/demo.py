@@ -14,7 +14,7 @@ from moefast.data import GPTOSS20B_DECODE
 from moefast.evaluate.heldout import cross_validated
 from moefast.evaluate.selection import Estimator
 from moefast.evaluate.slot_sweep import default_slots
-from moefast.io.readers import load_trace
+from moefast.io.provenance import load_trace
 from moefast.planning.plan import plan_layers
 from moefast.splits import fold_positions
 

@@ -13,7 +13,7 @@ from moefast.cli.output import print_comparison
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.drift import drift_windows
 from moefast.io.engines import PLACEMENT_FORMATS, load_placement
-from moefast.io.readers import load_trace
+from moefast.io.provenance import load_trace
 from moefast.placement import ModelPlacement
 from moefast.report import text_tables
 from moefast.search.methods import optimize
@@ -42,6 +42,7 @@ def cmd_evaluate(args) -> int:
         np.array([lower_bound(t, model.num_gpus, model.slots_per_gpu) for t in tables]),
         "placement",
         basis="evaluated",
+        synthetic=trace.synthetic,
         note=(
             f"the placement scored on {trace.num_tokens} tokens of {Path(args.trace).name}"
             " (held-out if it was planned on other tokens); baselines planned on these same"

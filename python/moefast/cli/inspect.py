@@ -7,8 +7,9 @@ from typing import Any
 from moefast._util.progress import progress
 from moefast.cli.options import at_least, trace_format_option
 from moefast.evaluate.coactivation import top_pairs
-from moefast.io.readers import load_trace
+from moefast.io.provenance import load_trace
 from moefast.report import text_tables
+from moefast.trace import SYNTHETIC_MARK
 
 
 def cmd_inspect(args) -> int:
@@ -16,7 +17,9 @@ def cmd_inspect(args) -> int:
     print(
         f"{args.trace}: {trace.num_tokens} tokens, {trace.num_layers} layers"
         f" (ids {trace.layer_ids[0]}..{trace.layer_ids[-1]}), {trace.num_experts} experts,"
-        f" k = {trace.k}" + (", weighted" if trace.weights is not None else "")
+        f" k = {trace.k}"
+        + (", weighted" if trace.weights is not None else "")
+        + (f" [{SYNTHETIC_MARK}]" if trace.synthetic else "")
     )
     header = ["layer", "subsets", "80%", "90%", "99%", "load max/mean"]
     rows, pairs = [], []

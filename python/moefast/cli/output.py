@@ -34,7 +34,7 @@ from moefast.search.methods import check_memory
 from moefast.search.node_plan import headline, time_rows
 from moefast.splits import split_positions
 from moefast.topology.times import Topology
-from moefast.trace import Trace
+from moefast.trace import SYNTHETIC_MARK, Trace
 
 
 def plan_trace(
@@ -279,6 +279,8 @@ def write_report(
 ) -> None:
     """The Markdown report: held-out costs, learning curve and slot sweep on the first fold."""
     tables = trace.tables()
+    if trace.synthetic:
+        title = f"{title} [{SYNTHETIC_MARK}]"
     curve = None
     sweep, sweep_note = None, "in-sample: planned and scored on all tokens"
     estimator = Estimator(args.coverage)
@@ -288,7 +290,7 @@ def write_report(
 
     if folds:
         curve = learning_curve(trace, folds, planner, args.gpus, args.slots, args.method, args.seed)
-        print(curve.sentence())
+        print(f"[{SYNTHETIC_MARK}] " * trace.synthetic + curve.sentence())
     if not args.no_sweep:
         train_tables, score_tables = tables, None
         if folds:
@@ -305,11 +307,13 @@ def write_report(
             coverage=args.coverage,
             seed=args.seed,
             score_tables=score_tables,
+            include=args.slots,
         )
     hottest = hottest_layer(tables)
     facts = {
         "trace": f"{trace.num_tokens} tokens, {trace.num_layers} layers,"
-        f" top-{trace.k} of {trace.num_experts} experts",
+        f" top-{trace.k} of {trace.num_experts} experts"
+        + (f" ({SYNTHETIC_MARK})" if trace.synthetic else ""),
         "GPUs": args.gpus,
         "slots per GPU": args.slots,
         "method": f"{args.method} (subsets covering {args.coverage:.0%} of tokens,"
@@ -336,6 +340,8 @@ def write_report(
         (sweep, sweep_note) if sweep is not None else None,
         args.gpus,
         curve=curve,
+        serving=model.settings.get("serving"),
+        chosen_slots=args.slots,
     )
     print(f"report: {path}")
 

@@ -31,7 +31,8 @@ from moefast.cli.output import (
 from moefast.evaluate.serving import settings_rows
 from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
 from moefast.io.layouts import map_positions, model_layout
-from moefast.io.readers import load_expert_load, load_trace
+from moefast.io.provenance import load_trace
+from moefast.io.readers import load_expert_load
 from moefast.io.readers.arrow import is_arrow_trace
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US

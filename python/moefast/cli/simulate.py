@@ -14,9 +14,10 @@ from moefast.cli.options import (
     trace_format_option,
 )
 from moefast.cli.output import check_memory_fits, plan_trace
-from moefast.io.readers import load_trace
+from moefast.io.provenance import load_trace
 from moefast.report import text_tables
 from moefast.report.batch_plots import plot_throughput_latency
+from moefast.trace import SYNTHETIC_MARK
 
 
 def cmd_simulate(args) -> int:
@@ -43,8 +44,9 @@ def cmd_simulate(args) -> int:
         placements[f"batch-aware (B={args.batch_aware})"] = plan_trace(
             trace, args.gpus, args.slots, "greedy", args.coverage, args.seed, args.batch_aware, cm
         )
+    mark = f"[{SYNTHETIC_MARK}] " if trace.synthetic else ""
     print(
-        f"{cm_source}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
+        f"{mark}{cm_source}; {trace.num_layers} layers, {args.gpus} GPUs x {args.slots} slots,"
         f" {args.steps} steps per batch size; in-sample: placements planned and simulated on"
         " the same trace"
     )
@@ -72,13 +74,13 @@ def cmd_simulate(args) -> int:
                     f"{r['latency_per_token']:.1f}",
                 ]
             )
-    print("in-sample step times and latency in the cost model's unit (us):")
+    print("in-sample step times and latency in the cost model's unit (us), throughput per ms:")
     print(text_tables.format_table(header, rows))
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_throughput_latency(
         results,
         out / "throughput_latency.png",
-        title=f"Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots",
+        title=f"{mark}Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots",
     )
     print(f"plot: {plot}")
     return 0

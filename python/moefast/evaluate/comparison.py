@@ -15,6 +15,7 @@ import numpy as np
 from moefast._core import Placement, SubsetTable, expected_cost, lower_bound
 from moefast._util.progress import progress
 from moefast.search.methods import optimize
+from moefast.trace import SYNTHETIC_MARK
 
 BASELINES = ("contiguous", "round_robin", "eplb")
 METHOD_LABELS = {
@@ -49,6 +50,8 @@ class Comparison:
     units: str = ""
     #: What the main method's placements are when its name does not say (a batch-aware plan).
     main_label: str | None = None
+    #: Scored on generated routing (a synthetic trace): the headline says so first.
+    synthetic: bool = False
 
     def __post_init__(self) -> None:
         if self.basis not in BASES:
@@ -90,6 +93,8 @@ class Comparison:
             f"{label}: {100 * self.total_gain():.1f}% below the best baseline in single-token"
             " (B = 1) expert rounds"
         )
+        if self.synthetic:
+            text = f"[{SYNTHETIC_MARK}] {text}"
         if self.gain_interval is not None:
             low, high = self.gain_interval
             text += f" (95% interval {100 * low:.1f}% to {100 * high:.1f}%)"

@@ -19,6 +19,7 @@ import numpy as np
 from moefast._core import Placement, SubsetTable, expected_cost
 from moefast.batch.cost_model import CostModel
 from moefast.batch.times import Routing, simulate
+from moefast.trace import SYNTHETIC_MARK
 
 #: The placements a served recommendation must not lose to without a warning.
 REFERENCES = ("engine default", "EPLB")
@@ -45,6 +46,8 @@ class ServingScores:
     basis: str
     note: str
     cost_model: str
+    #: Scored on generated routing (a synthetic trace): the headline says so first.
+    synthetic: bool = False
 
     def expected_step_time(self, name: str) -> float:
         """The profile's weighted mean of the candidate's step times."""
@@ -92,7 +95,8 @@ class ServingScores:
             if ref != name:
                 gain = 1 - mine / self.expected_step_time(ref)
                 leads.append(f"{abs(gain):.1%} {'below' if gain >= 0 else 'above'} {ref}")
-        return text + (": " + ", ".join(leads) if leads else "")
+        text += ": " + ", ".join(leads) if leads else ""
+        return f"[{SYNTHETIC_MARK}] {text}" if self.synthetic else text
 
     def describe_profile(self) -> str:
         return ", ".join(
@@ -125,6 +129,7 @@ class ServingScores:
     def as_settings(self) -> dict[str, Any]:
         """A JSON-ready record; every figure's key names its regime."""
         return {
+            **({"synthetic": True} if self.synthetic else {}),
             "profile": {str(b): w for b, w in zip(self.batch_sizes, self.weights, strict=True)},
             "basis": self.basis,
             "note": self.note,

@@ -26,16 +26,20 @@ def slot_sweep(
     coverage: float = 1.0,
     seed: int = 0,
     score_tables: Sequence[SubsetTable] | None = None,
+    include: int | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Mean expected cost per layer against slots per GPU, from one copy of every expert
     (ceil(E/G)) to every GPU holding every expert (E). Placements are optimized on the subsets
     of ``tables`` covering ``coverage`` of the tokens and scored on ``score_tables`` (held-out
-    tokens; default: the full ``tables``, in-sample). Returns (slots [n], method -> cost [n],
+    tokens; default: the full ``tables``, in-sample); ``include`` (a plan's slots per GPU)
+    is swept too when it lies in that range. Returns (slots [n], method -> cost [n],
     lower bound [n])."""
     num_experts = tables[0].num_experts
     scored = list(tables if score_tables is None else score_tables)
     low, high = math.ceil(num_experts / num_gpus), num_experts
     slots = np.unique(np.linspace(low, high, min(points, high - low + 1)).round().astype(int))
+    if include is not None and low <= include <= high:
+        slots = np.union1d(slots, [include])
     costs = {m: np.zeros(len(slots)) for m in methods}
     work = [(i, s, m) for i, s in enumerate(slots) for m in methods]
     planned = tables if coverage >= 1 else [t.prune(coverage=coverage) for t in tables]

@@ -3,7 +3,8 @@
 layer layouts (`moefast.io.layouts`), traces recorded from models or made up."""
 
 from moefast.io.engines import PLACEMENT_FORMATS, load_placement, save_placement
-from moefast.io.readers import load_expert_load, load_trace
+from moefast.io.provenance import load_trace
+from moefast.io.readers import load_expert_load
 from moefast.io.streaming import SubsetTableBuilder, convert, iter_trace
 
 __all__ = [

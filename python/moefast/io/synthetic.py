@@ -22,7 +22,7 @@ from moefast._util.checks import (
     check_seed,
 )
 from moefast._util.progress import progress
-from moefast.trace import MAX_EXPERTS, Trace
+from moefast.trace import MAX_EXPERTS, SYNTHETIC, Trace
 
 
 def _target_share(
@@ -247,4 +247,4 @@ def synthetic_trace(
                 scores, share[layer], k, match_iterations, match_tolerance
             ).astype(np.float32)
         topk[:, layer, :] = _top_k(scores, k)
-    return Trace(topk, num_experts, layer_ids or list(range(num_layers)))
+    return Trace(topk, num_experts, layer_ids or list(range(num_layers)), source=SYNTHETIC)

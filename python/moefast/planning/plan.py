@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -481,6 +481,8 @@ def plan(
     )
     if objective == "batch":
         comparison.main_label = f"batch-aware (B={batch_size})"
+    synthetic = trace is not None and trace.synthetic
+    comparison.synthetic = synthetic
     serving = None
     if profile is not None:
         assert serve_model is not None  # _profile_checks gives one
@@ -514,6 +516,8 @@ def plan(
         "gain_vs_best_baseline": comparison.total_gain() if comparison.baselines else None,
         "gain_interval_95": None if interval is None else list(interval),
     }
+    if synthetic:
+        settings["synthetic"] = True  # every figure below is of generated routing
     if time_limit is not None:
         settings["time_limit"] = time_limit
     if time_budget is not None:
@@ -574,6 +578,7 @@ def plan(
     layer_costs = comparison.costs[method]
     if serving is not None:
         scores, placed = serving
+        scores = replace(scores, synthetic=synthetic)
         settings["serving"] = scores.as_settings()
         placements, layer_costs = placed[scores.recommended], scores.rounds[scores.recommended]
     return ModelPlacement(

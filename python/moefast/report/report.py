@@ -3,7 +3,9 @@ the learning curve, the slot sweep and the co-activation heatmap, with their plo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,10 +13,12 @@ from moefast._core import SubsetTable
 from moefast._util.atomic import write_text
 from moefast.evaluate.comparison import METHOD_LABELS, Comparison
 from moefast.evaluate.learning_curve import LearningCurve
+from moefast.evaluate.serving import settings_rows
 from moefast.report.plots import (
     plot_coactivation,
     plot_layer_costs,
     plot_learning_curve,
+    plot_serving,
     plot_slot_sweep,
 )
 from moefast.report.text_tables import comparison_rows, markdown_table
@@ -53,9 +57,13 @@ def write_report(
     sweep: tuple[Sweep, str] | None,
     num_gpus: int,
     curve: LearningCurve | None = None,
+    serving: Mapping[str, Any] | None = None,
+    chosen_slots: int | None = None,
 ) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; returns the Markdown file.
-    ``sweep`` is the slot sweep with a note saying on which tokens it was scored."""
+    ``sweep`` is the slot sweep with a note saying on which tokens it was scored (the
+    plot marks ``chosen_slots``); ``serving`` is a plan's ``settings["serving"]``: every
+    candidate's step time against the batch size, as a table and a plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table, layer_id = heatmap
     plot_coactivation(table, layer_id, out_dir / "coactivation.png")
@@ -84,18 +92,37 @@ def write_report(
         "![expected cost per layer](layer_costs.png)",
         "",
     ]
+    if serving is not None:
+        plot_serving(serving, out_dir / "serving.png")
+        lines += [
+            f"## Step time on the serving profile ({serving['basis']})",
+            "",
+            f"Simulated step time per candidate in us, summed over layers, {serving['note']};"
+            f" {serving['dispatch']}; {serving['cost_model']}; * recommended.",
+            "",
+            markdown_table(*settings_rows(serving)),
+            "",
+            *(f"- {line}" for line in serving["warnings"]),
+            f"**{serving['headline']}**",
+            "",
+            "![step time against the batch size](serving.png)",
+            "",
+        ]
     if curve is not None:
         plot_learning_curve(curve, out_dir / "learning_curve.png")
         lines += _curve_section(curve)
     if sweep is not None:
         (slots, costs, bound), note = sweep
         basis = note.split(":")[0]
-        plot_slot_sweep(slots, costs, bound, num_gpus, out_dir / "slot_sweep.png", basis)
+        plot_slot_sweep(
+            slots, costs, bound, num_gpus, out_dir / "slot_sweep.png", basis, chosen_slots
+        )
         lines += [
             f"## Expected cost against slots per GPU ({basis})",
             "",
             "Mean over layers, from one copy of every expert to every GPU holding all of them;"
-            f" {note}.",
+            f" {note}."
+            + ("" if chosen_slots is None else f" The plan's {chosen_slots} slots are marked."),
             "",
             "![expected cost against slots per GPU](slot_sweep.png)",
             "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison
+from moefast.trace import SYNTHETIC_MARK
 
 
 def comparison_title(comparison: Comparison, num_gpus: int, slots_per_gpu: int) -> str:
@@ -11,6 +12,8 @@ def comparison_title(comparison: Comparison, num_gpus: int, slots_per_gpu: int) 
         f"{comparison.basis} expected cost per layer (expert rounds per token),"
         f" {num_gpus} GPUs x {slots_per_gpu} slots"
     )
+    if comparison.synthetic:
+        text = f"[{SYNTHETIC_MARK}] {text}"
     return text + (f"; {comparison.note}:" if comparison.note else ":")
 
 
