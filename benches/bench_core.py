@@ -2,12 +2,18 @@
 
 RAYON_NUM_THREADS=1 pytest benches/bench_core.py   # the one-core figures
 pytest benches/bench_core.py                        # both cores
+MOEFAST_REFERENCE=/path/to/old/python pytest benches/bench_core.py -s -k one_core
+                                                    # and an older build, same run
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import moefast as mf
 import numpy as np
@@ -85,3 +91,77 @@ def test_from_topk_1m_by_8(benchmark):
     )
     assert ratio >= 5
     assert fast <= 0.5
+
+
+#: Times `subset_costs` on one thread in a fresh process: the median over 31 calls of the
+#: process's CPU time (on a shared machine the wall time also counts others' turns).
+ONE_CORE_SCRIPT = """
+import json, sys, time, numpy as np, moefast as mf
+case = np.load(sys.argv[1])
+table = mf.SubsetTable.from_subsets(case["subsets"], case["weights"], num_experts=64)
+placement = mf.Placement(case["replicas"])
+times = []
+for _ in range(31):
+    start = time.process_time()
+    costs = mf.subset_costs(table, placement)
+    times.append(time.process_time() - start)
+print(json.dumps({"seconds": float(np.median(times)), "costs": costs.tolist()}))
+"""
+
+#: The exact cost's target on one core, in nanoseconds per subset.
+TARGET_NS_PER_SUBSET = 20.0
+
+
+def one_core_seconds(case: Path, folder: str | None = None) -> dict:
+    """`ONE_CORE_SCRIPT` under RAYON_NUM_THREADS=1, with `folder` (an older build of the
+    package) first on the path if given."""
+    env = {**os.environ, "RAYON_NUM_THREADS": "1"}
+    if folder:
+        env["PYTHONPATH"] = folder
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_CORE_SCRIPT, str(case)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_subset_costs_one_core(benchmark, tmp_path):
+    """64 experts, top-6, on the greedy's 8 GPUs x 9 slots (up to two replicas): the
+    exact cost on one thread against the plain reference (and MOEFAST_REFERENCE's build)."""
+    table = mf.SubsetTable.from_topk(skewed_topk(200_000, 64, 6), num_experts=64)
+    placement = mf.optimize(table, 8, 9)
+    replicas = placement.replicas
+    case = tmp_path / "case.npz"
+    np.savez(case, subsets=table.subsets, weights=table.weights, replicas=replicas)
+    costs = benchmark(mf.subset_costs, table, placement)
+
+    now = one_core_seconds(case)
+    older = os.environ.get("MOEFAST_REFERENCE")
+    before = one_core_seconds(case, older) if older else None
+    sample = table.subsets[:: len(table) // 300][:300].tolist()
+    ref_seconds = median_seconds(lambda: [reference_cost(s, replicas) for s in sample], repeat=3)
+    assert costs[:: len(table) // 300][:300].tolist() == [
+        reference_cost(s, replicas) for s in sample
+    ]
+    assert now["costs"] == costs.tolist()
+
+    ns = now["seconds"] / len(table) * 1e9
+    ref_ns = ref_seconds / len(sample) * 1e9
+    print(
+        f"\nsubset_costs E=64 k=6, greedy placement on 8 GPUs x 9 slots, {len(table):,} subsets:"
+        f" one thread {now['seconds'] * 1e3:.2f} ms CPU ({ns:.1f} ns/subset);"
+        f" {THREADS} threads {benchmark.stats.stats.median * 1e3:.2f} ms wall;"
+        f" pure-Python reference {ref_ns / 1e3:.0f} us/subset, {ref_ns / ns:,.0f}x faster;"
+        f" load {os.getloadavg()[0]:.1f}"
+    )
+    if before is not None:
+        assert before["costs"] == costs.tolist()
+        before_ns = before["seconds"] / len(table) * 1e9
+        print(f"  reference build, same run: {before_ns:.1f} ns/subset ({before_ns / ns:.2f}x)")
+    print(
+        f"TARGET exact cost per subset, one thread: measured {ns:.1f} ns,"
+        f" target <= {TARGET_NS_PER_SUBSET:g} ns, ratio {ns / TARGET_NS_PER_SUBSET:.2f}"
+    )
