@@ -276,6 +276,12 @@ def test_simulate_prints_every_placement_and_plots(tmp_path, capsys):
     for name in ("greedy", "contiguous", "EPLB", "batch-aware (B=4)"):
         assert sum(line.strip().startswith(name) for line in out.splitlines()) == 2, name
     assert (tmp_path / "sim" / "throughput_latency.png").stat().st_size > 10_000
+    assert "SYNTHETIC" not in out
+    # The same from a synthetic trace: the header line says so.
+    moefast.synthetic_trace(300, 32, 4, 2, seed=0).save(small)
+    assert main([*args[:-4], "--batch-aware", "0", "--out", str(tmp_path / "sim")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("[SYNTHETIC routing (moefast synth), not a recorded trace] ")
 
 
 def test_simulate_refuses_infeasible_memory(capsys):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from moefast.cli import main
 from moefast.io.engines import load_placement
+from moefast.trace import Trace
 
 
 def test_plan_prints_the_profile_and_names_every_regime(tmp_path, capsys):
@@ -63,6 +69,44 @@ def test_plan_shows_progress_on_a_pipe_unless_quiet(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "p.json")]) == 0
     err = capsys.readouterr().err  # stderr is not a terminal here: one line per layer
-    assert "planning layers: 1/2" in err and "planning layers: 2/2" in err
+    lines = err.splitlines()
+    assert lines[:3] == [
+        f"moefast plan: reading {trace}",
+        "planning 2 layers of 600 tokens on 4 GPUs x 5 slots",
+        "planning layers: 0/2",
+    ]
+    assert "planning layers: 1/2" in lines and "planning layers: 2/2" in lines
+    # The candidates of the serving profile, one line each (five without batch-aware ones).
+    scoring = [line for line in lines if line.startswith("scoring the candidates")]
+    assert scoring == [f"scoring the candidates on the serving profile: {i}/5" for i in range(6)]
     assert main([*args, "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
-    assert "planning layers" not in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="select on a pipe")
+def test_a_long_plan_shows_progress_on_a_pipe_within_two_seconds(tmp_path):
+    # Uniform routing of 64 experts, top-8: every token a new subset, seconds per layer.
+    rng = np.random.default_rng(0)
+    topk = rng.random((40_000, 4, 64), dtype=np.float32).argsort(axis=2)[:, :, :8]
+    trace = tmp_path / "big.npz"
+    Trace(topk, 64).save(trace)
+    command = [sys.executable, "-m", "moefast.cli", "plan", str(trace), "--gpus", "8"]
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        [*command, "--slots", "10", "--format", "json", "--out", str(tmp_path / "p.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 10.0)
+        first = proc.stderr.readline() if ready else ""
+        waited = time.perf_counter() - began
+        running = proc.poll() is None
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert first.startswith("moefast plan: reading"), first
+    assert waited < 2.0, f"the first progress line came after {waited:.1f} s"
+    assert running  # shown while the plan runs, not flushed at its end

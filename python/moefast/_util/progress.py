@@ -18,9 +18,17 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "") ->
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
+def stage(text: str, shown: bool) -> None:
+    """One line on stderr saying what long work starts (``shown``: the caller asked for
+    progress), on a terminal and in pipes alike: the first sign of life comes at once."""
+    if shown:
+        print(text, file=sys.stderr, flush=True)
+
+
 def steps(iterable: Iterable[T], total: int, desc: str, shown: bool) -> Iterable[T]:
     """Progress of long work the caller asked to see (``shown``): a tqdm bar on a terminal,
-    one line per item on stderr otherwise (logs and pipes); nothing when not ``shown``."""
+    one line per item on stderr otherwise (logs and pipes), after a first line of 0 done
+    when the work starts; nothing when not ``shown``."""
     if not shown:
         yield from iterable
         return
@@ -29,6 +37,7 @@ def steps(iterable: Iterable[T], total: int, desc: str, shown: bool) -> Iterable
 
         yield from tqdm(iterable, total=total, desc=desc, leave=False)
         return
+    print(f"{desc}: 0/{total}", file=sys.stderr, flush=True)
     for done, item in enumerate(iterable, 1):
         yield item
         print(f"{desc}: {done}/{total}", file=sys.stderr, flush=True)

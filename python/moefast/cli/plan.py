@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from moefast._util.atomic import check_folder, check_not_input, check_writable
+from moefast._util.progress import stage
 from moefast.cli.options import (
     at_least,
     cost_model_and_source,
@@ -132,6 +133,8 @@ def cmd_plan(args) -> int:
         )
     if is_load_file(args.trace):
         return plan_loads_cli(args, layout)
+    # At once, before a large trace is read: a pipe sees the run is alive.
+    stage(f"moefast plan: reading {', '.join(args.trace)}", not args.quiet)
     if is_streaming(args):
         if args.layers_are_positions:
             raise ValueError(
@@ -249,7 +252,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--quiet",
         action="store_true",
-        help="no progress on stderr (default: a bar on a terminal, a line per layer otherwise)",
+        help="no progress on stderr (default: a line as each stage starts, then a bar on a"
+        " terminal, a line per layer or candidate otherwise)",
     )
     p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
     p.add_argument(

@@ -80,7 +80,9 @@ def cmd_simulate(args) -> int:
     plot = plot_throughput_latency(
         results,
         out / "throughput_latency.png",
-        title=f"{mark}Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots",
+        # The mark on a line of its own: one long line would be cut at the figure's edge.
+        title=f"{mark.strip()}\n" * trace.synthetic
+        + f"Decode throughput vs latency, {args.gpus} GPUs x {args.slots} slots",
     )
     print(f"plot: {plot}")
     return 0

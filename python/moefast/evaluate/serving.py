@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from moefast._core import Placement, SubsetTable, expected_cost
+from moefast._util.progress import steps as shown_steps
 from moefast.batch.cost_model import CostModel
 from moefast.batch.times import Routing, simulate
 from moefast.trace import SYNTHETIC_MARK
@@ -186,14 +187,19 @@ def score_candidates(
     cost_model_note: str = "",
     seed: int = 0,
     steps: int = 256,
+    progress: bool = False,
 ) -> ServingScores:
     """Every candidate (one placement per layer) simulated on ``routing`` (a trace: the same
     tokens in every layer; or one table per layer) at each batch size, and its expected
-    rounds on ``tables`` (one per layer)."""
+    rounds on ``tables`` (one per layer); ``progress`` shows the candidates scored on
+    stderr."""
     sizes = tuple(int(b) for b in batch_sizes)
     step_times: dict[str, dict[int, float]] = {}
     rounds: dict[str, np.ndarray] = {}
-    for name, placements in candidates.items():
+    named = candidates.items()
+    for name, placements in shown_steps(
+        named, len(named), "scoring the candidates on the serving profile", progress
+    ):
         results = simulate(routing, list(placements), sizes, cost_model, seed=seed, steps=steps)
         step_times[name] = {int(r["batch_size"]): float(r["mean_step_time"]) for r in results}
         rounds[name] = np.array(

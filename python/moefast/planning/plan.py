@@ -17,7 +17,7 @@ import numpy as np
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_non_negative, check_number
-from moefast._util.progress import steps
+from moefast._util.progress import stage, steps
 from moefast.batch.cost_model import CostModel, check_cost_model
 from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison, compare_methods
 from moefast.evaluate.heldout import (
@@ -157,10 +157,12 @@ def plan_layers(
     progress: bool = False,
     time_budget: float | None = None,
     work_budget: int | None = None,
+    desc: str = "planning layers",
     **optimize_options: Any,
 ) -> list[Placement]:
     """One placement per table, planned on the table the estimator makes of it
-    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model).
+    (``optimize_options``: `optimize`'s time_limit, objective, batch_size, cost_model);
+    ``progress`` shows the layers done, named ``desc``.
     `time_budget` (seconds, for all the layers) gives each layer, when it starts, its share
     of the time left; `work_budget` (rows read, for all the layers) an equal share."""
     time_budget, work_budget = check_budgets(time_budget, work_budget)
@@ -191,7 +193,7 @@ def plan_layers(
         futures = [pool.submit(plan_layer, table) for table in tables]
         try:
             results = (f.result() for f in futures)
-            return list(steps(results, len(tables), "planning layers", progress))
+            return list(steps(results, len(tables), desc, progress))
         except KeyboardInterrupt:
             _stop(futures)
             raise
@@ -330,6 +332,12 @@ def plan(
         raise ValueError("time_budget is not supported with an executor: use work_budget")
     if progress is None:
         progress = sys.stderr.isatty()
+    if trace is not None:
+        stage(
+            f"planning {trace.num_layers} layers of {trace.num_tokens} tokens on"
+            f" {num_gpus} GPUs x {slots_per_gpu} slots",
+            progress,
+        )
     if current is not None:
         check_replan_options(topology, copy_cost, objective)
         check_move_limits(max_moves, None)
@@ -486,8 +494,6 @@ def plan(
     serving = None
     if profile is not None:
         assert serve_model is not None  # _profile_checks gives one
-        if progress:
-            print("scoring the candidates on the serving profile", file=sys.stderr, flush=True)
         serving = _serve(
             profile,
             serve_model,
@@ -503,6 +509,7 @@ def plan(
             chosen,
             seed,
             options,
+            progress,
         )
     interval = comparison.gain_interval
     settings: dict[str, object] = {
@@ -660,15 +667,27 @@ def _serve(
     chosen: Estimator,
     seed: int,
     options: dict[str, Any],
+    progress: bool = False,
 ) -> tuple[ServingScores, dict[str, list[Placement]]]:
     """Every candidate of the profile, planned on ``plan_tables`` and scored on the tokens
-    ``comparison`` was scored on."""
+    ``comparison`` was scored on (``progress``: the layers of each batch-aware search and
+    the candidates scored, on stderr)."""
 
     def plan_batch(b: int) -> list[Placement]:
         batch = {**options, "objective": "batch", "batch_size": b, "cost_model": cost_model}
         if profile.max_evaluations is not None:
             batch["max_evaluations"] = profile.max_evaluations
-        return plan_layers(plan_tables, num_gpus, slots_per_gpu, "greedy", chosen, seed, **batch)
+        return plan_layers(
+            plan_tables,
+            num_gpus,
+            slots_per_gpu,
+            "greedy",
+            chosen,
+            seed,
+            progress,
+            desc=f"batch-aware search, B = {b}",
+            **batch,
+        )
 
     main = comparison.main_label or METHOD_LABELS.get(
         comparison.main_method, comparison.main_method
@@ -695,6 +714,7 @@ def _serve(
         comparison.basis,
         comparison.note,
         seed,
+        progress,
     )
     return scores, placed
 

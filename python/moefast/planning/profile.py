@@ -153,8 +153,10 @@ def choose(
     basis: str,
     note: str,
     seed: int,
+    progress: bool = False,
 ) -> ServingScores:
-    """The candidates scored on the profile (`score_candidates`)."""
+    """The candidates scored on the profile (`score_candidates`; ``progress``: one step per
+    candidate on stderr)."""
     return score_candidates(
         routing,
         score_tables,
@@ -167,4 +169,5 @@ def choose(
         cost_model_note=cost_model_note,
         seed=seed,
         steps=profile.steps,
+        progress=progress,
     )
