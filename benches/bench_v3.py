@@ -12,6 +12,14 @@ then timed on the same trace in the same run (in a subprocess, before the curren
 the ratio printed (the current `plan` also places and scores the baselines, which the older
 one did not). The machine is shared: times are quoted with the load average and the
 CPU seconds of the process, which others' load does not inflate.
+
+The whole-model plan also runs on two more families (`-k plan` runs all three):
+"weak-topics" (`weak_topics_v3_topk`: topics boost 8 experts by 2 instead of 16 by 4) and
+"sglang-loads" (`loaded_v3_model`: each layer follows the per-expert load SGLang published
+for DeepSeek-V3 decode, `decode_in1000out1000.json` in ../shared/data, with co-activation
+drawn around it; skipped when the data is absent). Their quality references are the
+greedy's per-layer costs recorded in `v3_families_reference.json`;
+MOEFAST_RECORD=1 rewrites a family's entry from the current build instead of checking it.
 """
 
 from __future__ import annotations
@@ -27,10 +35,13 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.io.synthetic import synthetic_topk
-from support.workloads import distinct_v3_model
+from support.shared_data import DEEPSEEK_DECODE_LOAD
+from support.workloads import distinct_v3_model, loaded_v3_model, weak_topics_v3_topk
 
 LAYERS, EXPERTS, K, TOKENS, GPUS, SLOTS = 58, 256, 8, 200_000, 32, 9
 REFERENCE = json.loads((Path(__file__).parent / "distinct_v3_reference.json").read_text())
+FAMILIES_FILE = Path(__file__).parent / "v3_families_reference.json"
+FAMILIES = json.loads(FAMILIES_FILE.read_text()) if FAMILIES_FILE.exists() else {}
 #: Each layer's cost may exceed the reference by this share at most.
 QUALITY_SLACK = 0.005
 
@@ -41,6 +52,14 @@ def trace() -> mf.Trace:
     distinct = len(mf.SubsetTable.from_topk(trace.topk[:, 0, :], EXPERTS))
     assert distinct >= 0.95 * TOKENS
     return trace
+
+
+def family_trace(name: str) -> mf.Trace:
+    if name == "weak-topics":
+        return distinct_v3_model(LAYERS, TOKENS, draw=weak_topics_v3_topk)
+    if not DEEPSEEK_DECODE_LOAD.exists():
+        pytest.skip("the DeepSeek-V3 SGLang statistics are absent (../shared/data)")
+    return loaded_v3_model(mf.load_expert_load(DEEPSEEK_DECODE_LOAD), TOKENS)
 
 
 #: The V3-scale targets, in seconds of wall time on the project's 2-core machine.
@@ -120,6 +139,49 @@ def test_decode_plan(benchmark, trace, tmp_path):
     assert (ratio <= 1 + QUALITY_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + QUALITY_SLACK)}"
     assert all(p.slots_used.tolist() == [SLOTS] * GPUS for p in model)
     benchmark.extra_info.update(cpu_seconds=cpu, load=load, worst_ratio=float(ratio.max()))
+
+
+@pytest.mark.parametrize("name", ["weak-topics", "sglang-loads"])
+def test_decode_plan_families(name, tmp_path):
+    """The whole-model plan on the other workload families, against the greedy's costs
+    recorded in `v3_families_reference.json` (and MOEFAST_REFERENCE's build)."""
+    trace = family_trace(name)
+    ref = reference_plan(trace.topk, tmp_path)
+    model, wall, cpu, load = timed(mf.plan, trace, GPUS, SLOTS, progress=False, holdout=0)
+    costs = np.asarray(model.layer_costs)
+    print(
+        f"\nplan, family {name}, {LAYERS} layers x {TOKENS:,} tokens, {GPUS} GPUs x {SLOTS} slots:"
+        f" {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
+        f" model {costs.sum():.3f} rounds per token"
+    )
+    if os.environ.get("MOEFAST_RECORD"):
+        FAMILIES[name] = {
+            "what": f"per-layer expected cost of moefast.plan(trace, {GPUS}, {SLOTS},"
+            f" holdout=0) on benches/bench_v3.py family {name!r} (full tables)",
+            "commit": os.environ["MOEFAST_RECORD"],
+            "cpu_seconds": round(cpu, 1),
+            "wall_seconds": round(wall, 1),
+            "load_average": round(load, 1),
+            "layer_costs": [round(float(c), 6) for c in costs],
+        }
+        FAMILIES_FILE.write_text(json.dumps(FAMILIES, indent=1) + "\n")
+        return
+    recorded = np.asarray(FAMILIES[name]["layer_costs"])
+    ratio = costs / recorded
+    print(
+        f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
+        f" best {ratio.min():.4f}"
+    )
+    if ref is not None:
+        print(
+            f"  reference build, same run: {ref['wall']:.1f} s wall, {ref['cpu']:.1f} s CPU"
+            f" (load {ref['load']:.1f}): {ref['wall'] / wall:.2f}x wall,"
+            f" {ref['cpu'] / cpu:.2f}x CPU;"
+            f" its costs / recorded: worst {max(np.asarray(ref['costs']) / recorded):.4f}"
+        )
+    summary(f"{name} decode plan wall", wall, TARGET_PLAN_SECONDS, " s", cpu)
+    summary(f"{name} worst layer cost / reference", float(ratio.max()), 1 + QUALITY_SLACK, "")
+    assert (ratio <= 1 + QUALITY_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + QUALITY_SLACK)}"
 
 
 def test_time_budget_tenth(trace):

@@ -458,28 +458,6 @@ pub fn single_replica_gain(masks: &[u64], t: u32) -> Option<(u16, u64)> {
     Some((experts, union & !absorb))
 }
 
-/// With one replica per expert the cost is the largest number of experts on one GPU:
-/// counting is several times faster than the matching (the swaps of the start read
-/// millions of such rows).
-pub fn single_replica_cost(masks: &[u64]) -> Option<u32> {
-    // Experts on distinct GPUs (the common case) need no counting.
-    let union = masks.iter().fold(0u64, |a, &m| a | m);
-    if union.count_ones() as usize == masks.len() && masks.iter().all(|m| m.is_power_of_two()) {
-        return Some(u32::from(!masks.is_empty()));
-    }
-    let mut count = [0u8; 64];
-    let mut most = 0u8;
-    for &m in masks {
-        if !m.is_power_of_two() {
-            return None;
-        }
-        let c = &mut count[m.trailing_zeros() as usize];
-        *c += 1;
-        most = most.max(*c);
-    }
-    Some(most as u32)
-}
-
 /// Hall's formula (docs/algorithms.md#semi-matching): max over nonempty X of ceil(|X| / |N(X)|), by a 2^k loop.
 /// Slower than the matching: the tests' independent check.
 #[cfg(test)]
@@ -825,23 +803,6 @@ mod tests {
             cost_from_masks(&[0b011, 0b110, 0b101, 0b011, 0b110, 0b101]),
             2
         );
-    }
-
-    #[test]
-    fn single_replica_cost_is_the_matching_cost() {
-        for masks in [
-            &[1u64, 1, 2][..],
-            &[4, 8, 4, 4],
-            &[1, 3],
-            &[1 << 63, 1 << 63],
-        ] {
-            let fast = single_replica_cost(masks);
-            if masks.iter().all(|m| m.is_power_of_two()) {
-                assert_eq!(fast, Some(cost_from_masks(masks)));
-            } else {
-                assert_eq!(fast, None);
-            }
-        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! layout to score a move exactly before making it. `Placement` is the checked, frozen
 //! form the API returns.
 
-use crate::cost::matching::{cost_from_masks, single_replica_cost, RowScratch};
+use crate::cost::matching::{cost_from_masks, RowScratch};
 use crate::model::placement::{Placement, Replicas};
 use crate::util::error::Result;
 use crate::util::limits::MAX_K;
@@ -320,7 +320,7 @@ impl Layout {
         let mut masks = [0u64; MAX_K];
         let k = row.len();
         if self.row_masks(row, changes, scratch, &mut masks[..k]) {
-            single_replica_cost(&masks[..k]).unwrap_or_else(|| cost_from_masks(&masks[..k]))
+            cost_from_masks(&masks[..k])
         } else {
             let lists: Vec<Vec<u16>> = row.iter().map(|&e| self.gpus_after(e, changes)).collect();
             scratch.general_cost(k, |i| &lists[i])

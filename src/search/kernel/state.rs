@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::problem::Problem;
-use crate::cost::matching::{cost_from_masks, single_replica_cost, RowScratch};
+use crate::cost::matching::{cost_from_masks, RowScratch};
 use crate::model::layout::{Change, Layout, Move};
 use crate::model::placement::Replicas;
 use crate::util::limits::MAX_K;
@@ -219,8 +219,6 @@ impl<'p> State<'p> {
             let earlier = &overlay[..n];
             'rows: for ((&r, row), &w) in rows.iter().zip(subsets.chunks_exact(k)).zip(weights) {
                 let out = &mut row_masks[..k];
-                let mut union = 0u64;
-                let mut single = true;
                 for (o, &e) in out.iter_mut().zip(row) {
                     // A row of several changed experts is counted with the first of them.
                     if earlier.iter().any(|c| c.0 == e) {
@@ -232,15 +230,9 @@ impl<'p> State<'p> {
                             m = (m & keep) | add;
                         }
                     }
-                    union |= m;
-                    single &= m.is_power_of_two();
                     *o = m;
                 }
-                let c = if single && union.count_ones() as usize == k {
-                    1
-                } else {
-                    single_replica_cost(out).unwrap_or_else(|| cost_from_masks(out))
-                };
+                let c = cost_from_masks(out);
                 delta += (c as i64 - self.costs[r as usize] as i64) * w;
             }
         }
