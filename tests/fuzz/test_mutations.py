@@ -121,7 +121,10 @@ def fuzz(
                     except Exception as exc:
                         code = f"{type(exc).__name__}: {exc}"[:300]
                 text = err.getvalue().strip()
-                if code not in (0, 2) or (code == 2 and "\n" in text):
+                # Progress lines may come first; the error is one line, and no traceback.
+                errors = [line for line in text.splitlines() if ": error: " in line]
+                bad_error = len(errors) != 1 or "Traceback" in text
+                if code not in (0, 2) or (code == 2 and bad_error):
                     findings.append((kind, data[:200], f"CLI {code}: {text[:300]}"))
     assert not findings, findings[:5]
 
