@@ -12,20 +12,15 @@ import moefast
 
 PACKAGE = Path(moefast.__file__).parent
 
-#: The one documented facade that imports upward: ModelPlacement.save/load call the
-#: engine formats, which read and write ModelPlacement.
-FACADES = {("moefast.placement", "moefast.io.engines")}
-
 
 def _graph() -> dict[str, set[str]]:
-    graph = grimp.build_graph(
-        "moefast", include_external_packages=False, exclude_type_checking_imports=True
-    )
+    # Every import counts: those inside functions and those for type checking only.
+    graph = grimp.build_graph("moefast", include_external_packages=False)
     edges: dict[str, set[str]] = {}
     for module in graph.modules:
         targets = graph.find_modules_directly_imported_by(module)
         # The compiled core has no source: its imports appear as imports of the root.
-        edges[module] = {t for t in targets if t != "moefast" and (module, t) not in FACADES}
+        edges[module] = {t for t in targets if t != "moefast"}
     return edges
 
 

@@ -28,16 +28,12 @@ across). For batches (`objective="batch"`), a copy costs `copy_cost` x `round_us
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 import moefast._core as _core
 from moefast._core import Placement
 from moefast._util.checks import check_count, check_non_negative, check_placement, check_positive
-
-if TYPE_CHECKING:
-    from moefast.topology.times import Topology
 
 #: Time of one expert round in decode (us): a DeepSeek-V3 expert's weight read on an H100
 #: (docs/cost-model.md, alpha of 7168x2048). The default of `price_per_copy` and of every
@@ -205,22 +201,3 @@ def check_move_limits(
             " copy has one price"
         )
     return max_moves, price.in_node
-
-
-def check_replan_options(
-    topology: Topology | None,
-    copy_cost: float | CopyPrice | None,
-    objective: str,
-) -> None:
-    """Re-planning with a topology walks the decode time, or the batch step time
-    (`objective`), with communication under a move budget and a copy price (`copy_cost`,
-    a float or, for decode, a `CopyPrice` by link); without one a copy has one price."""
-    price = check_copy_cost(copy_cost)
-    if topology is None:
-        check_move_limits(None, price)
-        return
-    if objective != "decode" and price.in_node != price.across_nodes:
-        raise ValueError(
-            "a CopyPrice by link (in_node != across_nodes) is for the decode node-aware"
-            " re-plan: with objective='batch' a copy has one price (a float copy_cost)"
-        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,13 @@ from moefast.trace import Trace
 
 if TYPE_CHECKING:
     from moefast.evaluate.comparison import Comparison
+
+
+#: The engine formats' writer and reader behind `ModelPlacement.save` and `.load`
+#: (`moefast.io.engines.save_placement`, `load_placement`). They sit in the io layer, above
+#: this one, since they read and write ModelPlacement; `moefast.io.engines` puts them here
+#: when it is imported, which `import moefast` does.
+ENGINE_FILES: dict[str, Callable[..., Any]] = {}
 
 
 @dataclass
@@ -221,14 +228,11 @@ class ModelPlacement:
         """Write this placement for an engine and return the engine settings the file needs:
         see `moefast.io.engines.save_placement` (``model`` is a `moefast.io.layouts` preset
         name)."""
-        from moefast.io.engines import save_placement
-
-        return save_placement(self, path, format, model, num_layers, moe_layers, mtp)
+        return ENGINE_FILES["save"](self, path, format, model, num_layers, moe_layers, mtp)
 
     def filled(self, expert_load: np.ndarray) -> ModelPlacement:
         """A copy whose GPUs with free slots get replicas of the experts of highest load per
         replica (float [layers, E]), never two replicas of one expert on a GPU."""
-
         load = np.asarray(expert_load, dtype=np.float64)
         if load.shape != (len(self), self.num_experts):
             raise ValueError(
@@ -257,6 +261,4 @@ class ModelPlacement:
     @classmethod
     def load(cls, path, format: str | None = None, **options: Any) -> ModelPlacement:
         """Read a placement file: see `moefast.io.engines.load_placement`."""
-        from moefast.io.engines import load_placement
-
-        return load_placement(path, format, **options)
+        return ENGINE_FILES["load"](path, format, **options)

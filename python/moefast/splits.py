@@ -8,14 +8,22 @@ consecutive tokens where a trace has too few requests to resample.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from moefast._util.checks import check_int, check_number
 
-if TYPE_CHECKING:
-    from moefast.trace import Trace
+
+class Trace(Protocol):
+    """What a split reads of a `moefast.Trace`: its token count and request ids."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    @property
+    def request_ids(self) -> np.ndarray | None: ...
+
 
 SPLIT_BY = ("time", "request")
 

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import moefast
 import numpy as np
 from matplotlib.container import BarContainer
-from moefast.evaluate.comparison import compare_methods
+from moefast.evaluate.methods import compare_methods
 from moefast.evaluate.serving import ServingScores
 from moefast.evaluate.slot_sweep import slot_sweep
 from moefast.report import report

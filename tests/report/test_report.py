@@ -8,8 +8,8 @@ import moefast
 import numpy as np
 import pytest
 from moefast.evaluate.coactivation import coactivation, top_pairs
-from moefast.evaluate.comparison import compare_methods
 from moefast.evaluate.learning_curve import LearningCurve
+from moefast.evaluate.methods import compare_methods
 from moefast.evaluate.slot_sweep import default_slots
 from moefast.report import report
 from moefast.report.text_tables import comparison_rows, markdown_table

@@ -19,7 +19,7 @@ from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_non_negative, check_number
 from moefast._util.progress import stage, steps
 from moefast.batch.cost_model import CostModel, check_cost_model
-from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison, compare_methods
+from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison
 from moefast.evaluate.heldout import (
     MIN_HOLDOUT_TOKENS,
     Split,
@@ -27,6 +27,7 @@ from moefast.evaluate.heldout import (
     choose_split,
     score_methods,
 )
+from moefast.evaluate.methods import compare_methods
 from moefast.evaluate.selection import Estimator, select_estimator
 from moefast.evaluate.serving import ROUNDS_REGIME, ServingScores
 from moefast.io.engines.slots import gpu_slots, kept_slots
@@ -37,7 +38,6 @@ from moefast.moves import (
     CopyPrice,
     check_current,
     check_move_limits,
-    check_replan_options,
 )
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import optimize_layers, stream_split_tables, tables_from_files
@@ -46,6 +46,7 @@ from moefast.planning.profile import ServingProfile, candidates, choose
 from moefast.planning.replan import held_out_gain, replan_layers, replan_summary
 from moefast.search.methods import check_budgets, check_memory, optimize
 from moefast.search.node_plan import compare_times, node_aware_batch, node_aware_decode
+from moefast.search.replan import check_replan_options
 from moefast.topology.groups import check as check_topology
 from moefast.topology.times import Topology
 from moefast.trace import PathLike, Trace

@@ -23,10 +23,10 @@ from moefast.moves import (
     check_copy_cost,
     check_current,
     check_full,
-    check_replan_options,
 )
 from moefast.planning.executors import replan_on
 from moefast.planning.layer import replan_layer
+from moefast.search.replan import check_replan_options
 from moefast.topology.times import expected_time, sample_batch_time
 
 if TYPE_CHECKING:

@@ -25,7 +25,6 @@ from moefast.moves import (
     check_copy_cost,
     check_current,
     check_move_limits,
-    check_replan_options,
 )
 from moefast.search.batch import fastest_placement, optimize_batch
 from moefast.search.milp import milp_placement
@@ -35,7 +34,7 @@ from moefast.search.node_plan import (
     replan_node_aware,
     replan_node_aware_batch,
 )
-from moefast.search.replan import replan, replan_for_batches
+from moefast.search.replan import check_replan_options, replan, replan_for_batches
 from moefast.topology.groups import check
 from moefast.topology.times import Topology
 

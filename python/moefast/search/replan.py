@@ -4,17 +4,23 @@ toward a batch plan.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_placement
+from moefast.batch.cost_model import CostModel
 from moefast.batch.times import mean_step_time
-from moefast.moves import ROUND_US, Replan, check_current, check_move_limits, copies, relabel
+from moefast.moves import (
+    ROUND_US,
+    CopyPrice,
+    Replan,
+    check_copy_cost,
+    check_current,
+    check_move_limits,
+    copies,
+    relabel,
+)
 from moefast.search.batch import optimize_batch
-
-if TYPE_CHECKING:
-    from moefast.batch.cost_model import CostModel
+from moefast.topology.times import Topology
 
 
 def replan(
@@ -110,3 +116,22 @@ def replan_for_batches(
         full_copies=moved[2],
         full_cost=times[2],
     )
+
+
+def check_replan_options(
+    topology: Topology | None,
+    copy_cost: float | CopyPrice | None,
+    objective: str,
+) -> None:
+    """Re-planning with a topology walks the decode time, or the batch step time
+    (`objective`), with communication under a move budget and a copy price (`copy_cost`,
+    a float or, for decode, a `CopyPrice` by link); without one a copy has one price."""
+    price = check_copy_cost(copy_cost)
+    if topology is None:
+        check_move_limits(None, price)
+        return
+    if objective != "decode" and price.in_node != price.across_nodes:
+        raise ValueError(
+            "a CopyPrice by link (in_node != across_nodes) is for the decode node-aware"
+            " re-plan: with objective='batch' a copy has one price (a float copy_cost)"
+        )

@@ -51,7 +51,7 @@ from moefast.io.engines.slots import (
 )
 from moefast.io.layouts import PRESETS, ModelLayout, model_layout
 from moefast.io.readers._loading import parse_json
-from moefast.placement import ModelPlacement
+from moefast.placement import ENGINE_FILES, ModelPlacement
 from moefast.trace import MAX_EXPERTS
 
 PLACEMENT_FORMATS = ("json", "sglang", "eplb", "trtllm", "vllm-ascend")
@@ -322,3 +322,6 @@ def load_placement(
             slots=None if m.slots is None else m.slots[keep],
         )
     return model_placement
+
+
+ENGINE_FILES.update(save=save_placement, load=load_placement)
