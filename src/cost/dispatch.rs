@@ -20,12 +20,11 @@
 use rayon::prelude::*;
 
 use super::batch::cost_model::{CostModel, ExpertTimes};
-use super::batch::simulate::{check_placements, Trace};
+use super::batch::simulate::{check_placements, check_steps, Trace};
 use crate::model::placement::Placement;
 use crate::model::table::SubsetTable;
 use crate::util::cancel;
 use crate::util::error::{MoeError, Result};
-use crate::util::limits::{MAX_BATCH, MAX_STEP_TIMES};
 use crate::util::rng::SplitMix64;
 
 /// Largest product of replica counts whose combinations are enumerated exactly.
@@ -254,20 +253,7 @@ pub fn simulate_dispatch(
             rules.len()
         )));
     }
-    if steps == 0 {
-        return Err(MoeError::value("steps must be at least 1"));
-    }
-    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
-        return Err(MoeError::value(format!(
-            "batch sizes must be in [1, {MAX_BATCH}], got {b}"
-        )));
-    }
-    if steps.saturating_mul(batch_sizes.len()) > MAX_STEP_TIMES {
-        return Err(MoeError::value(format!(
-            "{steps} steps x {} batch sizes is more than {MAX_STEP_TIMES} step times to keep",
-            batch_sizes.len()
-        )));
-    }
+    check_steps(batch_sizes, steps)?;
     let result = batch_sizes
         .iter()
         .enumerate()

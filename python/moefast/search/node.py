@@ -11,7 +11,12 @@ from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_count, check_non_negative, check_seed
 from moefast.batch.cost_model import CostModel
 from moefast.moves import ROUND_US, CopyPrice, check_copy_cost, check_current
-from moefast.topology.times import Topology, default_num_batches, walk_batches
+from moefast.topology.times import (
+    Topology,
+    batch_search_options,
+    default_num_batches,
+    walk_batches,
+)
 
 
 def place(
@@ -127,17 +132,15 @@ def place_batch(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = default_num_batches(batch_size)
-    options = _core.BatchSearchOptions(
+    options = batch_search_options(
         slots_per_gpu=check_count("slots_per_gpu", slots_per_gpu),
-        alpha=cost_model.alpha,
-        beta=cost_model.beta,
-        p=cost_model.p,
-        topology=topology.as_tuple(),
+        topology=topology,
+        cost_model=cost_model,
         batch_size=batch_size,
-        num_batches=check_count("num_batches", num_batches),
-        seed=check_seed("seed", seed),
-        max_evaluations=check_count("max_evaluations", max_evaluations, low=0),
-        num_groups=None if num_groups is None else check_count("num_groups", num_groups),
+        num_batches=num_batches,
+        seed=seed,
+        max_evaluations=max_evaluations,
+        num_groups=num_groups,
     )
     return _core.improve_batch_placement(table, starts, options)
 
@@ -186,17 +189,15 @@ def place_batch_walk(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = walk_batches(batch_size)
-    options = _core.BatchSearchOptions(
+    options = batch_search_options(
         slots_per_gpu=slots_per_gpu,
-        alpha=cost_model.alpha,
-        beta=cost_model.beta,
-        p=cost_model.p,
-        topology=topology.as_tuple(),
+        topology=topology,
+        cost_model=cost_model,
         batch_size=batch_size,
-        num_batches=check_count("num_batches", num_batches),
-        seed=check_seed("seed", seed),
-        max_evaluations=check_count("max_evaluations", max_evaluations, low=0),
-        num_groups=None if num_groups is None else check_count("num_groups", num_groups),
+        num_batches=num_batches,
+        seed=seed,
+        max_evaluations=max_evaluations,
+        num_groups=num_groups,
     )
     placement, mean, moved, path = _core.replan_batch_placement(
         table, current, options, max_moves, price, target

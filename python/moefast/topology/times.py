@@ -188,6 +188,33 @@ def walk_batches(batch_size: int) -> int:
     return 4 * default_num_batches(check_count("batch_size", batch_size))
 
 
+def batch_search_options(
+    *,
+    slots_per_gpu: int,
+    topology: Topology,
+    cost_model: CostModel,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    max_evaluations: int,
+    num_groups: int | None = None,
+) -> _core.BatchSearchOptions:
+    """The core's options of the batch searches with communication (`place_batch`, its
+    walk, `sample_batch_time`), with the counts and the seed checked."""
+    return _core.BatchSearchOptions(
+        slots_per_gpu=slots_per_gpu,
+        alpha=cost_model.alpha,
+        beta=cost_model.beta,
+        p=cost_model.p,
+        topology=topology.as_tuple(),
+        batch_size=batch_size,
+        num_batches=check_count("num_batches", num_batches),
+        seed=check_seed("seed", seed),
+        max_evaluations=check_count("max_evaluations", max_evaluations, low=0),
+        num_groups=None if num_groups is None else check_count("num_groups", num_groups),
+    )
+
+
 def sample_batch_time(
     table: SubsetTable,
     placement: Placement,
@@ -205,15 +232,13 @@ def sample_batch_time(
     batch_size = check_count("batch_size", batch_size)
     if num_batches is None:
         num_batches = default_num_batches(batch_size)
-    options = _core.BatchSearchOptions(
+    options = batch_search_options(
         slots_per_gpu=1,
-        alpha=cost_model.alpha,
-        beta=cost_model.beta,
-        p=cost_model.p,
-        topology=topology.as_tuple(),
+        topology=topology,
+        cost_model=cost_model,
         batch_size=batch_size,
-        num_batches=check_count("num_batches", num_batches),
-        seed=check_seed("seed", seed),
+        num_batches=num_batches,
+        seed=seed,
         max_evaluations=0,
     )
     _, mean = _core.improve_batch_placement(

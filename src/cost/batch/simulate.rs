@@ -175,20 +175,7 @@ pub fn simulate(
             placements.len()
         )));
     }
-    if steps == 0 {
-        return Err(MoeError::value("steps must be at least 1"));
-    }
-    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
-        return Err(MoeError::value(format!(
-            "batch sizes must be in [1, {MAX_BATCH}], got {b}"
-        )));
-    }
-    if steps.saturating_mul(batch_sizes.len()) > MAX_STEP_TIMES {
-        return Err(MoeError::value(format!(
-            "{steps} steps x {} batch sizes is more than {MAX_STEP_TIMES} step times to keep",
-            batch_sizes.len()
-        )));
-    }
+    check_steps(batch_sizes, steps)?;
     let result = batch_sizes
         .iter()
         .enumerate()
@@ -229,6 +216,26 @@ pub fn simulate(
         })
         .collect();
     Ok(result)
+}
+
+/// The batch sizes and the number of steps a simulation may take: at least one step, sizes
+/// in [1, MAX_BATCH], at most MAX_STEP_TIMES step times kept.
+pub(crate) fn check_steps(batch_sizes: &[usize], steps: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(MoeError::value("steps must be at least 1"));
+    }
+    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > MAX_BATCH) {
+        return Err(MoeError::value(format!(
+            "batch sizes must be in [1, {MAX_BATCH}], got {b}"
+        )));
+    }
+    if steps.saturating_mul(batch_sizes.len()) > MAX_STEP_TIMES {
+        return Err(MoeError::value(format!(
+            "{steps} steps x {} batch sizes is more than {MAX_STEP_TIMES} step times to keep",
+            batch_sizes.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
