@@ -220,3 +220,23 @@ def test_cli_prices_copies_with_a_topology(tmp_path, capsys):
         assert summary["copy_cost"] == float(price)
         copies_at[price] = sum(summary["copies"])
     assert copies_at["1000"] == 0 < copies_at["0.002"] <= copies_at["0"]
+
+
+def test_move_budget_fields_are_checked():
+    table = mf.synthetic_trace(400, num_experts=8, k=2, num_layers=2, seed=0).tables()
+    served = [mf.optimize(t, 2, 4) for t in table]
+    model = mf.ModelPlacement(served, slots_per_gpu=4)
+    for current in (served[0], served, model):
+        assert mf.MoveBudget(current, max_moves=2).current is current
+    assert mf.MoveBudget(served[0], copy_cost=CopyPrice(0.1, 0.2)).copy_cost == CopyPrice(0.1, 0.2)
+    for bad in (served[0].replicas, [], "placement.json", [served[0], None]):
+        with pytest.raises(TypeError, match=r"current must be a moefast\.Placement"):
+            mf.MoveBudget(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_moves must be at least 0"):
+        mf.MoveBudget(served[0], max_moves=-1)
+    with pytest.raises(TypeError, match="max_moves must be an int"):
+        mf.MoveBudget(served[0], max_moves=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="copy_cost must be finite and non-negative"):
+        mf.MoveBudget(served[0], copy_cost=-0.5)
+    with pytest.raises(TypeError, match=r"current must be a moefast\.Placement, got list"):
+        mf.optimize(table[0], 2, 4, moves=mf.MoveBudget(served))  # a model's, not a layer's

@@ -18,26 +18,37 @@ from moefast._core import (
 )
 from moefast.batch.cost_model import CostModel
 from moefast.batch.times import batch_time, simulate
+from moefast.evaluate.heldout import Evaluation
 from moefast.io.engines import load_placement
 from moefast.io.provenance import load_trace
 from moefast.io.readers import load_expert_load
 from moefast.io.recorder import RoutingRecorder
 from moefast.io.streaming import SubsetTableBuilder, convert, iter_trace
 from moefast.io.synthetic import synthetic_trace
+from moefast.moves import MoveBudget
 from moefast.placement import ModelPlacement
 from moefast.planning.plan import plan
+from moefast.planning.profile import ServingProfile
 from moefast.search.methods import METHODS, optimize
 from moefast.search.milp import NotProvenOptimalWarning
+from moefast.search.options import Budget, Objective
+from moefast.topology.cluster import Cluster
 from moefast.topology.times import Topology
 from moefast.trace import Trace
 
 __all__ = [
     "METHODS",
+    "Budget",
+    "Cluster",
     "CostModel",
+    "Evaluation",
     "ModelPlacement",
+    "MoveBudget",
     "NotProvenOptimalWarning",
+    "Objective",
     "Placement",
     "RoutingRecorder",
+    "ServingProfile",
     "SubsetTable",
     "SubsetTableBuilder",
     "Topology",

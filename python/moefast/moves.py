@@ -27,7 +27,9 @@ across). For batches (`objective="batch"`), a copy costs `copy_cost` x `round_us
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -115,6 +117,46 @@ class CopyPrice:
     def us(self, round_us: float) -> tuple[float, float]:
         """(in node, across nodes) in us per token: the prices times `round_us`."""
         return self.in_node * round_us, self.across_nodes * round_us
+
+
+class LayerPlacements(Protocol):
+    """A model's placements by layer (`moefast.ModelPlacement`, read here through this
+    Protocol: it is defined in a layer above)."""
+
+    placements: list[Placement]
+    layer_ids: list[int]
+
+
+@dataclass(frozen=True)
+class MoveBudget:
+    """Re-planning from the placement being served, ``current``: one layer's `Placement`
+    (`moefast.optimize`), or a model's (`moefast.plan`: a `ModelPlacement`, matched by layer
+    id, or one `Placement` per layer). At most ``max_moves`` copies per layer, and/or only
+    moves that gain more than ``copy_cost`` (expert rounds per token per copy, or a
+    `CopyPrice` by link with a topology) per copy; neither: the full re-plan, relabelled to
+    copy the fewest weights."""
+
+    current: Placement | LayerPlacements | Sequence[Placement]
+    max_moves: int | None = None
+    copy_cost: float | CopyPrice | None = None
+
+    def __post_init__(self) -> None:
+        current = self.current
+        layers = getattr(current, "placements", current)
+        one_layer = isinstance(current, Placement)
+        if not one_layer and (
+            isinstance(layers, (str, bytes))
+            or not isinstance(layers, Sequence)
+            or not layers
+            or not all(isinstance(p, Placement) for p in layers)
+        ):
+            raise TypeError(
+                "current must be a moefast.Placement (one layer), a ModelPlacement or a"
+                f" sequence of Placement (one per layer), got {type(current).__name__}"
+            )
+        if self.max_moves is not None:
+            object.__setattr__(self, "max_moves", check_count("max_moves", self.max_moves, low=0))
+        check_copy_cost(self.copy_cost)
 
 
 def check_copy_cost(copy_cost: float | CopyPrice | None) -> CopyPrice:

@@ -98,11 +98,11 @@ def test_layers_are_positions_keeps_request_ids(tmp_path, monkeypatch):
     trace.save(path)
     seen = []
 
-    def plan_trace(trace, *args, **kwargs):
+    def plan(trace, *args, **kwargs):
         seen.append(trace)
         raise ValueError("stop here")
 
-    monkeypatch.setattr("moefast.cli.output.plan_trace", plan_trace)
+    monkeypatch.setattr("moefast.cli.output.plan", plan)
     argv = ["plan", str(path), "--gpus", "2", "--slots", "4", "--moe-layers", "3-5"]
     assert main([*argv, "--layers-are-positions", "--out", str(tmp_path / "p.json")]) == 2
     assert seen[0].layer_ids == [3, 4]

@@ -377,3 +377,21 @@ def test_written_placement_says_held_out_or_in_sample(tmp_path):
     assert back.settings["cost_basis"] == "held-out"
     assert back.settings["cost_note"] == model.settings["cost_note"]
     np.testing.assert_allclose(back.layer_costs, model.layer_costs)
+
+
+def test_evaluation_fields_are_checked():
+    assert moefast.Evaluation().holdout == 0.2
+    assert (
+        moefast.Evaluation(holdout=None, split_by="time", estimator="auto", coverage=1).coverage
+        == 1.0
+    )
+    with pytest.raises(ValueError, match=r"holdout must be in \[0, 1\), got 1.5"):
+        moefast.Evaluation(holdout=1.5)
+    with pytest.raises(TypeError, match="holdout must be a number or None, got str"):
+        moefast.Evaluation(holdout="20%")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="split_by must be one of"):
+        moefast.Evaluation(split_by="layer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        moefast.Evaluation(estimator="smoothed")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2.0"):
+        moefast.Evaluation(coverage=2)

@@ -1,5 +1,7 @@
 """moefast.planning.plan: `plan` over every layer of a Trace or a sequence of SubsetTable."""
 
+import warnings
+
 import moefast as mf
 import numpy as np
 import pytest
@@ -125,3 +127,39 @@ def test_figures_of_a_synthetic_trace_say_so(trace):
     assert "synthetic" not in plain.settings and "synthetic" not in plain.settings["serving"]
     assert plain.evaluation is not None and mark not in plain.evaluation.headline()
     assert list(plain) == list(model)
+
+
+def test_old_keywords_plan_the_same_with_one_warning():
+    trace = synthetic_trace(num_tokens=600, num_experts=16, k=2, num_layers=2, seed=4)
+    served = mf.plan(trace, 4, 4, method="contiguous", evaluation=mf.Evaluation(holdout=0))
+    with pytest.warns(DeprecationWarning) as record:
+        before = mf.plan(
+            trace,
+            num_gpus=4,
+            slots_per_gpu=4,
+            holdout=0.25,
+            split_by="time",
+            coverage=0.95,
+            work_budget=3000,
+            current=served,
+            max_moves=3,
+        )
+    assert len(record) == 1 and record[0].filename == __file__
+    message = str(record[0].message)
+    for name in ("num_gpus", "holdout", "split_by", "coverage", "work_budget", "current"):
+        assert name in message, message
+    assert "evaluation=moefast.Evaluation(holdout=..., split_by=..., coverage=...)" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        after = mf.plan(
+            trace,
+            mf.Cluster(4, 4),
+            evaluation=mf.Evaluation(holdout=0.25, split_by="time", coverage=0.95),
+            budget=mf.Budget(work_budget=3000),
+            moves=mf.MoveBudget(served, max_moves=3),
+        )
+    assert before.placements == after.placements
+    assert before.settings == after.settings
+    with pytest.raises(ValueError, match=r"plan takes no objective\.num_batches"):
+        goal = mf.Objective("batch", 8, mf.CostModel(1, 1), num_batches=4)
+        mf.plan(trace, 4, 4, objective=goal)

@@ -52,7 +52,7 @@ def test_milp_refuses_large_instances():
 def test_milp_time_limit_warns_when_not_proven():
     table = skewed_table(3, 16, 4, tokens=3000)
     with pytest.warns(mf.NotProvenOptimalWarning, match="not proven optimal"):
-        placement = mf.optimize(table, 4, 5, method="milp", time_limit=0.5)
+        placement = mf.optimize(table, 4, 5, method="milp", budget=mf.Budget(time_limit=0.5))
     assert placement.slots_used.tolist() == [5] * 4
     assert placement.replicas.any(axis=1).all()
 
@@ -77,7 +77,7 @@ def test_milp_never_returns_worse_than_its_start():
         table.expert_load(),
     )
     with pytest.warns(mf.NotProvenOptimalWarning):
-        placement = mf.optimize(table, 4, 5, method="milp", time_limit=0.3)
+        placement = mf.optimize(table, 4, 5, method="milp", budget=mf.Budget(time_limit=0.3))
     result = solve_milp(table, 4, 5, time_limit=0.3, start=start)
     assert result.cost <= mf.expected_cost(table, start) + 1e-12
     assert result.bound <= result.cost
@@ -96,5 +96,5 @@ def test_milp_stopped_before_any_placement_returns_the_start():
     with pytest.raises(RuntimeError, match="no placement within the time limit"):
         solve_milp(table, 4, 5, time_limit=1e-6)
     with pytest.warns(mf.NotProvenOptimalWarning):
-        placement = mf.optimize(table, 4, 5, method="milp", time_limit=1e-6)
+        placement = mf.optimize(table, 4, 5, method="milp", budget=mf.Budget(time_limit=1e-6))
     assert mf.expected_cost(table, placement) <= mf.expected_cost(table, start) + 1e-12

@@ -42,9 +42,7 @@ def cmd_demo(args) -> int:
     )
     print_comparison(held_out, args.gpus, args.slots)
     # The placement written out is planned on all answers; its own figures are in-sample.
-    model = plan_trace(
-        trace, args.gpus, args.slots, args.method, args.coverage, args.seed, holdout=None
-    )
+    model = plan_trace(trace, args.gpus, args.slots, args.method, args.coverage, args.seed)
     assert model.evaluation is not None
     print(f"the placement written out is planned on all answers: {model.evaluation.headline()}")
     folds = fold_positions(trace, answers, "request", args.seed)

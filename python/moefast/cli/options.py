@@ -6,8 +6,61 @@ import argparse
 
 from moefast._util.checks import MAX_LAYERS
 from moefast.batch.cost_model import CostModel, preset_key, preset_source
+from moefast.evaluate.heldout import Evaluation
 from moefast.io.readers import TRACE_FORMATS
+from moefast.moves import ROUND_US, MoveBudget
+from moefast.placement import ModelPlacement
+from moefast.search.options import Budget, Objective
+from moefast.topology.cluster import Cluster
 from moefast.topology.times import Topology
+
+# The options of `moefast.plan`, each built here from its flags (one flag, one field).
+
+
+def cluster_from_args(args: argparse.Namespace, topology: Topology | None = None) -> Cluster:
+    """--gpus, --slots, --topology with --gpus-per-node (or ``topology``, built from them
+    already), --num-groups, --round-us."""
+    if topology is None:
+        topology = topology_from_args(args)
+    round_us = getattr(args, "round_us", None)
+    return Cluster(
+        args.gpus,
+        args.slots,
+        topology=topology,
+        num_groups=getattr(args, "num_groups", None),
+        round_us=ROUND_US if round_us is None else round_us,
+    )
+
+
+def objective_from_args(args: argparse.Namespace, cost_model: CostModel | None) -> Objective:
+    """--batch-size (none: decode) and the cost model of --alpha/--beta/--p/--preset/--gpu
+    (``cost_model``: None where no step is timed)."""
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is None:
+        return Objective(cost_model=cost_model)
+    return Objective("batch", batch_size, cost_model)
+
+
+def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
+    """--holdout, --split-by, --estimator, --coverage."""
+    return Evaluation(args.holdout, args.split_by, args.estimator, args.coverage)
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """--time-budget, --work-budget."""
+    return Budget(
+        time_budget=getattr(args, "time_budget", None),
+        work_budget=getattr(args, "work_budget", None),
+    )
+
+
+def moves_from_args(args: argparse.Namespace, current: ModelPlacement | None) -> MoveBudget | None:
+    """--current (read already: ``current``), --max-moves (a count, or a share of a layer's
+    slots), --copy-cost; None without --current."""
+    if current is None:
+        return None
+    max_moves = max_moves_for(getattr(args, "max_moves", None), args.gpus, args.slots)
+    return MoveBudget(current, max_moves, getattr(args, "copy_cost", None))
 
 
 def topology_from_args(args) -> Topology | None:

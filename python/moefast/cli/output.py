@@ -7,23 +7,29 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from moefast._util.checks import check_count
 from moefast.batch.cost_model import CostModel
-from moefast.cli.options import cost_model_and_source, max_moves_for, topology_from_args
+from moefast.cli.options import (
+    budget_from_args,
+    cluster_from_args,
+    cost_model_and_source,
+    evaluation_from_args,
+    moves_from_args,
+    objective_from_args,
+)
 from moefast.evaluate.coactivation import hottest_layer
 from moefast.evaluate.comparison import BASELINES, Comparison
-from moefast.evaluate.heldout import default_split_by
+from moefast.evaluate.heldout import Evaluation, default_split_by
 from moefast.evaluate.learning_curve import learning_curve
 from moefast.evaluate.selection import Estimator
 from moefast.evaluate.serving import settings_rows
 from moefast.evaluate.slot_sweep import slot_sweep
 from moefast.io.engines import load_placement
 from moefast.io.streaming import trace_files
-from moefast.moves import ROUND_US
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import RayExecutor
 from moefast.planning.plan import plan, plan_layers
@@ -32,8 +38,9 @@ from moefast.planning.replan import curve_rows
 from moefast.report import report, text_tables
 from moefast.search.methods import check_memory
 from moefast.search.node_plan import headline, time_rows
+from moefast.search.options import Objective
 from moefast.splits import split_positions
-from moefast.topology.times import Topology
+from moefast.topology.cluster import Cluster
 from moefast.trace import SYNTHETIC_MARK, Trace
 
 
@@ -46,50 +53,17 @@ def plan_trace(
     seed: int,
     batch_size: int | None = None,
     cost_model: CostModel | None = None,
-    holdout: float | None = None,
-    split_by: Literal["time", "request"] | None = None,
-    estimator: Literal["plain", "auto"] = "plain",
-    time_budget: float | None = None,
-    work_budget: int | None = None,
-    current: ModelPlacement | None = None,
-    max_moves: int | None = None,
-    copy_cost: float | None = None,
-    topology: Topology | None = None,
-    num_groups: int | None = None,
-    round_us: float = ROUND_US,
-    profile: ServingProfile | None = None,
-    profile_cost_model: CostModel | None = None,
-    progress: bool | None = None,
 ) -> ModelPlacement:
-    """Plans for decode, or for batches of `batch_size` tokens when it is given; in-sample
-    unless `holdout` is given; from `current` with few moves when it is given; node-aware
-    with a topology; the candidate of least expected step time over `profile` (timed with
-    `profile_cost_model`) when it is given."""
-    if profile is not None and batch_size is None:
-        cost_model = profile_cost_model
+    """An in-sample plan, for decode or for batches of `batch_size` tokens when it is given
+    (the demo's and ``moefast simulate``'s placements)."""
+    objective = Objective() if batch_size is None else Objective("batch", batch_size, cost_model)
     return plan(
         trace,
-        gpus,
-        slots,
+        Cluster(gpus, slots),
         method=method,
-        coverage=coverage,
         seed=seed,
-        objective="decode" if batch_size is None else "batch",
-        batch_size=batch_size,
-        cost_model=cost_model,
-        holdout=holdout,
-        split_by=split_by,
-        estimator=estimator,
-        time_budget=time_budget,
-        work_budget=work_budget,
-        current=current,
-        max_moves=max_moves,
-        copy_cost=copy_cost,
-        topology=topology,
-        num_groups=num_groups,
-        round_us=round_us,
-        profile=profile,
-        progress=progress,
+        objective=objective,
+        evaluation=Evaluation(holdout=None, coverage=coverage),
     )
 
 
@@ -170,28 +144,17 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
     batch_size = getattr(args, "batch_size", None)
     cost_model, args.cost_model_source = cost_model_and_source(args)
     profile = serving_profile(args)
-    model = plan_trace(
+    served = served_placement(args, trace.num_experts, trace.layer_ids)
+    model = plan(
         trace,
-        args.gpus,
-        args.slots,
-        args.method,
-        args.coverage,
-        args.seed,
-        batch_size,
-        cost_model if batch_size is not None else None,
-        holdout=args.holdout,
-        split_by=args.split_by,
-        estimator=args.estimator,
-        time_budget=getattr(args, "time_budget", None),
-        work_budget=getattr(args, "work_budget", None),
-        current=served_placement(args, trace.num_experts, trace.layer_ids),
-        max_moves=max_moves_for(getattr(args, "max_moves", None), args.gpus, args.slots),
-        copy_cost=getattr(args, "copy_cost", None),
-        topology=topology_from_args(args),
-        num_groups=getattr(args, "num_groups", None),
-        round_us=ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
+        cluster_from_args(args),
+        method=args.method,
+        seed=args.seed,
+        objective=objective_from_args(args, cost_model if batch_size or profile else None),
+        evaluation=evaluation_from_args(args),
+        budget=budget_from_args(args),
+        moves=moves_from_args(args, served),
         profile=profile,
-        profile_cost_model=cost_model,
         progress=not getattr(args, "quiet", True),
     )
     comparison = model.evaluation
@@ -381,28 +344,19 @@ def plan_files_cli(
             )
         model = plan(
             args.trace,
-            args.gpus,
-            args.slots,
+            cluster_from_args(args, topology),
             method=args.method,
-            coverage=args.coverage,
             seed=args.seed,
-            holdout=args.holdout,
-            split_by=args.split_by,
-            objective="decode" if batch_size is None else "batch",
-            batch_size=batch_size,
-            cost_model=cost_model(args) if batch_size is not None or profile else None,
-            time_budget=getattr(args, "time_budget", None),
-            work_budget=getattr(args, "work_budget", None),
-            chunk_tokens=args.chunk_tokens,
-            executor=executor,
-            model=model_layout,
-            current=current,
-            max_moves=max_moves_for(getattr(args, "max_moves", None), args.gpus, args.slots),
-            copy_cost=getattr(args, "copy_cost", None),
-            topology=topology,
-            num_groups=getattr(args, "num_groups", None),
-            round_us=ROUND_US if getattr(args, "round_us", None) is None else args.round_us,
+            objective=objective_from_args(
+                args, cost_model(args) if batch_size is not None or profile else None
+            ),
+            evaluation=evaluation_from_args(args),
+            budget=budget_from_args(args),
+            moves=moves_from_args(args, current),
             profile=profile,
+            model=model_layout,
+            executor=executor,
+            chunk_tokens=args.chunk_tokens,
             progress=not getattr(args, "quiet", True),
         )
     print(f"{len(trace_files(args.trace))} trace file(s) read by streaming")

@@ -29,6 +29,7 @@ from moefast.cli.output import (
     served_placement,
     serving_profile,
 )
+from moefast.evaluate.selection import ESTIMATOR_CHOICES
 from moefast.evaluate.serving import settings_rows
 from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
 from moefast.io.layouts import map_positions, model_layout
@@ -38,7 +39,6 @@ from moefast.io.readers.arrow import is_arrow_trace
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US
 from moefast.planning.loads import REDUNDANT_FLAG, loads_only_statement, plan_from_loads
-from moefast.planning.plan import ESTIMATOR_CHOICES
 from moefast.report.text_tables import format_table
 from moefast.splits import SPLIT_BY
 from moefast.topology.times import PRESETS as TOPOLOGY_PRESETS

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from moefast._core import Placement, SubsetTable
+from moefast._util.checks import check_number
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.scoring import UnitSums
+from moefast.evaluate.selection import ESTIMATOR_CHOICES
 from moefast.search.methods import optimize
-from moefast.splits import bootstrap_units, fold_positions, requests_in_order
+from moefast.splits import SPLIT_BY, bootstrap_units, fold_positions, requests_in_order
 from moefast.trace import Trace
 
 #: Fewest tokens a trace needs before `plan` holds some out by default.
@@ -49,16 +52,52 @@ def default_split_by(trace: Trace) -> str:
     return "time"
 
 
-def choose_split(
-    trace: Trace | None, holdout: float | None, split_by: str | None = None, seed: int = 0
-) -> Split:
-    """Hold ``holdout`` of the tokens out when there are enough of them; otherwise say why not."""
+@dataclass(frozen=True)
+class Evaluation:
+    """Which tokens a plan is planned on and which score it: ``holdout`` of a trace's
+    tokens (0 or None: none) are held out when it has at least `MIN_HOLDOUT_TOKENS`,
+    ``split_by`` "time" (the last tokens) or "request" (whole requests; the default when the
+    trace knows at least 5 requests). The rest are planned on, as a table pruned to
+    ``coverage`` of the tokens; ``estimator="auto"`` chooses between that table and the
+    unpruned one by cross-validation on the train part (`moefast.evaluate.selection`)."""
+
+    holdout: float | None = 0.2
+    split_by: Literal["time", "request"] | None = None
+    estimator: Literal["plain", "auto"] = "plain"
+    coverage: float = 0.99
+
+    def __post_init__(self) -> None:
+        check_holdout(self.holdout)
+        if self.split_by is not None and self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY} or None, got {self.split_by!r}")
+        if self.estimator not in ESTIMATOR_CHOICES:
+            raise ValueError(
+                f"estimator must be one of {ESTIMATOR_CHOICES}, got {self.estimator!r}"
+            )
+        # `coverage < 1.0` would quietly plan on the full table for 2 or NaN.
+        coverage = check_number("coverage", self.coverage)
+        if not 0 < coverage <= 1:
+            raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+        object.__setattr__(self, "coverage", coverage)
+
+
+def check_holdout(holdout: float | None) -> None:
+    """A share of tokens to hold out: a number in [0, 1), or None (none)."""
     if holdout is None or holdout == 0:
-        return Split(None, None, "held-out evaluation off (holdout=0): figures are in-sample")
+        return
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
         raise TypeError(f"holdout must be a number or None, got {type(holdout).__name__}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+
+
+def choose_split(
+    trace: Trace | None, holdout: float | None, split_by: str | None = None, seed: int = 0
+) -> Split:
+    """Hold ``holdout`` of the tokens out when there are enough of them; otherwise say why not."""
+    check_holdout(holdout)
+    if holdout is None or holdout == 0:
+        return Split(None, None, "held-out evaluation off (holdout=0): figures are in-sample")
     if trace is None:
         return Split(
             None, None, "held-out evaluation off: subset tables carry no tokens to hold out"

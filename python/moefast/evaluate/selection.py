@@ -25,6 +25,10 @@ from moefast._core import Placement, SubsetTable, expected_cost
 from moefast.evaluate.coactivation import coactivation
 from moefast.trace import Trace
 
+#: The tables a plan may be planned on: "plain" (the empirical table pruned to the
+#: coverage) or "auto" (that or the unpruned one, chosen by cross-validation).
+ESTIMATOR_CHOICES = ("plain", "auto")
+
 #: Relative cross-validated saving a candidate needs over the plain table to be chosen.
 MARGIN = 0.01
 #: Below this mean relative sampling error of pair counts the empirical table is kept as is.

@@ -15,7 +15,9 @@ from moefast.search.node_plan import (
     replan_node_aware,
     replan_node_aware_batch,
 )
+from moefast.search.options import Budget, Objective
 from moefast.search.replan import replan, replan_for_batches
+from moefast.topology.cluster import Cluster
 
 if TYPE_CHECKING:
     from moefast.topology.times import Topology
@@ -51,7 +53,7 @@ def replan_layer(
 
     if coverage < 1.0:
         table = table.prune(coverage=coverage)
-    fresh = optimize(table, num_gpus, slots_per_gpu, method=method, seed=seed, **optimize_options)
+    fresh = optimize_layer(table, num_gpus, slots_per_gpu, method, seed, **optimize_options)
     if topology is None:
         _, price = check_move_limits(max_moves, copy_cost)
         if optimize_options.get("objective") == "batch":
@@ -141,13 +143,40 @@ def plan_one_layer(
     (`plan_layers` runs it on threads, `moefast.planning.executors` on workers)."""
     if estimator.coverage < 1.0:
         table = table.prune(coverage=estimator.coverage)
-    return optimize(
+    return optimize_layer(
         table,
         num_gpus,
         slots_per_gpu,
-        method=method,
-        seed=seed,
+        method,
+        seed,
         time_budget=time_budget,
         work_budget=work_budget,
         **optimize_options,
+    )
+
+
+def optimize_layer(
+    table: SubsetTable,
+    num_gpus: int,
+    slots_per_gpu: int,
+    method: str,
+    seed: int,
+    *,
+    time_limit: float | None = None,
+    time_budget: float | None = None,
+    work_budget: int | None = None,
+    objective: str = "decode",
+    **objective_options: Any,
+) -> Placement:
+    """`optimize` with the options a plan hands its layers by name, as plain values that
+    travel to workers: ``objective`` (its kind) and ``objective_options`` (batch_size,
+    cost_model, num_batches, max_evaluations) make the `Objective`, the limits the
+    `Budget`."""
+    return optimize(
+        table,
+        Cluster(num_gpus, slots_per_gpu),
+        method=method,
+        seed=seed,
+        objective=Objective(objective, **objective_options),  # type: ignore[arg-type]
+        budget=Budget(time_limit, time_budget, work_budget),
     )

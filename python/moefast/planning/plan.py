@@ -7,21 +7,22 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
-from moefast._util.checks import check_non_negative, check_number
+from moefast._util.deprecation import Homes, old_keywords, regroup
 from moefast._util.progress import stage, steps
 from moefast.batch.cost_model import CostModel, check_cost_model
 from moefast.evaluate.comparison import BASELINES, METHOD_LABELS, Comparison
 from moefast.evaluate.heldout import (
     MIN_HOLDOUT_TOKENS,
+    Evaluation,
     Split,
     baseline_placements,
     choose_split,
@@ -33,25 +34,23 @@ from moefast.evaluate.serving import ROUNDS_REGIME, ServingScores
 from moefast.io.engines.slots import gpu_slots, kept_slots
 from moefast.io.layouts import PRESETS, ModelLayout, model_layout
 from moefast.io.streaming import trace_files, trace_shape
-from moefast.moves import (
-    ROUND_US,
-    CopyPrice,
-    check_current,
-    check_move_limits,
-)
+from moefast.moves import MoveBudget, check_current, check_move_limits
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import optimize_layers, stream_split_tables, tables_from_files
 from moefast.planning.layer import plan_one_layer
 from moefast.planning.profile import ServingProfile, candidates, choose
 from moefast.planning.replan import held_out_gain, replan_layers, replan_summary
-from moefast.search.methods import check_budgets, check_memory, optimize
+from moefast.search.methods import OLD_KEYWORDS as OPTIMIZE_OLD_KEYWORDS
+from moefast.search.methods import OPTION_CLASSES as OPTIMIZE_CLASSES
+from moefast.search.methods import check_memory, check_option, optimize
 from moefast.search.node_plan import compare_times, node_aware_batch, node_aware_decode
+from moefast.search.options import Budget, Objective, check_budgets
 from moefast.search.replan import check_replan_options
+from moefast.topology.cluster import Cluster, as_cluster
 from moefast.topology.groups import check as check_topology
 from moefast.topology.times import Topology
 from moefast.trace import PathLike, Trace
 
-ESTIMATOR_CHOICES = ("plain", "auto")
 PLAIN = Estimator()
 
 
@@ -211,67 +210,86 @@ def _stop(futures: list[Future]) -> None:
         wait(futures, timeout=0.02)
 
 
+#: Where each keyword of `plan`'s older calling form goes now: (option, field).
+OLD_KEYWORDS = {
+    **{
+        name: home
+        for name, home in OPTIMIZE_OLD_KEYWORDS.items()
+        if name not in ("num_batches", "max_evaluations")  # not plan's
+    },
+    "holdout": ("evaluation", "holdout"),
+    "split_by": ("evaluation", "split_by"),
+    "estimator": ("evaluation", "estimator"),
+    "coverage": ("evaluation", "coverage"),
+}
+#: The option classes of `plan`, by argument.
+OPTION_CLASSES: dict[str, Callable[..., Any]] = {**OPTIMIZE_CLASSES, "evaluation": Evaluation}
+
+
+def _new_form(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], Homes]:
+    return regroup(args, kwargs, OLD_KEYWORDS, OPTION_CLASSES)
+
+
+@old_keywords(_new_form)
 def plan(
     trace_or_tables: Trace | Sequence[SubsetTable] | PathLike | Sequence[PathLike],
-    num_gpus: int,
-    slots_per_gpu: int,
+    cluster: Cluster | int,
+    slots_per_gpu: int | None = None,
     *,
     method: str = "greedy",
-    coverage: float = 0.99,
     seed: int = 0,
-    progress: bool | None = None,
-    holdout: float | None = 0.2,
-    split_by: Literal["time", "request"] | None = None,
-    estimator: Literal["plain", "auto"] = "plain",
-    time_limit: float | None = None,
-    objective: Literal["decode", "batch"] = "decode",
-    batch_size: int | None = None,
-    cost_model: CostModel | None = None,
-    chunk_tokens: int | None = None,
-    executor: Executor | None = None,
-    time_budget: float | None = None,
-    work_budget: int | None = None,
-    model: str | ModelLayout | None = None,
-    current: ModelPlacement | Sequence[Placement] | None = None,
-    max_moves: int | None = None,
-    copy_cost: float | CopyPrice | None = None,
-    topology: Topology | None = None,
-    num_groups: int | None = None,
-    round_us: float = ROUND_US,
+    objective: Objective | None = None,
+    evaluation: Evaluation | None = None,
+    budget: Budget | None = None,
+    moves: MoveBudget | None = None,
     profile: ServingProfile | None = None,
+    model: str | ModelLayout | None = None,
+    executor: Executor | None = None,
+    chunk_tokens: int | None = None,
+    progress: bool | None = None,
 ) -> ModelPlacement:
-    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) and
-    scores it, with the baselines, on tokens it has not seen.
+    """Plans every layer of a `Trace` or a sequence of `SubsetTable` (one per layer) on the
+    `cluster`'s GPUs and scores it, with the baselines, on tokens it has not seen.
+    ``plan(trace, 8, 9)`` is short for ``plan(trace, Cluster(8, 9))``.
+
+    The options come in groups, each a frozen value checked when it is made: `cluster`
+    (`moefast.Cluster`: GPUs, slots, topology), `objective` (`moefast.Objective`: decode or
+    batches), `evaluation` (`moefast.Evaluation`: the tokens held out, the table planned
+    on), `budget` (`moefast.Budget`: how much search), `moves` (`moefast.MoveBudget`:
+    re-planning from the served placement) and `profile` (`ServingProfile`: the batch sizes
+    served). The older keywords (``holdout=``, ``topology=``, ``current=``, ...) still work
+    for one release, with a DeprecationWarning naming each one's new home.
 
     ``model`` (a `moefast.io.layouts` preset name or layout) refuses, before any work, layer ids
     that are not the model's MoE layers, and is recorded so that `ModelPlacement.save` writes
     engine files for it.
 
-    With a trace of at least `moefast.evaluate.heldout.MIN_HOLDOUT_TOKENS` tokens, ``holdout``
-    of them are held out (``split_by`` "time": the last tokens; "request": whole requests; default
-    by request when the trace knows at least 5 requests): the placements are planned on the
-    rest, and ``layer_costs`` are the returned placement's expected costs on the held-out
-    tokens. Otherwise (or with ``holdout=0``/None) costs are in-sample.
-    ``settings["cost_basis"]`` ("held-out"/"in-sample") and ``settings["cost_note"]`` say
-    which and why; ``evaluation`` compares every layer with the baselines (planned on the
-    same train part, scored on the same tokens) with a bootstrap 95% interval of the gain.
+    With a trace of at least `moefast.evaluate.heldout.MIN_HOLDOUT_TOKENS` tokens,
+    ``evaluation.holdout`` of them are held out (``split_by`` "time": the last tokens;
+    "request": whole requests; default by request when the trace knows at least 5
+    requests): the placements are planned on the rest, and ``layer_costs`` are the returned
+    placement's expected costs on the held-out tokens. Otherwise (or with ``holdout=0``/None)
+    costs are in-sample. ``settings["cost_basis"]`` ("held-out"/"in-sample") and
+    ``settings["cost_note"]`` say which and why; the result's ``evaluation`` compares every
+    layer with the baselines (planned on the same train part, scored on the same tokens)
+    with a bootstrap 95% interval of the gain.
 
-    Tables are pruned to `coverage` for optimizing. ``estimator="auto"`` chooses between
-    that table and the unpruned one by cross-validation on the train part, paired over the
-    same greedy seeds (`moefast.evaluate.selection`); "plain" (the default: on the real traces
-    measured, no estimator beat it) plans on the pruned empirical table. Layers run in
-    parallel; `progress` shows the layers planned (default: when stderr is a terminal): a bar
-    on a terminal, one line per layer on stderr otherwise.
-    `method`, `seed`, `time_limit`, `objective`, `batch_size` and `cost_model` are
-    `optimize`'s.
+    Tables are pruned to ``evaluation.coverage`` for optimizing. ``estimator="auto"``
+    chooses between that table and the unpruned one by cross-validation on the train part,
+    paired over the same greedy seeds (`moefast.evaluate.selection`); "plain" (the default:
+    on the real traces measured, no estimator beat it) plans on the pruned empirical table.
+    Layers run in parallel; `progress` shows the layers planned (default: when stderr is a
+    terminal): a bar on a terminal, one line per layer on stderr otherwise. `method`,
+    `seed`, ``budget.time_limit`` and `objective` are `optimize`'s.
 
-    `time_budget` (seconds, for the whole plan) and `work_budget` (rows read by the greedy's
-    exact evaluations, for the whole plan) bound the greedy's searches and the anytime search
-    after it (`optimize`): each
-    layer gets, when it starts, its share of the time left (less a reserve for the scoring,
-    as long as building the tables took, at most half the budget), or an equal share of
-    the rows;
-    a work budget keeps the plan deterministic for a given seed, a time budget does not.
+    ``budget.time_budget`` (seconds, for the whole plan) and ``budget.work_budget`` (rows read
+    by the greedy's exact evaluations, for the whole plan) bound the greedy's searches and
+    the anytime search after it (`optimize`): each layer gets, when it starts, its share of
+    the time left (less a reserve for the scoring, as long as building the tables took, at
+    most half the budget), or an equal share of the rows; a work budget keeps the plan
+    deterministic for a given seed, a time budget does not.
 
     Trace files (one path or many: shards, ranks, Arrow traces) are read by streaming,
     ``chunk_tokens`` tokens at a time, so memory holds the tables, not the trace; the last
@@ -281,53 +299,73 @@ def plan(
     ``executor`` (a process pool, `moefast.planning.executors.RayExecutor`, Dask's), files are
     counted and layers optimized on its workers; the result is identical.
 
-    ``current`` (the placement being served: a `ModelPlacement`, matched by layer id, or
-    one `Placement` per layer) re-plans each layer from it with at most ``max_moves``
-    weight copies per layer and/or ``copy_cost`` rounds per copy (`moefast.moves`);
-    ``settings["replan"]`` records each layer's copies and the gain against moves, and
-    with tokens held out, ``held_out``: the served placement, the re-plan and the full
-    re-plan scored on them (`moefast.planning.replan.held_out_gain`). It is
-    checked against the trace's experts and layer ids before any work (for files, against
-    the first file's). With trace files and an ``executor`` the layers are re-planned on
-    its workers; the result is the in-process one. With a ``topology`` (decode) each layer
-    is re-planned node-aware as `optimize(current=, topology=, num_groups=, max_moves=,
-    copy_cost=)` does (a copy priced ``copy_cost`` x ``round_us`` us per token, or by link
-    with a `moefast.moves.CopyPrice`), or is the full node-aware plan (relabelled) when
-    that fits the budget and is faster (time plus copies' price); the gain against moves
-    is in us per token with communication, measured against that full plan, and
-    ``settings["topology"]`` has a column for the served placement. With a topology and
-    ``objective="batch"``, each layer is re-planned as `optimize(objective="batch",
-    current=, topology=, max_moves=, copy_cost=)` does, toward the full node-aware batch
-    plan as ``plan`` without ``current`` makes it; costs in us per step of ``batch_size``
-    tokens on the walk's sample.
+    ``moves`` (a `MoveBudget` whose ``current`` is the placement being served: a
+    `ModelPlacement`, matched by layer id, or one `Placement` per layer) re-plans each layer
+    from it with at most ``max_moves`` weight copies per layer and/or ``copy_cost`` rounds
+    per copy (`moefast.moves`); ``settings["replan"]`` records each layer's copies and the
+    gain against moves, and with tokens held out, ``held_out``: the served placement, the
+    re-plan and the full re-plan scored on them (`moefast.planning.replan.held_out_gain`).
+    It is checked against the trace's experts and layer ids before any work (for files,
+    against the first file's). With trace files and an ``executor`` the layers are
+    re-planned on its workers; the result is the in-process one. With a topology (decode)
+    each layer is re-planned node-aware as `optimize(moves=)` with that cluster does (a copy
+    priced ``copy_cost`` x ``cluster.round_us`` us per token, or by link with a
+    `moefast.moves.CopyPrice`), or is the full node-aware plan (relabelled) when that fits
+    the budget and is faster (time plus copies' price); the gain against moves is in us per
+    token with communication, measured against that full plan, and ``settings["topology"]``
+    has a column for the served placement. With a topology and the batch objective, each
+    layer is re-planned as `optimize(objective=, moves=)` with that cluster does, toward the
+    full node-aware batch plan as ``plan`` without ``moves`` makes it; costs in us per step
+    of ``batch_size`` tokens on the walk's sample.
 
-    ``topology`` (a `moefast.topology.times.Topology`: GPUs in nodes, dispatch and combine) plans
-    every layer node-aware after its compute-only plan: for decode the node-aware search
-    (`moefast.search.node.place`, ``round_us`` us per expert round), for
-    ``objective="batch"`` the batch search with communication (`place_batch`).
-    ``num_groups`` keeps each of that many groups of consecutive expert ids on one node
-    (DeepSeek-V3's group-limited routing; ValueError before any work when the grouping
+    ``cluster.topology`` (a `moefast.topology.times.Topology`: GPUs in nodes, dispatch and
+    combine) plans every layer node-aware after its compute-only plan: for decode the
+    node-aware search (`moefast.search.node.place`, ``cluster.round_us`` us per expert
+    round), for the batch objective the batch search with communication (`place_batch`).
+    ``cluster.num_groups`` keeps each of that many groups of consecutive expert ids on one
+    node (DeepSeek-V3's group-limited routing; ValueError before any work when the grouping
     cannot fit). ``settings["topology"]`` records each layer's modeled time in us with
     communication (`moefast.search.node_plan.TimeComparison`) of the node-aware plan, EPLB
     hierarchical (with ``num_groups``), EPLB global and the compute-only plan, scored on the
-    same tokens as ``evaluation`` (held-out or in-sample, as ``basis`` says); the expert
-    rounds of ``evaluation`` are the node-aware plan's. ``time_budget``/``work_budget`` bound
-    the compute-only searches only. Without a topology nothing changes.
+    same tokens as the result's ``evaluation`` (held-out or in-sample, as ``basis`` says);
+    the expert rounds of ``evaluation`` are the node-aware plan's. The budget bounds the
+    compute-only searches only. Without a topology nothing changes.
 
     ``profile`` (a `moefast.planning.profile.ServingProfile`: the batch sizes served and
     their shares) makes the plan a choice: every candidate (this plan, the batch-aware
     search at each profile size above 1, EPLB, round-robin, contiguous, the engine's
     default map) is planned on the same train part and simulated on the same tokens as
-    ``evaluation`` (held out when it is), and the placement returned is the one of least
-    expected step time over the profile under ``cost_model`` (default: the preset of
-    ``model`` on ``profile.gpu``). ``settings["serving"]`` records every candidate's step
-    time at every size and its rounds, the recommendation, and a warning for each size at
-    which it is slower than the engine default or EPLB; ``layer_costs`` are the
-    recommended placement's rounds. Not with ``current`` or ``topology``. Without a
+    the result's ``evaluation`` (held out when it is), and the placement returned is the one
+    of least expected step time over the profile under ``objective.cost_model`` (default:
+    the preset of ``model`` on ``profile.gpu``). ``settings["serving"]`` records every
+    candidate's step time at every size and its rounds, the recommendation, and a warning
+    for each size at which it is slower than the engine default or EPLB; ``layer_costs``
+    are the recommended placement's rounds. Not with ``moves`` or a topology. Without a
     profile nothing changes.
     """
+    cluster = as_cluster(cluster, slots_per_gpu)
+    goal = check_option("objective", objective, Objective) or Objective()
+    held = check_option("evaluation", evaluation, Evaluation) or Evaluation()
+    search = check_option("budget", budget, Budget) or Budget()
+    check_option("moves", moves, MoveBudget)
+    num_gpus, slots_per_gpu = cluster.num_gpus, cluster.slots_per_gpu
+    topology, num_groups, round_us = cluster.topology, cluster.num_groups, cluster.round_us
+    kind, batch_size, cost_model = goal.kind, goal.batch_size, goal.cost_model
+    if (goal.num_batches, goal.max_evaluations) != (None, Objective.max_evaluations):
+        raise ValueError(
+            "plan takes no objective.num_batches or max_evaluations: the batch search's"
+            " sample and moves are its defaults (a profile's: profile.max_evaluations)"
+        )
+    holdout, split_by = held.holdout, held.split_by
+    estimator, coverage = held.estimator, held.coverage
+    time_limit, time_budget, work_budget = search.time_limit, search.time_budget, search.work_budget
+    current: ModelPlacement | Sequence[Placement] | None = None
+    max_moves, copy_cost = None, None
+    if moves is not None:
+        # A one-layer Placement is refused by _served_layers, naming what a plan takes.
+        current = moves.current  # type: ignore[assignment]
+        max_moves, copy_cost = moves.max_moves, moves.copy_cost
     began = time.perf_counter()
-    time_budget, work_budget = check_budgets(time_budget, work_budget)
     trace = trace_or_tables if isinstance(trace_or_tables, Trace) else None
     if executor is not None and time_budget is not None:
         raise ValueError("time_budget is not supported with an executor: use work_budget")
@@ -340,7 +378,7 @@ def plan(
             progress,
         )
     if current is not None:
-        check_replan_options(topology, copy_cost, objective)
+        check_replan_options(topology, copy_cost, kind)
         check_move_limits(max_moves, None)
     streamed: StreamedSplit | None = None
     if trace is None and _is_paths(trace_or_tables):
@@ -364,28 +402,19 @@ def plan(
     serve_model = None
     if profile is not None:
         serve_model = _profile_checks(profile, cost_model, layout, current, topology)
-        if objective == "decode":
+        if kind == "decode":
             cost_model = None  # times the profile's steps, not the decode plan's
     if layout is not None:
         layout.check_layers(layer_ids, num_experts)
     if topology is not None:
         check_topology(topology, num_experts, num_gpus, slots_per_gpu, num_groups)
-        round_us = check_non_negative("round_us", round_us)
-    elif num_groups is not None:
-        raise ValueError("num_groups needs topology= (groups are kept on nodes)")
     if current is not None:
         currents = _served_layers(current, layer_ids, num_experts, num_gpus, slots_per_gpu)
-    # `coverage < 1.0` below would quietly plan on the full table for 2 or NaN.
-    coverage = check_number("coverage", coverage)
-    if not 0 < coverage <= 1:
-        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
-    if estimator not in ESTIMATOR_CHOICES:
-        raise ValueError(f"estimator must be one of {ESTIMATOR_CHOICES}, got {estimator!r}")
     if tables and {t.num_experts for t in tables} != {num_experts}:
         raise ValueError("all layers must have the same number of experts")
     options: dict[str, Any] = {
         "time_limit": time_limit,
-        "objective": objective,
+        "objective": kind,
         "batch_size": batch_size,
         "cost_model": cost_model,
     }
@@ -403,7 +432,7 @@ def plan(
 
     chosen = Estimator(coverage)
     estimator_note = chosen.name
-    if estimator == "auto" and plan_trace is not None and objective == "decode":
+    if estimator == "auto" and plan_trace is not None and kind == "decode":
         by = split_by or ("request" if plan_trace.request_ids is not None else "time")
         selection = select_estimator(plan_trace, planner, coverage, by, seed, plan_tables)
         chosen, estimator_note = selection.estimator, selection.note
@@ -427,10 +456,6 @@ def plan(
             **options,
         )
         placements = [r.placement for r in replans]
-    elif max_moves is not None or copy_cost is not None:
-        raise ValueError(
-            "max_moves needs current= (the placement being served), and so does copy_cost"
-        )
     elif executor is not None:
         placements = optimize_layers(
             executor,
@@ -488,7 +513,7 @@ def plan(
         method,
         seed,
     )
-    if objective == "batch":
+    if kind == "batch":
         comparison.main_label = f"batch-aware (B={batch_size})"
     synthetic = trace is not None and trace.synthetic
     comparison.synthetic = synthetic
@@ -545,8 +570,8 @@ def plan(
             max_moves,
             copy_cost,
             num_gpus * slots_per_gpu,
-            _replan_unit(topology, objective, batch_size),
-            walk_points=objective == "decode" or topology is not None,
+            _replan_unit(topology, kind, batch_size),
+            walk_points=kind == "decode" or topology is not None,
         )
         if held_tables is not None:
             summary["held_out"] = held_out_gain(
@@ -579,9 +604,9 @@ def plan(
             options,
             None if replans is None else currents,
         )
-    if objective == "batch":
+    if kind == "batch":
         # Files keep settings as JSON: a cost model is recorded by its repr.
-        settings.update(objective=objective, batch_size=batch_size, cost_model=repr(cost_model))
+        settings.update(objective=kind, batch_size=batch_size, cost_model=repr(cost_model))
     settings["gain_regime"] = f"{ROUNDS_REGIME}, {comparison.basis}"
     layer_costs = comparison.costs[method]
     if serving is not None:
