@@ -37,10 +37,8 @@ def plan_batch(trace: mf.Trace) -> tuple[list[mf.Placement], float, float]:
         trace,
         GPUS,
         SLOTS,
-        objective="batch",
-        batch_size=BATCH,
-        cost_model=COST,
-        holdout=0,
+        objective=mf.Objective("batch", BATCH, COST),
+        evaluation=mf.Evaluation(holdout=0),
         progress=False,
     )
     return list(model), time.perf_counter() - wall, time.process_time() - cpu

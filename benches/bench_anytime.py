@@ -40,7 +40,7 @@ def test_anytime_curve_and_gap(name):
     curve = []
     for budget in BUDGETS:
         start = time.perf_counter()
-        placement = mf.optimize(table, gpus, slots, time_budget=budget)
+        placement = mf.optimize(table, gpus, slots, budget=mf.Budget(time_budget=budget))
         curve.append((budget, time.perf_counter() - start, mf.expected_cost(table, placement)))
     eplb = mf.expected_cost(table, mf.optimize(table, gpus, slots, method="eplb"))
     best = min(c for _, _, c in curve)

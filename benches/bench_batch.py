@@ -120,7 +120,7 @@ def _compare(target, batch):
     """Mean step times of EPLB, the decode greedy and the batch-aware placement."""
     topk, table, eplb, greedy = target
     start = time.perf_counter()
-    placed = mf.optimize(table, 8, 9, objective="batch", batch_size=batch, cost_model=TARGET_MODEL)
+    placed = mf.optimize(table, 8, 9, objective=mf.Objective("batch", batch, TARGET_MODEL))
     seconds = time.perf_counter() - start
     assert placed.slots_used.tolist() == [9] * 8
     return (

@@ -182,11 +182,11 @@ def test_large_stationary_trace():
     runs = []
     for _ in range(2):  # the faster of two runs: the machine may be shared
         start = time.perf_counter()
-        plain = mf.plan(trace, 8, 9, holdout=0.2, estimator="plain")
+        plain = mf.plan(trace, 8, 9, evaluation=mf.Evaluation(0.2, estimator="plain"))
         runs.append(time.perf_counter() - start)
     t_plain = min(runs)
     start = time.perf_counter()
-    auto = mf.plan(trace, 8, 9, holdout=0.2, estimator="auto")
+    auto = mf.plan(trace, 8, 9, evaluation=mf.Evaluation(0.2, estimator="auto"))
     t_auto = time.perf_counter() - start
     held, held_ci = plain.settings["gain_vs_best_baseline"], plain.settings["gain_interval_95"]
     train, _ = trace.split(0.2)
@@ -210,7 +210,7 @@ def test_large_stationary_trace():
         f" {percent(ins)}% {span(ins_ci)}"
     )
     for seed in (0, 1, 2):
-        again = mf.plan(trace, 8, 9, holdout=0, seed=seed)
+        again = mf.plan(trace, 8, 9, evaluation=mf.Evaluation(holdout=0), seed=seed)
         gain = again.settings["gain_vs_best_baseline"]
         print(
             f"plan on all tokens, seed {seed}: in-sample {percent(gain)}%"

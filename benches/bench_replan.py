@@ -125,13 +125,15 @@ def batch_shift(name: str) -> dict[int, tuple[float, float, float]]:
     print("| --- | --- | --- | --- | --- |")
     shares = {}
     for b in (64, 256):
-        options = {"objective": "batch", "batch_size": b, "cost_model": COST}
-        served = mf.optimize(before, G, SLOTS, **options)
+        goal = mf.Objective("batch", b, COST)
+        served = mf.optimize(before, G, SLOTS, objective=goal)
         t0 = time.process_time()
-        full = mf.optimize(after, G, SLOTS, **options)
+        full = mf.optimize(after, G, SLOTS, objective=goal)
         full_s = time.process_time() - t0
         t0 = time.process_time()
-        ours = mf.optimize(after, G, SLOTS, current=served, max_moves=TENTH, **options)
+        ours = mf.optimize(
+            after, G, SLOTS, objective=goal, moves=mf.MoveBudget(served, max_moves=TENTH)
+        )
         ours_s = time.process_time() - t0
         assert copies(served, ours) <= TENTH
         walked = replan(after, served, SLOTS, target=relabel(served, full), max_moves=TENTH)

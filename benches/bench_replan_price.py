@@ -36,7 +36,7 @@ def test_decode_with_a_topology():
     before = mf.SubsetTable.from_topk(served_ids, num_experts=E).prune(coverage=0.9)
     after = mf.SubsetTable.from_topk(plan_ids, num_experts=E).prune(coverage=0.9)
     held = mf.SubsetTable.from_topk(held_ids, num_experts=E)
-    served = mf.optimize(before, G, SLOTS, topology=TOPO)
+    served = mf.optimize(before, mf.Cluster(G, SLOTS, topology=TOPO))
     fresh = mf.optimize(after, G, SLOTS)
     full = node_aware_decode(after, [fresh], SLOTS, topology=TOPO, round_us=ROUND_US, seed=0)
     stale = expected_time(held, served, TOPO)

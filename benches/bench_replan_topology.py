@@ -60,10 +60,11 @@ def test_batch_replanning_with_a_topology_after_a_shift():
     print("| --- | --- | --- | --- | --- |")
     shares = {}
     for b in (64, 256):
-        options = {"objective": "batch", "batch_size": b, "cost_model": COST, "topology": TOPOLOGY}
-        served = mf.optimize(before, G, SLOTS, **options)
+        goal = mf.Objective("batch", b, COST)
+        cluster = mf.Cluster(G, SLOTS, topology=TOPOLOGY)
+        served = mf.optimize(before, cluster, objective=goal)
         t0 = time.process_time()
-        full = mf.optimize(after, G, SLOTS, **options)
+        full = mf.optimize(after, cluster, objective=goal)
         full_s = time.process_time() - t0
         t0 = time.process_time()
         r = replan_node_aware_batch(

@@ -109,7 +109,7 @@ import json, resource, sys, time
 import moefast as mf
 t0, c0 = time.perf_counter(), time.process_time()
 trace = mf.load_trace(sys.argv[1])
-model = mf.plan(trace, {gpus}, {slots}, split_by="time", progress=False)
+model = mf.plan(trace, {gpus}, {slots}, evaluation=mf.Evaluation(split_by="time"), progress=False)
 t1, c1 = time.perf_counter(), time.process_time()
 print(json.dumps(dict(plan_s=t1 - t0, cpu_s=c1 - c0,
     rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

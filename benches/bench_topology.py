@@ -105,7 +105,7 @@ def test_node_aware_placement_against_eplb_and_compute_only():
         "compute-only batch search (moefast)": {1: greedy},
     }
     per_b["node-aware (moefast)"][1] = mf.optimize(
-        table, G, SLOTS, topology=topology, round_us=COST.alpha
+        table, mf.Cluster(G, SLOTS, topology=topology, round_us=COST.alpha)
     )
     for b, evaluations in ((1, 400), (64, 1500), (256, 1500)):
         search = {"topology": topology, "cost_model": COST, "batch_size": b}
@@ -184,7 +184,7 @@ def test_grouped_decode_search_against_eplb_hierarchical():
     for name, groups in (("node-aware, 8 groups on one node each", GROUPS), ("node-aware", None)):
         start = time.process_time()
         placed[name] = mf.optimize(
-            table, G, SLOTS, topology=topology, round_us=COST.alpha, num_groups=groups
+            table, mf.Cluster(G, SLOTS, topology=topology, num_groups=groups, round_us=COST.alpha)
         )
         cpu[name] = time.process_time() - start
     placed["EPLB hierarchical"] = eplb(load, hierarchical=True)

@@ -95,6 +95,7 @@ def reference_plan(topk: np.ndarray, tmp: Path) -> dict | None:
         "trace = mf.Trace(topk, 256) if hasattr(mf, 'Trace') else trace\n"
         "w, c = time.perf_counter(), time.process_time()\n"
         "try:\n"
+        # The older keyword: the script also times builds before the option classes.
         f"    model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False, holdout=0)\n"
         "except TypeError:  # builds before held-out scoring\n"
         f"    model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False)\n"
@@ -147,7 +148,9 @@ def test_decode_plan_families(name, tmp_path):
     recorded in `v3_families_reference.json` (and MOEFAST_REFERENCE's build)."""
     trace = family_trace(name)
     ref = reference_plan(trace.topk, tmp_path)
-    model, wall, cpu, load = timed(mf.plan, trace, GPUS, SLOTS, progress=False, holdout=0)
+    model, wall, cpu, load = timed(
+        mf.plan, trace, GPUS, SLOTS, progress=False, evaluation=mf.Evaluation(holdout=0)
+    )
     costs = np.asarray(model.layer_costs)
     print(
         f"\nplan, family {name}, {LAYERS} layers x {TOKENS:,} tokens, {GPUS} GPUs x {SLOTS} slots:"

@@ -37,7 +37,7 @@ def main() -> None:
             continue
         trace = mf.load_trace(path)
         cm = mf.CostModel.preset(preset)
-        model = mf.plan(trace, 8, slots, profile=profile, cost_model=cm)
+        model = mf.plan(trace, 8, slots, profile=profile, objective=mf.Objective(cost_model=cm))
         serving = model.settings["serving"]
         print(f"## {name}: 8 GPUs x {slots} slots, {cm} ({preset} preset), {serving['note']}")
         print(format_table(*settings_rows(serving)))
