@@ -1,4 +1,4 @@
-"""A co-activation-aware dispatch for engines (docs/dispatch.md): logical top-k expert ids of
+"""A co-activation-aware dispatch for engines (docs/guides/dispatch.md): logical top-k expert ids of
 a batch in, physical slot ids out, the contract of SGLang's `topk_ids_logical_to_physical`.
 
 One token (or no cost model): each token's replicas make its busiest GPU least busy, exactly

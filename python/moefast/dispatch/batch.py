@@ -1,4 +1,4 @@
-"""A batch's tokens balanced over replicas (docs/dispatch.md): the step time of
+"""A batch's tokens balanced over replicas (docs/guides/dispatch.md): the step time of
 docs/cost-model.md#a-batch, where a GPU runs each expert it serves once for all the tokens
 sent to it and the layer takes as long as its busiest GPU.
 

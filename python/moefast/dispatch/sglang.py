@@ -1,4 +1,4 @@
-"""The dispatch as SGLang's `topk_ids_logical_to_physical` (docs/dispatch.md#sglang).
+"""The dispatch as SGLang's `topk_ids_logical_to_physical` (docs/guides/dispatch.md#sglang).
 
 SGLang maps each token's logical top-k ids to physical slots in
 `sglang.srt.eplb.expert_location_dispatch.topk_ids_logical_to_physical(topk_ids, info)`,
@@ -97,7 +97,7 @@ def install_sglang(
     *, cost_model: CostModel | None = None, modules: dict[str, Any] | None = None
 ) -> SglangDispatch:
     """Replaces SGLang's dispatch with moefast's in this process (call it before the model
-    runs, in every process SGLang starts: see docs/dispatch.md#sglang). The replicas come
+    runs, in every process SGLang starts: see docs/guides/dispatch.md#sglang). The replicas come
     from SGLang's expert location metadata (what ``--init-expert-location`` loaded), its
     EP size and rank from SGLang's process groups.
 

@@ -1,4 +1,4 @@
-"""Each token's replicas chosen to make its busiest GPU least busy (docs/dispatch.md): the
+"""Each token's replicas chosen to make its busiest GPU least busy (docs/guides/dispatch.md): the
 single-token cost of docs/cost-model.md#one-token, computed exactly.
 
 A token's experts with one replica fix a load on their GPUs. For the replicated ones the
