@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from moefast.dispatch import ReplicaTable, replica_shares, route
 from moefast.io.engines.slots import gpu_slots
+from support.optional import require
 from support.workloads import distinct_v3_topk, skewed_topk
 
 
@@ -55,7 +56,7 @@ def test_one_token_takes_the_per_token_rule() -> None:
 
 
 def test_torch_batch_gives_the_numpy_result() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     topk = skewed_topk(256, 64, 6, seed=3).astype(np.int64)
     placement = mf.optimize(mf.SubsetTable.from_topk(topk, num_experts=64), 8, 10, method="eplb")
     table = ReplicaTable.from_placement(placement, 10)

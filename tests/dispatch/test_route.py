@@ -6,6 +6,7 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.dispatch import ReplicaTable, route
+from support.optional import require
 
 SLOTS = np.array([0, 2, 0, 3, 1, 4])
 
@@ -40,7 +41,7 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_torch_keeps_device_and_dtype() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     out = route(torch.tensor([[0, 1], [2, 4]], dtype=torch.int32), ReplicaTable(SLOTS, 3))
     assert out.dtype == torch.int32 and out.device.type == "cpu"
     assert SLOTS[out.numpy()].tolist() == [[0, 1], [2, 4]]

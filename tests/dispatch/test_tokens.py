@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from moefast.dispatch import ENUMERATION_LIMIT, ReplicaTable, route
 from moefast.io.engines.slots import gpu_slots, placement_from_slots
+from support.optional import require
 from support.reference import brute_force_cost
 from support.workloads import distinct_v3_topk, skewed_topk
 
@@ -88,7 +89,7 @@ def test_prefers_the_source_gpu_among_equal_choices() -> None:
 
 
 def test_torch_gives_the_numpy_result() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     topk = skewed_topk(2000, 64, 6, seed=5).astype(np.int64)
     train = mf.SubsetTable.from_topk(topk, num_experts=64)
     table = ReplicaTable.from_placement(mf.optimize(train, 8, 10, method="eplb"), 10)
