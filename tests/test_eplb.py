@@ -11,6 +11,7 @@ from moefast import Placement, SubsetTable, data, optimize
 from moefast.eplb import rebalance_experts
 from moefast.io.engines import logical_maps
 from support.eplb_reference import rebalance_experts as reference
+from support.optional import require
 from support.shared_data import SHARED_DATA
 
 SGLANG_STATS = sorted((SHARED_DATA / "deepseek_v3_sglang_expert_distribution").glob("*.json"))
@@ -143,7 +144,7 @@ def test_logical_maps_count_slots():
 
 
 def test_torch_in_torch_out():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     weight = torch.tensor([[3.0, 1.0, 2.0, 2.0]])
     phy2log, log2phy, logcnt = rebalance_experts(weight, 6, 1, 1, 2)
     assert all(isinstance(x, torch.Tensor) for x in (phy2log, log2phy, logcnt))

@@ -5,7 +5,8 @@ optimizes placements of expert replicas on GPUs, and writes them for inference e
 
 The names below are the documented API; the subpackages (`moefast.io`, `moefast.search`,
 `moefast.evaluate`, `moefast.planning`, `moefast.report.report`, `moefast.batch.times`,
-`moefast.topology.times`) and `moefast.eplb` (DeepSeek's EPLB as a drop-in) are imported by name.
+`moefast.topology.times`, `moefast.dispatch`: a co-activation-aware dispatch engines can
+run) and `moefast.eplb` (DeepSeek's EPLB as a drop-in) are imported by name.
 """
 
 from moefast._core import (

@@ -17,6 +17,7 @@ __all__ = [
     "Placement",
     "SubsetTable",
     "__version__",
+    "batch_split",
     "batch_time",
     "check_memory",
     "dispatch_costs",
@@ -162,6 +163,11 @@ def batch_time(
     topk: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float, with_bound: bool
 ) -> tuple[float, float | None]:
     """Step time (cost model units) of one layer for a batch [B, k], optionally a lower bound."""
+
+def batch_split(
+    counts: npt.ArrayLike, placement: Placement, alpha: float, beta: float, p: float
+) -> tuple[float, npt.NDArray[np.uint32]]:
+    """(step time, tokens int [E, G] each expert serves on each GPU) behind batch_time."""
 
 def dispatch_costs(
     table: SubsetTable,

@@ -1,6 +1,6 @@
 //! Bindings of the batch cost model: step times, simulation and batch-aware placement.
 
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -40,6 +40,36 @@ fn batch_time(
     let ids = ids.data;
     let placement = placement.inner.clone();
     Ok(py.detach(|| core_batch::batch_time(&ids, k, &placement, model, with_bound))?)
+}
+
+/// (step time, tokens int [E, G] each expert serves on each GPU): the split behind
+/// `batch_time` for a batch given by its token count per expert.
+#[pyfunction]
+#[pyo3(signature = (counts, placement, alpha, beta, p))]
+fn batch_split<'py>(
+    py: Python<'py>,
+    counts: &Bound<'py, PyAny>,
+    placement: &PyPlacement,
+    alpha: f64,
+    beta: f64,
+    p: f64,
+) -> PyResult<(f64, Bound<'py, PyArray2<u32>>)> {
+    let model = CostModel::new(alpha, beta, p)?;
+    let counts = input::ids(counts, "counts", 1)?.data;
+    let counts = counts
+        .iter()
+        .map(|&c| {
+            u64::try_from(c).map_err(|_| {
+                PyValueError::new_err(format!("token counts must be non-negative, got {c}"))
+            })
+        })
+        .collect::<PyResult<Vec<u64>>>()?;
+    let placement = placement.inner.clone();
+    let g = placement.num_gpus();
+    let (time, split) = py.detach(|| core_batch::batch_split(&counts, &placement, model))?;
+    let rows = split.len() / g.max(1);
+    let array = PyArray1::from_vec(py, split).reshape([rows, g])?;
+    Ok((time, array))
 }
 
 /// Step times float [len(batch_sizes), steps]: every step draws batch_size tokens
@@ -162,6 +192,7 @@ fn optimize_batch(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch_time, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_split, m)?)?;
     m.add_function(wrap_pyfunction!(simulate_steps, m)?)?;
     m.add_function(wrap_pyfunction!(optimize_batch, m)?)?;
     Ok(())

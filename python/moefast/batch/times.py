@@ -42,6 +42,17 @@ def batch_time(
     return time, bound
 
 
+def batch_split(
+    counts: Any, placement: Placement, cost_model: CostModel
+) -> tuple[float, np.ndarray]:
+    """The split behind `batch_time` for a batch given by its token count per expert (int
+    [E]): (step time, int [E, G] tokens each expert serves on each GPU). Sending each
+    expert's tokens to its GPUs in these numbers runs the batch in that time."""
+    cm = check_cost_model(cost_model)
+    time, split = _core.batch_split(counts, check_placement(placement), cm.alpha, cm.beta, cm.p)
+    return time, split.astype(np.int64)
+
+
 #: What `simulate` draws tokens from: a trace, one layer's table, one table per layer, or ids.
 Routing = Trace | SubsetTable | Sequence[SubsetTable] | np.ndarray
 

@@ -18,6 +18,6 @@ pub mod sample;
 pub mod simulate;
 pub mod step_time;
 
-pub use batch_time::batch_time;
+pub use batch_time::{batch_split, batch_time};
 pub use cost_model::CostModel;
 pub use step_time::StepTimeSolver;
