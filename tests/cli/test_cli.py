@@ -330,8 +330,11 @@ def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path
     assert not out.exists()
     assert main([*args, "--layers-are-positions"]) == 0
     rows = json.loads(out.read_text())["physical_to_logical_map"]
-    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(40)]
-    assert "--ep-num-redundant-experts 8 --init-expert-location" in capsys.readouterr().out
+    # 4 GPUs x 10 slots, or 8 (no redundant expert) where the serving profile finds it faster.
+    width = len(rows[0])
+    launch = f"--ep-num-redundant-experts {width - 32} --init-expert-location"
+    assert width in (32, 40) and launch in capsys.readouterr().out
+    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(width)]
 
 
 def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):

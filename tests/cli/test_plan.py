@@ -56,6 +56,10 @@ def test_plan_from_a_logical_count_file(tmp_path, capsys):
     assert "independent (no co-activation)" in text
     redundant = int(re.search(r"redundant experts: (\d+) \(--ep-num-redundant-experts", text)[1])
     assert f"--ep-num-redundant-experts {redundant} " in text
+    # Under SGLang's own dispatch by default, and every figure says so.
+    assert "the fastest of 0, 32 on the profile, under SGLang static dispatch" in text
+    assert "searched for SGLang static dispatch (B = 16)" in text
+    assert "B = 1 rounds/layer" in text and "SGLang static dispatch; CostModel" in text
     slots = 8 + redundant // 32
     placement = load_placement(out, "sglang", num_gpus=32, num_experts=256, model="deepseek-v3")
     assert placement.slots_per_gpu == slots
@@ -76,9 +80,11 @@ def test_plan_shows_progress_on_a_pipe_unless_quiet(tmp_path, capsys):
         "planning layers: 0/2",
     ]
     assert "planning layers: 1/2" in lines and "planning layers: 2/2" in lines
-    # The candidates of the serving profile, one line each (five without batch-aware ones).
+    # The candidates of the serving profile, one line each: five without batch-aware ones,
+    # at 5 slots per GPU and at 4 (no redundant expert), the plan's own replanned at 4.
     scoring = [line for line in lines if line.startswith("scoring the candidates")]
-    assert scoring == [f"scoring the candidates on the serving profile: {i}/5" for i in range(6)]
+    assert scoring == [f"scoring the candidates on the serving profile: {i}/10" for i in range(11)]
+    assert "planning layers, 4 slots per GPU: 2/2" in lines
     assert main([*args, "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 

@@ -24,20 +24,22 @@ from moefast.cli.output import (
     print_comparison,
     print_serving,
     print_topology_and_replan,
+    print_verdict,
     profile_words,
     run_plan,
     served_placement,
     serving_profile,
 )
-from moefast.evaluate.serving import settings_rows
+from moefast.evaluate.serving import record_dispatch, settings_rows
 from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
+from moefast.io.engines.dispatch import DISPATCHES
 from moefast.io.layouts import map_positions, model_layout
 from moefast.io.provenance import load_trace
 from moefast.io.readers import load_expert_load
 from moefast.io.readers.arrow import is_arrow_trace
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US
-from moefast.planning.loads import REDUNDANT_FLAG, loads_only_statement, plan_from_loads
+from moefast.planning.loads import loads_only_statement, plan_from_loads
 from moefast.planning.plan import ESTIMATOR_CHOICES
 from moefast.report.text_tables import format_table
 from moefast.splits import SPLIT_BY
@@ -89,19 +91,11 @@ def plan_loads_cli(args, layout) -> int:
     serving = result.model.settings["serving"]
     print(
         f"serving profile ({profile_words(args)}); simulated step time per candidate, summed"
-        f" over {len(layer_ids)} layers, {serving['note']}; {source}; * recommended:"
+        f" over {len(layer_ids)} layers, {serving['note']}; {record_dispatch(serving)};"
+        f" {source}; * recommended:"
     )
     print(format_table(*settings_rows(serving)))
-    for line in serving["warnings"]:
-        print(line)
-    print(serving["headline"])
-    flag = REDUNDANT_FLAG.get(args.format, "redundant experts")
-    print(
-        f"redundant experts: {result.redundant} ({flag} {result.redundant}), the fastest"
-        f" of {args.gpus * args.slots - load.shape[1]} down to"
-        f" {args.gpus * -(-load.shape[1] // args.gpus) - load.shape[1]} on the profile,"
-        " under the best replica choice (not the engine's own dispatch)"
-    )
+    print_verdict(serving, args.format)
     model = result.model
     model.settings["model"] = layout.name
     launch = launch_settings(args.format, args.out, args.gpus, result.slots_per_gpu, load.shape[1])
@@ -178,7 +172,9 @@ def cmd_plan(args) -> int:
     if layout is not None and args.model:
         model.settings["model"] = layout.name
     if getattr(args, "launch", None) is None and args.slots is not None:
-        args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
+        args.launch = launch_settings(
+            args.format, args.out, args.gpus, model.slots_per_gpu, num_experts
+        )
     model.settings["launch"] = getattr(args, "launch", None)
     launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
     print(f"placement ({args.format}): {args.out}")
@@ -306,8 +302,16 @@ def add_parser(sub: Any) -> None:
         help="serving profile: the batch sizes served, with optional shares (1,16,64,256 or"
         " 1:0.2,64:0.8); every candidate (this plan, batch-aware per size, EPLB, round-robin,"
         " contiguous, the engine's default map) is simulated on the held-out tokens at each"
-        " size and the one of least expected step time is written (default: B = 1 and 64,"
-        " no batch-aware search)",
+        " size and the one of least expected step time is written, each also with fewer"
+        " redundant experts, down to none (default: B = 1 and 64, no batch-aware search)",
+    )
+    p.add_argument(
+        "--dispatch",
+        choices=DISPATCHES,
+        default=None,
+        help="the replica routing the profile's figures assume (default: the engine's, from"
+        " --format: sglang-static for sglang, trtllm, vllm-ascend; best for eplb and native);"
+        " best: the best replica choice, which no engine runs",
     )
     p.add_argument(
         "--current",
