@@ -37,6 +37,8 @@ from moefast.io.layouts import map_positions, model_layout
 from moefast.io.provenance import load_trace
 from moefast.io.readers import load_expert_load
 from moefast.io.readers.arrow import is_arrow_trace
+from moefast.io.readers.sglang import is_load_dump
+from moefast.io.readers.trtllm import is_trtllm_raw
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US
 from moefast.planning.loads import loads_only_statement, plan_from_loads
@@ -59,32 +61,42 @@ def is_streaming(args) -> bool:
     )
 
 
-def is_load_file(paths: list[str]) -> bool:
-    """One SGLang logical_count JSON, stat dump or .npy of per-expert loads."""
+def load_source(paths: list[str]) -> str | None:
+    """The engine whose per-expert loads alone ``paths`` hold: "sglang" for one
+    ``logical_count`` JSON or SGLang ``stat``/``per_pass`` ``.pt`` dump(s), "trtllm" for a
+    TensorRT-LLM statistics folder without per-token ids (``rank<r>.safetensors`` counts
+    only), "npy" for a ``.npy`` array; None for a routing trace."""
     if len(paths) != 1:
-        return False
+        return None
     path = Path(paths[0])
     if path.suffix.lower() == ".npy":
-        return True
+        return "npy"
     if path.suffix.lower() == ".json" and path.is_file():
         with open(path, encoding="utf-8", errors="replace") as f:
-            return '"logical_count"' in f.read(4096)
-    return False
+            return "sglang" if '"logical_count"' in f.read(4096) else None
+    if path.is_dir() and (path / "meta_info.json").is_file():
+        return None if is_trtllm_raw(path) else "trtllm"
+    is_dumps = path.suffix.lower() == ".pt" or (path.is_dir() and any(path.glob("*.pt")))
+    if is_dumps and path.exists():
+        return "sglang" if is_load_dump(path) else None
+    return None
 
 
-def plan_loads_cli(args, layout) -> int:
+def plan_loads_cli(args, layout, source_engine: str) -> int:
     """``moefast plan LOADS``: the best placement loads alone allow, with the number of
     redundant experts that is fastest on the profile."""
     if layout is None or layout.k is None:
         raise ValueError(
             "a loads file has no top-k: name the model with --model (e.g. deepseek-v3)"
         )
-    load, layer_ids = load_expert_load(args.trace[0], return_layer_ids=True)
+    load, layer_ids = load_expert_load(
+        args.trace[0], return_layer_ids=True, num_experts=layout.num_experts
+    )
     layout.check_layers(layer_ids, load.shape[1])
     cost_model, source = cost_model_and_source(args)
     profile = serving_profile(args)
     assert profile is not None  # --current and --topology are not loads options
-    print(loads_only_statement(args.format))
+    print(loads_only_statement(source_engine))
     result = plan_from_loads(
         load, layer_ids, args.gpus, args.slots, layout.k, profile, cost_model, seed=args.seed
     )
@@ -125,8 +137,10 @@ def cmd_plan(args) -> int:
             f"the {args.format} file holds rows for the model's layers: say which model with"
             " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
         )
-    if is_load_file(args.trace):
-        return plan_loads_cli(args, layout)
+    source = load_source(args.trace)
+    if source is not None:
+        # The recording flags of the engine that wrote the loads (a .npy: the output's).
+        return plan_loads_cli(args, layout, args.format if source == "npy" else source)
     # At once, before a large trace is read: a pipe sees the run is alive.
     stage(f"moefast plan: reading {', '.join(args.trace)}", not args.quiet)
     if is_streaming(args):

@@ -34,12 +34,18 @@ from moefast.planning.profile import (
     fewer_slots,
 )
 
-#: The engine flags that record per-token routing, which co-activation needs.
+#: The engine settings that record per-token routing, which co-activation needs.
 PER_TOKEN_RECORDING = {
     "sglang": "SGLang: launch with --expert-distribution-recorder-mode per_token (dumps in"
     " SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, one .pt per rank)",
-    "trtllm": "TensorRT-LLM: EXPERT_STATISTIC_PATH=DIR EXPERT_STATISTIC_ITER_RANGE=FIRST-LAST"
-    " (versions that write rank<r>_raw.safetensors record per-token top-k)",
+    "trtllm": "TensorRT-LLM: its expert statistic (EXPERT_STATISTIC_PATH=DIR"
+    " EXPERT_STATISTIC_ITER_RANGE=FIRST-LAST) writes per-expert counts only in NVIDIA's tree"
+    " (commit c85e8726ad9c), so TensorRT-LLM has no setting that records per-token routing;"
+    " variants that write rank<r>_raw.safetensors do, else record the model's routing with"
+    " moefast.RoutingRecorder or SGLang per_token dumps",
+    "vllm-ascend": "vLLM-Ascend: moefast reads no per-token record of it; record the model's"
+    " routing with moefast.RoutingRecorder or vLLM's --enable-return-routed-experts"
+    " (docs/formats.md)",
 }
 
 #: Tokens drawn per layer from the loads to time steps.
@@ -47,7 +53,8 @@ DRAWN_TOKENS = 4096
 
 
 def loads_only_statement(engine: str) -> str:
-    """The one line every loads-only plan prints."""
+    """The one line every loads-only plan prints, with the per-token recording settings of
+    ``engine`` (the engine that recorded the loads)."""
     how = PER_TOKEN_RECORDING.get(engine, PER_TOKEN_RECORDING["sglang"])
     return (
         "loads only: per-expert counts say nothing about which experts tokens choose together,"

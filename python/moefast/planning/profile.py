@@ -39,8 +39,9 @@ TYPICAL_DECODE_BATCH = 64
 #: costs 5-25 ms on a DeepSeek-V3 layer of 256 experts on 32 GPUs: the engine's map is
 #: drawn again for every swap).
 DISPATCH_SEARCH_EVALUATIONS = 2000
-#: The fewest swaps each layer's search scores.
+#: The fewest and the most swaps each layer's search scores.
 MIN_LAYER_EVALUATIONS = 10
+MAX_LAYER_EVALUATIONS = 200
 
 #: The map each engine starts from without a placement file.
 ENGINE_DEFAULTS = {
@@ -231,7 +232,8 @@ def dispatch_searched(
     the profile's dispatch at `ServingProfile.search_size` (expert rounds at B = 1, else
     simulated steps), from the layer's placements of ``starts``, with
     ``profile.max_evaluations`` swaps per layer (default: `DISPATCH_SEARCH_EVALUATIONS`
-    shared by the layers, at least `MIN_LAYER_EVALUATIONS` each), layers in parallel.
+    shared by the layers, from `MIN_LAYER_EVALUATIONS` to `MAX_LAYER_EVALUATIONS` each),
+    layers in parallel.
     SGLang's static map draws through the
     layers of a file; the search scores each layer with the draw of a file of that layer
     alone, the scoring with the file's."""
@@ -240,7 +242,8 @@ def dispatch_searched(
     rule = step_rule(profile.rule, size, num_gpus)
     evaluations = profile.max_evaluations
     if evaluations is None:
-        evaluations = max(MIN_LAYER_EVALUATIONS, DISPATCH_SEARCH_EVALUATIONS // len(plan_tables))
+        share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
+        evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
 
     def one(i: int) -> Placement:
         return search_for_dispatch(
