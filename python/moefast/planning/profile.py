@@ -231,19 +231,16 @@ def dispatch_searched(
     """The candidate's name and, per layer, the placement `search_for_dispatch` finds under
     the profile's dispatch at `ServingProfile.search_size` (expert rounds at B = 1, else
     simulated steps), from the layer's placements of ``starts``, with
-    ``profile.max_evaluations`` swaps per layer (default: `DISPATCH_SEARCH_EVALUATIONS`
-    shared by the layers, from `MIN_LAYER_EVALUATIONS` to `MAX_LAYER_EVALUATIONS` each),
-    layers in parallel.
+    `DISPATCH_SEARCH_EVALUATIONS` swaps shared by the layers (from `MIN_LAYER_EVALUATIONS`
+    to `MAX_LAYER_EVALUATIONS` each), layers in parallel.
     SGLang's static map draws through the
     layers of a file; the search scores each layer with the draw of a file of that layer
     alone, the scoring with the file's."""
     size = profile.search_size
     num_gpus = next(iter(starts.values()))[0].num_gpus
     rule = step_rule(profile.rule, size, num_gpus)
-    evaluations = profile.max_evaluations
-    if evaluations is None:
-        share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
-        evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
+    share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
+    evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
 
     def one(i: int) -> Placement:
         return search_for_dispatch(
