@@ -324,12 +324,18 @@ def plan(
     ``profile`` (a `moefast.planning.profile.ServingProfile`: the batch sizes served and
     their shares) makes the plan a choice: every candidate (this plan, the batch-aware
     search at each profile size above 1, EPLB, round-robin, contiguous, the engine's
-    default map) is planned on the same train part and simulated on the same tokens as
-    ``evaluation`` (held out when it is), and the placement returned is the one of least
-    expected step time over the profile under ``cost_model`` (default: the preset of
-    ``model`` on ``profile.gpu``). ``settings["serving"]`` records every candidate's step
-    time at every size and its rounds, the recommendation, and a warning for each size at
-    which it is slower than the engine default or EPLB; ``layer_costs`` are the
+    default map and, under an engine's dispatch, a placement searched for it) is planned on
+    the same train part and simulated on the same tokens as ``evaluation`` (held out when it
+    is) under the profile's dispatch (``profile.dispatch``, default the engine's), and the
+    placement returned is the one of least expected step time over the profile under
+    ``cost_model`` (default: the preset of ``model`` on ``profile.gpu``). With
+    ``profile.fewer_slots`` the candidates but the batch-aware searches are also planned
+    with fewer slots per GPU, down to no redundant expert, and the batch-aware searches run
+    at the slot count of the fastest of them: the returned placement's ``slots_per_gpu``
+    may be below ``slots_per_gpu``. ``settings["serving"]`` records every candidate's step
+    time at every size and its rounds (each key naming its dispatch), its redundant
+    experts, the recommendation, a warning for each size at which it is slower than the
+    engine default or EPLB beyond the tie tolerance and the ties; ``layer_costs`` are the
     recommended placement's rounds. Not with ``current`` or ``topology``. Without a
     profile nothing changes.
     """
