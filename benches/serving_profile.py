@@ -1,7 +1,10 @@
 """Serving-profile bench: every candidate's held-out step time at B = 1, 16, 64, 256 on the
-real per-token traces (when /work/shared/data is present) and the bundled trace, 8 GPUs x 9
-slots (5 slots for the bundled 32-expert trace), H100 calibration presets; the
-recommendation and its warnings. Run: python benches/serving_profile.py"""
+real per-token traces (when /work/shared/data is present) and the bundled trace (moefast's
+packaged gpt-oss-20b decode trace), 8 GPUs x 9 slots (5 slots for the bundled 32-expert
+trace), H100 calibration presets, under SGLang's static dispatch (the engine's default) and,
+beside it, the best replica choice; every candidate also with no redundant expert; the
+recommendation, its warnings and ties, and the number of redundant experts.
+Run: python benches/serving_profile.py [MAX_EVALUATIONS] [DISPATCH]"""
 
 from __future__ import annotations
 
@@ -30,7 +33,10 @@ CASES = [
 
 def main() -> None:
     profile = ServingProfile(
-        (1, 16, 64, 256), max_evaluations=int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+        (1, 16, 64, 256),
+        max_evaluations=int(sys.argv[1]) if len(sys.argv) > 1 else 4000,
+        dispatch=sys.argv[2] if len(sys.argv) > 2 else None,  # None: SGLang's static
+        compare_best=True,
     )
     for name, path, preset, slots in CASES:
         if not Path(path).exists():
@@ -42,10 +48,13 @@ def main() -> None:
         print(f"## {name}: 8 GPUs x {slots} slots, {cm} ({preset} preset), {serving['note']}")
         print(format_table(*settings_rows(serving)))
         for line in serving["warnings"] or [
-            "no warning: never slower than the engine default or EPLB"
+            "no warning: never slower than the engine default or EPLB beyond the tie tolerance"
         ]:
             print(line)
+        for line in serving["ties"]:
+            print(line)
         print(serving["headline"])
+        print(f"redundant experts: {serving['redundant_experts']}")
         print(flush=True)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moefast.batch.times import step_times
 from moefast.placement import ModelPlacement
 from support.batch_reference import brute_force_batch_time, expert_time
 from support.strategies import tiny_batches
@@ -293,3 +294,19 @@ def test_fastest_placement_is_the_lowest_simulated_mean():
     assert fastest_placement(table, candidates[:1], cm, 8) == candidates[0]
     with pytest.raises(ValueError, match="candidates is empty"):
         fastest_placement(table, [], cm, 8)
+
+
+def test_trtllm_dispatch_is_simulated_up_to_one_token_per_rank():
+    table = mf.SubsetTable.from_subsets([[0, 1], [1, 2], [0, 3]], [3.0, 2.0, 1.0], num_experts=4)
+    placement = mf.Placement.from_lists([[0, 1], [1, 2], [0], [2]], num_gpus=3)
+    cm = mf.CostModel(10.0, 1.0)
+    # At most G tokens: one per rank, TensorRT-LLM's map is exact, vLLM-Ascend's the same.
+    trt = mf.simulate(table, placement, [1, 3], cm, steps=50, dispatch="trtllm")
+    ascend = mf.simulate(table, placement, [1, 3], cm, steps=50, dispatch="vllm-ascend")
+    assert trt == ascend
+    with pytest.raises(ValueError, match="one token per rank only"):
+        mf.simulate(table, placement, [4], cm, steps=5, dispatch="trtllm")
+    # step_times are the steps simulate averages.
+    rows = step_times(table, placement, [1, 3], cm, steps=50, dispatch="trtllm")
+    assert rows.shape == (2, 50)
+    assert [r["mean_step_time"] for r in trt] == pytest.approx(rows.mean(axis=1).tolist())

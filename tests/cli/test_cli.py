@@ -141,10 +141,11 @@ def test_plan_end_to_end(tmp_path, capsys):
     )
     assert code == 0
     placement = load_placement(out, num_gpus=4)
-    assert len(placement) == 24 and placement.slots_per_gpu == 10
+    slots = placement.slots_per_gpu  # 10, or fewer where the serving profile finds it faster
+    assert len(placement) == 24 and slots in (8, 9, 10)
     p2l = np.array(json.loads(out.read_text())["physical_to_logical_map"])
     for layer, p in enumerate(placement):
-        assert all(p.replicas[e, slot // 10] for slot, e in enumerate(p2l[layer]))
+        assert all(p.replicas[e, slot // slots] for slot, e in enumerate(p2l[layer]))
     for name in (
         "report.md",
         "coactivation.png",
@@ -158,7 +159,7 @@ def test_plan_end_to_end(tmp_path, capsys):
     assert "The plan's 10 slots are marked." in markdown
     assert "## Step time on the serving profile (held-out)" in markdown
     printed = capsys.readouterr().out
-    flags = f"--ep-size 4 --ep-num-redundant-experts 8 --init-expert-location {out}"
+    flags = f"--ep-size 4 --ep-num-redundant-experts {4 * slots - 32} --init-expert-location {out}"
     assert flags in printed
     assert flags in (report_dir / "report.md").read_text()
     # 645 tokens: the last 20% are held out, and the printed figures are scored on them.
@@ -166,9 +167,15 @@ def test_plan_end_to_end(tmp_path, capsys):
     assert "129 held-out tokens" in printed
     _, test = load_trace(GPTOSS20B_DECODE).split(0.2, by="time")
     row = next(line for line in printed.splitlines() if line.split()[:1] == ["0"]).split()
-    assert float(row[4]) == pytest.approx(
-        moefast.expected_cost(test.table(0), placement[0]), abs=5e-4
-    )
+    # The per-layer table is the plan's own at 10 slots; the written file is the serving
+    # profile's choice, its greedy at 10 slots or at fewer.
+    greedy = moefast.plan(load_trace(GPTOSS20B_DECODE), 4, slots, method="greedy")
+    pairs = zip(placement, greedy, strict=True)
+    assert all(np.array_equal(p.replicas, g.replicas) for p, g in pairs)
+    if slots == 10:
+        assert float(row[4]) == pytest.approx(
+            moefast.expected_cost(test.table(0), placement[0]), abs=5e-4
+        )
     assert "Held-out gain" in (report_dir / "report.md").read_text()
 
 
@@ -330,8 +337,11 @@ def test_plan_refuses_layers_that_are_not_the_models_and_maps_positions(tmp_path
     assert not out.exists()
     assert main([*args, "--layers-are-positions"]) == 0
     rows = json.loads(out.read_text())["physical_to_logical_map"]
-    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(40)]
-    assert "--ep-num-redundant-experts 8 --init-expert-location" in capsys.readouterr().out
+    # 4 GPUs x 10 slots, or 8 (no redundant expert) where the serving profile finds it faster.
+    width = len(rows[0])
+    launch = f"--ep-num-redundant-experts {width - 32} --init-expert-location"
+    assert width in (32, 40) and launch in capsys.readouterr().out
+    assert len(rows) == 30 and rows[0] == rows[29] == [p % 32 for p in range(width)]
 
 
 def test_plan_checks_the_file_name_before_the_work(tmp_path, capsys):

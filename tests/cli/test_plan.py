@@ -13,8 +13,10 @@ import time
 import numpy as np
 import pytest
 from moefast.cli import main
+from moefast.cli.plan import load_source
 from moefast.io.engines import load_placement
 from moefast.trace import Trace
+from support.engine_writers import trtllm_statistics_folder
 
 
 def test_plan_prints_the_profile_and_names_every_regime(tmp_path, capsys):
@@ -40,6 +42,7 @@ def test_plan_prints_the_profile_and_names_every_regime(tmp_path, capsys):
     assert json.loads(out.read_text())["settings"]["synthetic"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:layers .* have no placement")
 def test_plan_from_a_logical_count_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
@@ -56,6 +59,10 @@ def test_plan_from_a_logical_count_file(tmp_path, capsys):
     assert "independent (no co-activation)" in text
     redundant = int(re.search(r"redundant experts: (\d+) \(--ep-num-redundant-experts", text)[1])
     assert f"--ep-num-redundant-experts {redundant} " in text
+    # Under SGLang's own dispatch by default, and every figure says so.
+    assert "the fastest of 0, 32 on the profile, under SGLang static dispatch" in text
+    assert "searched for SGLang static dispatch (B = 16)" in text
+    assert "B = 1 rounds/layer" in text and "SGLang static dispatch; CostModel" in text
     slots = 8 + redundant // 32
     placement = load_placement(out, "sglang", num_gpus=32, num_experts=256, model="deepseek-v3")
     assert placement.slots_per_gpu == slots
@@ -76,9 +83,11 @@ def test_plan_shows_progress_on_a_pipe_unless_quiet(tmp_path, capsys):
         "planning layers: 0/2",
     ]
     assert "planning layers: 1/2" in lines and "planning layers: 2/2" in lines
-    # The candidates of the serving profile, one line each (five without batch-aware ones).
+    # The candidates of the serving profile, one line each: five without batch-aware ones,
+    # at 5 slots per GPU and at 4 (no redundant expert), the plan's own replanned at 4.
     scoring = [line for line in lines if line.startswith("scoring the candidates")]
-    assert scoring == [f"scoring the candidates on the serving profile: {i}/5" for i in range(6)]
+    assert scoring == [f"scoring the candidates on the serving profile: {i}/10" for i in range(11)]
+    assert "planning layers, 4 slots per GPU: 2/2" in lines
     assert main([*args, "--out", str(tmp_path / "p.json"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 
@@ -110,3 +119,37 @@ def test_a_long_plan_shows_progress_on_a_pipe_within_two_seconds(tmp_path):
     assert first.startswith("moefast plan: reading"), first
     assert waited < 2.0, f"the first progress line came after {waited:.1f} s"
     assert running  # shown while the plan runs, not flushed at its end
+
+
+def test_loads_only_inputs_are_told_from_traces(tmp_path):
+    topk = np.random.default_rng(2).integers(0, 8, size=(40, 1, 2))
+    topk[:, 0, 1] = (topk[:, 0, 0] + 1) % 8
+    trtllm_statistics_folder(tmp_path / "counts", topk, [3], 8, raw=False)
+    trtllm_statistics_folder(tmp_path / "raw", topk, [3], 8, raw=True)
+    assert load_source([str(tmp_path / "counts")]) == "trtllm"
+    assert load_source([str(tmp_path / "raw")]) is None  # per-token ids: a trace
+    torch = pytest.importorskip("torch")
+    torch.save({"logical_count": torch.ones(2, 8, dtype=torch.int64)}, tmp_path / "stat.pt")
+    assert load_source([str(tmp_path / "stat.pt")]) == "sglang"
+    records = [{"topk_ids_of_layer": torch.zeros(1, 2, 2, dtype=torch.int64)}]
+    torch.save({"records": records}, tmp_path / "per_token.pt")
+    assert load_source([str(tmp_path / "per_token.pt")]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:layers .* have no placement")
+def test_plan_from_tensorrt_llm_counts_takes_the_loads_only_path(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    topk = np.stack([rng.choice(32, size=(2, 4), replace=False) for _ in range(300)])
+    folder = tmp_path / "stats"
+    trtllm_statistics_folder(folder, topk, [0, 1], 32, raw=False)  # counts only
+    out = tmp_path / "p.yaml"
+    args = ["plan", str(folder), "--model", "gpt-oss-20b", "--gpus", "4", "--slots", "10"]
+    assert main([*args, "--format", "trtllm", "--out", str(out), "--batch-sizes", "1,4"]) == 0
+    text = capsys.readouterr().out
+    assert "co-activation gains cannot be measured" in text
+    assert "TensorRT-LLM has no setting that records per-token routing" in text
+    assert "under TensorRT-LLM dispatch" in text  # the engine's own rule scores the figures
+    redundant = int(re.search(r"redundant experts: (\d+) \(num_slots: (\d+)", text)[1])
+    assert f"num_slots: {32 + redundant} in moe_config" in text and redundant in (0, 8)
+    assert out.exists()

@@ -1,7 +1,15 @@
 import moefast as mf
 import numpy as np
 import pytest
-from moefast.evaluate.serving import ServingScores, regime, score_candidates, settings_rows
+from moefast.evaluate.serving import (
+    TIE_TOLERANCE,
+    ServingScores,
+    dispatch_rounds,
+    regime,
+    score_candidates,
+    settings_rows,
+)
+from moefast.search.dispatch import dispatch_cost
 
 
 def _scores(times: dict[str, dict[int, float]], weights=(0.5, 0.5)) -> ServingScores:
@@ -52,3 +60,66 @@ def test_step_times_are_simulate_summed_over_layers():
     assert scores.rounds["greedy"].tolist() == [
         pytest.approx(mf.expected_cost(t, p)) for t, p in zip(tables, greedy, strict=True)
     ]
+
+
+def test_a_loss_within_the_paired_standard_error_is_a_tie():
+    rng = np.random.default_rng(0)
+    eplb = 100 + rng.normal(0, 5, size=(2, 400))
+    noisy = eplb + rng.normal(0, 4, size=(2, 400))  # means differ by noise only
+    noisy[1] = eplb[1] * 1.05  # at B = 64: 5% slower on every step
+    samples = {"greedy": noisy, "EPLB": eplb}
+    times = {n: {1: float(r[0].mean()), 64: float(r[1].mean())} for n, r in samples.items()}
+    rounds = {n: np.array([1.0]) for n in times}
+    scores = ServingScores(
+        (1, 64), (0.5, 0.5), times, rounds, "held-out", "", "cm", samples=samples
+    )
+    error = np.std(noisy[0] - eplb[0], ddof=1) / np.sqrt(400) / times["EPLB"][1]
+    assert scores.tolerance("greedy", "EPLB", 1) == pytest.approx(max(TIE_TOLERANCE, 2 * error))
+    assert scores.tolerance("greedy", "EPLB", 64) == pytest.approx(TIE_TOLERANCE)  # paired
+    warnings, ties = scores.warnings("greedy"), scores.ties("greedy")
+    assert len(warnings) == 1 and "at B = 64 greedy is 5.0% slower than EPLB" in warnings[0]
+    if times["greedy"][1] > times["EPLB"][1]:
+        assert len(ties) == 1 and "at B = 1" in ties[0] and "tie tolerance" in ties[0]
+
+
+def test_figures_under_an_engine_dispatch_name_it():
+    trace = mf.synthetic_trace(600, num_experts=16, k=2, num_layers=2, seed=1)
+    tables = trace.tables()
+    eplb = [mf.optimize(t, 4, 5, method="eplb") for t in tables]
+    cm = mf.CostModel(10.0, 0.1)
+    scores = score_candidates(
+        trace,
+        tables,
+        {"EPLB": eplb},
+        [1, 8],
+        [1, 1],
+        cm,
+        basis="held-out",
+        note="",
+        steps=20,
+        dispatch="sglang-static",
+        compare_best=True,
+    )
+    direct = mf.simulate(trace, eplb, [1, 8], cm, steps=20, dispatch="sglang-static")
+    assert [scores.step_times["EPLB"][b] for b in (1, 8)] == pytest.approx(
+        [r["mean_step_time"] for r in direct]
+    )
+    best = mf.simulate(trace, eplb, [1, 8], cm, steps=20)
+    assert [scores.best_step_times["EPLB"][b] for b in (1, 8)] == pytest.approx(
+        [r["mean_step_time"] for r in best]
+    )
+    record = scores.as_settings()
+    entry = record["candidates"]["EPLB"]
+    assert regime(8, "held-out", "SGLang static dispatch") in entry["step_time_us"]
+    assert "SGLang static dispatch" in record["headline"]
+    assert record["rounds_regime"].endswith("held-out, SGLang static dispatch")
+    header, _ = settings_rows(record)
+    assert header[-2:] == ["B = 1 best choice (us)", "B = 8 best choice (us)"]
+    # The first layer's rounds are those of its map drawn alone; the second's map is
+    # drawn after the first's, as the engine draws its file.
+    first = dispatch_cost(tables[0], eplb[0], "sglang-static")
+    assert scores.rounds["EPLB"][0] == pytest.approx(first)
+    best_rounds = dispatch_rounds(tables, eplb, "best")
+    assert best_rounds.tolist() == pytest.approx(
+        [mf.expected_cost(t, p) for t, p in zip(tables, eplb, strict=True)]
+    )

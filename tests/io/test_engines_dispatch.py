@@ -10,7 +10,14 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.eplb import rebalance_experts
-from moefast.io.engines.dispatch import dispatch_maps, sglang_static_maps, trtllm_map
+from moefast.io.engines.dispatch import (
+    dispatch_label,
+    dispatch_maps,
+    engine_dispatch,
+    sglang_static_maps,
+    step_rule,
+    trtllm_map,
+)
 from moefast.io.engines.slots import gpu_slots
 from support.shared_data import DEEPSEEK_DECODE_LOAD, needs_deepseek_statistics
 
@@ -90,3 +97,23 @@ def test_trtllm_lone_token_goes_round_robin_by_rank():
     # Slots ascend on each GPU, so physical order is GPU order.
     full = mf.Placement.from_lists([[0, 1], [0, 1]], num_gpus=2)
     assert gpu_slots(full, 2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_vllm_ascend_map_is_replica_rank_mod_count_at_every_size():
+    # vLLM-Ascend's log2phy: rank r takes replica r % count of an expert, replicas in rank
+    # order, for every token; TensorRT-LLM's lone token of rank r the same.
+    placement = mf.Placement.from_lists([[0, 2, 3], [1]], num_gpus=4)
+    (m,) = dispatch_maps([placement], "vllm-ascend")
+    reference = [[[0, 2, 3][r % 3], 1][e] for e in range(2) for r in range(4)]
+    assert m.T.ravel().tolist() == reference
+    assert np.array_equal(m, trtllm_map(placement))
+    assert engine_dispatch("vllm-ascend") == "vllm-ascend" and engine_dispatch("native") == "best"
+
+
+def test_trtllm_steps_above_one_token_per_rank_use_its_first_pair_map():
+    assert step_rule("trtllm", 4, 4) == "trtllm"
+    assert step_rule("trtllm", 5, 4) == "vllm-ascend"
+    assert step_rule("sglang-static", 64, 4) == "sglang-static"
+    assert dispatch_label("trtllm", 4, 4) == "TensorRT-LLM dispatch"
+    assert "above one token per rank" in dispatch_label("trtllm", 5, 4)
+    assert dispatch_label("best") == "best replica choice"

@@ -100,7 +100,7 @@ def _layer_sources(routing: object) -> list[tuple[np.ndarray, np.ndarray | None]
     return [(topk, None)]
 
 
-def simulate(
+def step_times(
     trace_or_topk: Routing,
     placement: Placement | ModelPlacement | Sequence[Placement],
     batch_sizes: int | Sequence[int],
@@ -109,27 +109,9 @@ def simulate(
     seed: int = 0,
     steps: int = 1000,
     dispatch: str = "best",
-) -> list[dict[str, float]]:
-    """Simulated decode steps: each step draws `batch_size` tokens (with replacement)
-    from the trace and times every MoE layer with `batch_time`.
-
-    dispatch: which replica serves each (token, expert) pair (docs/cost-model.md#dispatch):
-    "best" (the batch's best routing, `batch_time`), "sglang-static" (SGLang's map per
-    source rank, token j of a step on rank (offset + j) mod G) or "sglang-dynamic" (a
-    uniform draw per pair); the same batches are drawn for every dispatch.
-
-    trace_or_topk: a `Trace` with a ModelPlacement (the same tokens in every layer; a
-    model's step time is the sum of its layer times); a `SubsetTable` (rows drawn with
-    probability proportional to their weight) with a Placement; a sequence of
-    `SubsetTable`, one per layer, with a ModelPlacement (each layer's tokens drawn from
-    its own table); or int expert ids, [tokens, k] with a Placement or
-    [tokens, layers, k] with a ModelPlacement.
-
-    Returns one dict per batch size: batch_size, mean/p50/p99_step_time (time of one
-    decode step), throughput (tokens per unit of time: batch_size / mean step time) and
-    latency_per_token (the mean step time: each token of the batch waits one whole step
-    for its next token). Deterministic for a given seed.
-    """
+) -> np.ndarray:
+    """float [len(batch_sizes), steps]: the time of every simulated step `simulate` sums
+    up, for paired comparisons of placements (the same seed draws the same steps)."""
     cm = check_cost_model(cost_model)
     sources = _layer_sources(trace_or_topk)
     placements = _placements(placement)
@@ -142,8 +124,12 @@ def simulate(
     steps = check_count("steps", steps)
     seed = check_seed("seed", seed)
     dispatch = check_dispatch(dispatch)
-    if dispatch == "trtllm":
-        raise ValueError("the trtllm dispatch is modelled for one token per rank only")
+    if dispatch == "trtllm" and max(sizes) > placements[0].num_gpus:
+        raise ValueError(
+            "the trtllm dispatch is modelled for one token per rank only: batch sizes up to"
+            f" {placements[0].num_gpus} (the GPUs), got {max(sizes)}"
+            " (moefast.io.engines.dispatch.step_rule names the rule that stands in above)"
+        )
     maps = None if dispatch == "best" else dispatch_maps(placements, dispatch)
     per_source, first = [], 0
     for topk, weights in sources:
@@ -168,7 +154,45 @@ def simulate(
             )
         first += topk.shape[1]
         per_source.append(times)
-    times = np.sum(per_source, axis=0)  # step times float [len(sizes), steps]
+    return np.sum(per_source, axis=0)
+
+
+def simulate(
+    trace_or_topk: Routing,
+    placement: Placement | ModelPlacement | Sequence[Placement],
+    batch_sizes: int | Sequence[int],
+    cost_model: CostModel,
+    *,
+    seed: int = 0,
+    steps: int = 1000,
+    dispatch: str = "best",
+) -> list[dict[str, float]]:
+    """Simulated decode steps: each step draws `batch_size` tokens (with replacement)
+    from the trace and times every MoE layer with `batch_time`.
+
+    dispatch: which replica serves each (token, expert) pair (docs/cost-model.md#dispatch):
+    "best" (the batch's best routing, `batch_time`), "sglang-static" (SGLang's map per
+    source rank, token j of a step on rank (offset + j) mod G), "sglang-dynamic" (a
+    uniform draw per pair), "vllm-ascend" (replica rank % count) or "trtllm" (the same map,
+    exact for batches of at most G tokens, one per rank; refused above); the same batches
+    are drawn for every dispatch.
+
+    trace_or_topk: a `Trace` with a ModelPlacement (the same tokens in every layer; a
+    model's step time is the sum of its layer times); a `SubsetTable` (rows drawn with
+    probability proportional to their weight) with a Placement; a sequence of
+    `SubsetTable`, one per layer, with a ModelPlacement (each layer's tokens drawn from
+    its own table); or int expert ids, [tokens, k] with a Placement or
+    [tokens, layers, k] with a ModelPlacement.
+
+    Returns one dict per batch size: batch_size, mean/p50/p99_step_time (time of one
+    decode step), throughput (tokens per unit of time: batch_size / mean step time) and
+    latency_per_token (the mean step time: each token of the batch waits one whole step
+    for its next token). Deterministic for a given seed.
+    """
+    sizes = check_ints("batch_sizes", batch_sizes, low=1)
+    times = step_times(
+        trace_or_topk, placement, sizes, cost_model, seed=seed, steps=steps, dispatch=dispatch
+    )
     results = []
     for b, row in zip(sizes, times, strict=True):
         mean = float(row.mean())

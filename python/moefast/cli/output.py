@@ -26,14 +26,19 @@ from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.heldout import Evaluation, default_split_by
 from moefast.evaluate.learning_curve import learning_curve
 from moefast.evaluate.selection import Estimator
-from moefast.evaluate.serving import settings_rows
+from moefast.evaluate.serving import record_dispatch, settings_rows
 from moefast.evaluate.slot_sweep import slot_sweep
-from moefast.io.engines import load_placement
+from moefast.io.engines import launch_settings, load_placement
 from moefast.io.streaming import trace_files
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import RayExecutor
 from moefast.planning.plan import plan, plan_layers
-from moefast.planning.profile import DEFAULT_PROFILE, TYPICAL_DECODE_BATCH, ServingProfile
+from moefast.planning.profile import (
+    DEFAULT_PROFILE,
+    TYPICAL_DECODE_BATCH,
+    ServingProfile,
+    redundant_flag,
+)
 from moefast.planning.replan import curve_rows
 from moefast.report import report, text_tables
 from moefast.search.methods import check_memory
@@ -76,9 +81,10 @@ def serving_profile(args) -> ServingProfile | None:
         return None
     text = getattr(args, "batch_sizes", None)
     engine = getattr(args, "format", "sglang")
+    dispatch = getattr(args, "dispatch", None)
     if text is None:
-        return replace(DEFAULT_PROFILE, gpu=args.gpu, engine=engine)
-    return ServingProfile.parse(text, gpu=args.gpu, engine=engine)
+        return replace(DEFAULT_PROFILE, gpu=args.gpu, engine=engine, dispatch=dispatch)
+    return ServingProfile.parse(text, gpu=args.gpu, engine=engine, dispatch=dispatch)
 
 
 def profile_words(args) -> str:
@@ -98,13 +104,29 @@ def print_serving(model: ModelPlacement, args) -> None:
         return
     print(
         f"serving profile ({profile_words(args)}); simulated step time per candidate, summed"
-        f" over layers, {serving['basis']}, best replica choice;"
+        f" over layers, {serving['basis']}, {record_dispatch(serving)};"
         f" {getattr(args, 'cost_model_source', serving['cost_model'])}; * recommended:"
     )
     print(text_tables.format_table(*settings_rows(serving)))
-    for line in serving["warnings"]:
+    print_verdict(serving, getattr(args, "format", "sglang"))
+
+
+def print_verdict(serving: dict, engine: str) -> None:
+    """The warnings, ties, headline and the number of redundant experts with the engine's
+    setting, of a serving record."""
+    for line in (*serving["warnings"], *serving.get("ties", ())):
         print(line)
     print(serving["headline"])
+    redundant = serving.get("redundant_experts")
+    if redundant is None:
+        return
+    counts = sorted({e["redundant_experts"] for e in serving["candidates"].values()})
+    flag = redundant_flag(engine, redundant, serving["num_experts"])
+    print(
+        f"redundant experts: {redundant} ({flag}), the fastest of"
+        f" {', '.join(map(str, counts))} on the profile, under {record_dispatch(serving)}"
+        + (f"; {serving['redundancy_note']}" if serving.get("redundancy_note") else "")
+    )
 
 
 def check_memory_fits(trace: Trace, gpus: int, slots: int) -> None:
@@ -157,6 +179,11 @@ def run_plan(trace: Trace, args, title: str, report_dir: Path | None) -> ModelPl
         profile=profile,
         progress=not getattr(args, "quiet", True),
     )
+    if getattr(args, "launch", None) is not None and model.slots_per_gpu != args.slots:
+        # The profile chose fewer redundant experts: the engine starts with that many.
+        args.launch = launch_settings(
+            args.format, args.out, args.gpus, model.slots_per_gpu, trace.num_experts
+        )
     comparison = model.evaluation
     assert comparison is not None
     print_comparison(comparison, args.gpus, args.slots)

@@ -24,21 +24,25 @@ from moefast.cli.output import (
     print_comparison,
     print_serving,
     print_topology_and_replan,
+    print_verdict,
     profile_words,
     run_plan,
     served_placement,
     serving_profile,
 )
 from moefast.evaluate.selection import ESTIMATOR_CHOICES
-from moefast.evaluate.serving import settings_rows
+from moefast.evaluate.serving import record_dispatch, settings_rows
 from moefast.io.engines import PLACEMENT_FORMATS, check_file_name, launch_settings
+from moefast.io.engines.dispatch import DISPATCHES
 from moefast.io.layouts import map_positions, model_layout
 from moefast.io.provenance import load_trace
 from moefast.io.readers import load_expert_load
 from moefast.io.readers.arrow import is_arrow_trace
+from moefast.io.readers.sglang import is_load_dump
+from moefast.io.readers.trtllm import is_trtllm_raw
 from moefast.io.streaming import trace_files, trace_shape
 from moefast.moves import ROUND_US
-from moefast.planning.loads import REDUNDANT_FLAG, loads_only_statement, plan_from_loads
+from moefast.planning.loads import loads_only_statement, plan_from_loads
 from moefast.report.text_tables import format_table
 from moefast.splits import SPLIT_BY
 from moefast.topology.times import PRESETS as TOPOLOGY_PRESETS
@@ -57,51 +61,53 @@ def is_streaming(args) -> bool:
     )
 
 
-def is_load_file(paths: list[str]) -> bool:
-    """One SGLang logical_count JSON, stat dump or .npy of per-expert loads."""
+def load_source(paths: list[str]) -> str | None:
+    """The engine whose per-expert loads alone ``paths`` hold: "sglang" for one
+    ``logical_count`` JSON or SGLang ``stat``/``per_pass`` ``.pt`` dump(s), "trtllm" for a
+    TensorRT-LLM statistics folder without per-token ids (``rank<r>.safetensors`` counts
+    only), "npy" for a ``.npy`` array; None for a routing trace."""
     if len(paths) != 1:
-        return False
+        return None
     path = Path(paths[0])
     if path.suffix.lower() == ".npy":
-        return True
+        return "npy"
     if path.suffix.lower() == ".json" and path.is_file():
         with open(path, encoding="utf-8", errors="replace") as f:
-            return '"logical_count"' in f.read(4096)
-    return False
+            return "sglang" if '"logical_count"' in f.read(4096) else None
+    if path.is_dir() and (path / "meta_info.json").is_file():
+        return None if is_trtllm_raw(path) else "trtllm"
+    is_dumps = path.suffix.lower() == ".pt" or (path.is_dir() and any(path.glob("*.pt")))
+    if is_dumps and path.exists():
+        return "sglang" if is_load_dump(path) else None
+    return None
 
 
-def plan_loads_cli(args, layout) -> int:
+def plan_loads_cli(args, layout, source_engine: str) -> int:
     """``moefast plan LOADS``: the best placement loads alone allow, with the number of
     redundant experts that is fastest on the profile."""
     if layout is None or layout.k is None:
         raise ValueError(
             "a loads file has no top-k: name the model with --model (e.g. deepseek-v3)"
         )
-    load, layer_ids = load_expert_load(args.trace[0], return_layer_ids=True)
+    load, layer_ids = load_expert_load(
+        args.trace[0], return_layer_ids=True, num_experts=layout.num_experts
+    )
     layout.check_layers(layer_ids, load.shape[1])
     cost_model, source = cost_model_and_source(args)
     profile = serving_profile(args)
     assert profile is not None  # --current and --topology are not loads options
-    print(loads_only_statement(args.format))
+    print(loads_only_statement(source_engine))
     result = plan_from_loads(
         load, layer_ids, args.gpus, args.slots, layout.k, profile, cost_model, seed=args.seed
     )
     serving = result.model.settings["serving"]
     print(
         f"serving profile ({profile_words(args)}); simulated step time per candidate, summed"
-        f" over {len(layer_ids)} layers, {serving['note']}; {source}; * recommended:"
+        f" over {len(layer_ids)} layers, {serving['note']}; {record_dispatch(serving)};"
+        f" {source}; * recommended:"
     )
     print(format_table(*settings_rows(serving)))
-    for line in serving["warnings"]:
-        print(line)
-    print(serving["headline"])
-    flag = REDUNDANT_FLAG.get(args.format, "redundant experts")
-    print(
-        f"redundant experts: {result.redundant} ({flag} {result.redundant}), the fastest"
-        f" of {args.gpus * args.slots - load.shape[1]} down to"
-        f" {args.gpus * -(-load.shape[1] // args.gpus) - load.shape[1]} on the profile,"
-        " under the best replica choice (not the engine's own dispatch)"
-    )
+    print_verdict(serving, args.format)
     model = result.model
     model.settings["model"] = layout.name
     launch = launch_settings(args.format, args.out, args.gpus, result.slots_per_gpu, load.shape[1])
@@ -131,8 +137,10 @@ def cmd_plan(args) -> int:
             f"the {args.format} file holds rows for the model's layers: say which model with"
             " --model (e.g. deepseek-v3) or --num-layers and --moe-layers"
         )
-    if is_load_file(args.trace):
-        return plan_loads_cli(args, layout)
+    source = load_source(args.trace)
+    if source is not None:
+        # The recording flags of the engine that wrote the loads (a .npy: the output's).
+        return plan_loads_cli(args, layout, args.format if source == "npy" else source)
     # At once, before a large trace is read: a pipe sees the run is alive.
     stage(f"moefast plan: reading {', '.join(args.trace)}", not args.quiet)
     if is_streaming(args):
@@ -178,7 +186,9 @@ def cmd_plan(args) -> int:
     if layout is not None and args.model:
         model.settings["model"] = layout.name
     if getattr(args, "launch", None) is None and args.slots is not None:
-        args.launch = launch_settings(args.format, args.out, args.gpus, args.slots, num_experts)
+        args.launch = launch_settings(
+            args.format, args.out, args.gpus, model.slots_per_gpu, num_experts
+        )
     model.settings["launch"] = getattr(args, "launch", None)
     launch = model.save(args.out, args.format, model=layout, mtp=args.mtp)
     print(f"placement ({args.format}): {args.out}")
@@ -306,8 +316,16 @@ def add_parser(sub: Any) -> None:
         help="serving profile: the batch sizes served, with optional shares (1,16,64,256 or"
         " 1:0.2,64:0.8); every candidate (this plan, batch-aware per size, EPLB, round-robin,"
         " contiguous, the engine's default map) is simulated on the held-out tokens at each"
-        " size and the one of least expected step time is written (default: B = 1 and 64,"
-        " no batch-aware search)",
+        " size and the one of least expected step time is written, each also with fewer"
+        " redundant experts, down to none (default: B = 1 and 64, no batch-aware search)",
+    )
+    p.add_argument(
+        "--dispatch",
+        choices=DISPATCHES,
+        default=None,
+        help="the replica routing the profile's figures assume (default: the engine's, from"
+        " --format: sglang-static for sglang, trtllm, vllm-ascend; best for eplb and native);"
+        " best: the best replica choice, which no engine runs",
     )
     p.add_argument(
         "--current",

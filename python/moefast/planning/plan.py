@@ -38,7 +38,14 @@ from moefast.moves import MoveBudget, check_current, check_move_limits
 from moefast.placement import ModelPlacement
 from moefast.planning.executors import optimize_layers, stream_split_tables, tables_from_files
 from moefast.planning.layer import plan_one_layer
-from moefast.planning.profile import ServingProfile, candidates, choose
+from moefast.planning.profile import (
+    ServingProfile,
+    batch_aware,
+    cheap_candidates,
+    choose,
+    fewer_slots,
+    redundant_suffix,
+)
 from moefast.planning.replan import held_out_gain, replan_layers, replan_summary
 from moefast.search.methods import OLD_KEYWORDS as OPTIMIZE_OLD_KEYWORDS
 from moefast.search.methods import OPTION_CLASSES as OPTIMIZE_CLASSES
@@ -334,13 +341,19 @@ def plan(
     ``profile`` (a `moefast.planning.profile.ServingProfile`: the batch sizes served and
     their shares) makes the plan a choice: every candidate (this plan, the batch-aware
     search at each profile size above 1, EPLB, round-robin, contiguous, the engine's
-    default map) is planned on the same train part and simulated on the same tokens as
-    the result's ``evaluation`` (held out when it is), and the placement returned is the one
-    of least expected step time over the profile under ``objective.cost_model`` (default:
-    the preset of ``model`` on ``profile.gpu``). ``settings["serving"]`` records every
-    candidate's step time at every size and its rounds, the recommendation, and a warning
-    for each size at which it is slower than the engine default or EPLB; ``layer_costs``
-    are the recommended placement's rounds. Not with ``moves`` or a topology. Without a
+    default map and, under an engine's dispatch, a placement searched for it) is planned on
+    the same train part and simulated on the same tokens as ``evaluation`` (held out when it
+    is) under the profile's dispatch (``profile.dispatch``, default the engine's), and the
+    placement returned is the one of least expected step time over the profile under
+    ``objective.cost_model`` (default: the preset of ``model`` on ``profile.gpu``). With
+    ``profile.fewer_slots`` the candidates but the batch-aware searches are also planned
+    with fewer slots per GPU, down to no redundant expert, and the batch-aware searches run
+    at the slot count of the fastest of them: the returned placement's ``slots_per_gpu``
+    may be below ``slots_per_gpu``. ``settings["serving"]`` records every candidate's step
+    time at every size and its rounds (each key naming its dispatch), its redundant
+    experts, the recommendation, a warning for each size at which it is slower than the
+    engine default or EPLB beyond the tie tolerance and the ties; ``layer_costs`` are the
+    recommended placement's rounds. Not with ``moves`` or a topology. Without a
     profile nothing changes.
     """
     cluster = as_cluster(cluster, slots_per_gpu)
@@ -427,7 +440,7 @@ def plan(
         layer_tables: Sequence[SubsetTable], chosen: Estimator, cv_seed: int
     ) -> list[Placement]:
         return plan_layers(
-            layer_tables, num_gpus, slots_per_gpu, method, chosen, cv_seed, False, **options
+            layer_tables, num_gpus, cluster.slots_per_gpu, method, chosen, cv_seed, False, **options
         )
 
     chosen = Estimator(coverage)
@@ -610,7 +623,7 @@ def plan(
     settings["gain_regime"] = f"{ROUNDS_REGIME}, {comparison.basis}"
     layer_costs = comparison.costs[method]
     if serving is not None:
-        scores, placed = serving
+        scores, placed, slots_per_gpu = serving
         scores = replace(scores, synthetic=synthetic)
         settings["serving"] = scores.as_settings()
         placements, layer_costs = placed[scores.recommended], scores.rounds[scores.recommended]
@@ -694,32 +707,15 @@ def _serve(
     seed: int,
     options: dict[str, Any],
     progress: bool = False,
-) -> tuple[ServingScores, dict[str, list[Placement]]]:
+) -> tuple[ServingScores, dict[str, list[Placement]], int]:
     """Every candidate of the profile, planned on ``plan_tables`` and scored on the tokens
-    ``comparison`` was scored on (``progress``: the layers of each batch-aware search and
-    the candidates scored, on stderr)."""
-
-    def plan_batch(b: int) -> list[Placement]:
-        batch = {**options, "objective": "batch", "batch_size": b, "cost_model": cost_model}
-        if profile.max_evaluations is not None:
-            batch["max_evaluations"] = profile.max_evaluations
-        return plan_layers(
-            plan_tables,
-            num_gpus,
-            slots_per_gpu,
-            "greedy",
-            chosen,
-            seed,
-            progress,
-            desc=f"batch-aware search, B = {b}",
-            **batch,
-        )
-
+    ``comparison`` was scored on under the profile's dispatch, and the recommended one's
+    slots per GPU: the cheap candidates (`cheap_candidates`) with ``slots_per_gpu`` and
+    every smaller count that holds every expert (``profile.fewer_slots``), then the
+    batch-aware searches at the count of the fastest of them (``progress``: the layers of
+    each search and the candidates scored, on stderr)."""
     main = comparison.main_label or METHOD_LABELS.get(
         comparison.main_method, comparison.main_method
-    )
-    placed = candidates(
-        plan_tables, (main, placements), num_gpus, slots_per_gpu, profile, plan_batch, seed
     )
     routing: Trace | Sequence[SubsetTable]
     if test_tables is not None:
@@ -730,19 +726,84 @@ def _serve(
         routing, score_tables = trace, list(plan_tables)
     else:
         routing = score_tables = tables
-    scores = choose(
-        profile,
-        cost_model,
-        repr(cost_model),
-        placed,
-        routing,
-        score_tables,
-        comparison.basis,
-        comparison.note,
-        seed,
-        progress,
+    num_experts = plan_tables[0].num_experts
+
+    def score(placed: dict[str, list[Placement]], slots: dict[str, int]) -> ServingScores:
+        redundant = {name: num_gpus * s - num_experts for name, s in slots.items()}
+        return choose(
+            profile,
+            cost_model,
+            repr(cost_model),
+            placed,
+            routing,
+            score_tables,
+            comparison.basis,
+            comparison.note,
+            seed,
+            progress,
+            redundant,
+        )
+
+    # The cheap candidates at every slot count, the batch-aware searches at the count whose
+    # cheap candidate is fastest (they cost seconds to minutes per layer and size).
+    counts, why = fewer_slots(num_experts, num_gpus, slots_per_gpu)
+    placed = cheap_candidates(
+        plan_tables, (main, placements), num_gpus, slots_per_gpu, profile, cost_model, seed
     )
-    return scores, placed
+    slots = dict.fromkeys(placed, slots_per_gpu)
+    for count in counts if profile.fewer_slots else []:
+        own = None
+        if options["objective"] == "decode":  # the plan's own method, when it is cheap
+            own = plan_layers(
+                plan_tables,
+                num_gpus,
+                count,
+                comparison.main_method,
+                chosen,
+                seed,
+                progress,
+                desc=f"planning layers, {count} slots per GPU",
+                **options,
+            )
+        suffix = redundant_suffix(num_experts, num_gpus, count)
+        more = cheap_candidates(
+            plan_tables, (main, own), num_gpus, count, profile, cost_model, seed, suffix
+        )
+        placed.update(more)
+        slots.update(dict.fromkeys(more, count))
+    scores = score(placed, slots)
+    chosen_slots = slots[scores.recommended]
+    suffix = (
+        ""
+        if chosen_slots == slots_per_gpu
+        else redundant_suffix(num_experts, num_gpus, chosen_slots)
+    )
+
+    def plan_batch(b: int) -> list[Placement]:
+        batch = {**options, "objective": "batch", "batch_size": b, "cost_model": cost_model}
+        if profile.max_evaluations is not None:
+            batch["max_evaluations"] = profile.max_evaluations
+        return plan_layers(
+            plan_tables,
+            num_gpus,
+            chosen_slots,
+            "greedy",
+            chosen,
+            seed,
+            progress,
+            desc=f"batch-aware search, B = {b}",
+            **batch,
+        )
+
+    searched = batch_aware(profile, plan_batch, suffix, placed)
+    if searched:
+        first = next((n for n in placed if slots[n] == chosen_slots), None)
+        scores = scores.merged(score(searched, dict.fromkeys(searched, chosen_slots)), first)
+        placed.update(searched)
+        slots.update(dict.fromkeys(searched, chosen_slots))
+    if profile.fewer_slots and why:
+        scores = replace(scores, redundancy_note=why)
+    return scores, placed, slots[scores.recommended]
 
 
 def _replan_unit(topology: Topology | None, objective: str, batch_size: int | None) -> str:

@@ -1,8 +1,12 @@
 """How a model is served, as an input of the plan: the batch sizes a deployment runs (with
 their shares of the steps) and the GPU. `plan(..., profile=)` plans every candidate on the
 same train tokens (the co-activation plan, the batch-aware search at each profile size,
-EPLB, round-robin, contiguous and the engine's default map), scores each on the profile
-(`moefast.evaluate.serving`) and returns the one of least expected step time.
+EPLB, round-robin, contiguous, the engine's default map and, under an engine's dispatch,
+a placement searched for it), scores each on the profile under the dispatch the engine runs
+(`moefast.evaluate.serving`) and returns the one of least expected step time. The cheap
+candidates are also planned with fewer slots per GPU, down to no redundant experts, so the
+number of redundant experts is a choice of the plan (`redundant_flag` names the engine's
+setting).
 
 Without a profile `plan` returns its method's placement, as before; the command line
 plans for `DEFAULT_PROFILE` when ``--batch-sizes`` is not given.
@@ -11,7 +15,9 @@ plans for `DEFAULT_PROFILE` when ``--batch-sizes`` is not given.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from moefast._core import Placement, SubsetTable
@@ -20,12 +26,22 @@ from moefast.batch.times import Routing
 from moefast.evaluate.comparison import METHOD_LABELS
 from moefast.evaluate.heldout import baseline_placements
 from moefast.evaluate.serving import ServingScores, score_candidates
+from moefast.io.engines.dispatch import check_dispatch, dispatch_label, engine_dispatch, step_rule
 from moefast.io.engines.slots import default_map, placement_from_slots
+from moefast.search.dispatch import search_for_dispatch
 
 #: The decode batch the command line reports beside B = 1 when no profile is given: a
 #: typical per-step batch of a decode server (SGLang's and vLLM's defaults admit hundreds
 #: of running requests; at 64 a server is neither idle nor saturated).
 TYPICAL_DECODE_BATCH = 64
+
+#: Swaps the search for the engine's dispatch scores, shared by the layers of a plan (one
+#: costs 5-25 ms on a DeepSeek-V3 layer of 256 experts on 32 GPUs: the engine's map is
+#: drawn again for every swap).
+DISPATCH_SEARCH_EVALUATIONS = 2000
+#: The fewest and the most swaps each layer's search scores.
+MIN_LAYER_EVALUATIONS = 10
+MAX_LAYER_EVALUATIONS = 200
 
 #: The map each engine starts from without a placement file.
 ENGINE_DEFAULTS = {
@@ -34,13 +50,37 @@ ENGINE_DEFAULTS = {
 _OTHER_ENGINE = "engine default (slot p holds expert p % E, SGLang's map)"
 
 
+def redundant_flag(engine: str, redundant: int, num_experts: int) -> str:
+    """The engine's setting for ``redundant`` redundant experts of ``num_experts``
+    (docs/formats.md), as it is
+    written: SGLang's flag, TensorRT-LLM's ``num_slots`` in its MoE load balancer config
+    (experts + redundant), vLLM-Ascend's ``num_redundant_experts`` in
+    ``--additional-config``'s ``eplb_config``."""
+    if engine == "sglang":
+        return f"--ep-num-redundant-experts {redundant}"
+    if engine == "trtllm":
+        return f"num_slots: {num_experts + redundant} in moe_config: load_balancer:"
+    if engine == "vllm-ascend":
+        return (
+            f'--additional-config \'{{"eplb_config": {{"num_redundant_experts":'
+            f" {redundant}, ...}}}}'"
+        )
+    return f"{redundant} redundant experts"
+
+
 @dataclass(frozen=True)
 class ServingProfile:
     """The batch sizes served (one or several) and each one's share of the steps
     (default: equal), the GPU (for cost-model presets), and whether to search a
     batch-aware candidate at each size above 1 (``batch_aware``: the search costs seconds
     to minutes per layer and size; ``max_evaluations`` bounds it), the engine whose
-    default map is a candidate, and the simulated steps per size."""
+    default map is a candidate, and the simulated steps per size.
+
+    ``dispatch`` (`moefast.io.engines.dispatch.DISPATCHES`; None: the engine's default,
+    `engine_dispatch`, "best" for formats that are no engine's) is the replica routing
+    every figure is computed under; ``fewer_slots`` also scores the cheap candidates with
+    fewer slots per GPU, down to no redundant experts; ``compare_best`` also times every
+    candidate under the best replica choice, beside the dispatch."""
 
     batch_sizes: tuple[int, ...]
     weights: tuple[float, ...] | None = None
@@ -50,6 +90,9 @@ class ServingProfile:
     steps: int = 256
     #: Bound on the moves each batch-aware search times (None: the search's default).
     max_evaluations: int | None = None
+    dispatch: str | None = None
+    fewer_slots: bool = True
+    compare_best: bool = False
 
     def __post_init__(self) -> None:
         sizes = tuple(self.batch_sizes)
@@ -72,6 +115,8 @@ class ServingProfile:
             raise ValueError(f"unknown gpu {self.gpu!r}; known: {sorted(GPUS)}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.dispatch is not None:
+            check_dispatch(self.dispatch)
         order = sorted(range(len(sizes)), key=lambda i: sizes[i])
         object.__setattr__(self, "batch_sizes", tuple(sizes[i] for i in order))
         object.__setattr__(self, "weights", tuple(weights[i] / total for i in order))
@@ -95,6 +140,18 @@ class ServingProfile:
             ) from None
         return cls(tuple(sizes), tuple(weights), **options)  # type: ignore[arg-type]
 
+    @property
+    def rule(self) -> str:
+        """The dispatch the figures are computed under: ``dispatch``, else the engine's."""
+        return self.dispatch if self.dispatch is not None else engine_dispatch(self.engine)
+
+    @property
+    def search_size(self) -> int:
+        """The size a placement is searched for the dispatch at: the most weighted (the
+        smallest of equals)."""
+        weights = self.weights or ()
+        return self.batch_sizes[max(range(len(weights)), key=lambda i: (weights[i], -i))]
+
 
 #: What the command line plans for without --batch-sizes: single tokens and a typical
 #: decode batch, equal shares, no batch-aware search.
@@ -112,35 +169,108 @@ def engine_default(num_experts: int, num_gpus: int, slots_per_gpu: int) -> Place
     return placement_from_slots(slots, num_gpus, num_experts, "the engine's default map")
 
 
-def candidates(
+def fewer_slots(num_experts: int, num_gpus: int, slots_per_gpu: int) -> tuple[list[int], str]:
+    """The slots per GPU below ``slots_per_gpu`` that still hold every expert, from the
+    most to the fewest (no redundant expert when G divides E), and why the fewest keeps
+    redundant experts ("" when it keeps none)."""
+    fewest = math.ceil(num_experts / num_gpus)
+    why = ""
+    if num_experts % num_gpus:
+        why = (
+            f"no count without redundant experts: {num_experts} experts do not divide over"
+            f" {num_gpus} GPUs (engines give every GPU the same slots), so the fewest is"
+            f" {num_gpus * fewest - num_experts} ({fewest} slots per GPU)"
+        )
+    return list(range(slots_per_gpu - 1, fewest - 1, -1)), why
+
+
+def redundant_suffix(num_experts: int, num_gpus: int, slots: int) -> str:
+    """The words that tell a candidate with fewer slots per GPU apart."""
+    return f" ({num_gpus * slots - num_experts} redundant)"
+
+
+def cheap_candidates(
     plan_tables: Sequence[SubsetTable],
-    main: tuple[str, Sequence[Placement]],
+    main: tuple[str, Sequence[Placement] | None],
     num_gpus: int,
     slots_per_gpu: int,
     profile: ServingProfile,
-    plan_batch: Callable[[int], list[Placement]],
+    cost_model: CostModel,
     seed: int,
+    suffix: str = "",
 ) -> dict[str, list[Placement]]:
-    """Every candidate placement, planned on ``plan_tables`` (the train part): ``main``
-    (the plan's own), the batch-aware search at each profile size above 1 (with
-    ``profile.batch_aware``; ``plan_batch(B)`` plans every layer for batches of B), the
-    baselines and the engine's default map."""
+    """The candidates that take no batch-aware search, each name followed by ``suffix``:
+    ``main`` (the plan's own, when given), EPLB, round-robin, contiguous, the engine's
+    default map and, under an engine's dispatch, the placement searched for it from them
+    (`dispatch_searched`)."""
     name, placements = main
-    out: dict[str, list[Placement]] = {name: list(placements)}
-    if profile.batch_aware:
-        for b in profile.batch_sizes:
-            label = f"batch-aware (B={b})"
-            if b > 1 and label not in out:
-                out[label] = plan_batch(b)
+    out: dict[str, list[Placement]] = {}
+    if placements is not None:
+        out[name + suffix] = list(placements)
     baselines = baseline_placements(
         plan_tables, num_gpus, slots_per_gpu, ("eplb", "round_robin", "contiguous"), seed
     )
     for method, placed in baselines.items():
-        out.setdefault(METHOD_LABELS[method], placed)
+        out.setdefault(METHOD_LABELS[method] + suffix, placed)
     num_experts = plan_tables[0].num_experts
     default = engine_default(num_experts, num_gpus, slots_per_gpu)
-    out[engine_default_label(profile.engine)] = [default] * len(plan_tables)
+    out[engine_default_label(profile.engine) + suffix] = [default] * len(plan_tables)
+    if profile.rule != "best":
+        label, searched = dispatch_searched(plan_tables, out, profile, cost_model, seed)
+        out[label + suffix] = searched
     return out
+
+
+def dispatch_searched(
+    plan_tables: Sequence[SubsetTable],
+    starts: dict[str, list[Placement]],
+    profile: ServingProfile,
+    cost_model: CostModel,
+    seed: int,
+) -> tuple[str, list[Placement]]:
+    """The candidate's name and, per layer, the placement `search_for_dispatch` finds under
+    the profile's dispatch at `ServingProfile.search_size` (expert rounds at B = 1, else
+    simulated steps), from the layer's placements of ``starts``, with
+    `DISPATCH_SEARCH_EVALUATIONS` swaps shared by the layers (from `MIN_LAYER_EVALUATIONS`
+    to `MAX_LAYER_EVALUATIONS` each), layers in parallel.
+    SGLang's static map draws through the
+    layers of a file; the search scores each layer with the draw of a file of that layer
+    alone, the scoring with the file's."""
+    size = profile.search_size
+    num_gpus = next(iter(starts.values()))[0].num_gpus
+    rule = step_rule(profile.rule, size, num_gpus)
+    share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
+    evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
+
+    def one(i: int) -> Placement:
+        return search_for_dispatch(
+            plan_tables[i],
+            {name: layers[i] for name, layers in starts.items()},
+            rule,
+            max_evaluations=evaluations,
+            seed=seed,
+            batch_size=size,
+            cost_model=cost_model,
+        ).placement
+
+    workers = max(1, min(len(plan_tables), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the core's costs free the GIL
+        placed = list(pool.map(one, range(len(plan_tables))))
+    return f"searched for {dispatch_label(profile.rule)} (B = {size})", placed
+
+
+def batch_aware(
+    profile: ServingProfile,
+    plan_batch: Callable[[int], list[Placement]],
+    suffix: str = "",
+    have: Collection[str] = (),
+) -> dict[str, list[Placement]]:
+    """The batch-aware search at each profile size above 1 (with ``profile.batch_aware``;
+    ``plan_batch(B)`` plans every layer for batches of B), but those named in ``have``."""
+    if not profile.batch_aware:
+        return {}
+    names = {b: f"batch-aware (B={b}){suffix}" for b in profile.batch_sizes if b > 1}
+    return {name: plan_batch(b) for b, name in names.items() if name not in have}
 
 
 def choose(
@@ -154,9 +284,10 @@ def choose(
     note: str,
     seed: int,
     progress: bool = False,
+    redundant: dict[str, int] | None = None,
 ) -> ServingScores:
-    """The candidates scored on the profile (`score_candidates`; ``progress``: one step per
-    candidate on stderr)."""
+    """The candidates scored on the profile under its dispatch (`score_candidates`;
+    ``progress``: one step per candidate on stderr)."""
     return score_candidates(
         routing,
         score_tables,
@@ -170,4 +301,7 @@ def choose(
         seed=seed,
         steps=profile.steps,
         progress=progress,
+        dispatch=profile.rule,
+        redundant=redundant,
+        compare_best=profile.compare_best,
     )

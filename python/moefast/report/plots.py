@@ -15,7 +15,7 @@ from moefast._util.atomic import save_figure
 from moefast.evaluate.coactivation import coactivation
 from moefast.evaluate.comparison import METHOD_LABELS, Comparison
 from moefast.evaluate.learning_curve import LearningCurve
-from moefast.evaluate.serving import regime
+from moefast.evaluate.serving import record_dispatch, record_step_times
 
 _STYLES = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
 
@@ -167,10 +167,10 @@ def serving_figure(record: Mapping[str, Any]):
     basis = record["basis"]
     sizes = [int(b) for b in record["profile"]]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for (name, entry), (marker, dash) in zip(
+    for (name, _entry), (marker, dash) in zip(
         record["candidates"].items(), itertools.cycle(_STYLES)
     ):
-        times = [entry["step_time_us"][regime(b, basis)] for b in sizes]
+        times = record_step_times(record, name)
         best = name == record["recommended"]
         ax.plot(
             sizes,
@@ -190,7 +190,7 @@ def serving_figure(record: Mapping[str, Any]):
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("batch size B (tokens per decode step)")
     ax.set_ylabel("simulated step time, summed over layers (us)")
-    ax.set_title(f"Step time of every candidate against B ({basis})")
+    ax.set_title(f"Step time of every candidate against B ({basis}, {record_dispatch(record)})")
     ax.grid(alpha=0.3, which="both")
     # Below the axes: candidate names (the engine's map) are long.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)

@@ -13,7 +13,7 @@ from moefast._core import SubsetTable
 from moefast._util.atomic import write_text
 from moefast.evaluate.comparison import METHOD_LABELS, Comparison
 from moefast.evaluate.learning_curve import LearningCurve
-from moefast.evaluate.serving import settings_rows
+from moefast.evaluate.serving import record_dispatch, settings_rows
 from moefast.report.plots import (
     plot_coactivation,
     plot_layer_costs,
@@ -98,11 +98,11 @@ def write_report(
             f"## Step time on the serving profile ({serving['basis']})",
             "",
             f"Simulated step time per candidate in us, summed over layers, {serving['note']};"
-            f" {serving['dispatch']}; {serving['cost_model']}; * recommended.",
+            f" {record_dispatch(serving)}; {serving['cost_model']}; * recommended.",
             "",
             markdown_table(*settings_rows(serving)),
             "",
-            *(f"- {line}" for line in serving["warnings"]),
+            *(f"- {line}" for line in (*serving["warnings"], *serving.get("ties", ()))),
             f"**{serving['headline']}**",
             "",
             "![step time against the batch size](serving.png)",

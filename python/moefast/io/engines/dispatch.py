@@ -21,7 +21,13 @@ core's `dispatch_costs` and `simulate_dispatch_steps` take.
   ``cpp/tensorrt_llm/kernels/moeLoadBalance/moeLoadBalanceKernels.cu``, NVIDIA/TensorRT-LLM
   commit ada8389): the j-th pair of an expert in a rank's block goes to replica
   ``(j + rank) % count`` in slot order, so a lone token on rank r uses replica
-  ``r % count``. Modelled for decode at one token per rank only.
+  ``r % count``. Modelled exactly at one token per rank (batches of at most G tokens);
+  above, `step_rule` times it with its first pair's map, the ``"vllm-ascend"`` map.
+- ``"vllm-ascend"``: vLLM-Ascend's ``log2phy`` map (``generate_log2phy_map`` in
+  ``vllm_ascend/eplb/core/eplb_utils.py``, vllm-project/vllm-ascend commit 182b75e, one
+  EP rank per device): every token of rank r sends an expert to its replica ``r % count``,
+  replicas in rank order, at every batch size. Older versions (695bb39) kept a rank's own
+  replica and drew the others at random, SGLang's static rule with independent draws.
 
 Physical slots are numbered GPU by GPU with each GPU's experts ascending (the order
 `moefast.io.engines.slots.gpu_slots` writes), so an expert's replicas in physical order
@@ -38,10 +44,19 @@ import numpy as np
 from moefast._core import Placement
 
 #: Dispatch rules that costs and simulations take.
-DISPATCHES = ("best", "sglang-static", "sglang-dynamic", "trtllm")
+DISPATCHES = ("best", "sglang-static", "sglang-dynamic", "trtllm", "vllm-ascend")
 
-#: The dispatch each engine format runs by default.
-ENGINE_DISPATCH = {"sglang": "sglang-static", "trtllm": "trtllm"}
+#: The dispatch each engine format runs by default (other formats: "best").
+ENGINE_DISPATCH = {"sglang": "sglang-static", "trtllm": "trtllm", "vllm-ascend": "vllm-ascend"}
+
+#: The words every figure computed under a dispatch carries.
+DISPATCH_LABELS = {
+    "best": "best replica choice",
+    "sglang-static": "SGLang static dispatch",
+    "sglang-dynamic": "SGLang dynamic dispatch",
+    "trtllm": "TensorRT-LLM dispatch",
+    "vllm-ascend": "vLLM-Ascend dispatch",
+}
 
 #: The seed SGLang's static map draws with.
 SGLANG_SEED = 42
@@ -52,6 +67,33 @@ def check_dispatch(dispatch: object) -> str:
     if dispatch not in DISPATCHES:
         raise ValueError(f"unknown dispatch {dispatch!r}; known: {', '.join(DISPATCHES)}")
     return str(dispatch)
+
+
+def engine_dispatch(engine: str) -> str:
+    """The dispatch ``engine`` (a placement format) runs by default: "best" for formats
+    that are no engine's (eplb, native)."""
+    return ENGINE_DISPATCH.get(engine, "best")
+
+
+def step_rule(dispatch: str, batch_size: int, num_gpus: int) -> str:
+    """The rule that times steps of ``batch_size`` tokens on ``num_gpus`` GPUs under
+    ``dispatch``: the dispatch itself, except TensorRT-LLM's above one token per rank, whose
+    round robin over a rank's pairs of an expert is timed with its first pair's replica
+    (``r % count``, the "vllm-ascend" map): each rank's later pairs of an expert go to
+    that replica too instead of the next ones."""
+    dispatch = check_dispatch(dispatch)
+    if dispatch == "trtllm" and batch_size > num_gpus:
+        return "vllm-ascend"
+    return dispatch
+
+
+def dispatch_label(dispatch: str, batch_size: int = 1, num_gpus: int | None = None) -> str:
+    """The words naming ``dispatch`` in a figure of steps of ``batch_size`` tokens (on
+    ``num_gpus`` GPUs), saying so where `step_rule` stands in for the engine's rule."""
+    label = DISPATCH_LABELS[check_dispatch(dispatch)]
+    if num_gpus is not None and step_rule(dispatch, batch_size, num_gpus) != dispatch:
+        label += " (above one token per rank: each rank's first replica r % count per expert)"
+    return label
 
 
 def _fair_choices(candidates: list[int], count: int, rng: random.Random) -> list[int]:
@@ -111,8 +153,9 @@ def _nearest(candidates: list[int], rank: int, gpus_per_node: int | None) -> int
 
 
 def trtllm_map(placement: Placement) -> np.ndarray:
-    """int [G, E]: the replica TensorRT-LLM's load balancer gives a lone token of each rank
-    (replica ``rank % count`` in slot order)."""
+    """int [G, E]: the replica TensorRT-LLM's load balancer gives a lone token of each rank,
+    and vLLM-Ascend's ``log2phy`` map every token of the rank (replica ``rank % count`` in
+    slot order)."""
     out = np.empty((placement.num_gpus, placement.num_experts), dtype=np.int64)
     for e in range(placement.num_experts):
         gpus = np.nonzero(placement.replicas[e])[0]
@@ -126,7 +169,7 @@ def dispatch_maps(placements: Sequence[Placement], dispatch: str) -> list[np.nda
     dispatch = check_dispatch(dispatch)
     if dispatch == "sglang-static":
         return list(sglang_static_maps(placements))
-    if dispatch == "trtllm":
+    if dispatch in ("trtllm", "vllm-ascend"):
         return [trtllm_map(p) for p in placements]
     if dispatch == "sglang-dynamic":
         return [None] * len(placements)

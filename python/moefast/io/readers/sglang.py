@@ -282,6 +282,19 @@ def dump_files(path: Path) -> list[Path]:
     return [path]
 
 
+def is_load_dump(path: Path) -> bool:
+    """SGLang ``.pt`` dumps (one file or a folder of them) that hold per-expert loads only:
+    ``stat`` dumps (``logical_count``) or ``per_pass`` dumps, not ``per_token`` records.
+    Reads the first dump (needs torch)."""
+    dump = _torch_load(dump_files(path)[0])
+    if not isinstance(dump, Mapping):
+        return False
+    records = dump.get("records")
+    if isinstance(records, Sequence) and records and isinstance(records[0], Mapping):
+        return "topk_ids_of_layer" not in records[0]
+    return "logical_count" in dump
+
+
 def read_sglang_trace(
     path: Path, num_experts: int | None = None, dp_attention: bool | None = None
 ) -> Trace:
