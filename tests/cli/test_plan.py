@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import re
@@ -10,9 +12,10 @@ import subprocess
 import sys
 import time
 
+import moefast as mf
 import numpy as np
 import pytest
-from moefast.cli import main
+from moefast.cli import build_parser, main
 from moefast.cli.plan import load_source
 from moefast.io.engines import load_placement
 from moefast.trace import Trace
@@ -153,3 +156,50 @@ def test_plan_from_tensorrt_llm_counts_takes_the_loads_only_path(tmp_path, capsy
     redundant = int(re.search(r"redundant experts: (\d+) \(num_slots: (\d+)", text)[1])
     assert f"num_slots: {32 + redundant} in moe_config" in text and redundant in (0, 8)
     assert out.exists()
+
+
+def test_plan_flags_are_grouped_by_the_option_class_they_fill() -> None:
+    (plan_parser,) = (
+        a.choices["plan"]
+        for a in build_parser()._actions
+        if isinstance(a, argparse._SubParsersAction)
+    )
+    groups = {g.title: {a.dest for a in g._group_actions} for g in plan_parser._action_groups}
+    # Each flag of a group fills one field of the class the group names.
+    expected = {
+        "cluster (moefast.Cluster)": (
+            mf.Cluster,
+            {
+                "gpus": "num_gpus",
+                "slots": "slots_per_gpu",
+                "topology": "topology",
+                "gpus_per_node": "topology",
+                "num_groups": "num_groups",
+                "round_us": "round_us",
+            },
+        ),
+        "evaluation (moefast.Evaluation)": (
+            mf.Evaluation,
+            {f: f for f in ("coverage", "holdout", "split_by", "estimator")},
+        ),
+        "compute budget (moefast.Budget)": (
+            mf.Budget,
+            {"time_budget": "time_budget", "work_budget": "work_budget"},
+        ),
+        "re-planning (moefast.MoveBudget)": (
+            mf.MoveBudget,
+            {
+                "current": "current",
+                "current_format": "current",
+                "max_moves": "max_moves",
+                "copy_cost": "copy_cost",
+            },
+        ),
+        "serving profile (moefast.ServingProfile)": (
+            mf.ServingProfile,
+            {"batch_sizes": "batch_sizes", "dispatch": "dispatch"},
+        ),
+    }
+    for title, (cls, to_field) in expected.items():
+        assert groups[title] == set(to_field), title
+        assert set(to_field.values()) <= {f.name for f in dataclasses.fields(cls)}, title

@@ -183,7 +183,7 @@ def at_least(low: int):
     return parse
 
 
-def cost_model_options(p: argparse.ArgumentParser) -> None:
+def cost_model_options(p: Options) -> None:
     p.add_argument(
         "--alpha",
         type=float,
@@ -213,17 +213,29 @@ def cost_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default="h100", help="GPU of the preset: h100 or h200 (h100)")
 
 
+#: What --method takes.
+METHOD_HELP = "greedy (default), milp, contiguous, round_robin, eplb"
+
+#: Any parser or argument group of one.
+Options = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
 def placement_options(p: argparse.ArgumentParser) -> None:
+    cluster_options(p)
+    planning_options(p, METHOD_HELP)
+
+
+def cluster_options(p: Options) -> None:
+    """The GPUs and their slots (`moefast.Cluster`'s first fields)."""
     p.add_argument(
         "--gpus", type=at_least(1), required=True, help="number of GPUs (expert-parallel ranks)"
     )
     p.add_argument("--slots", type=at_least(1), required=True, help="experts each GPU can hold")
-    planning_options(p, "greedy (default), milp, contiguous, round_robin, eplb")
 
 
-def planning_options(p: argparse.ArgumentParser, method_help: str) -> None:
+def planning_options(p: Options, method_help: str, coverage_group: Options | None = None) -> None:
     p.add_argument("--method", default="greedy", help=method_help)
-    p.add_argument(
+    (coverage_group or p).add_argument(
         "--coverage",
         type=float,
         default=0.99,
@@ -235,7 +247,7 @@ def planning_options(p: argparse.ArgumentParser, method_help: str) -> None:
     )
 
 
-def trace_format_option(p: argparse.ArgumentParser) -> None:
+def trace_format_option(p: Options) -> None:
     p.add_argument(
         "--trace-format",
         choices=TRACE_FORMATS,

@@ -9,13 +9,15 @@ from typing import Any
 from moefast._util.atomic import check_folder, check_not_input, check_writable
 from moefast._util.progress import stage
 from moefast.cli.options import (
+    METHOD_HELP,
     at_least,
+    cluster_options,
     cost_model_and_source,
     cost_model_from_args,
     cost_model_options,
     int_list,
     moves_option,
-    placement_options,
+    planning_options,
     topology_from_args,
     trace_format_option,
 )
@@ -204,104 +206,117 @@ def add_parser(sub: Any) -> None:
         help="compute a placement from a trace",
         description="Computes a placement of every MoE layer and writes it for an engine.",
     )
-    p.add_argument(
+    io = p.add_argument_group("input and output")
+    cluster = p.add_argument_group("cluster (moefast.Cluster)")
+    search = p.add_argument_group("search (plan's method and seed)")
+    objective = p.add_argument_group(
+        "objective (moefast.Objective) and its cost model (moefast.CostModel)"
+    )
+    profile = p.add_argument_group("serving profile (moefast.ServingProfile)")
+    evaluation = p.add_argument_group("evaluation (moefast.Evaluation)")
+    budget = p.add_argument_group("compute budget (moefast.Budget)")
+    moves = p.add_argument_group("re-planning (moefast.MoveBudget)")
+    io.add_argument(
         "trace",
         nargs="+",
         help="routing trace(s) (.npz, .jsonl, .arrow, SGLang per_token .pt or folder, folders of"
         " shards); several files, --chunk-tokens, --workers or --ray plan by streaming",
     )
-    placement_options(p)
-    p.add_argument(
+    cluster_options(cluster)
+    planning_options(search, METHOD_HELP, coverage_group=evaluation)
+    io.add_argument(
         "--chunk-tokens",
         type=int,
         default=None,
         help="read the traces this many tokens at a time (memory holds the tables, not the trace)",
     )
-    p.add_argument(
+    io.add_argument(
         "--workers",
         type=int,
         default=None,
         help="count files and plan layers in this many local processes",
     )
-    p.add_argument(
+    io.add_argument(
         "--ray",
         default=None,
         metavar="ADDRESS",
         help="count and plan on a Ray cluster: 'local', 'auto' or ray://HOST:10001"
         " (pip install 'moefast[ray]')",
     )
-    p.add_argument(
+    io.add_argument(
         "--format",
         default="sglang",
         choices=PLACEMENT_FORMATS,
         help="placement file format (sglang)",
     )
-    p.add_argument(
+    io.add_argument(
         "--model",
         default=None,
         help="model preset giving its layers (deepseek-v3, qwen3-30b-a3b, mixtral-8x7b, ...;"
         " see moefast.io.layouts.PRESETS)",
     )
-    p.add_argument(
+    io.add_argument(
         "--num-layers", type=at_least(1), default=None, help="the model's decoder layer count"
     )
-    p.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
-    p.add_argument(
+    io.add_argument("--moe-layers", default=None, help="the model's MoE layer ids, as ranges: 3-60")
+    io.add_argument(
         "--layers-are-positions",
         action="store_true",
         help="the trace numbers its layers 0..L-1: map them to the model's first L MoE layers",
     )
-    p.add_argument(
+    io.add_argument(
         "--mtp",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="add the model's MTP layers (default: in TensorRT-LLM files, which the engine"
         " needs under speculative decoding; --mtp adds them to vLLM-Ascend files too)",
     )
-    p.add_argument("--out", required=True, help="placement file to write")
-    p.add_argument(
+    io.add_argument("--out", required=True, help="placement file to write")
+    io.add_argument(
         "--quiet",
         action="store_true",
         help="no progress on stderr (default: a line as each stage starts, then a bar on a"
         " terminal, a line per layer or candidate otherwise)",
     )
-    p.add_argument("--report", type=Path, default=None, help="also write a report into this folder")
-    p.add_argument(
+    io.add_argument(
+        "--report", type=Path, default=None, help="also write a report into this folder"
+    )
+    budget.add_argument(
         "--time-budget",
         type=float,
         default=None,
         metavar="SECONDS",
         help="stop the greedy's searches when the plan has taken this long (not deterministic)",
     )
-    p.add_argument(
+    budget.add_argument(
         "--work-budget",
         type=int,
         default=None,
         metavar="ROWS",
         help="stop the greedy's searches after this many rows read in all (deterministic)",
     )
-    p.add_argument(
+    evaluation.add_argument(
         "--holdout",
         type=float,
         default=0.2,
         help="share of tokens held out to score the plan and the baselines on (0.2; 0: in-sample;"
         " off by itself below 500 tokens)",
     )
-    p.add_argument(
+    evaluation.add_argument(
         "--split-by",
         choices=SPLIT_BY,
         default=None,
         help="hold out the last tokens (time) or whole requests (request); default: request"
         " when the trace knows at least 5 requests",
     )
-    p.add_argument(
+    evaluation.add_argument(
         "--estimator",
         choices=ESTIMATOR_CHOICES,
         default="plain",
         help="table to plan on: plain (the empirical table pruned to --coverage) or auto (that"
         " or the unpruned table, chosen by cross-validation on the train part)",
     )
-    p.add_argument(
+    objective.add_argument(
         "--batch-size",
         type=at_least(1),
         default=None,
@@ -309,7 +324,7 @@ def add_parser(sub: Any) -> None:
         help="optimize the mean step time of batches of B tokens (cost model below)"
         " instead of decode",
     )
-    p.add_argument(
+    profile.add_argument(
         "--batch-sizes",
         default=None,
         metavar="SIZES",
@@ -319,7 +334,7 @@ def add_parser(sub: Any) -> None:
         " size and the one of least expected step time is written, each also with fewer"
         " redundant experts, down to none (default: B = 1 and 64, no batch-aware search)",
     )
-    p.add_argument(
+    profile.add_argument(
         "--dispatch",
         choices=DISPATCHES,
         default=None,
@@ -327,14 +342,14 @@ def add_parser(sub: Any) -> None:
         " --format: sglang-static for sglang, trtllm, vllm-ascend; best for eplb and native);"
         " best: the best replica choice, which no engine runs",
     )
-    p.add_argument(
+    moves.add_argument(
         "--current",
         default=None,
         metavar="FILE",
         help="the placement being served (any placement format moefast reads): re-plan from it",
     )
-    p.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
-    p.add_argument(
+    moves.add_argument("--current-format", choices=PLACEMENT_FORMATS, default=None)
+    moves.add_argument(
         "--max-moves",
         type=moves_option,
         default=None,
@@ -343,7 +358,7 @@ def add_parser(sub: Any) -> None:
         " or a share of the layer's slots (10%%); each copy is one slot whose expert changes"
         " (a replica that stays keeps its slot)",
     )
-    p.add_argument(
+    moves.add_argument(
         "--copy-cost",
         type=float,
         default=None,
@@ -352,7 +367,7 @@ def add_parser(sub: Any) -> None:
         " per token per copy (moefast.moves.price_per_copy; with --topology, times"
         " --round-us us per token per copy)",
     )
-    p.add_argument(
+    cluster.add_argument(
         "--topology",
         choices=TOPOLOGY_PRESETS,
         default=None,
@@ -360,14 +375,14 @@ def add_parser(sub: Any) -> None:
         help="plan node-aware for this topology (h800_normal, h800_low_latency: DeepEP's H800"
         " figures) and report modeled layer times with communication against EPLB",
     )
-    p.add_argument(
+    cluster.add_argument(
         "--gpus-per-node",
         type=at_least(1),
         default=None,
         metavar="N",
         help="with --topology: GPUs per node (8); --gpus must be a multiple",
     )
-    p.add_argument(
+    cluster.add_argument(
         "--num-groups",
         type=at_least(1),
         default=None,
@@ -375,7 +390,7 @@ def add_parser(sub: Any) -> None:
         help="with --topology: keep each of G groups of consecutive expert ids on one node"
         " (group-limited routing: 8 for DeepSeek-V3)",
     )
-    p.add_argument(
+    cluster.add_argument(
         "--round-us",
         type=float,
         default=None,
@@ -383,6 +398,6 @@ def add_parser(sub: Any) -> None:
         help=f"with --topology, decode: time of one expert round in us ({ROUND_US:g}:"
         " a DeepSeek-V3 expert on an H100); batches use --alpha/--beta/--p",
     )
-    cost_model_options(p)
-    trace_format_option(p)
+    cost_model_options(objective)
+    trace_format_option(io)
     p.set_defaults(run=cmd_plan)
