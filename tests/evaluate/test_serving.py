@@ -123,3 +123,30 @@ def test_figures_under_an_engine_dispatch_name_it():
     assert best_rounds.tolist() == pytest.approx(
         [mf.expected_cost(t, p) for t, p in zip(tables, eplb, strict=True)]
     )
+
+
+def test_what_the_best_choice_would_run_is_the_least_expected_under_it():
+    times = {"greedy": {1: 10.0, 64: 100.0}, "EPLB": {1: 12.0, 64: 98.0}}
+    best = {"greedy": {1: 8.0, 64: 90.0}, "EPLB": {1: 9.0, 64: 80.0}}
+    rounds = {name: np.ones(1) for name in times}
+    static = ServingScores(
+        (1, 64),
+        (0.5, 0.5),
+        times,
+        rounds,
+        "held-out",
+        "",
+        "cm",
+        dispatch="sglang-static",
+        redundant={"greedy": 0, "EPLB": 8},
+        best_step_times=best,
+    )
+    alternative = static.with_best_choice()
+    assert alternative is not None
+    # greedy is recommended under the static rule (55 us); EPLB runs 44.5 us under the best.
+    assert static.recommended == "greedy"
+    assert alternative["candidate"] == "EPLB" and alternative["redundant_experts"] == 8
+    assert alternative["expected_step_time_us"] == pytest.approx(44.5)
+    assert alternative["below_recommended"] == pytest.approx(1 - 44.5 / 55.0)
+    assert static.as_settings()["with_moefast_dispatch"] == alternative
+    assert _scores(times).with_best_choice() is None

@@ -83,8 +83,11 @@ def serving_profile(args) -> ServingProfile | None:
     engine = getattr(args, "format", "sglang")
     dispatch = getattr(args, "dispatch", None)
     if text is None:
-        return replace(DEFAULT_PROFILE, gpu=args.gpu, engine=engine, dispatch=dispatch)
-    return ServingProfile.parse(text, gpu=args.gpu, engine=engine, dispatch=dispatch)
+        profile = replace(DEFAULT_PROFILE, gpu=args.gpu, engine=engine, dispatch=dispatch)
+    else:
+        profile = ServingProfile.parse(text, gpu=args.gpu, engine=engine, dispatch=dispatch)
+    # Under an engine's rule, also what moefast.dispatch (the best choice) would run.
+    return replace(profile, compare_best=profile.rule != "best")
 
 
 def profile_words(args) -> str:
@@ -127,6 +130,17 @@ def print_verdict(serving: dict, engine: str) -> None:
         f" {', '.join(map(str, counts))} on the profile, under {record_dispatch(serving)}"
         + (f"; {serving['redundancy_note']}" if serving.get("redundancy_note") else "")
     )
+    alternative = serving.get("with_moefast_dispatch")
+    if alternative is not None:
+        redundant = alternative["redundant_experts"]
+        print(
+            "with moefast.dispatch in the engine (the best replica choice,"
+            f" docs/guides/dispatch.md): {alternative['candidate']}"
+            + ("" if redundant is None else f" ({redundant} redundant)")
+            + f" would run {alternative['expected_step_time_us']:.1f} us expected,"
+            f" {alternative['below_recommended']:.1%} below the recommendation under"
+            f" {record_dispatch(serving)}; plan for it with --dispatch best"
+        )
 
 
 def check_memory_fits(trace: Trace, gpus: int, slots: int) -> None:

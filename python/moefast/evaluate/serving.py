@@ -113,6 +113,27 @@ class ServingScores:
         times = self.step_times[name]
         return float(sum(w * times[b] for b, w in zip(self.batch_sizes, self.weights, strict=True)))
 
+    def with_best_choice(self) -> dict[str, Any] | None:
+        """What the best replica choice (`moefast.dispatch` in the engine) would run: the
+        candidate of least expected step time under it, that time, its redundant experts
+        and its lead over the recommendation under this dispatch. None when the figures
+        are already under the best choice or it was not simulated."""
+        if self.best_step_times is None or self.dispatch == "best":
+            return None
+        shares = list(zip(self.batch_sizes, self.weights, strict=True))
+        expected = {
+            name: float(sum(w * times[b] for b, w in shares))
+            for name, times in self.best_step_times.items()
+        }
+        name = min(expected, key=expected.__getitem__)
+        mine = self.expected_step_time(self.recommended)
+        return {
+            "candidate": name,
+            "expected_step_time_us": expected[name],
+            "redundant_experts": None if self.redundant is None else self.redundant[name],
+            "below_recommended": 1 - expected[name] / mine,
+        }
+
     @property
     def recommended(self) -> str:
         """The candidate of least expected step time (the first of equals, in the order
@@ -225,6 +246,9 @@ class ServingScores:
             record["num_experts"] = self.num_experts
         if self.redundancy_note:
             record["redundancy_note"] = self.redundancy_note
+        alternative = self.with_best_choice()
+        if alternative is not None:
+            record["with_moefast_dispatch"] = alternative
         return record
 
     def merged(self, other: ServingScores, after: str | None = None) -> ServingScores:
