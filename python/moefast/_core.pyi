@@ -189,6 +189,7 @@ def simulate_dispatch_steps(
     p: float,
     seed: int,
     steps: int,
+    round_robin: bool = False,
 ) -> npt.NDArray[np.float64]:
     """Step times [batch sizes, steps] under one dispatch rule per layer (map or None)."""
 

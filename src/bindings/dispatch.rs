@@ -20,12 +20,26 @@ fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
         .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
 }
 
-fn rule(map: Option<&Bound<'_, PyAny>>, placement: &Placement) -> PyResult<Dispatch> {
+/// The rule of a layer: a uniform draw (no map), the static map, or, with `round_robin`,
+/// TensorRT-LLM's round robin over the ranks of the map (its first pairs' replicas).
+fn rule(
+    map: Option<&Bound<'_, PyAny>>,
+    placement: &Placement,
+    round_robin: bool,
+) -> PyResult<Dispatch> {
     match map {
+        None if round_robin => Err(PyValueError::new_err(
+            "the round-robin rule needs the map of its ranks' first pairs",
+        )),
         None => Ok(Dispatch::Uniform),
         Some(m) => {
             let m = input::ids(m, "dispatch_map", 2)?;
-            Ok(Dispatch::checked_static(&m.data, m.shape[0], placement)?)
+            let checked = Dispatch::checked_static(&m.data, m.shape[0], placement)?;
+            Ok(if round_robin {
+                Dispatch::RoundRobin { ranks: m.shape[0] }
+            } else {
+                checked
+            })
         }
     }
 }
@@ -44,7 +58,7 @@ fn dispatch_costs<'py>(
     seed: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let seed = non_negative("seed", seed)?;
-    let rule = rule(dispatch_map, &placement.inner)?;
+    let rule = rule(dispatch_map, &placement.inner, false)?;
     let costs =
         py.detach(|| dispatch::dispatch_costs(&table.inner, &placement.inner, &rule, seed))?;
     Ok(PyArray1::from_vec(py, costs))
@@ -52,9 +66,10 @@ fn dispatch_costs<'py>(
 
 /// Step times float [len(batch_sizes), steps] under one rule per layer, on the batches
 /// `simulate_steps` draws for the same seed; token j of a step sits on source rank
-/// (offset + j) mod ranks, the offset drawn per step.
+/// (offset + j) mod ranks, the offset drawn per step. `round_robin`: every map is
+/// TensorRT-LLM's first-pair map, and the pairs follow its round robin.
 #[pyfunction]
-#[pyo3(signature = (topk, weights, placements, dispatch_maps, batch_sizes, alpha, beta, p, seed, steps))]
+#[pyo3(signature = (topk, weights, placements, dispatch_maps, batch_sizes, alpha, beta, p, seed, steps, round_robin=false))]
 #[allow(clippy::too_many_arguments)]
 fn simulate_dispatch_steps<'py>(
     py: Python<'py>,
@@ -68,6 +83,7 @@ fn simulate_dispatch_steps<'py>(
     p: f64,
     seed: &Bound<'py, PyAny>,
     steps: &Bound<'py, PyAny>,
+    round_robin: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let model = CostModel::new(alpha, beta, p)?;
     let seed = non_negative("seed", seed)?;
@@ -94,7 +110,7 @@ fn simulate_dispatch_steps<'py>(
     let rules = dispatch_maps
         .iter()
         .zip(&placements)
-        .map(|(m, p)| rule(m.as_ref(), p))
+        .map(|(m, p)| rule(m.as_ref(), p, round_robin))
         .collect::<PyResult<Vec<_>>>()?;
     let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
     let times = interruptible(py, || -> crate::Result<Vec<Vec<f64>>> {

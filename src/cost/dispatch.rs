@@ -42,7 +42,16 @@ pub enum Dispatch {
     Static { map: Vec<u16>, ranks: usize },
     /// A uniform draw among the expert's replicas for every pair.
     Uniform,
+    /// TensorRT-LLM's load balancer (`moeComputeRouteKernel`): a source rank's pairs,
+    /// flattened in token then column order, are taken in blocks of `ROUND_ROBIN_BLOCK`;
+    /// the j-th pair of an expert in block b goes to the expert's replica
+    /// (j + b + rank) mod count, replicas in GPU (slot) order. A lone token on rank r
+    /// uses replica r mod count.
+    RoundRobin { ranks: usize },
 }
+
+/// Pairs per CUDA block of TensorRT-LLM's routing kernel (256 threads x 4 pairs).
+pub const ROUND_ROBIN_BLOCK: usize = 1024;
 
 impl Dispatch {
     /// A static map [ranks, E] checked against the placement: every entry is a GPU that
@@ -92,6 +101,20 @@ fn static_row_cost(subset: &[u16], map: &[u16], ranks: usize, num_experts: usize
         let row = &map[r * num_experts..(r + 1) * num_experts];
         for (g, &e) in gpus.iter_mut().zip(subset) {
             *g = row[e as usize];
+        }
+        sum += max_load(&gpus[..k]) as u64;
+    }
+    sum as f64 / ranks as f64
+}
+
+fn round_robin_row_cost(subset: &[u16], placement: &Placement, ranks: usize) -> f64 {
+    let mut gpus = [0u16; crate::util::limits::MAX_K];
+    let k = subset.len();
+    let mut sum = 0u64;
+    for r in 0..ranks {
+        for (g, &e) in gpus.iter_mut().zip(subset) {
+            let replicas = placement.gpus_of(e as usize);
+            *g = replicas[r % replicas.len()];
         }
         sum += max_load(&gpus[..k]) as u64;
     }
@@ -158,6 +181,9 @@ pub fn dispatch_costs(
             for (i, (c, subset)) in out.iter_mut().zip(rows.chunks_exact(k)).enumerate() {
                 *c = match dispatch {
                     Dispatch::Static { map, ranks } => static_row_cost(subset, map, *ranks, e),
+                    Dispatch::RoundRobin { ranks } => {
+                        round_robin_row_cost(subset, placement, *ranks)
+                    }
                     Dispatch::Uniform => {
                         uniform_row_cost(subset, placement, seed, chunk * ROWS_PER_TASK + i)
                     }
@@ -232,6 +258,101 @@ impl RoutedCounts {
     }
 }
 
+/// TensorRT-LLM's pair counters within one layer of one step (`Dispatch::RoundRobin`): per
+/// (rank, expert) the block last seen (plus one; 0: none) and the expert's pairs in it so
+/// far, and per rank the pairs routed so far.
+struct RoundRobinPairs {
+    num_experts: usize,
+    seen: Vec<(u32, u32)>,
+    touched: Vec<usize>,
+    position: Vec<u32>,
+}
+
+impl RoundRobinPairs {
+    /// Counters large enough for every round-robin layer of `rules` (none without one).
+    fn for_rules(rules: &[Dispatch], placements: &[Placement]) -> Self {
+        let (mut ranks, mut experts) = (0, 0);
+        for (rule, p) in rules.iter().zip(placements) {
+            if let Dispatch::RoundRobin { ranks: r } = rule {
+                ranks = ranks.max(*r);
+                experts = experts.max(p.num_experts());
+            }
+        }
+        RoundRobinPairs {
+            num_experts: experts,
+            seen: vec![(0, 0); ranks * experts],
+            touched: Vec::new(),
+            position: vec![0; ranks],
+        }
+    }
+
+    /// The replica index of the next pair of `rank`, for `expert` of `count` replicas.
+    fn next(&mut self, rank: usize, expert: usize, count: usize) -> usize {
+        let block = self.position[rank] as usize / ROUND_ROBIN_BLOCK;
+        self.position[rank] += 1;
+        let i = rank * self.num_experts + expert;
+        if self.seen[i].0 != block as u32 + 1 {
+            if self.seen[i].0 == 0 {
+                self.touched.push(i);
+            }
+            self.seen[i] = (block as u32 + 1, 0);
+        }
+        let j = self.seen[i].1 as usize;
+        self.seen[i].1 += 1;
+        (j + block + rank) % count
+    }
+
+    fn clear(&mut self) {
+        for &i in &self.touched {
+            self.seen[i] = (0, 0);
+        }
+        self.touched.clear();
+        self.position.iter_mut().for_each(|p| *p = 0);
+    }
+}
+
+/// One layer of one simulated step: token j of `tokens` sits on source rank
+/// (offset + j) mod ranks.
+struct Step<'a> {
+    trace: &'a Trace,
+    layer: usize,
+    tokens: &'a [usize],
+    offset: u64,
+}
+
+impl Step<'_> {
+    /// Counts the pairs each (expert, GPU) serves under `rule`.
+    fn route(
+        &self,
+        placement: &Placement,
+        rule: &Dispatch,
+        rng: &mut SplitMix64,
+        pairs: &mut RoundRobinPairs,
+        counts: &mut RoutedCounts,
+    ) {
+        let e = placement.num_experts();
+        for (j, &t) in self.tokens.iter().enumerate() {
+            for &expert in self.trace.experts(t, self.layer) {
+                let expert = expert as usize;
+                let gpus = placement.gpus_of(expert);
+                let gpu = match rule {
+                    Dispatch::Static { map, ranks } => map[self.rank(j, *ranks) * e + expert],
+                    Dispatch::Uniform => gpus[rng.below(gpus.len())],
+                    Dispatch::RoundRobin { ranks } => {
+                        gpus[pairs.next(self.rank(j, *ranks), expert, gpus.len())]
+                    }
+                };
+                counts.add(expert, gpu as usize);
+            }
+        }
+        pairs.clear();
+    }
+
+    fn rank(&self, j: usize, ranks: usize) -> usize {
+        ((self.offset % ranks as u64) as usize + j) % ranks
+    }
+}
+
 /// Step times [batch size][step] under the rules (one per layer), with the batches that
 /// `batch::simulate::simulate` draws for the same seed: every step draws `batch_size`
 /// tokens and sums the layer times.
@@ -266,9 +387,13 @@ pub fn simulate_dispatch(
                             .iter()
                             .map(|p| RoutedCounts::new(p, model))
                             .collect();
-                        (routed, Vec::new())
+                        (
+                            routed,
+                            Vec::new(),
+                            RoundRobinPairs::for_rules(rules, placements),
+                        )
                     },
-                    |(routed, tokens), s| {
+                    |(routed, tokens, pairs), s| {
                         if cancel::requested() {
                             return 0.0;
                         }
@@ -277,24 +402,13 @@ pub fn simulate_dispatch(
                         let offset = rng.next_u64();
                         let mut time = 0.0;
                         for (layer, counts) in routed.iter_mut().enumerate() {
-                            let placement = &placements[layer];
-                            let e = placement.num_experts();
-                            for (j, &t) in tokens.iter().enumerate() {
-                                for &expert in trace.experts(t, layer) {
-                                    let expert = expert as usize;
-                                    let gpu = match &rules[layer] {
-                                        Dispatch::Static { map, ranks } => {
-                                            let r = ((offset % *ranks as u64) as usize + j) % ranks;
-                                            map[r * e + expert] as usize
-                                        }
-                                        Dispatch::Uniform => {
-                                            let gpus = placement.gpus_of(expert);
-                                            gpus[rng.below(gpus.len())] as usize
-                                        }
-                                    };
-                                    counts.add(expert, gpu);
-                                }
-                            }
+                            let step = Step {
+                                trace,
+                                layer,
+                                tokens,
+                                offset,
+                            };
+                            step.route(&placements[layer], &rules[layer], &mut rng, pairs, counts);
                             time += counts.take_time();
                         }
                         time
@@ -400,5 +514,88 @@ mod tests {
         let times =
             simulate_dispatch(&trace, std::slice::from_ref(&p), &rules, &[2], m, 0, 10).unwrap();
         assert!(times[0].iter().all(|&t| t == 20.0));
+    }
+
+    #[test]
+    fn round_robin_alone_uses_replica_rank_mod_count() {
+        let p = two_replicas();
+        let t = SubsetTable::from_subsets(&[0, 2], 2, 4, &[1.0]).unwrap();
+        // Rank 0: expert 2's replica 0 (GPU 0, beside expert 0), rank 1: replica 1.
+        let rr = Dispatch::RoundRobin { ranks: 2 };
+        assert_eq!(dispatch_costs(&t, &p, &rr, 0).unwrap(), vec![1.5]);
+    }
+
+    /// The GPU of each pair under TensorRT-LLM's kernel, written out: per rank, its
+    /// pairs in order, blocks of `ROUND_ROBIN_BLOCK`, the j-th pair of an expert in
+    /// block b on replica (j + b + rank) mod count.
+    fn round_robin_reference(
+        rows: &[Vec<usize>],
+        placement: &Placement,
+        ranks: usize,
+        offset: usize,
+    ) -> Vec<u32> {
+        let g = placement.num_gpus();
+        let mut counts = vec![0u32; placement.num_experts() * g];
+        for rank in 0..ranks {
+            let mine: Vec<usize> = (0..rows.len())
+                .filter(|j| (offset + j) % ranks == rank)
+                .collect();
+            let flat: Vec<usize> = mine.iter().flat_map(|&j| rows[j].iter().cloned()).collect();
+            for (pos, &e) in flat.iter().enumerate() {
+                let block = pos / ROUND_ROBIN_BLOCK;
+                let start = block * ROUND_ROBIN_BLOCK;
+                let j = flat[start..pos].iter().filter(|&&x| x == e).count();
+                let replicas = placement.gpus_of(e);
+                let gpu = replicas[(j + block + rank) % replicas.len()] as usize;
+                counts[e * g + gpu] += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_steps_follow_the_kernel() {
+        // Expert 0 on 5 GPUs, experts 1-4 on one each; 1,024 ≡ 4 mod 5, so a second
+        // block's offset differs from a count carried over.
+        let lists = vec![vec![0, 1, 2, 3, 4], vec![0], vec![1], vec![2], vec![3]];
+        let p = Placement::from_lists(&lists, 5).unwrap();
+        let m = CostModel::new(1.0, 1.0, 1.0).unwrap();
+        let mut rng = SplitMix64::new(3);
+        for (tokens, ranks, k) in [(1025, 1, 1), (2100, 2, 1), (700, 3, 2), (9, 4, 2)] {
+            let mut rows = Vec::new();
+            for t in 0..tokens {
+                let first = if rng.below(3) == 0 {
+                    1 + rng.below(4)
+                } else {
+                    0
+                };
+                let mut row = vec![first];
+                if k == 2 {
+                    row.push(if first == 0 { 1 + t % 4 } else { 0 });
+                }
+                rows.push(row);
+            }
+            let ids: Vec<i64> = rows.iter().flatten().map(|&e| e as i64).collect();
+            let trace = Trace::new(&ids, 1, k, &[5], None).unwrap();
+            let order: Vec<usize> = (0..tokens).collect();
+            let rules = [Dispatch::RoundRobin { ranks }];
+            let mut pairs = RoundRobinPairs::for_rules(&rules, std::slice::from_ref(&p));
+            let mut counts = RoutedCounts::new(&p, m);
+            for offset in [0u64, 5] {
+                let step = Step {
+                    trace: &trace,
+                    layer: 0,
+                    tokens: &order,
+                    offset,
+                };
+                step.route(&p, &rules[0], &mut rng, &mut pairs, &mut counts);
+                let want = round_robin_reference(&rows, &p, ranks, offset as usize % ranks);
+                assert_eq!(
+                    counts.counts, want,
+                    "{tokens} tokens, {ranks} ranks, offset {offset}"
+                );
+                counts.take_time();
+            }
+        }
     }
 }

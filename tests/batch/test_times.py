@@ -296,16 +296,19 @@ def test_fastest_placement_is_the_lowest_simulated_mean():
         fastest_placement(table, [], cm, 8)
 
 
-def test_trtllm_dispatch_is_simulated_up_to_one_token_per_rank():
+def test_trtllm_dispatch_follows_its_round_robin_at_every_batch_size():
     table = mf.SubsetTable.from_subsets([[0, 1], [1, 2], [0, 3]], [3.0, 2.0, 1.0], num_experts=4)
     placement = mf.Placement.from_lists([[0, 1], [1, 2], [0], [2]], num_gpus=3)
     cm = mf.CostModel(10.0, 1.0)
-    # At most G tokens: one per rank, TensorRT-LLM's map is exact, vLLM-Ascend's the same.
+    # At most G tokens: one per rank, each rank's first pair: vLLM-Ascend's map.
     trt = mf.simulate(table, placement, [1, 3], cm, steps=50, dispatch="trtllm")
     ascend = mf.simulate(table, placement, [1, 3], cm, steps=50, dispatch="vllm-ascend")
     assert trt == ascend
-    with pytest.raises(ValueError, match="one token per rank only"):
-        mf.simulate(table, placement, [4], cm, steps=5, dispatch="trtllm")
+    # Above, a rank's later pairs of an expert move on to its next replica: with one rank's
+    # worth of tokens per GPU and more, the round robin spreads what the map piles up.
+    many = mf.simulate(table, placement, [24], cm, steps=200, dispatch="trtllm")
+    piled = mf.simulate(table, placement, [24], cm, steps=200, dispatch="vllm-ascend")
+    assert many[0]["mean_step_time"] < piled[0]["mean_step_time"]
     # step_times are the steps simulate averages.
     rows = step_times(table, placement, [1, 3], cm, steps=50, dispatch="trtllm")
     assert rows.shape == (2, 50)

@@ -15,7 +15,6 @@ from moefast.io.engines.dispatch import (
     dispatch_maps,
     engine_dispatch,
     sglang_static_maps,
-    step_rule,
     trtllm_map,
 )
 from moefast.io.engines.slots import gpu_slots
@@ -110,10 +109,6 @@ def test_vllm_ascend_map_is_replica_rank_mod_count_at_every_size():
     assert engine_dispatch("vllm-ascend") == "vllm-ascend" and engine_dispatch("native") == "best"
 
 
-def test_trtllm_steps_above_one_token_per_rank_use_its_first_pair_map():
-    assert step_rule("trtllm", 4, 4) == "trtllm"
-    assert step_rule("trtllm", 5, 4) == "vllm-ascend"
-    assert step_rule("sglang-static", 64, 4) == "sglang-static"
-    assert dispatch_label("trtllm", 4, 4) == "TensorRT-LLM dispatch"
-    assert "above one token per rank" in dispatch_label("trtllm", 5, 4)
+def test_dispatch_labels_name_the_rule():
+    assert dispatch_label("trtllm") == "TensorRT-LLM dispatch"
     assert dispatch_label("best") == "best replica choice"

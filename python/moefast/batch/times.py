@@ -124,12 +124,6 @@ def step_times(
     steps = check_count("steps", steps)
     seed = check_seed("seed", seed)
     dispatch = check_dispatch(dispatch)
-    if dispatch == "trtllm" and max(sizes) > placements[0].num_gpus:
-        raise ValueError(
-            "the trtllm dispatch is modelled for one token per rank only: batch sizes up to"
-            f" {placements[0].num_gpus} (the GPUs), got {max(sizes)}"
-            " (moefast.io.engines.dispatch.step_rule names the rule that stands in above)"
-        )
     maps = None if dispatch == "best" else dispatch_maps(placements, dispatch)
     per_source, first = [], 0
     for topk, weights in sources:
@@ -151,6 +145,7 @@ def step_times(
                 cm.p,
                 seed,
                 steps,
+                round_robin=dispatch == "trtllm",
             )
         first += topk.shape[1]
         per_source.append(times)

@@ -29,7 +29,6 @@ from moefast.io.engines.dispatch import (
     check_dispatch,
     dispatch_label,
     dispatch_maps,
-    step_rule,
 )
 from moefast.trace import SYNTHETIC_MARK
 
@@ -71,7 +70,7 @@ class ServingScores:
     synthetic: bool = False
     #: The dispatch every figure assumes (`moefast.io.engines.dispatch.DISPATCHES`).
     dispatch: str = "best"
-    #: The GPUs of the candidates (names where a rule stands in for the engine's).
+    #: The GPUs of the candidates.
     num_gpus: int | None = None
     #: Each candidate's redundant experts (slots x GPUs - experts), when known.
     redundant: dict[str, int] | None = None
@@ -99,7 +98,7 @@ class ServingScores:
 
     def label(self, batch_size: int) -> str:
         """The dispatch words of the figures at ``batch_size``."""
-        return dispatch_label(self.dispatch, batch_size, self.num_gpus)
+        return dispatch_label(self.dispatch)
 
     def regime(self, batch_size: int) -> str:
         return regime(batch_size, self.basis, self.label(batch_size))
@@ -363,9 +362,9 @@ def score_candidates(
 ) -> ServingScores:
     """Every candidate (one placement per layer) simulated on ``routing`` (a trace: the same
     tokens in every layer; or one table per layer) at each batch size, and its expected
-    rounds on ``tables`` (one per layer), under ``dispatch`` (TensorRT-LLM's above one token
-    per rank with the rule `step_rule` names); ``compare_best`` also simulates each under
-    the best replica choice; ``redundant``: each candidate's redundant experts;
+    rounds on ``tables`` (one per layer), under ``dispatch``; ``compare_best`` also
+    simulates each under the best replica choice; ``redundant``: each candidate's redundant
+    experts;
     ``progress`` shows the candidates scored on stderr."""
     sizes = tuple(int(b) for b in batch_sizes)
     dispatch = check_dispatch(dispatch)
@@ -376,13 +375,12 @@ def score_candidates(
     named = candidates.items()
     first = next(iter(candidates.values()))[0] if candidates else None
     num_gpus = None if first is None else first.num_gpus
-    rule = dispatch if num_gpus is None else step_rule(dispatch, max(sizes), num_gpus)
     for name, placements in shown_steps(
         named, len(named), "scoring the candidates on the serving profile", progress
     ):
         placements = list(placements)
         samples[name] = step_times(
-            routing, placements, sizes, cost_model, seed=seed, steps=steps, dispatch=rule
+            routing, placements, sizes, cost_model, seed=seed, steps=steps, dispatch=dispatch
         )
         times[name] = {b: float(row.mean()) for b, row in zip(sizes, samples[name], strict=True)}
         if compare_best and dispatch != "best":

@@ -26,7 +26,7 @@ from moefast.batch.times import Routing
 from moefast.evaluate.comparison import METHOD_LABELS
 from moefast.evaluate.heldout import baseline_placements
 from moefast.evaluate.serving import ServingScores, score_candidates
-from moefast.io.engines.dispatch import check_dispatch, dispatch_label, engine_dispatch, step_rule
+from moefast.io.engines.dispatch import check_dispatch, dispatch_label, engine_dispatch
 from moefast.io.engines.slots import default_map, placement_from_slots
 from moefast.search.dispatch import search_for_dispatch
 
@@ -237,8 +237,7 @@ def dispatch_searched(
     layers of a file; the search scores each layer with the draw of a file of that layer
     alone, the scoring with the file's."""
     size = profile.search_size
-    num_gpus = next(iter(starts.values()))[0].num_gpus
-    rule = step_rule(profile.rule, size, num_gpus)
+    rule = profile.rule
     share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
     evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
 

@@ -16,13 +16,12 @@ core's `dispatch_costs` and `simulate_dispatch_steps` take.
 - ``"sglang-dynamic"``: SGLang's ``dynamic`` (and ``fake``): a uniform draw among the
   expert's replicas for every pair (``expert_location_dispatch.py``: ``randint(0, 65536) %
   count``); no map.
-- ``"trtllm"``: TensorRT-LLM's load balancer with one token per rank
-  (``moeComputeRouteKernel`` in
+- ``"trtllm"``: TensorRT-LLM's load balancer (``moeComputeRouteKernel`` in
   ``cpp/tensorrt_llm/kernels/moeLoadBalance/moeLoadBalanceKernels.cu``, NVIDIA/TensorRT-LLM
-  commit ada8389): the j-th pair of an expert in a rank's block goes to replica
-  ``(j + rank) % count`` in slot order, so a lone token on rank r uses replica
-  ``r % count``. Modelled exactly at one token per rank (batches of at most G tokens);
-  above, `step_rule` times it with its first pair's map, the ``"vllm-ascend"`` map.
+  commit ada8389): a rank's pairs, flattened in token then column order, go in blocks of
+  1,024; the j-th pair of an expert in block b goes to replica ``(j + b + rank) % count``
+  in slot order, so a lone token on rank r uses replica ``r % count`` (its map here, the
+  first pairs'); the core's simulation follows the round robin at every batch size.
 - ``"vllm-ascend"``: vLLM-Ascend's ``log2phy`` map (``generate_log2phy_map`` in
   ``vllm_ascend/eplb/core/eplb_utils.py``, vllm-project/vllm-ascend commit 182b75e, one
   EP rank per device): every token of rank r sends an expert to its replica ``r % count``,
@@ -75,25 +74,9 @@ def engine_dispatch(engine: str) -> str:
     return ENGINE_DISPATCH.get(engine, "best")
 
 
-def step_rule(dispatch: str, batch_size: int, num_gpus: int) -> str:
-    """The rule that times steps of ``batch_size`` tokens on ``num_gpus`` GPUs under
-    ``dispatch``: the dispatch itself, except TensorRT-LLM's above one token per rank, whose
-    round robin over a rank's pairs of an expert is timed with its first pair's replica
-    (``r % count``, the "vllm-ascend" map): each rank's later pairs of an expert go to
-    that replica too instead of the next ones."""
-    dispatch = check_dispatch(dispatch)
-    if dispatch == "trtllm" and batch_size > num_gpus:
-        return "vllm-ascend"
-    return dispatch
-
-
-def dispatch_label(dispatch: str, batch_size: int = 1, num_gpus: int | None = None) -> str:
-    """The words naming ``dispatch`` in a figure of steps of ``batch_size`` tokens (on
-    ``num_gpus`` GPUs), saying so where `step_rule` stands in for the engine's rule."""
-    label = DISPATCH_LABELS[check_dispatch(dispatch)]
-    if num_gpus is not None and step_rule(dispatch, batch_size, num_gpus) != dispatch:
-        label += " (above one token per rank: each rank's first replica r % count per expert)"
-    return label
+def dispatch_label(dispatch: str) -> str:
+    """The words naming ``dispatch`` in a figure."""
+    return DISPATCH_LABELS[check_dispatch(dispatch)]
 
 
 def _fair_choices(candidates: list[int], count: int, rng: random.Random) -> list[int]:
