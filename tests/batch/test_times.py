@@ -6,8 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from moefast.batch.times import step_times
+from moefast.io.engines.dispatch import dispatch_maps
+from moefast.io.engines.slots import placement_from_slots
 from moefast.placement import ModelPlacement
 from support.batch_reference import brute_force_batch_time, expert_time
+from support.dispatch_reference import sglang_reference
 from support.strategies import tiny_batches
 
 
@@ -313,3 +316,20 @@ def test_trtllm_dispatch_follows_its_round_robin_at_every_batch_size():
     rows = step_times(table, placement, [1, 3], cm, steps=50, dispatch="trtllm")
     assert rows.shape == (2, 50)
     assert [r["mean_step_time"] for r in trt] == pytest.approx(rows.mean(axis=1).tolist())
+
+
+def test_static_rules_count_an_engine_maps_repeated_slots():
+    # GPU 0 holds expert 0 twice, GPU 1 once: SGLang's fair draw for the ranks without it
+    # (2 and 3) picks among three slots, two of them on GPU 0.
+    slots = np.array([[0, 0, 1, 0, 2, 3, 4, 5, 6, 7, 1, 2]])
+    placement = placement_from_slots(slots[0], 4, 8, "test")
+    model = ModelPlacement(placements=[placement], slots_per_gpu=3, slots=slots)
+    (with_repeats,) = dispatch_maps([placement], "sglang-static", slots)
+    (without,) = dispatch_maps([placement], "sglang-static")
+    topk = np.array([[0, 1], [0, 4], [2, 0], [0, 6]])
+    cm = mf.CostModel(10.0, 1.0)
+    got = step_times(topk, model, [4], cm, steps=64, dispatch="sglang-static")
+    alone = step_times(topk, [placement], [4], cm, steps=64, dispatch="sglang-static")
+    np.testing.assert_array_equal(with_repeats, sglang_reference(slots, 4)[:, 0, :] // 3)
+    assert (with_repeats != without).any()
+    assert not np.array_equal(got, alone)

@@ -4,7 +4,6 @@ of the engines' code, on physical slot ids as the engines hold them."""
 from __future__ import annotations
 
 import json
-import random
 
 import moefast as mf
 import numpy as np
@@ -18,29 +17,8 @@ from moefast.io.engines.dispatch import (
     trtllm_map,
 )
 from moefast.io.engines.slots import gpu_slots
+from support.dispatch_reference import sglang_reference
 from support.shared_data import DEEPSEEK_DECODE_LOAD, needs_deepseek_statistics
-
-
-def sglang_reference(phy2log: np.ndarray, num_gpus: int, seed: int = 42) -> np.ndarray:
-    """int [G, L, E] of physical ids: SGLang's static map (commit 6270b01) step by step."""
-    r = random.Random(seed)
-    layers, physical = phy2log.shape
-    experts = int(phy2log.max()) + 1
-    local = physical // num_gpus
-    out = np.full((num_gpus, layers, experts), -1)
-    for layer in range(layers):
-        for e in range(experts):
-            candidates = [p for p in range(physical) if phy2log[layer, p] == e]
-            for gpu in range(num_gpus):
-                same = [p for p in candidates if p // local == gpu]
-                if same:
-                    out[gpu, layer, e] = same[0]
-            todo = [gpu for gpu in range(num_gpus) if out[gpu, layer, e] == -1]
-            q, rem = divmod(len(todo), len(candidates))
-            picks = candidates * q + r.sample(candidates, k=rem)
-            r.shuffle(picks)
-            out[todo, layer, e] = picks
-    return out
 
 
 def placements_of(phy2log: np.ndarray, num_gpus: int) -> list[mf.Placement]:
@@ -59,16 +37,22 @@ def test_sglang_static_map_matches_the_engine_on_v3_statistics():
     counts = np.array(json.loads(DEEPSEEK_DECODE_LOAD.read_text())["logical_count"])[3:]
     gpus, physical = 32, 288
     phy2log, _, _ = rebalance_experts(counts, physical, 1, 1, gpus)
-    # The layers where no GPU holds an expert twice (as in every file moefast writes), so
-    # physical order is GPU order in the engine's candidate lists.
     phy2log = np.asarray(phy2log)
-    keep = [i for i, p in enumerate(placements_of(phy2log, gpus)) if p.replicas.sum() == physical]
-    assert len(keep) >= 5, len(keep)
-    phy2log = phy2log[keep]
     placements = placements_of(phy2log, gpus)
     want = sglang_reference(phy2log, gpus) // (physical // gpus)
-    got = sglang_static_maps(placements)
+    # Every layer, repeated slots (an expert twice on one GPU) included, read from the map.
+    repeats = [i for i, p in enumerate(placements) if p.replicas.sum() < physical]
+    assert repeats, "the statistics give maps with repeats"
+    got = sglang_static_maps(placements, slots=phy2log)
     for layer, m in enumerate(got):
+        np.testing.assert_array_equal(m, want[:, layer, :])
+    # Without repeats, the placements alone give the same maps (physical order is GPU
+    # order, as in every file moefast writes).
+    keep = [i for i in range(len(placements)) if i not in repeats]
+    assert len(keep) >= 5, len(keep)
+    alone = sglang_static_maps([placements[i] for i in keep])
+    want = sglang_reference(phy2log[keep], gpus) // (physical // gpus)
+    for layer, m in enumerate(alone):
         np.testing.assert_array_equal(m, want[:, layer, :])
 
 

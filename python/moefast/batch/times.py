@@ -124,7 +124,9 @@ def step_times(
     steps = check_count("steps", steps)
     seed = check_seed("seed", seed)
     dispatch = check_dispatch(dispatch)
-    maps = None if dispatch == "best" else dispatch_maps(placements, dispatch)
+    # An engine file's map keeps its repeated slots, which the static rules count.
+    slots = placement.slots if isinstance(placement, ModelPlacement) else None
+    maps = None if dispatch == "best" else dispatch_maps(placements, dispatch, slots)
     per_source, first = [], 0
     for topk, weights in sources:
         layer_placements = placements[first : first + topk.shape[1]]

@@ -91,20 +91,21 @@ def sglang_static_maps(
     *,
     seed: int = SGLANG_SEED,
     gpus_per_node: int | None = None,
+    slots: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """int [G, E] per layer: SGLang's static dispatch map of each source rank, for the
     layers of one engine file in its row order (the draws run through all layers, so a
     layer's map depends on the layers before it). ``gpus_per_node``: the newer rule, which
     takes a lone replica without drawing and prefers a replica on the rank's node when only
-    some replicas are there."""
+    some replicas are there. ``slots``: the file's physical-to-logical map int [layers, P],
+    whose repeats (an expert twice on one GPU) the engine's candidate lists keep, so that
+    such a GPU is drawn for twice as many ranks; without it, one slot per replica."""
     rng = random.Random(seed)
     maps = []
-    for placement in placements:
+    for layer, placement in enumerate(placements):
         num_gpus = placement.num_gpus
-        replicas = placement.replicas
         out = np.full((num_gpus, placement.num_experts), -1, dtype=np.int64)
-        for e in range(placement.num_experts):
-            candidates = [int(g) for g in np.nonzero(replicas[e])[0]]
+        for e, candidates in enumerate(_candidates(placement, layer, slots)):
             remaining = []
             for rank in range(num_gpus):
                 nearest = _nearest(candidates, rank, gpus_per_node)
@@ -121,6 +122,18 @@ def sglang_static_maps(
     return maps
 
 
+def _candidates(placement: Placement, layer: int, slots: np.ndarray | None) -> list[list[int]]:
+    """Per expert, the GPU of each of its physical slots in physical order: from the map
+    ``slots[layer]`` (repeats kept), else one per replica, GPUs ascending."""
+    if slots is None:
+        return [[int(g) for g in np.nonzero(row)[0]] for row in placement.replicas]
+    row = np.asarray(slots[layer])
+    per_gpu = row.size // placement.num_gpus
+    return [
+        [int(p) // per_gpu for p in np.nonzero(row == e)[0]] for e in range(placement.num_experts)
+    ]
+
+
 def _nearest(candidates: list[int], rank: int, gpus_per_node: int | None) -> int | None:
     # The rule of commit 6270b01 draws even for a lone replica (the shuffle of identical
     # choices still advances the generator); the newer rule takes it directly.
@@ -135,25 +148,28 @@ def _nearest(candidates: list[int], rank: int, gpus_per_node: int | None) -> int
     return None
 
 
-def trtllm_map(placement: Placement) -> np.ndarray:
+def trtllm_map(placement: Placement, layer: int = 0, slots: np.ndarray | None = None) -> np.ndarray:
     """int [G, E]: the replica TensorRT-LLM's load balancer gives a lone token of each rank,
     and vLLM-Ascend's ``log2phy`` map every token of the rank (replica ``rank % count`` in
-    slot order)."""
+    slot order; with ``slots``, the file's map, over its slots, repeats included)."""
     out = np.empty((placement.num_gpus, placement.num_experts), dtype=np.int64)
-    for e in range(placement.num_experts):
-        gpus = np.nonzero(placement.replicas[e])[0]
+    for e, candidates in enumerate(_candidates(placement, layer, slots)):
+        gpus = np.asarray(candidates)
         out[:, e] = gpus[np.arange(placement.num_gpus) % gpus.size]
     return out
 
 
-def dispatch_maps(placements: Sequence[Placement], dispatch: str) -> list[np.ndarray | None]:
-    """The static map of each layer under ``dispatch`` (None: a uniform draw per pair).
-    Raises ValueError for ``"best"``, which has no map."""
+def dispatch_maps(
+    placements: Sequence[Placement], dispatch: str, slots: np.ndarray | None = None
+) -> list[np.ndarray | None]:
+    """The static map of each layer under ``dispatch`` (None: a uniform draw per pair);
+    ``slots``: the file's physical-to-logical map [layers, P], whose repeated slots the
+    static rules count. Raises ValueError for ``"best"``, which has no map."""
     dispatch = check_dispatch(dispatch)
     if dispatch == "sglang-static":
-        return list(sglang_static_maps(placements))
+        return list(sglang_static_maps(placements, slots=slots))
     if dispatch in ("trtllm", "vllm-ascend"):
-        return [trtllm_map(p) for p in placements]
+        return [trtllm_map(p, i, slots) for i, p in enumerate(placements)]
     if dispatch == "sglang-dynamic":
         return [None] * len(placements)
     raise ValueError("the best dispatch has no map: use the core's costs directly")
