@@ -38,8 +38,9 @@ def test_token_costs_and_simulate_take_the_dispatch():
     static = simulate(topk, PLACEMENT, [1, 4], cm, steps=100, dispatch="sglang-static")
     for b, s in zip(best, static, strict=True):
         assert s["mean_step_time"] >= b["mean_step_time"] - 1e-9
-    with pytest.raises(ValueError, match="one token per rank"):
-        simulate(topk, PLACEMENT, [4], cm, dispatch="trtllm")
+    # TensorRT-LLM's round robin at more tokens than ranks: never below the best choice.
+    (trt,) = simulate(topk, PLACEMENT, [4], cm, steps=100, dispatch="trtllm")
+    assert trt["mean_step_time"] >= best[1]["mean_step_time"] - 1e-9
 
 
 def test_search_never_ends_above_its_best_candidate():
