@@ -234,31 +234,34 @@ def test_decode_plan_families(name, tmp_path):
 
 
 def test_time_budget_tenth(trace):
-    """A tenth of the unbudgeted time on eight layers: within 2% of the unbudgeted costs."""
+    """A tenth of the unbudgeted time on eight layers: every layer within 2% of the
+    unbudgeted costs, and the plan ends by its budget or, where that is shorter, by the end
+    of the work no budget covers (building the tables, each layer's set-up and complete
+    first placement, scoring: the plan with time_budget=0). A budget is a duration, not a
+    limit the search stops early within: the anytime search spends what the greedy leaves
+    of each layer's share, so a budget above that fixed work is used to its end."""
     few = mf.Trace(trace.topk[:, :8, :], EXPERTS)
     free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, holdout=0)
     budget = 0.1 * wall
     rushed, rushed_wall, rushed_cpu, rushed_load = timed(
         mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=budget
     )
-    # The work a budget does not cover (building the tables, the optimizer's set-up and
-    # its start, scoring): a plan with time_budget=0.
     _, floor_wall, floor_cpu, _ = timed(
         mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=0.0
     )
     ratio = np.asarray(rushed.layer_costs) / np.asarray(free.layer_costs)
+    allowed = max(budget, floor_wall)
     print(
         f"\n8 layers: unbudgeted {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
         f" time_budget={budget:.2f} s took {rushed_wall:.2f} s wall, {rushed_cpu:.2f} s CPU"
         f" (load {rushed_load:.1f}): cost ratio worst {ratio.max():.4f}, mean {ratio.mean():.4f};"
-        f" time_budget=0 (the fixed work) took {floor_wall:.2f} s wall, {floor_cpu:.2f} s CPU,"
-        f" so the budgeted run took {rushed_wall / budget:.2f}x its budget in all"
+        f" time_budget=0 (the fixed work) took {floor_wall:.2f} s wall, {floor_cpu:.2f} s CPU"
     )
     summary("cost at a tenth of the time / unbudgeted, worst layer", float(ratio.max()), 1.02, "")
     summary(
-        "budgeted time beyond time_budget=0's / budget",
-        (rushed_wall - floor_wall) / budget,
-        1.0,
+        "budgeted plan wall / the longer of its budget and time_budget=0's wall",
+        rushed_wall / allowed,
+        1.1,
         "",
     )
     assert ratio.max() <= 1.02
