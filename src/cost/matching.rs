@@ -166,6 +166,19 @@ pub fn cost_from_masks(masks: &[u64]) -> u32 {
     }
 }
 
+/// `cost_from_masks` of a row of `K` experts, inlined where it is called: for loops over
+/// many rows of one length (`crate::cost::decode::subset_costs`), without a call and a
+/// choice of length per row.
+#[inline(always)]
+pub fn cost_of_row<const K: usize>(masks: &[u64; K]) -> u32 {
+    debug_assert!(masks.iter().all(|&m| m != 0));
+    if K > SHALLOW {
+        stacked_cost(masks)
+    } else {
+        shallow_cost(masks)
+    }
+}
+
 /// `cost_from_masks` of a row of at most `SHALLOW` experts.
 #[inline(always)]
 fn shallow_cost(masks: &[u64]) -> u32 {
