@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cost::matching::{cost_from_masks, cost_of_row, RowScratch};
+use crate::cost::matching::{cost_from_masks, RowScratch};
 use crate::model::placement::Placement;
 use crate::model::table::SubsetTable;
 use crate::util::error::{MoeError, Result};
@@ -75,22 +75,14 @@ pub fn subset_costs(table: &SubsetTable, placement: &Placement) -> Result<Vec<u3
         .for_each_init(
             || RowScratch::new(placement.num_gpus()),
             |scratch, (out, rows)| {
-                // On at most 64 GPUs a row is its experts' masks, read into one buffer; the
-                // row lengths of the common models take a loop of their own.
+                // On at most 64 GPUs a row is its experts' masks, read into one buffer.
                 if let Some(masks) = placement.masks() {
-                    match k {
-                        8 => fixed_rows::<8>(out, rows, masks),
-                        6 => fixed_rows::<6>(out, rows, masks),
-                        4 => fixed_rows::<4>(out, rows, masks),
-                        _ => {
-                            let mut row = [0u64; MAX_K];
-                            for (c, subset) in out.iter_mut().zip(rows.chunks_exact(k)) {
-                                for (m, &e) in row.iter_mut().zip(subset) {
-                                    *m = masks[e as usize];
-                                }
-                                *c = cost_from_masks(&row[..k]);
-                            }
+                    let mut row = [0u64; MAX_K];
+                    for (c, subset) in out.iter_mut().zip(rows.chunks_exact(k)) {
+                        for (m, &e) in row.iter_mut().zip(subset) {
+                            *m = masks[e as usize];
                         }
+                        *c = cost_from_masks(&row[..k]);
                     }
                     return;
                 }
@@ -100,15 +92,6 @@ pub fn subset_costs(table: &SubsetTable, placement: &Placement) -> Result<Vec<u3
             },
         );
     Ok(costs)
-}
-
-/// The costs of rows of `K` experts (`rows`: their ids, `K` per row) under the GPU masks
-/// of a placement on at most 64 GPUs.
-fn fixed_rows<const K: usize>(out: &mut [u32], rows: &[u16], masks: &[u64]) {
-    for (c, subset) in out.iter_mut().zip(rows.chunks_exact(K)) {
-        let row: [u64; K] = std::array::from_fn(|i| masks[subset[i] as usize]);
-        *c = cost_of_row(&row);
-    }
 }
 
 /// Weighted mean cost (expert rounds per token) of the table under the placement.
@@ -180,10 +163,10 @@ mod tests {
         assert_eq!(subset_cost(&subset, &p, &mut RowScratch::new(200)), 4);
     }
 
-    /// Rows of 4, 6 and 8 experts take loops of their own: the same costs as one row at a
-    /// time and as Hall's formula, on placements with replicas over few and many GPUs.
+    /// The table's costs equal those of one row at a time and Hall's formula, for rows of
+    /// 2 to 9 experts on placements with replicas over few and many GPUs.
     #[test]
-    fn fixed_length_rows_cost_as_single_rows() {
+    fn table_costs_equal_single_rows_and_hall() {
         use rand::SeedableRng;
         let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
         for (case, k) in [2, 4, 5, 6, 8, 9].into_iter().enumerate() {

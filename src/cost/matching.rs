@@ -155,34 +155,10 @@ impl<'a> MaskMatching<'a> {
 /// matching, started at the floor. Deeper rows take `stacked_cost`.
 pub fn cost_from_masks(masks: &[u64]) -> u32 {
     debug_assert!(masks.len() <= MAX_K && masks.iter().all(|&m| m != 0));
-    // The row lengths of the common models get the pass with its loop unrolled (each arm
-    // knows the length).
-    match *masks {
-        [_, _, _, _, _, _, _, _] => shallow_cost(masks),
-        [_, _, _, _, _, _] => shallow_cost(masks),
-        [_, _, _, _] => shallow_cost(masks),
-        _ if masks.len() > SHALLOW => stacked_cost(masks),
-        _ => shallow_cost(masks),
-    }
-}
-
-/// `cost_from_masks` of a row of `K` experts, inlined where it is called: for loops over
-/// many rows of one length (`crate::cost::decode::subset_costs`), without a call and a
-/// choice of length per row.
-#[inline(always)]
-pub fn cost_of_row<const K: usize>(masks: &[u64; K]) -> u32 {
-    debug_assert!(masks.iter().all(|&m| m != 0));
-    if K > SHALLOW {
-        stacked_cost(masks)
-    } else {
-        shallow_cost(masks)
-    }
-}
-
-/// `cost_from_masks` of a row of at most `SHALLOW` experts.
-#[inline(always)]
-fn shallow_cost(masks: &[u64]) -> u32 {
     let k = masks.len();
+    if k > SHALLOW {
+        return stacked_cost(masks);
+    }
     let mut union = 0u64;
     let mut multi = 0u32;
     let (mut one, mut two, mut three, mut four) = (0u64, 0u64, 0u64, 0u64);
