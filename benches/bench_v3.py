@@ -18,8 +18,16 @@ The whole-model plan also runs on two more families (`-k plan` runs all three):
 "sglang-loads" (`loaded_v3_model`: each layer follows the per-expert load SGLang published
 for DeepSeek-V3 decode, `decode_in1000out1000.json` in ../shared/data, with co-activation
 drawn around it; skipped when the data is absent). Their quality references are the
-greedy's per-layer costs recorded in `v3_families_reference.json`;
-MOEFAST_RECORD=1 rewrites a family's entry from the current build instead of checking it.
+greedy's per-layer costs recorded in `v3_families_reference.json` ("recorded");
+MOEFAST_RECORD=<commit> rewrites a family's entry from the current build instead of checking it.
+
+On every family (the original one is "distinct-v3" there) no layer may cost more than the
+greedy of commit d7beb0b, whose per-layer costs are recorded beside ("d7beb0b"), by more than
+`FLOOR_SLACK` (the whole model by `FLOOR_MODEL_SLACK`); both are printed, and every layer
+above it. To record them again, build that commit in a worktree of its own and run
+
+    MOEFAST_REFERENCE=/path/to/d7beb0b/python MOEFAST_RECORD_REFERENCE=d7beb0b \
+        pytest benches/bench_v3.py -s -k plan
 """
 
 from __future__ import annotations
@@ -44,6 +52,15 @@ FAMILIES_FILE = Path(__file__).parent / "v3_families_reference.json"
 FAMILIES = json.loads(FAMILIES_FILE.read_text()) if FAMILIES_FILE.exists() else {}
 #: Each layer's cost may exceed the reference by this share at most.
 QUALITY_SLACK = 0.005
+#: The older greedy every family is checked against: the build of this commit.
+FLOOR_COMMIT = "d7beb0b"
+#: A layer may exceed that greedy's recorded cost by this share at most: two runs of a local
+#: search end in different local optima, and one greedy's layer costs move by 0.1-1.0%
+#: between seeds 0-3 (four layers measured), so a strict per-layer check fails about half
+#: the layers of either build against the other (the bench prints every layer above it).
+#: The whole model (the sum of the layers) may exceed that greedy's by `FLOOR_MODEL_SLACK`.
+FLOOR_SLACK = 0.01
+FLOOR_MODEL_SLACK = 0.001
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +106,21 @@ def reference_plan(topk: np.ndarray, tmp: Path) -> dict | None:
         return None
     np.save(tmp / "topk.npy", topk)
     script = (
-        "import json, os, sys, time, types, numpy as np, moefast as mf\n"
+        "import inspect, json, os, sys, time, types, numpy as np, moefast as mf\n"
         f"topk = np.load({str(tmp / 'topk.npy')!r})\n"
         "trace = types.SimpleNamespace(topk=topk, num_experts=256, layer_ids=None, weights=None)\n"
         "trace = mf.Trace(topk, 256) if hasattr(mf, 'Trace') else trace\n"
         "w, c = time.perf_counter(), time.process_time()\n"
-        "try:\n"
-        # The older keyword: the script also times builds before the option classes.
-        f"    model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False, holdout=0)\n"
-        "except TypeError:  # builds before held-out scoring\n"
-        f"    model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False)\n"
+        # Older builds: before the option classes, `holdout=0`; before held-out scoring,
+        # no holdout at all (and unknown options passed on).
+        "params = inspect.signature(mf.plan).parameters\n"
+        "if 'evaluation' in params:\n"
+        "    options = {'evaluation': mf.Evaluation(holdout=0)}\n"
+        "elif 'holdout' in params:\n"
+        "    options = {'holdout': 0}\n"
+        "else:\n"
+        "    options = {}\n"
+        f"model = mf.plan(trace, {GPUS}, {SLOTS}, progress=False, **options)\n"
         "print(json.dumps({'wall': time.perf_counter() - w, 'cpu': time.process_time() - c,"
         " 'costs': [float(x) for x in model.layer_costs], 'load': os.getloadavg()[0]}))\n"
     )
@@ -107,6 +129,46 @@ def reference_plan(topk: np.ndarray, tmp: Path) -> dict | None:
         [sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.splitlines()[-1])
+
+
+def record(name: str, key: str, commit: str, costs, wall: float, cpu: float, load: float) -> None:
+    """Writes a family's per-layer costs under `key` in `v3_families_reference.json`."""
+    FAMILIES.setdefault(name, {})[key] = {
+        "what": f"per-layer expected cost of moefast.plan(trace, {GPUS}, {SLOTS}, holdout=0)"
+        f" (the build of commit {commit}) on benches/bench_v3.py family {name!r} (full tables)",
+        "commit": commit,
+        "cpu_seconds": round(cpu, 1),
+        "wall_seconds": round(wall, 1),
+        "load_average": round(load, 1),
+        "layer_costs": [round(float(c), 6) for c in costs],
+    }
+    FAMILIES_FILE.write_text(json.dumps(FAMILIES, indent=1) + "\n")
+
+
+def check_floor(name: str, costs: np.ndarray, ref: dict | None) -> None:
+    """No layer costs more than the greedy of FLOOR_COMMIT on this family (its recorded
+    costs; MOEFAST_RECORD_REFERENCE=<commit> records MOEFAST_REFERENCE's build instead)."""
+    commit = os.environ.get("MOEFAST_RECORD_REFERENCE")
+    if commit:
+        assert ref is not None, "MOEFAST_RECORD_REFERENCE needs MOEFAST_REFERENCE (the build)"
+        record(name, commit, commit, ref["costs"], ref["wall"], ref["cpu"], ref["load"])
+        return
+    floor = np.asarray(FAMILIES[name][FLOOR_COMMIT]["layer_costs"])
+    ratio = costs / floor
+    # Above the recorded cost by more than its rounding (6 decimals).
+    worse = np.flatnonzero(costs > floor + 1e-6)
+    print(
+        f"  {name}, the greedy of {FLOOR_COMMIT} (recorded): model {floor.sum():.3f} rounds per"
+        f" token, this build {costs.sum():.3f} ({costs.sum() / floor.sum():.5f}x);"
+        f" cost / {FLOOR_COMMIT}'s per layer: worst {ratio.max():.4f}, mean {ratio.mean():.5f},"
+        f" best {ratio.min():.4f}; {len(worse)} layers above it:"
+        + "".join(f" {i} (+{100 * (ratio[i] - 1):.3f}%)" for i in worse)
+    )
+    summary(f"{name} worst layer cost / {FLOOR_COMMIT}'s", float(ratio.max()), 1 + FLOOR_SLACK, "")
+    model_ratio = float(costs.sum() / floor.sum())
+    summary(f"{name} model cost / {FLOOR_COMMIT}'s", model_ratio, 1 + FLOOR_MODEL_SLACK, "")
+    assert (ratio <= 1 + FLOOR_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + FLOOR_SLACK)}"
+    assert model_ratio <= 1 + FLOOR_MODEL_SLACK
 
 
 def test_decode_plan(benchmark, trace, tmp_path):
@@ -137,6 +199,7 @@ def test_decode_plan(benchmark, trace, tmp_path):
         )
     summary("whole-model decode plan wall", wall, TARGET_PLAN_SECONDS, " s", cpu)
     summary("worst layer cost / reference", float(ratio.max()), 1 + QUALITY_SLACK, "")
+    check_floor("distinct-v3", costs, ref)
     assert (ratio <= 1 + QUALITY_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + QUALITY_SLACK)}"
     assert all(p.slots_used.tolist() == [SLOTS] * GPUS for p in model)
     benchmark.extra_info.update(cpu_seconds=cpu, load=load, worst_ratio=float(ratio.max()))
@@ -158,18 +221,9 @@ def test_decode_plan_families(name, tmp_path):
         f" model {costs.sum():.3f} rounds per token"
     )
     if os.environ.get("MOEFAST_RECORD"):
-        FAMILIES[name] = {
-            "what": f"per-layer expected cost of moefast.plan(trace, {GPUS}, {SLOTS},"
-            f" holdout=0) on benches/bench_v3.py family {name!r} (full tables)",
-            "commit": os.environ["MOEFAST_RECORD"],
-            "cpu_seconds": round(cpu, 1),
-            "wall_seconds": round(wall, 1),
-            "load_average": round(load, 1),
-            "layer_costs": [round(float(c), 6) for c in costs],
-        }
-        FAMILIES_FILE.write_text(json.dumps(FAMILIES, indent=1) + "\n")
+        record(name, "recorded", os.environ["MOEFAST_RECORD"], costs, wall, cpu, load)
         return
-    recorded = np.asarray(FAMILIES[name]["layer_costs"])
+    recorded = np.asarray(FAMILIES[name]["recorded"]["layer_costs"])
     ratio = costs / recorded
     print(
         f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
@@ -184,35 +238,52 @@ def test_decode_plan_families(name, tmp_path):
         )
     summary(f"{name} decode plan wall", wall, TARGET_PLAN_SECONDS, " s", cpu)
     summary(f"{name} worst layer cost / reference", float(ratio.max()), 1 + QUALITY_SLACK, "")
+    check_floor(name, costs, ref)
     assert (ratio <= 1 + QUALITY_SLACK).all(), f"layers {np.flatnonzero(ratio > 1 + QUALITY_SLACK)}"
 
 
 def test_time_budget_tenth(trace):
-    """A tenth of the unbudgeted time on eight layers: within 2% of the unbudgeted costs."""
+    """A tenth of the unbudgeted time on eight layers: every layer within 2% of the
+    unbudgeted costs, and the plan ends by its budget or, where that is shorter, by the end
+    of the work no budget covers (building the tables, each layer's set-up and complete
+    first placement, scoring: the plan with time_budget=0). A budget is a duration, not a
+    limit the search stops early within: the anytime search spends what the greedy leaves
+    of each layer's share, so a budget above that fixed work is used to its end."""
     few = mf.Trace(trace.topk[:, :8, :], EXPERTS)
-    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, holdout=0)
+    in_sample = mf.Evaluation(holdout=0)
+    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, evaluation=in_sample)
     budget = 0.1 * wall
     rushed, rushed_wall, rushed_cpu, rushed_load = timed(
-        mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=budget
+        mf.plan,
+        few,
+        GPUS,
+        SLOTS,
+        progress=False,
+        evaluation=in_sample,
+        budget=mf.Budget(time_budget=budget),
     )
-    # The work a budget does not cover (building the tables, the optimizer's set-up and
-    # its start, scoring): a plan with time_budget=0.
     _, floor_wall, floor_cpu, _ = timed(
-        mf.plan, few, GPUS, SLOTS, progress=False, holdout=0, time_budget=0.0
+        mf.plan,
+        few,
+        GPUS,
+        SLOTS,
+        progress=False,
+        evaluation=in_sample,
+        budget=mf.Budget(time_budget=0.0),
     )
     ratio = np.asarray(rushed.layer_costs) / np.asarray(free.layer_costs)
+    allowed = max(budget, floor_wall)
     print(
         f"\n8 layers: unbudgeted {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f});"
         f" time_budget={budget:.2f} s took {rushed_wall:.2f} s wall, {rushed_cpu:.2f} s CPU"
         f" (load {rushed_load:.1f}): cost ratio worst {ratio.max():.4f}, mean {ratio.mean():.4f};"
-        f" time_budget=0 (the fixed work) took {floor_wall:.2f} s wall, {floor_cpu:.2f} s CPU,"
-        f" so the budgeted run took {rushed_wall / budget:.2f}x its budget in all"
+        f" time_budget=0 (the fixed work) took {floor_wall:.2f} s wall, {floor_cpu:.2f} s CPU"
     )
     summary("cost at a tenth of the time / unbudgeted, worst layer", float(ratio.max()), 1.02, "")
     summary(
-        "budgeted time beyond time_budget=0's / budget",
-        (rushed_wall - floor_wall) / budget,
-        1.0,
+        "budgeted plan wall / the longer of its budget and time_budget=0's wall",
+        rushed_wall / allowed,
+        1.1,
         "",
     )
     assert ratio.max() <= 1.02

@@ -163,6 +163,41 @@ mod tests {
         assert_eq!(subset_cost(&subset, &p, &mut RowScratch::new(200)), 4);
     }
 
+    /// The table's costs equal those of one row at a time and Hall's formula, for rows of
+    /// 2 to 9 experts on placements with replicas over few and many GPUs.
+    #[test]
+    fn table_costs_equal_single_rows_and_hall() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(9);
+        for (case, k) in [2, 4, 5, 6, 8, 9].into_iter().enumerate() {
+            for num_gpus in [3, 8, 64] {
+                let t = crate::testing::skewed_table(case as u64, 5000, 24, k, 3, 61);
+                let spread = num_gpus.min(4);
+                let p = crate::testing::random_layout(&mut rng, 24, num_gpus, spread)
+                    .to_placement()
+                    .unwrap();
+                let mut scratch = RowScratch::new(num_gpus);
+                let single: Vec<u32> = t
+                    .subsets()
+                    .chunks_exact(k)
+                    .map(|row| subset_cost(row, &p, &mut scratch))
+                    .collect();
+                assert_eq!(subset_costs(&t, &p).unwrap(), single, "k {k}, G {num_gpus}");
+                let masks = p.masks().unwrap();
+                let hall: Vec<u32> = t
+                    .subsets()
+                    .chunks_exact(k)
+                    .map(|row| {
+                        let row: Vec<u64> = row.iter().map(|&e| masks[e as usize]).collect();
+                        crate::cost::matching::hall_cost(&row)
+                    })
+                    .collect();
+                assert_eq!(single, hall, "k {k}, G {num_gpus}");
+                assert!(single.iter().any(|&c| c >= 2), "k {k}, G {num_gpus}");
+            }
+        }
+    }
+
     #[test]
     fn expected_cost_is_weighted_mean() {
         let t = SubsetTable::from_subsets(&[0, 1, 0, 2], 2, 3, &[3.0, 1.0]).unwrap();

@@ -140,7 +140,7 @@ fn candidates(state: &State, width: usize) -> Vec<Move> {
     let layout = &state.layout;
     let num_gpus = layout.num_gpus();
     let coactivation = &state.problem.coactivation;
-    let mut scored: Vec<(i64, Move)> = (0..layout.num_experts())
+    let scored: Vec<(i64, Move)> = (0..layout.num_experts())
         .into_par_iter()
         .flat_map_iter(|i| {
             let mut found = Vec::new();
@@ -195,11 +195,39 @@ fn candidates(state: &State, width: usize) -> Vec<Move> {
             found
         })
         .collect();
+    first_distinct(scored, width)
+}
+
+/// The first `width` distinct moves of `scored` in ascending order (score, then move).
+/// A swap is found from each of its two experts at most, so the `2 * width` smallest
+/// entries hold them: only those are sorted (the whole list where they hold fewer).
+fn first_distinct(mut scored: Vec<(i64, Move)>, width: usize) -> Vec<Move> {
+    let prefix = 2 * width;
+    if prefix < scored.len() {
+        let (head, _, _) = scored.select_nth_unstable(prefix);
+        head.sort_unstable();
+        let found = distinct(head, width);
+        if found.len() == width {
+            return found;
+        }
+    }
     scored.sort_unstable();
-    let mut seen = std::collections::HashSet::new();
-    scored.retain(|x| seen.insert(x.1));
-    scored.truncate(width);
-    scored.into_iter().map(|x| x.1).collect()
+    distinct(&scored, width)
+}
+
+/// The first `width` distinct moves of the sorted `scored` (all of them where fewer).
+fn distinct(scored: &[(i64, Move)], width: usize) -> Vec<Move> {
+    let mut seen = std::collections::HashSet::with_capacity(width);
+    let mut found = Vec::with_capacity(width);
+    for &(_, mv) in scored {
+        if found.len() == width {
+            break;
+        }
+        if seen.insert(mv) {
+            found.push(mv);
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -209,6 +237,40 @@ mod tests {
     use crate::model::table::SubsetTable;
     use crate::search::kernel::problem::Problem;
     use crate::search::kernel::state::total_cost;
+
+    /// The partial sort gives the plain one's first distinct moves: sort everything, keep
+    /// each move's first entry, truncate (lists with moves found once, twice or more).
+    #[test]
+    fn first_distinct_equals_the_full_sort() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(3);
+        for case in 0..500 {
+            let len = rng.random_range(0..200);
+            let repeats = 1 + case % 4;
+            let mut scored: Vec<(i64, Move)> = Vec::new();
+            for _ in 0..len {
+                let swap = Move::Swap {
+                    first: rng.random_range(0..6),
+                    from: rng.random_range(0..3),
+                    second: rng.random_range(6..12),
+                    to: rng.random_range(3..6),
+                };
+                let entry = (rng.random_range(-5..5) * repeats as i64, swap);
+                for _ in 0..rng.random_range(1..=repeats) {
+                    scored.push(entry);
+                }
+            }
+            let width = rng.random_range(0..40);
+            let mut plain = scored.clone();
+            plain.sort_unstable();
+            let mut seen = std::collections::HashSet::new();
+            plain.retain(|x| seen.insert(x.1));
+            plain.truncate(width);
+            let plain: Vec<Move> = plain.into_iter().map(|x| x.1).collect();
+            assert_eq!(first_distinct(scored, width), plain, "case {case}");
+        }
+    }
 
     #[test]
     fn separates_co_activated_pairs() {

@@ -13,6 +13,9 @@ use crate::util::limits::MAX_K;
 /// Rows per parallel task: a row costs 30-300 ns.
 pub const ROWS_PER_TASK: usize = 2048;
 
+/// An expert id no table holds (ids are below `crate::util::limits::MAX_EXPERTS`).
+const NO_EXPERT: u16 = u16::MAX;
+
 #[derive(Clone)]
 pub struct State<'p> {
     pub problem: &'p Problem<'p>,
@@ -175,7 +178,7 @@ impl<'p> State<'p> {
     /// Exact change of the total if `changes` (of one or two distinct experts) were
     /// made, and the number of rows it read.
     pub fn delta(&self, changes: &[Change], scratch: &mut RowScratch) -> (i64, usize) {
-        if let Some(masks) = Replicas::masks(&self.layout) {
+        if let Some(masks) = Replicas::masks(&self.layout).filter(|_| changes.len() <= 2) {
             return self.delta_masks(masks, changes);
         }
         let problem = self.problem;
@@ -197,40 +200,50 @@ impl<'p> State<'p> {
         (delta, read)
     }
 
-    /// `delta` on at most 64 GPUs: the changes overlaid on the experts' GPU masks in
-    /// one tight loop per row (the searches' hot path).
+    /// `delta` on at most 64 GPUs: the changed experts' masks after the move are set
+    /// once, and each row reads its experts' masks through them in one tight loop (the
+    /// searches' hot path).
     fn delta_masks(&self, masks: &[u64], changes: &[Change]) -> (i64, usize) {
         let problem = self.problem;
         let k = problem.k();
-        // Per change: (expert, bits kept, bits added).
-        let overlay: Vec<(u16, u64, u64)> = changes
-            .iter()
-            .map(|c| {
-                let bit = |g: Option<u16>| g.map_or(0, |g| 1u64 << g);
-                (c.expert, !bit(c.remove), bit(c.add))
-            })
-            .collect();
+        // (expert, its mask after the move) for the one or two changed experts; the
+        // second is an id no row holds where only one changes.
+        let mut moved = [(NO_EXPERT, 0u64); 2];
+        for c in changes {
+            let bit = |g: Option<u16>| g.map_or(0, |g| 1u64 << g);
+            let slot = usize::from(moved[0].0 != NO_EXPERT && moved[0].0 != c.expert);
+            let before = if moved[slot].0 == c.expert {
+                moved[slot].1
+            } else {
+                masks[c.expert as usize]
+            };
+            moved[slot] = (c.expert, (before & !bit(c.remove)) | bit(c.add));
+        }
+        let [(a, mask_a), (b, mask_b)] = moved;
         let mut delta = 0i64;
         let mut read = 0usize;
         let mut row_masks = [0u64; MAX_K];
         for (n, change) in changes.iter().enumerate() {
             let (rows, subsets, weights) = problem.rows_with(change.expert as usize);
             read += rows.len();
-            let earlier = &overlay[..n];
-            'rows: for ((&r, row), &w) in rows.iter().zip(subsets.chunks_exact(k)).zip(weights) {
+            // A row of both changed experts is counted with the first of them.
+            let skip = if n == 0 { NO_EXPERT } else { changes[0].expert };
+            for ((&r, row), &w) in rows.iter().zip(subsets.chunks_exact(k)).zip(weights) {
                 let out = &mut row_masks[..k];
+                let mut counted = false;
                 for (o, &e) in out.iter_mut().zip(row) {
-                    // A row of several changed experts is counted with the first of them.
-                    if earlier.iter().any(|c| c.0 == e) {
-                        continue 'rows;
-                    }
-                    let mut m = masks[e as usize];
-                    for &(x, keep, add) in &overlay[n..] {
-                        if x == e {
-                            m = (m & keep) | add;
-                        }
-                    }
-                    *o = m;
+                    counted |= e == skip;
+                    let m = masks[e as usize];
+                    *o = if e == a {
+                        mask_a
+                    } else if e == b {
+                        mask_b
+                    } else {
+                        m
+                    };
+                }
+                if counted {
+                    continue;
                 }
                 let c = cost_from_masks(out);
                 delta += (c as i64 - self.costs[r as usize] as i64) * w;
