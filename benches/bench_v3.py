@@ -177,7 +177,7 @@ def test_decode_plan(benchmark, trace, tmp_path):
         benchmark.pedantic,
         mf.plan,
         args=(trace, GPUS, SLOTS),
-        kwargs={"progress": False, "holdout": 0},
+        kwargs={"progress": False, "evaluation": mf.Evaluation(holdout=0)},
     )
     costs = np.asarray(model.layer_costs)
     recorded = np.asarray(REFERENCE["layer_costs"])
