@@ -233,6 +233,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "held-out" in headline and "95% interval" in headline
     assert "each request scored by placements planned on the other requests" in headline
     assert model.settings["cost_basis"] == "in-sample"
+    # The SGLang file is the fastest candidate on B = 1 and a typical decode batch, held
+    # out, under SGLang's static dispatch, with the engine's redundant-expert setting.
+    recommended = next(line for line in out.splitlines() if line.startswith("recommended:"))
+    assert "B = 64" in recommended and "held-out, SGLang static dispatch" in recommended
+    served = load_placement(tmp_path / "demo" / "placement_sglang.json", num_gpus=4)
+    start = next(line for line in out.splitlines() if line.startswith("start SGLang with:"))
+    redundant = served.num_gpus * served.slots_per_gpu - 32
+    assert f"--ep-num-redundant-experts {redundant}" in start
 
 
 def test_evaluate_windows_prints_drift(tmp_path, capsys):
