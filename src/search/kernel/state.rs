@@ -219,7 +219,14 @@ impl<'p> State<'p> {
             };
             moved[slot] = (c.expert, (before & !bit(c.remove)) | bit(c.add));
         }
-        let [(a, mask_a), (b, mask_b)] = moved;
+        // Every expert's mask after the move: each row then reads its masks without a
+        // test per expert (a copy of E words per evaluation of thousands of rows).
+        let mut after = masks.to_vec();
+        for (e, mask) in moved {
+            if e != NO_EXPERT {
+                after[e as usize] = mask;
+            }
+        }
         let mut delta = 0i64;
         let mut read = 0usize;
         let mut row_masks = [0u64; MAX_K];
@@ -233,14 +240,7 @@ impl<'p> State<'p> {
                 let mut counted = false;
                 for (o, &e) in out.iter_mut().zip(row) {
                     counted |= e == skip;
-                    let m = masks[e as usize];
-                    *o = if e == a {
-                        mask_a
-                    } else if e == b {
-                        mask_b
-                    } else {
-                        m
-                    };
+                    *o = after[e as usize];
                 }
                 if counted {
                     continue;
