@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::cost::matching::{cost_from_masks, RowScratch};
+use crate::cost::matching::{cost_from_masks, row_costs, RowScratch};
 use crate::model::placement::Placement;
 use crate::model::table::SubsetTable;
 use crate::util::error::{MoeError, Result};
@@ -77,13 +77,7 @@ pub fn subset_costs(table: &SubsetTable, placement: &Placement) -> Result<Vec<u3
             |scratch, (out, rows)| {
                 // On at most 64 GPUs a row is its experts' masks, read into one buffer.
                 if let Some(masks) = placement.masks() {
-                    let mut row = [0u64; MAX_K];
-                    for (c, subset) in out.iter_mut().zip(rows.chunks_exact(k)) {
-                        for (m, &e) in row.iter_mut().zip(subset) {
-                            *m = masks[e as usize];
-                        }
-                        *c = cost_from_masks(&row[..k]);
-                    }
+                    row_costs(masks, rows, k, out);
                     return;
                 }
                 for (c, subset) in out.iter_mut().zip(rows.chunks_exact(k)) {
