@@ -250,27 +250,22 @@ def test_time_budget_tenth(trace):
     limit the search stops early within: the anytime search spends what the greedy leaves
     of each layer's share, so a budget above that fixed work is used to its end."""
     few = mf.Trace(trace.topk[:, :8, :], EXPERTS)
-    in_sample = mf.Evaluation(holdout=0)
-    free, wall, cpu, load = timed(mf.plan, few, GPUS, SLOTS, progress=False, evaluation=in_sample)
+
+    def plan_within(budget: float | None):
+        return timed(
+            mf.plan,
+            few,
+            GPUS,
+            SLOTS,
+            progress=False,
+            evaluation=mf.Evaluation(holdout=0),
+            budget=mf.Budget(time_budget=budget),
+        )
+
+    free, wall, cpu, load = plan_within(None)
     budget = 0.1 * wall
-    rushed, rushed_wall, rushed_cpu, rushed_load = timed(
-        mf.plan,
-        few,
-        GPUS,
-        SLOTS,
-        progress=False,
-        evaluation=in_sample,
-        budget=mf.Budget(time_budget=budget),
-    )
-    _, floor_wall, floor_cpu, _ = timed(
-        mf.plan,
-        few,
-        GPUS,
-        SLOTS,
-        progress=False,
-        evaluation=in_sample,
-        budget=mf.Budget(time_budget=0.0),
-    )
+    rushed, rushed_wall, rushed_cpu, rushed_load = plan_within(budget)
+    _, floor_wall, floor_cpu, _ = plan_within(0.0)
     ratio = np.asarray(rushed.layer_costs) / np.asarray(free.layer_costs)
     allowed = max(budget, floor_wall)
     print(

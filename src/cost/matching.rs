@@ -338,16 +338,7 @@ fn nibble_floor<const K: usize>(split: &[[u64; 2]], row: &[u16; K]) -> u32 {
     for &spread in &replicated[..count] {
         let free = spread & !full;
         stuck |= free == 0;
-        let empty = free & !one;
-        let own = empty & !contested;
-        let pick = if own != 0 {
-            own
-        } else if empty != 0 {
-            empty
-        } else {
-            free
-        };
-        let gpu = pick & pick.wrapping_neg();
+        let gpu = pick_gpu(free, one, contested);
         counts += gpu >> 3;
         one |= gpu;
         full = counts.wrapping_add(lift) & NIBBLE_TOPS;
@@ -357,6 +348,23 @@ fn nibble_floor<const K: usize>(split: &[[u64; 2]], row: &[u16; K]) -> u32 {
     } else {
         floor
     }
+}
+
+/// The GPU (a one-bit mask) a replicated expert of a row takes among its `free` ones
+/// (`fits_below`'s choice): one no expert of the row holds and no other replicated expert
+/// can use, else one no expert holds, else the lowest free one.
+#[inline(always)]
+fn pick_gpu(free: u64, one: u64, contested: u64) -> u64 {
+    let empty = free & !one;
+    let own = empty & !contested;
+    let pick = if own != 0 {
+        own
+    } else if empty != 0 {
+        empty
+    } else {
+        free
+    };
+    pick & pick.wrapping_neg()
 }
 
 /// The cost of a row of up to 8 experts where a quick test proves it, else 0. The
@@ -396,16 +404,7 @@ fn settled_floor<const K: usize>(split: &[[u64; 2]], row: &[u16; K]) -> u32 {
     for &spread in &replicated[..count] {
         let free = spread & !(one & at1 | two & at2 | three & at3);
         stuck |= free == 0;
-        let empty = free & !one;
-        let own = empty & !contested;
-        let pick = if own != 0 {
-            own
-        } else if empty != 0 {
-            empty
-        } else {
-            free
-        };
-        let gpu = pick & pick.wrapping_neg();
+        let gpu = pick_gpu(free, one, contested);
         three |= two & gpu;
         two |= one & gpu;
         one |= gpu;
@@ -443,16 +442,7 @@ fn fits_below(
         if free == 0 {
             return false;
         }
-        // An empty GPU no other replicated expert holds, else an empty one.
-        let empty = free & !one;
-        let pick = if empty & !contested != 0 {
-            empty & !contested
-        } else if empty != 0 {
-            empty
-        } else {
-            free
-        };
-        let gpu = pick & pick.wrapping_neg();
+        let gpu = pick_gpu(free, one, contested);
         three |= two & gpu;
         two |= one & gpu;
         one |= gpu;
