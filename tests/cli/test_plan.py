@@ -16,6 +16,7 @@ import moefast as mf
 import numpy as np
 import pytest
 from moefast.cli import build_parser, main
+from moefast.cli.output import print_verdict
 from moefast.cli.plan import load_source
 from moefast.io.engines import load_placement
 from moefast.trace import Trace
@@ -203,3 +204,28 @@ def test_plan_flags_are_grouped_by_the_option_class_they_fill() -> None:
     for title, (cls, to_field) in expected.items():
         assert groups[title] == set(to_field), title
         assert set(to_field.values()) <= {f.name for f in dataclasses.fields(cls)}, title
+
+
+def test_the_moefast_dispatch_line_names_redundant_experts_once(capsys) -> None:
+    serving = {
+        "warnings": [],
+        "ties": [],
+        "headline": "recommended: greedy",
+        "dispatch": "sglang-static",
+        "redundant_experts": 0,
+        "num_experts": 256,
+        "candidates": {"greedy": {"redundant_experts": 0}},
+    }
+    for name, redundant, shown in [
+        ("round-robin, 32 redundant", 32, "round-robin, 32 redundant would run"),
+        ("greedy", 8, "greedy (8 redundant) would run"),
+    ]:
+        serving["with_moefast_dispatch"] = {
+            "candidate": name,
+            "expected_step_time_us": 100.0,
+            "redundant_experts": redundant,
+            "below_recommended": 0.1,
+        }
+        print_verdict(serving, "sglang")
+        line = capsys.readouterr().out.splitlines()[-1]
+        assert shown in line and "redundant (32 redundant)" not in line

@@ -136,7 +136,12 @@ def print_verdict(serving: dict, engine: str) -> None:
         print(
             "with moefast.dispatch in the engine (the best replica choice,"
             f" docs/guides/dispatch.md): {alternative['candidate']}"
-            + ("" if redundant is None else f" ({redundant} redundant)")
+            # Names of candidates planned with fewer slots already say how many.
+            + (
+                ""
+                if redundant is None or "redundant" in alternative["candidate"]
+                else f" ({redundant} redundant)"
+            )
             + f" would run {alternative['expected_step_time_us']:.1f} us expected,"
             f" {alternative['below_recommended']:.1%} below the recommendation under"
             f" {record_dispatch(serving)}; plan for it with --dispatch best"

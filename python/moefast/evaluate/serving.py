@@ -283,8 +283,7 @@ def record_step_times(record: Mapping[str, Any], name: str) -> list[float]:
 
 
 def record_dispatch(record: Mapping[str, Any]) -> str:
-    """The words naming the dispatch of a record's figures (the largest size's, which
-    names a stand-in rule where there is one)."""
+    """The words naming the dispatch of a record's figures."""
     labels = record.get("dispatch_labels") or {}
     return str(list(labels.values())[-1]) if labels else BEST_LABEL
 
