@@ -171,6 +171,17 @@ def check_floor(name: str, costs: np.ndarray, ref: dict | None) -> None:
     assert model_ratio <= 1 + FLOOR_MODEL_SLACK
 
 
+def print_reference(ref: dict | None, wall: float, cpu: float, recorded: np.ndarray) -> None:
+    """The reference build's plan of the same trace beside this one, when there is one."""
+    if ref is not None:
+        print(
+            f"  reference build, same run: {ref['wall']:.1f} s wall, {ref['cpu']:.1f} s CPU"
+            f" (load {ref['load']:.1f}): {ref['wall'] / wall:.2f}x wall,"
+            f" {ref['cpu'] / cpu:.2f}x CPU;"
+            f" its costs / recorded: worst {max(np.asarray(ref['costs']) / recorded):.4f}"
+        )
+
+
 def test_decode_plan(benchmark, trace, tmp_path):
     ref = reference_plan(trace.topk, tmp_path)
     model, wall, cpu, load = timed(
@@ -190,13 +201,7 @@ def test_decode_plan(benchmark, trace, tmp_path):
         f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
         f" best {ratio.min():.4f}; model {costs.sum():.3f} rounds per token"
     )
-    if ref is not None:
-        print(
-            f"  reference build, same run: {ref['wall']:.1f} s wall, {ref['cpu']:.1f} s CPU"
-            f" (load {ref['load']:.1f}): {ref['wall'] / wall:.2f}x wall,"
-            f" {ref['cpu'] / cpu:.2f}x CPU;"
-            f" its costs / recorded: worst {max(np.asarray(ref['costs']) / recorded):.4f}"
-        )
+    print_reference(ref, wall, cpu, recorded)
     summary("whole-model decode plan wall", wall, TARGET_PLAN_SECONDS, " s", cpu)
     summary("worst layer cost / reference", float(ratio.max()), 1 + QUALITY_SLACK, "")
     check_floor("distinct-v3", costs, ref)
@@ -229,13 +234,7 @@ def test_decode_plan_families(name, tmp_path):
         f"  cost / recorded cost per layer: worst {ratio.max():.4f}, mean {ratio.mean():.4f},"
         f" best {ratio.min():.4f}"
     )
-    if ref is not None:
-        print(
-            f"  reference build, same run: {ref['wall']:.1f} s wall, {ref['cpu']:.1f} s CPU"
-            f" (load {ref['load']:.1f}): {ref['wall'] / wall:.2f}x wall,"
-            f" {ref['cpu'] / cpu:.2f}x CPU;"
-            f" its costs / recorded: worst {max(np.asarray(ref['costs']) / recorded):.4f}"
-        )
+    print_reference(ref, wall, cpu, recorded)
     summary(f"{name} decode plan wall", wall, TARGET_PLAN_SECONDS, " s", cpu)
     summary(f"{name} worst layer cost / reference", float(ratio.max()), 1 + QUALITY_SLACK, "")
     check_floor(name, costs, ref)

@@ -4,19 +4,13 @@ use numpy::{PyArray1, PyArray2, PyArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::input::{self, int_arg};
+use super::input::{self, non_negative};
 use super::interrupt::interruptible;
 use super::table::PyPlacement;
 use crate::cost::batch::simulate::{self, Trace};
 use crate::cost::batch::{self as core_batch, CostModel};
 use crate::model::placement::Placement;
 use crate::search::batch::{self, BatchSearchOptions};
-
-fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
-    let v = int_arg(v, name)?;
-    u64::try_from(v)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
-}
 
 /// (step time, lower bound on the optimal step time or None) of one layer for a batch
 /// [tokens, k] of expert ids, in the units of alpha and beta.
@@ -90,36 +84,108 @@ fn simulate_steps<'py>(
     seed: &Bound<'py, PyAny>,
     steps: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let model = CostModel::new(alpha, beta, p)?;
-    let seed = non_negative("seed", seed)?;
-    let steps = non_negative("steps", steps)? as usize;
-    let batch_sizes = batch_sizes
-        .iter()
-        .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
-        .collect::<PyResult<Vec<_>>>()?;
-    let ids = input::ids(topk, "topk", 3)?;
-    let (layers, k) = (ids.shape[1], ids.shape[2]);
-    let ids = ids.data;
-    let weights = weights
-        .map(|w| input::reals(w, "weights", 1))
-        .transpose()?
-        .map(|w| w.data);
-    let placements: Vec<Placement> = placements.iter().map(|p| (*p.inner).clone()).collect();
-    let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
-    if num_experts.len() != layers {
+    let inputs = StepInputs::new(
+        topk,
+        weights,
+        &placements,
+        &batch_sizes,
+        (alpha, beta, p),
+        seed,
+        steps,
+    )?;
+    if inputs.placements.len() != inputs.layers {
         return Err(PyValueError::new_err(format!(
-            "the trace has {layers} layers but {} placements were given",
-            num_experts.len()
+            "the trace has {} layers but {} placements were given",
+            inputs.layers,
+            inputs.placements.len()
         )));
     }
-    let times = interruptible(py, || -> crate::Result<Vec<Vec<f64>>> {
-        let trace = Trace::new(&ids, layers, k, &num_experts, weights.as_deref())?;
-        simulate::simulate(&trace, &placements, &batch_sizes, model, seed, steps)
-    })?;
-    let flat: Vec<f64> = times.into_iter().flatten().collect();
-    Ok(PyArray1::from_vec(py, flat)
-        .reshape([batch_sizes.len(), steps])?
-        .into_any())
+    inputs.run(py, |trace, i| {
+        simulate::simulate(
+            trace,
+            &i.placements,
+            &i.batch_sizes,
+            i.model,
+            i.seed,
+            i.steps,
+        )
+    })
+}
+
+/// What the step simulations take from Python, checked: the cost model, the seed, the
+/// steps, the batch sizes, the trace's ids [tokens, layers, k] with optional row weights,
+/// and the placements.
+pub(super) struct StepInputs {
+    pub model: CostModel,
+    pub seed: u64,
+    pub steps: usize,
+    pub batch_sizes: Vec<usize>,
+    pub layers: usize,
+    pub placements: Vec<Placement>,
+    k: usize,
+    ids: Vec<i64>,
+    weights: Option<Vec<f64>>,
+}
+
+impl StepInputs {
+    pub(super) fn new(
+        topk: &Bound<'_, PyAny>,
+        weights: Option<&Bound<'_, PyAny>>,
+        placements: &[PyRef<'_, PyPlacement>],
+        batch_sizes: &[Bound<'_, PyAny>],
+        (alpha, beta, p): (f64, f64, f64),
+        seed: &Bound<'_, PyAny>,
+        steps: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let model = CostModel::new(alpha, beta, p)?;
+        let seed = non_negative("seed", seed)?;
+        let steps = non_negative("steps", steps)? as usize;
+        let batch_sizes = batch_sizes
+            .iter()
+            .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
+            .collect::<PyResult<Vec<_>>>()?;
+        let ids = input::ids(topk, "topk", 3)?;
+        let (layers, k) = (ids.shape[1], ids.shape[2]);
+        let weights = weights
+            .map(|w| input::reals(w, "weights", 1))
+            .transpose()?
+            .map(|w| w.data);
+        let placements = placements.iter().map(|p| (*p.inner).clone()).collect();
+        Ok(StepInputs {
+            model,
+            seed,
+            steps,
+            batch_sizes,
+            layers,
+            placements,
+            k,
+            ids: ids.data,
+            weights,
+        })
+    }
+
+    /// The step times float [len(batch_sizes), steps] that `simulate` gives on the trace,
+    /// run without the GIL and stopped by Ctrl-C.
+    pub(super) fn run<'py, F>(&self, py: Python<'py>, simulate: F) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: FnOnce(&Trace, &Self) -> crate::Result<Vec<Vec<f64>>> + Send,
+    {
+        let num_experts: Vec<usize> = self.placements.iter().map(|p| p.num_experts()).collect();
+        let times = interruptible(py, || {
+            let trace = Trace::new(
+                &self.ids,
+                self.layers,
+                self.k,
+                &num_experts,
+                self.weights.as_deref(),
+            )?;
+            simulate(&trace, self)
+        })?;
+        let flat: Vec<f64> = times.into_iter().flatten().collect();
+        Ok(PyArray1::from_vec(py, flat)
+            .reshape([self.batch_sizes.len(), self.steps])?
+            .into_any())
+    }
 }
 
 /// A placement lowering the mean step time of sampled batches of `batch_size` tokens

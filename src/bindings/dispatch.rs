@@ -2,23 +2,15 @@
 //! is a static map int [ranks, experts] (the GPU serving each expert for each source
 //! rank) or None (a uniform draw among the replicas for every pair).
 
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::input::{self, int_arg};
-use super::interrupt::interruptible;
+use super::batch::StepInputs;
+use super::input::{self, non_negative};
 use super::table::{PyPlacement, PySubsetTable};
-use crate::cost::batch::simulate::Trace;
-use crate::cost::batch::CostModel;
 use crate::cost::dispatch::{self, Dispatch};
 use crate::model::placement::Placement;
-
-fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
-    let v = int_arg(v, name)?;
-    u64::try_from(v)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
-}
 
 /// The rule of a layer: a uniform draw (no map), the static map, or, with `round_robin`,
 /// TensorRT-LLM's round robin over the ranks of the map (its first pairs' replicas).
@@ -85,50 +77,39 @@ fn simulate_dispatch_steps<'py>(
     steps: &Bound<'py, PyAny>,
     round_robin: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let model = CostModel::new(alpha, beta, p)?;
-    let seed = non_negative("seed", seed)?;
-    let steps = non_negative("steps", steps)? as usize;
-    let batch_sizes = batch_sizes
-        .iter()
-        .map(|b| non_negative("batch_sizes", b).map(|b| b as usize))
-        .collect::<PyResult<Vec<_>>>()?;
-    let ids = input::ids(topk, "topk", 3)?;
-    let (layers, k) = (ids.shape[1], ids.shape[2]);
-    let ids = ids.data;
-    let weights = weights
-        .map(|w| input::reals(w, "weights", 1))
-        .transpose()?
-        .map(|w| w.data);
-    let placements: Vec<Placement> = placements.iter().map(|p| (*p.inner).clone()).collect();
-    if placements.len() != layers || dispatch_maps.len() != layers {
+    let inputs = StepInputs::new(
+        topk,
+        weights,
+        &placements,
+        &batch_sizes,
+        (alpha, beta, p),
+        seed,
+        steps,
+    )?;
+    let layers = inputs.layers;
+    if inputs.placements.len() != layers || dispatch_maps.len() != layers {
         return Err(PyValueError::new_err(format!(
             "the trace has {layers} layers but {} placements and {} dispatch maps were given",
-            placements.len(),
+            inputs.placements.len(),
             dispatch_maps.len()
         )));
     }
     let rules = dispatch_maps
         .iter()
-        .zip(&placements)
+        .zip(&inputs.placements)
         .map(|(m, p)| rule(m.as_ref(), p, round_robin))
         .collect::<PyResult<Vec<_>>>()?;
-    let num_experts: Vec<usize> = placements.iter().map(|p| p.num_experts()).collect();
-    let times = interruptible(py, || -> crate::Result<Vec<Vec<f64>>> {
-        let trace = Trace::new(&ids, layers, k, &num_experts, weights.as_deref())?;
+    inputs.run(py, |trace, i| {
         dispatch::simulate_dispatch(
-            &trace,
-            &placements,
+            trace,
+            &i.placements,
             &rules,
-            &batch_sizes,
-            model,
-            seed,
-            steps,
+            &i.batch_sizes,
+            i.model,
+            i.seed,
+            i.steps,
         )
-    })?;
-    let flat: Vec<f64> = times.into_iter().flatten().collect();
-    Ok(PyArray1::from_vec(py, flat)
-        .reshape([batch_sizes.len(), steps])?
-        .into_any())
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

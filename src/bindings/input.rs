@@ -197,3 +197,10 @@ pub fn count_arg(obj: &Bound<'_, PyAny>, name: &str, min: i64) -> PyResult<usize
     }
     Ok(v as usize)
 }
+
+/// `v` as a non-negative int named `name`.
+pub fn non_negative(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let v = int_arg(v, name)?;
+    u64::try_from(v)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be non-negative, got {v}")))
+}

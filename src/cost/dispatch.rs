@@ -20,10 +20,9 @@
 use rayon::prelude::*;
 
 use super::batch::cost_model::{CostModel, ExpertTimes};
-use super::batch::simulate::{check_placements, check_steps, Trace};
+use super::batch::simulate::{check_placements, check_steps, run_steps, Trace};
 use crate::model::placement::Placement;
 use crate::model::table::SubsetTable;
-use crate::util::cancel;
 use crate::util::error::{MoeError, Result};
 use crate::util::rng::SplitMix64;
 
@@ -375,49 +374,35 @@ pub fn simulate_dispatch(
         )));
     }
     check_steps(batch_sizes, steps)?;
-    let result = batch_sizes
-        .iter()
-        .enumerate()
-        .map(|(bi, &batch)| {
-            (0..steps)
-                .into_par_iter()
-                .map_init(
-                    || {
-                        let routed: Vec<RoutedCounts> = placements
-                            .iter()
-                            .map(|p| RoutedCounts::new(p, model))
-                            .collect();
-                        (
-                            routed,
-                            Vec::new(),
-                            RoundRobinPairs::for_rules(rules, placements),
-                        )
-                    },
-                    |(routed, tokens, pairs), s| {
-                        if cancel::requested() {
-                            return 0.0;
-                        }
-                        let mut rng = SplitMix64::stream(seed, bi as u64, s as u64);
-                        trace.draw(&mut rng, batch, tokens);
-                        let offset = rng.next_u64();
-                        let mut time = 0.0;
-                        for (layer, counts) in routed.iter_mut().enumerate() {
-                            let step = Step {
-                                trace,
-                                layer,
-                                tokens,
-                                offset,
-                            };
-                            step.route(&placements[layer], &rules[layer], &mut rng, pairs, counts);
-                            time += counts.take_time();
-                        }
-                        time
-                    },
-                )
-                .collect()
-        })
-        .collect();
-    Ok(result)
+    let state = || {
+        let routed: Vec<RoutedCounts> = placements
+            .iter()
+            .map(|p| RoutedCounts::new(p, model))
+            .collect();
+        (routed, RoundRobinPairs::for_rules(rules, placements))
+    };
+    Ok(run_steps(
+        trace,
+        batch_sizes,
+        seed,
+        steps,
+        state,
+        |(routed, pairs), tokens, rng| {
+            let offset = rng.next_u64();
+            let mut time = 0.0;
+            for (layer, counts) in routed.iter_mut().enumerate() {
+                let step = Step {
+                    trace,
+                    layer,
+                    tokens,
+                    offset,
+                };
+                step.route(&placements[layer], &rules[layer], rng, pairs, counts);
+                time += counts.take_time();
+            }
+            time
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -18,14 +18,14 @@ class Numpy:
 
     name = "numpy"
 
-    def __init__(self, like: np.ndarray | None = None) -> None:
-        self.like = like
-
     def asarray(self, values: Any, dtype: str = "int64") -> np.ndarray:
         return np.asarray(values, dtype=np.dtype(dtype))
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return np.asarray(x)
+
+    def as_dtype(self, x: Array, like: Array) -> np.ndarray:
+        return np.asarray(x).astype(like.dtype)
 
     def arange(self, n: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
@@ -71,7 +71,6 @@ class Torch(Numpy):
 
         self.torch = torch
         self.device = like.device
-        self.like = like
 
     def asarray(self, values: Any, dtype: str = "int64") -> Any:
         if isinstance(values, self.torch.Tensor):
@@ -82,6 +81,9 @@ class Torch(Numpy):
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return np.asarray(x.detach().cpu().numpy())
+
+    def as_dtype(self, x: Array, like: Array) -> Any:
+        return x.to(like.dtype)
 
     def arange(self, n: int) -> Any:
         return self.torch.arange(n, dtype=self.torch.int64, device=self.device)

@@ -46,4 +46,4 @@ def route(
         out = route_tokens(ids, table, ops)
     else:
         out = route_batch(ids, table, cost_model, ops)
-    return out.astype(topk_ids.dtype) if ops.name == "numpy" else out.to(topk_ids.dtype)
+    return ops.as_dtype(out, topk_ids)

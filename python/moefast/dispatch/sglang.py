@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from moefast.batch.cost_model import CostModel
+from moefast.dispatch.backend import backend_of
 from moefast.dispatch.replicas import ReplicaTable
 from moefast.dispatch.route import route
 
@@ -63,7 +64,7 @@ class SglangDispatch:
         if layer_id not in self._tables:
             if self._maps is None:
                 source = self._source() if callable(self._source) else self._source
-                maps = np.asarray(_host(source))
+                maps = backend_of(source).to_numpy(source)
                 if maps.ndim != 2:
                     raise ValueError(
                         "physical_to_logical must be int [layers, physical slots],"
@@ -147,10 +148,3 @@ def _import_sglang() -> dict[str, Any]:
     distributed = importlib.import_module("sglang.srt.distributed")
     mods["ep_rank"] = distributed.get_moe_expert_parallel_rank
     return mods
-
-
-def _host(x: Any) -> Any:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return x

@@ -109,7 +109,9 @@ class ServingScores:
 
     def expected_step_time(self, name: str) -> float:
         """The profile's weighted mean of the candidate's step times."""
-        times = self.step_times[name]
+        return self._expected(self.step_times[name])
+
+    def _expected(self, times: Mapping[int, float]) -> float:
         return float(sum(w * times[b] for b, w in zip(self.batch_sizes, self.weights, strict=True)))
 
     def with_best_choice(self) -> dict[str, Any] | None:
@@ -119,11 +121,7 @@ class ServingScores:
         are already under the best choice or it was not simulated."""
         if self.best_step_times is None or self.dispatch == "best":
             return None
-        shares = list(zip(self.batch_sizes, self.weights, strict=True))
-        expected = {
-            name: float(sum(w * times[b] for b, w in shares))
-            for name, times in self.best_step_times.items()
-        }
+        expected = {name: self._expected(times) for name, times in self.best_step_times.items()}
         name = min(expected, key=expected.__getitem__)
         mine = self.expected_step_time(self.recommended)
         return {

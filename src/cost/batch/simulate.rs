@@ -176,46 +176,71 @@ pub fn simulate(
         )));
     }
     check_steps(batch_sizes, steps)?;
-    let result = batch_sizes
+    let solvers = || {
+        placements
+            .iter()
+            .map(|p| StepTimeSolver::new(p, model))
+            .collect::<Vec<_>>()
+    };
+    Ok(run_steps(
+        trace,
+        batch_sizes,
+        seed,
+        steps,
+        solvers,
+        |solvers, tokens, _| {
+            let mut time = 0.0;
+            for (layer, solver) in solvers.iter_mut().enumerate() {
+                solver.set_batch(
+                    tokens
+                        .iter()
+                        .flat_map(|&t| trace.experts(t, layer))
+                        .map(|&e| e as u32),
+                );
+                time += solver.solve();
+            }
+            time
+        },
+    ))
+}
+
+/// Step times [batch size][step], the steps in parallel: step s of batch size b draws its
+/// `batch_sizes[b]` tokens from the stream (seed, b, s), and `step` times them (with what
+/// remains of that stream) on the per-worker state `init` makes. A stopped run's times
+/// are discarded, so its steps are skipped.
+pub(crate) fn run_steps<S, I, F>(
+    trace: &Trace,
+    batch_sizes: &[usize],
+    seed: u64,
+    steps: usize,
+    init: I,
+    step: F,
+) -> Vec<Vec<f64>>
+where
+    S: Send,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, &[usize], &mut SplitMix64) -> f64 + Sync + Send,
+{
+    batch_sizes
         .iter()
         .enumerate()
         .map(|(bi, &batch)| {
             (0..steps)
                 .into_par_iter()
                 .map_init(
-                    || {
-                        (
-                            placements
-                                .iter()
-                                .map(|p| StepTimeSolver::new(p, model))
-                                .collect::<Vec<_>>(),
-                            Vec::new(),
-                        )
-                    },
-                    |(solvers, tokens), s| {
-                        // A stopped run's times are discarded: skip the work.
+                    || (init(), Vec::new()),
+                    |(state, tokens), s| {
                         if cancel::requested() {
                             return 0.0;
                         }
                         let mut rng = SplitMix64::stream(seed, bi as u64, s as u64);
                         trace.draw(&mut rng, batch, tokens);
-                        let mut time = 0.0;
-                        for (layer, solver) in solvers.iter_mut().enumerate() {
-                            solver.set_batch(
-                                tokens
-                                    .iter()
-                                    .flat_map(|&t| trace.experts(t, layer))
-                                    .map(|&e| e as u32),
-                            );
-                            time += solver.solve();
-                        }
-                        time
+                        step(state, tokens, &mut rng)
                     },
                 )
                 .collect()
         })
-        .collect();
-    Ok(result)
+        .collect()
 }
 
 /// The batch sizes and the number of steps a simulation may take: at least one step, sizes
