@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::batch::cost_model::{CostModel, ExpertTimes};
 use super::batch::simulate::{check_placements, check_steps, run_steps, Trace};
+use super::rank_maps::{RankMaps, RowScratch};
 use crate::model::placement::Placement;
 use crate::model::table::SubsetTable;
 use crate::util::error::{MoeError, Result};
@@ -92,34 +93,6 @@ fn max_load(gpus: &[u16]) -> u32 {
     best
 }
 
-fn static_row_cost(subset: &[u16], map: &[u16], ranks: usize, num_experts: usize) -> f64 {
-    let mut gpus = [0u16; crate::util::limits::MAX_K];
-    let k = subset.len();
-    let mut sum = 0u64;
-    for r in 0..ranks {
-        let row = &map[r * num_experts..(r + 1) * num_experts];
-        for (g, &e) in gpus.iter_mut().zip(subset) {
-            *g = row[e as usize];
-        }
-        sum += max_load(&gpus[..k]) as u64;
-    }
-    sum as f64 / ranks as f64
-}
-
-fn round_robin_row_cost(subset: &[u16], placement: &Placement, ranks: usize) -> f64 {
-    let mut gpus = [0u16; crate::util::limits::MAX_K];
-    let k = subset.len();
-    let mut sum = 0u64;
-    for r in 0..ranks {
-        for (g, &e) in gpus.iter_mut().zip(subset) {
-            let replicas = placement.gpus_of(e as usize);
-            *g = replicas[r % replicas.len()];
-        }
-        sum += max_load(&gpus[..k]) as u64;
-    }
-    sum as f64 / ranks as f64
-}
-
 fn uniform_row_cost(subset: &[u16], placement: &Placement, seed: u64, row: usize) -> f64 {
     let k = subset.len();
     let lists: Vec<&[u16]> = subset
@@ -170,22 +143,25 @@ pub fn dispatch_costs(
     seed: u64,
 ) -> Result<Vec<f64>> {
     super::decode::check_compatible(table, placement)?;
-    let (k, e) = (table.k(), placement.num_experts());
+    let k = table.k();
+    let maps = match dispatch {
+        Dispatch::Static { map, ranks } => {
+            Some(RankMaps::new(map, *ranks, placement.num_experts()))
+        }
+        Dispatch::RoundRobin { ranks } => Some(RankMaps::first_pair(placement, *ranks)),
+        Dispatch::Uniform => None,
+    };
     let mut costs = vec![0.0; table.len()];
     costs
         .par_chunks_mut(ROWS_PER_TASK)
         .zip(table.subsets().par_chunks(ROWS_PER_TASK * k))
         .enumerate()
         .for_each(|(chunk, (out, rows))| {
+            let mut scratch = RowScratch::default();
             for (i, (c, subset)) in out.iter_mut().zip(rows.chunks_exact(k)).enumerate() {
-                *c = match dispatch {
-                    Dispatch::Static { map, ranks } => static_row_cost(subset, map, *ranks, e),
-                    Dispatch::RoundRobin { ranks } => {
-                        round_robin_row_cost(subset, placement, *ranks)
-                    }
-                    Dispatch::Uniform => {
-                        uniform_row_cost(subset, placement, seed, chunk * ROWS_PER_TASK + i)
-                    }
+                *c = match &maps {
+                    Some(maps) => maps.row_sum(subset, &mut scratch) as f64 / maps.ranks() as f64,
+                    None => uniform_row_cost(subset, placement, seed, chunk * ROWS_PER_TASK + i),
                 };
             }
         });

@@ -70,3 +70,16 @@ def test_without_replicas_every_rule_is_the_best_routing():
         )
         # The same batches are drawn, and with one replica per expert routing is forced.
         np.testing.assert_allclose(got, best, rtol=1e-12)
+
+
+@pytest.mark.parametrize("ranks", [63, 64, 65, 130])
+def test_static_costs_over_several_words_of_ranks(ranks):
+    # Rank masks are 64 ranks to a word: maps of more ranks than one word holds, most
+    # experts with replicas that the ranks split between.
+    rng = np.random.default_rng(ranks)
+    placement, table = random_case(rng, experts=12, gpus=5, k=5, rows=80)
+    m = random_map(rng, placement, ranks)
+    static = core.dispatch_costs(table, placement, m, 0)
+    for row, subset in enumerate(table.subsets):
+        want = np.mean([max_load(m[r, subset]) for r in range(ranks)])
+        assert static[row] == pytest.approx(want, abs=1e-12)

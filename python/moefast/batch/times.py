@@ -109,9 +109,12 @@ def step_times(
     seed: int = 0,
     steps: int = 1000,
     dispatch: str = "best",
+    maps: Sequence[np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """float [len(batch_sizes), steps]: the time of every simulated step `simulate` sums
-    up, for paired comparisons of placements (the same seed draws the same steps)."""
+    up, for paired comparisons of placements (the same seed draws the same steps).
+    ``maps``: the dispatch's maps of these placements when the caller has drawn them
+    (`moefast.io.engines.dispatch.dispatch_maps`)."""
     cm = check_cost_model(cost_model)
     sources = _layer_sources(trace_or_topk)
     placements = _placements(placement)
@@ -126,7 +129,10 @@ def step_times(
     dispatch = check_dispatch(dispatch)
     # An engine file's map keeps its repeated slots, which the static rules count.
     slots = placement.slots if isinstance(placement, ModelPlacement) else None
-    maps = None if dispatch == "best" else dispatch_maps(placements, dispatch, slots)
+    if dispatch == "best":
+        maps = None
+    elif maps is None:
+        maps = dispatch_maps(placements, dispatch, slots)
     per_source, first = [], 0
     for topk, weights in sources:
         layer_placements = placements[first : first + topk.shape[1]]

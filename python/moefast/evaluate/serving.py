@@ -323,14 +323,19 @@ def settings_rows(record: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
 
 
 def dispatch_rounds(
-    tables: Sequence[SubsetTable], placements: Sequence[Placement], dispatch: str, seed: int = 0
+    tables: Sequence[SubsetTable],
+    placements: Sequence[Placement],
+    dispatch: str,
+    seed: int = 0,
+    maps: Sequence[np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """float [layers]: each layer's expected expert rounds per token of its table under
     ``dispatch`` (a rule's maps drawn for the layers together, as the engine draws them for
-    its file)."""
+    its file; ``maps``: those maps when the caller has drawn them)."""
     if check_dispatch(dispatch) == "best":
         return np.array([expected_cost(t, p) for t, p in zip(tables, placements, strict=True)])
-    maps = dispatch_maps(placements, dispatch)
+    if maps is None:
+        maps = dispatch_maps(placements, dispatch)
     return np.array(
         [
             float(np.dot(dispatch_costs(t, p, m, seed), t.weights) / t.weights.sum())
@@ -376,14 +381,23 @@ def score_candidates(
         named, len(named), "scoring the candidates on the serving profile", progress
     ):
         placements = list(placements)
+        # The rule's maps, drawn once for the steps and the rounds.
+        maps = None if dispatch == "best" else dispatch_maps(placements, dispatch)
         samples[name] = step_times(
-            routing, placements, sizes, cost_model, seed=seed, steps=steps, dispatch=dispatch
+            routing,
+            placements,
+            sizes,
+            cost_model,
+            seed=seed,
+            steps=steps,
+            dispatch=dispatch,
+            maps=maps,
         )
         times[name] = {b: float(row.mean()) for b, row in zip(sizes, samples[name], strict=True)}
         if compare_best and dispatch != "best":
             results = simulate(routing, placements, sizes, cost_model, seed=seed, steps=steps)
             best_times[name] = {int(r["batch_size"]): float(r["mean_step_time"]) for r in results}
-        rounds[name] = dispatch_rounds(tables, placements, dispatch, seed)
+        rounds[name] = dispatch_rounds(tables, placements, dispatch, seed, maps)
     return ServingScores(
         sizes,
         tuple(float(w) for w in weights),

@@ -41,6 +41,7 @@ from moefast.planning.layer import plan_one_layer
 from moefast.planning.profile import (
     ServingProfile,
     batch_aware,
+    batch_searches,
     cheap_candidates,
     choose,
     fewer_slots,
@@ -779,23 +780,22 @@ def _serve(
         else redundant_suffix(num_experts, num_gpus, chosen_slots)
     )
 
-    def plan_batch(b: int) -> list[Placement]:
-        batch = {**options, "objective": "batch", "batch_size": b, "cost_model": cost_model}
-        if profile.max_evaluations is not None:
-            batch["max_evaluations"] = profile.max_evaluations
-        return plan_layers(
+    def plan_batches(sizes: list[int]) -> dict[int, list[Placement]]:
+        # From the plan's own placement and EPLB at the chosen count.
+        own = (main + suffix, METHOD_LABELS["eplb"] + suffix)
+        return batch_searches(
             plan_tables,
-            num_gpus,
+            [placed[name] for name in own if name in placed],
             chosen_slots,
-            "greedy",
-            chosen,
-            seed,
-            progress,
-            desc=f"batch-aware search, B = {b}",
-            **batch,
+            cost_model,
+            sizes,
+            coverage=chosen.coverage,
+            seed=seed,
+            max_evaluations=profile.max_evaluations,
+            progress=progress,
         )
 
-    searched = batch_aware(profile, plan_batch, suffix, placed)
+    searched = batch_aware(profile, plan_batches, suffix, placed)
     if searched:
         first = next((n for n in placed if slots[n] == chosen_slots), None)
         scores = scores.merged(score(searched, dict.fromkeys(searched, chosen_slots)), first)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from moefast._core import Placement, SubsetTable
+from moefast._util.progress import steps
 from moefast.batch.cost_model import GPUS, CostModel
 from moefast.batch.times import Routing
 from moefast.evaluate.comparison import METHOD_LABELS
@@ -28,6 +29,7 @@ from moefast.evaluate.heldout import baseline_placements
 from moefast.evaluate.serving import ServingScores, score_candidates
 from moefast.io.engines.dispatch import check_dispatch, dispatch_label, engine_dispatch
 from moefast.io.engines.slots import default_map, placement_from_slots
+from moefast.search.batch import DEFAULT_BATCH_EVALUATIONS, optimize_batch_sizes
 from moefast.search.dispatch import search_for_dispatch
 
 #: The decode batch the command line reports beside B = 1 when no profile is given: a
@@ -35,13 +37,23 @@ from moefast.search.dispatch import search_for_dispatch
 #: of running requests; at 64 a server is neither idle nor saturated).
 TYPICAL_DECODE_BATCH = 64
 
-#: Swaps the search for the engine's dispatch scores, shared by the layers of a plan (one
-#: costs 5-25 ms on a DeepSeek-V3 layer of 256 experts on 32 GPUs: the engine's map is
-#: drawn again for every swap).
-DISPATCH_SEARCH_EVALUATIONS = 2000
-#: The fewest and the most swaps each layer's search scores.
-MIN_LAYER_EVALUATIONS = 10
+#: Rows the search for the engine's dispatch scores, shared by the layers of a plan: a
+#: swap is scored on its layer's whole table with the engine's map drawn again (about
+#: 35 ms for a DeepSeek-V3 layer of 200,000 distinct rows on 32 GPUs x 9 slots, 3-5 ms
+#: of them the map). 2,000 swaps of 20,000-row layers.
+DISPATCH_SEARCH_ROWS = 40_000_000
+#: The most swaps each layer's search scores (a layer too large for one within the
+#: budget is only the fastest of its starts under the rule).
 MAX_LAYER_EVALUATIONS = 200
+#: Moves the batch-aware searches of the smallest profile size above 1 re-time, shared by
+#: the layers (from `MIN_BATCH_EVALUATIONS` to `optimize_batch`'s own default per layer)
+#: when the profile sets no ``max_evaluations``; a larger size gets fewer, so that each
+#: size's searches do about the same work (`size_evaluations`). On a DeepSeek-V3 layer
+#: (200,000 tokens, 32 GPUs x 9 slots, B = 16 / 64 / 256) 2,000 moves take 0.5 / 0.5 /
+#: 1.7 s and keep most of the held-out gain of a search to its end (40,000 moves: 1.9 /
+#: 1.9 / 6.2 s).
+BATCH_SEARCH_EVALUATIONS = 120_000
+MIN_BATCH_EVALUATIONS = 200
 
 #: The map each engine starts from without a placement file.
 ENGINE_DEFAULTS = {
@@ -88,7 +100,8 @@ class ServingProfile:
     batch_aware: bool = True
     engine: str = "sglang"
     steps: int = 256
-    #: Bound on the moves each batch-aware search times (None: the search's default).
+    #: Bound on the moves each batch-aware search times (None: `BATCH_SEARCH_EVALUATIONS`
+    #: per size, shared by the layers).
     max_evaluations: int | None = None
     dispatch: str | None = None
     fewer_slots: bool = True
@@ -230,16 +243,15 @@ def dispatch_searched(
 ) -> tuple[str, list[Placement]]:
     """The candidate's name and, per layer, the placement `search_for_dispatch` finds under
     the profile's dispatch at `ServingProfile.search_size` (expert rounds at B = 1, else
-    simulated steps), from the layer's placements of ``starts``, with
-    `DISPATCH_SEARCH_EVALUATIONS` swaps shared by the layers (from `MIN_LAYER_EVALUATIONS`
-    to `MAX_LAYER_EVALUATIONS` each), layers in parallel.
-    SGLang's static map draws through the
-    layers of a file; the search scores each layer with the draw of a file of that layer
+    simulated steps), from the layer's placements of ``starts``, with the swaps of
+    `DISPATCH_SEARCH_ROWS` rows scored shared by the layers (at most
+    `MAX_LAYER_EVALUATIONS` swaps each), layers in parallel. SGLang's static map draws
+    through the layers of a file; the search scores each layer with the draw of a file of that layer
     alone, the scoring with the file's."""
     size = profile.search_size
     rule = profile.rule
-    share = DISPATCH_SEARCH_EVALUATIONS // len(plan_tables)
-    evaluations = min(MAX_LAYER_EVALUATIONS, max(MIN_LAYER_EVALUATIONS, share))
+    share = DISPATCH_SEARCH_ROWS // max(1, sum(len(t) for t in plan_tables))
+    evaluations = min(MAX_LAYER_EVALUATIONS, share)
 
     def one(i: int) -> Placement:
         return search_for_dispatch(
@@ -260,16 +272,90 @@ def dispatch_searched(
 
 def batch_aware(
     profile: ServingProfile,
-    plan_batch: Callable[[int], list[Placement]],
+    plan_batches: Callable[[list[int]], dict[int, list[Placement]]],
     suffix: str = "",
     have: Collection[str] = (),
 ) -> dict[str, list[Placement]]:
-    """The batch-aware search at each profile size above 1 (with ``profile.batch_aware``;
-    ``plan_batch(B)`` plans every layer for batches of B), but those named in ``have``."""
+    """The batch-aware candidates at each profile size above 1 (with
+    ``profile.batch_aware``; ``plan_batches(sizes)`` plans every layer for batches of each
+    size), but those named in ``have``."""
     if not profile.batch_aware:
         return {}
     names = {b: f"batch-aware (B={b}){suffix}" for b in profile.batch_sizes if b > 1}
-    return {name: plan_batch(b) for b, name in names.items() if name not in have}
+    wanted = [b for b, name in names.items() if name not in have]
+    if not wanted:
+        return {}
+    found = plan_batches(wanted)
+    return {names[b]: found[b] for b in wanted}
+
+
+def size_evaluations(sizes: Sequence[int], k: int, num_experts: int, layers: int) -> list[int]:
+    """Moves each size's batch-aware search of a layer re-times by default:
+    `BATCH_SEARCH_EVALUATIONS` shared by the ``layers`` at the smallest size, fewer at a
+    larger one in the ratio of the tokens re-timing a move costs: the sampled tokens (the
+    core's default sample, 16 to 512 batches of about 8,192 tokens in all) times the share
+    of the batches that a move of one expert touches, 1 - (1 - k / E)^B. Each size's
+    searches do about the same work. From `MIN_BATCH_EVALUATIONS` to `optimize_batch`'s
+    default per search."""
+    share = BATCH_SEARCH_EVALUATIONS / max(1, layers)
+
+    def touched(b: int) -> float:
+        sampled = b * min(512, max(16, 8192 // b))  # BatchSearchOptions::default_num_batches
+        return sampled * (1.0 - (1.0 - min(1.0, k / num_experts)) ** b)
+
+    smallest = touched(min(sizes))
+    return [
+        min(
+            DEFAULT_BATCH_EVALUATIONS,
+            max(MIN_BATCH_EVALUATIONS, int(share * smallest / touched(b))),
+        )
+        for b in sizes
+    ]
+
+
+def batch_searches(
+    plan_tables: Sequence[SubsetTable],
+    starts: Sequence[Sequence[Placement]],
+    slots_per_gpu: int,
+    cost_model: CostModel,
+    batch_sizes: Sequence[int],
+    *,
+    coverage: float = 1.0,
+    seed: int = 0,
+    max_evaluations: int | None = None,
+    progress: bool = False,
+) -> dict[int, list[Placement]]:
+    """Per size, one placement per layer: the batch-aware searches of each layer for every
+    size at once (`optimize_batch_sizes`: each size from the fastest of the layer's
+    ``starts``, one list of placements per start, and the smaller sizes' results), on the
+    table pruned to ``coverage``, each search re-timing at most ``max_evaluations`` moves
+    (None: `size_evaluations`); layers in parallel (the searches free the GIL)."""
+    sizes = sorted(batch_sizes)
+    n = len(plan_tables)
+    if max_evaluations is None:
+        table = plan_tables[0]
+        bounds: int | list[int] = size_evaluations(sizes, table.k, table.num_experts, n)
+    else:
+        bounds = max_evaluations
+
+    def one(i: int) -> list[Placement]:
+        table = plan_tables[i]
+        if coverage < 1.0:
+            table = table.prune(coverage=coverage)
+        return optimize_batch_sizes(
+            table,
+            [layers[i] for layers in starts],
+            slots_per_gpu,
+            cost_model,
+            sizes,
+            seed=seed,
+            max_evaluations=bounds,
+        )
+
+    desc = "batch-aware searches, B = " + ", ".join(map(str, sizes))
+    with ThreadPoolExecutor(max_workers=max(1, min(n, os.cpu_count() or 1))) as pool:
+        per_layer = list(steps(pool.map(one, range(n)), n, desc, progress))
+    return {b: [layer[j] for layer in per_layer] for j, b in enumerate(sizes)}
 
 
 def choose(

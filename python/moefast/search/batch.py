@@ -15,6 +15,9 @@ from moefast.batch.cost_model import CostModel, check_cost_model
 from moefast.batch.times import mean_step_time
 from moefast.moves import ROUND_US
 
+#: Moves a batch-aware search re-times at most, by default.
+DEFAULT_BATCH_EVALUATIONS = 40_000
+
 
 def optimize_batch(
     table_or_topk: SubsetTable | np.ndarray,
@@ -25,7 +28,7 @@ def optimize_batch(
     *,
     seed: int = 0,
     num_batches: int | None = None,
-    max_evaluations: int = 40_000,
+    max_evaluations: int = DEFAULT_BATCH_EVALUATIONS,
     max_moves: int | None = None,
     copy_cost: float | None = None,
     round_us: float = ROUND_US,
@@ -109,3 +112,51 @@ def fastest_placement(
         candidates,
         key=lambda p: mean_step_time(table, p, cost_model, batch_size, seed=seed, steps=steps),
     )
+
+
+def optimize_batch_sizes(
+    table: SubsetTable,
+    starts: Sequence[Placement],
+    slots_per_gpu: int,
+    cost_model: CostModel,
+    batch_sizes: Sequence[int],
+    *,
+    seed: int = 0,
+    num_batches: int | None = None,
+    max_evaluations: int | Sequence[int] = DEFAULT_BATCH_EVALUATIONS,
+) -> list[Placement]:
+    """One batch-aware placement per size of ``batch_sizes``, in ascending order of size,
+    each searched by `optimize_batch` from the fastest at that size (`fastest_placement`)
+    of ``starts`` and the placements found for the smaller sizes: a search for B starts
+    where the one for a smaller B ended when that is faster at B, so it needs fewer moves
+    than one from the starts alone, and it is never slower on its sample than any of them.
+    ``max_evaluations``: one bound for every search, or one per size of ``batch_sizes``
+    (in its order)."""
+    if not starts:
+        raise ValueError("starts is empty: the searches need a placement to start from")
+    sizes = [check_count("batch size", b) for b in batch_sizes]
+    if isinstance(max_evaluations, (int, np.integer)):
+        bounds = [int(max_evaluations)] * len(sizes)
+    else:
+        bounds = [int(x) for x in max_evaluations]
+        if len(bounds) != len(sizes):
+            raise ValueError(
+                f"{len(bounds)} bounds in max_evaluations for {len(sizes)} batch sizes"
+            )
+    candidates = [check_placement(p, "each start") for p in starts]
+    found: list[Placement] = []
+    for b, bound in sorted(zip(sizes, bounds, strict=True)):
+        start = fastest_placement(table, candidates, cost_model, b, seed=seed)
+        placement = optimize_batch(
+            table,
+            start,
+            slots_per_gpu,
+            cost_model,
+            b,
+            seed=seed,
+            num_batches=num_batches,
+            max_evaluations=bound,
+        )
+        found.append(placement)
+        candidates.append(placement)
+    return found
