@@ -1,8 +1,9 @@
 //! The default optimizer. From a balanced one-replica placement refined by
 //! Kernighan-Lin swaps, slots are opened one level at a time (every GPU gets one more
 //! slot); each level is filled with the replicas of largest exact gain, then refined by
-//! swaps and by handing replica slots to other experts (`reassign`), and replaced by a
-//! baseline if one is better at that level. After the start's search and each level's,
+//! swaps (ranked by co-activation, then by move gains: `move_gains`) and by handing
+//! replica slots to other experts (`reassign`), and replaced by a baseline if one is
+//! better at that level. After the start's search and each level's,
 //! an iterated local search (`kicks`) escapes local optima where the table is small
 //! enough for its row budget.
 //!
@@ -16,9 +17,12 @@
 //! stop request (Ctrl-C) slots still empty are filled as the baselines fill them.
 
 use super::baselines;
-use super::budgets::{Budget, ALTERNATIONS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH};
+use super::budgets::{
+    Budget, ALTERNATIONS, GAIN_SWAPS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH,
+};
 use super::initial;
 use super::kicks;
+use super::move_gains;
 use super::reassign;
 use super::swaps::{self, Limits};
 use crate::model::layout::Layout;
@@ -86,16 +90,13 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
         // Where no slot opens, the layout is the one the previous search left.
         if fill(&mut state, level) {
             // Swaps change which slots are worth reassigning and back: alternate while
-            // both find something, a few rounds at most.
-            for _ in 0..ALTERNATIONS {
-                if swaps::improve(&mut state, level_search(level, first)) == 0 {
-                    break;
-                }
-                let mut gains = GainTable::new(&state);
-                if reassign::improve(&mut state, &mut gains, REASSIGN) == 0 {
-                    break;
-                }
-            }
+            // both find something, a few rounds at most; first the swaps ranked by
+            // co-activation (any replica), then those of single-replica experts ranked
+            // by move gains, which find what the co-activation misses once replicas
+            // are in place.
+            let search = level_search(level, first);
+            alternate(&mut state, |s| swaps::improve(s, search));
+            alternate(&mut state, |s| move_gains::improve(s, GAIN_SWAPS));
             kicks::search(
                 &mut state,
                 level_kicks(level, first),
@@ -122,6 +123,19 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
         }
     }
     layout
+}
+
+/// Rounds of `search` then `reassign`, while both make moves (`ALTERNATIONS` at most).
+fn alternate(state: &mut State, mut search: impl FnMut(&mut State) -> usize) {
+    for _ in 0..ALTERNATIONS {
+        if search(state) == 0 {
+            break;
+        }
+        let mut gains = GainTable::new(state);
+        if reassign::improve(state, &mut gains, REASSIGN) == 0 {
+            break;
+        }
+    }
 }
 
 /// Fills every GPU up to `capacity` experts: the replica of largest exact gain first;

@@ -105,7 +105,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
 
 /// The best swap is made as evaluated; the others moved no expert in common with a
 /// swap made before them, but may share rows: they are evaluated again.
-fn apply_best_first(
+pub(super) fn apply_best_first(
     state: &mut State,
     batch: &[Move],
     improving: &[(i64, usize)],
