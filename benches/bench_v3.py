@@ -56,11 +56,14 @@ QUALITY_SLACK = 0.005
 FLOOR_COMMIT = "d7beb0b"
 #: A layer may exceed that greedy's recorded cost by this share at most: two runs of a local
 #: search end in different local optima, and one greedy's layer costs move by 0.1-1.0%
-#: between seeds 0-3 (four layers measured), so a strict per-layer check fails about half
-#: the layers of either build against the other (the bench prints every layer above it).
-#: The whole model (the sum of the layers) may exceed that greedy's by `FLOOR_MODEL_SLACK`.
-FLOOR_SLACK = 0.01
-FLOOR_MODEL_SLACK = 0.001
+#: between seeds 0-3 (four layers measured). Most layers of the SGLang-loads family are
+#: one drawn layer relabeled, so that greedy's costs there are draws of one distribution
+#: and its luckiest draws set the floor. This build is below it on every layer of
+#: weak-topics and above it on 3 and 6 layers of the others (at most +0.11% and +0.45%);
+#: the bench prints every layer above it. The whole model (the sum of the layers) may not
+#: exceed that greedy's.
+FLOOR_SLACK = 0.005
+FLOOR_MODEL_SLACK = 0.0
 
 
 @pytest.fixture(scope="module")
