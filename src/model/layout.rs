@@ -39,6 +39,26 @@ pub enum Move {
 }
 
 impl Move {
+    /// The swap of expert `x`'s replica on GPU `gx` with expert `y`'s on GPU `gy`, written
+    /// with the lower expert first, so that a swap found from either side is one move.
+    pub fn swap(x: u16, gx: u16, y: u16, gy: u16) -> Move {
+        if x < y {
+            Move::Swap {
+                first: x,
+                from: gx,
+                second: y,
+                to: gy,
+            }
+        } else {
+            Move::Swap {
+                first: y,
+                from: gy,
+                second: x,
+                to: gx,
+            }
+        }
+    }
+
     /// The move as changes of distinct experts (one or two).
     pub fn changes(&self) -> Changes {
         let one = |expert, remove, add| Change {

@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::swaps::apply_best_first;
+use super::swaps::{apply_best_first, improving};
 use crate::cost::matching::RowScratch;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
@@ -75,23 +75,12 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
         if batch.is_empty() {
             break;
         }
-        let evaluated: Vec<(i64, usize)> = batch
-            .par_iter()
-            .map_init(|| RowScratch::new(num_gpus), |s, &c| state.move_delta(c, s))
-            .collect();
-        let rows = evaluated.iter().map(|x| x.1).sum::<usize>();
+        let (improving, rows) = improving(state, &batch);
         spent += rows;
         effort.spend(rows);
-        let mut improving: Vec<(i64, usize)> = evaluated
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| d.0 < 0)
-            .map(|(i, d)| (d.0, i))
-            .collect();
         if improving.is_empty() {
             break;
         }
-        improving.sort_unstable();
         let before = spent;
         let old_costs = state.costs.clone();
         let n = apply_best_first(state, &batch, &improving, &mut scratch, &mut spent);
@@ -352,21 +341,7 @@ fn candidates(state: &State, single: &[u16], gains: &[i64], width: usize) -> Vec
                     if score >= 0 {
                         continue;
                     }
-                    let swap = if (i as u16) < j {
-                        Move::Swap {
-                            first: i as u16,
-                            from: a,
-                            second: j,
-                            to: b,
-                        }
-                    } else {
-                        Move::Swap {
-                            first: j,
-                            from: b,
-                            second: i as u16,
-                            to: a,
-                        }
-                    };
+                    let swap = Move::swap(i as u16, a, j, b);
                     found.push((score, swap));
                 }
             }

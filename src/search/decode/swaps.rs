@@ -63,24 +63,10 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
         // The cheap score is a poor guide near a local optimum: when a batch holds no
         // improving swap, the next one is tried before giving up.
         for batch in candidates.chunks(limits.candidates) {
-            let evaluated: Vec<(i64, usize)> = batch
-                .par_iter()
-                .map_init(
-                    || RowScratch::new(state.layout.num_gpus()),
-                    |s, &c| state.move_delta(c, s),
-                )
-                .collect();
-            let rows = evaluated.iter().map(|x| x.1).sum::<usize>();
+            let (improving, rows) = improving(state, batch);
             spent += rows;
             effort.spend(rows);
-            let mut improving: Vec<(i64, usize)> = evaluated
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.0 < 0)
-                .map(|(i, d)| (d.0, i))
-                .collect();
             if !improving.is_empty() {
-                improving.sort_unstable();
                 let before = spent;
                 made += apply_best_first(state, batch, &improving, &mut scratch, &mut spent);
                 state.problem.effort.spend(spent - before);
@@ -101,6 +87,27 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
         }
     }
     (made, spent)
+}
+
+/// The moves of `batch` that lower the total, as (exact delta, index in `batch`), best
+/// first, and the rows read to evaluate them all (in parallel).
+pub(super) fn improving(state: &State, batch: &[Move]) -> (Vec<(i64, usize)>, usize) {
+    let evaluated: Vec<(i64, usize)> = batch
+        .par_iter()
+        .map_init(
+            || RowScratch::new(state.layout.num_gpus()),
+            |s, &c| state.move_delta(c, s),
+        )
+        .collect();
+    let rows = evaluated.iter().map(|x| x.1).sum::<usize>();
+    let mut improving: Vec<(i64, usize)> = evaluated
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.0 < 0)
+        .map(|(i, d)| (d.0, i))
+        .collect();
+    improving.sort_unstable();
+    (improving, rows)
 }
 
 /// The best swap is made as evaluated; the others moved no expert in common with a
@@ -173,21 +180,7 @@ fn candidates(state: &State, width: usize) -> Vec<Move> {
                             - pair / ri
                             - state.conn(j as usize, b as usize))
                             / rj;
-                        let swap = if (i as u16) < j {
-                            Move::Swap {
-                                first: i as u16,
-                                from: a,
-                                second: j,
-                                to: b,
-                            }
-                        } else {
-                            Move::Swap {
-                                first: j,
-                                from: b,
-                                second: i as u16,
-                                to: a,
-                            }
-                        };
+                        let swap = Move::swap(i as u16, a, j, b);
                         found.push((first + second, swap));
                     }
                 }
