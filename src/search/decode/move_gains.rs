@@ -14,8 +14,8 @@
 //! `swaps` ranks by pairwise co-activation, which sees neither a row's busiest GPU nor
 //! which collisions already cost nothing more. Once the greedy's replicas are in place
 //! this ranking finds what it misses: on a DeepSeek-V3-size layer (256 experts, top-8,
-//! 32 GPUs x 9 slots, SGLang's V3 loads), 53 of the 60 swaps it ranks first at the end
-//! of the co-activation search still improve. The work is bounded by rows read, as in
+//! 32 GPUs x 9 slots, SGLang's V3 loads), 53 of the 60 swaps that the singles' counts
+//! alone rank first at the end of the co-activation search still improve. The work is bounded by rows read, as in
 //! `swaps`, so the result does not depend on the machine or thread count.
 
 use rayon::prelude::*;
