@@ -15,8 +15,9 @@
 //! which collisions already cost nothing more. Once the greedy's replicas are in place
 //! this ranking finds what it misses: on a DeepSeek-V3-size layer (256 experts, top-8,
 //! 32 GPUs x 9 slots, SGLang's V3 loads), 53 of the 60 swaps that the singles' counts
-//! alone rank first at the end of the co-activation search still improve. The work is bounded by rows read, as in
-//! `swaps`, so the result does not depend on the machine or thread count.
+//! alone rank first at the end of the co-activation search still improve. The work is
+//! bounded by rows read, as in `swaps`, so the result does not depend on the machine or
+//! thread count.
 
 use rayon::prelude::*;
 
@@ -61,11 +62,11 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let effort = &state.problem.effort;
     let mut scratch = RowScratch::new(num_gpus);
     let (mut made, mut spent) = (0usize, 0usize);
-    let all_rows = state.problem.weights.len();
+    let all_rows: Vec<u32> = (0..state.problem.weights.len() as u32).collect();
     let mut counts = Counts::new(state);
-    let mut raw = counts.rows(state, 0..all_rows as u32);
-    spent += all_rows;
-    effort.spend(all_rows);
+    let mut raw = counts.rows(state, &all_rows);
+    spent += all_rows.len();
+    effort.spend(all_rows.len());
     for _ in 0..limits.rounds {
         if spent >= limits.max_rows || state.total <= floor || effort.exhausted() {
             break;
@@ -96,19 +97,20 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
 
 /// The raw table `raw`, counted from `counts` and the row costs `old_costs`, updated to
 /// the state's layout and costs: only the rows of the experts that moved count
-/// differently, so their old parts come off and their new parts go on. Returns what
-/// the table is now counted from and the rows read.
+/// differently, so their old parts come off and their new parts go on. The search swaps
+/// single-replica experts only, so the experts that moved are those whose single GPU
+/// changed. Returns what the table is now counted from and the rows read.
 fn update(raw: &mut [i64], counts: Counts, state: &State, old_costs: &[u8]) -> (Counts, usize) {
-    let moved =
-        (0..state.layout.num_experts()).filter(|&e| state.layout.gpus_of(e) != counts.gpus_of(e));
+    let next = Counts::new(state);
+    let moved = (0..next.single.len()).filter(|&e| next.single[e] != counts.single[e]);
     let mut touched: Vec<u32> = moved
         .flat_map(|e| state.problem.index.rows_of(e).iter().copied())
         .collect();
     touched.sort_unstable();
     touched.dedup();
-    let old = counts.rows_with_costs(state, touched.iter().copied(), old_costs);
-    let counts = Counts::new(state);
-    let new = counts.rows(state, touched.iter().copied());
+    let old = counts.rows_with_costs(state, &touched, old_costs);
+    let counts = next;
+    let new = counts.rows(state, &touched);
     raw.iter_mut()
         .zip(old.iter().zip(&new))
         .for_each(|(x, (o, n))| *x += n - o);
@@ -116,10 +118,9 @@ fn update(raw: &mut [i64], counts: Counts, state: &State, old_costs: &[u8]) -> (
 }
 
 /// What the gain table is counted from: each expert's GPU where it has one replica
-/// (`NO_GPU` where it has several), its GPUs, and the GPU masks (up to 64 GPUs).
+/// (`NO_GPU` where it has several) and the GPU masks (up to 64 GPUs).
 struct Counts {
     single: Vec<u16>,
-    gpus: Vec<Vec<u16>>,
     masks: Option<Vec<u64>>,
     num_gpus: usize,
 }
@@ -127,48 +128,36 @@ struct Counts {
 impl Counts {
     fn new(state: &State) -> Self {
         let layout = &state.layout;
-        let gpus: Vec<Vec<u16>> = (0..layout.num_experts())
-            .map(|e| layout.gpus_of(e).to_vec())
-            .collect();
         Counts {
-            single: gpus
-                .iter()
-                .map(|g| if g.len() == 1 { g[0] } else { NO_GPU })
+            single: (0..layout.num_experts())
+                .map(|e| match layout.gpus_of(e) {
+                    [g] => *g,
+                    _ => NO_GPU,
+                })
                 .collect(),
-            gpus,
             masks: crate::model::placement::Replicas::masks(layout).map(<[u64]>::to_vec),
             num_gpus: layout.num_gpus(),
         }
     }
 
-    fn gpus_of(&self, expert: usize) -> &[u16] {
-        &self.gpus[expert]
-    }
-
     /// The raw table (gains by GPU, then a change every GPU of an expert gets) of
     /// `rows`, with the state's row costs.
-    fn rows(&self, state: &State, rows: impl Iterator<Item = u32> + Clone + Send) -> Vec<i64> {
+    fn rows(&self, state: &State, rows: &[u32]) -> Vec<i64> {
         self.rows_with_costs(state, rows, &state.costs)
     }
 
-    fn rows_with_costs(
-        &self,
-        state: &State,
-        rows: impl Iterator<Item = u32> + Clone + Send,
-        costs: &[u8],
-    ) -> Vec<i64> {
+    fn rows_with_costs(&self, state: &State, rows: &[u32], costs: &[u8]) -> Vec<i64> {
         let problem = state.problem;
         let k = problem.k();
         let width = self.single.len() * self.num_gpus + self.single.len();
-        let list: Vec<u32> = rows.collect();
         // A few tasks per thread, each with a table of its own, summed at the end: integer
         // sums, so the result does not depend on the split.
-        let per_task = list
+        let per_task = rows
             .len()
             .div_ceil(4 * rayon::current_num_threads())
             .max(1024);
         let subsets = problem.table.subsets();
-        list.par_chunks(per_task)
+        rows.par_chunks(per_task)
             .map(|chunk| {
                 let mut acc = vec![0i64; width];
                 for &r in chunk {
@@ -381,7 +370,8 @@ mod tests {
             }
             let state = State::new(&problem, layout.clone());
             let counts = Counts::new(&state);
-            let gains = counts.gains(&counts.rows(&state, 0..problem.weights.len() as u32));
+            let all: Vec<u32> = (0..problem.weights.len() as u32).collect();
+            let gains = counts.gains(&counts.rows(&state, &all));
             for x in 0..e {
                 let a = layout.gpus_of(x)[0] as usize;
                 for g in 0..num_gpus {
@@ -413,10 +403,10 @@ mod tests {
             let problem = Problem::new(&table, num_gpus);
             let layout = random_layout(&mut rng, e, num_gpus, num_gpus.min(3));
             let mut state = State::new(&problem, layout.clone());
-            let all = problem.weights.len() as u32;
+            let all: Vec<u32> = (0..problem.weights.len() as u32).collect();
             let counts = Counts::new(&state);
             // Swaps of random singles, then the update against a full count.
-            let mut raw = counts.rows(&state, 0..all);
+            let mut raw = counts.rows(&state, &all);
             let old_costs = state.costs.clone();
             let singles: Vec<usize> = (0..e).filter(|&x| layout.replicas(x) == 1).collect();
             for _ in 0..3 {
@@ -437,7 +427,7 @@ mod tests {
                 }
             }
             let (counts, _) = update(&mut raw, counts, &state, &old_costs);
-            assert_eq!(raw, counts.rows(&state, 0..all), "case {case}");
+            assert_eq!(raw, counts.rows(&state, &all), "case {case}");
         }
     }
 

@@ -117,8 +117,6 @@ impl<'p> State<'p> {
     fn recost(&mut self, rows: &[u32]) {
         let layout = &self.layout;
         let problem = self.problem;
-        // Up to 64 GPUs each row reads its experts' masks directly.
-        let masks = Replicas::masks(layout);
         let updates: Vec<(u32, u8)> = rows
             .par_chunks(ROWS_PER_TASK)
             .map_init(
@@ -127,18 +125,10 @@ impl<'p> State<'p> {
                     chunk
                         .iter()
                         .map(|&r| {
-                            let row = problem.row(r as usize);
-                            let cost = match masks {
-                                Some(masks) => {
-                                    let mut m = [0u64; MAX_K];
-                                    for (m, &e) in m.iter_mut().zip(row) {
-                                        *m = masks[e as usize];
-                                    }
-                                    cost_from_masks(&m[..row.len()])
-                                }
-                                None => layout.row_cost(row, &[], scratch),
-                            };
-                            (r, cost as u8)
+                            (
+                                r,
+                                layout.row_cost(problem.row(r as usize), &[], scratch) as u8,
+                            )
                         })
                         .collect::<Vec<_>>()
                 },
