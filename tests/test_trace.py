@@ -29,6 +29,11 @@ def test_table_counts_each_layer_like_a_dictionary():
         np.testing.assert_array_equal(table.subsets, alone.subsets)
         np.testing.assert_array_equal(table.weights, alone.weights)
     assert len(trace.tables()) == 3
+    # With each token's row: the same tables, and every row holds its token's subset.
+    tables, rows = trace.tables_with_rows()
+    for position, (table, at) in enumerate(zip(tables, rows, strict=True)):
+        np.testing.assert_array_equal(table.subsets, trace.table(position).subsets)
+        np.testing.assert_array_equal(table.subsets[at], np.sort(trace.topk[:, position], axis=1))
 
 
 def test_weighted_table_and_load_use_token_weights():

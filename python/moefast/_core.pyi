@@ -70,6 +70,12 @@ class SubsetTable:
     ) -> SubsetTable:
         """Counts the subsets of an int array [tokens, k] (any integer dtype, rows in any order)."""
     @staticmethod
+    def from_topk_with_rows(
+        topk: npt.ArrayLike, num_experts: int, weights: npt.ArrayLike | None = None
+    ) -> tuple[SubsetTable, npt.NDArray[np.int64]]:
+        """`from_topk`, and for each token the row of the table holding its subset (int64
+        [tokens]): a token's cost is its row's, e.g. `subset_costs(table, placement)[rows]`."""
+    @staticmethod
     def from_subsets(
         subsets: npt.ArrayLike, weights: npt.ArrayLike, num_experts: int
     ) -> SubsetTable:

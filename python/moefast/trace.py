@@ -8,10 +8,11 @@ writes the native ``.npz``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from moefast._core import MAX_EXPERTS, SubsetTable
 from moefast._util.atomic import atomic_open
 from moefast._util.checks import check_int, check_layer_ids
 from moefast.splits import fold_positions, split_positions
+
+_Built = TypeVar("_Built")
 
 PathLike = str | os.PathLike
 
@@ -160,11 +163,29 @@ class Trace:
     def tables(self) -> list[SubsetTable]:
         """One `SubsetTable` per layer, in the order of `layer_ids` (built on a thread per
         core: the core counts without the GIL)."""
+        return self._per_layer(self.table)
+
+    def tables_with_rows(self) -> tuple[list[SubsetTable], list[np.ndarray]]:
+        """`tables`, and for each layer the row of its table holding each token's subset
+        (int64 [tokens]; `SubsetTable.from_topk_with_rows`): a token's cost under a
+        placement is its row's."""
+
+        def build(layer: int) -> tuple[SubsetTable, np.ndarray]:
+            return SubsetTable.from_topk_with_rows(
+                np.ascontiguousarray(self.topk[:, layer, :]), self.num_experts, self.weights
+            )
+
+        built = self._per_layer(build)
+        return [t for t, _ in built], [r for _, r in built]
+
+    def _per_layer(self, build: Callable[[int], _Built]) -> list[_Built]:
+        """``build`` of every layer position, in order, on a thread per core (the core
+        counts without the GIL)."""
         workers = min(self.num_layers, os.cpu_count() or 1)
         if workers <= 1:
-            return [self.table(i) for i in range(self.num_layers)]
+            return [build(i) for i in range(self.num_layers)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self.table, range(self.num_layers)))
+            return list(pool.map(build, range(self.num_layers)))
 
     def expert_load(self) -> np.ndarray:
         """Token-expert assignments per expert (weighted if the trace is), float [layers, E]."""

@@ -29,14 +29,13 @@ impl PySubsetTable {
         PySubsetTable { inner: Arc::new(t) }
     }
 
-    fn build(
-        py: Python<'_>,
+    /// The checked ids (flat, with k), weights and expert count of a constructor's input.
+    fn input(
         ids: &Bound<'_, PyAny>,
         name: &str,
         num_experts: &Bound<'_, PyAny>,
         weights: Option<&Bound<'_, PyAny>>,
-        counted: bool,
-    ) -> PyResult<Self> {
+    ) -> PyResult<(Vec<i64>, usize, Option<Vec<f64>>, usize)> {
         let num_experts = count_arg(num_experts, "num_experts", 1)?;
         let ids = input::ids(ids, name, 2)?;
         let k = ids.shape[1];
@@ -46,7 +45,18 @@ impl PySubsetTable {
             )));
         }
         let weights = weights.map(|w| input::reals(w, "weights", 1)).transpose()?;
-        let (ids, weights) = (ids.data, weights.map(|w| w.data));
+        Ok((ids.data, k, weights.map(|w| w.data), num_experts))
+    }
+
+    fn build(
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        name: &str,
+        num_experts: &Bound<'_, PyAny>,
+        weights: Option<&Bound<'_, PyAny>>,
+        counted: bool,
+    ) -> PyResult<Self> {
+        let (ids, k, weights, num_experts) = Self::input(ids, name, num_experts, weights)?;
         let table = py.detach(|| match (counted, weights.as_deref()) {
             (false, Some(w)) => SubsetTable::from_subsets(&ids, k, num_experts, w),
             (_, w) => SubsetTable::from_topk(&ids, k, num_experts, w),
@@ -69,6 +79,25 @@ impl PySubsetTable {
         weights: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         Self::build(py, topk, "topk", num_experts, weights, true)
+    }
+
+    /// `from_topk`, and for each token the row of the table holding its subset
+    /// (int64 [tokens]): a token's cost under a placement is its row's, e.g.
+    /// `subset_costs(table, placement)[rows]`.
+    #[staticmethod]
+    #[pyo3(signature = (topk, num_experts, weights=None))]
+    fn from_topk_with_rows<'py>(
+        py: Python<'py>,
+        topk: &Bound<'py, PyAny>,
+        num_experts: &Bound<'py, PyAny>,
+        weights: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Self, Bound<'py, PyArray1<i64>>)> {
+        let (ids, k, weights, num_experts) = Self::input(topk, "topk", num_experts, weights)?;
+        let (table, rows) = py.detach(|| {
+            SubsetTable::from_topk_with_rows(&ids, k, num_experts, weights.as_deref())
+                .map(|(t, rows)| (t, rows.into_iter().map(i64::from).collect::<Vec<i64>>()))
+        })?;
+        Ok((Self::wrap(table), PyArray1::from_vec(py, rows)))
     }
 
     /// A table from subsets [n, k] and their weights [n]; repeated rows add up.

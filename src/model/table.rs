@@ -108,6 +108,9 @@ fn canonical_row(
     Ok(())
 }
 
+/// A row's key, its weight and an index (the input row, or the distinct key's position).
+type Keyed<K> = (K, f64, u32);
+
 /// A sortable key for a canonical row, so that counting is a parallel sort.
 trait RowKey: Ord + Copy + Send + Sync {
     fn encode(row: &[u16], bits: u32) -> Self;
@@ -153,6 +156,26 @@ impl SubsetTable {
         Self::build(ids, k, num_experts, weights, "topk")
     }
 
+    /// `from_topk`, and for each row of `ids` (each token) the row of the table that
+    /// holds its subset: a token's cost under a placement is then the table row's cost,
+    /// without looking each token's subset up again.
+    pub fn from_topk_with_rows(
+        ids: &[i64],
+        k: usize,
+        num_experts: usize,
+        weights: Option<&[f64]>,
+    ) -> Result<(Self, Vec<u32>)> {
+        if ids.len() / k.max(1) > u32::MAX as usize {
+            return Err(MoeError::value(format!(
+                "topk has {} rows: at most {} can be given their table rows",
+                ids.len() / k.max(1),
+                u32::MAX
+            )));
+        }
+        Self::build_with_rows(ids, k, num_experts, weights, "topk", true)
+            .map(|(table, rows)| (table, rows.unwrap_or_default()))
+    }
+
     /// A table from given subsets and weights; repeated rows add their weights.
     pub fn from_subsets(
         ids: &[i64],
@@ -170,6 +193,18 @@ impl SubsetTable {
         weights: Option<&[f64]>,
         what: &str,
     ) -> Result<Self> {
+        Self::build_with_rows(ids, k, num_experts, weights, what, false).map(|(table, _)| table)
+    }
+
+    /// The table, and with `with_rows` the table row of each row of `ids`.
+    fn build_with_rows(
+        ids: &[i64],
+        k: usize,
+        num_experts: usize,
+        weights: Option<&[f64]>,
+        what: &str,
+        with_rows: bool,
+    ) -> Result<(Self, Option<Vec<u32>>)> {
         check_shape(num_experts, k)?;
         if ids.len() % k != 0 {
             return Err(MoeError::value(format!(
@@ -181,9 +216,9 @@ impl SubsetTable {
         check_weights(weights, rows, what)?;
         let bits = usize::BITS - (num_experts - 1).max(1).leading_zeros();
         if k as u32 * bits <= 128 {
-            Self::count::<u128>(ids, k, num_experts, weights, what, bits)
+            Self::count::<u128>(ids, k, num_experts, weights, what, bits, with_rows)
         } else {
-            Self::count::<[u16; MAX_K]>(ids, k, num_experts, weights, what, bits)
+            Self::count::<[u16; MAX_K]>(ids, k, num_experts, weights, what, bits, with_rows)
         }
     }
 
@@ -194,10 +229,12 @@ impl SubsetTable {
         weights: Option<&[f64]>,
         what: &str,
         bits: u32,
-    ) -> Result<Self> {
+        with_rows: bool,
+    ) -> Result<(Self, Option<Vec<u32>>)> {
         let rows = ids.len() / k;
-        // Canonicalize in parallel; of several bad rows, report the first.
-        let chunks: Vec<Result<Vec<(K, f64)>>> = ids
+        // Canonicalize in parallel; of several bad rows, report the first. Each key
+        // carries its row of `ids` (free in memory beside a 16-byte key and a weight).
+        let chunks: Vec<Result<Vec<Keyed<K>>>> = ids
             .par_chunks(ROWS_PER_TASK * k)
             .enumerate()
             .map(|(c, chunk)| {
@@ -209,7 +246,7 @@ impl SubsetTable {
                     .map(|(r, ids)| {
                         canonical_row(ids, num_experts, first + r, what, &mut row[..k])?;
                         let w = weights.map_or(1.0, |w| w[first + r]);
-                        Ok((K::encode(&row[..k], bits), w))
+                        Ok((K::encode(&row[..k], bits), w, (first + r) as u32))
                     })
                     .collect()
             })
@@ -218,43 +255,64 @@ impl SubsetTable {
         for chunk in chunks {
             keyed.extend(chunk?);
         }
-        Ok(Self::collapse(keyed, k, num_experts, bits, None))
+        Ok(Self::collapse(keyed, k, num_experts, bits, None, with_rows))
     }
 
     /// Adds up equal keys and orders the rows: weight descending, ties by the ids.
-    /// `original_weight` None means the table is unpruned (its own total).
+    /// `original_weight` None means the table is unpruned (its own total). With
+    /// `with_rows`, also the table row of each input row (the third field of `keyed`,
+    /// 0..keyed.len()).
     fn collapse<K: RowKey>(
-        mut keyed: Vec<(K, f64)>,
+        mut keyed: Vec<Keyed<K>>,
         k: usize,
         num_experts: usize,
         bits: u32,
         original_weight: Option<f64>,
-    ) -> Self {
+        with_rows: bool,
+    ) -> (Self, Option<Vec<u32>>) {
         // Equal keys are ordered by weight too, so sums are added in a fixed order.
         keyed.par_sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut unique: Vec<(K, f64)> = Vec::new();
-        for (key, w) in keyed {
+        // Each input row's subset as its position among the distinct keys (key order).
+        let mut distinct_of = if with_rows {
+            vec![0u32; keyed.len()]
+        } else {
+            Vec::new()
+        };
+        // (key, summed weight, position in key order)
+        let mut unique: Vec<Keyed<K>> = Vec::new();
+        for (key, w, input) in keyed {
             match unique.last_mut() {
-                Some((last, acc)) if *last == key => *acc += w,
-                _ => unique.push((key, w)),
+                Some((last, acc, _)) if *last == key => *acc += w,
+                _ => unique.push((key, w, unique.len() as u32)),
+            }
+            if with_rows {
+                distinct_of[input as usize] = (unique.len() - 1) as u32;
             }
         }
         unique.par_sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let rows = with_rows.then(|| {
+            let mut row_of = vec![0u32; unique.len()];
+            for (row, u) in unique.iter().enumerate() {
+                row_of[u.2 as usize] = row as u32;
+            }
+            distinct_of.iter().map(|&d| row_of[d as usize]).collect()
+        });
         let mut subsets = vec![0u16; unique.len() * k];
         subsets
             .par_chunks_mut(k)
             .zip(unique.par_iter())
-            .for_each(|(out, (key, _))| key.decode(bits, out));
+            .for_each(|(out, (key, _, _))| key.decode(bits, out));
         let weights: Vec<f64> = unique.iter().map(|u| u.1).collect();
         // `+ 0.0`: an empty table weighs +0, not the -0 an empty float sum gives.
         let original_weight = original_weight.unwrap_or_else(|| weights.iter().sum::<f64>() + 0.0);
-        SubsetTable {
+        let table = SubsetTable {
             num_experts,
             k,
             subsets,
             weights,
             original_weight,
-        }
+        };
+        (table, rows)
     }
 
     /// One table holding the rows of all `tables` (same experts and k), equal rows adding
@@ -301,18 +359,19 @@ impl SubsetTable {
         original: f64,
     ) -> Self {
         let rows: usize = tables.iter().map(|t| t.len()).sum();
-        let mut keyed: Vec<(K, f64)> = Vec::with_capacity(rows);
+        let mut keyed: Vec<Keyed<K>> = Vec::with_capacity(rows);
         for t in tables {
             // Rows are canonical already: only re-encode them.
             keyed.par_extend(
                 t.subsets
                     .par_chunks_exact(k)
                     .zip(t.weights.par_iter())
-                    .map(|(row, &w)| (K::encode(row, bits), w)),
+                    .map(|(row, &w)| (K::encode(row, bits), w, 0)),
             );
         }
         let unpruned = tables.iter().all(|t| t.original_weight == t.total_weight());
-        Self::collapse(keyed, k, num_experts, bits, (!unpruned).then_some(original))
+        let original = (!unpruned).then_some(original);
+        Self::collapse(keyed, k, num_experts, bits, original, false).0
     }
 
     pub fn num_experts(&self) -> usize {
@@ -532,6 +591,29 @@ mod tests {
             let right = SubsetTable::merge(&refs[2..]).unwrap();
             assert_eq!(SubsetTable::merge(&[&left, &right]).unwrap(), whole);
         }
+    }
+
+    /// Each token's row holds its subset (ids in any order, repeats of subsets common),
+    /// and the table is `from_topk`'s, with and without weights, narrow and wide keys.
+    #[test]
+    fn rows_of_tokens_hold_their_subsets() {
+        for (k, e) in [(2, 6), (4, 16), (16, 1000)] {
+            let ids = rows(3000, k, e, 11);
+            let weights: Vec<f64> = (0..3000).map(|i| 0.5 + (i % 7) as f64).collect();
+            for w in [None, Some(weights.as_slice())] {
+                let (table, at) = SubsetTable::from_topk_with_rows(&ids, k, e, w).unwrap();
+                assert_eq!(table, SubsetTable::from_topk(&ids, k, e, w).unwrap());
+                assert_eq!(at.len(), 3000);
+                for (token, &row) in ids.chunks_exact(k).zip(&at) {
+                    let mut sorted: Vec<u16> = token.iter().map(|&x| x as u16).collect();
+                    sorted.sort_unstable();
+                    let r = row as usize;
+                    assert_eq!(&table.subsets()[r * k..(r + 1) * k], sorted.as_slice());
+                }
+            }
+        }
+        let (empty, at) = SubsetTable::from_topk_with_rows(&[], 3, 8, None).unwrap();
+        assert!(empty.is_empty() && at.is_empty());
     }
 
     #[test]

@@ -39,6 +39,21 @@ def test_weighted_rows_sum_their_weights(case, seed):
 
 
 @settings(max_examples=100, deadline=None)
+@given(topk_arrays(), st.booleans())
+def test_rows_of_tokens_hold_their_subsets(case, weighted):
+    topk, num_experts = case
+    weights = np.arange(len(topk)) % 5 + 0.5 if weighted else None
+    table, rows = mf.SubsetTable.from_topk_with_rows(topk, num_experts, weights)
+    alone = mf.SubsetTable.from_topk(topk, num_experts, weights)
+    np.testing.assert_array_equal(table.subsets, alone.subsets)
+    np.testing.assert_array_equal(table.weights, alone.weights)
+    assert rows.dtype == np.int64 and rows.shape == (len(topk),)
+    # Each token's row holds its subset (a plain dictionary of the rows as reference).
+    row_of = {tuple(int(e) for e in row): i for i, row in enumerate(table.subsets)}
+    assert rows.tolist() == [row_of[tuple(sorted(int(e) for e in t))] for t in topk]
+
+
+@settings(max_examples=100, deadline=None)
 @given(topk_arrays())
 def test_rows_are_sorted_by_weight_then_ids(case):
     topk, num_experts = case
@@ -103,6 +118,8 @@ def test_prune_by_coverage_keeps_the_shortest_prefix():
 def test_bad_ids_are_named(topk, message):
     with pytest.raises(ValueError, match=message):
         mf.SubsetTable.from_topk(np.array(topk), num_experts=4)
+    with pytest.raises(ValueError, match=message):
+        mf.SubsetTable.from_topk_with_rows(np.array(topk), num_experts=4)
 
 
 def test_bad_arguments():

@@ -176,11 +176,17 @@ def test_in_sample_scoring_on_given_tables_equals_scoring_that_builds_them():
     placed = {m: list(p) for m, p in model.evaluation.placements.items()}
     built = score_methods(trace, placed, 3, "greedy", "in-sample", "n")
     given = score_methods(trace, placed, 3, "greedy", "in-sample", "n", 0, trace.tables())
+    with_rows = score_methods(
+        trace, placed, 3, "greedy", "in-sample", "n", 0, *trace.tables_with_rows()
+    )
     for m in placed:
         np.testing.assert_array_equal(built.costs[m], given.costs[m])
+        np.testing.assert_array_equal(built.costs[m], with_rows.costs[m])
         np.testing.assert_array_equal(built.costs[m], model.evaluation.costs[m])
     np.testing.assert_array_equal(built.lower_bounds, given.lower_bounds)
+    np.testing.assert_array_equal(built.lower_bounds, with_rows.lower_bounds)
     assert built.gain_interval == given.gain_interval == model.evaluation.gain_interval
+    assert with_rows.gain_interval == built.gain_interval
 
 
 def test_bootstrap_interval_against_a_plain_loop():

@@ -147,12 +147,14 @@ def score_methods(
     note: str,
     seed: int = 0,
     tables: Sequence[SubsetTable] | None = None,
+    rows: Sequence[np.ndarray] | None = None,
 ) -> Comparison:
     """Every method's placements scored on ``trace``, with the bootstrap interval of the gain
-    (``tables``: the trace's unweighted tables when the caller has built them)."""
+    (``tables``: the trace's unweighted tables when the caller has built them, ``rows``:
+    each token's row of them, when it has those too)."""
     units, count, what = _units(trace)
     sums = UnitSums(count, trace.num_layers, list(placements), num_gpus)
-    sums.add(trace, units, placements, tables)
+    sums.add(trace, units, placements, tables, rows)
     return sums.comparison(
         trace.layer_ids, main, basis, note, what, placements=placements, seed=seed
     )

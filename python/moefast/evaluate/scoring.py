@@ -62,8 +62,7 @@ def token_costs(
     cost is its expectation over source ranks or draws, ``seed`` for sampled draws)."""
     if check_dispatch(dispatch) == "best":
         return _layer_costs(topk, num_experts, placements)[0]
-    table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
-    rows = token_rows(table, topk)
+    table, rows = SubsetTable.from_topk_with_rows(np.ascontiguousarray(topk), num_experts)
     return np.stack(
         [
             dispatch_costs(table, p, m, seed)[rows]
@@ -80,15 +79,18 @@ def _layer_costs(
     num_gpus: int = 1,
     table: SubsetTable | None = None,
     weights: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """`token_costs` and the layer's lower bound on ``num_gpus`` GPUs, from one table
-    (``table``: the unweighted, unpruned table of ``topk`` when the caller has it). The
-    bound is the collision bound of the tokens (with their ``weights``) for placements
-    with at most as many experts per GPU as the fullest GPU of ``placements``: it holds
-    for each of them."""
+    (``table``: the unweighted, unpruned table of ``topk`` when the caller has it, with
+    ``rows``, each token's row of it, where the caller has those too). The bound is the
+    collision bound of the tokens (with their ``weights``) for placements with at most
+    as many experts per GPU as the fullest GPU of ``placements``: it holds for each of
+    them."""
     if table is None:
-        table = SubsetTable.from_topk(np.ascontiguousarray(topk), num_experts)
-    rows = token_rows(table, topk)
+        table, rows = SubsetTable.from_topk_with_rows(np.ascontiguousarray(topk), num_experts)
+    elif rows is None:
+        rows = token_rows(table, topk)
     costs = np.stack([subset_costs(table, p)[rows].astype(np.float64) for p in placements])
     slots = max(int(p.slots_used.max()) for p in placements) if placements else None
     if slots is None or slots * num_gpus < num_experts or placements[0].num_gpus != num_gpus:
@@ -115,10 +117,12 @@ class UnitSums:
         units: np.ndarray,
         placements: Mapping[str, Sequence[Placement]],
         tables: Sequence[SubsetTable] | None = None,
+        rows: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Score ``trace`` (the tokens of ``units``) under each method's per-layer placements
-        (``tables``: the trace's unweighted tables, one per layer, when the caller has them;
-        the costs are the same, the tables are not built a second time)."""
+        (``tables``: the trace's unweighted tables, one per layer, when the caller has them,
+        and ``rows``, each token's row of them, where it has those too; the costs are the
+        same, the tables are not built a second time)."""
         num_units = len(self.weight)
         w = np.ones(trace.num_tokens) if trace.weights is None else trace.weights
         self.weight += np.bincount(units, weights=w, minlength=num_units)
@@ -132,6 +136,7 @@ class UnitSums:
                 self.num_gpus,
                 None if tables is None else tables[position],
                 trace.weights,
+                None if rows is None else rows[position],
             )
             sums = [np.bincount(units, weights=c * w, minlength=num_units) for c in costs]
             return np.stack(sums), bound

@@ -435,7 +435,12 @@ def plan(
 
     split = streamed.split if streamed is not None else choose_split(trace, holdout, split_by, seed)
     plan_trace = split.train if split.train is not None else trace
-    plan_tables = plan_trace.tables() if plan_trace is not None else tables
+    plan_rows = None
+    if plan_trace is not None and _scored_in_sample(trace, split):
+        # Scored on the same tokens: each token's row comes with the table (no lookup).
+        plan_tables, plan_rows = plan_trace.tables_with_rows()
+    else:
+        plan_tables = plan_trace.tables() if plan_trace is not None else tables
 
     def planner(
         layer_tables: Sequence[SubsetTable], chosen: Estimator, cv_seed: int
@@ -526,6 +531,7 @@ def plan(
         slots_per_gpu,
         method,
         seed,
+        plan_rows,
     )
     if kind == "batch":
         comparison.main_label = f"batch-aware (B={batch_size})"
@@ -978,9 +984,11 @@ def _score(
     slots_per_gpu: int,
     method: str,
     seed: int,
+    plan_rows: list[np.ndarray] | None = None,
 ) -> Comparison:
     """The comparison with the baselines: held-out on the test part when there is one
-    (``test_tables``: the held-out tables of streamed files)."""
+    (``test_tables``: the held-out tables of streamed files; ``plan_rows``: each token's
+    row of ``plan_tables``, when scored in-sample)."""
     baselines = [m for m in BASELINES if m != method]
     if test_tables is not None:  # streamed and held out: scored on the test tables
         return compare_methods(
@@ -1013,5 +1021,20 @@ def _score(
     note = f"planned and scored on all {trace.num_tokens} tokens ({split.note})"
     # In-sample, the tables planned on are the scored trace's: scoring reuses them (its
     # lower bounds are of unweighted tables, so only for an unweighted trace).
-    reuse = plan_tables if trace.weights is None else None
-    return score_methods(trace, placed, num_gpus, method, "in-sample", note, seed, reuse)
+    reuse = _scored_in_sample(trace, split)
+    return score_methods(
+        trace,
+        placed,
+        num_gpus,
+        method,
+        "in-sample",
+        note,
+        seed,
+        plan_tables if reuse else None,
+        plan_rows if reuse else None,
+    )
+
+
+def _scored_in_sample(trace: Trace | None, split: Split) -> bool:
+    """Whether `_score` scores ``trace`` on the tables planned on (in-sample, unweighted)."""
+    return trace is not None and split.test is None and trace.weights is None
