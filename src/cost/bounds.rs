@@ -43,6 +43,10 @@ pub fn colocated_pairs(singles: usize, num_gpus: usize) -> usize {
     r * (q + 1) * q + (num_gpus - r) * q * q.saturating_sub(1)
 }
 
+/// Up to this many experts, each expert's pair weights are summed into a dense array of
+/// all experts (no test per id; E^2 work in all), beyond it into the ids its rows touch.
+const DENSE_EXPERTS: usize = 4096;
+
 /// The `t` smallest pair weights w(i, j) of expert i over the other experts, ascending
 /// (pairs that no row holds weigh 0).
 fn smallest_pair_weights(
@@ -52,8 +56,23 @@ fn smallest_pair_weights(
     t: usize,
     scratch: &mut Scratch,
 ) -> Vec<f64> {
-    let Scratch { acc, seen, touched } = scratch;
+    if table.num_experts() <= DENSE_EXPERTS {
+        smallest_dense(table, rows_of, expert, t, &mut scratch.acc)
+    } else {
+        smallest_sparse(table, rows_of, expert, t, scratch)
+    }
+}
+
+/// `smallest_pair_weights` with the sums of the ids the rows touch only.
+fn smallest_sparse(
+    table: &SubsetTable,
+    rows_of: &[u32],
+    expert: usize,
+    t: usize,
+    scratch: &mut Scratch,
+) -> Vec<f64> {
     let k = table.k();
+    let Scratch { acc, seen, touched } = scratch;
     for &row in rows_of {
         let row = row as usize;
         let w = table.weights()[row];
@@ -82,6 +101,42 @@ fn smallest_pair_weights(
         out.extend(weights.into_iter().take(t - out.len()));
     }
     out
+}
+
+/// `smallest_pair_weights` with every expert's sum in `acc` (all zero before and after):
+/// the same sums, added in the same order.
+fn smallest_dense(
+    table: &SubsetTable,
+    rows_of: &[u32],
+    expert: usize,
+    t: usize,
+    acc: &mut [f64],
+) -> Vec<f64> {
+    let k = table.k();
+    let (subsets, weights) = (table.subsets(), table.weights());
+    for &row in rows_of {
+        let row = row as usize;
+        let w = weights[row];
+        for &j in &subsets[row * k..(row + 1) * k] {
+            acc[j as usize] += w;
+        }
+    }
+    acc[expert] = 0.0;
+    let mut others: Vec<f64> = acc
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != expert)
+        .map(|(_, &x)| x)
+        .collect();
+    acc.fill(0.0);
+    let t = t.min(others.len());
+    if t == 0 {
+        return Vec::new();
+    }
+    others.select_nth_unstable_by(t - 1, f64::total_cmp);
+    others.truncate(t);
+    others.sort_by(f64::total_cmp);
+    others
 }
 
 /// Per-task memory of `smallest_pair_weights`: pair weights of one expert, which experts
@@ -228,6 +283,43 @@ mod tests {
         assert!((optimum(&t, 2, 2) - (1.0 + 2.0 / 6.0)).abs() < 1e-12);
         // A spare slot per GPU lets experts replicate: fewer singles.
         assert!(collision_bound(&t, 2, 3).unwrap() < collision_bound(&t, 2, 2).unwrap());
+    }
+
+    /// Both ways of summing an expert's pair weights give the same smallest ones.
+    #[test]
+    fn dense_and_sparse_pair_weights_agree() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(3);
+        for (e, k) in [(6, 2), (40, 4), (300, 8)] {
+            let mut ids = Vec::new();
+            for _ in 0..400 {
+                let mut row: Vec<i64> = Vec::new();
+                while row.len() < k {
+                    let x = rng.random_range(0..e as i64);
+                    if !row.contains(&x) {
+                        row.push(x);
+                    }
+                }
+                ids.extend(row);
+            }
+            let weights: Vec<f64> = (0..400).map(|_| rng.random_range(0.1..3.0)).collect();
+            let table = SubsetTable::from_topk(&ids, k, e, Some(&weights)).unwrap();
+            let index = table.expert_index();
+            let mut scratch = Scratch {
+                acc: vec![0.0; e],
+                seen: vec![false; e],
+                touched: Vec::new(),
+            };
+            for expert in 0..e {
+                for t in [0, 1, 3, e - 1, e + 2] {
+                    let rows = index.rows_of(expert);
+                    let dense = smallest_dense(&table, rows, expert, t, &mut scratch.acc);
+                    let sparse = smallest_sparse(&table, rows, expert, t, &mut scratch);
+                    assert_eq!(dense, sparse, "expert {expert}, t {t}");
+                }
+            }
+        }
     }
 
     #[test]
