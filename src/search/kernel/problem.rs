@@ -78,7 +78,6 @@ impl<'a> Problem<'a> {
         let load = (0..num_experts)
             .map(|e| index.rows_of(e).iter().map(|&r| weights[r as usize]).sum())
             .collect();
-        let coactivation = coactivation(table, &index, &weights);
         let k = table.k();
         let mut by_expert = vec![0u16; index.rows.len() * k];
         by_expert
@@ -89,7 +88,8 @@ impl<'a> Problem<'a> {
                     o.copy_from_slice(table.subset(r as usize));
                 }
             });
-        let weights_by_expert = index.rows.iter().map(|&r| weights[r as usize]).collect();
+        let weights_by_expert: Vec<i64> = index.rows.iter().map(|&r| weights[r as usize]).collect();
+        let coactivation = coactivation(k, &index, &by_expert, &weights_by_expert);
         Problem {
             table,
             num_gpus,
@@ -134,27 +134,42 @@ impl<'a> Problem<'a> {
     }
 }
 
-/// Built per expert from its rows, so memory is the number of co-activated pairs.
-fn coactivation(table: &SubsetTable, index: &ExpertIndex, weights: &[i64]) -> CoActivation {
-    let num_experts = table.num_experts();
+/// Built per expert from its rows (`by_expert`, `weights_by_expert`: the index's rows'
+/// subsets and weights in its order, so each expert's rows are read from one block), so
+/// memory is the number of co-activated pairs.
+fn coactivation(
+    k: usize,
+    index: &ExpertIndex,
+    by_expert: &[u16],
+    weights_by_expert: &[i64],
+) -> CoActivation {
+    let num_experts = index.offsets.len() - 1;
     let lists: Vec<Vec<(u16, i64)>> = (0..num_experts)
         .into_par_iter()
         .map_init(
             || vec![0i64; num_experts],
             |acc, e| {
+                let range = index.offsets[e]..index.offsets[e + 1];
+                let ids = &by_expert[range.start * k..range.end * k];
+                // Where the expert's rows hold at least E ids, reading every expert's sum
+                // costs less than tracking which ones the rows touch.
+                let dense = ids.len() >= num_experts;
                 let mut touched = Vec::new();
-                for &r in index.rows_of(e) {
-                    let w = weights[r as usize];
-                    for &other in table.subset(r as usize) {
-                        if other as usize != e {
-                            if acc[other as usize] == 0 {
-                                touched.push(other);
-                            }
-                            acc[other as usize] += w;
+                for (row, &w) in ids.chunks_exact(k).zip(&weights_by_expert[range]) {
+                    for &other in row {
+                        if !dense && acc[other as usize] == 0 {
+                            touched.push(other);
                         }
+                        acc[other as usize] += w;
                     }
                 }
-                touched.sort_unstable();
+                acc[e] = 0;
+                if dense {
+                    touched.extend((0..num_experts as u16).filter(|&o| acc[o as usize] != 0));
+                } else {
+                    touched.sort_unstable();
+                    touched.dedup();
+                }
                 let list = touched
                     .iter()
                     .map(|&o| (o, acc[o as usize]))
@@ -201,6 +216,59 @@ mod tests {
         assert_eq!(p.coactivation.weight(0, 4), 0);
         assert_eq!(p.load, vec![4 * unit, 4 * unit, 3 * unit, unit, 0]);
         assert_eq!(p.lower_bound_total(), 2 * 4 * unit);
+    }
+
+    /// Every pair's weight and every expert's partner list (ascending, pairs of weight 0
+    /// left out) against counting each row's pairs, on a table where some experts' rows
+    /// hold more ids than there are experts and others' fewer (both ways of summing).
+    #[test]
+    fn pair_weights_equal_counting_each_row() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let (e, k) = (120, 4);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut ids = Vec::new();
+        for _ in 0..600 {
+            let mut row: Vec<i64> = Vec::new();
+            while row.len() < k {
+                // Skewed: low ids are in many rows, high ids in few.
+                let x = (rng.random_range(0.0f64..1.0).powi(3) * e as f64) as i64;
+                if !row.contains(&x) {
+                    row.push(x);
+                }
+            }
+            ids.extend(row);
+        }
+        let weights: Vec<f64> = (0..600).map(|i| (i % 4) as f64).collect();
+        let t = SubsetTable::from_subsets(&ids, k, e, &weights).unwrap();
+        let p = Problem::new(&t, 4);
+        let mut expected = vec![0i64; e * e];
+        for r in 0..t.len() {
+            let row = t.subset(r);
+            for &a in row {
+                for &b in row {
+                    if a != b {
+                        expected[a as usize * e + b as usize] += p.weights[r];
+                    }
+                }
+            }
+        }
+        let mut dense_seen = false;
+        for a in 0..e {
+            let list: Vec<(u16, i64)> = (0..e)
+                .filter(|&b| expected[a * e + b] != 0)
+                .map(|b| (b as u16, expected[a * e + b]))
+                .collect();
+            let (partners, pair_weights) = p.coactivation.partners_of(a);
+            let got: Vec<(u16, i64)> = partners
+                .iter()
+                .copied()
+                .zip(pair_weights.iter().copied())
+                .collect();
+            assert_eq!(got, list, "expert {a}");
+            dense_seen |= p.index.rows_of(a).len() * k >= e;
+        }
+        assert!(dense_seen && p.index.rows_of(e - 1).len() * k < e);
     }
 
     #[test]
