@@ -48,29 +48,19 @@ pub fn colocated_pairs(singles: usize, num_gpus: usize) -> usize {
 const DENSE_EXPERTS: usize = 4096;
 
 /// The `t` smallest pair weights w(i, j) of expert i over the other experts, ascending
-/// (pairs that no row holds weigh 0).
+/// (pairs that no row holds weigh 0); `dense`: summed by `smallest_dense`, else into the
+/// ids the rows touch only (the same sums).
 fn smallest_pair_weights(
     table: &SubsetTable,
     rows_of: &[u32],
     expert: usize,
     t: usize,
     scratch: &mut Scratch,
+    dense: bool,
 ) -> Vec<f64> {
-    if table.num_experts() <= DENSE_EXPERTS {
-        smallest_dense(table, rows_of, expert, t, &mut scratch.acc)
-    } else {
-        smallest_sparse(table, rows_of, expert, t, scratch)
+    if dense {
+        return smallest_dense(table, rows_of, expert, t, &mut scratch.acc);
     }
-}
-
-/// `smallest_pair_weights` with the sums of the ids the rows touch only.
-fn smallest_sparse(
-    table: &SubsetTable,
-    rows_of: &[u32],
-    expert: usize,
-    t: usize,
-    scratch: &mut Scratch,
-) -> Vec<f64> {
     let k = table.k();
     let Scratch { acc, seen, touched } = scratch;
     for &row in rows_of {
@@ -172,6 +162,7 @@ pub fn collision_bound(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usiz
     }
     let steps = (slots_per_gpu - 1).min(num_experts - 1);
     let index = table.expert_index();
+    let dense = num_experts <= DENSE_EXPERTS;
     // Each expert's sums run over its rows in order: the same bound on any thread count.
     let mut pool: Vec<f64> = (0..num_experts)
         .into_par_iter()
@@ -181,7 +172,7 @@ pub fn collision_bound(table: &SubsetTable, num_gpus: usize, slots_per_gpu: usiz
                 seen: vec![false; num_experts],
                 touched: Vec::new(),
             },
-            |scratch, e| smallest_pair_weights(table, index.rows_of(e), e, steps, scratch),
+            |scratch, e| smallest_pair_weights(table, index.rows_of(e), e, steps, scratch, dense),
         )
         .flatten_iter()
         .collect();
@@ -314,8 +305,9 @@ mod tests {
             for expert in 0..e {
                 for t in [0, 1, 3, e - 1, e + 2] {
                     let rows = index.rows_of(expert);
-                    let dense = smallest_dense(&table, rows, expert, t, &mut scratch.acc);
-                    let sparse = smallest_sparse(&table, rows, expert, t, &mut scratch);
+                    let dense = smallest_pair_weights(&table, rows, expert, t, &mut scratch, true);
+                    let sparse =
+                        smallest_pair_weights(&table, rows, expert, t, &mut scratch, false);
                     assert_eq!(dense, sparse, "expert {expert}, t {t}");
                 }
             }
