@@ -18,6 +18,9 @@ type Reduced<'py> = (
     (Bound<'py, PyAny>, Bound<'py, PyAny>, usize, f64),
 );
 
+/// A table constructor's checked input: ids (flat), k, weights, number of experts.
+type Input = (Vec<i64>, usize, Option<Vec<f64>>, usize);
+
 /// The frequency table of co-activated expert subsets of one layer.
 #[pyclass(name = "SubsetTable", module = "moefast", frozen)]
 pub struct PySubsetTable {
@@ -35,7 +38,7 @@ impl PySubsetTable {
         name: &str,
         num_experts: &Bound<'_, PyAny>,
         weights: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(Vec<i64>, usize, Option<Vec<f64>>, usize)> {
+    ) -> PyResult<Input> {
         let num_experts = count_arg(num_experts, "num_experts", 1)?;
         let ids = input::ids(ids, name, 2)?;
         let k = ids.shape[1];
