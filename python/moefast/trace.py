@@ -8,20 +8,17 @@ writes the native ``.npz``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from moefast._core import MAX_EXPERTS, SubsetTable
 from moefast._util.atomic import atomic_open
 from moefast._util.checks import check_int, check_layer_ids
+from moefast._util.parallel import per_core
 from moefast.splits import fold_positions, split_positions
-
-_Built = TypeVar("_Built")
 
 PathLike = str | os.PathLike
 
@@ -163,7 +160,7 @@ class Trace:
     def tables(self) -> list[SubsetTable]:
         """One `SubsetTable` per layer, in the order of `layer_ids` (built on a thread per
         core: the core counts without the GIL)."""
-        return self._per_layer(self.table)
+        return per_core(self.table, range(self.num_layers))
 
     def tables_with_rows(self) -> tuple[list[SubsetTable], list[np.ndarray]]:
         """`tables`, and for each layer the row of its table holding each token's subset
@@ -175,17 +172,8 @@ class Trace:
                 np.ascontiguousarray(self.topk[:, layer, :]), self.num_experts, self.weights
             )
 
-        built = self._per_layer(build)
+        built = per_core(build, range(self.num_layers))
         return [t for t, _ in built], [r for _, r in built]
-
-    def _per_layer(self, build: Callable[[int], _Built]) -> list[_Built]:
-        """``build`` of every layer position, in order, on a thread per core (the core
-        counts without the GIL)."""
-        workers = min(self.num_layers, os.cpu_count() or 1)
-        if workers <= 1:
-            return [build(i) for i in range(self.num_layers)]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(build, range(self.num_layers)))
 
     def expert_load(self) -> np.ndarray:
         """Token-expert assignments per expert (weighted if the trace is), float [layers, E]."""

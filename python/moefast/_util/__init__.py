@@ -1,1 +1,2 @@
-"""Checks, atomic file writes and progress: what every layer of the package uses."""
+"""Checks, atomic file writes, progress and threads per core: what every layer of the
+package uses."""

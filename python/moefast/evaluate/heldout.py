@@ -8,9 +8,7 @@ results, every figure labelled held-out or in-sample.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_number
+from moefast._util.parallel import per_core
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.evaluate.scoring import UnitSums
 from moefast.evaluate.selection import ESTIMATOR_CHOICES
@@ -134,12 +133,7 @@ def baseline_placements(
     def layer(table: SubsetTable) -> list[Placement]:
         return [optimize(table, num_gpus, slots_per_gpu, method=m, seed=seed) for m in methods]
 
-    workers = min(len(tables), os.cpu_count() or 1)
-    if workers <= 1:
-        per_layer = [layer(t) for t in tables]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            per_layer = list(pool.map(layer, tables))
+    per_layer = per_core(layer, tables)
     return {m: [placed[i] for placed in per_layer] for i, m in enumerate(methods)}
 
 

@@ -8,13 +8,12 @@ and folds of a cross-validation add their test tokens into one set of sums.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from moefast._core import Placement, SubsetTable, dispatch_costs, lower_bound, subset_costs
+from moefast._util.parallel import per_core
 from moefast.evaluate.comparison import BASELINES, Comparison
 from moefast.io.engines.dispatch import check_dispatch, dispatch_maps
 from moefast.trace import Trace
@@ -141,9 +140,7 @@ class UnitSums:
             sums = [np.bincount(units, weights=c * w, minlength=num_units) for c in costs]
             return np.stack(sums), bound
 
-        workers = min(trace.num_layers, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            per_layer = list(pool.map(layer, range(trace.num_layers)))
+        per_layer = per_core(layer, range(trace.num_layers))
         for position, (sums, bound) in enumerate(per_layer):
             for i, m in enumerate(methods):
                 self.sums[m][:, position] += sums[i]

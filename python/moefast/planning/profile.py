@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from moefast._core import Placement, SubsetTable
+from moefast._util.parallel import per_core
 from moefast._util.progress import steps
 from moefast.batch.cost_model import GPUS, CostModel
 from moefast.batch.times import Routing
@@ -264,9 +265,7 @@ def dispatch_searched(
             cost_model=cost_model,
         ).placement
 
-    workers = max(1, min(len(plan_tables), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # the core's costs free the GIL
-        placed = list(pool.map(one, range(len(plan_tables))))
+    placed = per_core(one, range(len(plan_tables)))  # the core's costs free the GIL
     return f"searched for {dispatch_label(profile.rule)} (B = {size})", placed
 
 

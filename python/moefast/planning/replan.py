@@ -5,9 +5,8 @@ moves.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 import moefast._core as _core
 from moefast._core import Placement, SubsetTable
 from moefast._util.checks import check_count
+from moefast._util.parallel import per_core
 from moefast.batch.times import mean_step_time
 from moefast.moves import (
     ROUND_US,
@@ -88,12 +88,10 @@ def replan_layers(
     if executor is not None:
         return replan_on(executor, tables, currents, ids, num_gpus, slots_per_gpu, options)
 
-    def one(table: SubsetTable, current: Placement) -> Replan:
-        return replan_layer(table, current, num_gpus, slots_per_gpu, **options)
+    def one(layer: tuple[SubsetTable, Placement]) -> Replan:
+        return replan_layer(*layer, num_gpus, slots_per_gpu, **options)
 
-    workers = max(1, min(len(tables), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, tables, currents))
+    return per_core(one, list(zip(tables, currents, strict=True)))
 
 
 def gain_curve(replans: Sequence[Replan], budgets: Sequence[int]) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::swaps::{apply_best_first, improving};
+use super::swaps::{apply_best_first, first_distinct, improving};
 use crate::cost::matching::RowScratch;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
@@ -306,7 +306,7 @@ fn candidates(state: &State, single: &[u16], gains: &[i64], width: usize) -> Vec
     let layout = &state.layout;
     let num_gpus = layout.num_gpus();
     let gain = |e: usize, g: u16| gains[e * num_gpus + g as usize];
-    let mut scored: Vec<(i64, Move)> = (0..single.len())
+    let scored: Vec<(i64, Move)> = (0..single.len())
         .into_par_iter()
         .filter(|&i| single[i] != NO_GPU)
         .flat_map_iter(|i| {
@@ -337,10 +337,7 @@ fn candidates(state: &State, single: &[u16], gains: &[i64], width: usize) -> Vec
             found
         })
         .collect();
-    scored.sort_unstable();
-    scored.dedup_by(|x, y| x.1 == y.1);
-    scored.truncate(width);
-    scored.into_iter().map(|x| x.1).collect()
+    first_distinct(scored, width)
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ fn candidates(state: &State, width: usize) -> Vec<Move> {
 /// The first `width` distinct moves of `scored` in ascending order (score, then move).
 /// A swap is found from each of its two experts at most, so the `2 * width` smallest
 /// entries hold them: only those are sorted (the whole list where they hold fewer).
-fn first_distinct(mut scored: Vec<(i64, Move)>, width: usize) -> Vec<Move> {
+pub(super) fn first_distinct(mut scored: Vec<(i64, Move)>, width: usize) -> Vec<Move> {
     let prefix = 2 * width;
     if prefix < scored.len() {
         let (head, _, _) = scored.select_nth_unstable(prefix);

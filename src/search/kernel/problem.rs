@@ -75,9 +75,6 @@ impl<'a> Problem<'a> {
             .collect();
         let index = table.expert_index();
         let num_experts = table.num_experts();
-        let load = (0..num_experts)
-            .map(|e| index.rows_of(e).iter().map(|&r| weights[r as usize]).sum())
-            .collect();
         let k = table.k();
         let mut by_expert = vec![0u16; index.rows.len() * k];
         by_expert
@@ -89,6 +86,13 @@ impl<'a> Problem<'a> {
                 }
             });
         let weights_by_expert: Vec<i64> = index.rows.iter().map(|&r| weights[r as usize]).collect();
+        let load = (0..num_experts)
+            .map(|e| {
+                weights_by_expert[index.offsets[e]..index.offsets[e + 1]]
+                    .iter()
+                    .sum()
+            })
+            .collect();
         let coactivation = coactivation(k, &index, &by_expert, &weights_by_expert);
         Problem {
             table,
