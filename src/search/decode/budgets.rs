@@ -38,9 +38,26 @@ pub const KICK_SEARCH: Limits = Limits {
 /// no gain.
 pub const GAIN_SWAPS: move_gains::Limits = move_gains::Limits {
     candidates: 32,
+    replica_candidates: 0,
     rounds: 256,
     max_rows: 40_000_000,
 };
+/// Swaps ranked by move gains that also move single replicas of replicated experts,
+/// after `GAIN_SWAPS`: 8 of each kind per counting. Their rows (`max_rows` unused: the
+/// greedy gives them `REPLICA_ROWS`) cost about 1.5 times a row of the singles' search.
+pub const REPLICA_SWAPS: move_gains::Limits = move_gains::Limits {
+    candidates: 8,
+    replica_candidates: 8,
+    rounds: 256,
+    max_rows: 0,
+};
+/// Rows that the swaps by move gains of a level may read, the singles' first: what they
+/// leave goes to the swaps of replicas (`REPLICA_SWAPS`), shrunk with the level's
+/// distance from the first like the level search. On the three 58-layer V3 benchmark
+/// families (32 GPUs x 9 slots) the singles read 2-5M rows per layer; with 5M the
+/// layers where the singles converge early gain 0.2-0.9%, and the plan takes 2-6 s
+/// more (docs/benchmarks.md).
+pub const REPLICA_ROWS: usize = 5_000_000;
 /// Handing replica slots to other experts.
 pub const REASSIGN: reassign::Limits = reassign::Limits {
     candidates: 32,

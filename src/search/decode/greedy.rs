@@ -18,7 +18,8 @@
 
 use super::baselines;
 use super::budgets::{
-    Budget, ALTERNATIONS, GAIN_SWAPS, KICKS, LEVEL_SEARCH, REASSIGN, START_SEARCH,
+    Budget, ALTERNATIONS, GAIN_SWAPS, KICKS, LEVEL_SEARCH, REASSIGN, REPLICA_ROWS, REPLICA_SWAPS,
+    START_SEARCH,
 };
 use super::initial;
 use super::kicks;
@@ -35,9 +36,8 @@ const START_SHARE: usize = 500;
 
 /// Kicks shrink with the level's distance from the first like the level search.
 fn level_kicks(level: usize, first: usize) -> Budget {
-    let distance = (level - first).max(1);
     Budget {
-        rows: KICKS.rows / (distance * distance),
+        rows: level_rows(KICKS.rows, level, first),
         ..KICKS
     }
 }
@@ -55,8 +55,7 @@ fn stage_seed(seed: u64, stage: usize) -> u64 {
 /// depends on the level alone, never on the final slot count, so that a run for s
 /// slots is the start of the run for s + 1.
 fn level_search(level: usize, first: usize) -> Limits {
-    let distance = (level - first).max(1);
-    let max_rows = LEVEL_SEARCH.max_rows / (distance * distance);
+    let max_rows = level_rows(LEVEL_SEARCH.max_rows, level, first);
     Limits {
         max_rows,
         patience: LEVEL_SEARCH.patience.min(max_rows),
@@ -96,7 +95,14 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
             // are in place.
             let search = level_search(level, first);
             alternate(&mut state, |s| swaps::improve(s, search));
+            let before = problem.effort.spent();
             alternate(&mut state, |s| move_gains::improve(s, GAIN_SWAPS));
+            // The replicas' moves get what the singles' left of the level's rows.
+            let read = problem.effort.spent() - before;
+            move_replicas(
+                &mut state,
+                level_rows(REPLICA_ROWS, level, first).saturating_sub(read),
+            );
             kicks::search(
                 &mut state,
                 level_kicks(level, first),
@@ -123,6 +129,37 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
         }
     }
     layout
+}
+
+/// Rows of a level's search: `rows` shrunk with the square of the level's distance
+/// from the first level with a replica, as `level_search`.
+fn level_rows(rows: usize, level: usize, first: usize) -> usize {
+    let distance = (level - first).max(1);
+    rows / (distance * distance)
+}
+
+/// Rounds of swaps by move gains that move replicas too (`REPLICA_SWAPS`), then
+/// `reassign`, while both make moves (`ALTERNATIONS` at most) and the swaps' `rows`
+/// last.
+fn move_replicas(state: &mut State, mut rows: usize) {
+    for _ in 0..ALTERNATIONS {
+        if rows == 0 {
+            break;
+        }
+        let limits = move_gains::Limits {
+            max_rows: rows,
+            ..REPLICA_SWAPS
+        };
+        let (made, read) = move_gains::improve_counted(state, limits);
+        rows = rows.saturating_sub(read);
+        if made == 0 {
+            break;
+        }
+        let mut gains = GainTable::new(state);
+        if reassign::improve(state, &mut gains, REASSIGN) == 0 {
+            break;
+        }
+    }
 }
 
 /// Rounds of `search` then `reassign`, while both make moves (`ALTERNATIONS` at most).

@@ -18,16 +18,23 @@
 //! alone rank first at the end of the co-activation search still improve. The work is
 //! bounded by rows read, as in `swaps`, so the result does not depend on the machine or
 //! thread count.
+//!
+//! With `Limits::replica_candidates`, the table also holds the move gains of each
+//! replica of the replicated experts (`replica_moves`), and each round's batch adds the
+//! best-scored swaps of such a replica with a single-replica expert. Their counting
+//! costs about as much as the singles': after a round in which none of them improves,
+//! the search goes on with the singles alone.
 
 use rayon::prelude::*;
 
+use super::replica_moves::Slots;
 use super::swaps::{apply_best_first, first_distinct, improving};
 use crate::cost::matching::RowScratch;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
 
 /// A GPU id no layout has (`crate::util::limits::MAX_GPUS` is far below it).
-const NO_GPU: u16 = u16::MAX;
+pub(super) const NO_GPU: u16 = u16::MAX;
 
 /// Gain tables larger than this (experts x GPUs) are not built: the search is skipped.
 const MAX_TABLE: usize = 1 << 22;
@@ -37,8 +44,11 @@ const TARGETS: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Swaps evaluated exactly per counting of the gains.
+    /// Swaps of single-replica experts evaluated exactly per counting of the gains.
     pub candidates: usize,
+    /// Swaps of a replica of a replicated expert with a single-replica expert
+    /// evaluated exactly per counting (0: singles only).
+    pub replica_candidates: usize,
     /// Countings of the gains at most.
     pub rounds: usize,
     /// Rows read (exact evaluations and countings) before the search stops.
@@ -63,7 +73,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
     let mut scratch = RowScratch::new(num_gpus);
     let (mut made, mut spent) = (0usize, 0usize);
     let all_rows: Vec<u32> = (0..state.problem.weights.len() as u32).collect();
-    let mut counts = Counts::new(state);
+    let mut counts = Counts::new(state, limits.replica_candidates > 0);
     let mut raw = counts.rows(state, &all_rows);
     spent += all_rows.len();
     effort.spend(all_rows.len());
@@ -72,13 +82,28 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
             break;
         }
         let gains = counts.gains(&raw);
-        let batch = candidates(state, &counts.single, &gains, limits.candidates);
+        let mut batch = candidates(state, &counts.single, &gains, limits.candidates);
+        let singles = batch.len();
+        if let (Some(slots), Some(masks)) = (&counts.slots, &counts.masks) {
+            let slot_gains = slots.gains(&raw[counts.singles_width()..], masks);
+            batch.extend(slots.candidates(
+                state,
+                &counts.single,
+                &gains,
+                &slot_gains,
+                limits.replica_candidates,
+            ));
+        }
         if batch.is_empty() {
             break;
         }
         let (improving, rows) = improving(state, &batch);
         spent += rows;
         effort.spend(rows);
+        if counts.slots.is_some() && improving.iter().all(|&(_, i)| i < singles) {
+            counts.slots = None;
+            raw.truncate(counts.singles_width());
+        }
         if improving.is_empty() {
             break;
         }
@@ -97,17 +122,28 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
 
 /// The raw table `raw`, counted from `counts` and the row costs `old_costs`, updated to
 /// the state's layout and costs: only the rows of the experts that moved count
-/// differently, so their old parts come off and their new parts go on. The search swaps
-/// single-replica experts only, so the experts that moved are those whose single GPU
-/// changed. Returns what the table is now counted from and the rows read.
-fn update(raw: &mut [i64], counts: Counts, state: &State, old_costs: &[u8]) -> (Counts, usize) {
-    let next = Counts::new(state);
-    let moved = (0..next.single.len()).filter(|&e| next.single[e] != counts.single[e]);
+/// differently, so their old parts come off and their new parts go on. A swap keeps
+/// every expert's number of replicas, so the experts that moved are those whose GPUs
+/// changed, and the replica slots stay where they are in the table. Returns what the
+/// table is now counted from and the rows read.
+fn update(raw: &mut Vec<i64>, counts: Counts, state: &State, old_costs: &[u8]) -> (Counts, usize) {
+    let next = Counts::new(state, counts.slots.is_some());
+    let moved = (0..next.single.len()).filter(|&e| {
+        next.single[e] != counts.single[e]
+            || matches!((&next.masks, &counts.masks), (Some(a), Some(b)) if a[e] != b[e])
+    });
     let mut touched: Vec<u32> = moved
         .flat_map(|e| state.problem.index.rows_of(e).iter().copied())
         .collect();
     touched.sort_unstable();
     touched.dedup();
+    let all = state.problem.weights.len();
+    // Counting every row once reads fewer rows than taking half of them off and on.
+    if 2 * touched.len() >= all {
+        let all: Vec<u32> = (0..all as u32).collect();
+        *raw = next.rows(state, &all);
+        return (next, all.len());
+    }
     let old = counts.rows_with_costs(state, &touched, old_costs);
     let counts = next;
     let new = counts.rows(state, &touched);
@@ -118,16 +154,24 @@ fn update(raw: &mut [i64], counts: Counts, state: &State, old_costs: &[u8]) -> (
 }
 
 /// What the gain table is counted from: each expert's GPU where it has one replica
-/// (`NO_GPU` where it has several) and the GPU masks (up to 64 GPUs).
+/// (`NO_GPU` where it has several), the GPU masks (up to 64 GPUs) and, where replica
+/// moves are counted, their slots.
 struct Counts {
     single: Vec<u16>,
     masks: Option<Vec<u64>>,
     num_gpus: usize,
+    slots: Option<Slots>,
 }
 
 impl Counts {
-    fn new(state: &State) -> Self {
+    fn new(state: &State, replica_moves: bool) -> Self {
         let layout = &state.layout;
+        let num_gpus = layout.num_gpus();
+        let masks = crate::model::placement::Replicas::masks(layout).map(<[u64]>::to_vec);
+        let slots = match &masks {
+            Some(masks) if replica_moves => Slots::new(masks, num_gpus),
+            _ => None,
+        };
         Counts {
             single: (0..layout.num_experts())
                 .map(|e| match layout.gpus_of(e) {
@@ -135,9 +179,16 @@ impl Counts {
                     _ => NO_GPU,
                 })
                 .collect(),
-            masks: crate::model::placement::Replicas::masks(layout).map(<[u64]>::to_vec),
-            num_gpus: layout.num_gpus(),
+            masks,
+            num_gpus,
+            slots,
         }
+    }
+
+    /// Entries of the singles' part of the raw table: gains by GPU, then a change every
+    /// GPU of an expert gets. The replica slots' part follows.
+    fn singles_width(&self) -> usize {
+        self.single.len() * (self.num_gpus + 1)
     }
 
     /// The raw table (gains by GPU, then a change every GPU of an expert gets) of
@@ -149,7 +200,7 @@ impl Counts {
     fn rows_with_costs(&self, state: &State, rows: &[u32], costs: &[u8]) -> Vec<i64> {
         let problem = state.problem;
         let k = problem.k();
-        let width = self.single.len() * self.num_gpus + self.single.len();
+        let width = self.singles_width() + self.slots.as_ref().map_or(0, Slots::width);
         // A few tasks per thread, each with a table of its own, summed at the end: integer
         // sums, so the result does not depend on the split.
         let per_task = rows
@@ -179,7 +230,7 @@ impl Counts {
     fn gains(&self, raw: &[i64]) -> Vec<i64> {
         let num_gpus = self.num_gpus;
         let width = self.single.len() * num_gpus;
-        let (by_gpu, base) = raw.split_at(width);
+        let (by_gpu, base) = raw[..self.singles_width()].split_at(width);
         let mut gains = by_gpu.to_vec();
         for (e, &b) in base.iter().enumerate() {
             for (g, x) in gains[e * num_gpus..(e + 1) * num_gpus]
@@ -200,10 +251,14 @@ impl Counts {
     /// (`add_singles`), and where the row costs more than that count (its replicated
     /// experts crowd in) and the GPU masks are at hand, `add_fresh`.
     fn add_row(&self, row: &[u16], w: i64, cost: u8, acc: &mut [i64]) {
+        let (acc, replicas) = acc.split_at_mut(self.singles_width());
         let top = self.add_singles(row, w, acc);
-        if u32::from(cost) > top {
-            if let Some(masks) = &self.masks {
+        if let Some(masks) = &self.masks {
+            if u32::from(cost) > top {
                 self.add_fresh(row, w, cost, masks, acc);
+            }
+            if let Some(slots) = &self.slots {
+                slots.add_row(row, w, top, &self.single, masks, replicas);
             }
         }
     }
@@ -366,7 +421,7 @@ mod tests {
                 layout.add(x, rng.random_range(0..num_gpus));
             }
             let state = State::new(&problem, layout.clone());
-            let counts = Counts::new(&state);
+            let counts = Counts::new(&state, false);
             let all: Vec<u32> = (0..problem.weights.len() as u32).collect();
             let gains = counts.gains(&counts.rows(&state, &all));
             for x in 0..e {
@@ -388,44 +443,106 @@ mod tests {
         }
     }
 
-    /// The table updated after swaps equals the table counted again.
+    /// Where one expert has several replicas, each row holds at most one replicated
+    /// expert: each entry of a replica's slot gains is the exact change of the total
+    /// when that replica alone moves there.
+    #[test]
+    fn replica_gains_are_exact_with_one_replicated_expert() {
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut checked = 0;
+        for case in 0..60 {
+            let num_gpus = rng.random_range(3..=7);
+            let e = rng.random_range(num_gpus..=14);
+            let k = rng.random_range(1..=e.min(6));
+            let table = skewed_table(case, 80, e as u64, k, 3, 61);
+            let problem = Problem::new(&table, num_gpus);
+            let mut layout = Layout::new(e, num_gpus);
+            for x in 0..e {
+                layout.add(x, rng.random_range(0..num_gpus));
+            }
+            let x = rng.random_range(0..e);
+            for _ in 0..rng.random_range(1..num_gpus) {
+                let g = rng.random_range(0..num_gpus);
+                if !layout.holds(x, g) {
+                    layout.add(x, g);
+                }
+            }
+            let state = State::new(&problem, layout.clone());
+            let counts = Counts::new(&state, true);
+            let Some(slots) = &counts.slots else {
+                continue;
+            };
+            let all: Vec<u32> = (0..problem.weights.len() as u32).collect();
+            let raw = counts.rows(&state, &all);
+            let gains = slots.gains(
+                &raw[counts.singles_width()..],
+                counts.masks.as_ref().unwrap(),
+            );
+            for (j, &a) in layout.gpus_of(x).iter().enumerate() {
+                for g in 0..num_gpus {
+                    let mut moved = layout.clone();
+                    if !layout.holds(x, g) {
+                        moved.remove(x, a as usize);
+                        moved.add(x, g);
+                    }
+                    let exact = total_cost(&problem, &moved) - state.total;
+                    assert_eq!(
+                        gains[j * num_gpus + g],
+                        exact,
+                        "case {case} expert {x} replica on {a} to GPU {g}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "only {checked} moves checked");
+    }
+
+    /// The table updated after swaps (of singles, and of replicas with singles where
+    /// replica moves are counted) equals the table counted again.
     #[test]
     fn updates_equal_recounts() {
         let mut rng = SmallRng::seed_from_u64(8);
-        for case in 0..80 {
+        let mut incremental = 0;
+        for case in 0..120 {
             let num_gpus = rng.random_range(3..=8);
-            let e = rng.random_range(num_gpus + 1..=16);
-            let k = rng.random_range(2..=e.min(6));
+            let e = rng.random_range(num_gpus + 1..=24);
+            let k = rng.random_range(2..=e.min(4));
             let table = skewed_table(case, 120, e as u64, k, 3, 61);
             let problem = Problem::new(&table, num_gpus);
             let layout = random_layout(&mut rng, e, num_gpus, num_gpus.min(3));
             let mut state = State::new(&problem, layout.clone());
             let all: Vec<u32> = (0..problem.weights.len() as u32).collect();
-            let counts = Counts::new(&state);
-            // Swaps of random singles, then the update against a full count.
+            let counts = Counts::new(&state, case % 2 == 0);
             let mut raw = counts.rows(&state, &all);
             let old_costs = state.costs.clone();
+            // A random expert's replica swapped with a single-replica expert elsewhere.
             let singles: Vec<usize> = (0..e).filter(|&x| layout.replicas(x) == 1).collect();
-            for _ in 0..3 {
-                if singles.len() < 2 {
+            for _ in 0..rng.random_range(1..=2) {
+                if singles.is_empty() {
                     break;
                 }
-                let i = singles[rng.random_range(0..singles.len())];
+                let i = rng.random_range(0..e);
                 let j = singles[rng.random_range(0..singles.len())];
-                let (a, b) = (state.layout.gpus_of(i)[0], state.layout.gpus_of(j)[0]);
-                let swap = Move::Swap {
-                    first: i as u16,
-                    from: a,
-                    second: j as u16,
-                    to: b,
-                };
-                if a != b && state.layout.allows(swap, usize::MAX) {
+                let gpus = state.layout.gpus_of(i);
+                let a = gpus[rng.random_range(0..gpus.len())];
+                let b = state.layout.gpus_of(j)[0];
+                let swap = Move::swap(i as u16, a, j as u16, b);
+                if i != j
+                    && !state.layout.holds(i, b as usize)
+                    && state.layout.allows(swap, usize::MAX)
+                {
                     state.apply(swap);
                 }
             }
-            let (counts, _) = update(&mut raw, counts, &state, &old_costs);
+            let (counts, read) = update(&mut raw, counts, &state, &old_costs);
             assert_eq!(raw, counts.rows(&state, &all), "case {case}");
+            incremental += usize::from(read < all.len());
         }
+        assert!(
+            incremental >= 30,
+            "only {incremental} updates took rows off and on"
+        );
     }
 
     /// The search only makes improving swaps, keeps every GPU's count and the state's
@@ -446,6 +563,7 @@ mod tests {
             let before = state.total;
             let limits = Limits {
                 candidates: 16,
+                replica_candidates: 4 * (case as usize % 2),
                 rounds: 50,
                 max_rows: usize::MAX,
             };
