@@ -140,10 +140,13 @@ fn level_rows(rows: usize, level: usize, first: usize) -> usize {
 
 /// Rounds of swaps by move gains that move replicas too (`REPLICA_SWAPS`), then
 /// `reassign`, while both make moves (`ALTERNATIONS` at most) and the swaps' `rows`
-/// last.
+/// last for a counting and a round.
 fn move_replicas(state: &mut State, mut rows: usize) {
+    // A counting reads every row: rows for less than a counting and a round of exact
+    // evaluations would buy only the counting.
+    let count = state.problem.weights.len();
     for _ in 0..ALTERNATIONS {
-        if rows == 0 {
+        if rows < 2 * count {
             break;
         }
         let limits = move_gains::Limits {
