@@ -64,12 +64,17 @@ fn level_search(level: usize, first: usize) -> Limits {
 }
 
 pub fn greedy(problem: &Problem, slots: usize, seed: u64) -> Layout {
-    // On a worker thread of the pool, the many small parallel loops of a small table run
-    // inline instead of waking other threads for every one of them.
-    rayon::scope(|_| build(problem, slots, seed))
+    greedy_with(problem, slots, seed, true)
 }
 
-fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
+/// `greedy`, with or without the swaps that move replicas (`move_replicas`).
+pub fn greedy_with(problem: &Problem, slots: usize, seed: u64, replica_moves: bool) -> Layout {
+    // On a worker thread of the pool, the many small parallel loops of a small table run
+    // inline instead of waking other threads for every one of them.
+    rayon::scope(|_| build(problem, slots, seed, replica_moves))
+}
+
+fn build(problem: &Problem, slots: usize, seed: u64, replica_moves: bool) -> Layout {
     let num_experts = problem.num_experts();
     let num_gpus = problem.num_gpus;
     let mut state = State::new(problem, initial::assign(problem, seed));
@@ -99,10 +104,12 @@ fn build(problem: &Problem, slots: usize, seed: u64) -> Layout {
             alternate(&mut state, |s| move_gains::improve(s, GAIN_SWAPS));
             // The replicas' moves get what the singles' left of the level's rows.
             let read = problem.effort.spent() - before;
-            move_replicas(
-                &mut state,
-                level_rows(REPLICA_ROWS, level, first).saturating_sub(read),
-            );
+            if replica_moves {
+                move_replicas(
+                    &mut state,
+                    level_rows(REPLICA_ROWS, level, first).saturating_sub(read),
+                );
+            }
             kicks::search(
                 &mut state,
                 level_kicks(level, first),

@@ -18,6 +18,7 @@
 
 use rayon::prelude::*;
 
+use super::move_gains::RowSingles;
 use super::swaps::first_distinct;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
@@ -83,29 +84,18 @@ impl Slots {
             return;
         }
         // The row's singles per GPU: the GPUs holding any, and those holding `top`.
-        let mut gpus = [(0u16, 0u32); crate::util::limits::MAX_K];
-        let mut distinct = 0;
-        let mut any = 0u64;
-        for &e in row {
-            let g = single[e as usize];
-            if g == super::move_gains::NO_GPU {
-                continue;
-            }
-            any |= 1 << g;
-            match gpus[..distinct].iter_mut().find(|x| x.0 == g) {
-                Some(x) => x.1 += 1,
-                None => {
-                    gpus[distinct] = (g, 1);
-                    distinct += 1;
-                }
-            }
-        }
-        let gpus = &gpus[..distinct];
+        let singles = RowSingles::of(row, single);
+        let gpus = singles.gpus();
+        let any = gpus.iter().fold(0u64, |m, x| m | 1 << x.0);
         let at_top = gpus
             .iter()
-            .filter(|x| x.1 == top)
+            .filter(|x| u32::from(x.1) == top)
             .fold(0u64, |m, x| m | 1 << x.0);
-        let count = |g: u32| gpus.iter().find(|x| u32::from(x.0) == g).map_or(0, |x| x.1);
+        let count = |g: u32| {
+            gpus.iter()
+                .find(|x| u32::from(x.0) == g)
+                .map_or(0, |x| u32::from(x.1))
+        };
         // The fewest singles on the GPUs of `m`.
         let fewest = |mut m: u64| {
             if m & !any != 0 {
