@@ -100,6 +100,7 @@ pub fn improve_counted(state: &mut State, limits: Limits) -> (usize, usize) {
         let (improving, rows) = improving(state, &batch);
         spent += rows;
         effort.spend(rows);
+        // No swap of a replica improves: the singles go on alone (module docs).
         if counts.slots.is_some() && improving.iter().all(|&(_, i)| i < singles) {
             counts.slots = None;
             raw.truncate(counts.singles_width());
@@ -282,7 +283,8 @@ impl Counts {
 
     /// One row's part of the raw table: the single-replica experts' busiest GPU
     /// (`add_singles`), and where the row costs more than that count (its replicated
-    /// experts crowd in) and the GPU masks are at hand, `add_fresh`.
+    /// experts crowd in) and the GPU masks are at hand, `add_fresh`; then the replica
+    /// slots' part (`Slots::add_row`).
     fn add_row(&self, row: &[u16], w: i64, cost: u8, acc: &mut [i64]) {
         let (acc, replicas) = acc.split_at_mut(self.singles_width());
         let top = self.add_singles(row, w, acc);
