@@ -7,7 +7,7 @@
 //! Modules: `problem` (what is read from the table), `state` (a `crate::model::layout::Layout`
 //! with its row costs and co-activation per GPU, kept current as moves are made), `gains`
 //! (exact gain of every new replica), `initial` (balanced one-replica start), `swaps`,
-//! `move_gains` (with `replica_moves`) and `reassign` (local searches), `kicks` (iterated local search),
+//! `move_gains` (with `replica_moves` and `row_singles`) and `reassign` (local searches), `kicks` (iterated local search),
 //! `anytime` (kicks for as long as a caller's budget lasts), `budgets` (their work
 //! limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
 
@@ -20,6 +20,7 @@ mod kicks;
 mod move_gains;
 mod reassign;
 mod replica_moves;
+mod row_singles;
 mod swaps;
 
 pub use crate::search::kernel::effort::SearchBudget;

@@ -28,13 +28,11 @@
 use rayon::prelude::*;
 
 use super::replica_moves::Slots;
+use super::row_singles::{RowSingles, NO_GPU};
 use super::swaps::{apply_best_first, first_distinct, improving};
 use crate::cost::matching::RowScratch;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
-
-/// A GPU id no layout has (`crate::util::limits::MAX_GPUS` is far below it).
-const NO_GPU: u16 = u16::MAX;
 
 /// Gain tables larger than this (experts x GPUs) are not built: the search is skipped.
 const MAX_TABLE: usize = 1 << 22;
@@ -152,39 +150,6 @@ fn update(raw: &mut Vec<i64>, counts: Counts, state: &State, old_costs: &[u8]) -
         .zip(old.iter().zip(&new))
         .for_each(|(x, (o, n))| *x += n - o);
     (counts, 2 * touched.len())
-}
-
-/// The distinct GPUs of a row's single-replica experts and how many of them each holds.
-pub(super) struct RowSingles {
-    gpus: [(u16, u8); crate::util::limits::MAX_K],
-    len: usize,
-}
-
-impl RowSingles {
-    /// From each expert's GPU where it has one replica (`NO_GPU` where it has several).
-    pub(super) fn of(row: &[u16], single: &[u16]) -> Self {
-        let mut gpus = [(0u16, 0u8); crate::util::limits::MAX_K];
-        let mut len = 0;
-        for &e in row {
-            let g = single[e as usize];
-            if g == NO_GPU {
-                continue;
-            }
-            match gpus[..len].iter_mut().find(|x| x.0 == g) {
-                Some(x) => x.1 += 1,
-                None => {
-                    gpus[len] = (g, 1);
-                    len += 1;
-                }
-            }
-        }
-        RowSingles { gpus, len }
-    }
-
-    /// (GPU, singles on it), in the order the row first reaches each GPU.
-    pub(super) fn gpus(&self) -> &[(u16, u8)] {
-        &self.gpus[..self.len]
-    }
 }
 
 /// What the gain table is counted from: each expert's GPU where it has one replica

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::move_gains::RowSingles;
+use super::row_singles::RowSingles;
 use super::swaps::first_distinct;
 use crate::model::layout::Move;
 use crate::search::kernel::state::State;
