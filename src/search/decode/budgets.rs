@@ -55,7 +55,7 @@ pub const REPLICA_SWAPS: move_gains::Limits = move_gains::Limits {
 /// leave goes to the swaps of replicas (`REPLICA_SWAPS`), shrunk with the level's
 /// distance from the first like the level search. On the three 58-layer V3 benchmark
 /// families (32 GPUs x 9 slots) the singles read 2-5M rows per layer; with 5M the
-/// layers where the singles converge early gain 0.2-0.9%, and the plan takes 2-6 s
+/// layers where the singles converge early gain 0.38% on average, and the plan takes 3-6 s
 /// more (docs/benchmarks.md).
 pub const REPLICA_ROWS: usize = 5_000_000;
 /// Handing replica slots to other experts.
