@@ -145,31 +145,24 @@ fn level_rows(rows: usize, level: usize, first: usize) -> usize {
     rows / (distance * distance)
 }
 
-/// Rounds of swaps by move gains that move replicas too (`REPLICA_SWAPS`), then
-/// `reassign`, while both make moves (`ALTERNATIONS` at most) and the swaps' `rows`
-/// last for a counting and a round.
+/// Swaps by move gains that move replicas too (`REPLICA_SWAPS`), alternated with
+/// `reassign` (`alternate`) while the swaps' `rows` last for a counting and a round.
 fn move_replicas(state: &mut State, mut rows: usize) {
     // A counting reads every row: rows for less than a counting and a round of exact
     // evaluations would buy only the counting.
     let count = state.problem.weights.len();
-    for _ in 0..ALTERNATIONS {
+    alternate(state, |s| {
         if rows < 2 * count {
-            break;
+            return 0;
         }
         let limits = move_gains::Limits {
             max_rows: rows,
             ..REPLICA_SWAPS
         };
-        let (made, read) = move_gains::improve_counted(state, limits);
+        let (made, read) = move_gains::improve_counted(s, limits);
         rows = rows.saturating_sub(read);
-        if made == 0 {
-            break;
-        }
-        let mut gains = GainTable::new(state);
-        if reassign::improve(state, &mut gains, REASSIGN) == 0 {
-            break;
-        }
-    }
+        made
+    });
 }
 
 /// Rounds of `search` then `reassign`, while both make moves (`ALTERNATIONS` at most).

@@ -7,9 +7,10 @@
 //! Modules: `problem` (what is read from the table), `state` (a `crate::model::layout::Layout`
 //! with its row costs and co-activation per GPU, kept current as moves are made), `gains`
 //! (exact gain of every new replica), `initial` (balanced one-replica start), `swaps`,
-//! `move_gains` (with `replica_moves` and `row_singles`) and `reassign` (local searches), `kicks` (iterated local search),
-//! `anytime` (kicks for as long as a caller's budget lasts), `budgets` (their work
-//! limits), `greedy` (the default method) and `baselines` (contiguous, round robin, EPLB).
+//! `move_gains` (with `replica_moves` and `row_singles`) and `reassign` (local
+//! searches), `kicks` (iterated local search), `anytime` (kicks for as long as a
+//! caller's budget lasts), `budgets` (their work limits), `greedy` (the default method)
+//! and `baselines` (contiguous, round robin, EPLB).
 
 mod anytime;
 mod baselines;
@@ -98,7 +99,7 @@ pub fn optimize_within(
             } else {
                 // The kicks' swaps move replicas on their own, and from the greedy's
                 // placement before its swaps of replicas they find more: on a V3 layer
-                // (benches/bench_anytime.py) 1.1916 / 1.1905 in 10 / 60 s, against
+                // (benches/bench_anytime.py) 1.1916 / 1.1903 in 10 / 60 s, against
                 // 1.1960 / 1.1955 from its placement after them (docs/benchmarks.md).
                 let layout = greedy::greedy_with(&problem, slots_per_gpu, seed, false);
                 anytime::improve(&problem, layout, seed)
